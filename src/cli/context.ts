@@ -1,0 +1,30 @@
+// Shared glue for command files: resolve configuration and make the reporter.
+
+import { resolveConfig, type Config, type GlobalFlags } from '../config.js';
+import { createReporter, type Reporter } from '../ui/reporter.js';
+import { UsageError } from '../errors.js';
+
+export interface Ctx {
+  cfg: Config;
+  out: Reporter;
+}
+
+export function context(opts: Record<string, unknown>): Ctx {
+  const cfg = resolveConfig(opts as GlobalFlags);
+  return { cfg, out: createReporter(cfg) };
+}
+
+export function intOption(opts: Record<string, unknown>, name: string, min = 1): number | undefined {
+  const raw = opts[name];
+  if (raw === undefined) return undefined;
+  const s = String(raw);
+  if (!/^\d+$/.test(s) || Number(s) < min) throw new UsageError(`--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} '${s}' must be a whole number ≥ ${min}`);
+  return Number(s);
+}
+
+export function shardOption(raw: unknown): { index: number; count: number } | undefined {
+  if (raw === undefined) return undefined;
+  const m = /^(\d+)\/(\d+)$/.exec(String(raw));
+  if (!m || Number(m[2]) < 1 || Number(m[1]) >= Number(m[2])) throw new UsageError(`--shard '${String(raw)}' must be i/n with 0 ≤ i < n`);
+  return { index: Number(m[1]), count: Number(m[2]) };
+}

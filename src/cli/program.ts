@@ -1,0 +1,158 @@
+// The commander program: every command of SPEC §5 with its flags and an example.
+// Command modules are imported lazily so `acm2 --help` stays close to `node -e 0`.
+
+import { Command, Option } from 'commander';
+import { TOOL_VERSION } from '../config.js';
+import { NotImplementedError } from '../errors.js';
+
+type Loader = () => Promise<{ run: (ctx: CommandCall) => Promise<void> }>;
+
+export interface CommandCall {
+  args: string[];
+  opts: Record<string, unknown>;
+  command: Command;
+}
+
+function action(loader: Loader) {
+  return async (...params: unknown[]) => {
+    const command = params[params.length - 1] as Command;
+    const args = params.slice(0, -2).flatMap((p) => (Array.isArray(p) ? p.map(String) : p === undefined ? [] : [String(p)]));
+    const mod = await loader();
+    await mod.run({ args, opts: command.optsWithGlobals(), command });
+  };
+}
+
+function notYet(name: string): Loader {
+  return async () => ({
+    run: async () => {
+      throw new NotImplementedError(name);
+    },
+  });
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export function buildProgram(): Command {
+  const program = new Command('acm2');
+  program
+    .description("Admin CLI for ACM2's per-user data: seed packages, user seeding, backfill, verify, diff.")
+    .version(TOOL_VERSION)
+    .exitOverride()
+    .showHelpAfterError('(run with --help for usage)')
+    .option('--master <url>', 'master DB URL: sqlite:<file> or mysql://user:pass@host:port/db (env ACM2_MASTER_URL; default sqlite:<data-dir>/master.db)')
+    .option('--data-dir <dir>', 'where user_{id}.db and user_{id}/ live (env ACM2_DATA_DIR; default ./data)')
+    .option('--seeds <dir>', 'seed packages folder (env ACM2_SEED_DIR; default: the seed-packages/ shipped with the tool)')
+    .option('--lock-timeout <seconds>', 'how long to wait for a user held by another seeder (env ACM2_LOCK_TIMEOUT; default 60)')
+    .option('--json', 'print exactly one JSON document on stdout')
+    .option('--quiet', 'print nothing but errors')
+    .option('--verbose', 'more detail, and stack traces on errors')
+    .option('--no-color', 'no colour (also NO_COLOR)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ acm2 user create --email ada@example.com --username ada
+  $ acm2 seed freeze --source data/user_7.db --source-files data/user_7 --preset <id> --run <id> --version v2
+  $ ACM2_MASTER_URL=mysql://acm2:***@db:3306/acm2_master acm2 verify --json`,
+    );
+
+  const seed = program.command('seed').description('cut, list, show and check seed packages');
+  seed
+    .command('freeze')
+    .description('cut a new immutable seed version from an ACM2 user DB and its run files')
+    .requiredOption('--source <db>', "the ACM2 user DB to freeze from (e.g. data/user_7.db)")
+    .requiredOption('--source-files <dir>', 'the folder holding runs/ for that user (e.g. data/user_7)')
+    .option('--preset <id>', 'preset to ship (env SEED_PRESET_ID)')
+    .option('--run <id>', 'historical run to ship (env SEED_RUN_ID)')
+    .option('--version <v>', 'name of the new version (env SEED_VERSION)')
+    .option('--render-report', 'write reports/report.html into the package when the run has none')
+    .option('--set-current', 'make this version CURRENT')
+    .option('--dry-run', 'print what would be frozen and write nothing')
+    .addHelpText('after', '\nExample:\n  $ acm2 seed freeze --source data/user_7.db --source-files data/user_7 --preset 86f7… --run 7463… --version v2 --set-current')
+    .action(action(() => import('./seed-freeze.js')));
+  seed
+    .command('list')
+    .description('list seed versions (CURRENT marked) with rows, files, bytes and hash')
+    .addHelpText('after', '\nExample:\n  $ acm2 seed list --json')
+    .action(action(() => import('./seed-list.js')));
+  seed
+    .command('show <version>')
+    .description("show one version's manifest")
+    .addHelpText('after', '\nExample:\n  $ acm2 seed show v1')
+    .action(action(() => import('./seed-show.js')));
+  seed
+    .command('check [versions...]')
+    .description('check package integrity (all versions when none named); exit 1 if any fails')
+    .addHelpText('after', '\nExample:\n  $ acm2 seed check v1')
+    .action(action(() => import('./seed-check.js')));
+
+  const user = program.command('user').description('create, seed, show and list users');
+  user
+    .command('create')
+    .description('create a user (master row, API key, seed job) and seed it')
+    .requiredOption('--email <email>', "the user's email")
+    .requiredOption('--username <name>', "the user's username")
+    .option('--wordpress-user-id <n>', 'WordPress user id to link')
+    .option('--seed-version <v>', 'seed version (env SEED_VERSION; default: CURRENT)')
+    .option('--async', 'only queue the seed job; `acm2 user seed --pending` runs it')
+    .addHelpText('after', '\nExample:\n  $ acm2 user create --email ada@example.com --username ada')
+    .action(action(() => import('./user-create.js')));
+  user
+    .command('seed [user]')
+    .description("seed one user (id or email) from a package, or drain the job queue with --pending")
+    .option('--seed-version <v>', 'seed version (env SEED_VERSION; default: CURRENT)')
+    .option('--force', "restore the seeded rows and files to the package state (same ids), touching nothing else")
+    .option('--pending', 'drain the seed job queue')
+    .option('--limit <n>', 'with --pending: at most n jobs')
+    .option('--concurrency <n>', 'with --pending: parallel workers on this host (default: cores)')
+    .option('--watch', 'with --pending: keep waiting for new jobs')
+    .addHelpText('after', '\nExamples:\n  $ acm2 user seed 42\n  $ acm2 user seed ada@example.com --force\n  $ acm2 user seed --pending --concurrency 2')
+    .action(action(() => import('./user-seed.js')));
+  user
+    .command('show <user>')
+    .description('status of one user (id or email) from master and user DB')
+    .addHelpText('after', '\nExample:\n  $ acm2 user show 42')
+    .action(action(() => import('./user-show.js')));
+  user
+    .command('list')
+    .description('list users with their seed status (streams)')
+    .addOption(new Option('--status <status>', 'only users with this status').choices(['ready', 'pending', 'failed', 'missing']))
+    .addHelpText('after', '\nExample:\n  $ acm2 user list --status failed')
+    .action(action(() => import('./user-list.js')));
+
+  program
+    .command('backfill')
+    .description('bring every existing user up to date: seed missing DBs, migrate, write user_meta')
+    .option('--dry-run', 'print the plan and write nothing')
+    .option('--user <id>', 'only this user (repeatable)', collect)
+    .option('--limit <n>', 'at most n users')
+    .option('--batch-size <n>', 'users read from the master per page', '500')
+    .option('--concurrency <n>', 'parallel users on this host')
+    .option('--shard <i/n>', 'only users with id % n == i')
+    .option('--resume', 'continue the last interrupted backfill')
+    .option('--max-errors <n>', 'stop after n failed users')
+    .option('--legacy-logs <dir>', "also move ACM2's old global logs/{run_id}/ folders into their owners' run folders")
+    .addHelpText('after', '\nExample:\n  $ acm2 backfill --dry-run\n  $ acm2 backfill --concurrency 2 --resume')
+    .action(action(notYet('backfill')));
+
+  program
+    .command('verify')
+    .description('check every user (or those named) and report every problem')
+    .option('--user <id>', 'only this user (repeatable)', collect)
+    .option('--deep', 'integrity_check, sha256 of every file, text scan for package ids')
+    .option('--shard <i/n>', 'only users with id % n == i')
+    .option('--concurrency <n>', 'parallel users on this host')
+    .option('--junit <file>', 'also write a JUnit XML report')
+    .addHelpText('after', '\nExample:\n  $ acm2 verify --deep --junit verify.xml')
+    .action(action(notYet('verify')));
+
+  program
+    .command('diff [versions...]')
+    .description('user vs package, package vs package, or user vs user')
+    .option('--user <id>', 'a user (give twice to compare two users)', collect)
+    .option('--seed-version <v>', 'package version to compare a user with')
+    .addHelpText('after', '\nExamples:\n  $ acm2 diff --user 42\n  $ acm2 diff v1 v2\n  $ acm2 diff --user 42 --user 43')
+    .action(action(notYet('diff')));
+
+  return program;
+}

@@ -1,0 +1,108 @@
+// Resolves configuration with the precedence of SPEC §1: flag > environment > default.
+// Also parses and redacts master URLs, so no password ever reaches output or logs.
+
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { UsageError } from './errors.js';
+
+export const TOOL_NAME = 'acm2';
+export const TOOL_VERSION = '0.1.0';
+export const SHIPPED_SEEDS_DIR = fileURLToPath(new URL('../seed-packages/', import.meta.url));
+
+export type MasterUrl =
+  | { kind: 'sqlite'; file: string; display: string }
+  | { kind: 'mysql'; host: string; port: number; user: string; password: string; database: string; display: string };
+
+export interface GlobalFlags {
+  master?: string;
+  dataDir?: string;
+  seeds?: string;
+  seedVersion?: string;
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+  color?: boolean;
+  lockTimeout?: string;
+}
+
+export interface Config {
+  dataDir: string;
+  master: MasterUrl;
+  seedsDir: string;
+  /** Explicit version from flag or SEED_VERSION; undefined means "read CURRENT". */
+  seedVersion: string | undefined;
+  json: boolean;
+  quiet: boolean;
+  verbose: boolean;
+  color: boolean;
+  lockTimeoutMs: number;
+}
+
+export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): Config {
+  const dataDir = path.resolve(flags.dataDir ?? env.ACM2_DATA_DIR ?? './data');
+  const rawMaster = flags.master ?? env.ACM2_MASTER_URL ?? `sqlite:${path.join(dataDir, 'master.db')}`;
+  const seedVersion = flags.seedVersion ?? (env.SEED_VERSION || undefined);
+  if (seedVersion !== undefined) assertVersionName(seedVersion);
+  const lockRaw = flags.lockTimeout ?? env.ACM2_LOCK_TIMEOUT ?? '60';
+  const lockSeconds = Number(lockRaw);
+  if (!Number.isFinite(lockSeconds) || lockSeconds < 0) throw new UsageError(`--lock-timeout '${lockRaw}' is not a number of seconds`);
+  return {
+    dataDir,
+    master: parseMasterUrl(rawMaster),
+    seedsDir: path.resolve(flags.seeds ?? env.ACM2_SEED_DIR ?? SHIPPED_SEEDS_DIR),
+    seedVersion,
+    json: Boolean(flags.json),
+    quiet: Boolean(flags.quiet),
+    verbose: Boolean(flags.verbose),
+    color: flags.color !== false && !('NO_COLOR' in env) && !flags.json,
+    lockTimeoutMs: lockSeconds * 1000,
+  };
+}
+
+const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function assertVersionName(v: string): string {
+  if (!VERSION_RE.test(v) || v === '.' || v === '..') {
+    throw new UsageError(`'${v}' is not a valid seed version name (letters, digits, '.', '_', '-'; at most 64; not starting with a symbol)`, 'bad_version');
+  }
+  return v;
+}
+
+export function parseMasterUrl(raw: string): MasterUrl {
+  if (raw.startsWith('sqlite:')) {
+    const file = raw.slice('sqlite:'.length).replace(/^\/\/(?=\/)/, '');
+    if (!file) throw new UsageError(`master URL '${raw}' names no file (expected sqlite:<path>)`, 'bad_master_url');
+    const abs = path.resolve(file);
+    return { kind: 'sqlite', file: abs, display: `sqlite:${abs}` };
+  }
+  if (raw.startsWith('mysql://') || raw.startsWith('mariadb://')) {
+    let u: URL;
+    try {
+      u = new URL(raw);
+    } catch {
+      throw new UsageError(`master URL '${redactUrl(raw)}' is malformed (expected mysql://user:pass@host:port/db)`, 'bad_master_url');
+    }
+    const database = decodeURIComponent(u.pathname.replace(/^\//, ''));
+    if (!u.hostname || !database || database.includes('/')) {
+      throw new UsageError(`master URL '${redactUrl(raw)}' is malformed (expected mysql://user:pass@host:port/db)`, 'bad_master_url');
+    }
+    const port = u.port ? Number(u.port) : 3306;
+    const host = u.hostname.replace(/^\[|\]$/g, '');
+    const user = decodeURIComponent(u.username || 'root');
+    return {
+      kind: 'mysql',
+      host,
+      port,
+      user,
+      password: decodeURIComponent(u.password),
+      database,
+      display: `mysql://${user}@${host}:${port}/${database}`,
+    };
+  }
+  throw new UsageError(`master URL '${redactUrl(raw)}' is malformed: it must start with sqlite: or mysql://`, 'bad_master_url');
+}
+
+/** Remove any password from a URL-ish string, even a malformed one. */
+export function redactUrl(raw: string): string {
+  return raw.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@');
+}

@@ -1,0 +1,82 @@
+// One error tree for the whole tool; each class carries the exit code of SPEC §2.
+// main.ts is the only place that turns these into an exit code and a message.
+
+export const EXIT = {
+  ok: 0,
+  findings: 1,
+  usage: 2,
+  unavailable: 3,
+  internal: 70,
+} as const;
+
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+export abstract class Acm2Error extends Error {
+  abstract readonly exitCode: ExitCode;
+  /** Stable machine-readable code for `--json` error documents. */
+  abstract readonly code: string;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Bad flag, bad value, bad package: nothing was changed. Exit 2. */
+export class UsageError extends Acm2Error {
+  readonly exitCode = EXIT.usage;
+  readonly code: string;
+  constructor(message: string, code = 'usage', options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** A seed package that is missing, malformed or tampered with. Exit 2. */
+export class PackageError extends UsageError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'bad_package', options);
+  }
+}
+
+/** Master unreachable, lock held past the wait, disk full. Exit 3. */
+export class UnavailableError extends Acm2Error {
+  readonly exitCode = EXIT.unavailable;
+  readonly code: string;
+  constructor(message: string, code = 'unavailable', options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** A command finished but found problems or had failed items. Exit 1. */
+export class FindingsError extends Acm2Error {
+  readonly exitCode = EXIT.findings;
+  readonly code: string;
+  constructor(message: string, code = 'findings', options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** A command that is registered but not built yet: says so honestly. Exit 70. */
+export class NotImplementedError extends Acm2Error {
+  readonly exitCode = EXIT.internal;
+  readonly code = 'not_implemented';
+  constructor(command: string) {
+    super(`'acm2 ${command}' is not implemented yet`);
+  }
+}
+
+export function isAcm2Error(e: unknown): e is Acm2Error {
+  return e instanceof Acm2Error;
+}
+
+/** Map low-level environment failures (disk full, permission) to exit 3 with one sentence. */
+export function classifyFsError(e: unknown, what: string): Acm2Error | undefined {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOSPC') return new UnavailableError(`disk full while writing ${what}`, 'disk_full', { cause: e });
+  if (code === 'EACCES' || code === 'EPERM')
+    return new UnavailableError(`permission denied on ${what}`, 'permission_denied', { cause: e });
+  if (code === 'EROFS') return new UnavailableError(`read-only file system at ${what}`, 'read_only', { cause: e });
+  return undefined;
+}

@@ -1,0 +1,42 @@
+// The one place that catches errors and sets the exit code (SPEC §2).
+
+import { buildProgram } from './cli/program.js';
+import { EXIT, isAcm2Error } from './errors.js';
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  const wantsJson = argv.includes('--json');
+  const verbose = argv.includes('--verbose');
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
+  } catch (e) {
+    return reportError(e, wantsJson, verbose);
+  }
+}
+
+function reportError(e: unknown, json: boolean, verbose: boolean): number {
+  // commander signals help/version and its own usage errors through exceptions with exitCode.
+  const ce = e as { code?: string; exitCode?: number; message?: string };
+  if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
+    if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' || ce.exitCode === 0) return EXIT.ok;
+    const message = (ce.message ?? 'usage error').replace(/^error: /, '');
+    if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'usage', message } })}\n`);
+    return EXIT.usage;
+  }
+  if (isAcm2Error(e)) {
+    if (json) process.stdout.write(`${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`);
+    else process.stderr.write(`acm2: ${e.message}\n`);
+    if (verbose && e.stack) process.stderr.write(`${e.stack}\n`);
+    return e.exitCode;
+  }
+  const err = e instanceof Error ? e : new Error(String(e));
+  const message = `internal error: ${err.message} (this is a bug, please report it)`;
+  if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'internal', message } })}\n`);
+  else process.stderr.write(`acm2: ${message}\n`);
+  if (verbose && err.stack) process.stderr.write(`${err.stack}\n`);
+  return EXIT.internal;
+}
+
+const code = await main(process.argv);
+process.exitCode = code;

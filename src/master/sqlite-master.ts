@@ -1,0 +1,303 @@
+// The embedded default master: ACM2's users/api_keys plus the tool's tables in one SQLite file.
+// Writers serialise with BEGIN IMMEDIATE; WAL lets readers (list, verify) run beside them.
+
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { loadMigrations } from '../migrations.js';
+import { UnavailableError, UsageError } from '../errors.js';
+import type {
+  ApiKeyRow,
+  BackfillItem,
+  BackfillProgress,
+  JobOutcome,
+  JobStatus,
+  MasterDb,
+  MasterUser,
+  NewUser,
+  SeedJob,
+  UserLock,
+} from './types.js';
+
+type Row = Record<string, unknown>;
+
+export function toUser(r: Row): MasterUser {
+  return {
+    id: Number(r.id),
+    username: String(r.username),
+    email: String(r.email),
+    wordpressUserId: r.wordpress_user_id == null ? null : Number(r.wordpress_user_id),
+    createdAt: toIso(r.created_at),
+  };
+}
+
+export function toJob(r: Row): SeedJob {
+  return {
+    id: Number(r.id),
+    userId: Number(r.user_id),
+    seedVersion: String(r.seed_version),
+    status: String(r.status) as JobStatus,
+    force: Number(r.force) === 1,
+    attempts: Number(r.attempts),
+    maxAttempts: Number(r.max_attempts),
+    lockedBy: r.locked_by == null ? null : String(r.locked_by),
+    lockedUntil: r.locked_until == null ? null : Number(r.locked_until),
+    nextAttemptAt: Number(r.next_attempt_at),
+    lastError: r.last_error == null ? null : String(r.last_error),
+    createdAt: String(r.created_at),
+    updatedAt: String(r.updated_at),
+  };
+}
+
+export function toApiKey(r: Row): ApiKeyRow {
+  return {
+    id: Number(r.id),
+    userId: Number(r.user_id),
+    keyHash: String(r.key_hash),
+    keyPrefix: String(r.key_prefix),
+    name: r.name == null ? null : String(r.name),
+    revokedAt: toIso(r.revoked_at),
+  };
+}
+
+export function toIso(v: unknown): string | null {
+  if (v == null) return null;
+  if (v instanceof Date) return v.toISOString();
+  const s = String(v);
+  // SQLite CURRENT_TIMESTAMP is 'YYYY-MM-DD HH:MM:SS' in UTC.
+  if (/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/.test(s)) return `${s.replace(' ', 'T')}.000Z`;
+  return s;
+}
+
+export function duplicateMessage(e: unknown, input: NewUser): UsageError | undefined {
+  const msg = String((e as Error)?.message ?? '');
+  if (!/UNIQUE|Duplicate entry/i.test(msg)) return undefined;
+  if (/email/i.test(msg)) return new UsageError(`a user with email '${input.email}' already exists`, 'duplicate_email');
+  if (/username/i.test(msg)) return new UsageError(`a user with username '${input.username}' already exists`, 'duplicate_username');
+  if (/wordpress/i.test(msg)) return new UsageError(`a user with WordPress user id ${input.wordpressUserId} already exists`, 'duplicate_wordpress_id');
+  return new UsageError(`the new user clashes with an existing one (${msg})`, 'duplicate');
+}
+
+export class SqliteMaster implements MasterDb {
+  readonly dialect = 'sqlite' as const;
+  readonly capabilities = { skipLocked: false, advisoryLocks: false };
+  readonly display: string;
+  private db: Database.Database;
+
+  constructor(readonly file: string) {
+    this.display = `sqlite:${file}`;
+    try {
+      mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+      this.db = new Database(file);
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('busy_timeout = 15000');
+      this.db.pragma('foreign_keys = ON');
+    } catch (e) {
+      throw new UnavailableError(`cannot open SQLite master at ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'master_unreachable', { cause: e });
+    }
+  }
+
+  async migrate(): Promise<string[]> {
+    const db = this.db;
+    db.exec(`CREATE TABLE IF NOT EXISTS acm2_master_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)`);
+    const applied: string[] = [];
+    for (const m of loadMigrations('master/sqlite')) {
+      const done = db.transaction(() => {
+        const row = db.prepare(`SELECT checksum FROM acm2_master_migrations WHERE id = ?`).get(m.id) as { checksum: string } | undefined;
+        if (row) {
+          if (row.checksum !== m.checksum) throw new UsageError(`master migration ${m.name} was applied with a different checksum`, 'migration_checksum');
+          return false;
+        }
+        db.exec(m.sql);
+        db.prepare(`INSERT INTO acm2_master_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)`).run(m.id, m.name, m.checksum, new Date().toISOString());
+        return true;
+      }).immediate();
+      if (done) applied.push(m.name);
+    }
+    return applied;
+  }
+
+  private one(sql: string, ...args: unknown[]): Row | undefined {
+    return this.db.prepare(sql).get(...args) as Row | undefined;
+  }
+
+  async getUser(id: number) {
+    const r = this.one(`SELECT * FROM users WHERE id = ?`, id);
+    return r && toUser(r);
+  }
+  async findUserByEmail(email: string) {
+    const r = this.one(`SELECT * FROM users WHERE email = ? COLLATE NOCASE`, email);
+    return r && toUser(r);
+  }
+  async findUserByUsername(username: string) {
+    const r = this.one(`SELECT * FROM users WHERE username = ? COLLATE NOCASE`, username);
+    return r && toUser(r);
+  }
+  async findUserByWordpressId(wpId: number) {
+    const r = this.one(`SELECT * FROM users WHERE wordpress_user_id = ?`, wpId);
+    return r && toUser(r);
+  }
+
+  async createUser(input: NewUser) {
+    const now = new Date();
+    try {
+      return this.db.transaction(() => {
+        const info = this.db
+          .prepare(`INSERT INTO users (username, email, wordpress_user_id) VALUES (?, ?, ?)`)
+          .run(input.username, input.email, input.wordpressUserId);
+        const userId = Number(info.lastInsertRowid);
+        this.db
+          .prepare(`INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)`)
+          .run(userId, input.keyHash, input.keyPrefix, input.keyName);
+        const job = this.insertJob(userId, input.seedVersion, false, input.maxAttempts, now.getTime());
+        return { user: toUser(this.one(`SELECT * FROM users WHERE id = ?`, userId)!), job };
+      }).immediate();
+    } catch (e) {
+      throw duplicateMessage(e, input) ?? e;
+    }
+  }
+
+  private insertJob(userId: number, version: string, force: boolean, maxAttempts: number, now: number): SeedJob {
+    const iso = new Date(now).toISOString();
+    const info = this.db
+      .prepare(`INSERT INTO acm2_seed_jobs (user_id, seed_version, status, force, attempts, max_attempts, next_attempt_at, created_at, updated_at)
+                VALUES (?, ?, 'pending', ?, 0, ?, ?, ?, ?)`)
+      .run(userId, version, force ? 1 : 0, maxAttempts, now, iso, iso);
+    return toJob(this.one(`SELECT * FROM acm2_seed_jobs WHERE id = ?`, info.lastInsertRowid)!);
+  }
+
+  async listUsers(opts: { afterId: number; limit: number; ids?: number[] }) {
+    if (opts.ids && opts.ids.length === 0) return [];
+    const filter = opts.ids ? ` AND id IN (${opts.ids.map(() => '?').join(',')})` : '';
+    const rows = this.db
+      .prepare(`SELECT * FROM users WHERE id > ?${filter} ORDER BY id LIMIT ?`)
+      .all(opts.afterId, ...(opts.ids ?? []), opts.limit) as Row[];
+    return rows.map(toUser);
+  }
+  async countUsers() {
+    return Number(this.one(`SELECT COUNT(*) AS n FROM users`)!.n);
+  }
+  async maxUserId() {
+    return Number(this.one(`SELECT COALESCE(MAX(id), 0) AS n FROM users`)!.n);
+  }
+  async apiKeysFor(userId: number) {
+    return (this.db.prepare(`SELECT * FROM api_keys WHERE user_id = ? ORDER BY id`).all(userId) as Row[]).map(toApiKey);
+  }
+
+  async enqueueSeedJob(userId: number, seedVersion: string, opts: { force?: boolean; maxAttempts?: number } = {}) {
+    return this.db.transaction(() => {
+      const open = this.one(
+        `SELECT * FROM acm2_seed_jobs WHERE user_id = ? AND seed_version = ? AND status IN ('pending','running') ORDER BY id DESC LIMIT 1`,
+        userId,
+        seedVersion,
+      );
+      if (open) return toJob(open);
+      return this.insertJob(userId, seedVersion, opts.force ?? false, opts.maxAttempts ?? 5, Date.now());
+    }).immediate();
+  }
+
+  async latestJob(userId: number) {
+    const r = this.one(`SELECT * FROM acm2_seed_jobs WHERE user_id = ? ORDER BY id DESC LIMIT 1`, userId);
+    return r && toJob(r);
+  }
+
+  private claimWhere(where: string, args: unknown[], workerId: string, leaseMs: number, now: number): SeedJob | undefined {
+    return this.db.transaction(() => {
+      const r = this.one(
+        `SELECT * FROM acm2_seed_jobs
+         WHERE ${where} AND ((status = 'pending' AND next_attempt_at <= ?) OR (status = 'running' AND locked_until < ?))
+         ORDER BY next_attempt_at, id LIMIT 1`,
+        ...args,
+        now,
+        now,
+      );
+      if (!r) return undefined;
+      this.db
+        .prepare(`UPDATE acm2_seed_jobs SET status = 'running', locked_by = ?, locked_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?`)
+        .run(workerId, now + leaseMs, new Date(now).toISOString(), r.id);
+      return toJob(this.one(`SELECT * FROM acm2_seed_jobs WHERE id = ?`, r.id)!);
+    }).immediate();
+  }
+
+  async claimJob(workerId: string, leaseMs: number, now = Date.now()) {
+    return this.claimWhere('1 = 1', [], workerId, leaseMs, now);
+  }
+  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now()) {
+    // A direct `user seed` does not wait for backoff: the operator asked for it now.
+    return this.db.transaction(() => {
+      this.db
+        .prepare(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE user_id = ? AND status = 'pending' AND next_attempt_at > ?`)
+        .run(now, userId, now);
+      return this.claimWhere('user_id = ?', [userId], workerId, leaseMs, now);
+    }).immediate();
+  }
+
+  async finishJob(jobId: number, workerId: string, outcome: JobOutcome, now = Date.now()) {
+    const iso = new Date(now).toISOString();
+    const info =
+      outcome.status === 'done'
+        ? this.db
+            .prepare(`UPDATE acm2_seed_jobs SET status = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`)
+            .run(iso, jobId, workerId)
+        : this.db
+            .prepare(`UPDATE acm2_seed_jobs SET status = ?, locked_by = NULL, locked_until = NULL, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`)
+            .run(outcome.status, outcome.error, outcome.status === 'pending' ? outcome.nextAttemptAt : now, iso, jobId, workerId);
+    return info.changes === 1;
+  }
+
+  async countJobs(status?: JobStatus) {
+    const r = status ? this.one(`SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE status = ?`, status) : this.one(`SELECT COUNT(*) AS n FROM acm2_seed_jobs`);
+    return Number(r!.n);
+  }
+
+  async acquireUserLock(): Promise<UserLock | undefined> {
+    throw new Error('the SQLite master has no advisory locks; use the file lock');
+  }
+
+  async getBackfill(name: string) {
+    const r = this.one(`SELECT * FROM acm2_backfill_runs WHERE name = ?`, name);
+    return r && toBackfill(r);
+  }
+  async saveBackfill(p: Omit<BackfillProgress, 'startedAt' | 'updatedAt'>) {
+    const iso = new Date().toISOString();
+    this.db
+      .prepare(`INSERT INTO acm2_backfill_runs (name, status, cursor_id, options, counts, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(name) DO UPDATE SET status = excluded.status, cursor_id = excluded.cursor_id, options = excluded.options, counts = excluded.counts, updated_at = excluded.updated_at`)
+      .run(p.name, p.status, p.cursor, p.options, JSON.stringify(p.counts), iso, iso);
+  }
+  async recordBackfillItem(name: string, item: BackfillItem) {
+    this.db
+      .prepare(`INSERT INTO acm2_backfill_items (name, user_id, outcome, reason) VALUES (?, ?, ?, ?)
+                ON CONFLICT(name, user_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason`)
+      .run(name, item.userId, item.outcome, item.reason);
+  }
+  async backfillItems(name: string) {
+    return (this.db.prepare(`SELECT user_id, outcome, reason FROM acm2_backfill_items WHERE name = ? ORDER BY user_id`).all(name) as Row[]).map((r) => ({
+      userId: Number(r.user_id),
+      outcome: String(r.outcome),
+      reason: r.reason == null ? null : String(r.reason),
+    }));
+  }
+  async resetBackfill(name: string) {
+    this.db.transaction(() => {
+      this.db.prepare(`DELETE FROM acm2_backfill_items WHERE name = ?`).run(name);
+      this.db.prepare(`DELETE FROM acm2_backfill_runs WHERE name = ?`).run(name);
+    })();
+  }
+
+  async close() {
+    this.db.close();
+  }
+}
+
+export function toBackfill(r: Row): BackfillProgress {
+  return {
+    name: String(r.name),
+    status: String(r.status) as BackfillProgress['status'],
+    cursor: Number(r.cursor_id),
+    options: String(r.options),
+    counts: JSON.parse(String(r.counts)) as Record<string, number>,
+    startedAt: String(r.started_at),
+    updatedAt: String(r.updated_at),
+  };
+}

@@ -1,0 +1,128 @@
+// The one interface every master implementation (embedded SQLite, MySQL) provides.
+// Ids are numbers and times ISO strings at this boundary, whatever the engine returns.
+
+export interface MasterUser {
+  id: number;
+  username: string;
+  email: string;
+  wordpressUserId: number | null;
+  createdAt: string | null;
+}
+
+export type JobStatus = 'pending' | 'running' | 'done' | 'failed';
+
+export interface SeedJob {
+  id: number;
+  userId: number;
+  seedVersion: string;
+  status: JobStatus;
+  force: boolean;
+  attempts: number;
+  maxAttempts: number;
+  lockedBy: string | null;
+  /** Epoch ms; a running job whose lease is past may be reclaimed. */
+  lockedUntil: number | null;
+  /** Epoch ms before which a pending job is not claimed (retry backoff). */
+  nextAttemptAt: number;
+  lastError: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface NewUser {
+  username: string;
+  email: string;
+  wordpressUserId: number | null;
+  keyHash: string;
+  keyPrefix: string;
+  keyName: string;
+  seedVersion: string;
+  maxAttempts: number;
+}
+
+export interface ApiKeyRow {
+  id: number;
+  userId: number;
+  keyHash: string;
+  keyPrefix: string;
+  name: string | null;
+  revokedAt: string | null;
+}
+
+export type JobOutcome =
+  | { status: 'done' }
+  /** Retry later: back to pending with the error kept. */
+  | { status: 'pending'; error: string; nextAttemptAt: number }
+  /** Last attempt spent. */
+  | { status: 'failed'; error: string };
+
+export interface UserLock {
+  release(): Promise<void>;
+}
+
+export interface BackfillProgress {
+  name: string;
+  status: 'running' | 'done' | 'interrupted';
+  cursor: number;
+  options: string;
+  counts: Record<string, number>;
+  startedAt: string;
+  updatedAt: string;
+}
+
+export interface BackfillItem {
+  userId: number;
+  outcome: string;
+  reason: string | null;
+}
+
+export interface MasterCapabilities {
+  /** SELECT … FOR UPDATE SKIP LOCKED for claiming jobs. */
+  skipLocked: boolean;
+  /** Named advisory locks held by a connection (GET_LOCK). */
+  advisoryLocks: boolean;
+}
+
+export interface MasterDb {
+  readonly dialect: 'sqlite' | 'mysql';
+  /** Where it points, with no password. */
+  readonly display: string;
+  readonly capabilities: MasterCapabilities;
+
+  /** Apply pending master migrations (ordered, checksummed, each once). Returns names applied. */
+  migrate(): Promise<string[]>;
+
+  getUser(id: number): Promise<MasterUser | undefined>;
+  findUserByEmail(email: string): Promise<MasterUser | undefined>;
+  findUserByUsername(username: string): Promise<MasterUser | undefined>;
+  findUserByWordpressId(wpId: number): Promise<MasterUser | undefined>;
+  /** users row + api_keys row + seed job, in one transaction. */
+  createUser(input: NewUser): Promise<{ user: MasterUser; job: SeedJob }>;
+  /** Keyset page: users with id > afterId, ascending, at most limit; optionally only these ids. */
+  listUsers(opts: { afterId: number; limit: number; ids?: number[] }): Promise<MasterUser[]>;
+  countUsers(): Promise<number>;
+  maxUserId(): Promise<number>;
+  apiKeysFor(userId: number): Promise<ApiKeyRow[]>;
+
+  /** A job for this user and version; an open (pending/running) one is returned rather than duplicated. */
+  enqueueSeedJob(userId: number, seedVersion: string, opts?: { force?: boolean; maxAttempts?: number }): Promise<SeedJob>;
+  latestJob(userId: number): Promise<SeedJob | undefined>;
+  /** Claim one due job (pending and due, or running with an expired lease) for workerId. */
+  claimJob(workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
+  /** Claim this user's open job (if any) for a direct `user seed`. */
+  claimJobForUser(userId: number, workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
+  /** Record an outcome; false if the job is no longer held by workerId (lease lost). */
+  finishJob(jobId: number, workerId: string, outcome: JobOutcome, now?: number): Promise<boolean>;
+  countJobs(status?: JobStatus): Promise<number>;
+
+  /** Hold a per-user advisory lock (only when capabilities.advisoryLocks); undefined if not got within timeoutMs. */
+  acquireUserLock(userId: number, timeoutMs: number): Promise<UserLock | undefined>;
+
+  getBackfill(name: string): Promise<BackfillProgress | undefined>;
+  saveBackfill(p: Omit<BackfillProgress, 'startedAt' | 'updatedAt'>): Promise<void>;
+  recordBackfillItem(name: string, item: BackfillItem): Promise<void>;
+  backfillItems(name: string): Promise<BackfillItem[]>;
+  resetBackfill(name: string): Promise<void>;
+
+  close(): Promise<void>;
+}

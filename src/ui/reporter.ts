@@ -1,0 +1,99 @@
+// How results reach a person or a script: one JSON document on stdout with --json,
+// tables and colour for a person; progress and logs on stderr, only when stderr is a TTY.
+
+import type { Config } from '../config.js';
+
+export interface ProgressSink {
+  /** Begin a phase; total is the number of items when known. */
+  start(label: string, total?: number): void;
+  tick(n?: number, detail?: string): void;
+  done(): void;
+}
+
+export const silentProgress: ProgressSink = { start() {}, tick() {}, done() {} };
+
+export interface Reporter {
+  readonly json: boolean;
+  readonly color: boolean;
+  progress(): ProgressSink;
+  /** A log line on stderr (suppressed by --quiet and in --json unless a TTY). */
+  log(msg: string): void;
+  verbose(msg: string): void;
+  /** The command's one result: JSON document or human text on stdout. */
+  result(data: unknown, human: () => string): void;
+}
+
+export function createReporter(cfg: Pick<Config, 'json' | 'quiet' | 'verbose' | 'color'>): Reporter {
+  const tty = Boolean(process.stderr.isTTY);
+  const showLogs = !cfg.quiet && (!cfg.json || tty);
+  return {
+    json: cfg.json,
+    color: cfg.color,
+    progress: () => (tty && !cfg.quiet ? ttyProgress() : silentProgress),
+    log: (msg) => {
+      if (showLogs) process.stderr.write(`${msg}\n`);
+    },
+    verbose: (msg) => {
+      if (cfg.verbose && showLogs) process.stderr.write(`${msg}\n`);
+    },
+    result: (data, human) => {
+      if (cfg.json) process.stdout.write(`${JSON.stringify(data, null, 2)}\n`);
+      else if (!cfg.quiet) {
+        const text = human();
+        if (text) process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+      }
+    },
+  };
+}
+
+/** A single-line progress display with rate and ETA, redrawn at most every 100 ms. */
+function ttyProgress(): ProgressSink {
+  let label = '';
+  let total: number | undefined;
+  let count = 0;
+  let started = 0;
+  let last = 0;
+  let detail = '';
+  const draw = (force = false) => {
+    const now = Date.now();
+    if (!force && now - last < 100) return;
+    last = now;
+    const secs = Math.max((now - started) / 1000, 0.001);
+    const rate = count / secs;
+    const eta = total !== undefined && rate > 0 ? Math.max(0, (total - count) / rate) : undefined;
+    const parts = [label, total !== undefined ? `${count}/${total}` : `${count}`, `${rate.toFixed(1)}/s`];
+    if (eta !== undefined) parts.push(`ETA ${formatSeconds(eta)}`);
+    if (detail) parts.push(detail);
+    process.stderr.write(`\r\x1b[2K${parts.join('  ')}`);
+  };
+  return {
+    start(l, t) {
+      label = l;
+      total = t;
+      count = 0;
+      started = Date.now();
+      draw(true);
+    },
+    tick(n = 1, d) {
+      count += n;
+      if (d !== undefined) detail = d;
+      draw();
+    },
+    done() {
+      draw(true);
+      process.stderr.write('\n');
+    },
+  };
+}
+
+export function formatSeconds(s: number): string {
+  if (s < 60) return `${s.toFixed(0)}s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m}m${Math.round(s % 60)}s` : `${Math.floor(m / 60)}h${m % 60}m`;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}

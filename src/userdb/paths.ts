@@ -1,0 +1,58 @@
+// Every per-user path is derived here from the user id, and nowhere else.
+// Anything that would resolve outside the user's root is refused.
+
+import path from 'node:path';
+import { UsageError } from '../errors.js';
+
+export type UserId = number;
+
+/** Parse a user id given on the command line or read from a file name. */
+export function parseUserId(raw: string | number): UserId {
+  const s = String(raw).trim();
+  if (!/^[1-9][0-9]{0,15}$/.test(s)) throw new UsageError(`'${s}' is not a valid user id (expected a positive integer)`, 'bad_user_id');
+  const n = Number(s);
+  if (!Number.isSafeInteger(n)) throw new UsageError(`'${s}' is not a valid user id (too large)`, 'bad_user_id');
+  return n;
+}
+
+export function userDbPath(dataDir: string, id: UserId): string {
+  return path.join(path.resolve(dataDir), `user_${id}.db`);
+}
+
+export function userRoot(dataDir: string, id: UserId): string {
+  return path.join(path.resolve(dataDir), `user_${id}`);
+}
+
+export function userRunsDir(dataDir: string, id: UserId): string {
+  return path.join(userRoot(dataDir, id), 'runs');
+}
+
+/** Tool-private area: staging, locks, backups. ACM2 never reads it. */
+export function toolDir(dataDir: string, ...parts: string[]): string {
+  return path.join(path.resolve(dataDir), '.acm2', ...parts);
+}
+
+/**
+ * Resolve a relative path (as stored in a package or the seeded-files list) under the user's
+ * root. Refuses absolute paths, `..` segments and anything that leaves the root.
+ */
+export function resolveUnderUser(dataDir: string, id: UserId, rel: string): string {
+  return resolveInside(userRoot(dataDir, id), rel);
+}
+
+export function resolveInside(root: string, rel: string): string {
+  if (path.isAbsolute(rel) || rel.split(/[\\/]/).some((seg) => seg === '..') || rel.includes('\0')) {
+    throw new UsageError(`path '${rel}' would leave ${root}`, 'path_escape');
+  }
+  const full = path.resolve(root, rel);
+  const relBack = path.relative(root, full);
+  if (relBack.startsWith('..') || path.isAbsolute(relBack)) throw new UsageError(`path '${rel}' would leave ${root}`, 'path_escape');
+  return full;
+}
+
+/** Matches the names ACM2 uses in the data dir; returns the user id or undefined. */
+export function userIdFromEntry(name: string): { id: UserId; kind: 'db' | 'dir' } | undefined {
+  const m = /^user_([1-9][0-9]{0,15})(\.db)?$/.exec(name);
+  if (!m) return undefined;
+  return { id: Number(m[1]), kind: m[2] ? 'db' : 'dir' };
+}
