@@ -1,8 +1,36 @@
-// `acm2 user list`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 user list`: streams users page by page; --json streams one JSON array.
 
-import { NotImplementedError } from '../errors.js';
 import type { CommandCall } from './program.js';
+import { context } from './context.js';
+import { usingMaster } from '../master/factory.js';
+import { listUserStatuses, type SeedStatus } from '../core/users.js';
+import { statusTable } from '../ui/users.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('user list');
+export async function run({ opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const status = opts.status as SeedStatus | undefined;
+  await usingMaster(cfg.master, async (master) => {
+    const users = listUserStatuses({ master, dataDir: cfg.dataDir }, { status });
+    if (out.json) {
+      // One document, written as it streams: memory stays flat however many users there are.
+      process.stdout.write('{"users":[');
+      let first = true;
+      for await (const u of users) {
+        process.stdout.write(`${first ? '' : ','}\n${JSON.stringify(u)}`);
+        first = false;
+      }
+      process.stdout.write('\n]}\n');
+      return;
+    }
+    let n = 0;
+    let table = statusTable();
+    for await (const u of users) {
+      table.push(u);
+      if (++n % 200 === 0) {
+        out.result(null, () => table.toString());
+        table = statusTable();
+      }
+    }
+    if (n % 200 !== 0 || n === 0) out.result(null, () => (n === 0 ? 'No users.' : table.toString()));
+  });
 }

@@ -1,8 +1,48 @@
-// `acm2 user seed`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 user seed <user>` or `acm2 user seed --pending`: seed one user, or drain the queue.
 
-import { NotImplementedError } from '../errors.js';
+import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
+import { context, intOption } from './context.js';
+import { usingMaster } from '../master/factory.js';
+import { seedOneUser } from '../core/users.js';
+import { runSeedPool } from '../core/seed-pool.js';
+import { renderDrain, renderSeed } from '../ui/users.js';
+import { EXIT, UsageError } from '../errors.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('user seed');
+export async function run({ args, opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  if (opts.pending) {
+    if (args.length > 0) throw new UsageError('give either a user or --pending, not both');
+    const progress = out.progress();
+    let stop = false;
+    const onSigint = () => (stop = true);
+    process.once('SIGINT', onSigint);
+    progress.start('seeding');
+    const r = await runSeedPool({
+      master: cfg.master,
+      dataDir: cfg.dataDir,
+      seedsDir: cfg.seedsDir,
+      lockTimeoutMs: cfg.lockTimeoutMs,
+      concurrency: intOption(opts, 'concurrency') ?? availableParallelism(),
+      limit: intOption(opts, 'limit'),
+      watch: Boolean(opts.watch),
+      stopped: () => stop,
+      onProgress: (n) => progress.tick(n),
+    }).finally(() => {
+      progress.done();
+      process.off('SIGINT', onSigint);
+    });
+    out.result(r, () => renderDrain(r));
+    if (r.failed > 0 || r.retrying > 0) process.exitCode = EXIT.findings;
+    return;
+  }
+  if (args.length !== 1) throw new UsageError('name one user (id or email), or use --pending');
+  const r = await usingMaster(cfg.master, (master) =>
+    seedOneUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, args[0]!, {
+      seedVersion: cfg.seedVersion,
+      force: Boolean(opts.force),
+    }),
+  );
+  out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(r.seed, r.user.id));
+  if (r.seed.status === 'failed') process.exitCode = EXIT.findings;
 }

@@ -1,8 +1,13 @@
-// `acm2 user show`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 user show <user>`: status from both master and user DB.
 
-import { NotImplementedError } from '../errors.js';
 import type { CommandCall } from './program.js';
+import { context } from './context.js';
+import { usingMaster } from '../master/factory.js';
+import { resolveUser, userStatus } from '../core/users.js';
+import { renderStatus } from '../ui/users.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('user show');
+export async function run({ args, opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const s = await usingMaster(cfg.master, async (master) => userStatus({ master, dataDir: cfg.dataDir }, await resolveUser(master, args[0]!)));
+  out.result(s, () => renderStatus(s));
 }

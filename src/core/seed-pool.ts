@@ -1,0 +1,110 @@
+// Drains the seed queue with N workers on this host (worker threads, each with its own master
+// connection), so seeding many users keeps every core busy. The queue itself (leases,
+// SKIP LOCKED) spreads work across hosts; this only spreads it across cores.
+
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { MasterUrl } from '../config.js';
+import { openMaster } from '../master/factory.js';
+import { drainQueue, type DrainResult } from './users.js';
+
+export interface PoolInput {
+  master: MasterUrl;
+  dataDir: string;
+  seedsDir: string;
+  lockTimeoutMs: number;
+  concurrency: number;
+  limit?: number;
+  watch?: boolean;
+  /** Stop watching when this returns true (SIGINT). */
+  stopped?: () => boolean;
+  onProgress?: (done: number) => void;
+}
+
+interface WorkerInput {
+  master: MasterUrl;
+  dataDir: string;
+  seedsDir: string;
+  lockTimeoutMs: number;
+  slots: SharedArrayBuffer;
+  limit: number;
+}
+
+export function emptyDrain(): DrainResult {
+  return { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
+}
+
+export function mergeDrain(a: DrainResult, b: DrainResult): DrainResult {
+  return {
+    claimed: a.claimed + b.claimed,
+    done: a.done + b.done,
+    retrying: a.retrying + b.retrying,
+    failed: a.failed + b.failed,
+    skipped: a.skipped + b.skipped,
+    failures: [...a.failures, ...b.failures],
+  };
+}
+
+export async function runSeedPool(input: PoolInput): Promise<DrainResult> {
+  let total = emptyDrain();
+  for (;;) {
+    const round = await drainOnce(input);
+    total = mergeDrain(total, round);
+    const limitHit = input.limit !== undefined && total.claimed >= input.limit;
+    if (!input.watch || limitHit || input.stopped?.()) return total;
+    await new Promise((r) => setTimeout(r, 1000));
+    if (input.stopped?.()) return total;
+  }
+}
+
+async function drainOnce(input: PoolInput): Promise<DrainResult> {
+  // Slot counter shared by all workers so --limit holds across them.
+  const slots = new SharedArrayBuffer(8);
+  const limit = input.limit ?? -1;
+  const n = Math.max(1, input.concurrency);
+  const wi: WorkerInput = { master: input.master, dataDir: input.dataDir, seedsDir: input.seedsDir, lockTimeoutMs: input.lockTimeoutMs, slots, limit };
+  if (n === 1) return drainInThread(wi, input.onProgress);
+  const results = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise<DrainResult>((resolve, reject) => {
+        const w = new Worker(new URL(import.meta.url), { workerData: wi });
+        let result: DrainResult | undefined;
+        w.on('message', (m: { type: string; result?: DrainResult; error?: string }) => {
+          if (m.type === 'tick') input.onProgress?.(1);
+          else if (m.type === 'done') result = m.result;
+          else if (m.type === 'error') reject(new Error(m.error));
+        });
+        w.on('error', reject);
+        w.on('exit', (code) => (result ? resolve(result) : reject(new Error(`seed worker exited with code ${code}`))));
+      }),
+    ),
+  );
+  return results.reduce(mergeDrain, emptyDrain());
+}
+
+async function drainInThread(wi: WorkerInput, tick?: (n: number) => void): Promise<DrainResult> {
+  const master = await openMaster(wi.master);
+  const counter = new Int32Array(wi.slots);
+  try {
+    let seen = 0;
+    return await drainQueue(
+      { master, dataDir: wi.dataDir, seedsDir: wi.seedsDir, lockTimeoutMs: wi.lockTimeoutMs },
+      {
+        reserve: () => wi.limit < 0 || Atomics.add(counter, 0, 1) < wi.limit,
+        onJob: (r) => {
+          const now = r.done + r.failed + r.retrying + r.skipped;
+          tick?.(now - seen);
+          seen = now;
+        },
+      },
+    );
+  } finally {
+    await master.close();
+  }
+}
+
+if (!isMainThread && parentPort && (workerData as WorkerInput | undefined)?.slots) {
+  const port = parentPort;
+  drainInThread(workerData as WorkerInput, () => port.postMessage({ type: 'tick' }))
+    .then((result) => port.postMessage({ type: 'done', result }))
+    .catch((e: unknown) => port.postMessage({ type: 'error', error: e instanceof Error ? e.message : String(e) }));
+}

@@ -1,0 +1,49 @@
+// One seeder per user. On MySQL: GET_LOCK held on a dedicated connection. On the embedded
+// master: an exclusive SQLite transaction on a per-user lock file, which the OS releases
+// when the holder dies, so a crash never leaves a stale lock behind.
+
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import type { MasterDb, UserLock } from '../master/types.js';
+import { toolDir, type UserId } from '../userdb/paths.js';
+import { UnavailableError } from '../errors.js';
+
+export async function lockUser(master: MasterDb, dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock> {
+  const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : fileLock(dataDir, userId, timeoutMs);
+  if (!lock) throw lockTimeout(userId, timeoutMs);
+  return lock;
+}
+
+export function lockTimeout(userId: UserId, timeoutMs: number): UnavailableError {
+  return new UnavailableError(`user ${userId} is being seeded by another process (lock still held after ${Math.round(timeoutMs / 1000)}s)`, 'lock_timeout');
+}
+
+/** Try once without waiting; undefined when someone else holds it (used by --pending to skip). */
+export async function tryLockUser(master: MasterDb, dataDir: string, userId: UserId): Promise<UserLock | undefined> {
+  return master.capabilities.advisoryLocks ? master.acquireUserLock(userId, 0) : fileLock(dataDir, userId, 0);
+}
+
+function fileLock(dataDir: string, userId: UserId, timeoutMs: number): UserLock | undefined {
+  const dir = toolDir(dataDir, 'locks');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const db = new Database(path.join(dir, `user_${userId}.lock`));
+  db.pragma('journal_mode = DELETE');
+  db.pragma(`busy_timeout = ${Math.max(0, Math.round(timeoutMs))}`);
+  try {
+    db.exec('BEGIN EXCLUSIVE');
+  } catch (e) {
+    db.close();
+    if ((e as { code?: string }).code === 'SQLITE_BUSY') return undefined;
+    throw e;
+  }
+  return {
+    async release() {
+      try {
+        db.exec('COMMIT');
+      } finally {
+        db.close();
+      }
+    },
+  };
+}

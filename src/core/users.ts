@@ -1,0 +1,315 @@
+// User lifecycle: create (master row + API key + seed job, then seed), seed one user under
+// its lock, drain the job queue, and read a user's status from both master and user DB.
+
+import { existsSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
+import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
+import { UsageError, isAcm2Error } from '../errors.js';
+import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
+import { seedUser, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
+import { lockUser, tryLockUser } from './user-lock.js';
+import { openUserDb } from '../userdb/user-db.js';
+import { parseUserId, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+
+export interface UserDeps {
+  master: MasterDb;
+  dataDir: string;
+  seedsDir: string;
+  lockTimeoutMs: number;
+  onStep?: (step: SeedStep) => void;
+}
+
+export type SeedStatus = 'ready' | 'pending' | 'in_progress' | 'failed' | 'missing';
+
+export interface SeedReport {
+  status: 'ready' | 'failed' | 'pending';
+  outcome?: SeedUserResult['outcome'];
+  seedVersion: string;
+  rows?: number;
+  files?: number;
+  bytes?: number;
+  durationMs?: number;
+  jobId?: number;
+  error?: string;
+  retry?: string;
+}
+
+export interface CreateUserResult {
+  user: { id: number; username: string; email: string; seedStatus: SeedStatus; seedVersion: string };
+  apiKey: string;
+  seed: SeedReport;
+}
+
+const EMAIL_RE = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
+const USERNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+export function validateEmail(email: string): string {
+  const e = email.trim();
+  if (e.length > 255 || !EMAIL_RE.test(e)) throw new UsageError(`'${email}' is not a valid email address`, 'bad_email');
+  return e;
+}
+
+export function validateUsername(u: string): string {
+  if (!USERNAME_RE.test(u)) throw new UsageError(`'${u}' is not a valid username (1-100 letters, digits, '.', '_', '-', starting with a letter or digit)`, 'bad_username');
+  return u;
+}
+
+export function parseWordpressId(raw: unknown): number | null {
+  if (raw === undefined || raw === null) return null;
+  const s = String(raw);
+  if (!/^[1-9][0-9]{0,9}$/.test(s) || Number(s) > 2147483647) throw new UsageError(`--wordpress-user-id '${s}' must be a positive whole number`, 'bad_wordpress_id');
+  return Number(s);
+}
+
+function bcryptRounds(): number {
+  const r = Number(process.env.ACM2_BCRYPT_ROUNDS ?? BCRYPT_ROUNDS);
+  return Number.isInteger(r) && r >= 4 && r <= 15 ? r : BCRYPT_ROUNDS;
+}
+
+export async function createUser(
+  deps: UserDeps,
+  input: { email: string; username: string; wordpressUserId?: unknown; seedVersion?: string; async?: boolean },
+): Promise<CreateUserResult> {
+  // Everything that can be wrong with the input is checked before anything is written.
+  const email = validateEmail(input.email);
+  const username = validateUsername(input.username);
+  const wordpressUserId = parseWordpressId(input.wordpressUserId);
+  const pkg = loadPackage(deps.seedsDir, resolveVersion(deps.seedsDir, input.seedVersion));
+  const { master } = deps;
+  if (await master.findUserByEmail(email)) throw new UsageError(`a user with email '${email}' already exists`, 'duplicate_email');
+  if (await master.findUserByUsername(username)) throw new UsageError(`a user with username '${username}' already exists`, 'duplicate_username');
+  if (wordpressUserId !== null && (await master.findUserByWordpressId(wordpressUserId)))
+    throw new UsageError(`a user with WordPress user id ${wordpressUserId} already exists`, 'duplicate_wordpress_id');
+
+  const key = generateApiKey(bcryptRounds());
+  const { user, job } = await master.createUser({
+    username,
+    email,
+    wordpressUserId,
+    keyHash: key.hash,
+    keyPrefix: key.prefix,
+    keyName: `WordPress API Key for ${username}`,
+    seedVersion: pkg.version,
+    maxAttempts: 5,
+  });
+  const seed: SeedReport = input.async
+    ? { status: 'pending', seedVersion: pkg.version, jobId: job.id }
+    : await seedWithJob(deps, user, pkg, false);
+  return {
+    user: { id: user.id, username: user.username, email: user.email, seedStatus: seed.status, seedVersion: pkg.version },
+    apiKey: key.key,
+    seed,
+  };
+}
+
+/** An id or an email, resolved against the master. */
+export async function resolveUser(master: MasterDb, ref: string): Promise<MasterUser> {
+  if (ref.includes('@')) {
+    const u = await master.findUserByEmail(ref.trim());
+    if (!u) throw new UsageError(`no user with email '${ref}' in the master`, 'unknown_user');
+    return u;
+  }
+  const id = parseUserId(ref);
+  const u = await master.getUser(id);
+  if (!u) throw new UsageError(`no user with id ${id} in the master`, 'unknown_user');
+  return u;
+}
+
+export async function seedOneUser(deps: UserDeps, ref: string, opts: { seedVersion?: string; force?: boolean }): Promise<{ user: MasterUser; seed: SeedReport }> {
+  const user = await resolveUser(deps.master, ref);
+  const pkg = loadPackage(deps.seedsDir, resolveVersion(deps.seedsDir, opts.seedVersion));
+  return { user, seed: await seedWithJob(deps, user, pkg, Boolean(opts.force)) };
+}
+
+function workerName(): string {
+  return `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+}
+
+const LEASE_MS = 10 * 60 * 1000;
+
+/** Seed under the user's lock, keeping the master's job in step with the outcome. */
+async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, force: boolean): Promise<SeedReport> {
+  const lock = await lockUser(deps.master, deps.dataDir, user.id, deps.lockTimeoutMs);
+  const worker = workerName();
+  try {
+    await deps.master.enqueueSeedJob(user.id, pkg.version, { force });
+    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS);
+    try {
+      const r = seedUser({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep });
+      if (job) await deps.master.finishJob(job.id, worker, { status: 'done' });
+      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id };
+    } catch (e) {
+      const error = e instanceof Error ? e.message : String(e);
+      if (job) await deps.master.finishJob(job.id, worker, retryOutcome(job, error));
+      if (isAcm2Error(e) && e.exitCode === 3) throw e;
+      return { status: 'failed', seedVersion: pkg.version, error, jobId: job?.id, retry: `acm2 user seed ${user.id}` };
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+export function backoffMs(attempts: number): number {
+  const base = Number(process.env.ACM2_RETRY_BASE_MS ?? 5000);
+  return Math.min(base * 2 ** Math.max(0, attempts - 1), 60 * 60 * 1000);
+}
+
+function retryOutcome(job: SeedJob, error: string) {
+  return job.attempts >= job.maxAttempts
+    ? ({ status: 'failed', error } as const)
+    : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
+}
+
+export interface DrainResult {
+  claimed: number;
+  done: number;
+  retrying: number;
+  failed: number;
+  skipped: number;
+  failures: Array<{ userId: number; jobId: number; error: string; final: boolean }>;
+}
+
+/**
+ * Drain due jobs on this connection until none is left (or limit is reached). A job whose user
+ * is locked by another seeder is handed back at once, not waited on.
+ */
+export async function drainQueue(
+  deps: UserDeps,
+  opts: { limit?: number; reserve?: () => boolean; onJob?: (r: DrainResult) => void; worker?: string },
+): Promise<DrainResult> {
+  const res: DrainResult = { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
+  const worker = opts.worker ?? workerName();
+  const packages = new Map<string, SeedPackage>();
+  for (;;) {
+    if (opts.limit !== undefined && res.claimed >= opts.limit) break;
+    if (opts.reserve && !opts.reserve()) break;
+    const job = await deps.master.claimJob(worker, LEASE_MS);
+    if (!job) break;
+    res.claimed++;
+    const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
+    if (!lock) {
+      res.skipped++;
+      await deps.master.finishJob(job.id, worker, { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: Date.now() + 1000 });
+      continue;
+    }
+    try {
+      let pkg = packages.get(job.seedVersion);
+      if (!pkg) {
+        pkg = loadPackage(deps.seedsDir, job.seedVersion);
+        packages.set(job.seedVersion, pkg);
+      }
+      seedUser({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
+      await deps.master.finishJob(job.id, worker, { status: 'done' });
+      res.done++;
+    } catch (e) {
+      if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;
+      const error = e instanceof Error ? e.message : String(e);
+      const outcome = retryOutcome(job, error);
+      await deps.master.finishJob(job.id, worker, outcome);
+      if (outcome.status === 'failed') res.failed++;
+      else res.retrying++;
+      res.failures.push({ userId: job.userId, jobId: job.id, error, final: outcome.status === 'failed' });
+    } finally {
+      await lock.release();
+    }
+    opts.onJob?.(res);
+  }
+  return res;
+}
+
+export interface UserStatus {
+  id: number;
+  username: string;
+  email: string;
+  status: SeedStatus;
+  seedVersion: string | null;
+  seededAt: string | null;
+  db: { path: string; present: boolean; seedStatus: string | null; error?: string };
+  root: string;
+  files: { count: number; bytes: number };
+  job: { id: number; status: string; attempts: number; maxAttempts: number; lastError: string | null } | null;
+  lastError: string | null;
+}
+
+export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, user: MasterUser): Promise<UserStatus> {
+  const job = (await deps.master.latestJob(user.id)) ?? null;
+  const dbPath = userDbPath(deps.dataDir, user.id);
+  const out: UserStatus = {
+    id: user.id,
+    username: user.username,
+    email: user.email,
+    status: 'missing',
+    seedVersion: null,
+    seededAt: null,
+    db: { path: dbPath, present: existsSync(dbPath), seedStatus: null },
+    root: userRoot(deps.dataDir, user.id),
+    files: { count: 0, bytes: 0 },
+    job: job && { id: job.id, status: job.status, attempts: job.attempts, maxAttempts: job.maxAttempts, lastError: job.lastError },
+    lastError: job?.lastError ?? null,
+  };
+  if (out.db.present) {
+    try {
+      const db = openUserDb(deps.dataDir, user.id, { readonly: true });
+      try {
+        const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
+        out.db.seedStatus = meta?.seed_status ?? null;
+        out.seedVersion = meta?.seed_version ?? null;
+        out.seededAt = meta?.seeded_at ?? null;
+        if (hasTable(db, 'acm2_seed_files') && meta) {
+          const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes),0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(meta.seed_version) as { n: number; b: number };
+          out.files = { count: f.n, bytes: f.b };
+        }
+        if (hasTable(db, 'acm2_seed_state') && meta) {
+          const s = db.prepare(`SELECT last_error FROM acm2_seed_state WHERE seed_version = ?`).get(meta.seed_version) as { last_error: string | null } | undefined;
+          out.lastError = s?.last_error ?? out.lastError;
+        }
+      } finally {
+        db.close();
+      }
+    } catch (e) {
+      out.db.error = e instanceof Error ? e.message : String(e);
+    }
+  }
+  out.status = deriveStatus(out.db.seedStatus, job?.status ?? null);
+  if (out.status === 'ready') out.lastError = null;
+  return out;
+}
+
+export function deriveStatus(meta: string | null, job: string | null): SeedStatus {
+  if (job === 'pending' || job === 'running') return 'pending';
+  if (meta === 'ready') return 'ready';
+  if (meta === 'failed' || job === 'failed') return 'failed';
+  if (meta === 'in_progress') return 'pending';
+  return 'missing';
+}
+
+function hasTable(db: import('better-sqlite3').Database, name: string): boolean {
+  return Boolean(db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name));
+}
+
+/** Stream users (keyset pages) with their status; never holds every user in memory. */
+export async function* listUserStatuses(deps: Pick<UserDeps, 'master' | 'dataDir'>, opts: { status?: SeedStatus; pageSize?: number } = {}): AsyncGenerator<UserStatus> {
+  let after = 0;
+  const size = opts.pageSize ?? 500;
+  for (;;) {
+    const page = await deps.master.listUsers({ afterId: after, limit: size });
+    if (page.length === 0) return;
+    for (const u of page) {
+      const s = await userStatus(deps, u);
+      if (!opts.status || s.status === opts.status) yield s;
+    }
+    after = page[page.length - 1]!.id;
+  }
+}
+
+export function fileBytes(p: string): number {
+  try {
+    return statSync(p).size;
+  } catch {
+    return 0;
+  }
+}
+
+export type { UserId };

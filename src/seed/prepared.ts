@@ -1,0 +1,117 @@
+// A package prepared for seeding: every row and file tokenised once per process, so seeding
+// each user is a join of strings plus inserts and file writes, with no scanning per user.
+
+import Database from 'better-sqlite3';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { SeedPackage } from './package.js';
+import { DocIndex, findDocIds, isDocId, isUuid, tokenize, tokensOf, type Template } from './remap.js';
+
+/** Tables a package may carry rows for, in an order that satisfies their references. */
+export const SEED_TABLES = ['contents', 'documents', 'presets', 'runs', 'tasks', 'artifacts'] as const;
+
+export type Cell = null | number | bigint | Buffer | Template;
+
+export interface PreparedTable {
+  name: string;
+  columns: string[];
+  /** Index of user_id in columns, or -1 (tasks and artifacts have none). */
+  userIdIndex: number;
+  idIndex: number;
+  rows: Cell[][];
+}
+
+export interface PreparedFile {
+  /** Path under the package's files/ (also the path under the user root), tokenised. */
+  path: Template;
+  sourcePath: string;
+  abs: string;
+  bytes: number;
+  /** Text content tokenised; undefined for a binary file (copied as is). */
+  text?: Template;
+}
+
+export interface PreparedPackage {
+  pkg: SeedPackage;
+  tables: PreparedTable[];
+  files: PreparedFile[];
+  /** Every identifier the package holds, with its kind (table name, 'uuid' or 'doc'). */
+  kinds: Map<string, string>;
+}
+
+const cache = new Map<string, PreparedPackage>();
+
+export function preparePackage(pkg: SeedPackage): PreparedPackage {
+  const key = `${pkg.dir}\0${pkg.manifest.packageSha256}`;
+  const hit = cache.get(key);
+  if (hit) return hit;
+
+  const db = new Database(pkg.seedDbPath, { readonly: true, fileMustExist: true });
+  const raw: Array<{ name: string; columns: string[]; rows: unknown[][] }> = [];
+  try {
+    for (const name of SEED_TABLES) {
+      const stmt = db.prepare(`SELECT * FROM ${name} ORDER BY id`).raw(true);
+      const columns = stmt.columns().map((c) => c.name);
+      raw.push({ name, columns, rows: stmt.all() as unknown[][] });
+    }
+  } finally {
+    db.close();
+  }
+
+  const fileTexts = pkg.manifest.files.map((f) => {
+    const abs = path.join(pkg.filesDir, ...f.path.split('/'));
+    const buf = readFileSync(abs);
+    return { f, abs, buf, text: asText(buf) };
+  });
+
+  // Doc ids: every quoted doc-id-shaped string in the rows, and every doc-named file.
+  const docIds = new Set<string>();
+  for (const t of raw) for (const r of t.rows) for (const v of r) if (typeof v === 'string') for (const d of findDocIds(`"${v}"`)) docIds.add(d);
+  for (const t of raw) for (const r of t.rows) for (const v of r) if (typeof v === 'string' && v.includes('"')) for (const d of findDocIds(v)) docIds.add(d);
+  for (const { f } of fileTexts) {
+    const base = f.path.split('/').pop()!.replace(/\.(md|log|html|json|txt)$/, '');
+    if (isDocId(base)) docIds.add(base);
+  }
+  const index = new DocIndex(docIds);
+
+  const kinds = new Map<string, string>();
+  const tables: PreparedTable[] = raw.map((t) => {
+    const idIndex = t.columns.indexOf('id');
+    for (const r of t.rows) if (typeof r[idIndex] === 'string') kinds.set(r[idIndex] as string, t.name);
+    return {
+      name: t.name,
+      columns: t.columns,
+      idIndex,
+      userIdIndex: t.columns.indexOf('user_id'),
+      rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index) : (v as Cell)))),
+    };
+  });
+  const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text }) => ({
+    path: tokenize(f.path, index),
+    sourcePath: f.path,
+    abs,
+    bytes: buf.length,
+    text: text === undefined ? undefined : tokenize(text, index),
+  }));
+
+  const all = new Set<string>();
+  for (const t of tables) for (const r of t.rows) tokensOf(r.filter(isTemplate), all);
+  tokensOf(files.map((f) => f.path), all);
+  tokensOf(files.flatMap((f) => (f.text ? [f.text] : [])), all);
+  for (const tok of all) if (!kinds.has(tok)) kinds.set(tok, isUuid(tok) ? 'uuid' : 'doc');
+
+  const prepared = { pkg, tables, files, kinds };
+  cache.set(key, prepared);
+  return prepared;
+}
+
+export function isTemplate(v: unknown): v is Template {
+  return typeof v === 'object' && v !== null && !Buffer.isBuffer(v) && 'lits' in v;
+}
+
+/** UTF-8 text without NUL bytes, or undefined for binary content. */
+function asText(buf: Buffer): string | undefined {
+  if (buf.includes(0)) return undefined;
+  const s = buf.toString('utf8');
+  return Buffer.byteLength(s) === buf.length && !s.includes('\uFFFD') ? s : undefined;
+}

@@ -1,0 +1,195 @@
+// The remapper: finds every identifier a package holds and rewrites it to this user's ids.
+// It does not rely on a list of JSON paths: it scans every text value, JSON key and value,
+// file name and text file for tokens (UUIDs and ACM2's derived doc ids) and maps each one.
+
+import { randomBytes, randomUUID } from 'node:crypto';
+
+export const UUID_RE_SRC = '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}';
+/** Generated `{S8}.{tag}.{gen}.{iter}.{model}` and combined `combined.{S8}.{tag}.{model}` doc ids (and their safe forms). */
+const DOC_HEAD_SRC = '(?:combined\\.)?[0-9a-f]{8}\\.[0-9a-f]{4}\\.';
+const DOC_TAIL_SRC = "[^\\s\"'<>()\\[\\]{},;`|*]*";
+
+/** One regex for candidate tokens; boundaries keep it from matching inside longer hex runs. */
+const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC}))`, 'g');
+const DOC_ID_RE = new RegExp(`^${DOC_HEAD_SRC}[^\\s]+$`);
+
+export function isUuid(s: string): boolean {
+  return s.length === 36 && new RegExp(`^${UUID_RE_SRC}$`).test(s);
+}
+
+export function isDocId(s: string): boolean {
+  return DOC_ID_RE.test(s);
+}
+
+/** ACM2's safe_doc_id: ':' '/' '\' become '_' (file names in generated/). */
+export function safeDocId(docId: string): string {
+  return docId.replace(/[:/\\]/g, '_');
+}
+
+/**
+ * The known doc ids of a package, indexed by their `S8.tag.` head so a candidate token can be
+ * matched to the longest known id that starts it (file names add `.md`, logs add `.log`).
+ */
+export class DocIndex {
+  private byHead = new Map<string, string[]>();
+  constructor(docIds: Iterable<string>) {
+    for (const id of docIds) {
+      for (const form of new Set([id, safeDocId(id)])) {
+        const head = docHead(form);
+        if (!head) continue;
+        const list = this.byHead.get(head) ?? [];
+        if (!list.includes(form)) list.push(form);
+        list.sort((a, b) => b.length - a.length);
+        this.byHead.set(head, list);
+      }
+    }
+  }
+  /** The longest known doc id (or safe form) that prefixes candidate. */
+  match(candidate: string): string | undefined {
+    const head = docHead(candidate);
+    if (!head) return undefined;
+    return this.byHead.get(head)?.find((id) => candidate.startsWith(id) && isBoundary(candidate, id.length));
+  }
+  get size(): number {
+    return this.byHead.size;
+  }
+}
+
+function isBoundary(s: string, at: number): boolean {
+  // A doc id is followed by the end, '.md'/'.log'-style suffixes, or punctuation; never by more id text.
+  return at === s.length || !/[0-9A-Za-z_-]/.test(s[at]!);
+}
+
+function docHead(s: string): string | undefined {
+  const m = /^((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.)/.exec(s);
+  return m?.[1];
+}
+
+/**
+ * Text split at the identifiers it holds: lits[0] tok[0] lits[1] tok[1] … lits[n].
+ * Tokenising once per package lets each user's copy be a join, with no regex per user.
+ */
+export interface Template {
+  lits: string[];
+  toks: string[];
+}
+
+export function tokenize(text: string, docs: DocIndex): Template {
+  const lits: string[] = [];
+  const toks: string[] = [];
+  let last = 0;
+  TOKEN_RE.lastIndex = 0;
+  for (let m = TOKEN_RE.exec(text); m; m = TOKEN_RE.exec(text)) {
+    let tok: string | undefined;
+    if (m[1]) tok = m[1];
+    else if (m[2]) tok = docs.match(m[2]);
+    if (!tok) {
+      // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
+      TOKEN_RE.lastIndex = m.index + 1;
+      continue;
+    }
+    lits.push(text.slice(last, m.index));
+    toks.push(tok);
+    last = m.index + tok.length;
+    TOKEN_RE.lastIndex = last;
+  }
+  lits.push(text.slice(last));
+  return { lits, toks };
+}
+
+export function render(t: Template, map: ReadonlyMap<string, string>): string {
+  if (t.toks.length === 0) return t.lits[0]!;
+  let out = t.lits[0]!;
+  for (let i = 0; i < t.toks.length; i++) {
+    const tok = t.toks[i]!;
+    const to = map.get(tok);
+    if (to === undefined) throw new Error(`no mapping for identifier ${tok}`);
+    out += to + t.lits[i + 1]!;
+  }
+  return out;
+}
+
+/** Every distinct token a set of templates holds. */
+export function tokensOf(templates: Iterable<Template>, into = new Set<string>()): Set<string> {
+  for (const t of templates) for (const tok of t.toks) into.add(tok);
+  return into;
+}
+
+/** Doc-id candidates found in a text, for building the DocIndex before tokenising. */
+export function findDocIds(text: string): string[] {
+  const out: string[] = [];
+  const re = /"((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.[^"\\\s]+)"/g;
+  for (let m = re.exec(text); m; m = re.exec(text)) out.push(m[1]!);
+  return out;
+}
+
+export interface MapEntry {
+  kind: string;
+  source: string;
+  target: string;
+}
+
+/**
+ * Extend an ID map so it covers every token. UUIDs get fresh uuid4s; a doc id is rebuilt from
+ * its new source id's last 8 characters (ACM2 attributes docs to sources by that suffix) and a
+ * fresh 4-hex tag, keeping the rest (generator, iteration, model) as it was.
+ */
+export function extendMap(
+  existing: ReadonlyMap<string, string>,
+  tokens: Iterable<string>,
+  kindOf: (token: string) => string,
+): MapEntry[] {
+  const added: MapEntry[] = [];
+  const map = new Map(existing);
+  const used = new Set(map.values());
+  const uuids: string[] = [];
+  const docs: string[] = [];
+  for (const t of tokens) {
+    if (map.has(t)) continue;
+    if (isUuid(t)) uuids.push(t);
+    else docs.push(t);
+  }
+  for (const source of uuids.sort()) {
+    let target = randomUUID();
+    while (used.has(target)) target = randomUUID();
+    used.add(target);
+    map.set(source, target);
+    added.push({ kind: kindOf(source), source, target });
+  }
+  // Suffix index of every mapped UUID: old last-8 -> new last-8.
+  const suffix = new Map<string, string>();
+  for (const [s, t] of map) if (isUuid(s)) suffix.set(s.slice(-8).toLowerCase(), t.slice(-8).toLowerCase());
+  // A doc id and its safe form (file name) share one new head, so file names follow their ids.
+  const groups = new Map<string, string[]>();
+  for (const d of docs.sort()) {
+    const key = safeDocId(d);
+    groups.set(key, [...(groups.get(key) ?? []), d]);
+  }
+  const parse = (id: string) => /^(combined\.)?([0-9a-f]{8})\.([0-9a-f]{4})\.(.*)$/.exec(id)!;
+  const headOfTarget = new Map<string, { s8: string; tag: string }>();
+  for (const [s, t] of map) {
+    if (isUuid(s)) continue;
+    const m = parse(t);
+    headOfTarget.set(safeDocId(s), { s8: m[2]!, tag: m[3]! });
+  }
+  for (const [key, members] of groups) {
+    let head = headOfTarget.get(key);
+    if (!head) {
+      const m = parse(key);
+      const s8 = suffix.get(m[2]!) ?? randomBytes(4).toString('hex');
+      let tag: string;
+      do tag = randomBytes(2).toString('hex');
+      while (used.has(`${m[1] ?? ''}${s8}.${tag}.${m[4]}`));
+      head = { s8, tag };
+      headOfTarget.set(key, head);
+    }
+    for (const source of members) {
+      const m = parse(source);
+      const target = `${m[1] ?? ''}${head.s8}.${head.tag}.${m[4]}`;
+      used.add(target);
+      map.set(source, target);
+      added.push({ kind: kindOf(source), source, target });
+    }
+  }
+  return added;
+}

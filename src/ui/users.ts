@@ -1,0 +1,59 @@
+// Human renderings of user results; JSON output is the result objects themselves.
+
+import chalk from 'chalk';
+import Table from 'cli-table3';
+import type { CreateUserResult, SeedReport, UserStatus } from '../core/users.js';
+import type { DrainResult } from '../core/users.js';
+import { formatBytes } from './reporter.js';
+
+export function renderSeed(seed: SeedReport, userId: number): string {
+  if (seed.status === 'pending') return `Seed job ${seed.jobId ?? ''} queued for ${seed.seedVersion}: run 'acm2 user seed --pending' to process it.`;
+  if (seed.status === 'failed') return chalk.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}\nRetry with: ${seed.retry}`);
+  if (seed.outcome === 'already_ready') return `User ${userId} is already ready with ${seed.seedVersion}; nothing to do.`;
+  const verb = seed.outcome === 'restored' ? 'Restored' : 'Seeded';
+  return `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
+}
+
+export function renderCreate(r: CreateUserResult): string {
+  return [
+    `Created user ${r.user.id} (${r.user.username}, ${r.user.email}).`,
+    `API key (shown once, store it now): ${chalk.bold(r.apiKey)}`,
+    renderSeed(r.seed, r.user.id),
+  ].join('\n');
+}
+
+const STATUS_COLOR: Record<string, (s: string) => string> = {
+  ready: chalk.green,
+  pending: chalk.yellow,
+  failed: chalk.red,
+  missing: chalk.gray,
+};
+
+export function renderStatus(s: UserStatus): string {
+  const rows: Array<[string, string]> = [
+    ['user', `${s.id} (${s.username}, ${s.email})`],
+    ['status', (STATUS_COLOR[s.status] ?? String)(s.status)],
+    ['seed version', s.seedVersion ?? '-'],
+    ['seeded at', s.seededAt ?? '-'],
+    ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}`],
+    ['files', `${s.root} (${s.files.count} seeded files, ${formatBytes(s.files.bytes)})`],
+    ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}` : '-'],
+  ];
+  if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
+  return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+export function statusTable(): { push(s: UserStatus): void; toString(): string } {
+  const t = new Table({ head: ['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'] });
+  return {
+    push: (s) =>
+      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.files.count, (s.lastError ?? '').slice(0, 60)]),
+    toString: () => t.toString(),
+  };
+}
+
+export function renderDrain(r: DrainResult): string {
+  const lines = [`Seed queue: ${r.done} seeded, ${r.retrying} to retry, ${r.failed} failed, ${r.skipped} skipped (user busy).`];
+  for (const f of r.failures) lines.push(chalk.red(`  user ${f.userId} (job ${f.jobId}): ${f.error}${f.final ? ' [no attempts left]' : ''}`));
+  return lines.join('\n');
+}

@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { DocIndex, extendMap, render, safeDocId, tokenize, findDocIds } from '../src/seed/remap.js';
+
+const S = '9490e0ef-b200-46fb-8c2c-21f2673307e8';
+const RUN = '746301ce-a929-4e90-b271-7b15022ab1d0';
+const D1 = '673307e8.4a48.fpf.1.openai_o4-mini';
+const D2 = 'combined.673307e8.2b47.openai_gpt-5';
+const D3 = '673307e8.9f00.fpf.1.openrouter_meta-llama/llama-3';
+
+function mapFor(text: string, docs: string[]) {
+  const index = new DocIndex(docs);
+  const t = tokenize(text, index);
+  const kinds = new Map<string, string>();
+  for (const tok of t.toks) kinds.set(tok, tok === S ? 'contents' : tok === RUN ? 'runs' : tok.includes('-') && tok.length === 36 ? 'uuid' : 'doc');
+  const added = extendMap(new Map(), kinds.keys(), (k) => kinds.get(k)!);
+  return { t, map: new Map(added.map((a) => [a.source, a.target])), added };
+}
+
+describe('remapper', () => {
+  it('finds UUIDs and doc ids in JSON keys, values, paths and free text', () => {
+    const text = JSON.stringify({ [D1]: { doc_id: D1, source_doc_id: S }, combined: D2 }) + ` logs/${RUN}/fpf_${S}.fpf.1.openai_o4-mini.log generated/${D1}.md`;
+    const { t } = mapFor(text, [D1, D2]);
+    expect(new Set(t.toks)).toEqual(new Set([D1, S, D2, RUN]));
+    expect(t.toks.filter((x) => x === D1)).toHaveLength(3);
+  });
+
+  it('rebuilds doc ids from the new source id suffix with a fresh tag, keeping the rest', () => {
+    const { map } = mapFor(`${S} ${D1} ${D2}`, [D1, D2]);
+    const newS = map.get(S)!;
+    expect(newS).not.toBe(S);
+    const n1 = map.get(D1)!;
+    const n2 = map.get(D2)!;
+    expect(n1.split('.')[0]).toBe(newS.slice(-8));
+    expect(n1.endsWith('.fpf.1.openai_o4-mini')).toBe(true);
+    expect(n2.startsWith(`combined.${newS.slice(-8)}.`)).toBe(true);
+    expect(n2.endsWith('.openai_gpt-5')).toBe(true);
+  });
+
+  it('maps a doc id and its safe file name consistently when the model has a slash', () => {
+    const text = `"${D3}" generated/${safeDocId(D3)}.md ${S}`;
+    const { map } = mapFor(text, [D3]);
+    expect(safeDocId(map.get(D3)!)).toBe(map.get(safeDocId(D3)));
+  });
+
+  it('renders every token and leaves no source id behind', () => {
+    const text = `{"${D1}": "${S}", "x": "${RUN}"}`;
+    const { t, map } = mapFor(text, [D1]);
+    const out = render(t, map);
+    expect(out).not.toContain(S);
+    expect(out).not.toContain(RUN);
+    expect(out).not.toContain(D1);
+    expect(JSON.parse(out)).toBeTypeOf('object');
+  });
+
+  it('does not match ids inside longer hex runs, and two maps share nothing', () => {
+    const sha = 'ab'.repeat(32);
+    const { t } = mapFor(`${sha} x${S}y`, []);
+    expect(t.toks).toEqual([]);
+    const a = mapFor(`${S} ${D1}`, [D1]).map;
+    const b = mapFor(`${S} ${D1}`, [D1]).map;
+    for (const v of a.values()) expect([...b.values()]).not.toContain(v);
+  });
+
+  it('reuses an existing map on rerun', () => {
+    const first = extendMap(new Map(), [S], () => 'contents');
+    const again = extendMap(new Map(first.map((a) => [a.source, a.target])), [S], () => 'contents');
+    expect(again).toEqual([]);
+  });
+
+  it('finds quoted doc ids in JSON text', () => {
+    expect(findDocIds(JSON.stringify({ a: D1, [D2]: 1 }))).toEqual([D1, D2]);
+  });
+});
