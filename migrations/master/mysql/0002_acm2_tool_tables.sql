@@ -1,6 +1,6 @@
 -- The tool's own master tables: the seed job queue and backfill progress.
 -- Times used for leases and backoff are epoch milliseconds, the same on every engine.
-CREATE TABLE acm2_seed_jobs (
+CREATE TABLE IF NOT EXISTS acm2_seed_jobs (
     id              BIGINT       PRIMARY KEY AUTO_INCREMENT,
     user_id         INT          NOT NULL,
     seed_version    VARCHAR(64)  NOT NULL,
@@ -18,7 +18,7 @@ CREATE TABLE acm2_seed_jobs (
     INDEX ix_acm2_seed_jobs_user (user_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
-CREATE TABLE acm2_backfill_runs (
+CREATE TABLE IF NOT EXISTS acm2_backfill_runs (
     name        VARCHAR(191) NOT NULL PRIMARY KEY,
     status      VARCHAR(16)  NOT NULL,
     cursor_id   BIGINT       NOT NULL,
@@ -28,7 +28,7 @@ CREATE TABLE acm2_backfill_runs (
     updated_at  VARCHAR(32)  NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
-CREATE TABLE acm2_backfill_items (
+CREATE TABLE IF NOT EXISTS acm2_backfill_items (
     name     VARCHAR(191) NOT NULL,
     user_id  INT          NOT NULL,
     outcome  VARCHAR(32)  NOT NULL,

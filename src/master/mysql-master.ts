@@ -1,0 +1,493 @@
+// The production master: ACM2's users/api_keys plus the tool's tables on MySQL or MariaDB.
+// Jobs are claimed with FOR UPDATE SKIP LOCKED and leases; per-user locks are GET_LOCK held on a connection.
+
+import { createHash } from 'node:crypto';
+import mysql from 'mysql2/promise';
+import type { Connection, Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
+import type { MasterUrl } from '../config.js';
+import { UnavailableError, UsageError } from '../errors.js';
+import { loadMigrations, splitStatements } from '../migrations.js';
+import { duplicateMessage, toApiKey, toBackfill, toJob, toUser } from './sqlite-master.js';
+import type {
+  ApiKeyRow,
+  BackfillItem,
+  BackfillProgress,
+  JobOutcome,
+  JobStatus,
+  MasterCapabilities,
+  MasterDb,
+  MasterUser,
+  NewUser,
+  SeedJob,
+  UserLock,
+} from './types.js';
+
+type MysqlUrl = Extract<MasterUrl, { kind: 'mysql' }>;
+type Row = RowDataPacket;
+
+/** Bounded pools: the work pool is small; lock connections live apart so held locks never starve it. */
+const POOL_SIZE = 4;
+const LOCK_POOL_SIZE = 32;
+const CONNECT_TIMEOUT_MS = 5000;
+const MIGRATE_LOCK_SECONDS = 30;
+/** Codes that mean the server (or the path to it) is gone, not that our SQL is wrong. */
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+  'PROTOCOL_CONNECTION_LOST',
+  'ER_SERVER_SHUTDOWN',
+  'ER_CON_COUNT_ERROR',
+]);
+const RETRYABLE_CODES = new Set(['ER_LOCK_DEADLOCK', 'ER_LOCK_WAIT_TIMEOUT']);
+
+function errorCode(e: unknown): string {
+  const err = e as { code?: unknown; errors?: Array<{ code?: unknown }> } | undefined;
+  if (typeof err?.code === 'string' && err.code) return err.code;
+  // Node's happy-eyeballs connect reports an AggregateError whose parts carry the code.
+  const inner = err?.errors?.find((x) => typeof x?.code === 'string');
+  if (inner) return String(inner.code);
+  return 'UNKNOWN';
+}
+
+/** GET_LOCK names are server-wide and at most 64 characters: name the database, hashed if long. */
+export function mysqlLockName(prefix: string, database: string, suffix = ''): string {
+  const plain = `${prefix}${database}${suffix}`;
+  if (plain.length <= 64) return plain;
+  const h = createHash('sha256').update(database).digest('hex').slice(0, 16);
+  return `${prefix}${h}${suffix}`;
+}
+
+/** SKIP LOCKED arrived in MariaDB 10.6 and MySQL 8.0. */
+export function supportsSkipLocked(version: string): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(version);
+  if (!m) return false;
+  const major = Number(m[1]);
+  const minor = Number(m[2]);
+  if (/mariadb/i.test(version)) return major > 10 || (major === 10 && minor >= 6);
+  return major >= 8;
+}
+
+export class MysqlMaster implements MasterDb {
+  readonly dialect = 'mysql' as const;
+  readonly display: string;
+  readonly capabilities: MasterCapabilities;
+  private lockPool: Pool | undefined;
+  private readonly heldLocks = new Set<PoolConnection>();
+  private closed = false;
+
+  private constructor(
+    private readonly url: MysqlUrl,
+    private readonly pool: Pool,
+    private readonly isMariaDb: boolean,
+    skipLocked: boolean,
+  ) {
+    this.display = url.display;
+    this.capabilities = { skipLocked, advisoryLocks: true };
+  }
+
+  static async connect(url: MysqlUrl): Promise<MysqlMaster> {
+    const pool = createPool(url, POOL_SIZE);
+    let version: string;
+    try {
+      const [rows] = await pool.query<Row[]>('SELECT VERSION() AS v');
+      version = String(rows[0]?.v ?? '');
+    } catch (e) {
+      await pool.end().catch(() => undefined);
+      throw connectError(url, e);
+    }
+    return new MysqlMaster(url, pool, /mariadb/i.test(version), supportsSkipLocked(version));
+  }
+
+  // ---- plumbing -------------------------------------------------------------------------------
+
+  /** Turn "the server went away" into exit 3 with one sentence; everything else stays as it is. */
+  private wrap(e: unknown): unknown {
+    const code = errorCode(e);
+    if (UNREACHABLE_CODES.has(code)) {
+      return new UnavailableError(`cannot reach MySQL master at ${this.url.host}:${this.url.port} (${code})`, 'master_unreachable', { cause: e });
+    }
+    return e;
+  }
+
+  private async rows(sql: string, args: unknown[] = [], on: Connection = this.pool): Promise<Row[]> {
+    try {
+      const [rows] = await on.query<Row[]>(sql, args);
+      return rows;
+    } catch (e) {
+      throw this.wrap(e);
+    }
+  }
+
+  private async one(sql: string, args: unknown[] = [], on: Connection = this.pool): Promise<Row | undefined> {
+    return (await this.rows(sql, args, on))[0];
+  }
+
+  private async exec(sql: string, args: unknown[] = [], on: Connection = this.pool): Promise<ResultSetHeader> {
+    try {
+      const [res] = await on.query<ResultSetHeader>(sql, args);
+      return res;
+    } catch (e) {
+      throw this.wrap(e);
+    }
+  }
+
+  private async connection(pool: Pool = this.pool): Promise<PoolConnection> {
+    try {
+      return await pool.getConnection();
+    } catch (e) {
+      throw this.wrap(e);
+    }
+  }
+
+  /** Run fn in one transaction on one connection; a deadlock victim is retried from the start. */
+  private async tx<T>(fn: (c: PoolConnection) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const c = await this.connection();
+      let healthy = true;
+      try {
+        await this.exec('START TRANSACTION', [], c);
+        const out = await fn(c);
+        await this.exec('COMMIT', [], c);
+        return out;
+      } catch (e) {
+        await c.query('ROLLBACK').catch(() => {
+          healthy = false;
+        });
+        if (attempt < 5 && RETRYABLE_CODES.has(errorCode(e))) continue;
+        throw e;
+      } finally {
+        if (healthy) c.release();
+        else c.destroy();
+      }
+    }
+  }
+
+  // ---- migrations ------------------------------------------------------------------------------
+
+  async migrate(): Promise<string[]> {
+    // DDL is not transactional on MySQL: one process at a time, every statement safe to rerun,
+    // and the ledger row written only after the migration's statements all ran.
+    const c = await this.connection();
+    const lock = mysqlLockName('acm2_migrate:', this.url.database);
+    try {
+      const got = await this.one('SELECT GET_LOCK(?, ?) AS got', [lock, MIGRATE_LOCK_SECONDS], c);
+      if (Number(got?.got) !== 1) {
+        throw new UnavailableError(
+          `another acm2 process held the migration lock on MySQL master ${this.display} for over ${MIGRATE_LOCK_SECONDS} s`,
+          'lock_timeout',
+        );
+      }
+      try {
+        await this.exec(
+          `CREATE TABLE IF NOT EXISTS acm2_master_migrations (
+             id INT NOT NULL PRIMARY KEY,
+             name VARCHAR(191) NOT NULL,
+             checksum CHAR(64) NOT NULL,
+             applied_at VARCHAR(32) NOT NULL
+           ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci`,
+          [],
+          c,
+        );
+        const ledger = new Map((await this.rows('SELECT id, checksum FROM acm2_master_migrations', [], c)).map((r) => [Number(r.id), String(r.checksum)]));
+        const applied: string[] = [];
+        for (const m of loadMigrations('master/mysql')) {
+          const sum = ledger.get(m.id);
+          if (sum !== undefined) {
+            if (sum !== m.checksum) throw new UsageError(`master migration ${m.name} was applied with a different checksum`, 'migration_checksum');
+            continue;
+          }
+          for (const stmt of splitStatements(m.sql)) await this.exec(stmt, [], c);
+          await this.exec('INSERT INTO acm2_master_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)', [m.id, m.name, m.checksum, new Date().toISOString()], c);
+          applied.push(m.name);
+        }
+        return applied;
+      } finally {
+        await c.query('SELECT RELEASE_LOCK(?)', [lock]).catch(() => undefined);
+      }
+    } finally {
+      c.release();
+    }
+  }
+
+  // ---- users -----------------------------------------------------------------------------------
+
+  async getUser(id: number): Promise<MasterUser | undefined> {
+    const r = await this.one('SELECT * FROM users WHERE id = ?', [id]);
+    return r && toUser(r);
+  }
+  async findUserByEmail(email: string): Promise<MasterUser | undefined> {
+    // utf8mb4_unicode_ci already compares case-insensitively, like COLLATE NOCASE on SQLite.
+    const r = await this.one('SELECT * FROM users WHERE email = ?', [email]);
+    return r && toUser(r);
+  }
+  async findUserByUsername(username: string): Promise<MasterUser | undefined> {
+    const r = await this.one('SELECT * FROM users WHERE username = ?', [username]);
+    return r && toUser(r);
+  }
+  async findUserByWordpressId(wpId: number): Promise<MasterUser | undefined> {
+    const r = await this.one('SELECT * FROM users WHERE wordpress_user_id = ?', [wpId]);
+    return r && toUser(r);
+  }
+
+  async createUser(input: NewUser): Promise<{ user: MasterUser; job: SeedJob }> {
+    const now = Date.now();
+    try {
+      return await this.tx(async (c) => {
+        const u = await this.exec('INSERT INTO users (username, email, wordpress_user_id) VALUES (?, ?, ?)', [input.username, input.email, input.wordpressUserId], c);
+        const userId = Number(u.insertId);
+        await this.exec('INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)', [userId, input.keyHash, input.keyPrefix, input.keyName], c);
+        const job = await this.insertJob(c, userId, input.seedVersion, false, input.maxAttempts, now);
+        const user = await this.one('SELECT * FROM users WHERE id = ?', [userId], c);
+        return { user: toUser(user!), job };
+      });
+    } catch (e) {
+      throw duplicateMessage(duplicateKeyOnly(e), input) ?? e;
+    }
+  }
+
+  private async insertJob(c: Connection, userId: number, version: string, force: boolean, maxAttempts: number, now: number): Promise<SeedJob> {
+    const iso = new Date(now).toISOString();
+    const res = await this.exec(
+      `INSERT INTO acm2_seed_jobs (user_id, seed_version, status, \`force\`, attempts, max_attempts, next_attempt_at, created_at, updated_at)
+       VALUES (?, ?, 'pending', ?, 0, ?, ?, ?, ?)`,
+      [userId, version, force ? 1 : 0, maxAttempts, now, iso, iso],
+      c,
+    );
+    return toJob((await this.one('SELECT * FROM acm2_seed_jobs WHERE id = ?', [res.insertId], c))!);
+  }
+
+  async listUsers(opts: { afterId: number; limit: number; ids?: number[] }): Promise<MasterUser[]> {
+    if (opts.ids && opts.ids.length === 0) return [];
+    const filter = opts.ids ? ` AND id IN (${opts.ids.map(() => '?').join(',')})` : '';
+    const rows = await this.rows(`SELECT * FROM users WHERE id > ?${filter} ORDER BY id LIMIT ?`, [opts.afterId, ...(opts.ids ?? []), opts.limit]);
+    return rows.map(toUser);
+  }
+  async countUsers(): Promise<number> {
+    return Number((await this.one('SELECT COUNT(*) AS n FROM users'))!.n);
+  }
+  async maxUserId(): Promise<number> {
+    return Number((await this.one('SELECT COALESCE(MAX(id), 0) AS n FROM users'))!.n);
+  }
+  async apiKeysFor(userId: number): Promise<ApiKeyRow[]> {
+    return (await this.rows('SELECT * FROM api_keys WHERE user_id = ? ORDER BY id', [userId])).map(toApiKey);
+  }
+
+  // ---- seed jobs -------------------------------------------------------------------------------
+
+  async enqueueSeedJob(userId: number, seedVersion: string, opts: { force?: boolean; maxAttempts?: number } = {}): Promise<SeedJob> {
+    return this.tx(async (c) => {
+      // The user's row serialises enqueuers of one user, as BEGIN IMMEDIATE does on SQLite.
+      await this.rows('SELECT id FROM users WHERE id = ? FOR UPDATE', [userId], c);
+      const open = await this.one(
+        `SELECT * FROM acm2_seed_jobs WHERE user_id = ? AND seed_version = ? AND status IN ('pending','running') ORDER BY id DESC LIMIT 1`,
+        [userId, seedVersion],
+        c,
+      );
+      if (open) return toJob(open);
+      return this.insertJob(c, userId, seedVersion, opts.force ?? false, opts.maxAttempts ?? 5, Date.now());
+    });
+  }
+
+  async latestJob(userId: number): Promise<SeedJob | undefined> {
+    const r = await this.one('SELECT * FROM acm2_seed_jobs WHERE user_id = ? ORDER BY id DESC LIMIT 1', [userId]);
+    return r && toJob(r);
+  }
+
+  /**
+   * Same choice as the SQLite master (the due job first by next_attempt_at, id), asked as two
+   * index-ordered LIMIT 1 lookups so each locks only the row it returns and skips rows other claimers hold.
+   */
+  private async claimIn(c: Connection, where: string, args: unknown[], workerId: string, leaseMs: number, now: number): Promise<SeedJob | undefined> {
+    const lock = this.capabilities.skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
+    const tail = `ORDER BY next_attempt_at, id LIMIT 1 ${lock}`;
+    const pending = await this.one(`SELECT id, next_attempt_at FROM acm2_seed_jobs WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
+    const expired = await this.one(`SELECT id, next_attempt_at FROM acm2_seed_jobs WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
+    const pick = [pending, expired]
+      .filter((r): r is Row => r !== undefined)
+      .sort((a, b) => Number(a.next_attempt_at) - Number(b.next_attempt_at) || Number(a.id) - Number(b.id))[0];
+    if (!pick) return undefined;
+    await this.exec(
+      `UPDATE acm2_seed_jobs SET status = 'running', locked_by = ?, locked_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?`,
+      [workerId, now + leaseMs, new Date(now).toISOString(), pick.id],
+      c,
+    );
+    return toJob((await this.one('SELECT * FROM acm2_seed_jobs WHERE id = ?', [pick.id], c))!);
+  }
+
+  async claimJob(workerId: string, leaseMs: number, now = Date.now()): Promise<SeedJob | undefined> {
+    return this.tx((c) => this.claimIn(c, '1 = 1', [], workerId, leaseMs, now));
+  }
+
+  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now()): Promise<SeedJob | undefined> {
+    return this.tx(async (c) => {
+      // A direct `user seed` does not wait for backoff: the operator asked for it now.
+      await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE user_id = ? AND status = 'pending' AND next_attempt_at > ?`, [now, userId, now], c);
+      return this.claimIn(c, 'user_id = ?', [userId], workerId, leaseMs, now);
+    });
+  }
+
+  async finishJob(jobId: number, workerId: string, outcome: JobOutcome, now = Date.now()): Promise<boolean> {
+    const iso = new Date(now).toISOString();
+    const res =
+      outcome.status === 'done'
+        ? await this.exec(
+            `UPDATE acm2_seed_jobs SET status = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`,
+            [iso, jobId, workerId],
+          )
+        : await this.exec(
+            `UPDATE acm2_seed_jobs SET status = ?, locked_by = NULL, locked_until = NULL, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`,
+            [outcome.status, outcome.error, outcome.status === 'pending' ? outcome.nextAttemptAt : now, iso, jobId, workerId],
+          );
+    return res.affectedRows === 1;
+  }
+
+  async countJobs(status?: JobStatus): Promise<number> {
+    const r = status ? await this.one('SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE status = ?', [status]) : await this.one('SELECT COUNT(*) AS n FROM acm2_seed_jobs');
+    return Number(r!.n);
+  }
+
+  // ---- per-user advisory lock ------------------------------------------------------------------
+
+  async acquireUserLock(userId: number, timeoutMs: number): Promise<UserLock | undefined> {
+    // GET_LOCK belongs to the connection: the connection is kept, out of the work pool, until release.
+    this.lockPool ??= createPool(this.url, LOCK_POOL_SIZE);
+    const c = await this.connection(this.lockPool);
+    const name = mysqlLockName('acm2:', this.url.database, `:user:${userId}`);
+    const ms = Math.max(0, timeoutMs);
+    // MariaDB takes fractional seconds; MySQL is given whole ones, rounded up so we never wait less.
+    const seconds = this.isMariaDb ? ms / 1000 : Math.ceil(ms / 1000);
+    let got: Row | undefined;
+    try {
+      got = await this.one('SELECT GET_LOCK(?, ?) AS got', [name, seconds], c);
+    } catch (e) {
+      c.destroy();
+      throw e;
+    }
+    if (got?.got == null) {
+      c.release();
+      throw new UnavailableError(`MySQL master ${this.display} could not take the lock for user ${userId}`, 'lock_error');
+    }
+    if (Number(got.got) !== 1) {
+      c.release();
+      return undefined;
+    }
+    this.heldLocks.add(c);
+    let released = false;
+    return {
+      release: async () => {
+        if (released) return;
+        released = true;
+        this.heldLocks.delete(c);
+        try {
+          await c.query('SELECT RELEASE_LOCK(?)', [name]);
+          c.release();
+        } catch {
+          // A connection that cannot say RELEASE_LOCK is dropped, which frees the lock server-side.
+          c.destroy();
+        }
+      },
+    };
+  }
+
+  // ---- backfill progress -----------------------------------------------------------------------
+
+  async getBackfill(name: string): Promise<BackfillProgress | undefined> {
+    const r = await this.one('SELECT * FROM acm2_backfill_runs WHERE name = ?', [name]);
+    return r && toBackfill(r);
+  }
+  async saveBackfill(p: Omit<BackfillProgress, 'startedAt' | 'updatedAt'>): Promise<void> {
+    const iso = new Date().toISOString();
+    await this.exec(
+      `INSERT INTO acm2_backfill_runs (name, status, cursor_id, options, counts, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON DUPLICATE KEY UPDATE status = VALUES(status), cursor_id = VALUES(cursor_id), options = VALUES(options), counts = VALUES(counts), updated_at = VALUES(updated_at)`,
+      [p.name, p.status, p.cursor, p.options, JSON.stringify(p.counts), iso, iso],
+    );
+  }
+  async recordBackfillItem(name: string, item: BackfillItem): Promise<void> {
+    await this.exec(
+      `INSERT INTO acm2_backfill_items (name, user_id, outcome, reason) VALUES (?, ?, ?, ?)
+       ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), reason = VALUES(reason)`,
+      [name, item.userId, item.outcome, item.reason],
+    );
+  }
+  async backfillItems(name: string): Promise<BackfillItem[]> {
+    return (await this.rows('SELECT user_id, outcome, reason FROM acm2_backfill_items WHERE name = ? ORDER BY user_id', [name])).map((r) => ({
+      userId: Number(r.user_id),
+      outcome: String(r.outcome),
+      reason: r.reason == null ? null : String(r.reason),
+    }));
+  }
+  async resetBackfill(name: string): Promise<void> {
+    await this.tx(async (c) => {
+      await this.exec('DELETE FROM acm2_backfill_items WHERE name = ?', [name], c);
+      await this.exec('DELETE FROM acm2_backfill_runs WHERE name = ?', [name], c);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Dropping a lock's connection frees its GET_LOCK on the server.
+    for (const c of this.heldLocks) c.destroy();
+    this.heldLocks.clear();
+    await Promise.all([this.pool.end(), this.lockPool?.end()].map((p) => p?.catch(() => undefined)));
+  }
+}
+
+function createPool(url: MysqlUrl, connectionLimit: number): Pool {
+  const pool = mysql.createPool({
+    host: url.host,
+    port: url.port,
+    user: url.user,
+    password: url.password,
+    database: url.database,
+    connectionLimit,
+    maxIdle: connectionLimit,
+    idleTimeout: 60_000,
+    waitForConnections: true,
+    queueLimit: 0,
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    enableKeepAlive: true,
+    supportBigNumbers: true,
+    bigNumberStrings: false,
+    // TIMESTAMPs come back as 'YYYY-MM-DD HH:MM:SS' in UTC (session time_zone below); toIso makes them ISO.
+    dateStrings: true,
+    timezone: 'Z',
+    charset: 'utf8mb4_unicode_ci',
+  });
+  pool.pool.on('connection', (conn) => {
+    // Queued ahead of the first query on every new connection.
+    conn.query(`SET time_zone = '+00:00'`, () => undefined);
+    // No gap locks: claimers and enqueuers lock only the rows they read.
+    conn.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED', () => undefined);
+  });
+  return pool;
+}
+
+function connectError(url: MysqlUrl, e: unknown): UnavailableError {
+  const code = errorCode(e);
+  const where = `${url.host}:${url.port}`;
+  if (code === 'ER_ACCESS_DENIED_ERROR' || code === 'ER_DBACCESS_DENIED_ERROR') {
+    return new UnavailableError(`MySQL master at ${where}/${url.database} denied access to user '${url.user}' (${code})`, 'master_access_denied', { cause: e });
+  }
+  if (code === 'ER_BAD_DB_ERROR') {
+    return new UnavailableError(`MySQL master at ${where} has no database '${url.database}' (${code})`, 'master_unknown_database', { cause: e });
+  }
+  return new UnavailableError(`cannot reach MySQL master at ${where} (${code})`, 'master_unreachable', { cause: e });
+}
+
+/**
+ * MySQL's duplicate message quotes the clashing value ("Duplicate entry 'x' for key 'email'"), and a
+ * username may itself contain "email": classify on the key name alone.
+ */
+function duplicateKeyOnly(e: unknown): unknown {
+  if (errorCode(e) !== 'ER_DUP_ENTRY') return e;
+  const key = /for key '([^']+)'/.exec(String((e as Error).message))?.[1];
+  return key ? new Error(`Duplicate entry for key '${key}'`) : e;
+}

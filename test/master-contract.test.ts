@@ -1,0 +1,440 @@
+// The MasterDb contract: one suite body, run against the embedded SQLite master and against MySQL,
+// so both behave the same for migrations, users, the job queue, locks and backfill progress.
+
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseMasterUrl } from '../src/config.js';
+import { UnavailableError, UsageError } from '../src/errors.js';
+import { openMaster } from '../src/master/factory.js';
+import { mysqlLockName, supportsSkipLocked } from '../src/master/mysql-master.js';
+import type { MasterDb, NewUser, SeedJob } from '../src/master/types.js';
+import { loadMigrations } from '../src/migrations.js';
+import { DIALECTS, MYSQL_BASE_URL, mysqlOrSkip, type TestMaster } from './helpers/mysql.js';
+
+const gate = await mysqlOrSkip();
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+function newUser(i: number, over: Partial<NewUser> = {}): NewUser {
+  return {
+    username: `user${i}`,
+    email: `user${i}@example.com`,
+    wordpressUserId: 1000 + i,
+    keyHash: `$2b$10$hash${i}`,
+    keyPrefix: `acm2_k${String(i).padStart(6, '0')}`,
+    keyName: `WordPress API Key for user${i}`,
+    seedVersion: 'v1',
+    maxAttempts: 3,
+    ...over,
+  };
+}
+
+async function createUsers(m: MasterDb, n: number, from = 1) {
+  const out = [];
+  for (let i = from; i < from + n; i++) out.push(await m.createUser(newUser(i)));
+  return out;
+}
+
+/** ACM2's master columns, as acm2/master-mysql.sql declares them. */
+const ACM2_COLUMNS: Record<string, Array<[string, string]>> = {
+  users: [
+    ['id', 'int'],
+    ['username', 'varchar(255)'],
+    ['email', 'varchar(255)'],
+    ['wordpress_user_id', 'int'],
+    ['created_at', 'timestamp'],
+    ['updated_at', 'timestamp'],
+  ],
+  api_keys: [
+    ['id', 'int'],
+    ['user_id', 'int'],
+    ['key_hash', 'varchar(255)'],
+    ['key_prefix', 'varchar(20)'],
+    ['name', 'varchar(255)'],
+    ['last_used_at', 'timestamp'],
+    ['created_at', 'timestamp'],
+    ['revoked_at', 'timestamp'],
+  ],
+};
+
+/** Columns per table read from ACM2's own master-mysql.sql (shared/ beside the repo), when present. */
+function columnsFromAcm2Sql(): Record<string, Array<[string, string]>> | undefined {
+  const file = [process.env.ACM2_SHARED_DIR, path.join(REPO, '..', 'shared')]
+    .filter((d): d is string => Boolean(d))
+    .map((d) => path.join(d, 'acm2', 'master-mysql.sql'))
+    .find((f) => existsSync(f));
+  if (!file) return undefined;
+  const sql = readFileSync(file, 'utf8');
+  const out: Record<string, Array<[string, string]>> = {};
+  for (const m of sql.matchAll(/CREATE TABLE IF NOT EXISTS (\w+) \(([\s\S]*?)\n\)/g)) {
+    out[m[1]!] = m[2]!
+      .split('\n')
+      .map((l) => l.trim().replace(/,$/, ''))
+      .filter((l) => l && !/^(INDEX|KEY|FOREIGN|PRIMARY KEY|UNIQUE|CONSTRAINT)\b/i.test(l))
+      .map((l) => {
+        const [name, type] = l.split(/\s+/);
+        return [name!, type!.toLowerCase()] as [string, string];
+      });
+  }
+  return out;
+}
+
+describe('ACM2 master schema reference', () => {
+  const fromFile = columnsFromAcm2Sql();
+  it.skipIf(!fromFile)('the expected columns match acm2/master-mysql.sql', () => {
+    expect(fromFile).toEqual(ACM2_COLUMNS);
+  });
+});
+
+for (const d of DIALECTS) {
+  describe.skipIf(d.skip)(`MasterDb contract (${d.name})`, () => {
+    let t: TestMaster;
+    let m: MasterDb;
+
+    beforeAll(() => d.ready());
+    beforeEach(async () => {
+      t = await d.open();
+      m = t.master;
+    });
+    afterEach(async () => {
+      await t?.cleanup();
+    });
+
+    describe('migrations', () => {
+      it('applies every migration once, records checksums, and applies nothing the second time', async () => {
+        const fresh = await d.open({ migrate: false });
+        try {
+          const expected = loadMigrations(`master/${d.name}`);
+          expect(await fresh.master.migrate()).toEqual(expected.map((x) => x.name));
+          expect(await fresh.master.migrate()).toEqual([]);
+          const ledger = await fresh.query('SELECT id, name, checksum FROM acm2_master_migrations ORDER BY id');
+          expect(ledger.map((r) => [Number(r.id), r.name, r.checksum])).toEqual(expected.map((x) => [x.id, x.name, x.checksum]));
+        } finally {
+          await fresh.cleanup();
+        }
+      });
+
+      it('lets concurrent processes migrate at once: each migration is applied exactly once', async () => {
+        const fresh = await d.open({ migrate: false });
+        try {
+          const others = await Promise.all([fresh.another(), fresh.another(), fresh.another()]);
+          const results = await Promise.all([fresh.master, ...others].map((x) => x.migrate()));
+          const names = loadMigrations(`master/${d.name}`).map((x) => x.name);
+          expect(results.flat().sort()).toEqual(names);
+          expect(await fresh.count('acm2_master_migrations')).toBe(names.length);
+        } finally {
+          await fresh.cleanup();
+        }
+      });
+
+      it.skipIf(d.name !== 'mysql')('finishes a migration interrupted half-way (MySQL DDL is not transactional)', async () => {
+        // As after a crash between two CREATE TABLEs of 0002: one table missing and no ledger row.
+        await t.query('DELETE FROM acm2_master_migrations WHERE id = 2');
+        await t.query('DROP TABLE acm2_backfill_items');
+        expect(await m.migrate()).toEqual(['0002_acm2_tool_tables']);
+        expect(await t.count('acm2_backfill_items')).toBe(0);
+        expect(await m.migrate()).toEqual([]);
+      });
+
+      it('refuses a migration whose recorded checksum differs', async () => {
+        await t.query(`UPDATE acm2_master_migrations SET checksum = 'tampered' WHERE id = 1`);
+        const err = await m.migrate().catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(UsageError);
+        expect((err as UsageError).code).toBe('migration_checksum');
+      });
+
+      it("keeps ACM2's users and api_keys columns", async () => {
+        for (const [table, cols] of Object.entries(ACM2_COLUMNS)) {
+          const got = await t.columns(table);
+          expect(got.map((c) => c.name)).toEqual(cols.map(([n]) => n));
+          if (d.name === 'mysql') expect(got.map((c) => [c.name, c.type])).toEqual(cols);
+        }
+      });
+    });
+
+    describe('users', () => {
+      it('creates the user, an API key and a pending seed job together', async () => {
+        const { user, job } = await m.createUser(newUser(1));
+        expect(user).toMatchObject({ username: 'user1', email: 'user1@example.com', wordpressUserId: 1001 });
+        expect(user.id).toBeGreaterThan(0);
+        expect(user.createdAt).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/);
+        expect(Math.abs(Date.parse(user.createdAt!) - Date.now())).toBeLessThan(120_000);
+        expect(await m.apiKeysFor(user.id)).toEqual([
+          { id: expect.any(Number), userId: user.id, keyHash: '$2b$10$hash1', keyPrefix: 'acm2_k000001', name: 'WordPress API Key for user1', revokedAt: null },
+        ]);
+        expect(job).toMatchObject({ userId: user.id, seedVersion: 'v1', status: 'pending', force: false, attempts: 0, maxAttempts: 3, lockedBy: null, lockedUntil: null });
+        expect(await m.latestJob(user.id)).toEqual(job);
+        expect(await m.getUser(user.id)).toEqual(user);
+        expect(await m.findUserByEmail('user1@example.com')).toEqual(user);
+        expect(await m.findUserByUsername('user1')).toEqual(user);
+        expect(await m.findUserByWordpressId(1001)).toEqual(user);
+        expect(await m.getUser(user.id + 1)).toBeUndefined();
+        expect(await m.createUser(newUser(2, { wordpressUserId: null }))).toMatchObject({ user: { wordpressUserId: null } });
+      });
+
+      it.each([
+        ['email', { email: 'user1@example.com' }, 'duplicate_email'],
+        ['username', { username: 'email_fan' }, 'duplicate_username'],
+        ['WordPress id', { wordpressUserId: 1001 }, 'duplicate_wordpress_id'],
+        ['API key hash (after the users row went in)', { keyHash: '$2b$10$hash1' }, 'duplicate'],
+      ] as const)('refuses a duplicate %s with a UsageError and leaves no partial rows', async (_what, over, code) => {
+        await m.createUser(newUser(1, { username: 'email_fan' }));
+        const before = [await t.count('users'), await t.count('api_keys'), await t.count('acm2_seed_jobs')];
+        const err = await m.createUser(newUser(2, over)).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(UsageError);
+        expect((err as UsageError).code).toBe(code);
+        expect((err as UsageError).exitCode).toBe(2);
+        expect([await t.count('users'), await t.count('api_keys'), await t.count('acm2_seed_jobs')]).toEqual(before);
+        expect(await m.findUserByUsername('user2')).toBeUndefined();
+      });
+
+      it('pages through 250 users by keyset, each exactly once and in order', { timeout: 120_000 }, async () => {
+        const created = (await createUsers(m, 250)).map((x) => x.user.id);
+        expect(await m.countUsers()).toBe(250);
+        expect(await m.maxUserId()).toBe(Math.max(...created));
+
+        const seen: number[] = [];
+        for (let after = 0; ; ) {
+          const page = await m.listUsers({ afterId: after, limit: 37 });
+          if (page.length === 0) break;
+          expect(page.length).toBeLessThanOrEqual(37);
+          seen.push(...page.map((u) => u.id));
+          after = page[page.length - 1]!.id;
+        }
+        expect(seen).toEqual([...created].sort((a, b) => a - b));
+
+        const wanted = created.filter((_, i) => i % 7 === 3);
+        const picked: number[] = [];
+        for (let after = 0; ; ) {
+          const page = await m.listUsers({ afterId: after, limit: 5, ids: wanted });
+          if (page.length === 0) break;
+          picked.push(...page.map((u) => u.id));
+          after = page[page.length - 1]!.id;
+        }
+        expect(picked).toEqual(wanted);
+        expect(await m.listUsers({ afterId: 0, limit: 10, ids: [] })).toEqual([]);
+      });
+
+      it('has an empty master with max id 0', async () => {
+        expect(await m.countUsers()).toBe(0);
+        expect(await m.maxUserId()).toBe(0);
+        expect(await m.listUsers({ afterId: 0, limit: 10 })).toEqual([]);
+      });
+    });
+
+    describe('seed job queue', () => {
+      it('returns the open job instead of enqueueing a duplicate', async () => {
+        const { user, job } = await m.createUser(newUser(1));
+        expect((await m.enqueueSeedJob(user.id, 'v1')).id).toBe(job.id);
+        const v2 = await m.enqueueSeedJob(user.id, 'v2', { force: true, maxAttempts: 7 });
+        expect(v2).toMatchObject({ seedVersion: 'v2', status: 'pending', force: true, maxAttempts: 7 });
+        expect(v2.id).not.toBe(job.id);
+
+        const now = Date.now() + 1000;
+        const claimed = await m.claimJobForUser(user.id, 'w1', 60_000, now);
+        expect(claimed?.id).toBe(job.id);
+        expect((await m.enqueueSeedJob(user.id, 'v1')).id).toBe(job.id); // running is open too
+        expect(await m.finishJob(job.id, 'w1', { status: 'done' }, now)).toBe(true);
+        const again = await m.enqueueSeedJob(user.id, 'v1');
+        expect(again.id).not.toBe(job.id);
+        expect(again.status).toBe('pending');
+        expect(await m.countJobs()).toBe(3);
+        expect(await m.latestJob(user.id)).toEqual(again);
+      });
+
+      it('claims, expires a lease, reclaims, and refuses to finish for a worker that lost it', async () => {
+        const { job } = await m.createUser(newUser(1));
+        const T = Date.now() + 1000;
+        const a = await m.claimJob('worker-a', 1000, T);
+        expect(a).toMatchObject({ id: job.id, status: 'running', lockedBy: 'worker-a', lockedUntil: T + 1000, attempts: 1 });
+        expect(await m.countJobs('running')).toBe(1);
+        expect(await m.claimJob('worker-b', 1000, T + 500)).toBeUndefined();
+
+        const b = await m.claimJob('worker-b', 1000, T + 2000);
+        expect(b).toMatchObject({ id: job.id, status: 'running', lockedBy: 'worker-b', lockedUntil: T + 3000, attempts: 2 });
+        expect(await m.finishJob(job.id, 'worker-a', { status: 'done' }, T + 2100)).toBe(false);
+        expect(await m.finishJob(job.id, 'worker-b', { status: 'done' }, T + 2200)).toBe(true);
+        expect(await m.latestJob(job.userId)).toMatchObject({ status: 'done', lockedBy: null, lockedUntil: null, lastError: null, attempts: 2 });
+        expect(await m.finishJob(job.id, 'worker-b', { status: 'done' }, T + 2300)).toBe(false);
+        expect(await m.claimJob('worker-c', 1000, T + 10_000)).toBeUndefined();
+        expect(await m.countJobs('done')).toBe(1);
+      });
+
+      it('backs off: a retry due later is not claimed until due, unless its user is seeded directly', async () => {
+        const { user, job } = await m.createUser(newUser(1));
+        const other = await m.createUser(newUser(2));
+        const T = Date.now() + 1000;
+        expect((await m.claimJobForUser(user.id, 'w', 1000, T))?.id).toBe(job.id);
+        expect(await m.finishJob(job.id, 'w', { status: 'pending', error: 'boom', nextAttemptAt: T + 60_000 }, T + 10)).toBe(true);
+        expect(await m.latestJob(user.id)).toMatchObject({ status: 'pending', lastError: 'boom', nextAttemptAt: T + 60_000, lockedBy: null });
+
+        // The other user's job is due now; the backed-off one is not.
+        expect((await m.claimJob('w', 1000, T + 1000))?.id).toBe(other.job.id);
+        expect(await m.finishJob(other.job.id, 'w', { status: 'done' }, T + 1001)).toBe(true);
+        expect(await m.claimJob('w', 1000, T + 1000)).toBeUndefined();
+        expect((await m.claimJob('w', 1000, T + 60_000))?.id).toBe(job.id);
+        expect(await m.finishJob(job.id, 'w', { status: 'pending', error: 'boom again', nextAttemptAt: T + 120_000 }, T + 60_010)).toBe(true);
+
+        // A direct `user seed` pulls the retry forward.
+        const direct = await m.claimJobForUser(user.id, 'operator', 1000, T + 61_000);
+        expect(direct).toMatchObject({ id: job.id, lockedBy: 'operator', attempts: 3, nextAttemptAt: T + 61_000 });
+        expect(await m.finishJob(job.id, 'operator', { status: 'failed', error: 'gave up' }, T + 61_100)).toBe(true);
+        expect(await m.latestJob(user.id)).toMatchObject({ status: 'failed', lastError: 'gave up' });
+        expect(await m.claimJobForUser(user.id, 'operator', 1000, T + 500_000)).toBeUndefined();
+        expect(await m.claimJob('w', 1000, T + 500_000)).toBeUndefined();
+      });
+
+      it('lets parallel workers on separate connections claim each of 50 jobs exactly once', { timeout: 120_000 }, async () => {
+        const jobs = (await createUsers(m, 50)).map((x) => x.job.id);
+        const workers = await Promise.all([1, 2, 3, 4, 5].map(() => t.another()));
+        const claimed: Array<[string, SeedJob]> = [];
+        await Promise.all(
+          workers.map(async (w, i) => {
+            const id = `worker-${i}`;
+            for (;;) {
+              const job = await w.claimJob(id, 60_000);
+              if (!job) {
+                // SKIP LOCKED may pass over a row another worker is about to take: stop only when none is pending.
+                if ((await w.countJobs('pending')) === 0) return;
+                continue;
+              }
+              claimed.push([id, job]);
+              expect(await w.finishJob(job.id, id, { status: 'done' })).toBe(true);
+            }
+          }),
+        );
+        expect(claimed.map(([, j]) => j.id).sort((a, b) => a - b)).toEqual([...jobs].sort((a, b) => a - b));
+        expect(claimed.every(([w, j]) => j.lockedBy === w && j.attempts === 1)).toBe(true);
+        expect(await m.countJobs('done')).toBe(50);
+      });
+    });
+
+    describe('per-user lock', () => {
+      if (d.name === 'sqlite') {
+        it('is not offered by the SQLite master (the file lock is used instead)', async () => {
+          expect(m.capabilities.advisoryLocks).toBe(false);
+          await expect(m.acquireUserLock(1, 10)).rejects.toThrow();
+        });
+        return;
+      }
+
+      it('is held by one holder at a time across instances, and freed by release or close', async () => {
+        expect(m.capabilities.advisoryLocks).toBe(true);
+        const other = await t.another();
+        const held = await m.acquireUserLock(7, 1000);
+        expect(held).toBeDefined();
+
+        const started = Date.now();
+        expect(await other.acquireUserLock(7, 300)).toBeUndefined();
+        expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+        expect(await m.acquireUserLock(7, 0)).toBeUndefined(); // a second connection of the same instance too
+
+        const neighbour = await other.acquireUserLock(8, 1000);
+        expect(neighbour).toBeDefined();
+        await neighbour!.release();
+
+        await held!.release();
+        await held!.release(); // idempotent
+        const next = await other.acquireUserLock(7, 1000);
+        expect(next).toBeDefined();
+
+        await other.close(); // closing drops the held lock with its connection
+        const after = await m.acquireUserLock(7, 2000);
+        expect(after).toBeDefined();
+        await after!.release();
+      });
+    });
+
+    describe('backfill progress', () => {
+      it('saves, updates, records items, and resets', async () => {
+        expect(await m.getBackfill('b1')).toBeUndefined();
+        await m.saveBackfill({ name: 'b1', status: 'running', cursor: 10, options: '{"batch":100}', counts: { seeded: 2 } });
+        const first = await m.getBackfill('b1');
+        expect(first).toMatchObject({ name: 'b1', status: 'running', cursor: 10, options: '{"batch":100}', counts: { seeded: 2 } });
+        expect(first!.startedAt).toMatch(/Z$/);
+
+        await m.saveBackfill({ name: 'b1', status: 'interrupted', cursor: 20, options: '{"batch":100}', counts: { seeded: 3, failed: 1 } });
+        const second = await m.getBackfill('b1');
+        expect(second).toMatchObject({ status: 'interrupted', cursor: 20, counts: { seeded: 3, failed: 1 }, startedAt: first!.startedAt });
+
+        await m.saveBackfill({ name: 'b2', status: 'done', cursor: 5, options: '{}', counts: {} });
+        await m.recordBackfillItem('b1', { userId: 9, outcome: 'failed', reason: 'disk' });
+        await m.recordBackfillItem('b1', { userId: 3, outcome: 'seeded', reason: null });
+        await m.recordBackfillItem('b1', { userId: 9, outcome: 'seeded', reason: null });
+        await m.recordBackfillItem('b2', { userId: 1, outcome: 'skipped', reason: 'ready' });
+        expect(await m.backfillItems('b1')).toEqual([
+          { userId: 3, outcome: 'seeded', reason: null },
+          { userId: 9, outcome: 'seeded', reason: null },
+        ]);
+
+        await m.resetBackfill('b1');
+        expect(await m.getBackfill('b1')).toBeUndefined();
+        expect(await m.backfillItems('b1')).toEqual([]);
+        expect(await m.getBackfill('b2')).toMatchObject({ status: 'done', cursor: 5 });
+        expect(await m.backfillItems('b2')).toEqual([{ userId: 1, outcome: 'skipped', reason: 'ready' }]);
+      });
+    });
+
+    it('names its place without a password', () => {
+      expect(m.dialect).toBe(d.name);
+      expect(m.display).toBe(parseMasterUrl(t.url).display);
+      expect(m.display).not.toMatch(/:[^/@]*@/);
+    });
+  });
+}
+
+describe('MySQL master: connection failures', () => {
+  it('reports an unreachable server in one sentence, exit 3, without the password', async () => {
+    const err = await openMaster(parseMasterUrl('mysql://root:secretpw@127.0.0.1:1/x')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as UnavailableError).exitCode).toBe(3);
+    expect((err as UnavailableError).code).toBe('master_unreachable');
+    expect((err as Error).message).toBe('cannot reach MySQL master at 127.0.0.1:1 (ECONNREFUSED)');
+    expect((err as Error).message).not.toContain('secretpw');
+  });
+
+  describe.skipIf(gate.skip)('against the test server', () => {
+    beforeAll(() => gate.ready());
+    const base = new URL(MYSQL_BASE_URL);
+
+    it('names the missing database', async () => {
+      const u = new URL(base);
+      u.pathname = '/acm2_no_such_db_x9';
+      const err = await openMaster(parseMasterUrl(u.toString())).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UnavailableError);
+      expect((err as UnavailableError).exitCode).toBe(3);
+      expect((err as Error).message).toBe(`MySQL master at ${base.hostname}:${base.port || 3306} has no database 'acm2_no_such_db_x9' (ER_BAD_DB_ERROR)`);
+    });
+
+    it('names a refused login without the password', async () => {
+      const u = new URL(base);
+      u.username = 'acm2_nobody';
+      u.password = 'hunter2pw';
+      const err = await openMaster(parseMasterUrl(u.toString())).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UnavailableError);
+      expect((err as UnavailableError).exitCode).toBe(3);
+      expect((err as Error).message).toMatch(/^MySQL master at .+ denied access to user 'acm2_nobody' \(ER_ACCESS_DENIED_ERROR\)$/);
+      expect((err as Error).message).not.toContain('hunter2pw');
+    });
+  });
+});
+
+describe('MySQL master: pure helpers', () => {
+  it('knows which servers have SKIP LOCKED', () => {
+    expect(supportsSkipLocked('10.11.19-MariaDB-0+deb12u1')).toBe(true);
+    expect(supportsSkipLocked('10.6.0-MariaDB')).toBe(true);
+    expect(supportsSkipLocked('10.5.23-MariaDB-log')).toBe(false);
+    expect(supportsSkipLocked('11.4.2-MariaDB')).toBe(true);
+    expect(supportsSkipLocked('8.0.36')).toBe(true);
+    expect(supportsSkipLocked('5.7.44-log')).toBe(false);
+  });
+
+  it('keeps GET_LOCK names within 64 characters and distinct per database', () => {
+    expect(mysqlLockName('acm2:', 'prod', ':user:42')).toBe('acm2:prod:user:42');
+    const long = 'd'.repeat(64);
+    const name = mysqlLockName('acm2_migrate:', long);
+    expect(name.length).toBeLessThanOrEqual(64);
+    expect(name).not.toBe(mysqlLockName('acm2_migrate:', `${'d'.repeat(63)}e`));
+  });
+});
