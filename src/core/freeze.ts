@@ -1,0 +1,274 @@
+// `seed freeze`: plan a package from an ACM2 user DB and run folder, then build it in a staging
+// folder beside the target and rename it into place, so a crash never leaves a half package.
+
+import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
+import { classifyFsError, UsageError } from '../errors.js';
+import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
+import { copyRunTree, fsyncPath, fsyncTree, selectForFreeze, writeFileDurable, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
+import { computePackageSha256, PACKAGE_TABLES, SCHEMA_VERSION, unsafePathReason, type Manifest, type ManifestFile } from '../seed/manifest.js';
+import { CURRENT_FILE, FILES_DIR, MANIFEST_FILE, SEED_DB_FILE } from '../seed/package.js';
+import { renderRunReport } from '../seed/report.js';
+import { silentProgress, type ProgressSink } from '../ui/reporter.js';
+
+export interface FreezeInput {
+  sourceDb?: string;
+  sourceFiles?: string;
+  presetId?: string;
+  runId?: string;
+  version?: string;
+  seedsDir: string;
+  renderReport?: boolean;
+  setCurrent?: boolean;
+  dryRun?: boolean;
+  /** createdAt of the manifest (default: now). */
+  now?: Date;
+  /** Recorded in the manifest (default: this tool); rebuilding an old package passes its own. */
+  tool?: { name: string; version: string };
+}
+
+export interface FreezeResult {
+  version: string;
+  dryRun: boolean;
+  /** Where the package is (or would be). */
+  dir: string;
+  source: { db: string; files: string; presetId: string; runId: string };
+  tables: Record<string, number>;
+  rows: number;
+  files: number;
+  /** Bytes of the run files (including a rendered report) plus seed.db once written. */
+  bytes: number;
+  reportRendered: boolean;
+  current: boolean;
+  packageSha256: string | null;
+  seedDbBytes: number | null;
+  warnings: string[];
+  /** Staging folders of earlier crashed freezes that this run removed. */
+  removedStaging: string[];
+}
+
+const STAGING_RE = /^\.staging-(.+)-(\d+)-([0-9a-f]+)$/;
+
+/** Check the input, select, and either describe (dry run) or write the package. */
+export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentProgress): FreezeResult {
+  const missing = [
+    input.sourceDb ? undefined : '--source',
+    input.sourceFiles ? undefined : '--source-files',
+    input.presetId ? undefined : '--preset (or SEED_PRESET_ID)',
+    input.runId ? undefined : '--run (or SEED_RUN_ID)',
+    input.version ? undefined : '--version (or SEED_VERSION)',
+  ].filter((x): x is string => x !== undefined);
+  if (missing.length > 0) throw new UsageError(`seed freeze needs ${missing.join(', ')}`, 'missing_flag');
+  const version = assertVersionName(input.version as string);
+  const runId = input.runId as string;
+  const presetId = input.presetId as string;
+  if (unsafePathReason(runId) !== undefined || runId.includes('/')) throw new UsageError(`--run '${runId}' is not a run id (it cannot name a folder)`, 'bad_run_id');
+  const seedsDir = path.resolve(input.seedsDir);
+  const sourceDb = path.resolve(input.sourceDb as string);
+  const sourceFiles = path.resolve(input.sourceFiles as string);
+  const dir = path.join(seedsDir, version);
+  if (existsSync(dir)) throw new UsageError(`seed version '${version}' already exists in ${seedsDir}; packages are immutable, choose a new version name`, 'version_exists');
+  if (!existsSync(sourceDb)) throw new UsageError(`source database ${sourceDb} does not exist`, 'db_missing');
+
+  const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }));
+  if (sel.gaps.length > 0) throw new UsageError(`cannot freeze ${version}: ${sel.gaps.join('; ')}`, 'freeze_incomplete');
+
+  const tables = Object.fromEntries(PACKAGE_TABLES.map((t) => [t, sel.rows[t].length]));
+  const report = sel.renderReport ? renderRunReport(runForReport(sel)) : undefined;
+  const plan: FreezeResult = {
+    version,
+    dryRun: Boolean(input.dryRun),
+    dir,
+    source: { db: sourceDb, files: sourceFiles, presetId, runId },
+    tables,
+    rows: Object.values(tables).reduce((a, b) => a + b, 0),
+    files: sel.files.length + (report !== undefined ? 1 : 0),
+    bytes: sel.files.reduce((n, f) => n + f.bytes, 0) + (report !== undefined ? Buffer.byteLength(report) : 0),
+    reportRendered: report !== undefined,
+    current: false,
+    packageSha256: null,
+    seedDbBytes: null,
+    warnings: sel.warnings,
+    removedStaging: [],
+  };
+  if (input.dryRun) return plan;
+
+  try {
+    mkdirSync(seedsDir, { recursive: true, mode: 0o755 });
+  } catch (e) {
+    throw classifyFsError(e, seedsDir) ?? e;
+  }
+  const removedStaging = removeStaleStaging(seedsDir);
+  const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}`);
+  let manifest: Manifest;
+  try {
+    mkdirSync(staging, { mode: 0o755 });
+    manifest = buildPackage(staging, sel, sourceFiles, report, {
+      version,
+      createdAt: (input.now ?? new Date()).toISOString(),
+      tool: input.tool ?? { name: TOOL_NAME, version: TOOL_VERSION },
+      progress,
+    });
+    fsyncTree(staging);
+    if (existsSync(dir)) throw new UsageError(`seed version '${version}' already exists in ${seedsDir}; packages are immutable, choose a new version name`, 'version_exists');
+    try {
+      renameSync(staging, dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST' || code === 'ENOTEMPTY') {
+        throw new UsageError(`seed version '${version}' appeared in ${seedsDir} while freezing; it was not overwritten`, 'version_exists', { cause: e });
+      }
+      throw e;
+    }
+    fsyncPath(seedsDir);
+  } catch (e) {
+    rmSync(staging, { recursive: true, force: true });
+    throw classifyFsError(e, staging) ?? e;
+  }
+  if (input.setCurrent) writeCurrent(seedsDir, version);
+  return {
+    ...plan,
+    files: manifest.files.length,
+    bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes,
+    current: Boolean(input.setCurrent),
+    packageSha256: manifest.packageSha256,
+    seedDbBytes: manifest.seedDb.bytes,
+    removedStaging,
+  };
+}
+
+function withSource<T>(file: string, fn: (db: Database.Database) => T): T {
+  let db: Database.Database;
+  try {
+    db = new Database(file, { readonly: true, fileMustExist: true });
+    db.pragma('busy_timeout = 5000');
+  } catch (e) {
+    throw new UsageError(`cannot open source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
+  }
+  try {
+    return fn(db);
+  } catch (e) {
+    if ((e as { code?: string }).code?.startsWith('SQLITE_')) {
+      throw new UsageError(`cannot read source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
+    }
+    throw e;
+  } finally {
+    db.close();
+  }
+}
+
+function runForReport(sel: FreezeSelection) {
+  const run = sel.rows.runs[0] ?? {};
+  const s = (v: unknown) => (typeof v === 'string' ? v : null);
+  return {
+    id: sel.runId,
+    title: s(run.title),
+    status: s(run.status),
+    created_at: s(run.created_at),
+    completed_at: s(run.completed_at),
+    preset_id: s(run.preset_id),
+    results_summary: run.results_summary ?? null,
+  };
+}
+
+interface BuildOptions {
+  version: string;
+  createdAt: string;
+  tool: { name: string; version: string };
+  progress: ProgressSink;
+}
+
+/** seed.db, files/ and manifest.json inside the staging folder; returns the manifest written. */
+function buildPackage(staging: string, sel: FreezeSelection, sourceFiles: string, report: string | undefined, o: BuildOptions): Manifest {
+  const seedDb = path.join(staging, SEED_DB_FILE);
+  writeSeedDb(seedDb, sel.rows);
+  const filesDir = path.join(staging, FILES_DIR);
+  mkdirSync(filesDir, { mode: 0o755 });
+  const files: ManifestFile[] = copyRunTree(sel, sourceFiles, filesDir, o.progress);
+  if (report !== undefined) {
+    const reportsDir = path.join(filesDir, 'runs', sel.runId, 'reports');
+    mkdirSync(reportsDir, { recursive: true, mode: 0o755 });
+    const h = writeFileDurable(path.join(reportsDir, 'report.html'), report);
+    files.push({ path: `runs/${sel.runId}/reports/report.html`, ...h });
+  }
+  files.sort((a, b) => compareStrings(a.path, b.path));
+
+  const db = new Database(seedDb, { readonly: true, fileMustExist: true });
+  let tables: Manifest['tables'];
+  try {
+    tables = Object.fromEntries(PACKAGE_TABLES.map((t) => [t, dumpTable(db, t)]));
+  } finally {
+    db.close();
+  }
+  const seedDbHash = sha256File(seedDb);
+  const body = {
+    format: 1 as const,
+    version: o.version,
+    tool: o.tool,
+    schemaVersion: SCHEMA_VERSION,
+    source: { presetId: sel.presetId, runId: sel.runId },
+    tables,
+    seedDb: seedDbHash,
+    files,
+  };
+  const manifest: Manifest = { ...body, createdAt: o.createdAt, packageSha256: computePackageSha256(body) };
+  const ordered: Manifest = {
+    format: manifest.format,
+    version: manifest.version,
+    createdAt: manifest.createdAt,
+    tool: manifest.tool,
+    schemaVersion: manifest.schemaVersion,
+    source: manifest.source,
+    tables: manifest.tables,
+    seedDb: manifest.seedDb,
+    files: manifest.files,
+    packageSha256: manifest.packageSha256,
+  };
+  writeFileDurable(path.join(staging, MANIFEST_FILE), `${JSON.stringify(ordered, null, 2)}\n`);
+  return ordered;
+}
+
+/** Remove `.staging-*` folders left by freezes whose process is gone. */
+function removeStaleStaging(seedsDir: string): string[] {
+  const removed: string[] = [];
+  for (const name of readdirSync(seedsDir)) {
+    const m = STAGING_RE.exec(name);
+    if (!m) continue;
+    const pid = Number(m[2]);
+    if (pid !== process.pid && isAlive(pid)) continue;
+    const full = path.join(seedsDir, name);
+    try {
+      if (!lstatSync(full).isDirectory()) continue;
+      rmSync(full, { recursive: true, force: true });
+      removed.push(name);
+    } catch {
+      // Another freeze removed it first.
+    }
+  }
+  return removed;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** CURRENT := version, through a temp file and rename so readers never see a partial line. */
+export function writeCurrent(seedsDir: string, version: string): void {
+  const tmp = path.join(seedsDir, `.${CURRENT_FILE}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    writeFileDurable(tmp, `${version}\n`);
+    renameSync(tmp, path.join(seedsDir, CURRENT_FILE));
+    fsyncPath(seedsDir);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw classifyFsError(e, path.join(seedsDir, CURRENT_FILE)) ?? e;
+  }
+}

@@ -1,0 +1,358 @@
+// Reading and checking seed packages (SPEC §4): CURRENT, version lookup, the full integrity check
+// every consumer runs before use, and the cheap listing. A package is immutable once frozen.
+
+import Database from 'better-sqlite3';
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { assertVersionName } from '../config.js';
+import { PackageError } from '../errors.js';
+import { resolveInside } from '../userdb/paths.js';
+import { compareStrings, dumpTable, quoteIdent, readTableExact, sha256File, tableExists, walkTree } from './canonical.js';
+import {
+  computePackageSha256,
+  EXCLUDED_TABLES,
+  manifestShapeProblems,
+  PACKAGE_TABLES,
+  type Manifest,
+  type ManifestFile,
+  type ManifestTable,
+} from './manifest.js';
+
+export type { Manifest, ManifestFile, ManifestTable } from './manifest.js';
+export { PACKAGE_TABLES, EXCLUDED_TABLES, type PackageTable } from './manifest.js';
+
+export interface SeedPackage {
+  version: string;
+  dir: string;
+  manifest: Manifest;
+  seedDbPath: string;
+  filesDir: string;
+}
+
+export interface PackageCheck {
+  version: string;
+  ok: boolean;
+  problems: string[];
+}
+
+export interface PackageListing {
+  version: string;
+  current: boolean;
+  rows: number;
+  files: number;
+  bytes: number;
+  packageSha256: string;
+  createdAt: string;
+  /** Set when the manifest cannot be read; the other fields are then zero/empty. */
+  error?: string;
+}
+
+export const CURRENT_FILE = 'CURRENT';
+export const MANIFEST_FILE = 'manifest.json';
+export const SEED_DB_FILE = 'seed.db';
+export const FILES_DIR = 'files';
+const TOP_LEVEL = new Set([MANIFEST_FILE, SEED_DB_FILE, FILES_DIR]);
+
+type ProblemKind = 'unknown' | 'incomplete' | 'malformed' | 'tampered' | 'unsafe';
+interface Problem {
+  kind: ProblemKind;
+  text: string;
+}
+
+/** The version named in `<seedsDir>/CURRENT`. */
+export function readCurrent(seedsDir: string): string {
+  const file = path.join(seedsDir, CURRENT_FILE);
+  let raw: string;
+  try {
+    raw = readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
+      throw new PackageError(`no seed version is CURRENT: ${file} does not exist (give --seed-version, or freeze with --set-current)`, { cause: e });
+    }
+    throw new PackageError(`cannot read ${file} (${code ?? String(e)})`, { cause: e });
+  }
+  const v = raw.replace(/\r?\n$/, '');
+  try {
+    return assertVersionName(v);
+  } catch (e) {
+    throw new PackageError(`${file} does not hold a valid version name (found ${JSON.stringify(v.slice(0, 80))})`, { cause: e });
+  }
+}
+
+/** An explicit version (validated) or, when none is given, the CURRENT one. */
+export function resolveVersion(seedsDir: string, explicit?: string): string {
+  return explicit !== undefined && explicit !== '' ? assertVersionName(explicit) : readCurrent(seedsDir);
+}
+
+/** Version folders in seedsDir (staging and other dot-folders ignored), in natural order. */
+export function knownVersions(seedsDir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(seedsDir);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => !n.startsWith('.') && isVersionName(n))
+    .filter((n) => {
+      try {
+        return lstatSync(path.join(seedsDir, n)).isDirectory();
+      } catch {
+        return false;
+      }
+    })
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+}
+
+function isVersionName(n: string): boolean {
+  try {
+    assertVersionName(n);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const cache = new Map<string, SeedPackage>();
+
+/** Forget every checked package (tests tamper with packages inside one process). */
+export function clearPackageCache(): void {
+  cache.clear();
+}
+
+/**
+ * Check a package fully and return it, or throw PackageError naming the version and its first
+ * problem. Results are cached per process by folder and manifest mtime.
+ */
+export function loadPackage(seedsDir: string, version: string): SeedPackage {
+  assertVersionName(version);
+  const dir = path.join(path.resolve(seedsDir), version);
+  const key = cacheKey(dir);
+  const hit = key !== undefined ? cache.get(key) : undefined;
+  if (hit) return hit;
+  const { problems, manifest } = inspect(seedsDir, version, true);
+  const first = problems[0];
+  if (first || !manifest) {
+    if (first?.kind === 'unknown') throw new PackageError(first.text);
+    const more = problems.length > 1 ? ` (and ${problems.length - 1} more; run 'acm2 seed check ${version}')` : '';
+    throw new PackageError(`seed package ${version} is ${first?.kind ?? 'malformed'}: ${first?.text ?? 'no manifest'}${more}`);
+  }
+  const pkg: SeedPackage = {
+    version,
+    dir,
+    manifest,
+    seedDbPath: path.join(dir, SEED_DB_FILE),
+    filesDir: path.join(dir, FILES_DIR),
+  };
+  const after = cacheKey(dir);
+  if (after !== undefined && after === key) cache.set(after, pkg);
+  return pkg;
+}
+
+/** The same checks as loadPackage, collecting every problem instead of stopping at the first. */
+export function checkPackage(seedsDir: string, version: string): PackageCheck {
+  assertVersionName(version);
+  const { problems } = inspect(seedsDir, version, false);
+  return { version, ok: problems.length === 0, problems: problems.map((p) => p.text) };
+}
+
+/** Every version with its totals, from the manifests alone (no hashing). */
+export function listPackages(seedsDir: string): PackageListing[] {
+  if (!existsSync(seedsDir)) throw new PackageError(`seed packages folder ${seedsDir} does not exist`);
+  let current: string | undefined;
+  try {
+    current = readCurrent(seedsDir);
+  } catch {
+    current = undefined;
+  }
+  return knownVersions(seedsDir).map((version) => {
+    const base = { version, current: version === current };
+    try {
+      const m = JSON.parse(readFileSync(path.join(seedsDir, version, MANIFEST_FILE), 'utf8')) as Manifest;
+      const shape = manifestShapeProblems(m, version);
+      if (shape.length > 0) throw new Error(shape[0]);
+      return {
+        ...base,
+        rows: Object.values(m.tables).reduce((n, t) => n + t.rows, 0),
+        files: m.files.length,
+        bytes: m.files.reduce((n, f) => n + f.bytes, 0) + m.seedDb.bytes,
+        packageSha256: m.packageSha256,
+        createdAt: m.createdAt,
+      };
+    } catch (e) {
+      const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'manifest.json is missing' : `manifest unreadable: ${(e as Error).message}`;
+      return { ...base, rows: 0, files: 0, bytes: 0, packageSha256: '', createdAt: '', error: why };
+    }
+  });
+}
+
+/** Every row of the package's tables, in primary-key order. */
+export function readPackageRows(pkg: SeedPackage): Record<string, Record<string, unknown>[]> {
+  const db = new Database(pkg.seedDbPath, { readonly: true, fileMustExist: true });
+  try {
+    const out: Record<string, Record<string, unknown>[]> = {};
+    for (const t of manifestTables(pkg.manifest)) {
+      // Integers beyond 2^53 would be rounded by Number(): keep those as BigInt.
+      out[t] = readTableExact(db, t).map((r) =>
+        Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === 'bigint' && Number.isSafeInteger(Number(v)) ? Number(v) : v])),
+      );
+    }
+    return out;
+  } finally {
+    db.close();
+  }
+}
+
+/** Manifest table names, package tables first (references before referrers). */
+export function manifestTables(m: Manifest): string[] {
+  const known = PACKAGE_TABLES.filter((t) => t in m.tables) as string[];
+  return [...known, ...Object.keys(m.tables).filter((t) => !known.includes(t)).sort(compareStrings)];
+}
+
+/** Absolute path of a manifest file path inside the package (refuses escapes). */
+export function packageFilePath(pkg: SeedPackage, rel: string): string {
+  return resolveInside(pkg.filesDir, rel);
+}
+
+function cacheKey(dir: string): string | undefined {
+  try {
+    const st = statSync(path.join(dir, MANIFEST_FILE));
+    return `${dir}\0${st.ino}\0${st.size}\0${st.mtimeMs}\0${st.ctimeMs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The whole check. With stopEarly it returns at the first problem (loadPackage); otherwise it
+ * collects everything it can still check.
+ */
+function inspect(seedsDir: string, version: string, stopEarly: boolean): { problems: Problem[]; manifest?: Manifest } {
+  const problems: Problem[] = [];
+  const add = (kind: ProblemKind, text: string) => {
+    problems.push({ kind, text });
+    return stopEarly;
+  };
+  const dir = path.join(path.resolve(seedsDir), version);
+
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch {
+    const known = knownVersions(seedsDir);
+    add('unknown', `unknown seed version '${version}' in ${seedsDir} (known: ${known.length > 0 ? known.join(', ') : 'none'})`);
+    return { problems };
+  }
+  if (st.isSymbolicLink()) {
+    add('unsafe', `${dir} is a symlink`);
+    return { problems };
+  }
+  if (!st.isDirectory()) {
+    add('malformed', `${dir} is not a folder`);
+    return { problems };
+  }
+
+  // Structure: no symlinks or special files anywhere, nothing unexpected beside the three parts.
+  const tree = walkTree(dir);
+  const onDisk = new Map<string, number>();
+  for (const e of tree) {
+    if (e.kind === 'symlink' && add('unsafe', `${e.rel} is a symlink`)) return { problems };
+    if (e.kind === 'other' && add('unsafe', `${e.rel} is not a regular file or folder`)) return { problems };
+    const top = e.rel.split('/')[0] as string;
+    if (!TOP_LEVEL.has(top) && e.rel === top && add('tampered', `unexpected ${e.rel} in the package`)) return { problems };
+    if (e.kind === 'file' && e.rel.startsWith(`${FILES_DIR}/`)) onDisk.set(e.rel.slice(FILES_DIR.length + 1), e.bytes);
+  }
+  const kindOf = (rel: string) => tree.find((e) => e.rel === rel)?.kind;
+  if (kindOf(FILES_DIR) !== undefined && kindOf(FILES_DIR) !== 'dir' && add('malformed', `${FILES_DIR} is not a folder`)) return { problems };
+
+  // Manifest: parse, shape, hash.
+  let raw: unknown;
+  if (kindOf(MANIFEST_FILE) !== 'file') {
+    add(kindOf(MANIFEST_FILE) === undefined ? 'incomplete' : 'malformed', `${MANIFEST_FILE} is missing`);
+    return { problems };
+  }
+  try {
+    raw = JSON.parse(readFileSync(path.join(dir, MANIFEST_FILE), 'utf8'));
+  } catch (e) {
+    add('malformed', `${MANIFEST_FILE} is not valid JSON (${(e as Error).message})`);
+    return { problems };
+  }
+  const shape = manifestShapeProblems(raw, version);
+  if (shape.length > 0) {
+    for (const s of shape) if (add(/path '/.test(s) ? 'unsafe' : 'malformed', s)) break;
+    return { problems };
+  }
+  const m = raw as Manifest;
+  if (computePackageSha256(m) !== m.packageSha256) {
+    if (add('tampered', `${MANIFEST_FILE} does not match its packageSha256 (it was edited after freezing)`)) return { problems };
+  }
+
+  // seed.db: size and hash of the whole file, then the table dumps.
+  const seedDb = path.join(dir, SEED_DB_FILE);
+  let seedDbOk = false;
+  if (kindOf(SEED_DB_FILE) !== 'file') {
+    if (add('incomplete', `${SEED_DB_FILE} is missing`)) return { problems };
+  } else {
+    const h = sha256File(seedDb);
+    if (h.bytes !== m.seedDb.bytes) {
+      if (add('tampered', `${SEED_DB_FILE} is ${h.bytes} bytes, the manifest says ${m.seedDb.bytes}`)) return { problems };
+    } else if (h.sha256 !== m.seedDb.sha256) {
+      if (add('tampered', `${SEED_DB_FILE} sha256 does not match the manifest`)) return { problems };
+    } else seedDbOk = true;
+  }
+
+  // files/: exactly the manifest's list, each with its size and hash.
+  const listed = new Map(m.files.map((f) => [f.path, f]));
+  for (const f of m.files) {
+    const bytes = onDisk.get(f.path);
+    const rel = `${FILES_DIR}/${f.path}`;
+    if (bytes === undefined) {
+      if (add('incomplete', `${rel} is missing`)) return { problems };
+      continue;
+    }
+    if (bytes !== f.bytes) {
+      if (add('tampered', `${rel} is ${bytes} bytes, the manifest says ${f.bytes}`)) return { problems };
+      continue;
+    }
+    if (sha256File(path.join(dir, FILES_DIR, ...f.path.split('/'))).sha256 !== f.sha256) {
+      if (add('tampered', `${rel} sha256 does not match the manifest`)) return { problems };
+    }
+  }
+  for (const rel of onDisk.keys()) {
+    if (!listed.has(rel) && add('tampered', `${FILES_DIR}/${rel} is not in the manifest`)) return { problems };
+  }
+
+  // Tables: only meaningful once seed.db is the frozen file.
+  if (seedDbOk) {
+    for (const p of tableProblems(seedDb, m.tables)) if (add('tampered', p)) return { problems };
+  }
+  return { problems, manifest: problems.length === 0 ? m : undefined };
+}
+
+function tableProblems(seedDb: string, tables: Record<string, ManifestTable>): string[] {
+  const out: string[] = [];
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(seedDb, { readonly: true, fileMustExist: true });
+    for (const [name, want] of Object.entries(tables)) {
+      if (!tableExists(db, name)) {
+        out.push(`${SEED_DB_FILE} has no table ${name}`);
+        continue;
+      }
+      const got = dumpTable(db, name);
+      if (got.rows !== want.rows) out.push(`${SEED_DB_FILE} table ${name} has ${got.rows} rows, the manifest says ${want.rows}`);
+      else if (got.sha256 !== want.sha256) out.push(`${SEED_DB_FILE} table ${name} sha256 does not match the manifest`);
+    }
+    for (const t of [...PACKAGE_TABLES, ...EXCLUDED_TABLES]) {
+      if (t in tables || !tableExists(db, t)) continue;
+      const n = (db.prepare(`SELECT COUNT(*) AS n FROM ${quoteIdent(t)}`).get() as { n: number }).n;
+      if (n > 0) out.push(`${SEED_DB_FILE} table ${t} holds ${n} rows the manifest does not list`);
+    }
+  } catch (e) {
+    out.push(`${SEED_DB_FILE} cannot be read as SQLite (${(e as Error).message})`);
+  } finally {
+    db?.close();
+  }
+  return out;
+}
