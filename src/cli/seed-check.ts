@@ -1,8 +1,23 @@
-// `acm2 seed check`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 seed check [v...]`: full integrity check of the named versions (all when none named).
+// Failures are findings: the report is printed, then the exit code is 1.
 
-import { NotImplementedError } from '../errors.js';
+import chalk from 'chalk';
+import { checkPackage, knownVersions } from '../seed/package.js';
+import { context } from './context.js';
 import type { CommandCall } from './program.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('seed check');
+export async function run({ args, opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const versions = args.length > 0 ? args : knownVersions(cfg.seedsDir);
+  const packages = versions.map((v) => checkPackage(cfg.seedsDir, v));
+  const ok = packages.every((p) => p.ok);
+  out.result({ ok, seedsDir: cfg.seedsDir, packages }, () => {
+    if (packages.length === 0) return `No seed packages in ${cfg.seedsDir}.`;
+    const paint = (s: string, good: boolean) => (out.color ? (good ? chalk.green(s) : chalk.red(s)) : s);
+    return packages
+      .map((p) => [`${p.version}  ${paint(p.ok ? 'ok' : 'FAILED', p.ok)}`, ...p.problems.map((x) => `  - ${x}`)].join('\n'))
+      .join('\n');
+  });
+  // Not FindingsError: with --json that would print a second document after the report.
+  if (!ok) process.exitCode = 1;
 }

@@ -1,8 +1,42 @@
-// `acm2 seed freeze`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 seed freeze`: flags (with their env fallbacks) → freezeSeed → the plan or result.
 
-import { NotImplementedError } from '../errors.js';
+import Table from 'cli-table3';
+import { freezeSeed, type FreezeResult } from '../core/freeze.js';
+import { formatBytes } from '../ui/reporter.js';
+import { context } from './context.js';
 import type { CommandCall } from './program.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('seed freeze');
+const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
+
+export async function run({ opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const result = freezeSeed(
+    {
+      sourceDb: str(opts.source),
+      sourceFiles: str(opts.sourceFiles),
+      presetId: str(opts.preset) ?? str(process.env.SEED_PRESET_ID),
+      runId: str(opts.run) ?? str(process.env.SEED_RUN_ID),
+      version: str(opts.version) ?? cfg.seedVersion,
+      seedsDir: cfg.seedsDir,
+      renderReport: Boolean(opts.renderReport),
+      setCurrent: Boolean(opts.setCurrent),
+      dryRun: Boolean(opts.dryRun),
+    },
+    out.progress(),
+  );
+  for (const w of result.warnings) out.verbose(`warning: ${w}`);
+  out.result(result, () => render(result, out.color));
+}
+
+function render(r: FreezeResult, color: boolean): string {
+  const head = r.dryRun
+    ? `Dry run: would freeze ${r.version} into ${r.dir} (nothing written).`
+    : `Froze ${r.version} into ${r.dir}${r.current ? ' (now CURRENT)' : ''}.`;
+  const table = new Table({ head: ['table', 'rows'], style: color ? {} : { head: [], border: [] } });
+  for (const [t, n] of Object.entries(r.tables)) table.push([t, n]);
+  const lines = [head, `Source: preset ${r.source.presetId}, run ${r.source.runId}`, table.toString()];
+  lines.push(`${r.files} files, ${formatBytes(r.bytes)}${r.reportRendered ? ' (reports/report.html rendered from results_summary)' : ''}`);
+  if (r.packageSha256) lines.push(`packageSha256 ${r.packageSha256}`);
+  if (r.warnings.length > 0) lines.push(`${r.warnings.length} warning(s); run with --verbose to see them.`);
+  return lines.join('\n');
 }

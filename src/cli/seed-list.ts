@@ -1,8 +1,26 @@
-// `acm2 seed list`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 seed list`: every version in the seeds folder, CURRENT marked (reads manifests only).
 
-import { NotImplementedError } from '../errors.js';
+import chalk from 'chalk';
+import Table from 'cli-table3';
+import { listPackages } from '../seed/package.js';
+import { formatBytes } from '../ui/reporter.js';
+import { context } from './context.js';
 import type { CommandCall } from './program.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('seed list');
+export async function run({ opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const packages = listPackages(cfg.seedsDir);
+  out.result({ seedsDir: cfg.seedsDir, packages }, () => {
+    if (packages.length === 0) return `No seed packages in ${cfg.seedsDir}.`;
+    const table = new Table({
+      head: ['', 'version', 'rows', 'files', 'bytes', 'packageSha256', 'created'],
+      style: out.color ? {} : { head: [], border: [] },
+    });
+    for (const p of packages) {
+      const mark = p.current ? (out.color ? chalk.green('*') : '*') : '';
+      if (p.error) table.push([mark, p.version, { colSpan: 5, content: `unreadable: ${p.error}` }]);
+      else table.push([mark, p.version, p.rows, p.files, formatBytes(p.bytes), p.packageSha256.slice(0, 16), p.createdAt]);
+    }
+    return `${table.toString()}\n* = CURRENT (${cfg.seedsDir})`;
+  });
 }

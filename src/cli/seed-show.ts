@@ -1,8 +1,28 @@
-// `acm2 seed show`: not built yet; says so and exits 70 rather than printing fake output.
+// `acm2 seed show <v>`: check the package, then print its manifest (JSON) or a summary.
 
-import { NotImplementedError } from '../errors.js';
+import Table from 'cli-table3';
+import { loadPackage, type SeedPackage } from '../seed/package.js';
+import { formatBytes } from '../ui/reporter.js';
+import { context } from './context.js';
 import type { CommandCall } from './program.js';
 
-export async function run(_call: CommandCall): Promise<void> {
-  throw new NotImplementedError('seed show');
+export async function run({ args, opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const pkg = loadPackage(cfg.seedsDir, args[0] ?? '');
+  out.result(pkg.manifest, () => render(pkg, out.color ? {} : { head: [], border: [] }));
+}
+
+function render({ manifest: m, dir }: SeedPackage, style: { head?: string[]; border?: string[] }): string {
+  const tables = new Table({ head: ['table', 'rows', 'sha256'], style });
+  for (const [t, v] of Object.entries(m.tables)) tables.push([t, v.rows, v.sha256.slice(0, 16)]);
+  const files = new Table({ head: ['file', 'bytes', 'sha256'], style });
+  for (const f of m.files) files.push([f.path, f.bytes, f.sha256.slice(0, 16)]);
+  return [
+    `Seed package ${m.version} (${dir}): intact`,
+    `created ${m.createdAt} by ${m.tool.name} ${m.tool.version}, schema ${m.schemaVersion}`,
+    `source preset ${m.source.presetId}, run ${m.source.runId}`,
+    `seed.db ${formatBytes(m.seedDb.bytes)}, packageSha256 ${m.packageSha256}`,
+    tables.toString(),
+    files.toString(),
+  ].join('\n');
 }
