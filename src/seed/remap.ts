@@ -48,7 +48,10 @@ export class DocIndex {
   match(candidate: string): string | undefined {
     const head = docHead(candidate);
     if (!head) return undefined;
-    return this.byHead.get(head)?.find((id) => candidate.startsWith(id) && isBoundary(candidate, id.length));
+    const list = this.byHead.get(head);
+    if (!list) return undefined;
+    // A truncated mention ('Evaluated 673307e8.4a48.fp...') still carries the head: map that.
+    return list.find((id) => candidate.startsWith(id) && isBoundary(candidate, id.length)) ?? head;
   }
   get size(): number {
     return this.byHead.size;
@@ -159,37 +162,35 @@ export function extendMap(
   // Suffix index of every mapped UUID: old last-8 -> new last-8.
   const suffix = new Map<string, string>();
   for (const [s, t] of map) if (isUuid(s)) suffix.set(s.slice(-8).toLowerCase(), t.slice(-8).toLowerCase());
-  // A doc id and its safe form (file name) share one new head, so file names follow their ids.
-  const groups = new Map<string, string[]>();
-  for (const d of docs.sort()) {
-    const key = safeDocId(d);
-    groups.set(key, [...(groups.get(key) ?? []), d]);
-  }
-  const parse = (id: string) => /^(combined\.)?([0-9a-f]{8})\.([0-9a-f]{4})\.(.*)$/.exec(id)!;
-  const headOfTarget = new Map<string, { s8: string; tag: string }>();
+  // Every form of one doc (its id, its safe file name, a truncated mention) shares its head
+  // `S8.tag.`, so all forms get one new head and stay consistent with each other.
+  const parse = (id: string) => /^((?:combined\.)?)([0-9a-f]{8})\.([0-9a-f]{4})\.(.*)$/s.exec(id)!;
+  const headKey = (m: RegExpExecArray) => `${m[1]}${m[2]}.${m[3]}`;
+  const newHead = new Map<string, { s8: string; tag: string }>();
   for (const [s, t] of map) {
     if (isUuid(s)) continue;
-    const m = parse(t);
-    headOfTarget.set(safeDocId(s), { s8: m[2]!, tag: m[3]! });
+    const ms = parse(s);
+    const mt = parse(t);
+    newHead.set(headKey(ms), { s8: mt[2]!, tag: mt[3]! });
   }
-  for (const [key, members] of groups) {
-    let head = headOfTarget.get(key);
+  const usedHeads = new Set([...newHead.values()].map((h) => `${h.s8}.${h.tag}`));
+  for (const source of docs.sort()) {
+    const m = parse(source);
+    const key = headKey(m);
+    let head = newHead.get(key);
     if (!head) {
-      const m = parse(key);
       const s8 = suffix.get(m[2]!) ?? randomBytes(4).toString('hex');
       let tag: string;
       do tag = randomBytes(2).toString('hex');
-      while (used.has(`${m[1] ?? ''}${s8}.${tag}.${m[4]}`));
+      while (usedHeads.has(`${s8}.${tag}`));
       head = { s8, tag };
-      headOfTarget.set(key, head);
+      usedHeads.add(`${s8}.${tag}`);
+      newHead.set(key, head);
     }
-    for (const source of members) {
-      const m = parse(source);
-      const target = `${m[1] ?? ''}${head.s8}.${head.tag}.${m[4]}`;
-      used.add(target);
-      map.set(source, target);
-      added.push({ kind: kindOf(source), source, target });
-    }
+    const target = `${m[1]}${head.s8}.${head.tag}.${m[4]}`;
+    used.add(target);
+    map.set(source, target);
+    added.push({ kind: kindOf(source), source, target });
   }
   return added;
 }

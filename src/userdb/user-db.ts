@@ -68,6 +68,7 @@ export function pendingMigrations(db: SqliteDb): Migration[] {
 
 /** Apply every pending migration, each in its own transaction with its ledger row. */
 export function migrateUserDb(db: SqliteDb, now = new Date()): Migration[] {
+  adoptAcm2Db(db, now);
   db.exec(LEDGER_DDL);
   const pending = pendingMigrations(db);
   for (const m of pending) {
@@ -82,6 +83,18 @@ export function migrateUserDb(db: SqliteDb, now = new Date()): Migration[] {
     })();
   }
   return pending;
+}
+
+/**
+ * A DB that ACM2 created itself (create_all, no ledger) already has migration 1's tables:
+ * record that baseline instead of running it again. Returns whether it adopted the DB.
+ */
+export function adoptAcm2Db(db: SqliteDb, now = new Date()): boolean {
+  if (appliedMigrations(db).length > 0) return false;
+  const has = db.prepare(`SELECT 1 FROM sqlite_master WHERE type='table' AND name='contents'`).get();
+  if (!has) return false;
+  recordBaseline(db, 1, now);
+  return true;
 }
 
 /** Record migrations as applied without running them (adopting a DB ACM2 created itself). */

@@ -1,0 +1,95 @@
+// A seeded world for tests: a generated ACM2 source frozen into a temp seeds dir, a data dir,
+// and a master. Packages are frozen once per options per test file.
+
+import { mkdtempSync, rmSync, readdirSync, statSync, readFileSync, lstatSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { generateSource, type SourceFixture, type SourceOptions } from '../../src/fixtures/source.js';
+import { freezeSeed } from '../../src/core/freeze.js';
+import { writeCurrent } from '../../src/core/freeze.js';
+import { loadPackage, type SeedPackage } from '../../src/seed/package.js';
+import { openMaster } from '../../src/master/factory.js';
+import { parseMasterUrl } from '../../src/config.js';
+import type { MasterDb } from '../../src/master/types.js';
+
+export function tmpDir(prefix = 'acm2-test-'): string {
+  return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface FrozenSource {
+  root: string;
+  seedsDir: string;
+  source: SourceFixture;
+  pkg: SeedPackage;
+  cleanup(): void;
+}
+
+/** Generate a source and freeze it as `version` (CURRENT) into a fresh seeds dir. */
+export function frozenSource(opts: SourceOptions = {}, version = 'v1'): FrozenSource {
+  const root = tmpDir('acm2-pkg-');
+  const source = generateSource(path.join(root, 'source'), opts);
+  const seedsDir = path.join(root, 'seeds');
+  freezeSeed({
+    sourceDb: source.dbPath,
+    sourceFiles: source.filesDir,
+    presetId: source.presetId,
+    runId: source.runId,
+    version,
+    seedsDir,
+    setCurrent: true,
+    renderReport: true,
+  });
+  return { root, seedsDir, source, pkg: loadPackage(seedsDir, version), cleanup: () => rmSync(root, { recursive: true, force: true }) };
+}
+
+export { writeCurrent };
+
+export interface World {
+  dataDir: string;
+  masterUrl: string;
+  master: MasterDb;
+  cleanup(): Promise<void>;
+}
+
+export async function sqliteWorld(): Promise<World> {
+  const dataDir = tmpDir('acm2-data-');
+  const masterUrl = `sqlite:${path.join(dataDir, 'master.db')}`;
+  const master = await openMaster(parseMasterUrl(masterUrl));
+  return {
+    dataDir,
+    masterUrl,
+    master,
+    async cleanup() {
+      await master.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Every file under dir (relative paths, sorted), skipping nothing. */
+export function walkFiles(dir: string, base = dir): string[] {
+  const out: string[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const name of entries.sort()) {
+    const abs = path.join(dir, name);
+    const st = lstatSync(abs);
+    if (st.isDirectory()) out.push(...walkFiles(abs, base));
+    else out.push(path.relative(base, abs));
+  }
+  return out;
+}
+
+/** A snapshot of a tree (paths + bytes) to prove "nothing changed". */
+export function snapshotTree(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const rel of walkFiles(dir)) {
+    const abs = path.join(dir, rel);
+    out[rel] = statSync(abs).isFile() ? readFileSync(abs).toString('base64') : 'other';
+  }
+  return out;
+}

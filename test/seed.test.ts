@@ -1,0 +1,195 @@
+// Seeding: complete remap, isolation, every reference resolves, idempotence, force, co-existing rows.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { readFileSync, existsSync, writeFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { createUser, seedOneUser } from '../src/core/users.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
+import { safeDocId } from '../src/seed/remap.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+
+let pkg: FrozenSource;
+let world: World;
+
+beforeAll(async () => {
+  pkg = frozenSource({ models: ['openai:o4-mini', 'openrouter:meta-llama/llama-3'], sourceDocs: 2, legacyCombinedFolder: true });
+  world = await sqliteWorld();
+});
+afterAll(async () => {
+  await world.cleanup();
+  pkg.cleanup();
+});
+
+const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
+
+/** Every identifier in the package: its rows' ids and the doc ids the source used. */
+function packageIds(): string[] {
+  const s = pkg.source;
+  return [...s.contentIds, s.presetId, s.runId, ...s.taskIds, ...s.artifactIds, ...s.docIds, ...s.docIds.map(safeDocId)];
+}
+
+function dumpUser(id: number) {
+  const db = new Database(userDbPath(world.dataDir, id), { readonly: true });
+  try {
+    const tables = ['contents', 'documents', 'presets', 'runs', 'tasks', 'artifacts', 'user_meta'];
+    const rows: Record<string, Record<string, unknown>[]> = {};
+    for (const t of tables) rows[t] = db.prepare(`SELECT * FROM ${t}`).all() as Record<string, unknown>[];
+    return rows;
+  } finally {
+    db.close();
+  }
+}
+
+function allText(id: number, withMeta = true): string {
+  const rows = dumpUser(id);
+  if (!withMeta) delete (rows as Partial<typeof rows>).user_meta;
+  const root = userRoot(world.dataDir, id);
+  const files = walkFiles(root);
+  return [JSON.stringify(rows), files.join('\n'), ...files.map((f) => readFileSync(path.join(root, f), 'utf8'))].join('\n');
+}
+
+describe('user create + seed', () => {
+  let a: Awaited<ReturnType<typeof createUser>>;
+  let b: Awaited<ReturnType<typeof createUser>>;
+  beforeAll(async () => {
+    a = await createUser(deps(), { email: 'ada@example.com', username: 'ada' });
+    b = await createUser(deps(), { email: 'bob@example.com', username: 'bob' });
+  });
+
+  it('creates a ready user with every package row and file', () => {
+    expect(a.seed.status).toBe('ready');
+    expect(a.user.seedStatus).toBe('ready');
+    const rows = dumpUser(a.user.id);
+    expect(rows.user_meta).toHaveLength(1);
+    expect(rows.user_meta[0]).toMatchObject({ user_id: a.user.id, seed_status: 'ready', seed_version: 'v1' });
+    expect(rows.contents.length).toBe(pkg.source.contentIds.length);
+    expect(rows.runs).toHaveLength(1);
+    expect(rows.tasks.length).toBe(pkg.source.taskIds.length);
+    expect(rows.artifacts.length).toBe(pkg.source.artifactIds.length);
+    expect(walkFiles(userRoot(world.dataDir, a.user.id)).length).toBe(pkg.pkg.manifest.files.length);
+  });
+
+  it('leaves no package identifier anywhere: columns, JSON, file names, file contents', () => {
+    const text = allText(a.user.id);
+    for (const id of packageIds()) expect(text, id).not.toContain(id);
+    // the 8-hex suffix of every source id is gone too (doc ids are rebuilt from the new ids)
+    for (const s of pkg.source.sourceDocIds) expect(text).not.toContain(`${s.slice(-8)}.`);
+  });
+
+  it('gives two users no shared identifier', () => {
+    const ra = dumpUser(a.user.id);
+    const rb = dumpUser(b.user.id);
+    const idsA = new Set(Object.values(ra).flat().map((r) => r.id));
+    for (const r of Object.values(rb).flat()) expect(idsA.has(r.id)).toBe(false);
+    const ta = allText(a.user.id);
+    const runB = rb.runs[0]!.id as string;
+    expect(ta).not.toContain(runB);
+  });
+
+  it('sets user_id on every row that has the column', () => {
+    const rows = dumpUser(a.user.id);
+    for (const t of ['contents', 'presets', 'runs', 'user_meta']) for (const r of rows[t]!) expect(r.user_id, t).toBe(a.user.id);
+  });
+
+  it('keeps every reference resolving', () => {
+    const rows = dumpUser(a.user.id);
+    const contentIds = new Set(rows.contents.map((r) => r.id));
+    const preset = rows.presets.find((p) => p.id === rows.runs[0]!.preset_id)!;
+    expect(preset).toBeTruthy();
+    expect(preset.github_connection_id).toBeNull();
+    for (const col of ['generation_instructions_id', 'single_eval_instructions_id', 'pairwise_eval_instructions_id', 'eval_criteria_id', 'combine_instructions_id'])
+      if (preset[col] !== null) expect(contentIds.has(preset[col]), col).toBe(true);
+    for (const id of JSON.parse(String(preset.documents)) as string[]) expect(contentIds.has(id)).toBe(true);
+    const run = rows.runs[0]!;
+    const taskIds = new Set(rows.tasks.map((t) => t.id));
+    for (const t of rows.tasks) expect(t.run_id).toBe(run.id);
+    for (const art of rows.artifacts) expect(taskIds.has(art.task_id)).toBe(true);
+    const summary = JSON.parse(String(run.results_summary)) as Record<string, any>;
+    const runDir = path.join(userRoot(world.dataDir, a.user.id), 'runs', String(run.id));
+    expect(existsSync(runDir)).toBe(true);
+    for (const [sid, sdr] of Object.entries(summary.source_doc_results as Record<string, any>)) {
+      expect(contentIds.has(sid)).toBe(true);
+      for (const d of sdr.generated_docs) {
+        const docId = d.doc_id ?? d.id;
+        expect(docId.split('.')[0]).toBe(sid.slice(-8));
+        expect(existsSync(path.join(runDir, 'generated', `${safeDocId(docId)}.md`)), docId).toBe(true);
+      }
+      for (const docId of Object.keys(sdr.single_eval_results ?? {})) expect(existsSync(path.join(runDir, 'generated', `${safeDocId(docId)}.md`))).toBe(true);
+      for (const r of sdr.pairwise_results?.results ?? []) {
+        expect(existsSync(path.join(runDir, 'generated', `${safeDocId(r.doc_id_1)}.md`))).toBe(true);
+        expect(existsSync(path.join(runDir, 'generated', `${safeDocId(r.doc_id_2)}.md`))).toBe(true);
+      }
+    }
+    for (const g of summary.generated_docs) expect(existsSync(path.join(runDir, 'generated', `${safeDocId(g.id)}.md`))).toBe(true);
+  });
+
+  it('records every seeded file with its size and sha256, and uses 0600/0700 modes', () => {
+    const db = new Database(userDbPath(world.dataDir, a.user.id), { readonly: true });
+    const files = db.prepare(`SELECT path, bytes FROM acm2_seed_files`).all() as { path: string; bytes: number }[];
+    db.close();
+    expect(files.length).toBe(pkg.pkg.manifest.files.length);
+    for (const f of files) {
+      const st = statSync(path.join(userRoot(world.dataDir, a.user.id), f.path));
+      expect(st.size).toBe(f.bytes);
+      expect(st.mode & 0o777).toBe(0o600);
+    }
+    expect(statSync(userRoot(world.dataDir, a.user.id)).mode & 0o777).toBe(0o700);
+    expect(statSync(userDbPath(world.dataDir, a.user.id)).mode & 0o777).toBe(0o600);
+  });
+
+  it('stores an API key that an independent bcrypt (libxcrypt via Python crypt) accepts', async () => {
+    expect(a.apiKey).toMatch(/^acm2_[A-Za-z0-9_-]{32}$/);
+    const [key] = await world.master.apiKeysFor(a.user.id);
+    expect(key!.keyPrefix).toBe(a.apiKey.slice(0, 12));
+    expect(key!.keyHash).toMatch(/^\$2b\$/);
+    const check = (k: string) =>
+      execFileSync('python3', ['-W', 'ignore', '-c', 'import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])', k, key!.keyHash]).toString().trim();
+    expect(check(a.apiKey)).toBe('True');
+    expect(check(`${a.apiKey.slice(0, -1)}x`)).toBe('False');
+  });
+
+  it('is idempotent: a second seed changes nothing', async () => {
+    const before = allText(a.user.id);
+    const r = await seedOneUser(deps(), String(a.user.id), {});
+    expect(r.seed.outcome).toBe('already_ready');
+    expect(allText(a.user.id)).toBe(before);
+  });
+
+  it('--force restores seeded rows and files with the same ids, leaving the user’s own rows alone', async () => {
+    const dbFile = userDbPath(world.dataDir, a.user.id);
+    const root = userRoot(world.dataDir, a.user.id);
+    const before = allText(a.user.id, false);
+    const db = new Database(dbFile);
+    const c = db.prepare(`SELECT id FROM contents ORDER BY id LIMIT 1`).get() as { id: string };
+    db.prepare(`UPDATE contents SET name = 'edited' WHERE id = ?`).run(c.id);
+    db.prepare(`INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES ('mine-1', ?, '2026-01-01 00:00:00.000000', 'mine', 'input_document', 'x', '{}', '[]', 0)`).run(a.user.id);
+    db.close();
+    const seeded = walkFiles(root)[0]!;
+    writeFileSync(path.join(root, seeded), 'damaged');
+    const r = await seedOneUser(deps(), 'ada@example.com', { force: true });
+    expect(r.seed.outcome).toBe('restored');
+    const after = dumpUser(a.user.id);
+    expect(after.contents.find((x) => x.id === c.id)!.name).not.toBe('edited');
+    expect(after.contents.find((x) => x.id === 'mine-1')).toBeTruthy();
+    const db2 = new Database(dbFile);
+    db2.prepare(`DELETE FROM contents WHERE id = 'mine-1'`).run();
+    db2.close();
+    expect(allText(a.user.id, false)).toBe(before);
+  });
+
+  it('adds seed rows beside rows a DB already holds, never emptying it', async () => {
+    const u = await createUser(deps(), { email: 'cy@example.com', username: 'cy', async: true });
+    const db = new Database(userDbPath(world.dataDir, u.user.id));
+    db.exec(readFileSync(new URL('../migrations/user/0001_acm2_schema.sql', import.meta.url), 'utf8'));
+    db.prepare(`INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES ('own-1', ?, '2026-01-01 00:00:00.000000', 'own', 'input_document', 'x', '{}', '[]', 0)`).run(u.user.id);
+    db.close();
+    const r = await seedOneUser(deps(), String(u.user.id), {});
+    expect(r.seed.status).toBe('ready');
+    const rows = dumpUser(u.user.id);
+    expect(rows.contents.find((x) => x.id === 'own-1')).toBeTruthy();
+    expect(rows.contents.length).toBe(pkg.source.contentIds.length + 1);
+  });
+});
