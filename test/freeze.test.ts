@@ -1,0 +1,312 @@
+// seed freeze: what a package holds, that it is deterministic, and that every refusal exits 2
+// leaving neither a version folder nor a staging folder behind.
+
+import Database from 'better-sqlite3';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { freezeSeed, type FreezeInput } from '../src/core/freeze.js';
+import { UsageError } from '../src/errors.js';
+import { generateSource, safeDocId, type SourceFixture, type SourceOptions } from '../src/fixtures/source.js';
+import { dumpTable, sha256File } from '../src/seed/canonical.js';
+import { checkPackage, listPackages, loadPackage, readCurrent, readPackageRows } from '../src/seed/package.js';
+
+const roots: string[] = [];
+afterAll(() => {
+  for (const r of roots) rmSync(r, { recursive: true, force: true });
+});
+
+function tmp(prefix = 'acm2-freeze-'): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), prefix));
+  roots.push(d);
+  return d;
+}
+
+function source(opts: SourceOptions = {}): SourceFixture {
+  return generateSource(path.join(tmp('acm2-src-'), 'source'), opts);
+}
+
+function input(src: SourceFixture, seedsDir: string, extra: Partial<FreezeInput> = {}): FreezeInput {
+  return { sourceDb: src.dbPath, sourceFiles: src.filesDir, presetId: src.presetId, runId: src.runId, version: 'v1', seedsDir, ...extra };
+}
+
+/** ACM2 never turns foreign keys on; better-sqlite3 does by default. */
+function openSource(src: SourceFixture): Database.Database {
+  const db = new Database(src.dbPath);
+  db.pragma('foreign_keys = OFF');
+  return db;
+}
+
+const runDir = (src: SourceFixture) => path.join(src.filesDir, 'runs', src.runId);
+
+function expectRefused(fn: () => unknown, seedsDir: string, version: string, ...messageParts: Array<string | RegExp>): UsageError {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(UsageError);
+  const ue = err as UsageError;
+  expect(ue.exitCode).toBe(2);
+  for (const p of messageParts) expect(ue.message).toMatch(p);
+  expect(existsSync(path.join(seedsDir, version))).toBe(false);
+  const left = existsSync(seedsDir) ? readdirSync(seedsDir).filter((n) => n.startsWith('.staging-')) : [];
+  expect(left).toEqual([]);
+  return ue;
+}
+
+describe('freezeSeed: contents of a package', () => {
+  const src = source({ withCredentials: true, legacyCombinedFolder: true });
+  const seedsDir = path.join(tmp(), 'seeds');
+  const result = freezeSeed(input(src, seedsDir, { setCurrent: true }));
+  const pkg = loadPackage(seedsDir, 'v1');
+
+  it('reports what it wrote and makes it CURRENT', () => {
+    expect(result.packageSha256).toBe(pkg.manifest.packageSha256);
+    expect(result.current).toBe(true);
+    expect(readCurrent(seedsDir)).toBe('v1');
+    expect(checkPackage(seedsDir, 'v1')).toEqual({ version: 'v1', ok: true, problems: [] });
+    expect(pkg.manifest.source).toEqual({ presetId: src.presetId, runId: src.runId });
+    expect(pkg.manifest.format).toBe(1);
+    expect(pkg.manifest.schemaVersion).toBe(1);
+  });
+
+  it('holds the preset, every content row, the run, its tasks and artifacts', () => {
+    const rows = readPackageRows(pkg);
+    expect(rows.presets?.map((r) => r.id)).toEqual([src.presetId]);
+    expect(rows.runs?.map((r) => r.id)).toEqual([src.runId]);
+    expect(rows.contents?.map((r) => r.id).sort()).toEqual([...src.contentIds].sort());
+    expect(rows.tasks?.map((r) => r.id).sort()).toEqual([...src.taskIds].sort());
+    expect(rows.artifacts?.map((r) => r.id).sort()).toEqual([...src.artifactIds].sort());
+    for (const t of ['contents', 'presets', 'runs', 'documents']) for (const r of rows[t] ?? []) expect(r.user_id).toBeNull();
+  });
+
+  it('copies the whole run tree, every folder, and nothing else', () => {
+    const walk = (d: string, pre = ''): string[] =>
+      readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(d, e.name), `${pre}${e.name}/`) : [`${pre}${e.name}`]));
+    const want = walk(runDir(src)).map((p) => `runs/${src.runId}/${p}`).sort();
+    expect(want.some((p) => p.includes('/combined/'))).toBe(true);
+    expect(pkg.manifest.files.map((f) => f.path)).toEqual(want);
+    for (const d of src.docIds) expect(want).toContain(`runs/${src.runId}/generated/${safeDocId(d)}.md`);
+  });
+
+  it("keeps credentials and personal state out, and clears the preset's github_connection_id", () => {
+    expect(src.credentials?.githubConnectionIds.length).toBeGreaterThan(0);
+    const db = new Database(pkg.seedDbPath, { readonly: true });
+    try {
+      for (const t of ['github_connections', 'provider_keys', 'user_settings', 'usage_stats', 'user_meta']) {
+        expect((db.prepare(`SELECT COUNT(*) AS n FROM ${t}`).get() as { n: number }).n, t).toBe(0);
+      }
+      expect((db.prepare('SELECT github_connection_id AS g FROM presets').get() as { g: unknown }).g).toBeNull();
+      expect(db.pragma('journal_mode', { simple: true })).toBe('delete');
+    } finally {
+      db.close();
+    }
+    const bytes = [readFileSync(pkg.seedDbPath), ...pkg.manifest.files.map((f) => readFileSync(path.join(pkg.filesDir, f.path)))];
+    for (const secret of src.credentials?.secrets ?? []) for (const b of bytes) expect(b.includes(secret)).toBe(false);
+    for (const id of src.credentials?.githubConnectionIds ?? []) expect(bytes[0]?.includes(id)).toBe(false);
+  });
+
+  it("the manifest's tables, seed.db and files match what is on disk", () => {
+    const db = new Database(pkg.seedDbPath, { readonly: true });
+    try {
+      for (const [t, want] of Object.entries(pkg.manifest.tables)) expect(dumpTable(db, t), t).toEqual(want);
+    } finally {
+      db.close();
+    }
+    expect(sha256File(pkg.seedDbPath)).toEqual(pkg.manifest.seedDb);
+    for (const f of pkg.manifest.files) expect(sha256File(path.join(pkg.filesDir, f.path))).toEqual({ bytes: f.bytes, sha256: f.sha256 });
+    expect(listPackages(seedsDir)).toMatchObject([{ version: 'v1', current: true, rows: result.rows, files: result.files, bytes: result.bytes }]);
+  });
+});
+
+describe('freezeSeed: determinism', () => {
+  it('gives the same packageSha256 for the same source, twice, and for an identically generated source', () => {
+    const a = source();
+    const b = source();
+    const s1 = freezeSeed(input(a, path.join(tmp(), 'seeds'), { now: new Date('2026-01-01T00:00:00Z') }));
+    const s2 = freezeSeed(input(a, path.join(tmp(), 'seeds'), { now: new Date('2027-06-01T00:00:00Z') }));
+    const s3 = freezeSeed(input(b, path.join(tmp(), 'seeds')));
+    expect(s1.packageSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(s2.packageSha256).toBe(s1.packageSha256);
+    expect(s3.packageSha256).toBe(s1.packageSha256);
+    const m1 = readFileSync(path.join(s1.dir, 'seed.db'));
+    expect(readFileSync(path.join(s3.dir, 'seed.db')).equals(m1)).toBe(true);
+  });
+
+  it('a different source gives a different packageSha256', () => {
+    const s1 = freezeSeed(input(source({ seed: 1 }), path.join(tmp(), 'seeds')));
+    const s2 = freezeSeed(input(source({ seed: 2 }), path.join(tmp(), 'seeds')));
+    expect(s2.packageSha256).not.toBe(s1.packageSha256);
+  });
+});
+
+describe('freezeSeed: what it follows and what it leaves', () => {
+  it('ships a documents row a task references, not the unreferenced ones', () => {
+    const src = source();
+    const db = openSource(src);
+    const doc = (id: string) =>
+      db
+        .prepare(
+          `INSERT INTO documents (id, user_id, created_at, name, path, size_bytes, word_count, file_type, is_deleted) VALUES (?, 7, '2026-01-01 00:00:00.000000', 'd', 'd.md', 1, 1, 'md', 0)`,
+        )
+        .run(id);
+    doc('11111111-1111-4111-8111-111111111111');
+    doc('22222222-2222-4222-8222-222222222222');
+    db.prepare('UPDATE tasks SET document_id = ? WHERE id = ?').run('11111111-1111-4111-8111-111111111111', src.taskIds[0]);
+    db.close();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const r = freezeSeed(input(src, seedsDir));
+    expect(r.tables.documents).toBe(1);
+    const rows = readPackageRows(loadPackage(seedsDir, 'v1'));
+    expect(rows.documents?.map((d) => [d.id, d.user_id])).toEqual([['11111111-1111-4111-8111-111111111111', null]]);
+  });
+
+  it('--dry-run returns the plan and writes nothing', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const r = freezeSeed(input(src, seedsDir, { dryRun: true, setCurrent: true }));
+    expect(r.dryRun).toBe(true);
+    expect(r.packageSha256).toBeNull();
+    expect(r.tables.runs).toBe(1);
+    expect(r.files).toBeGreaterThan(0);
+    expect(existsSync(seedsDir)).toBe(false);
+  });
+
+  it('removes staging folders left by a crashed freeze, and list/check ignore them', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const stale = path.join(seedsDir, '.staging-v1-999999999-deadbeef');
+    mkdirSync(path.join(stale, 'files'), { recursive: true });
+    expect(listPackages(seedsDir)).toEqual([]);
+    const r = freezeSeed(input(src, seedsDir));
+    expect(r.removedStaging).toEqual(['.staging-v1-999999999-deadbeef']);
+    expect(readdirSync(seedsDir).sort()).toEqual(['v1']);
+  });
+
+  it('renders reports/report.html into the package only, when the run has none', () => {
+    const src = source({ withReport: false });
+    const seedsDir = path.join(tmp(), 'seeds');
+    const r = freezeSeed(input(src, seedsDir, { renderReport: true }));
+    expect(r.reportRendered).toBe(true);
+    expect(existsSync(path.join(runDir(src), 'reports'))).toBe(false);
+    const html = readFileSync(path.join(seedsDir, 'v1', 'files', 'runs', src.runId, 'reports', 'report.html'), 'utf8');
+    expect(html).toContain('id="winner"');
+    expect(checkPackage(seedsDir, 'v1').ok).toBe(true);
+  });
+
+  it('keeps an existing report.html rather than rendering one', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const r = freezeSeed(input(src, seedsDir, { renderReport: true }));
+    expect(r.reportRendered).toBe(false);
+    const rel = path.join('runs', src.runId, 'reports', 'report.html');
+    expect(readFileSync(path.join(seedsDir, 'v1', 'files', rel)).equals(readFileSync(path.join(src.filesDir, rel)))).toBe(true);
+  });
+});
+
+describe('freezeSeed: refusals exit 2 and leave nothing', () => {
+  it('missing --preset, --run and --version are all named', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(
+      () => freezeSeed(input(src, seedsDir, { presetId: undefined, runId: undefined, version: undefined })),
+      seedsDir,
+      'v1',
+      '--preset',
+      '--run',
+      '--version',
+    );
+    expectRefused(() => freezeSeed(input(src, seedsDir, { runId: '' })), seedsDir, 'v1', '--run');
+  });
+
+  it('a bad version name', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    for (const v of ['../x', '.hidden', 'a/b', 'x'.repeat(65)]) expectRefused(() => freezeSeed(input(src, seedsDir, { version: v })), seedsDir, v, 'not a valid seed version name');
+  });
+
+  it('a missing preset, a missing run', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const nope = '00000000-0000-4000-8000-000000000000';
+    expectRefused(() => freezeSeed(input(src, seedsDir, { presetId: nope })), seedsDir, 'v1', `preset ${nope} is not in the source`);
+    expectRefused(() => freezeSeed(input(src, seedsDir, { runId: nope })), seedsDir, 'v1', `run ${nope} is not in the source`, `runs/${nope}/ is missing`);
+  });
+
+  it('a referenced content row missing from the source', () => {
+    const src = source();
+    const db = openSource(src);
+    const { g } = db.prepare('SELECT generation_instructions_id AS g FROM presets WHERE id = ?').get(src.presetId) as { g: string };
+    db.prepare('DELETE FROM contents WHERE id = ?').run(g);
+    db.close();
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `references contents ${g} which is not in the source`);
+  });
+
+  it('a source doc named in results_summary missing from the source', () => {
+    const src = source();
+    const db = openSource(src);
+    db.prepare('DELETE FROM contents WHERE id = ?').run(src.sourceDocIds[0]);
+    db.close();
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `run ${src.runId} references`, src.sourceDocIds[0] as string);
+  });
+
+  it('a generated doc file removed, logs/ removed: every gap is listed', () => {
+    const src = source();
+    const doc = src.docIds[0] as string;
+    unlinkSync(path.join(runDir(src), 'generated', `${safeDocId(doc)}.md`));
+    rmSync(path.join(runDir(src), 'logs'), { recursive: true });
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(
+      () => freezeSeed(input(src, seedsDir)),
+      seedsDir,
+      'v1',
+      `generated doc ${doc} has no file runs/${src.runId}/generated/${safeDocId(doc)}.md`,
+      `runs/${src.runId}/logs/ is missing`,
+    );
+  });
+
+  it('reports/ missing without --render-report', () => {
+    const src = source({ withReport: false });
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/reports/ is missing`);
+  });
+
+  it('a symlink in the source tree', () => {
+    const src = source();
+    symlinkSync('/etc/passwd', path.join(runDir(src), 'logs', 'passwd.log'));
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/logs/passwd.log is a symlink`);
+  });
+
+  it('an existing version is never overwritten', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const first = freezeSeed(input(src, seedsDir));
+    const before = readFileSync(path.join(first.dir, 'manifest.json'));
+    let err: unknown;
+    try {
+      freezeSeed(input(src, seedsDir));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UsageError);
+    expect((err as UsageError).exitCode).toBe(2);
+    expect((err as UsageError).message).toMatch(/already exists/);
+    expect(readFileSync(path.join(first.dir, 'manifest.json')).equals(before)).toBe(true);
+    expect(readdirSync(seedsDir)).toEqual(['v1']);
+  });
+
+  it('a run of another preset', () => {
+    const src = source();
+    const db = openSource(src);
+    db.prepare('UPDATE runs SET preset_id = ? WHERE id = ?').run('33333333-3333-4333-8333-333333333333', src.runId);
+    db.close();
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', 'belongs to preset 33333333-3333-4333-8333-333333333333');
+  });
+});
