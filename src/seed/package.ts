@@ -135,8 +135,8 @@ export function loadPackage(seedsDir: string, version: string): SeedPackage {
   const first = problems[0];
   if (first || !manifest) {
     if (first?.kind === 'unknown') throw new PackageError(first.text);
-    const more = problems.length > 1 ? ` (and ${problems.length - 1} more; run 'acm2 seed check ${version}')` : '';
-    throw new PackageError(`seed package ${version} is ${first?.kind ?? 'malformed'}: ${first?.text ?? 'no manifest'}${more}`);
+    // Stops at the first problem: `acm2 seed check` lists them all.
+    throw new PackageError(`seed package ${version} is ${first?.kind ?? 'malformed'}: ${first?.text ?? 'no manifest'}`);
   }
   const pkg: SeedPackage = {
     version,
