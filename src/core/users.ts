@@ -251,7 +251,8 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, use
   };
   if (out.db.present) {
     try {
-      const db = openUserDb(deps.dataDir, user.id, { readonly: true });
+      // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
+      const db = openUserDb(deps.dataDir, user.id);
       try {
         const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
         out.db.seedStatus = meta?.seed_status ?? null;
