@@ -1,0 +1,82 @@
+// Seeding under contention, on both masters: many seeders of one user make one seed, and many
+// worker processes draining the queue run each job exactly once.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
+import { readyButIncomplete } from './helpers/complete.js';
+import { DIALECTS, type TestMaster } from './helpers/mysql.js';
+import { createUser } from '../src/core/users.js';
+import { userDbPath } from '../src/userdb/paths.js';
+import { rmSync } from 'node:fs';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+
+let pkg: FrozenSource;
+beforeAll(() => {
+  pkg = frozenSource();
+});
+afterAll(() => pkg.cleanup());
+
+function cli(args: string[], dataDir: string, url: string) {
+  return run(process.execPath, [BIN, ...args, '--data-dir', dataDir, '--master', url, '--seeds', pkg.seedsDir, '--json'], {
+    env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4' },
+  }).then(
+    (r) => ({ code: 0, out: JSON.parse(r.stdout) as Record<string, any> }),
+    (e: { code: number; stdout: string }) => ({ code: e.code, out: JSON.parse(e.stdout || '{}') as Record<string, any> }),
+  );
+}
+
+for (const dialect of DIALECTS) {
+  describe.skipIf(dialect.skip)(`seeding under contention (${dialect.name})`, () => {
+    let tm: TestMaster;
+    let dataDir: string;
+    beforeAll(async () => {
+      dialect.ready();
+      tm = await dialect.open();
+      dataDir = tmpDir('acm2-conc-');
+    });
+    afterAll(async () => {
+      await tm?.cleanup();
+      rmSync(dataDir, { recursive: true, force: true });
+    });
+
+    it('8 simultaneous `user seed` of one user produce exactly one seed', async () => {
+      const u = await createUser({ master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 }, { email: 'one@example.com', username: 'one', async: true });
+      const results = await Promise.all(Array.from({ length: 8 }, () => cli(['user', 'seed', String(u.user.id)], dataDir, tm.url)));
+      for (const r of results) expect(r.code).toBe(0);
+      const outcomes = results.map((r) => r.out.seed.outcome).sort();
+      expect(outcomes.filter((o) => o === 'seeded')).toHaveLength(1);
+      expect(outcomes.filter((o) => o === 'already_ready')).toHaveLength(7);
+      const db = new Database(userDbPath(dataDir, u.user.id), { readonly: true });
+      const contents = (db.prepare(`SELECT COUNT(*) AS n FROM contents`).get() as { n: number }).n;
+      const mapped = (db.prepare(`SELECT COUNT(*) AS n FROM acm2_id_map WHERE kind = 'contents'`).get() as { n: number }).n;
+      db.close();
+      expect(contents).toBe(pkg.source.contentIds.length);
+      expect(mapped).toBe(pkg.source.contentIds.length);
+      expect(readyButIncomplete(dataDir, u.user.id, pkg.pkg.manifest.files.length).problems).toEqual([]);
+    });
+
+    it('4 worker processes draining 200 jobs run each exactly once', async () => {
+      const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 };
+      const ids: number[] = [];
+      for (let i = 0; i < 200; i++) ids.push((await createUser(deps, { email: `q${i}@example.com`, username: `q${i}`, async: true })).user.id);
+      const workers = await Promise.all(Array.from({ length: 4 }, () => cli(['user', 'seed', '--pending', '--concurrency', '1'], dataDir, tm.url)));
+      for (const w of workers) expect(w.code).toBe(0);
+      const done = workers.reduce((a, w) => a + w.out.done, 0);
+      const claimed = workers.reduce((a, w) => a + w.out.claimed, 0);
+      expect(done).toBe(200);
+      expect(claimed).toBe(200);
+      // every worker took a share: the queue really was shared
+      expect(workers.filter((w) => w.out.done > 0).length).toBeGreaterThan(1);
+      const jobs = await tm.query(`SELECT user_id, status, attempts FROM acm2_seed_jobs WHERE user_id >= ?`, [ids[0]]);
+      expect(jobs).toHaveLength(200);
+      for (const j of jobs) expect([j.status, Number(j.attempts)]).toEqual(['done', 1]);
+      for (const id of ids) expect(readyButIncomplete(dataDir, id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+    });
+  });
+}
