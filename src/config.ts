@@ -39,17 +39,19 @@ export interface Config {
 }
 
 export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): Config {
-  const dataDir = path.resolve(flags.dataDir ?? env.ACM2_DATA_DIR ?? './data');
-  const rawMaster = flags.master ?? env.ACM2_MASTER_URL ?? `sqlite:${path.join(dataDir, 'master.db')}`;
-  const seedVersion = flags.seedVersion ?? (env.SEED_VERSION || undefined);
+  // An empty environment variable counts as unset, as shells and CI systems often leave them.
+  const e = (name: string) => env[name] || undefined;
+  const dataDir = path.resolve(flags.dataDir ?? e('ACM2_DATA_DIR') ?? './data');
+  const rawMaster = flags.master ?? e('ACM2_MASTER_URL') ?? `sqlite:${path.join(dataDir, 'master.db')}`;
+  const seedVersion = flags.seedVersion ?? e('SEED_VERSION');
   if (seedVersion !== undefined) assertVersionName(seedVersion);
-  const lockRaw = flags.lockTimeout ?? env.ACM2_LOCK_TIMEOUT ?? '60';
+  const lockRaw = flags.lockTimeout ?? e('ACM2_LOCK_TIMEOUT') ?? '60';
   const lockSeconds = Number(lockRaw);
   if (!Number.isFinite(lockSeconds) || lockSeconds < 0) throw new UsageError(`--lock-timeout '${lockRaw}' is not a number of seconds`);
   return {
     dataDir,
     master: parseMasterUrl(rawMaster),
-    seedsDir: path.resolve(flags.seeds ?? env.ACM2_SEED_DIR ?? SHIPPED_SEEDS_DIR),
+    seedsDir: path.resolve(flags.seeds ?? e('ACM2_SEED_DIR') ?? SHIPPED_SEEDS_DIR),
     seedVersion,
     json: Boolean(flags.json),
     quiet: Boolean(flags.quiet),

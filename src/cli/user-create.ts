@@ -3,23 +3,22 @@
 import type { CommandCall } from './program.js';
 import { context } from './context.js';
 import { usingMaster } from '../master/factory.js';
-import { createUser } from '../core/users.js';
+import { checkCreateInput, createUser } from '../core/users.js';
 import { renderCreate } from '../ui/users.js';
 import { EXIT } from '../errors.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
+  // Checked before the master is opened, so bad input leaves the disk untouched.
+  const input = checkCreateInput(cfg.seedsDir, {
+    email: String(opts.email),
+    username: String(opts.username),
+    wordpressUserId: opts.wordpressUserId,
+    seedVersion: cfg.seedVersion,
+    async: Boolean(opts.async),
+  });
   const result = await usingMaster(cfg.master, (master) =>
-    createUser(
-      { master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs },
-      {
-        email: String(opts.email),
-        username: String(opts.username),
-        wordpressUserId: opts.wordpressUserId,
-        seedVersion: cfg.seedVersion,
-        async: Boolean(opts.async),
-      },
-    ),
+    createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input),
   );
   out.result(result, () => renderCreate(result));
   if (result.seed.status === 'failed') process.exitCode = EXIT.findings;

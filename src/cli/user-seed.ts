@@ -4,7 +4,8 @@ import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { context, intOption } from './context.js';
 import { usingMaster } from '../master/factory.js';
-import { seedOneUser } from '../core/users.js';
+import { checkUserRef, seedOneUser } from '../core/users.js';
+import { loadPackage, resolveVersion } from '../seed/package.js';
 import { runSeedPool } from '../core/seed-pool.js';
 import { renderDrain, renderSeed } from '../ui/users.js';
 import { EXIT, UsageError } from '../errors.js';
@@ -13,6 +14,9 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   if (opts.pending) {
     if (args.length > 0) throw new UsageError('give either a user or --pending, not both');
+    if (opts.force) throw new UsageError('--force applies to one user, not to --pending');
+    const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
+    const limit = intOption(opts, 'limit');
     const progress = out.progress();
     let stop = false;
     const onSigint = () => (stop = true);
@@ -23,8 +27,8 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
       dataDir: cfg.dataDir,
       seedsDir: cfg.seedsDir,
       lockTimeoutMs: cfg.lockTimeoutMs,
-      concurrency: intOption(opts, 'concurrency') ?? availableParallelism(),
-      limit: intOption(opts, 'limit'),
+      concurrency,
+      limit,
       watch: Boolean(opts.watch),
       stopped: () => stop,
       onProgress: (n) => progress.tick(n),
@@ -37,6 +41,8 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     return;
   }
   if (args.length !== 1) throw new UsageError('name one user (id or email), or use --pending');
+  checkUserRef(args[0]!);
+  loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
   const r = await usingMaster(cfg.master, (master) =>
     seedOneUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, args[0]!, {
       seedVersion: cfg.seedVersion,

@@ -68,15 +68,37 @@ function bcryptRounds(): number {
   return Number.isInteger(r) && r >= 4 && r <= 15 ? r : BCRYPT_ROUNDS;
 }
 
-export async function createUser(
-  deps: UserDeps,
-  input: { email: string; username: string; wordpressUserId?: unknown; seedVersion?: string; async?: boolean },
-): Promise<CreateUserResult> {
+export interface CreateInput {
+  email: string;
+  username: string;
+  wordpressUserId?: unknown;
+  seedVersion?: string;
+  async?: boolean;
+}
+
+export interface CheckedCreateInput {
+  email: string;
+  username: string;
+  wordpressUserId: number | null;
+  pkg: SeedPackage;
+  async: boolean;
+}
+
+/** Everything about the input that can be checked without the master: call before opening it. */
+export function checkCreateInput(seedsDir: string, input: CreateInput): CheckedCreateInput {
+  return {
+    email: validateEmail(input.email),
+    username: validateUsername(input.username),
+    wordpressUserId: parseWordpressId(input.wordpressUserId),
+    pkg: loadPackage(seedsDir, resolveVersion(seedsDir, input.seedVersion)),
+    async: Boolean(input.async),
+  };
+}
+
+export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreateInput): Promise<CreateUserResult> {
   // Everything that can be wrong with the input is checked before anything is written.
-  const email = validateEmail(input.email);
-  const username = validateUsername(input.username);
-  const wordpressUserId = parseWordpressId(input.wordpressUserId);
-  const pkg = loadPackage(deps.seedsDir, resolveVersion(deps.seedsDir, input.seedVersion));
+  const input = 'pkg' in raw ? raw : checkCreateInput(deps.seedsDir, raw);
+  const { email, username, wordpressUserId, pkg } = input;
   const { master } = deps;
   if (await master.findUserByEmail(email)) throw new UsageError(`a user with email '${email}' already exists`, 'duplicate_email');
   if (await master.findUserByUsername(username)) throw new UsageError(`a user with username '${username}' already exists`, 'duplicate_username');
@@ -117,9 +139,15 @@ export async function resolveUser(master: MasterDb, ref: string): Promise<Master
   return u;
 }
 
+/** A user reference is an email or a positive integer id; anything else is refused up front. */
+export function checkUserRef(ref: string): string {
+  if (!ref.includes('@')) parseUserId(ref);
+  return ref;
+}
+
 export async function seedOneUser(deps: UserDeps, ref: string, opts: { seedVersion?: string; force?: boolean }): Promise<{ user: MasterUser; seed: SeedReport }> {
-  const user = await resolveUser(deps.master, ref);
   const pkg = loadPackage(deps.seedsDir, resolveVersion(deps.seedsDir, opts.seedVersion));
+  const user = await resolveUser(deps.master, checkUserRef(ref));
   return { user, seed: await seedWithJob(deps, user, pkg, Boolean(opts.force)) };
 }
 

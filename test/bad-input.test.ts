@@ -1,0 +1,87 @@
+// Invariant 6: bad input gets one clear sentence, the SPEC exit code, and no change at all:
+// master and data dir are byte-identical before and after. Runs the built binary.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { cpSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+
+let pkg: FrozenSource;
+let dataDir: string;
+let tampered: string;
+
+async function acm2(args: string[], env: Record<string, string> = {}) {
+  const base = ['--data-dir', dataDir, '--seeds', pkg.seedsDir];
+  try {
+    const r = await run(process.execPath, [BIN, ...base, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '', ...env } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+beforeAll(async () => {
+  pkg = frozenSource();
+  dataDir = tmpDir('acm2-bad-');
+  // One existing user, so duplicates and seeds have something to clash with.
+  const r = await acm2(['user', 'create', '--email', 'ada@example.com', '--username', 'ada', '--wordpress-user-id', '7']);
+  expect(r.code).toBe(0);
+  tampered = tmpDir('acm2-tampered-');
+  cpSync(pkg.seedsDir, tampered, { recursive: true });
+  const f = path.join(tampered, 'v1', 'files', pkg.pkg.manifest.files[0]!.path);
+  const buf = readFileSync(f);
+  buf[0] = buf[0]! ^ 1;
+  writeFileSync(f, buf);
+});
+afterAll(() => {
+  pkg.cleanup();
+  rmSync(dataDir, { recursive: true, force: true });
+  rmSync(tampered, { recursive: true, force: true });
+});
+
+const CASES: Array<{ name: string; args: () => string[]; env?: Record<string, string>; code: number; message: RegExp }> = [
+  { name: 'bad email', args: () => ['user', 'create', '--email', 'not-an-email', '--username', 'x1'], code: 2, message: /'not-an-email' is not a valid email address/ },
+  { name: 'duplicate email', args: () => ['user', 'create', '--email', 'ada@example.com', '--username', 'other'], code: 2, message: /email 'ada@example.com' already exists/ },
+  { name: 'duplicate username', args: () => ['user', 'create', '--email', 'new@example.com', '--username', 'ada'], code: 2, message: /username 'ada' already exists/ },
+  { name: 'duplicate wordpress id', args: () => ['user', 'create', '--email', 'n2@example.com', '--username', 'n2', '--wordpress-user-id', '7'], code: 2, message: /WordPress user id 7 already exists/ },
+  { name: 'bad username', args: () => ['user', 'create', '--email', 'n3@example.com', '--username', 'a b'], code: 2, message: /'a b' is not a valid username/ },
+  { name: 'bad wordpress id', args: () => ['user', 'create', '--email', 'n4@example.com', '--username', 'n4', '--wordpress-user-id', 'x'], code: 2, message: /--wordpress-user-id 'x'/ },
+  { name: 'missing --email', args: () => ['user', 'create', '--username', 'n5'], code: 2, message: /--email/ },
+  { name: 'unknown version', args: () => ['user', 'create', '--email', 'n6@example.com', '--username', 'n6', '--seed-version', 'v9'], code: 2, message: /unknown seed version 'v9'/ },
+  { name: 'bad version name', args: () => ['user', 'seed', '1', '--seed-version', '../x'], code: 2, message: /'..\/x' is not a valid seed version name/ },
+  { name: 'tampered package', args: () => ['user', 'create', '--email', 'n7@example.com', '--username', 'n7', '--seeds', tampered], code: 2, message: /seed package v1 .*(sha256|tampered)/ },
+  { name: 'unknown user id', args: () => ['user', 'seed', '999'], code: 2, message: /no user with id 999/ },
+  { name: 'unknown user email', args: () => ['user', 'show', 'nobody@example.com'], code: 2, message: /no user with email 'nobody@example.com'/ },
+  { name: 'non-numeric id', args: () => ['user', 'seed', 'abc'], code: 2, message: /'abc' is not a valid user id/ },
+  { name: 'unreachable master', args: () => ['user', 'create', '--email', 'n8@example.com', '--username', 'n8', '--master', 'mysql://root:s3cret@127.0.0.1:1/x'], code: 3, message: /^acm2: cannot reach MySQL master at 127\.0\.0\.1:1 \(ECONNREFUSED\)$/m },
+  { name: 'malformed master url', args: () => ['user', 'list', '--master', 'postgres://x'], code: 2, message: /master URL 'postgres:\/\/x' is malformed/ },
+  { name: 'user and --pending together', args: () => ['user', 'seed', '1', '--pending'], code: 2, message: /either a user or --pending/ },
+  { name: 'bad --concurrency', args: () => ['user', 'seed', '--pending', '--concurrency', '0'], code: 2, message: /--concurrency '0' must be a whole number/ },
+  { name: 'unknown option', args: () => ['user', 'list', '--frobnicate'], code: 2, message: /unknown option '--frobnicate'/ },
+  { name: 'bad --status', args: () => ['user', 'list', '--status', 'weird'], code: 2, message: /weird/ },
+];
+
+describe('bad input: one sentence, documented exit code, nothing changed', () => {
+  for (const c of CASES) {
+    it(c.name, async () => {
+      const before = snapshotTree(dataDir);
+      const r = await acm2(c.args(), c.env);
+      expect(r.code).toBe(c.code);
+      expect(r.stderr).toMatch(c.message);
+      expect(r.stderr).not.toMatch(/s3cret|at .*\.js:\d+/);
+      expect(snapshotTree(dataDir)).toEqual(before);
+    });
+  }
+
+  it('--json gives one error document with the same code', async () => {
+    const r = await acm2(['user', 'create', '--email', 'bad', '--username', 'x', '--json']);
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.stdout)).toEqual({ error: { code: 'bad_email', message: "'bad' is not a valid email address" } });
+  });
+});
