@@ -2,10 +2,10 @@
 // with exit 2, the bundled v1 is what the code makes, and the built binary agrees end to end.
 
 import { execa } from 'execa';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freezeSeed } from '../src/core/freeze.js';
 import { PackageError, UsageError } from '../src/errors.js';
@@ -238,6 +238,23 @@ describe('end to end through the built binary', () => {
     expect(JSON.parse(list.stdout).packages).toMatchObject([{ version: 'v1', current: true }]);
     const ok = await acm2(['seed', 'show', 'v1', '--json']);
     expect(JSON.parse(ok.stdout).packageSha256).toBe(loadPackage(SHIPPED, 'v1').manifest.packageSha256);
+  });
+
+  it('a freeze killed (SIGKILL) mid-copy leaves no version folder, and the next freeze cleans its staging', async () => {
+    const seeds = path.join(tmp(), 'seeds');
+    const script = `
+      const { freezeSeed } = await import(${JSON.stringify(pathToFileURL(path.join(REPO, 'dist', 'core', 'freeze.js')).href)});
+      const die = { start() {}, tick() { process.kill(process.pid, 'SIGKILL'); }, done() {} };
+      freezeSeed(${JSON.stringify({ sourceDb: src.dbPath, sourceFiles: src.filesDir, presetId: src.presetId, runId: src.runId, version: 'v1', seedsDir: seeds })}, die);`;
+    const killed = await execa('node', ['--input-type=module', '-e', script], { reject: false });
+    expect(killed.signal).toBe('SIGKILL');
+    expect(existsSync(path.join(seeds, 'v1'))).toBe(false);
+    expect(readdirSync(seeds).filter((n) => n.startsWith('.staging-v1-'))).toHaveLength(1);
+    expect((await acm2(['seed', 'list', '--seeds', seeds, '--json'])).stdout).toContain('"packages": []');
+    const r = freezeSeed({ sourceDb: src.dbPath, sourceFiles: src.filesDir, presetId: src.presetId, runId: src.runId, version: 'v1', seedsDir: seeds });
+    expect(r.removedStaging).toHaveLength(1);
+    expect(readdirSync(seeds)).toEqual(['v1']);
+    expect(r.packageSha256).toBe(goldenManifest.packageSha256);
   });
 
   it('seed freeze: cuts a version (SEED_* env), then refuses the same version with exit 2', async () => {

@@ -2,13 +2,14 @@
 // Failures are findings: the report is printed, then the exit code is 1.
 
 import chalk from 'chalk';
-import { checkPackage, knownVersions } from '../seed/package.js';
+import { checkPackage, listPackages } from '../seed/package.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
-  const versions = args.length > 0 ? args : knownVersions(cfg.seedsDir);
+  // listPackages refuses a seeds folder that does not exist, so a typo is not a silent 'ok'.
+  const versions = args.length > 0 ? args : listPackages(cfg.seedsDir).map((p) => p.version);
   const packages = versions.map((v) => checkPackage(cfg.seedsDir, v));
   const ok = packages.every((p) => p.ok);
   out.result({ ok, seedsDir: cfg.seedsDir, packages }, () => {
