@@ -14,7 +14,6 @@ import {
   manifestShapeProblems,
   PACKAGE_TABLES,
   type Manifest,
-  type ManifestFile,
   type ManifestTable,
 } from './manifest.js';
 
