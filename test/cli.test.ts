@@ -1,0 +1,67 @@
+// The built binary: help lists every command, configuration precedence, exit codes for the master.
+import { describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { resolveConfig, parseMasterUrl } from '../src/config.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+async function acm2(args: string[], env: Record<string, string> = {}) {
+  try {
+    const r = await run(process.execPath, [BIN, ...args], { env: { ...process.env, ...env } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+describe('acm2 binary', () => {
+  it('--help lists every command of the SPEC', async () => {
+    const top = await acm2(['--help']);
+    expect(top.code).toBe(0);
+    for (const c of ['seed', 'user', 'backfill', 'verify', 'diff']) expect(top.stdout).toMatch(new RegExp(`^\\s+${c}\\b`, 'm'));
+    const seed = await acm2(['seed', '--help']);
+    for (const c of ['freeze', 'list', 'show', 'check']) expect(seed.stdout).toMatch(new RegExp(`^\\s+${c}\\b`, 'm'));
+    const user = await acm2(['user', '--help']);
+    for (const c of ['create', 'seed', 'show', 'list']) expect(user.stdout).toMatch(new RegExp(`^\\s+${c}\\b`, 'm'));
+    expect((await acm2(['user', 'create', '--help'])).stdout).toMatch(/Example:\n\s+\$ acm2 user create/);
+  });
+
+  it('an unreachable MySQL master exits 3 with the documented sentence and no password', async () => {
+    const r = await acm2(['user', 'list'], { ACM2_MASTER_URL: 'mysql://root:hunter2@127.0.0.1:1/x' });
+    expect(r.code).toBe(3);
+    expect(r.stderr.trim()).toBe('acm2: cannot reach MySQL master at 127.0.0.1:1 (ECONNREFUSED)');
+    const j = await acm2(['user', 'list', '--json'], { ACM2_MASTER_URL: 'mysql://root:hunter2@127.0.0.1:1/x' });
+    expect(JSON.parse(j.stdout)).toEqual({ error: { code: 'master_unreachable', message: 'cannot reach MySQL master at 127.0.0.1:1 (ECONNREFUSED)' } });
+  });
+
+  it('a malformed master URL exits 2 and hides the password', async () => {
+    const r = await acm2(['user', 'list'], { ACM2_MASTER_URL: 'mysql://root:hunter2@' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/master URL .* is malformed/);
+    expect(r.stderr).not.toContain('hunter2');
+  });
+});
+
+describe('configuration precedence: flag > env > default', () => {
+  it('resolves each setting', () => {
+    const env = { ACM2_DATA_DIR: '/env/data', ACM2_MASTER_URL: 'sqlite:/env/m.db', ACM2_SEED_DIR: '/env/seeds', SEED_VERSION: 'v2' };
+    const fromEnv = resolveConfig({}, env);
+    expect([fromEnv.dataDir, fromEnv.master.display, fromEnv.seedsDir, fromEnv.seedVersion]).toEqual(['/env/data', 'sqlite:/env/m.db', '/env/seeds', 'v2']);
+    const fromFlags = resolveConfig({ dataDir: '/f/data', master: 'mysql://u:p@h:3307/db', seeds: '/f/seeds', seedVersion: 'v3' }, env);
+    expect([fromFlags.dataDir, fromFlags.master.display, fromFlags.seedsDir, fromFlags.seedVersion]).toEqual(['/f/data', 'mysql://u@h:3307/db', '/f/seeds', 'v3']);
+    const defaults = resolveConfig({ dataDir: '/d' }, {});
+    expect(defaults.master.display).toBe('sqlite:/d/master.db');
+    expect(defaults.seedVersion).toBeUndefined();
+    expect(resolveConfig({}, { NO_COLOR: '1' }).color).toBe(false);
+  });
+
+  it('parses MySQL URLs and never shows the password', () => {
+    const u = parseMasterUrl('mysql://acm2:p%40ss@db.internal:3307/acm2_master');
+    expect(u).toMatchObject({ kind: 'mysql', host: 'db.internal', port: 3307, user: 'acm2', password: 'p@ss', database: 'acm2_master' });
+    expect(u.display).not.toContain('p@ss');
+    expect(() => parseMasterUrl('mysql://h')).toThrow(/malformed/);
+  });
+});
