@@ -1,0 +1,1005 @@
+// `verify`: proves every user is complete, consistent and isolated (SPEC §5, §6), as data.
+// One user's checks are a pure function of (data dir, user id, master job), so they run on a pool
+// of worker threads while the main thread streams users from the master in keyset pages.
+
+import Database from 'better-sqlite3';
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import path from 'node:path';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { JobStatus, MasterDb, MasterUser, SeedJob } from '../master/types.js';
+import { knownVersions } from '../seed/package.js';
+import { isDocId, isUuid, safeDocId, UUID_RE_SRC } from '../seed/remap.js';
+import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
+import { resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
+
+/** The stable problem codes of SPEC §5, in the order a person reads them. */
+export const PROBLEM_CODES = [
+  'master_user_missing',
+  'db_missing',
+  'db_corrupt',
+  'schema_outdated',
+  'meta_missing',
+  'not_ready',
+  'seed_version_unknown',
+  'seed_row_missing',
+  'fk_violation',
+  'foreign_user_row',
+  'unresolved_reference',
+  'file_missing',
+  'file_size_mismatch',
+  'file_hash_mismatch',
+  'path_escape',
+  'seed_id_leaked',
+  'job_state_mismatch',
+  'orphan',
+  'bad_permissions',
+] as const;
+export type ProblemCode = (typeof PROBLEM_CODES)[number];
+
+/**
+ * 'warning' marks a state that may resolve by itself (a seed job is queued or running for a user
+ * that is not ready yet); it still fails verify, because a fleet in CI must be fully ready.
+ */
+export type Severity = 'error' | 'warning';
+
+export interface Problem {
+  code: ProblemCode;
+  severity: Severity;
+  userId: number;
+  table?: string;
+  rowId?: string;
+  /** Relative to the data dir ('/' separators), e.g. user_3.db or user_3/runs/…/x.md. */
+  path?: string;
+  message: string;
+}
+
+export interface UserVerdict {
+  id: number;
+  ok: boolean;
+  problems: Problem[];
+}
+
+export interface VerifyResult {
+  ok: boolean;
+  checked: number;
+  failed: number;
+  users: UserVerdict[];
+  orphans: Problem[];
+  durationMs: number;
+}
+
+export interface VerifyDeps {
+  master: MasterDb;
+  dataDir: string;
+  seedsDir: string;
+}
+
+export interface VerifyOptions {
+  /** Only these users (ids not in the master are reported as master_user_missing; no orphan scan). */
+  users?: number[];
+  /** integrity_check instead of quick_check, sha256 of every seeded file, text files scanned for package ids. */
+  deep?: boolean;
+  /** Only users with id % count == index (orphans too), so hosts can split a fleet. */
+  shard?: { index: number; count: number };
+  /** Users verified at once; above 1 (and when running compiled) each slot is a worker thread. */
+  concurrency?: number;
+  /** Users read from the master per keyset page. */
+  pageSize?: number;
+  /** Clock for lease expiry (tests). */
+  now?: number;
+}
+
+/** Progress callbacks (the CLI passes its spinner/bar; core never prints). */
+export interface VerifyProgress {
+  start(label: string, total?: number): void;
+  tick(n?: number): void;
+  done(): void;
+}
+
+/** The part of a master seed job the per-user checks need (plain data, so it crosses threads). */
+export interface JobView {
+  id: number;
+  status: JobStatus;
+  seedVersion: string;
+  lockedUntil: number | null;
+  lastError: string | null;
+}
+
+/** Everything a per-user check needs besides the user id and its job. */
+export interface CheckContext {
+  dataDir: string;
+  knownVersions: string[];
+  deep: boolean;
+  now: number;
+}
+
+export function jobView(job: SeedJob | undefined): JobView | undefined {
+  return job && { id: job.id, status: job.status, seedVersion: job.seedVersion, lockedUntil: job.lockedUntil, lastError: job.lastError };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orchestration
+
+export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, progress?: VerifyProgress): Promise<VerifyResult> {
+  const started = Date.now();
+  const dataDir = path.resolve(deps.dataDir);
+  const ctx: CheckContext = { dataDir, knownVersions: knownVersions(deps.seedsDir), deep: Boolean(opts.deep), now: opts.now ?? Date.now() };
+  const shard = opts.shard;
+  const inShard = (id: number) => !shard || id % shard.count === shard.index;
+  const pageSize = opts.pageSize ?? 500;
+  const wanted = opts.users ? [...new Set(opts.users)].filter(inShard).sort((a, b) => a - b) : undefined;
+
+  const total = wanted ? wanted.length : shard ? undefined : await deps.master.countUsers();
+  progress?.start('verifying users', total);
+  const users: UserVerdict[] = [];
+  const seen = new Set<number>();
+  const pool = new CheckerPool(Math.max(1, opts.concurrency ?? 1), ctx);
+  try {
+    await pool.forEach(streamUsers(deps.master, pageSize, wanted), inShard, async (user, checker) => {
+      if (wanted) seen.add(user.id);
+      const job = jobView(await deps.master.latestJob(user.id));
+      const problems = await checker.check(user.id, job);
+      users.push({ id: user.id, ok: problems.length === 0, problems });
+      progress?.tick();
+    });
+  } finally {
+    await pool.close();
+    progress?.done();
+  }
+  for (const id of wanted ?? []) if (!seen.has(id)) users.push(missingFromMaster(dataDir, id));
+  users.sort((a, b) => a.id - b.id);
+
+  const orphans = wanted ? [] : await scanOrphans(deps.master, dataDir, inShard);
+  const failed = users.filter((u) => !u.ok).length;
+  return { ok: failed === 0 && orphans.length === 0, checked: users.length, failed, users, orphans, durationMs: Date.now() - started };
+}
+
+async function* streamUsers(master: MasterDb, pageSize: number, ids?: number[]): AsyncGenerator<MasterUser> {
+  if (ids && ids.length === 0) return;
+  let after = 0;
+  for (;;) {
+    const page = await master.listUsers({ afterId: after, limit: pageSize, ids });
+    if (page.length === 0) return;
+    yield* page;
+    after = page[page.length - 1]!.id;
+  }
+}
+
+function missingFromMaster(dataDir: string, id: UserId): UserVerdict {
+  const leftovers = [userDbPath(dataDir, id), userRoot(dataDir, id)].filter((p) => existsSync(p)).map((p) => rel(dataDir, p));
+  const tail = leftovers.length > 0 ? `; ${leftovers.join(' and ')} exist${leftovers.length === 1 ? 's' : ''} without an owner` : '';
+  return { id, ok: false, problems: [problem('master_user_missing', id, `no user ${id} in the master${tail}`)] };
+}
+
+/**
+ * user_{id}.db files and user_{id}/ folders whose id has no master user. The data dir is read
+ * as a stream and ids are looked up in batches, so memory stays flat however many users exist.
+ */
+async function scanOrphans(master: MasterDb, dataDir: string, inShard: (id: number) => boolean): Promise<Problem[]> {
+  const out: Problem[] = [];
+  let batch: Array<{ id: number; name: string; kind: 'db' | 'dir' }> = [];
+  const flush = async () => {
+    const ids = [...new Set(batch.map((b) => b.id))];
+    const found = new Set((await master.listUsers({ afterId: 0, limit: ids.length, ids })).map((u) => u.id));
+    for (const b of batch) {
+      if (found.has(b.id)) continue;
+      const what = b.kind === 'db' ? 'database' : 'folder';
+      out.push(problem('orphan', b.id, `${what} ${b.name} belongs to user ${b.id}, who is not in the master`, { path: b.name }));
+    }
+    batch = [];
+  };
+  let dir;
+  try {
+    dir = opendirSync(dataDir);
+  } catch {
+    return out;
+  }
+  try {
+    for (let e = dir.readSync(); e; e = dir.readSync()) {
+      const m = userIdFromEntry(e.name);
+      if (!m || !inShard(m.id)) continue;
+      batch.push({ id: m.id, name: e.name, kind: m.kind });
+      if (batch.length >= 500) await flush();
+    }
+  } finally {
+    dir.closeSync();
+  }
+  if (batch.length > 0) await flush();
+  return out.sort((a, b) => a.userId - b.userId || (a.path! < b.path! ? -1 : 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool: N slots, each checking one user at a time; worker threads when running compiled JS.
+
+interface Checker {
+  check(userId: UserId, job: JobView | undefined): Promise<Problem[]>;
+  close(): Promise<void>;
+}
+
+/** Worker threads need the compiled module; under a TS runner (tests) the slots run in this thread. */
+const CAN_USE_WORKERS = import.meta.url.endsWith('.js');
+
+class CheckerPool {
+  private all: Checker[] = [];
+  private idle: Checker[] = [];
+  private waiters: Array<(c: Checker) => void> = [];
+  constructor(
+    private readonly size: number,
+    private readonly ctx: CheckContext,
+  ) {}
+
+  private make(): Checker {
+    if (this.size > 1 && CAN_USE_WORKERS) return workerChecker(this.ctx);
+    const ctx = this.ctx;
+    return { check: async (id, job) => checkUser(ctx, id, job), close: async () => undefined };
+  }
+
+  private acquire(): Promise<Checker> {
+    const c = this.idle.pop();
+    if (c) return Promise.resolve(c);
+    if (this.all.length < this.size) {
+      const n = this.make();
+      this.all.push(n);
+      return Promise.resolve(n);
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private release(c: Checker): void {
+    const w = this.waiters.shift();
+    if (w) w(c);
+    else this.idle.push(c);
+  }
+
+  /** Run fn for every item, at most `size` at once; the first failure stops the stream and is thrown. */
+  async forEach<T extends { id: number }>(items: AsyncIterable<T>, filter: (id: number) => boolean, fn: (item: T, c: Checker) => Promise<void>): Promise<void> {
+    const inflight = new Set<Promise<void>>();
+    let failure: { error: unknown } | undefined;
+    for await (const item of items) {
+      if (failure) break;
+      if (!filter(item.id)) continue;
+      const c = await this.acquire();
+      const p: Promise<void> = fn(item, c)
+        .catch((error: unknown) => {
+          failure ??= { error };
+        })
+        .finally(() => {
+          this.release(c);
+          inflight.delete(p);
+        });
+      inflight.add(p);
+    }
+    await Promise.all(inflight);
+    if (failure) throw failure.error;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.all.map((c) => c.close()));
+  }
+}
+
+interface WorkerReply {
+  problems?: Problem[];
+  error?: string;
+}
+
+function workerChecker(ctx: CheckContext): Checker {
+  const w = new Worker(new URL(import.meta.url), { workerData: { acm2VerifyWorker: ctx } });
+  let pending: { resolve: (p: Problem[]) => void; reject: (e: Error) => void } | undefined;
+  let dead: Error | undefined;
+  const fail = (e: Error) => {
+    dead ??= e;
+    pending?.reject(e);
+    pending = undefined;
+  };
+  w.on('message', (m: WorkerReply) => {
+    const p = pending;
+    pending = undefined;
+    if (m.error !== undefined) p?.reject(new Error(m.error));
+    else p?.resolve(m.problems ?? []);
+  });
+  w.on('error', fail);
+  w.on('exit', (code) => fail(new Error(`verify worker exited with code ${code}`)));
+  return {
+    check: (userId, job) =>
+      new Promise((resolve, reject) => {
+        if (dead) return reject(dead);
+        pending = { resolve, reject };
+        w.postMessage({ userId, job });
+      }),
+    close: async () => {
+      w.removeAllListeners('exit');
+      await w.terminate();
+    },
+  };
+}
+
+if (!isMainThread && parentPort && (workerData as { acm2VerifyWorker?: CheckContext } | undefined)?.acm2VerifyWorker) {
+  const port = parentPort;
+  const ctx = (workerData as { acm2VerifyWorker: CheckContext }).acm2VerifyWorker;
+  port.on('message', (m: { userId: number; job: JobView | undefined }) => {
+    try {
+      port.postMessage({ problems: checkUser(ctx, m.userId, m.job) } satisfies WorkerReply);
+    } catch (e) {
+      port.postMessage({ error: e instanceof Error ? (e.stack ?? e.message) : String(e) } satisfies WorkerReply);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// One user
+
+function problem(code: ProblemCode, userId: number, message: string, where: { table?: string; rowId?: string; path?: string } = {}, severity: Severity = 'error'): Problem {
+  const p = { code, severity, userId } as Problem;
+  if (where.table !== undefined) p.table = where.table;
+  if (where.rowId !== undefined) p.rowId = where.rowId;
+  if (where.path !== undefined) p.path = where.path;
+  p.message = message;
+  return p;
+}
+
+function rel(dataDir: string, abs: string): string {
+  return path.relative(dataDir, abs).split(path.sep).join('/');
+}
+
+/** Every problem of one user, in check order. Reads only; never throws for bad data, only for bugs. */
+export function checkUser(ctx: CheckContext, userId: UserId, job: JobView | undefined): Problem[] {
+  return new UserCheck(ctx, userId, job).run();
+}
+
+interface Meta {
+  status: string;
+  version: string;
+}
+
+/** What the DB told us: absent, unreadable, or read (with user_meta if it has one). */
+type DbState = { kind: 'absent' } | { kind: 'unreadable' } | { kind: 'read'; meta?: Meta };
+
+interface SeededFile {
+  path: string;
+  bytes: number;
+  sha256: string;
+}
+
+const SQL_NAME = (s: string) => `"${s.replace(/"/g, '""')}"`;
+const OPEN_JOB: readonly JobStatus[] = ['pending', 'running'];
+const CONTENT_ID_KEYS = ['generation_instructions_id', 'single_eval_instructions_id', 'pairwise_eval_instructions_id', 'eval_criteria_id', 'combine_instructions_id'];
+
+/**
+ * Column references between ACM2's rows. Most are declared FOREIGN KEYs, which ACM2 never
+ * enforces; tasks.document_id is not declared at all. Checked by query as well as by
+ * PRAGMA foreign_key_check so a DB rebuilt without its FK clauses is still checked.
+ */
+const COLUMN_REFS: ReadonlyArray<{ table: string; column: string; parents: string[] }> = [
+  ...CONTENT_ID_KEYS.map((column) => ({ table: 'presets', column, parents: ['contents'] })),
+  { table: 'presets', column: 'github_connection_id', parents: ['github_connections'] },
+  { table: 'runs', column: 'preset_id', parents: ['presets'] },
+  { table: 'tasks', column: 'run_id', parents: ['runs'] },
+  { table: 'artifacts', column: 'task_id', parents: ['tasks'] },
+  { table: 'tasks', column: 'document_id', parents: ['contents', 'documents'] },
+];
+
+class UserCheck {
+  private readonly problems: Problem[] = [];
+  private readonly dbFile: string;
+  private readonly root: string;
+  private schemaBroken = false;
+  private leaks?: LeakIndex;
+  /** Paths (relative to the user root) already reported as escaping: never read through them. */
+  private readonly escaped = new Set<string>();
+
+  constructor(
+    private readonly ctx: CheckContext,
+    private readonly userId: UserId,
+    private readonly job: JobView | undefined,
+  ) {
+    this.dbFile = userDbPath(ctx.dataDir, userId);
+    this.root = userRoot(ctx.dataDir, userId);
+  }
+
+  private add(code: ProblemCode, message: string, where: { table?: string; rowId?: string; path?: string } = {}, severity: Severity = 'error'): void {
+    this.problems.push(problem(code, this.userId, message, where, severity));
+  }
+
+  private rel(abs: string): string {
+    return rel(this.ctx.dataDir, abs);
+  }
+
+  private rootRel(relToRoot: string): string {
+    return `user_${this.userId}/${relToRoot}`;
+  }
+
+  run(): Problem[] {
+    let state: DbState;
+    let seeded: SeededFile[] = [];
+    const st = lstatOrUndefined(this.dbFile);
+    if (!st) {
+      state = { kind: 'absent' };
+      if (this.job && OPEN_JOB.includes(this.job.status)) {
+        this.add('not_ready', `not seeded yet: seed job #${this.job.id} (${this.job.seedVersion}) is ${this.job.status}`, { path: this.rel(this.dbFile) }, 'warning');
+      } else {
+        this.add('db_missing', `${this.rel(this.dbFile)} does not exist`, { path: this.rel(this.dbFile) });
+      }
+    } else {
+      if (st.isSymbolicLink()) {
+        this.add('path_escape', `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}; the user's DB must be the file itself`, { path: this.rel(this.dbFile) });
+      } else {
+        this.checkMode(st, this.dbFile, 0o600);
+      }
+      const r = this.checkDatabase();
+      state = r.state;
+      seeded = r.seeded;
+    }
+    this.checkTree();
+    this.checkSeededFiles(seeded);
+    this.checkJob(state);
+    return this.problems;
+  }
+
+  // --- the database ---------------------------------------------------------------------------
+
+  private checkDatabase(): { state: DbState; seeded: SeededFile[] } {
+    const where = { path: this.rel(this.dbFile) };
+    let db: Database.Database;
+    try {
+      db = new Database(this.dbFile, { readonly: true, fileMustExist: true });
+    } catch (e) {
+      this.add('db_corrupt', `cannot open ${where.path}: ${errMessage(e)}`, where);
+      return { state: { kind: 'unreadable' }, seeded: [] };
+    }
+    try {
+      db.pragma('busy_timeout = 5000');
+      const check = this.ctx.deep ? 'integrity_check' : 'quick_check';
+      let verdict: string[];
+      try {
+        verdict = (db.pragma(check) as Array<Record<string, string>>).map((r) => String(Object.values(r)[0]));
+      } catch (e) {
+        this.add('db_corrupt', `${where.path} is not a readable SQLite database: ${errMessage(e)}`, where);
+        return { state: { kind: 'unreadable' }, seeded: [] };
+      }
+      if (verdict.length !== 1 || verdict[0] !== 'ok') {
+        const shown = verdict.slice(0, 3).join('; ');
+        this.add('db_corrupt', `${check} failed: ${shown}${verdict.length > 3 ? ` (and ${verdict.length - 3} more)` : ''}`, where);
+        return { state: { kind: 'unreadable' }, seeded: [] };
+      }
+      return this.checkContents(db);
+    } finally {
+      db.close();
+    }
+  }
+
+  /** Runs one group of queries; an SQLite error is explained by a broken schema or is corruption. */
+  private guard(what: string, fn: () => void): boolean {
+    try {
+      fn();
+      return true;
+    } catch (e) {
+      if (!(e instanceof Database.SqliteError)) throw e;
+      if (!this.schemaBroken) this.add('db_corrupt', `cannot read ${what}: ${e.message}`, { path: this.rel(this.dbFile) });
+      return false;
+    }
+  }
+
+  private checkContents(db: Database.Database): { state: DbState; seeded: SeededFile[] } {
+    let tables = new Set<string>();
+    if (!this.guard('the table list', () => (tables = new Set((db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).all() as { name: string }[]).map((r) => r.name))))) {
+      return { state: { kind: 'unreadable' }, seeded: [] };
+    }
+    const columns = (t: string) => new Set((db.prepare(`PRAGMA table_info(${SQL_NAME(t)})`).all() as { name: string }[]).map((r) => r.name));
+    this.guard('the schema', () => this.checkSchema(db, tables, columns));
+
+    let meta: Meta | undefined;
+    const metaRead = this.guard('user_meta', () => {
+      if (!tables.has('user_meta')) return;
+      const row = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`).get(this.userId) as { seed_status: string; seed_version: string } | undefined;
+      if (row) meta = { status: String(row.seed_status), version: String(row.seed_version) };
+    });
+    if (tables.has('user_meta') && metaRead && !meta) {
+      this.add('meta_missing', `user_meta has no row for user ${this.userId}: ACM2 answers 425 for every request`, { table: 'user_meta' });
+    }
+    if (meta && meta.status !== 'ready') {
+      const open = this.job && OPEN_JOB.includes(this.job.status);
+      const tail = open ? ` (seed job #${this.job!.id} is ${this.job!.status})` : this.job?.lastError ? ` (last error: ${this.job.lastError})` : '';
+      this.add('not_ready', `user_meta.seed_status is '${meta.status}'${tail}: ACM2 answers 425`, { table: 'user_meta' }, open ? 'warning' : 'error');
+    }
+    if (meta && meta.version !== 'legacy' && !this.ctx.knownVersions.includes(meta.version)) {
+      this.add('seed_version_unknown', `user_meta.seed_version '${meta.version}' is neither a seed package in the seeds dir nor 'legacy'`, { table: 'user_meta' });
+    }
+
+    // Seed versions whose rows and files must be present. A user that is not ready is expected
+    // to be incomplete (not_ready says so); 'legacy' users were never seeded from a package.
+    let versions: string[] = [];
+    this.guard('acm2_id_map', () => {
+      if (!tables.has('acm2_id_map')) return;
+      const inMap = (db.prepare(`SELECT DISTINCT seed_version AS v FROM acm2_id_map`).all() as { v: string }[]).map((r) => r.v);
+      if (meta?.version === 'legacy') versions = [];
+      else if (meta && inMap.includes(meta.version)) versions = [meta.version];
+      else versions = inMap;
+      const sources = (db.prepare(`SELECT DISTINCT source_id FROM acm2_id_map`).raw(true).all() as [string][]).map((r) => r[0]);
+      if (sources.length > 0) this.leaks = new LeakIndex(sources);
+    });
+    const complete = !meta || meta.status === 'ready';
+
+    if (complete && versions.length > 0) this.guard('seeded rows', () => this.checkSeedRows(db, tables, versions));
+    this.guard('user_id columns', () => this.checkOwnership(db, tables, columns));
+    this.guard('references', () => this.checkForeignKeys(db, tables, columns));
+    this.guard('JSON references', () => this.checkJsonReferences(db, tables));
+    if (this.leaks) this.guard('text columns', () => this.checkLeaksInDb(db, tables));
+
+    let seeded: SeededFile[] = [];
+    if (complete && versions.length > 0) {
+      this.guard('acm2_seed_files', () => {
+        if (!tables.has('acm2_seed_files')) return;
+        seeded = db
+          .prepare(`SELECT path, bytes, sha256 FROM acm2_seed_files WHERE seed_version IN (${versions.map(() => '?').join(',')}) ORDER BY path`)
+          .all(...versions) as SeededFile[];
+      });
+    }
+    return { state: { kind: 'read', meta }, seeded };
+  }
+
+  /** Pending migrations, and every table/column migrations/user/* create (extra columns are fine). */
+  private checkSchema(db: Database.Database, tables: Set<string>, columns: (t: string) => Set<string>): void {
+    const where = { path: this.rel(this.dbFile) };
+    try {
+      const pending = pendingMigrations(db);
+      if (pending.length > 0) {
+        this.schemaBroken = true;
+        this.add('schema_outdated', `migration${pending.length > 1 ? 's' : ''} ${pending.map((m) => m.name).join(', ')} not applied`, where);
+      }
+    } catch (e) {
+      this.schemaBroken = true;
+      this.add('schema_outdated', errMessage(e), where);
+    }
+    for (const [table, want] of referenceSchema()) {
+      if (!tables.has(table)) {
+        this.schemaBroken = true;
+        this.add('schema_outdated', `table ${table} is missing`, { table });
+        continue;
+      }
+      const have = columns(table);
+      for (const c of want) {
+        if (have.has(c)) continue;
+        this.schemaBroken = true;
+        this.add('schema_outdated', `column ${table}.${c} is missing`, { table });
+      }
+    }
+  }
+
+  private checkSeedRows(db: Database.Database, tables: Set<string>, versions: string[]): void {
+    const kinds = (db.prepare(`SELECT DISTINCT kind FROM acm2_id_map WHERE seed_version IN (${versions.map(() => '?').join(',')})`).all(...versions) as { kind: string }[]).map(
+      (r) => r.kind,
+    );
+    for (const kind of kinds) {
+      if (!(ACM2_TABLES as readonly string[]).includes(kind) || !tables.has(kind)) continue;
+      const missing = db
+        .prepare(
+          `SELECT m.target_id AS id, m.source_id AS src FROM acm2_id_map m
+           WHERE m.seed_version IN (${versions.map(() => '?').join(',')}) AND m.kind = ?
+             AND NOT EXISTS (SELECT 1 FROM ${SQL_NAME(kind)} r WHERE r.id = m.target_id)
+           ORDER BY m.target_id`,
+        )
+        .all(...versions, kind) as { id: string; src: string }[];
+      for (const m of missing) this.add('seed_row_missing', `seeded ${kind} row ${m.id} (package id ${m.src}) is gone`, { table: kind, rowId: m.id });
+    }
+  }
+
+  private checkOwnership(db: Database.Database, tables: Set<string>, columns: (t: string) => Set<string>): void {
+    for (const t of ACM2_TABLES) {
+      if (!tables.has(t)) continue;
+      const cols = columns(t);
+      if (!cols.has('user_id') || !cols.has('id')) continue;
+      const rows = db.prepare(`SELECT id, user_id FROM ${SQL_NAME(t)} WHERE user_id IS NOT ? ORDER BY id`).all(this.userId) as { id: unknown; user_id: unknown }[];
+      for (const r of rows) {
+        const owner = r.user_id === null ? 'NULL' : String(r.user_id);
+        this.add('foreign_user_row', `${t} row ${String(r.id)} has user_id ${owner}, not ${this.userId}: ACM2 does not show it to this user`, { table: t, rowId: String(r.id) });
+      }
+    }
+  }
+
+  private checkForeignKeys(db: Database.Database, tables: Set<string>, columns: (t: string) => Set<string>): void {
+    const reported = new Set<string>();
+    const report = (table: string, rowId: string, column: string, value: unknown, parents: string[]) => {
+      const key = `${table}\0${rowId}\0${column}`;
+      if (reported.has(key)) return;
+      reported.add(key);
+      this.add('fk_violation', `${table}.${column} = '${String(value)}' has no ${parents.join(' or ')} row`, { table, rowId });
+    };
+    // What SQLite knows (declared FOREIGN KEYs, never enforced by ACM2).
+    let declared: Array<{ table: string; rowid: number; parent: string; fkid: number }> = [];
+    try {
+      declared = db.prepare(`PRAGMA foreign_key_check`).all() as typeof declared;
+    } catch (e) {
+      this.schemaBroken = true;
+      this.add('schema_outdated', `foreign keys cannot be checked: ${errMessage(e)}`, { path: this.rel(this.dbFile) });
+    }
+    for (const v of declared) {
+      const fk = (db.prepare(`PRAGMA foreign_key_list(${SQL_NAME(v.table)})`).all() as { id: number; from: string }[]).find((f) => f.id === v.fkid);
+      const column = fk?.from ?? '?';
+      const row = db.prepare(`SELECT * FROM ${SQL_NAME(v.table)} WHERE rowid = ?`).get(v.rowid) as Record<string, unknown> | undefined;
+      report(v.table, String(row?.id ?? `rowid ${v.rowid}`), column, row?.[column], [v.parent]);
+    }
+    // The references ACM2 relies on, declared or not.
+    for (const ref of COLUMN_REFS) {
+      if (!tables.has(ref.table) || !columns(ref.table).has(ref.column)) continue;
+      const parents = ref.parents.filter((p) => tables.has(p));
+      const exists = parents.map((p) => `EXISTS (SELECT 1 FROM ${SQL_NAME(p)} p WHERE p.id = c.${SQL_NAME(ref.column)})`).join(' OR ') || '0';
+      const rows = db
+        .prepare(`SELECT c.id AS id, c.${SQL_NAME(ref.column)} AS v FROM ${SQL_NAME(ref.table)} c WHERE c.${SQL_NAME(ref.column)} IS NOT NULL AND NOT (${exists}) ORDER BY c.id`)
+        .all() as { id: unknown; v: unknown }[];
+      for (const r of rows) report(ref.table, String(r.id), ref.column, r.v, ref.parents);
+    }
+  }
+
+  /**
+   * IDs inside JSON: presets' and runs' content ids (lists, the five *_id keys, the
+   * config_overrides fallbacks), contents.variables, and every source doc and generated/combined
+   * doc that a run's results_summary names, which the Evaluation tabs need to render.
+   */
+  private checkJsonReferences(db: Database.Database, tables: Set<string>): void {
+    const known = new Set<string>();
+    for (const t of ['contents', 'documents']) {
+      if (tables.has(t)) for (const [id] of db.prepare(`SELECT id FROM ${t}`).raw(true).iterate() as Iterable<[string]>) known.add(String(id));
+    }
+    const missingContent = (table: string, rowId: string, where: string, value: unknown) => {
+      if (typeof value !== 'string' || known.has(value)) return;
+      this.add('unresolved_reference', `${table}.${where} refers to '${value}', which is not a contents row`, { table, rowId });
+    };
+    const parse = (table: string, rowId: string, column: string, raw: unknown): unknown => {
+      if (raw === null || raw === undefined) return undefined;
+      try {
+        return JSON.parse(String(raw));
+      } catch {
+        this.add('unresolved_reference', `${table}.${column} is not valid JSON, so its references cannot resolve`, { table, rowId });
+        return undefined;
+      }
+    };
+    const contentKeys = (table: string, rowId: string, column: string, obj: unknown) => {
+      if (!isObject(obj)) return;
+      for (const k of CONTENT_ID_KEYS) if (obj[k] !== undefined && obj[k] !== null) missingContent(table, rowId, `${column}.${k}`, obj[k]);
+    };
+    const idList = (table: string, rowId: string, column: string, v: unknown) => {
+      if (Array.isArray(v)) v.forEach((x, i) => missingContent(table, rowId, `${column}[${i}]`, x));
+    };
+
+    if (tables.has('presets')) {
+      for (const p of db.prepare(`SELECT id, documents, input_content_ids, config_overrides FROM presets ORDER BY id`).iterate() as Iterable<Record<string, unknown>>) {
+        const id = String(p.id);
+        idList('presets', id, 'documents', parse('presets', id, 'documents', p.documents));
+        idList('presets', id, 'input_content_ids', parse('presets', id, 'input_content_ids', p.input_content_ids));
+        contentKeys('presets', id, 'config_overrides', parse('presets', id, 'config_overrides', p.config_overrides));
+      }
+    }
+    if (tables.has('contents')) {
+      for (const c of db.prepare(`SELECT id, variables FROM contents ORDER BY id`).iterate() as Iterable<Record<string, unknown>>) {
+        const id = String(c.id);
+        const vars = parse('contents', id, 'variables', c.variables);
+        if (isObject(vars)) for (const [k, v] of Object.entries(vars)) if (typeof v === 'string' && isUuid(v)) missingContent('contents', id, `variables.${k}`, v);
+      }
+    }
+    if (tables.has('runs')) {
+      for (const r of db.prepare(`SELECT id, config, results_summary FROM runs ORDER BY id`).iterate() as Iterable<Record<string, unknown>>) {
+        const id = String(r.id);
+        const config = parse('runs', id, 'config', r.config);
+        if (isObject(config)) {
+          idList('runs', id, 'config.document_ids', config.document_ids);
+          contentKeys('runs', id, 'config', config);
+          contentKeys('runs', id, 'config.config_overrides', config.config_overrides);
+        }
+        const summary = parse('runs', id, 'results_summary', r.results_summary);
+        if (summary !== undefined) this.checkResultsSummary(id, summary, known);
+      }
+    }
+  }
+
+  private checkResultsSummary(runId: string, summary: unknown, known: Set<string>): void {
+    const sources = new Set<string>();
+    const docs = new Set<string>();
+    const walk = (v: unknown, parentKey: string | undefined) => {
+      if (Array.isArray(v)) {
+        for (const x of v) walk(x, parentKey);
+      } else if (isObject(v)) {
+        for (const [k, x] of Object.entries(v)) {
+          if (isDocId(k)) docs.add(k);
+          if (parentKey === 'source_doc_results' || parentKey === 'eval_scores') sources.add(k);
+          if (k === 'source_doc_id' && typeof x === 'string') sources.add(x);
+          if (k === 'source_doc_name' && typeof x === 'string' && isUuid(x)) sources.add(x);
+          walk(x, k);
+        }
+      } else if (typeof v === 'string' && isDocId(v)) {
+        docs.add(v);
+      }
+    };
+    walk(summary, undefined);
+    for (const s of [...sources].sort()) {
+      if (!known.has(s)) this.add('unresolved_reference', `results_summary names source doc '${s}', which is not a contents row`, { table: 'runs', rowId: runId });
+    }
+    const genDir = path.join(this.root, 'runs', runId, 'generated');
+    for (const d of [...docs].sort()) {
+      if (known.has(d)) continue;
+      const file = path.join(genDir, `${safeDocId(d)}.md`);
+      if (isFile(file)) continue;
+      this.add('unresolved_reference', `results_summary names doc '${d}' but ${this.rel(file)} does not exist`, { table: 'runs', rowId: runId, path: this.rel(file) });
+    }
+  }
+
+  /** No package identifier may survive in any text column of ACM2's tables (the tool's own tables name them by design). */
+  private checkLeaksInDb(db: Database.Database, tables: Set<string>): void {
+    const leaks = this.leaks!;
+    for (const t of ACM2_TABLES) {
+      if (!tables.has(t)) continue;
+      const stmt = db.prepare(`SELECT * FROM ${SQL_NAME(t)} ORDER BY rowid`).raw(true);
+      const cols = stmt.columns().map((c) => c.name);
+      const idIx = cols.indexOf('id');
+      for (const row of stmt.iterate() as Iterable<unknown[]>) {
+        for (let i = 0; i < row.length; i++) {
+          const v = row[i];
+          if (typeof v !== 'string') continue;
+          const hit = leaks.find(v);
+          if (hit) this.add('seed_id_leaked', `${t}.${cols[i]} holds package id ${hit}`, { table: t, rowId: String(row[idIx] ?? '') });
+        }
+      }
+    }
+  }
+
+  // --- files ----------------------------------------------------------------------------------
+
+  /**
+   * Everything under user_{id}/: nothing may resolve outside it, folders are 0700 and files
+   * 0600, no file name holds a package id (and, with --deep, no text file does).
+   */
+  private checkTree(): void {
+    const st = lstatOrUndefined(this.root);
+    if (!st) return;
+    const rootRel = this.rel(this.root);
+    if (st.isSymbolicLink()) {
+      this.escaped.add('');
+      this.add('path_escape', `${rootRel} is a symlink to ${readlinkSafe(this.root)}; the user's files must live in the folder itself`, { path: rootRel });
+      return;
+    }
+    if (!st.isDirectory()) {
+      this.add('path_escape', `${rootRel} is not a folder`, { path: rootRel });
+      return;
+    }
+    this.checkMode(st, this.root, 0o700);
+    const realRoot = realpathSync(this.root);
+    const stack: string[] = [''];
+    while (stack.length > 0) {
+      const dirRel = stack.pop()!;
+      const dirAbs = path.join(this.root, dirRel);
+      let names: string[];
+      try {
+        names = readdirSync(dirAbs).sort().reverse();
+      } catch (e) {
+        this.add('bad_permissions', `cannot read ${this.rel(dirAbs)}: ${errMessage(e)}`, { path: this.rel(dirAbs) });
+        continue;
+      }
+      for (const name of names) {
+        const r = dirRel ? `${dirRel}/${name}` : name;
+        const abs = path.join(this.root, r);
+        const est = lstatOrUndefined(abs);
+        if (!est) continue;
+        const shown = this.rootRel(r);
+        const hit = this.leaks?.find(name);
+        if (hit) this.add('seed_id_leaked', `file name ${shown} holds package id ${hit}`, { path: shown });
+        if (est.isSymbolicLink()) {
+          const target = resolveLink(abs);
+          if (!isInside(realRoot, target)) {
+            this.escaped.add(r);
+            this.add('path_escape', `${shown} is a symlink resolving to ${target}, outside user_${this.userId}/`, { path: shown });
+          }
+        } else if (est.isDirectory()) {
+          this.checkMode(est, abs, 0o700);
+          stack.push(r);
+        } else if (est.isFile()) {
+          this.checkMode(est, abs, 0o600);
+          if (this.ctx.deep && this.leaks) {
+            const text = readText(abs);
+            const leak = text === undefined ? undefined : this.leaks.find(text);
+            if (leak) this.add('seed_id_leaked', `${shown} holds package id ${leak}`, { path: shown });
+          }
+        }
+      }
+    }
+  }
+
+  private checkSeededFiles(files: SeededFile[]): void {
+    let realRoot: string | undefined;
+    try {
+      realRoot = realpathSync(this.root);
+    } catch {
+      realRoot = undefined;
+    }
+    for (const f of files) {
+      const shown = this.rootRel(f.path);
+      let abs: string;
+      try {
+        abs = resolveInside(this.root, f.path);
+      } catch {
+        this.add('path_escape', `acm2_seed_files lists '${f.path}', which leaves user_${this.userId}/`, { table: 'acm2_seed_files', path: shown });
+        continue;
+      }
+      let st: Stats;
+      let real: string;
+      try {
+        real = realpathSync(abs);
+        st = statSync(real);
+      } catch {
+        this.add('file_missing', `seeded file ${shown} is missing`, { path: shown });
+        continue;
+      }
+      // A symlink that leaves the root was reported by the tree walk; never read through it.
+      if (!realRoot || !isInside(realRoot, real)) continue;
+      if (!st.isFile()) {
+        this.add('file_missing', `seeded file ${shown} is not a regular file`, { path: shown });
+        continue;
+      }
+      if (st.size !== f.bytes) {
+        this.add('file_size_mismatch', `seeded file ${shown} is ${st.size} bytes, ${f.bytes} were written`, { path: shown });
+        continue;
+      }
+      if (this.ctx.deep) {
+        const sha = createHash('sha256').update(readFileSync(real)).digest('hex');
+        if (sha !== f.sha256) this.add('file_hash_mismatch', `seeded file ${shown} has sha256 ${sha.slice(0, 12)}…, ${f.sha256.slice(0, 12)}… was written`, { path: shown });
+      }
+    }
+  }
+
+  private checkMode(st: Stats, abs: string, want: number): void {
+    const mode = st.mode & 0o777;
+    // Group/other bits leak a user's data; missing owner bits lock ACM2 out.
+    if ((mode & 0o077) === 0 && (mode & want) === want) return;
+    const what = st.isDirectory() ? 'folder' : 'file';
+    this.add('bad_permissions', `${what} ${this.rel(abs)} has mode ${octal(mode)}, expected ${octal(want)}`, { path: this.rel(abs) });
+  }
+
+  // --- master vs user DB ----------------------------------------------------------------------
+
+  /**
+   * job_state_mismatch, precisely: the master's latest seed job for the user and the user's DB
+   * tell different stories.
+   *  - job done, but the DB is absent, has no user_meta, or is not ready;
+   *  - job done for version X, but the DB is ready with version Y;
+   *  - job failed, but the DB is ready (the master would retry or report a healthy user);
+   *  - job running with an expired lease (its worker died), but the DB is ready.
+   * A pending/running job with a not-ready DB is a seed in flight (not_ready, warning), and
+   * a user with no job at all (legacy, backfilled) has nothing to disagree with. An unreadable
+   * DB tells no story, so it is compared with nothing.
+   */
+  private checkJob(state: DbState): void {
+    const job = this.job;
+    if (!job || state.kind === 'unreadable') return;
+    const meta = state.kind === 'read' ? state.meta : undefined;
+    const ready = meta?.status === 'ready';
+    const name = `master seed job #${job.id} (${job.seedVersion})`;
+    if (job.status === 'done') {
+      if (state.kind === 'absent') this.add('job_state_mismatch', `${name} is done but the user has no database`);
+      else if (!meta) this.add('job_state_mismatch', `${name} is done but the user DB has no user_meta row`, { table: 'user_meta' });
+      else if (!ready) this.add('job_state_mismatch', `${name} is done but user_meta.seed_status is '${meta.status}'`, { table: 'user_meta' });
+      else if (meta.version !== job.seedVersion) this.add('job_state_mismatch', `${name} is done but the user DB is ready with version '${meta.version}'`, { table: 'user_meta' });
+    } else if (job.status === 'failed' && ready) {
+      this.add('job_state_mismatch', `${name} failed${job.lastError ? ` (${job.lastError})` : ''} but the user DB is ready with '${meta!.version}'`, { table: 'user_meta' });
+    } else if (job.status === 'running' && ready && job.lockedUntil !== null && job.lockedUntil < this.ctx.now) {
+      this.add('job_state_mismatch', `${name} is still marked running with a lease that expired at ${new Date(job.lockedUntil).toISOString()}, but the user DB is ready`, {
+        table: 'user_meta',
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/** Finds package identifiers (UUIDs and generated/combined doc ids by their `S8.tag.` head) in text. */
+export class LeakIndex {
+  private readonly uuids = new Set<string>();
+  private readonly heads = new Set<string>();
+  private static readonly UUID_RE = new RegExp(`(?<![0-9A-Za-z])${UUID_RE_SRC}(?![0-9A-Za-z])`, 'g');
+  private static readonly HEAD_RE = /(?<![0-9A-Za-z])(?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\./g;
+
+  constructor(sourceIds: Iterable<string>) {
+    for (const id of sourceIds) {
+      if (isUuid(id)) this.uuids.add(id.toLowerCase());
+      else {
+        const head = /^((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.)/.exec(id)?.[1];
+        if (head) this.heads.add(head);
+      }
+    }
+  }
+
+  /** The first package identifier in text, or undefined. */
+  find(text: string): string | undefined {
+    if (this.uuids.size > 0) {
+      const re = LeakIndex.UUID_RE;
+      re.lastIndex = 0;
+      for (let m = re.exec(text); m; m = re.exec(text)) if (this.uuids.has(m[0].toLowerCase())) return m[0];
+    }
+    if (this.heads.size > 0) {
+      const re = LeakIndex.HEAD_RE;
+      re.lastIndex = 0;
+      for (let m = re.exec(text); m; m = re.exec(text)) {
+        if (this.heads.has(m[0])) return m[0];
+        const bare = m[0].startsWith('combined.') ? m[0].slice('combined.'.length) : undefined;
+        if (bare && this.heads.has(bare)) return bare;
+      }
+    }
+    return undefined;
+  }
+}
+
+let reference: Map<string, string[]> | undefined;
+
+/** Tables and columns a DB built from migrations/user/* has (built once per process, in memory). */
+export function referenceSchema(): Map<string, string[]> {
+  if (reference) return reference;
+  const db = new Database(':memory:');
+  try {
+    for (const m of userMigrations()) db.exec(m.sql);
+    const names = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as { name: string }[]).map((r) => r.name);
+    reference = new Map(names.map((t) => [t, (db.prepare(`PRAGMA table_info(${SQL_NAME(t)})`).all() as { name: string }[]).map((c) => c.name)]));
+    return reference;
+  } finally {
+    db.close();
+  }
+}
+
+function lstatOrUndefined(p: string): Stats | undefined {
+  try {
+    return lstatSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+function isFile(p: string): boolean {
+  try {
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function readlinkSafe(p: string): string {
+  try {
+    return readlinkSync(p);
+  } catch {
+    return '?';
+  }
+}
+
+/** Where a symlink finally points (lexically, when the target does not exist). */
+function resolveLink(abs: string): string {
+  try {
+    return realpathSync(abs);
+  } catch {
+    return path.resolve(path.dirname(abs), readlinkSafe(abs));
+  }
+}
+
+function isInside(root: string, p: string): boolean {
+  const r = path.relative(root, p);
+  return r === '' || (!r.startsWith('..') && !path.isAbsolute(r));
+}
+
+/** UTF-8 text without NUL bytes, or undefined for a binary or unreadable file. */
+function readText(abs: string): string | undefined {
+  try {
+    const buf = readFileSync(abs);
+    return buf.includes(0) ? undefined : buf.toString('utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function octal(mode: number): string {
+  return `0${mode.toString(8).padStart(3, '0')}`;
+}
+
+function errMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
