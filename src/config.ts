@@ -56,7 +56,8 @@ export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = proce
     json: Boolean(flags.json),
     quiet: Boolean(flags.quiet),
     verbose: Boolean(flags.verbose),
-    color: flags.color !== false && !('NO_COLOR' in env) && !flags.json,
+    // Colour only for a person at a terminal: never in --json, NO_COLOR, --no-color or a pipe.
+    color: flags.color !== false && !('NO_COLOR' in env) && !flags.json && Boolean(process.stdout.isTTY),
     lockTimeoutMs: lockSeconds * 1000,
   };
 }

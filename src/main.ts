@@ -2,8 +2,13 @@
 
 import { buildProgram } from './cli/program.js';
 import { EXIT, isAcm2Error } from './errors.js';
+import { TOOL_VERSION } from './config.js';
 
 async function main(argv: string[]): Promise<number> {
+  if (argv.length === 3 && argv[2] === '--version') {
+    process.stdout.write(`${TOOL_VERSION}\n`);
+    return EXIT.ok;
+  }
   const program = buildProgram();
   const wantsJson = argv.includes('--json');
   const verbose = argv.includes('--verbose');

@@ -3,6 +3,7 @@
 import { resolveConfig, type Config, type GlobalFlags } from '../config.js';
 import { createReporter, type Reporter } from '../ui/reporter.js';
 import { UsageError } from '../errors.js';
+import chalk from 'chalk';
 
 export interface Ctx {
   cfg: Config;
@@ -11,6 +12,7 @@ export interface Ctx {
 
 export function context(opts: Record<string, unknown>): Ctx {
   const cfg = resolveConfig(opts as GlobalFlags);
+  if (!cfg.color) chalk.level = 0;
   return { cfg, out: createReporter(cfg) };
 }
 

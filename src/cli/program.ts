@@ -36,7 +36,8 @@ export function buildProgram(): Command {
   const program = new Command('acm2');
   program
     .description("Admin CLI for ACM2's per-user data: seed packages, user seeding, backfill, verify, diff.")
-    .version(TOOL_VERSION)
+    // -V only: `--version` belongs to `seed freeze` (the version to cut); main.ts answers a lone `acm2 --version`.
+    .version(TOOL_VERSION, '-V')
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)')
     .option('--master <url>', 'master DB URL: sqlite:<file> or mysql://user:pass@host:port/db (env ACM2_MASTER_URL; default sqlite:<data-dir>/master.db)')

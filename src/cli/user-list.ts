@@ -23,12 +23,12 @@ export async function run({ opts }: CommandCall): Promise<void> {
       return;
     }
     let n = 0;
-    let table = statusTable();
+    let table = statusTable(out.color);
     for await (const u of users) {
       table.push(u);
       if (++n % 200 === 0) {
         out.result(null, () => table.toString());
-        table = statusTable();
+        table = statusTable(out.color);
       }
     }
     if (n % 200 !== 0 || n === 0) out.result(null, () => (n === 0 ? 'No users.' : table.toString()));

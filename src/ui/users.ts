@@ -43,8 +43,8 @@ export function renderStatus(s: UserStatus): string {
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
 }
 
-export function statusTable(): { push(s: UserStatus): void; toString(): string } {
-  const t = new Table({ head: ['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'] });
+export function statusTable(color: boolean): { push(s: UserStatus): void; toString(): string } {
+  const t = new Table({ head: ['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], style: color ? {} : { head: [], border: [] } });
   return {
     push: (s) =>
       t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.files.count, (s.lastError ?? '').slice(0, 60)]),
