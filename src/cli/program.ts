@@ -145,7 +145,7 @@ Examples:
     .option('--concurrency <n>', 'parallel users on this host')
     .option('--junit <file>', 'also write a JUnit XML report')
     .addHelpText('after', '\nExample:\n  $ acm2 verify --deep --junit verify.xml')
-    .action(action(notYet('verify')));
+    .action(action(() => import('./verify.js')));
 
   program
     .command('diff [versions...]')

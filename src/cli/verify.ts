@@ -1,0 +1,34 @@
+// `acm2 verify`: parse flags, verify the users, print the result (and a JUnit file); exit 1 on problems.
+
+import { writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import type { CommandCall } from './program.js';
+import { context, intOption, shardOption } from './context.js';
+import { usingMaster } from '../master/factory.js';
+import { verifyUsers } from '../core/verify.js';
+import { renderJunit, renderVerify } from '../ui/verify.js';
+import { parseUserId } from '../userdb/paths.js';
+import { classifyFsError, EXIT, UsageError } from '../errors.js';
+
+export async function run({ opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const users = ((opts.user as string[] | undefined) ?? []).map(parseUserId);
+  const shard = shardOption(opts.shard);
+  const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
+  const junit = opts.junit === undefined ? undefined : String(opts.junit);
+  if (junit === '') throw new UsageError('--junit needs a file name');
+
+  const r = await usingMaster(cfg.master, (master) =>
+    verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
+  );
+  if (junit) {
+    try {
+      writeFileSync(junit, renderJunit(r));
+    } catch (e) {
+      throw classifyFsError(e, junit) ?? new UsageError(`cannot write the JUnit report ${junit} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, 'usage', { cause: e });
+    }
+  }
+  out.result(r, () => renderVerify(r, { color: out.color }));
+  // Not FindingsError: with --json that would print a second document after the result.
+  if (!r.ok) process.exitCode = EXIT.findings;
+}

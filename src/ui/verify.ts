@@ -1,0 +1,100 @@
+// Renderings of a verify result for a person (summary table, problems grouped by user) and for
+// CI dashboards (JUnit XML: one testcase per user). The --json document is the result itself.
+
+import chalk, { Chalk, type ChalkInstance } from 'chalk';
+import Table from 'cli-table3';
+import { PROBLEM_CODES, type Problem, type ProblemCode, type VerifyResult } from '../core/verify.js';
+import { formatSeconds } from './reporter.js';
+
+/** How many problems of each code, in the SPEC's order; codes that did not occur are left out. */
+export function countByCode(r: VerifyResult): Array<[ProblemCode, number]> {
+  const counts = new Map<ProblemCode, number>();
+  for (const p of [...r.users.flatMap((u) => u.problems), ...r.orphans]) counts.set(p.code, (counts.get(p.code) ?? 0) + 1);
+  return PROBLEM_CODES.filter((c) => counts.has(c)).map((c) => [c, counts.get(c)!]);
+}
+
+export function renderVerify(r: VerifyResult, opts: { color: boolean }): string {
+  const c = opts.color ? chalk : new Chalk({ level: 0 });
+  const summary = new Table({ head: ['users', ''], style: { head: [], border: [] } });
+  summary.push(
+    ['checked', String(r.checked)],
+    ['ok', c.green(String(r.checked - r.failed))],
+    ['failed', r.failed > 0 ? c.red(String(r.failed)) : '0'],
+    ['orphans', r.orphans.length > 0 ? c.red(String(r.orphans.length)) : '0'],
+  );
+  const byCode = countByCode(r);
+  const codes = new Table({ head: ['problem code', 'count'], style: { head: [], border: [] } });
+  for (const [code, n] of byCode) codes.push([code, c.yellow(String(n))]);
+
+  const lines: string[] = [summary.toString()];
+  if (byCode.length > 0) lines.push(codes.toString());
+  for (const u of r.users) {
+    if (u.ok) continue;
+    lines.push('', c.bold(`user ${u.id}: ${u.problems.length} problem${u.problems.length === 1 ? '' : 's'}`));
+    for (const p of u.problems) lines.push(problemLine(p, c));
+  }
+  if (r.orphans.length > 0) {
+    lines.push('', c.bold(`orphans (no master user): ${r.orphans.length}`));
+    for (const p of r.orphans) lines.push(problemLine(p, c));
+  }
+  const verdict = r.ok ? c.green('all users ok') : c.red(`${r.failed} of ${r.checked} users failed${r.orphans.length > 0 ? `, ${r.orphans.length} orphans` : ''}`);
+  lines.push('', `${verdict} (${formatSeconds(r.durationMs / 1000)})`);
+  return lines.join('\n');
+}
+
+function problemLine(p: Problem, c: ChalkInstance): string {
+  const mark = p.severity === 'warning' ? c.yellow('!') : c.red('✗');
+  const where = [p.table && (p.rowId ? `${p.table} ${p.rowId}` : p.table), p.path].filter(Boolean).join(' ');
+  return `  ${mark} ${p.code.padEnd(20)} ${p.message}${where && !p.message.includes(p.path ?? '\0') ? c.gray(`  [${where}]`) : ''}`;
+}
+
+/**
+ * JUnit XML: a suite with one testcase per user (a failure element listing its problems) and a
+ * suite with one testcase for the data dir's orphans, so a dashboard shows both.
+ */
+export function renderJunit(r: VerifyResult): string {
+  const secs = (r.durationMs / 1000).toFixed(3);
+  const usersSuite = [
+    `  <testsuite name="acm2 verify: users" tests="${r.users.length}" failures="${r.failed}" errors="0" skipped="0" time="${secs}">`,
+    ...r.users.map((u) => testcase('acm2.verify.users', `user ${u.id}`, u.problems)),
+    '  </testsuite>',
+  ];
+  const orphanSuite = [
+    `  <testsuite name="acm2 verify: data dir" tests="1" failures="${r.orphans.length > 0 ? 1 : 0}" errors="0" skipped="0" time="0">`,
+    testcase('acm2.verify.datadir', 'orphans', r.orphans),
+    '  </testsuite>',
+  ];
+  return [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    `<testsuites name="acm2 verify" tests="${r.users.length + 1}" failures="${r.failed + (r.orphans.length > 0 ? 1 : 0)}" errors="0" time="${secs}">`,
+    ...usersSuite,
+    ...orphanSuite,
+    '</testsuites>',
+    '',
+  ].join('\n');
+}
+
+function testcase(classname: string, name: string, problems: Problem[]): string {
+  const open = `    <testcase classname="${xml(classname)}" name="${xml(name)}"`;
+  if (problems.length === 0) return `${open}/>`;
+  const codes = [...new Set(problems.map((p) => p.code))].join(',');
+  const body = problems
+    .map((p) => `[${p.severity}] ${p.code}: ${p.message}${p.table ? ` (table ${p.table}${p.rowId ? `, row ${p.rowId}` : ''})` : ''}${p.path ? ` (path ${p.path})` : ''}`)
+    .join('\n');
+  return [
+    `${open}>`,
+    `      <failure message="${xml(`${problems.length} problem${problems.length === 1 ? '' : 's'}: ${codes}`)}" type="${xml(codes)}">${xml(body)}</failure>`,
+    '    </testcase>',
+  ].join('\n');
+}
+
+/** Escape for XML 1.0 text and attributes, dropping characters XML cannot carry. */
+function xml(s: string): string {
+  return s
+    .replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]/g, '')
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/"/g, '&quot;')
+    .replace(/'/g, '&apos;');
+}

@@ -1,0 +1,546 @@
+// verify: a tamper suite (one seeded user broken in exactly one way per problem code, its
+// neighbours untouched), the JSON Schema of --json, the JUnit report, and the built binary.
+
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import Ajv2020 from 'ajv/dist/2020.js';
+import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { createUser } from '../src/core/users.js';
+import { LeakIndex, PROBLEM_CODES, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
+import { renderJunit, renderVerify } from '../src/ui/verify.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
+import { SHIPPED_SEEDS_DIR } from '../src/config.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const SCHEMA = JSON.parse(readFileSync(path.join(REPO, 'schemas', 'verify.schema.json'), 'utf8')) as object;
+const ajv = new Ajv2020({ allErrors: true, strict: true });
+const validate = ajv.compile(SCHEMA);
+
+function expectValid(r: unknown): void {
+  const ok = validate(JSON.parse(JSON.stringify(r)));
+  expect(validate.errors ?? [], JSON.stringify(validate.errors)).toEqual([]);
+  expect(ok).toBe(true);
+}
+
+let pkg: FrozenSource;
+const worlds: World[] = [];
+beforeAll(() => {
+  pkg = frozenSource({ sourceDocs: 2 });
+});
+afterAll(async () => {
+  for (const w of worlds) await w.cleanup();
+  pkg.cleanup();
+});
+
+interface Fleet {
+  world: World;
+  ids: number[];
+  victim: number;
+  deps: { master: World['master']; dataDir: string; seedsDir: string };
+}
+
+/** A fresh data dir and master with three seeded users; the middle one is the one to break. */
+async function fleet(seedsDir = pkg.seedsDir): Promise<Fleet> {
+  const world = await sqliteWorld();
+  worlds.push(world);
+  const deps = { master: world.master, dataDir: world.dataDir, seedsDir, lockTimeoutMs: 5000 };
+  const ids: number[] = [];
+  for (const n of ['ann', 'ben', 'cat']) {
+    const r = await createUser(deps, { email: `${n}@example.com`, username: n });
+    expect(r.seed.status).toBe('ready');
+    ids.push(r.user.id);
+  }
+  return { world, ids, victim: ids[1]!, deps: { master: world.master, dataDir: world.dataDir, seedsDir } };
+}
+
+function withDb<T>(f: Fleet, fn: (db: Database.Database) => T, id = f.victim): T {
+  const db = new Database(userDbPath(f.world.dataDir, id));
+  try {
+    db.pragma('foreign_keys = OFF');
+    return fn(db);
+  } finally {
+    db.close();
+  }
+}
+
+function one<T>(db: Database.Database, sql: string, ...args: unknown[]): T {
+  return db.prepare(sql).get(...args) as T;
+}
+
+function runDir(f: Fleet, id = f.victim): string {
+  const run = withDb(f, (db) => one<{ id: string }>(db, `SELECT id FROM runs`).id, id);
+  return path.join(userRoot(f.world.dataDir, id), 'runs', run);
+}
+
+function seededFile(f: Fleet, match: RegExp): string {
+  const rows = withDb(f, (db) => db.prepare(`SELECT path FROM acm2_seed_files ORDER BY path`).all() as { path: string }[]);
+  const hit = rows.find((r) => match.test(r.path));
+  if (!hit) throw new Error(`no seeded file matches ${match}`);
+  return path.join(userRoot(f.world.dataDir, f.victim), hit.path);
+}
+
+function codesOf(r: VerifyResult, id: number): Set<ProblemCode> {
+  return new Set(r.users.find((u) => u.id === id)!.problems.map((p) => p.code));
+}
+
+/** The victim has exactly these codes; every other user is clean; the run fails (exit 1). */
+function expectOnly(r: VerifyResult, f: Fleet, codes: ProblemCode[]): void {
+  expectValid(r);
+  expect(r.ok).toBe(false);
+  expect(r.checked).toBe(3);
+  expect(r.failed).toBe(1);
+  const victim = r.users.find((u) => u.id === f.victim)!;
+  expect(victim.ok).toBe(false);
+  expect([...codesOf(r, f.victim)].sort(), JSON.stringify(victim.problems, null, 1)).toEqual([...codes].sort());
+  for (const p of victim.problems) expect(p.userId).toBe(f.victim);
+  for (const u of r.users.filter((x) => x.id !== f.victim)) expect(u, JSON.stringify(u.problems)).toMatchObject({ ok: true, problems: [] });
+  expect(r.orphans).toEqual([]);
+}
+
+const verify = (f: Fleet, opts: VerifyOptions = {}) => verifyUsers(f.deps, opts);
+
+describe('a clean fleet', () => {
+  it('is ok in quick and deep mode, sequentially and with concurrency', async () => {
+    const f = await fleet();
+    for (const opts of [{}, { deep: true }, { concurrency: 3 }, { deep: true, concurrency: 2, pageSize: 1 }] as VerifyOptions[]) {
+      const r = await verify(f, opts);
+      expectValid(r);
+      expect(r).toMatchObject({ ok: true, checked: 3, failed: 0, orphans: [] });
+      expect(r.users.map((u) => u.id)).toEqual(f.ids);
+      for (const u of r.users) expect(u).toEqual({ id: u.id, ok: true, problems: [] });
+    }
+  });
+
+  it('is ok for a user seeded from the real ACM2 sample package (no false positives on real data)', async () => {
+    const f = await fleet(SHIPPED_SEEDS_DIR);
+    const r = await verify(f, { deep: true });
+    expect(r.users.flatMap((u) => u.problems)).toEqual([]);
+    expect(r.ok).toBe(true);
+  });
+
+  it('--shard i/n verifies only ids with id % n == i; --user only those named', async () => {
+    const f = await fleet();
+    const r0 = await verify(f, { shard: { index: 0, count: 2 } });
+    const r1 = await verify(f, { shard: { index: 1, count: 2 } });
+    expect(r0.users.map((u) => u.id)).toEqual(f.ids.filter((id) => id % 2 === 0));
+    expect(r1.users.map((u) => u.id)).toEqual(f.ids.filter((id) => id % 2 === 1));
+    const named = await verify(f, { users: [f.ids[2]!, f.ids[0]!, f.ids[0]!] });
+    expect(named.users.map((u) => u.id)).toEqual([f.ids[0], f.ids[2]]);
+  });
+});
+
+describe('tamper suite: one user broken in one way is reported with that code, the others stay ok', () => {
+  it('seed_row_missing: a seeded row deleted', async () => {
+    const f = await fleet();
+    const gone = withDb(f, (db) => {
+      const a = one<{ id: string }>(db, `SELECT id FROM artifacts ORDER BY id LIMIT 1`);
+      db.prepare(`DELETE FROM artifacts WHERE id = ?`).run(a.id);
+      return a.id;
+    });
+    const r = await verify(f);
+    expectOnly(r, f, ['seed_row_missing']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ table: 'artifacts', rowId: gone, severity: 'error' });
+  });
+
+  it("foreign_user_row: a row's user_id changed", async () => {
+    const f = await fleet();
+    const id = withDb(f, (db) => {
+      const c = one<{ id: string }>(db, `SELECT id FROM contents ORDER BY id LIMIT 1`);
+      db.prepare(`UPDATE contents SET user_id = 999 WHERE id = ?`).run(c.id);
+      return c.id;
+    });
+    const r = await verify(f);
+    expectOnly(r, f, ['foreign_user_row']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems).toEqual([expect.objectContaining({ code: 'foreign_user_row', table: 'contents', rowId: id })]);
+  });
+
+  it('file_missing: a seeded log deleted', async () => {
+    const f = await fleet();
+    unlinkSync(seededFile(f, /logs\/run\.log$/));
+    expectOnly(await verify(f), f, ['file_missing']);
+  });
+
+  it('file_missing + unresolved_reference: a generated doc the Evaluation tabs need deleted', async () => {
+    const f = await fleet();
+    const doc = seededFile(f, /generated\/[0-9a-f]{8}\.[0-9a-f]{4}\.fpf/);
+    unlinkSync(doc);
+    const r = await verify(f);
+    expectOnly(r, f, ['file_missing', 'unresolved_reference']);
+    const unresolved = r.users.find((u) => u.id === f.victim)!.problems.find((p) => p.code === 'unresolved_reference')!;
+    expect(unresolved).toMatchObject({ table: 'runs', path: path.relative(f.world.dataDir, doc) });
+  });
+
+  it('file_size_mismatch: a seeded file truncated', async () => {
+    const f = await fleet();
+    truncateSync(seededFile(f, /reports\/report\.html$/), 10);
+    expectOnly(await verify(f), f, ['file_size_mismatch']);
+  });
+
+  it('file_hash_mismatch: one byte flipped (found with --deep only)', async () => {
+    const f = await fleet();
+    const file = seededFile(f, /generated\/combined\./);
+    const buf = readFileSync(file);
+    const fd = openSync(file, 'r+');
+    writeSync(fd, Buffer.from([buf[100]! ^ 0x01]), 0, 1, 100);
+    closeSync(fd);
+    expect((await verify(f)).ok).toBe(true);
+    expectOnly(await verify(f, { deep: true }), f, ['file_hash_mismatch']);
+  });
+
+  it('seed_id_leaked: a package id put back into a JSON value', async () => {
+    const f = await fleet();
+    const source = pkg.source.sourceDocIds[0]!;
+    withDb(f, (db) => {
+      const run = one<{ id: string; config: string }>(db, `SELECT id, config FROM runs`);
+      const cfg = JSON.parse(run.config) as { document_ids: string[] };
+      cfg.document_ids[0] = source;
+      db.prepare(`UPDATE runs SET config = ? WHERE id = ?`).run(JSON.stringify(cfg), run.id);
+    });
+    const r = await verify(f);
+    // The id also no longer resolves in this user's DB: both are true, both are reported.
+    expectOnly(r, f, ['seed_id_leaked', 'unresolved_reference']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems.find((p) => p.code === 'seed_id_leaked')!.message).toContain(source);
+  });
+
+  it('seed_id_leaked: a package doc id in a text file (found with --deep only)', async () => {
+    const f = await fleet();
+    const note = path.join(runDir(f), 'logs', 'note.txt');
+    writeFileSync(note, `copied from ${pkg.source.docIds[0]} by hand\n`, { mode: 0o600 });
+    expect((await verify(f)).ok).toBe(true);
+    expectOnly(await verify(f, { deep: true }), f, ['seed_id_leaked']);
+  });
+
+  it('unresolved_reference: results_summary names a doc that has no file', async () => {
+    const f = await fleet();
+    withDb(f, (db) => {
+      const run = one<{ id: string; results_summary: string }>(db, `SELECT id, results_summary FROM runs`);
+      const summary = JSON.parse(run.results_summary) as { generated_docs: Array<{ id: string }> };
+      const doc = summary.generated_docs[0]!.id;
+      const text = run.results_summary.split(JSON.stringify(doc)).join(JSON.stringify('deadbeef.0000.fpf.1.openai_o4-mini'));
+      db.prepare(`UPDATE runs SET results_summary = ? WHERE id = ?`).run(text, run.id);
+    });
+    expectOnly(await verify(f), f, ['unresolved_reference']);
+  });
+
+  it('unresolved_reference: a preset lists a content id that is not a row', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.prepare(`UPDATE presets SET documents = ?`).run(JSON.stringify([randomUUID()])));
+    expectOnly(await verify(f), f, ['unresolved_reference']);
+  });
+
+  it('fk_violation: a task pointing at a run that does not exist', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.prepare(`UPDATE tasks SET run_id = ? WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)`).run(randomUUID()));
+    const r = await verify(f);
+    expectOnly(r, f, ['fk_violation']);
+    // PRAGMA foreign_key_check and the logical check agree: reported once.
+    expect(r.users.find((u) => u.id === f.victim)!.problems).toHaveLength(1);
+  });
+
+  it('path_escape: a symlink under user_{id}/ pointing outside it', async () => {
+    const f = await fleet();
+    const outside = tmpDir('acm2-outside-');
+    symlinkSync(outside, path.join(runDir(f), 'elsewhere'));
+    const r = await verify(f);
+    expectOnly(r, f, ['path_escape']);
+    rmSync(outside, { recursive: true, force: true });
+  });
+
+  it('path_escape: a seeded file replaced by a symlink to a file outside (never read through)', async () => {
+    const f = await fleet();
+    const file = seededFile(f, /reports\/report\.html$/);
+    const outside = path.join(tmpDir('acm2-outside-'), 'x.html');
+    copyFileSync(file, outside);
+    unlinkSync(file);
+    symlinkSync(outside, file);
+    expectOnly(await verify(f, { deep: true }), f, ['path_escape']);
+  });
+
+  it('meta_missing: user_meta row removed (the master job still says done)', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`DELETE FROM user_meta`));
+    expectOnly(await verify(f), f, ['meta_missing', 'job_state_mismatch']);
+  });
+
+  it('not_ready: user_meta set in_progress (the master job still says done)', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`UPDATE user_meta SET seed_status = 'in_progress'`));
+    const r = await verify(f);
+    expectOnly(r, f, ['not_ready', 'job_state_mismatch']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems.find((p) => p.code === 'not_ready')!.severity).toBe('error');
+  });
+
+  it('not_ready (warning): a user whose seed job is still queued', async () => {
+    const f = await fleet();
+    const u = await createUser({ ...f.deps, lockTimeoutMs: 5000 }, { email: 'dan@example.com', username: 'dan', async: true });
+    const r = await verify(f);
+    expect(r.ok).toBe(false);
+    expect(r.users.find((x) => x.id === u.user.id)!.problems).toEqual([expect.objectContaining({ code: 'not_ready', severity: 'warning', userId: u.user.id })]);
+    for (const id of f.ids) expect(r.users.find((x) => x.id === id)!.ok).toBe(true);
+  });
+
+  it('schema_outdated: a column dropped (table rebuilt without it)', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`ALTER TABLE contents DROP COLUMN description`));
+    const r = await verify(f);
+    expectOnly(r, f, ['schema_outdated']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ table: 'contents', message: expect.stringContaining('contents.description') });
+  });
+
+  it('schema_outdated: a migration not applied', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`DELETE FROM acm2_migrations WHERE id = 2`));
+    expectOnly(await verify(f), f, ['schema_outdated']);
+  });
+
+  it('seed_version_unknown: user_meta names a version no package has', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`UPDATE user_meta SET seed_version = 'v9'`));
+    // The master's done job was for v1, so it disagrees too.
+    expectOnly(await verify(f), f, ['seed_version_unknown', 'job_state_mismatch']);
+  });
+
+  it('db_corrupt: garbage over the DB file', async () => {
+    const f = await fleet();
+    const file = userDbPath(f.world.dataDir, f.victim);
+    const fd = openSync(file, 'r+');
+    writeSync(fd, Buffer.alloc(100, 0x5a), 0, 100, 0);
+    closeSync(fd);
+    expectOnly(await verify(f), f, ['db_corrupt']);
+  });
+
+  it('db_corrupt: a damaged page found by quick_check', async () => {
+    const f = await fleet();
+    const file = userDbPath(f.world.dataDir, f.victim);
+    const pageSize = withDb(f, (db) => db.pragma('page_size', { simple: true }) as number);
+    const pages = readFileSync(file).length / pageSize;
+    const fd = openSync(file, 'r+');
+    // Overwrite every page after the schema page's neighbours with junk b-tree headers.
+    for (let p = 2; p < pages; p++) writeSync(fd, Buffer.alloc(16, 0xff), 0, 16, p * pageSize);
+    closeSync(fd);
+    const r = await verify(f);
+    expect(codesOf(r, f.victim).has('db_corrupt')).toBe(true);
+    for (const id of f.ids.filter((x) => x !== f.victim)) expect(codesOf(r, id).size).toBe(0);
+  });
+
+  it('db_missing: the DB deleted (the master job still says done)', async () => {
+    const f = await fleet();
+    unlinkSync(userDbPath(f.world.dataDir, f.victim));
+    expectOnly(await verify(f), f, ['db_missing', 'job_state_mismatch']);
+  });
+
+  it('bad_permissions: DB chmod 0644, a folder 0755', async () => {
+    const f = await fleet();
+    chmodSync(userDbPath(f.world.dataDir, f.victim), 0o644);
+    let r = await verify(f);
+    expectOnly(r, f, ['bad_permissions']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems[0]!.message).toMatch(/0644.*0600/);
+    chmodSync(userDbPath(f.world.dataDir, f.victim), 0o600);
+    chmodSync(runDir(f), 0o755);
+    r = await verify(f);
+    expectOnly(r, f, ['bad_permissions']);
+  });
+
+  it("job_state_mismatch: the master's job failed but the user is ready", async () => {
+    const f = await fleet();
+    const m = new Database(path.join(f.world.dataDir, 'master.db'));
+    m.prepare(`UPDATE acm2_seed_jobs SET status = 'failed', last_error = 'boom' WHERE user_id = ?`).run(f.victim);
+    m.close();
+    expectOnly(await verify(f), f, ['job_state_mismatch']);
+  });
+
+  it("job_state_mismatch: the master's job is running with an expired lease but the user is ready", async () => {
+    const f = await fleet();
+    const m = new Database(path.join(f.world.dataDir, 'master.db'));
+    m.prepare(`UPDATE acm2_seed_jobs SET status = 'running', locked_by = 'gone', locked_until = ? WHERE user_id = ?`).run(Date.now() - 60_000, f.victim);
+    m.close();
+    expectOnly(await verify(f), f, ['job_state_mismatch']);
+  });
+
+  it('orphan: a user DB and a user folder with no master user; listed in orphans, not per user', async () => {
+    const f = await fleet();
+    copyFileSync(userDbPath(f.world.dataDir, f.victim), path.join(f.world.dataDir, 'user_99.db'));
+    mkdirSync(path.join(f.world.dataDir, 'user_77'), { mode: 0o700 });
+    const r = await verify(f);
+    expectValid(r);
+    expect(r.ok).toBe(false);
+    expect(r.failed).toBe(0);
+    expect(r.users.every((u) => u.ok)).toBe(true);
+    expect(r.orphans).toEqual([
+      expect.objectContaining({ code: 'orphan', userId: 77, path: 'user_77' }),
+      expect.objectContaining({ code: 'orphan', userId: 99, path: 'user_99.db' }),
+    ]);
+    // Sharded: each orphan is reported by the shard that owns its id.
+    expect((await verify(f, { shard: { index: 1, count: 2 } })).orphans.map((o) => o.userId)).toEqual([77, 99]);
+    expect((await verify(f, { shard: { index: 0, count: 2 } })).orphans).toEqual([]);
+  });
+
+  it('master_user_missing: --user names an id the master does not have', async () => {
+    const f = await fleet();
+    const r = await verify(f, { users: [f.ids[0]!, 4242] });
+    expectValid(r);
+    expect(r.ok).toBe(false);
+    expect(r.users.map((u) => u.id)).toEqual([f.ids[0], 4242]);
+    expect(r.users[1]!.problems).toEqual([expect.objectContaining({ code: 'master_user_missing', userId: 4242 })]);
+    expect(r.users[0]!.ok).toBe(true);
+  });
+
+  it('reports every problem of a user, not the first', async () => {
+    const f = await fleet();
+    withDb(f, (db) => {
+      db.exec(`DELETE FROM artifacts`);
+      db.exec(`UPDATE contents SET user_id = 5`);
+    });
+    unlinkSync(seededFile(f, /logs\/run\.log$/));
+    chmodSync(userDbPath(f.world.dataDir, f.victim), 0o640);
+    const r = await verify(f);
+    expectOnly(r, f, ['seed_row_missing', 'foreign_user_row', 'file_missing', 'bad_permissions']);
+    const probs = r.users.find((u) => u.id === f.victim)!.problems;
+    expect(probs.filter((p) => p.code === 'seed_row_missing')).toHaveLength(pkg.source.artifactIds.length);
+    expect(probs.filter((p) => p.code === 'foreign_user_row')).toHaveLength(pkg.source.contentIds.length);
+  });
+
+  it('every problem code of the SPEC is exercised by this suite', () => {
+    const src = readFileSync(fileURLToPath(import.meta.url), 'utf8');
+    for (const code of PROBLEM_CODES) expect(src, code).toMatch(new RegExp(`it\\('${code}|it\\("${code}|\\['${code}'|'${code}'\\]`));
+  });
+});
+
+describe('LeakIndex', () => {
+  it('finds package UUIDs and doc-id heads, and nothing else', () => {
+    const idx = new LeakIndex(['9490e0ef-b200-46fb-8c2c-21f2673307e8', '673307e8.4a48.fpf.1.openai_o4-mini', 'combined.673307e8.2b47.openai_gpt-5']);
+    expect(idx.find('x 9490E0EF-B200-46FB-8C2C-21F2673307E8 y')).toBe('9490E0EF-B200-46FB-8C2C-21F2673307E8');
+    expect(idx.find('Evaluated 673307e8.4a48.fp...')).toBe('673307e8.4a48.');
+    expect(idx.find('generated/combined.673307e8.2b47.openai_gpt-5.md')).toBe('combined.673307e8.2b47.');
+    expect(idx.find('a9490e0ef-b200-46fb-8c2c-21f2673307e8')).toBeUndefined();
+    expect(idx.find('673307e8.ffff.fpf.1.openai_o4-mini and 11111111-2222-3333-4444-555555555555')).toBeUndefined();
+  });
+});
+
+describe('renderers', () => {
+  let r: VerifyResult;
+  let f: Fleet;
+  beforeAll(async () => {
+    f = await fleet();
+    withDb(f, (db) => db.exec(`UPDATE contents SET name = 'a <b> & "c"', user_id = 3 WHERE id = (SELECT id FROM contents ORDER BY id LIMIT 1)`));
+    writeFileSync(path.join(f.world.dataDir, 'user_98.db'), '');
+    r = await verify(f);
+  });
+
+  it('human output: summary table with problems by code, problems grouped by user', () => {
+    const text = renderVerify(r, { color: false });
+    expect(text).toMatch(/checked\s*│\s*3/);
+    expect(text).toMatch(/failed\s*│\s*1/);
+    expect(text).toMatch(/foreign_user_row\s*│\s*1/);
+    expect(text).toMatch(/orphan\s*│\s*1/);
+    expect(text).toContain(`user ${f.victim}`);
+    expect(text).toContain('user_98.db');
+  });
+
+  it('--junit: well-formed XML, one testcase per user, failures listing the problems', () => {
+    const xml = renderJunit(r);
+    const doc = parseXml(xml);
+    expect(doc.name).toBe('testsuites');
+    const users = doc.children.find((c) => c.attrs.name === 'acm2 verify: users')!;
+    const cases = users.children.filter((c) => c.name === 'testcase');
+    expect(cases).toHaveLength(3);
+    expect(users.attrs).toMatchObject({ tests: '3', failures: '1' });
+    const failing = cases.filter((c) => c.children.some((x) => x.name === 'failure'));
+    expect(failing.map((c) => c.attrs.name)).toEqual([`user ${f.victim}`]);
+    const failure = failing[0]!.children.find((x) => x.name === 'failure')!;
+    expect(failure.attrs.type).toBe('foreign_user_row');
+    expect(failure.text).toContain('foreign_user_row');
+    const orphans = doc.children.find((c) => c.attrs.name === 'acm2 verify: data dir')!;
+    expect(orphans.children[0]!.children[0]!.name).toBe('failure');
+    expect(orphans.children[0]!.children[0]!.text).toContain('user_98.db');
+  });
+});
+
+interface XmlNode {
+  name: string;
+  attrs: Record<string, string>;
+  children: XmlNode[];
+  text: string;
+}
+
+/** A strict little XML reader (elements, attributes, text, entities): enough to prove well-formedness. */
+function parseXml(xml: string): XmlNode {
+  const body = xml.replace(/^<\?xml[^?]*\?>\s*/, '');
+  const decode = (s: string) => {
+    expect(s, 'raw & or < in text').not.toMatch(/&(?!(amp|lt|gt|quot|apos|#\d+);)|</);
+    return s.replace(/&(amp|lt|gt|quot|apos|#\d+);/g, (_m, e: string) => ({ amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" })[e] ?? String.fromCharCode(Number(e.slice(1))));
+  };
+  const re = /<(\/?)([A-Za-z_][\w.-]*)((?:\s+[\w.-]+="[^"]*")*)\s*(\/?)>|([^<]+)/gy;
+  const root: XmlNode = { name: '#root', attrs: {}, children: [], text: '' };
+  const stack = [root];
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(body))) {
+    const top = stack[stack.length - 1]!;
+    if (m[5] !== undefined) {
+      top.text += decode(m[5]);
+      continue;
+    }
+    if (m[1]) {
+      expect(m[2], 'mismatched close tag').toBe(top.name);
+      stack.pop();
+      continue;
+    }
+    const attrs: Record<string, string> = {};
+    for (const a of m[3]!.matchAll(/([\w.-]+)="([^"]*)"/g)) attrs[a[1]!] = decode(a[2]!);
+    const node: XmlNode = { name: m[2]!, attrs, children: [], text: '' };
+    top.children.push(node);
+    if (!m[4]) stack.push(node);
+  }
+  expect(re.lastIndex === 0 || re.lastIndex === body.length, 'unparsed XML left').toBe(true);
+  expect(stack, 'unclosed elements').toHaveLength(1);
+  expect(root.children.filter((c) => c.name)).toHaveLength(1);
+  expect(root.text.trim()).toBe('');
+  return root.children[0]!;
+}
+
+describe('end to end: the built binary', () => {
+  beforeAll(async () => {
+    await execa('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO, reject: false });
+    expect(existsSync(path.join(REPO, 'dist', 'core', 'verify.js'))).toBe(true);
+  }, 120_000);
+
+  const bin = (f: Fleet, ...args: string[]) =>
+    execa('node', [path.join(REPO, 'bin', 'acm2.js'), ...args, '--data-dir', f.world.dataDir, '--master', f.world.masterUrl, '--seeds', pkg.seedsDir], { reject: false });
+
+  it('exits 0 on a clean fleet and 1 with one document on stdout when a user is broken; --junit writes the report', async () => {
+    const f = await fleet();
+    const clean = await bin(f, 'verify', '--json', '--concurrency', '2');
+    expect(clean.stderr).toBe('');
+    expect(clean.exitCode).toBe(0);
+    const good = JSON.parse(clean.stdout) as VerifyResult;
+    expectValid(good);
+    expect(good).toMatchObject({ ok: true, checked: 3, failed: 0 });
+
+    unlinkSync(seededFile(f, /logs\/run\.log$/));
+    const junit = path.join(f.world.dataDir, '..', `${path.basename(f.world.dataDir)}-verify.xml`);
+    const broken = await bin(f, 'verify', '--json', '--deep', '--concurrency', '3', '--junit', junit);
+    expect(broken.exitCode).toBe(1);
+    const bad = JSON.parse(broken.stdout) as VerifyResult;
+    expectValid(bad);
+    expect(bad).toMatchObject({ ok: false, checked: 3, failed: 1 });
+    expect([...codesOf(bad, f.victim)]).toEqual(['file_missing']);
+    const doc = parseXml(readFileSync(junit, 'utf8'));
+    expect(doc.children[0]!.attrs).toMatchObject({ tests: '3', failures: '1' });
+    rmSync(junit, { force: true });
+
+    const human = await bin(f, 'verify', '--user', String(f.victim), '--no-color');
+    expect(human.exitCode).toBe(1);
+    expect(human.stdout).toContain('file_missing');
+
+    const usage = await bin(f, 'verify', '--shard', '3/2', '--json');
+    expect(usage.exitCode).toBe(2);
+    expect(JSON.parse(usage.stdout)).toMatchObject({ error: { code: 'usage' } });
+  }, 60_000);
+});
