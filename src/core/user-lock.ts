@@ -10,7 +10,7 @@ import { toolDir, type UserId } from '../userdb/paths.js';
 import { UnavailableError } from '../errors.js';
 
 export async function lockUser(master: MasterDb, dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock> {
-  const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : fileLock(dataDir, userId, timeoutMs);
+  const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : lockUserFile(dataDir, userId, timeoutMs);
   if (!lock) throw lockTimeout(userId, timeoutMs);
   return lock;
 }
@@ -21,17 +21,20 @@ export function lockTimeout(userId: UserId, timeoutMs: number): UnavailableError
 
 /** Try once without waiting; undefined when someone else holds it (used by --pending to skip). */
 export async function tryLockUser(master: MasterDb, dataDir: string, userId: UserId): Promise<UserLock | undefined> {
-  return master.capabilities.advisoryLocks ? master.acquireUserLock(userId, 0) : fileLock(dataDir, userId, 0);
+  return master.capabilities.advisoryLocks ? master.acquireUserLock(userId, 0) : lockUserFile(dataDir, userId, 0);
 }
 
-function fileLock(dataDir: string, userId: UserId, timeoutMs: number): UserLock | undefined {
+/** The embedded master's per-user lock; exported for tests that hold it from another process. */
+export function lockUserFile(dataDir: string, userId: UserId, timeoutMs: number): UserLock | undefined {
   const dir = toolDir(dataDir, 'locks');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const db = new Database(path.join(dir, `user_${userId}.lock`));
-  db.pragma('journal_mode = DELETE');
   db.pragma(`busy_timeout = ${Math.max(0, Math.round(timeoutMs))}`);
   try {
+    // An empty file takes no real lock: give it a page first (a no-op once it exists).
+    db.exec('CREATE TABLE IF NOT EXISTS holder (pid INTEGER)');
     db.exec('BEGIN EXCLUSIVE');
+    db.prepare('INSERT INTO holder (pid) VALUES (?)').run(process.pid);
   } catch (e) {
     db.close();
     if ((e as { code?: string }).code === 'SQLITE_BUSY') return undefined;
@@ -40,7 +43,7 @@ function fileLock(dataDir: string, userId: UserId, timeoutMs: number): UserLock 
   return {
     async release() {
       try {
-        db.exec('COMMIT');
+        db.exec('ROLLBACK');
       } finally {
         db.close();
       }

@@ -1,0 +1,91 @@
+// A seed that cannot finish: the user stays, status failed, the job retries with backoff and,
+// after its last attempt, is failed with the error kept and shown by user show / user list.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { rmSync, writeFileSync } from 'node:fs';
+import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
+import { userRoot } from '../src/userdb/paths.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+let pkg: FrozenSource;
+let dataDir: string;
+
+async function acm2(args: string[]) {
+  try {
+    const r = await run(process.execPath, [BIN, '--data-dir', dataDir, '--seeds', pkg.seedsDir, ...args], {
+      env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_RETRY_BASE_MS: '0', ACM2_MASTER_URL: '' },
+    });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+beforeAll(() => {
+  pkg = frozenSource();
+  dataDir = tmpDir('acm2-fail-');
+});
+afterAll(() => {
+  pkg.cleanup();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+describe('failed seeds', () => {
+  it('user create keeps the user, exits 1 and says how to retry; the queue retries then fails for good', async () => {
+    // A plain file where the user's folder must go: every seed attempt fails.
+    writeFileSync(userRoot(dataDir, 1), 'in the way');
+    const c = await acm2(['user', 'create', '--email', 'f@example.com', '--username', 'f', '--json']);
+    expect(c.code).toBe(1);
+    const created = JSON.parse(c.stdout);
+    expect(created.user).toMatchObject({ id: 1, seedStatus: 'failed' });
+    expect(created.seed.retry).toBe('acm2 user seed 1');
+    expect(created.apiKey).toMatch(/^acm2_/);
+
+    const shown = JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout);
+    expect(shown.status).toBe('pending'); // the job went back to the queue for a retry
+    expect(shown.job.attempts).toBe(1);
+    expect(shown.lastError).toMatch(/EEXIST|ENOTDIR|exists|not a directory/);
+
+    // Drain until the last attempt is spent (max 5 attempts, backoff 0 here).
+    for (let i = 0; i < 6; i++) await acm2(['user', 'seed', '--pending', '--concurrency', '1']);
+    const after = JSON.parse((await acm2(['user', 'show', 'f@example.com', '--json'])).stdout);
+    expect(after.status).toBe('failed');
+    expect(after.job).toMatchObject({ status: 'failed', attempts: 5, maxAttempts: 5 });
+    expect(after.db.seedStatus).toBe('failed');
+    expect(after.lastError).toBeTruthy();
+
+    const list = JSON.parse((await acm2(['user', 'list', '--status', 'failed', '--json'])).stdout);
+    expect(list.users.map((u: { id: number }) => u.id)).toEqual([1]);
+    expect(JSON.parse((await acm2(['user', 'list', '--status', 'ready', '--json'])).stdout).users).toEqual([]);
+
+    // The operator fixes the cause and retries as told: the user becomes ready.
+    rmSync(userRoot(dataDir, 1));
+    const retry = await acm2(['user', 'seed', '1', '--json']);
+    expect(retry.code).toBe(0);
+    expect(JSON.parse(retry.stdout).seed.status).toBe('ready');
+    expect(JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout).status).toBe('ready');
+  });
+
+  it('a second seeder waits at most --lock-timeout, then exits 3', async () => {
+    const c = await acm2(['user', 'create', '--email', 'g@example.com', '--username', 'g', '--async', '--json']);
+    const id = JSON.parse(c.stdout).user.id as number;
+    // Hold the user's lock from another process.
+    const lockModule = fileURLToPath(new URL('../dist/core/user-lock.js', import.meta.url));
+    const holder = execFile(process.execPath, [
+      '--input-type=module',
+      '-e',
+      `const m = await import(${JSON.stringify(lockModule)}); if (!m.lockUserFile(${JSON.stringify(dataDir)}, ${id}, 0)) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
+    ]);
+    await new Promise((r) => holder.stdout!.once('data', r));
+    const r = await acm2(['user', 'seed', String(id), '--lock-timeout', '1']);
+    holder.kill('SIGKILL');
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(new RegExp(`user ${id} is being seeded by another process`));
+    // The holder died: its lock is gone with it, and seeding goes through.
+    expect((await acm2(['user', 'seed', String(id)])).code).toBe(0);
+  });
+});
