@@ -153,7 +153,7 @@ Examples:
     .option('--user <id>', 'a user (give twice to compare two users)', collect)
     .option('--seed-version <v>', 'package version to compare a user with')
     .addHelpText('after', '\nExamples:\n  $ acm2 diff --user 42\n  $ acm2 diff v1 v2\n  $ acm2 diff --user 42 --user 43')
-    .action(action(notYet('diff')));
+    .action(action(() => import('./diff.js')));
 
   return program;
 }

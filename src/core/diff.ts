@@ -1,0 +1,325 @@
+// `diff`: what differs between a user and its package (the package rendered through the user's
+// ID map), two packages (rows matched by source id) or two users (each mapped back to package ids).
+// Differences are data; only bad input (unknown version or user, wrong combination) is an error.
+
+import Database from 'better-sqlite3';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { assertVersionName } from '../config.js';
+import { UsageError } from '../errors.js';
+import type { MasterDb } from '../master/types.js';
+import { canonicalJson, walkTree } from '../seed/canonical.js';
+import { loadPackage, manifestTables, readPackageRows, type SeedPackage } from '../seed/package.js';
+import { isTemplate, preparePackage, SEED_TABLES, type Cell } from '../seed/prepared.js';
+import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
+import { resolveUser } from './users.js';
+import { readMeta } from './seed-user.js';
+import { userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+
+export interface TableDiff {
+  added: string[];
+  removed: string[];
+  changed: Array<{ id: string; fields: string[] }>;
+}
+
+export interface FilesDiff {
+  added: string[];
+  removed: string[];
+  changed: string[];
+}
+
+export type DiffSide = { kind: 'package'; version: string } | { kind: 'user'; userId: number; seedVersion: string };
+
+export interface DiffResult {
+  equal: boolean;
+  /** What was compared: left is the reference ("removed" = only there), right the other ("added"). */
+  left: DiffSide;
+  right: DiffSide;
+  tables: Record<string, TableDiff>;
+  files: FilesDiff;
+}
+
+export type DiffRequest =
+  | { kind: 'user-package'; user: string; seedVersion?: string }
+  | { kind: 'packages'; a: string; b: string }
+  | { kind: 'users'; a: string; b: string };
+
+/**
+ * Which of the three forms the arguments name (SPEC §5), or a UsageError.
+ * `seedVersionFlag` is the flag as given; `seedVersion` also counts SEED_VERSION, which applies
+ * to the user-vs-package form only (it must not make `diff v1 v2` a usage error).
+ */
+export function planDiff(input: { versions: string[]; users: string[]; seedVersionFlag?: string; seedVersion?: string }): DiffRequest {
+  const { versions, users } = input;
+  const forms = "give '--user <id> [--seed-version <v>]', '<versionA> <versionB>' or '--user <a> --user <b>'";
+  if (users.length === 0) {
+    if (versions.length !== 2) throw new UsageError(`diff needs two seed versions, or users: ${forms}`);
+    if (input.seedVersionFlag !== undefined) throw new UsageError(`--seed-version does not apply when comparing two versions: ${forms}`);
+    return { kind: 'packages', a: assertVersionName(versions[0]!), b: assertVersionName(versions[1]!) };
+  }
+  if (versions.length > 0) throw new UsageError(`diff takes either versions or --user, not both: ${forms}`);
+  if (users.length === 1) {
+    const v = input.seedVersionFlag ?? input.seedVersion;
+    return { kind: 'user-package', user: users[0]!, seedVersion: v === undefined ? undefined : assertVersionName(v) };
+  }
+  if (users.length > 2) throw new UsageError(`diff compares at most two users (got ${users.length}): ${forms}`);
+  if (input.seedVersionFlag !== undefined) throw new UsageError(`--seed-version does not apply when comparing two users (each is compared through its own ID map): ${forms}`);
+  return { kind: 'users', a: users[0]!, b: users[1]! };
+}
+
+export interface DiffDeps {
+  /** Needed for the user forms only. */
+  master?: MasterDb;
+  dataDir: string;
+  seedsDir: string;
+}
+
+export async function runDiff(deps: DiffDeps, req: DiffRequest): Promise<DiffResult> {
+  switch (req.kind) {
+    case 'packages':
+      return diffPackages(deps.seedsDir, req.a, req.b);
+    case 'user-package':
+      return diffUserWithPackage(deps, await userOf(deps, req.user), req.seedVersion);
+    case 'users':
+      return diffUsers(deps, await userOf(deps, req.a), await userOf(deps, req.b));
+    default: {
+      const never: never = req;
+      throw new Error(`unknown diff form ${JSON.stringify(never)}`);
+    }
+  }
+}
+
+async function userOf(deps: DiffDeps, ref: string): Promise<UserId> {
+  if (!deps.master) throw new Error('diff: a user form needs the master');
+  return (await resolveUser(deps.master, ref)).id;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three forms
+
+/** Two packages, rows matched by id (= source id), files by path and sha256. */
+export function diffPackages(seedsDir: string, a: string, b: string): DiffResult {
+  const pa = loadPackage(seedsDir, a);
+  const pb = loadPackage(seedsDir, b);
+  const tables = [...new Set([...manifestTables(pa.manifest), ...manifestTables(pb.manifest)])];
+  return compare({ kind: 'package', version: a }, packageSnapshot(pa), { kind: 'package', version: b }, packageSnapshot(pb), tables);
+}
+
+/**
+ * A user against a package: the package's rows and files rendered through the user's ID map (as
+ * seeding wrote them) against the user's. Rows and files the user created show as added; ids
+ * are the user's. With no map for the named version, the map of the user's own version is used,
+ * so ids that both versions share still line up.
+ */
+export function diffUserWithPackage(deps: Pick<DiffDeps, 'dataDir' | 'seedsDir'>, userId: UserId, seedVersion?: string): DiffResult {
+  const user = openUser(deps.dataDir, userId);
+  try {
+    const version = seedVersion ?? user.meta?.seed_version;
+    if (version === undefined) throw new UsageError(`user ${userId} has no user_meta, so its seed version is unknown: give --seed-version`, 'no_seed_version');
+    if (version === 'legacy') throw new UsageError(`user ${userId} is a legacy user (not seeded from a package): give --seed-version to compare it with one`, 'no_seed_version');
+    const pkg = loadPackage(deps.seedsDir, version);
+    const map = user.map(version) ?? (user.meta ? user.map(user.meta.seed_version) : undefined);
+    if (!map) throw new UsageError(`user ${userId} has no ID map for ${version}${user.meta ? ` or ${user.meta.seed_version}` : ''}: it was not seeded from a package`, 'no_id_map');
+    const left = renderedPackageSnapshot(pkg, map);
+    const right = user.snapshot();
+    return compare({ kind: 'package', version }, left, { kind: 'user', userId, seedVersion: user.meta?.seed_version ?? version }, right, [...SEED_TABLES]);
+  } finally {
+    user.close();
+  }
+}
+
+/** Two users, each mapped back to package (source) ids through its own map; reported ids are source ids. */
+export function diffUsers(deps: Pick<DiffDeps, 'dataDir'>, a: UserId, b: UserId): DiffResult {
+  const ua = openUser(deps.dataDir, a);
+  const ub = openUser(deps.dataDir, b);
+  try {
+    const side = (u: UserHandle): [DiffSide, Snapshot] => {
+      const version = u.meta?.seed_version;
+      const map = version === undefined ? undefined : u.map(version);
+      if (!version || !map) throw new UsageError(`user ${u.id} has no ID map for its seed version (${version ?? 'no user_meta'}): it cannot be matched with another user`, 'no_id_map');
+      return [{ kind: 'user', userId: u.id, seedVersion: version }, u.snapshot(reverseMap(map))];
+    };
+    const [la, sa] = side(ua);
+    const [lb, sb] = side(ub);
+    return compare(la, sa, lb, sb, [...SEED_TABLES]);
+  } finally {
+    ua.close();
+    ub.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots: table -> id -> column -> canonical value, and file path -> sha256
+
+interface Snapshot {
+  tables: Map<string, Map<string, Map<string, string>>>;
+  files: Map<string, string>;
+}
+
+/** Columns never compared: user_id is the owner (NULL in a package), not content. */
+const IGNORED = new Set(['user_id']);
+
+function rowOf(columns: string[], values: unknown[]): Map<string, string> {
+  const out = new Map<string, string>();
+  columns.forEach((c, i) => {
+    if (!IGNORED.has(c)) out.set(c, canonicalJson(values[i]));
+  });
+  return out;
+}
+
+function packageSnapshot(pkg: SeedPackage): Snapshot {
+  const tables = new Map<string, Map<string, Map<string, string>>>();
+  for (const [t, rows] of Object.entries(readPackageRows(pkg))) {
+    const m = new Map<string, Map<string, string>>();
+    for (const r of rows) m.set(String(r.id), rowOf(Object.keys(r), Object.values(r)));
+    tables.set(t, m);
+  }
+  return { tables, files: new Map(pkg.manifest.files.map((f) => [f.path, f.sha256])) };
+}
+
+/** Render a tokenised text, leaving identifiers the map does not know as they are. */
+function renderLoose(t: Template, map: ReadonlyMap<string, string>): string {
+  let out = t.lits[0]!;
+  for (let i = 0; i < t.toks.length; i++) out += (map.get(t.toks[i]!) ?? t.toks[i]!) + t.lits[i + 1]!;
+  return out;
+}
+
+function renderedPackageSnapshot(pkg: SeedPackage, map: ReadonlyMap<string, string>): Snapshot {
+  const prepared = preparePackage(pkg);
+  const tables = new Map<string, Map<string, Map<string, string>>>();
+  for (const t of prepared.tables) {
+    const m = new Map<string, Map<string, string>>();
+    for (const r of t.rows) {
+      const values = r.map((v: Cell) => (isTemplate(v) ? renderLoose(v, map) : v));
+      m.set(String(values[t.idIndex]), rowOf(t.columns, values));
+    }
+    tables.set(t.name, m);
+  }
+  const shaOf = new Map(pkg.manifest.files.map((f) => [f.path, f.sha256]));
+  const files = new Map<string, string>();
+  for (const f of prepared.files) files.set(renderLoose(f.path, map), f.text ? sha256(Buffer.from(renderLoose(f.text, map), 'utf8')) : shaOf.get(f.sourcePath)!);
+  return { tables, files };
+}
+
+interface UserHandle {
+  id: UserId;
+  meta: ReturnType<typeof readMeta>;
+  /** source id -> this user's id for one seed version, or undefined when the user has none. */
+  map(version: string): Map<string, string> | undefined;
+  /** The user's seed tables and files; with a translator, every identifier it knows is rewritten. */
+  snapshot(translate?: Translator): Snapshot;
+  close(): void;
+}
+
+interface Translator {
+  text(s: string): string;
+}
+
+function openUser(dataDir: string, id: UserId): UserHandle {
+  const file = userDbPath(dataDir, id);
+  if (!existsSync(file)) throw new UsageError(`user ${id} has no database (${file} does not exist)`, 'db_missing');
+  let db: Database.Database;
+  try {
+    db = new Database(file, { readonly: true, fileMustExist: true });
+    db.prepare(`SELECT count(*) FROM sqlite_master`).get();
+  } catch (e) {
+    throw new UsageError(`cannot read user ${id}'s database ${file} (${(e as Error).message}); run 'acm2 verify --user ${id}'`, 'db_corrupt', { cause: e });
+  }
+  const has = (t: string) => db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(t) !== undefined;
+  const root = userRoot(dataDir, id);
+  return {
+    id,
+    meta: has('user_meta') ? readMeta(db, id) : undefined,
+    map(version) {
+      if (!has('acm2_id_map')) return undefined;
+      const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
+      return rows.length > 0 ? new Map(rows) : undefined;
+    },
+    snapshot(translate) {
+      const tr = (v: unknown) => (translate && typeof v === 'string' ? translate.text(v) : v);
+      const tables = new Map<string, Map<string, Map<string, string>>>();
+      for (const t of SEED_TABLES) {
+        const m = new Map<string, Map<string, string>>();
+        if (has(t)) {
+          const stmt = db.prepare(`SELECT * FROM ${t} ORDER BY id`).raw(true);
+          const cols = stmt.columns().map((c) => c.name);
+          const idIx = cols.indexOf('id');
+          for (const r of stmt.iterate() as Iterable<unknown[]>) {
+            const values = r.map(tr);
+            m.set(String(values[idIx]), rowOf(cols, values));
+          }
+        }
+        tables.set(t, m);
+      }
+      const files = new Map<string, string>();
+      if (existsSync(root)) {
+        for (const e of walkTree(root)) {
+          if (e.kind !== 'file') continue;
+          const buf = readFileSync(path.join(root, ...e.rel.split('/')));
+          const text = translate ? asText(buf) : undefined;
+          files.set(translate ? translate.text(e.rel) : e.rel, sha256(text === undefined ? buf : Buffer.from(translate!.text(text), 'utf8')));
+        }
+      }
+      return { tables, files };
+    },
+    close: () => db.close(),
+  };
+}
+
+/** This user's ids back to package ids: UUIDs by value, doc ids (and their safe forms) by head. */
+function reverseMap(map: Map<string, string>): Translator {
+  const back = new Map<string, string>();
+  for (const [s, t] of map) back.set(t, s);
+  const docs = new DocIndex([...map.values()].filter((t) => !isUuid(t)));
+  return { text: (s) => renderLoose(tokenize(s, docs), back) };
+}
+
+function asText(buf: Buffer): string | undefined {
+  if (buf.includes(0)) return undefined;
+  const s = buf.toString('utf8');
+  return Buffer.byteLength(s) === buf.length && !s.includes('\uFFFD') ? s : undefined;
+}
+
+function sha256(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison
+
+function compare(left: DiffSide, a: Snapshot, right: DiffSide, b: Snapshot, tableNames: string[]): DiffResult {
+  const tables: Record<string, TableDiff> = {};
+  for (const t of tableNames) tables[t] = compareRows(a.tables.get(t) ?? new Map(), b.tables.get(t) ?? new Map());
+  const files = compareFiles(a.files, b.files);
+  const equal = Object.values(tables).every((d) => d.added.length + d.removed.length + d.changed.length === 0) && files.added.length + files.removed.length + files.changed.length === 0;
+  return { equal, left, right, tables, files };
+}
+
+function compareRows(a: Map<string, Map<string, string>>, b: Map<string, Map<string, string>>): TableDiff {
+  const out: TableDiff = { added: [], removed: [], changed: [] };
+  for (const id of a.keys()) if (!b.has(id)) out.removed.push(id);
+  for (const [id, rb] of b) {
+    const ra = a.get(id);
+    if (!ra) {
+      out.added.push(id);
+      continue;
+    }
+    const fields = [...new Set([...ra.keys(), ...rb.keys()])].filter((c) => ra.get(c) !== rb.get(c)).sort();
+    if (fields.length > 0) out.changed.push({ id, fields });
+  }
+  out.added.sort();
+  out.removed.sort();
+  out.changed.sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0));
+  return out;
+}
+
+function compareFiles(a: Map<string, string>, b: Map<string, string>): FilesDiff {
+  const out: FilesDiff = { added: [], removed: [], changed: [] };
+  for (const p of a.keys()) if (!b.has(p)) out.removed.push(p);
+  for (const [p, h] of b) {
+    if (!a.has(p)) out.added.push(p);
+    else if (a.get(p) !== h) out.changed.push(p);
+  }
+  return { added: out.added.sort(), removed: out.removed.sort(), changed: out.changed.sort() };
+}
