@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import Ajv2020 from 'ajv/dist/2020.js';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { DIALECTS } from './helpers/mysql.js';
 import { createUser } from '../src/core/users.js';
 import { LeakIndex, PROBLEM_CODES, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
 import { renderJunit, renderVerify } from '../src/ui/verify.js';
@@ -413,6 +414,40 @@ describe('tamper suite: one user broken in one way is reported with that code, t
   });
 });
 
+for (const dialect of DIALECTS) {
+  describe.skipIf(dialect.skip)(`against the ${dialect.name} master`, () => {
+    beforeAll(() => dialect.ready());
+
+    it('streams users in keyset pages, compares job state and finds orphans through the master', async () => {
+      const tm = await dialect.open();
+      const dataDir = tmpDir('acm2-data-');
+      try {
+        const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir };
+        const ids: number[] = [];
+        for (const n of ['ann', 'ben', 'cat']) ids.push((await createUser({ ...deps, lockTimeoutMs: 5000 }, { email: `${n}@example.com`, username: n })).user.id);
+        const clean = await verifyUsers(deps, { pageSize: 2 });
+        expectValid(clean);
+        expect(clean).toMatchObject({ ok: true, checked: 3, failed: 0, orphans: [] });
+
+        await tm.query(`UPDATE acm2_seed_jobs SET status = 'failed', last_error = 'boom' WHERE user_id = ?`, [ids[1]]);
+        mkdirSync(path.join(dataDir, `user_${ids[2]! + 100}`), { mode: 0o700 });
+        const r = await verifyUsers(deps, { pageSize: 2, concurrency: 2 });
+        expectValid(r);
+        expect(r.ok).toBe(false);
+        expect(r.users.map((u) => [u.id, [...new Set(u.problems.map((p) => p.code))]])).toEqual([
+          [ids[0], []],
+          [ids[1], ['job_state_mismatch']],
+          [ids[2], []],
+        ]);
+        expect(r.orphans.map((o) => o.userId)).toEqual([ids[2]! + 100]);
+      } finally {
+        await tm.cleanup();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
+  });
+}
+
 describe('LeakIndex', () => {
   it('finds package UUIDs and doc-id heads, and nothing else', () => {
     const idx = new LeakIndex(['9490e0ef-b200-46fb-8c2c-21f2673307e8', '673307e8.4a48.fpf.1.openai_o4-mini', 'combined.673307e8.2b47.openai_gpt-5']);
@@ -506,10 +541,10 @@ function parseXml(xml: string): XmlNode {
 }
 
 describe('end to end: the built binary', () => {
-  beforeAll(async () => {
-    await execa('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO, reject: false });
+  // test/global-setup.ts builds dist/ (npm run build) before the suites.
+  beforeAll(() => {
     expect(existsSync(path.join(REPO, 'dist', 'core', 'verify.js'))).toBe(true);
-  }, 120_000);
+  });
 
   const bin = (f: Fleet, ...args: string[]) =>
     execa('node', [path.join(REPO, 'bin', 'acm2.js'), ...args, '--data-dir', f.world.dataDir, '--master', f.world.masterUrl, '--seeds', pkg.seedsDir], { reject: false });
