@@ -2,8 +2,9 @@
 // the DB transaction that writes `ready` the single commit point. Anything before it is
 // invisible to ACM2 (425) and safe to redo; a rerun reuses the persisted ID map and converges.
 
-import { createHash, randomUUID, randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync, readdirSync, existsSync } from 'node:fs';
+import { randomUUID, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, rmSync, readdirSync, existsSync } from 'node:fs';
+import { fsyncPath, writeFileDurable } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
@@ -159,37 +160,11 @@ function stageFiles(prepared: PreparedPackage, map: Map<string, string>, staging
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       dirs.add(dir);
     }
-    const buf = f.text ? Buffer.from(render(f.text, map), 'utf8') : readFileBytes(f.abs);
-    writeDurable(abs, buf);
-    out.push({ path: rel, sourcePath: f.sourcePath, bytes: buf.length, sha256: createHash('sha256').update(buf).digest('hex') });
+    const w = writeFileDurable(abs, f.text ? render(f.text, map) : readFileSync(f.abs), { mode: 0o600 });
+    out.push({ path: rel, sourcePath: f.sourcePath, ...w });
   }
-  for (const d of dirs) fsyncDir(d);
+  for (const d of dirs) fsyncPath(d);
   return out;
-}
-
-import { readFileSync } from 'node:fs';
-function readFileBytes(abs: string): Buffer {
-  return readFileSync(abs);
-}
-
-function writeDurable(abs: string, buf: Buffer): void {
-  const fd = openSync(abs, 'w', 0o600);
-  try {
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function fsyncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /**
@@ -209,8 +184,8 @@ function moveIntoPlace(staging: string, root: string, rels: string[]): void {
     }
     renameSync(resolveInside(staging, rel), target);
   }
-  for (const d of dirs) fsyncDir(d);
-  fsyncDir(root);
+  for (const d of dirs) fsyncPath(d);
+  fsyncPath(root);
 }
 
 /** The commit point: rows, seeded-file list and `ready`, in one transaction. */

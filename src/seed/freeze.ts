@@ -2,8 +2,9 @@
 // and how its parts are written: seed.db in primary-key order, the run tree with hashes, fsyncs.
 
 import Database from 'better-sqlite3';
-import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { fsyncPath, writeFileDurable } from '../durable.js';
 import { loadMigrations } from '../migrations.js';
 import type { ProgressSink } from '../ui/reporter.js';
 import { USER_MIGRATIONS } from '../userdb/user-db.js';
@@ -354,29 +355,6 @@ export function writeSeedDb(file: string, rows: Record<PackageTable, Row[]>): vo
     db.close();
   }
   fsyncPath(file);
-}
-
-/** Write bytes to a new file (never over an existing one) and make them durable. */
-export function writeFileDurable(file: string, data: string | Uint8Array): { bytes: number; sha256: string } {
-  const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-  const fd = openSync(file, 'wx', 0o644);
-  try {
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  return { bytes: buf.length, sha256: sha256(buf) };
-}
-
-export function fsyncPath(p: string): void {
-  const fd = openSync(p, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /**
