@@ -55,9 +55,9 @@ export function appliedMigrations(db: SqliteDb): AppliedMigration[] {
   return db.prepare(`SELECT id, name, checksum FROM acm2_migrations ORDER BY id`).all() as AppliedMigration[];
 }
 
-export function pendingMigrations(db: SqliteDb): Migration[] {
+/** Migrations not yet applied; `all` defaults to the shipped list (tests may pass another). */
+export function pendingMigrations(db: SqliteDb, all: Migration[] = userMigrations()): Migration[] {
   const applied = appliedMigrations(db);
-  const all = userMigrations();
   for (const a of applied) {
     const m = all.find((x) => x.id === a.id);
     if (!m) throw new UsageError(`user DB has migration ${a.name} that this tool does not know (newer tool?)`, 'schema_newer');
@@ -127,3 +127,184 @@ export const ACM2_TABLES = [
   'artifacts',
 ] as const;
 export type Acm2Table = (typeof ACM2_TABLES)[number];
+
+// ---------------------------------------------------------------------------------------------
+// Adoption of DBs that ACM2 created itself at other revisions (drift). ACM2 ran create_all with
+// whatever models it had, never migrated, and on drift deleted the DB; here the drift is measured
+// against migration 1 (ACM2 @5107384) and repaired only by adding what is missing — never by
+// rebuilding or dropping a table, so no row can be lost on the way.
+
+/** Record one migration as applied (the ledger row migrateUserDb writes). */
+export function recordMigration(db: SqliteDb, m: Migration, now = new Date()): void {
+  db.exec(LEDGER_DDL);
+  db.prepare(`INSERT INTO acm2_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)`).run(m.id, m.name, m.checksum, now.toISOString());
+}
+
+export function hasTable(db: SqliteDb, name: string): boolean {
+  return Boolean(db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name));
+}
+
+/** Every table of the DB (SQLite's own excluded), sorted. */
+export function listTables(db: SqliteDb): string[] {
+  return (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name`).raw(true).all() as [string][]).map((r) => r[0]);
+}
+
+export interface MissingColumn {
+  table: string;
+  column: string;
+  /** The column definition ALTER TABLE … ADD COLUMN uses. */
+  definition: string;
+}
+
+export interface SchemaDrift {
+  /** ACM2 tables the DB lacks: created as migration 1 has them. */
+  missingTables: string[];
+  /** Columns of migration 1 an existing table lacks (e.g. runs.preset_id in early DBs). */
+  missingColumns: MissingColumn[];
+  /** Indexes of migration 1 the DB lacks. */
+  missingIndexes: string[];
+  /** Columns a later ACM2 added (e.g. presets.output_destination): kept untouched. */
+  extraColumns: Array<{ table: string; column: string }>;
+  /** Drift that only a table rebuild could repair: refused, the DB is left as it is. */
+  unrepairable: string[];
+}
+
+interface BaselineColumn {
+  name: string;
+  type: string;
+  notnull: boolean;
+  pk: boolean;
+}
+
+interface BaselineSchema {
+  tables: Map<string, { sql: string; columns: BaselineColumn[]; refs: Map<string, string> }>;
+  indexes: Map<string, { table: string; sql: string; columns: string[] }>;
+}
+
+let baselineCache: BaselineSchema | undefined;
+
+/** Migration 1's tables, columns, references and indexes, read from an in-memory copy of it. */
+function baselineSchema(): BaselineSchema {
+  if (baselineCache) return baselineCache;
+  const mem = new Database(':memory:');
+  try {
+    mem.exec(userMigrations()[0]!.sql);
+    const tables: BaselineSchema['tables'] = new Map();
+    for (const t of ACM2_TABLES) {
+      const sql = (mem.prepare(`SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?`).get(t) as { sql: string }).sql;
+      const columns = (mem.prepare(`SELECT name, type, "notnull" AS nn, pk FROM pragma_table_info(?)`).all(t) as Array<{ name: string; type: string; nn: number; pk: number }>).map(
+        (c) => ({ name: c.name, type: c.type, notnull: c.nn === 1, pk: c.pk > 0 }),
+      );
+      const refs = new Map<string, string>();
+      for (const f of mem.prepare(`SELECT "from" AS col, "table" AS parent, "to" AS target FROM pragma_foreign_key_list(?)`).all(t) as Array<{ col: string; parent: string; target: string }>) {
+        refs.set(f.col, `${f.parent} (${f.target})`);
+      }
+      tables.set(t, { sql, columns, refs });
+    }
+    const indexes: BaselineSchema['indexes'] = new Map();
+    for (const i of mem.prepare(`SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL`).all() as Array<{ name: string; tbl_name: string; sql: string }>) {
+      const columns = (mem.prepare(`SELECT name FROM pragma_index_info(?)`).raw(true).all(i.name) as [string][]).map((r) => r[0]);
+      indexes.set(i.name, { table: i.tbl_name, sql: i.sql, columns });
+    }
+    baselineCache = { tables, indexes };
+    return baselineCache;
+  } finally {
+    mem.close();
+  }
+}
+
+/**
+ * Values for NOT NULL columns added to existing rows. SQLite needs a constant default there;
+ * these are the neutral values ACM2's own code treats as "not set" (empty JSON lists/objects,
+ * false flags, one iteration, the database input source). Nullable columns are added as NULL.
+ */
+const ADDED_DEFAULTS: Record<string, string> = {
+  'presets.input_source_type': `'database'`,
+  'presets.log_level': `'INFO'`,
+  'presets.fpf_log_output': `'file'`,
+  'presets.iterations': '1',
+  'presets.eval_iterations': '1',
+  'presets.generation_concurrency': '1',
+  'presets.eval_concurrency': '1',
+  'runs.config': `'{}'`,
+  'runs.status': `'pending'`,
+  'contents.variables': `'{}'`,
+  'user_settings.settings': `'{}'`,
+};
+
+function addedDefault(table: string, col: BaselineColumn): string {
+  const known = ADDED_DEFAULTS[`${table}.${col.name}`];
+  if (known) return known;
+  const type = col.type.toUpperCase();
+  if (type === 'JSON') return `'[]'`;
+  if (type.startsWith('INT') || type === 'BOOLEAN' || type === 'FLOAT') return '0';
+  if (type === 'DATETIME') return `'1970-01-01 00:00:00.000000'`;
+  if (type === 'DATE') return `'1970-01-01'`;
+  return `''`;
+}
+
+/** How this DB differs from migration 1 (meaningful for a DB without a ledger). */
+export function detectSchemaDrift(db: SqliteDb): SchemaDrift {
+  const base = baselineSchema();
+  const drift: SchemaDrift = { missingTables: [], missingColumns: [], missingIndexes: [], extraColumns: [], unrepairable: [] };
+  // Every column of every table and every index name, in two queries.
+  const columnsOf = new Map<string, Set<string>>();
+  for (const [t, c] of db.prepare(`SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'`).raw(true).all() as [string, string][]) {
+    const set = columnsOf.get(t) ?? new Set<string>();
+    set.add(c);
+    columnsOf.set(t, set);
+  }
+  const have = new Set(columnsOf.keys());
+  for (const [table, spec] of base.tables) {
+    if (!have.has(table)) {
+      drift.missingTables.push(table);
+      continue;
+    }
+    const cols = columnsOf.get(table)!;
+    for (const c of spec.columns) {
+      if (cols.has(c.name)) continue;
+      if (c.pk) {
+        drift.unrepairable.push(`${table} has no ${c.name} column (its primary key)`);
+        continue;
+      }
+      const ref = spec.refs.get(c.name);
+      const definition = `${c.name} ${c.type}${ref ? ` REFERENCES ${ref}` : ''}${c.notnull ? ` NOT NULL DEFAULT ${addedDefault(table, c)}` : ''}`;
+      drift.missingColumns.push({ table, column: c.name, definition });
+    }
+    const known = new Set(spec.columns.map((c) => c.name));
+    for (const c of cols) if (!known.has(c)) drift.extraColumns.push({ table, column: c });
+  }
+  const haveIndexes = new Set((db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index'`).raw(true).all() as [string][]).map((r) => r[0]));
+  for (const [name, idx] of base.indexes) {
+    if (haveIndexes.has(name)) continue;
+    drift.missingIndexes.push(name);
+    if (!have.has(idx.table) && !drift.missingTables.includes(idx.table)) drift.unrepairable.push(`index ${name} names unknown table ${idx.table}`);
+  }
+  return drift;
+}
+
+/** Nothing to add (extra columns are never a reason to touch a DB). */
+export function isDriftEmpty(d: SchemaDrift): boolean {
+  return d.missingTables.length === 0 && d.missingColumns.length === 0 && d.missingIndexes.length === 0 && d.unrepairable.length === 0;
+}
+
+/** The statements that repair a drift by addition only; run them inside one transaction. */
+export function driftRepairSql(d: SchemaDrift): string[] {
+  if (d.unrepairable.length > 0) throw new UsageError(`schema drift cannot be repaired without rebuilding a table: ${d.unrepairable.join('; ')}`, 'schema_unrepairable');
+  const base = baselineSchema();
+  const out: string[] = [];
+  for (const t of d.missingTables) out.push(base.tables.get(t)!.sql);
+  for (const c of d.missingColumns) out.push(`ALTER TABLE ${c.table} ADD COLUMN ${c.definition}`);
+  for (const i of d.missingIndexes) out.push(base.indexes.get(i)!.sql.replace(/^CREATE (UNIQUE )?INDEX /, 'CREATE $1INDEX IF NOT EXISTS '));
+  return out;
+}
+
+/** One line per repair, for plans and reports. */
+export function describeDrift(d: SchemaDrift): string[] {
+  return [
+    ...d.missingTables.map((t) => `create table ${t}`),
+    ...d.missingColumns.map((c) => `add column ${c.table}.${c.column}`),
+    ...d.missingIndexes.map((i) => `create index ${i}`),
+    ...d.unrepairable.map((u) => `cannot repair: ${u}`),
+  ];
+}

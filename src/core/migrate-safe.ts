@@ -1,0 +1,263 @@
+// Migrates one user DB without ever losing a row: a backup first, then every change in one
+// transaction, with row counts, foreign_key_check and quick_check compared before and after.
+
+import { randomBytes } from 'node:crypto';
+import { chmodSync, closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import type { Migration } from '../migrations.js';
+import { driftRepairSql, listTables, recordBaseline, recordMigration, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+
+export type MigrateFailureCode = 'rows_vanished' | 'fk_violation' | 'quick_check' | 'migration_error' | 'locked' | 'corrupt';
+
+export interface SafeMigrateInput {
+  dbPath: string;
+  /** Where the backup goes (kept: backups are never deleted by the tool). */
+  backupDir: string;
+  /** File name stem of the backup, e.g. `user_42`. */
+  label: string;
+  /** A DB that ACM2 created itself: repair this drift, then record migration 1 as the baseline. */
+  adopt?: SchemaDrift;
+  /** Migrations to apply, in order (the pending ones). */
+  migrations: Migration[];
+  busyTimeoutMs?: number;
+  now?: Date;
+  /**
+   * More changes for the same transaction, after the migrations (backfill writes the legacy
+   * user_meta here, so a DB becomes current and ready in one commit). Returns what it did.
+   */
+  extra?: (db: SqliteDb) => string[];
+}
+
+export interface SafeMigrateFailure {
+  code: MigrateFailureCode;
+  message: string;
+  /** How the DB got back to its state before: the transaction's rollback, or the backup copy. */
+  restoredFrom: 'rollback' | 'backup' | 'untouched';
+}
+
+export interface SafeMigrateResult {
+  ok: boolean;
+  /** The backup copy (absent when nothing was written). */
+  backupPath?: string;
+  /** Statements run to repair drift, then the migrations applied. */
+  repairs: string[];
+  applied: string[];
+  /** What `extra` did. */
+  extras?: string[];
+  before: Record<string, number>;
+  after?: Record<string, number>;
+  failure?: SafeMigrateFailure;
+}
+
+class CheckFailed extends Error {
+  constructor(
+    readonly code: MigrateFailureCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function countRows(db: SqliteDb): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const t of listTables(db)) out[t] = (db.prepare(`SELECT COUNT(*) AS n FROM "${t.replace(/"/g, '""')}"`).get() as { n: number }).n;
+  return out;
+}
+
+/** Keys of current foreign-key violations (table, row, parent); the fk index may shift on ALTER. */
+export function fkViolations(db: SqliteDb): Set<string> {
+  const rows = db.prepare(`PRAGMA foreign_key_check`).all() as Array<{ table: string; rowid: number | null; parent: string }>;
+  return new Set(rows.map((r) => `${r.table}|${r.rowid}|${r.parent}`));
+}
+
+/** The DB's schema as text: tables, columns, indexes (to prove a rollback put it all back). */
+export function schemaText(db: SqliteDb): string {
+  return (db.prepare(`SELECT type || ' ' || name || ' ' || COALESCE(sql, '') FROM sqlite_master ORDER BY type, name`).raw(true).all() as [string][]).map((r) => r[0]).join('\n');
+}
+
+export function quickCheck(db: SqliteDb): string | undefined {
+  const rows = db.prepare(`PRAGMA quick_check`).raw(true).all() as [string][];
+  return rows.length === 1 && rows[0]![0] === 'ok' ? undefined : rows.map((r) => r[0]).slice(0, 5).join('; ');
+}
+
+/** Tables whose count went down (or vanished): "contents 12 -> 9". */
+export function vanished(before: Record<string, number>, after: Record<string, number>): string[] {
+  return Object.entries(before)
+    .filter(([t, n]) => (after[t] ?? 0) < n)
+    .map(([t, n]) => `${t} ${n} -> ${after[t] ?? 'table gone'}`);
+}
+
+function sqliteCode(e: unknown): string {
+  return String((e as { code?: string }).code ?? '');
+}
+
+export function isBusy(e: unknown): boolean {
+  return /^SQLITE_(BUSY|LOCKED)/.test(sqliteCode(e));
+}
+
+export function isCorrupt(e: unknown): boolean {
+  return /^SQLITE_(NOTADB|CORRUPT)/.test(sqliteCode(e));
+}
+
+function fsyncFile(p: string): void {
+  const fd = openSync(p, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function backupName(dir: string, label: string, now: Date): string {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return path.join(dir, `${label}-${stamp}-${randomBytes(3).toString('hex')}.db`);
+}
+
+/** Make a finished copy durable and give it its final name (a crash leaves only `.partial`). */
+function sealBackup(tmp: string, final: string): string {
+  chmodSync(tmp, 0o600);
+  fsyncFile(tmp);
+  renameSync(tmp, final);
+  fsyncFile(path.dirname(final));
+  return final;
+}
+
+/**
+ * Back up, then hold the write lock for the migration. A rollback-journal DB (ACM2 @5107384) is
+ * copied byte for byte while we hold its RESERVED lock: no one else can write, and there is no
+ * hot journal (our own read would have rolled it back). A WAL DB goes through SQLite's backup
+ * API first, and data_version proves nobody committed between the copy and the lock.
+ */
+async function backupAndLock(db: SqliteDb, dbPath: string, dir: string, label: string, now: Date): Promise<string> {
+  const wal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal';
+  const final = backupName(dir, label, now);
+  const tmp = `${final}.partial`;
+  if (!wal) {
+    db.exec('BEGIN IMMEDIATE');
+    copyFileSync(dbPath, tmp);
+    return sealBackup(tmp, final);
+  }
+  for (let attempt = 0; ; attempt++) {
+    const version = db.pragma('data_version', { simple: true });
+    await db.backup(tmp);
+    db.exec('BEGIN IMMEDIATE');
+    if (db.pragma('data_version', { simple: true }) === version) return sealBackup(tmp, final);
+    db.exec('ROLLBACK');
+    if (attempt >= 2) throw Object.assign(new Error('the DB kept changing while it was being backed up'), { code: 'SQLITE_BUSY' });
+  }
+}
+
+/** Put the backup back through the backup API (SQLite journals the write, so this is crash-safe too). */
+async function restoreFrom(backupPath: string, dbPath: string): Promise<void> {
+  const src = new Database(backupPath, { readonly: true, fileMustExist: true });
+  try {
+    await src.backup(dbPath);
+  } finally {
+    src.close();
+  }
+}
+
+function compare(before: { counts: Record<string, number>; fk: Set<string> }, db: SqliteDb): { counts: Record<string, number>; problem?: CheckFailed } {
+  const counts = countRows(db);
+  const lost = vanished(before.counts, counts);
+  if (lost.length > 0) return { counts, problem: new CheckFailed('rows_vanished', `rows would vanish (${lost.join(', ')})`) };
+  const fresh = [...fkViolations(db)].filter((k) => !before.fk.has(k));
+  if (fresh.length > 0) return { counts, problem: new CheckFailed('fk_violation', `${fresh.length} new foreign key violation(s), e.g. ${fresh[0]!.replace(/\|/g, ' row ').replace(/ row ([^ ]+)$/, ' -> $1')}`) };
+  const qc = quickCheck(db);
+  if (qc) return { counts, problem: new CheckFailed('quick_check', `quick_check failed: ${qc}`) };
+  return { counts };
+}
+
+/**
+ * Repair drift, record the baseline and apply migrations in one transaction on a backed-up DB.
+ * Any vanished row, new FK violation or failed quick_check undoes everything (rollback, and the
+ * backup if a statement committed on its own) and reports why. Never throws for those: it
+ * returns a failure the caller records against the user.
+ */
+export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrateResult> {
+  const now = input.now ?? new Date();
+  const result: SafeMigrateResult = { ok: false, repairs: [], applied: [], before: {} };
+  let db: SqliteDb;
+  try {
+    db = new Database(input.dbPath, { fileMustExist: true, timeout: input.busyTimeoutMs ?? 1000 });
+    // As in ACM2, foreign keys are not enforced while migrating (SQLite refuses ADD COLUMN …
+    // REFERENCES with a default otherwise); foreign_key_check before and after is the guard.
+    db.pragma('foreign_keys = OFF');
+  } catch (e) {
+    return { ...result, failure: { code: 'migration_error', message: (e as Error).message, restoredFrom: 'untouched' } };
+  }
+  let backupPath: string | undefined;
+  let before: { counts: Record<string, number>; fk: Set<string>; schema: string } | undefined;
+  try {
+    const qc = quickCheck(db);
+    if (qc) return { ...result, failure: { code: 'corrupt', message: `quick_check failed before migrating: ${qc}`, restoredFrom: 'untouched' } };
+    backupPath = await backupAndLock(db, input.dbPath, input.backupDir, input.label, now);
+    result.backupPath = backupPath;
+    before = { counts: countRows(db), fk: fkViolations(db), schema: schemaText(db) };
+    result.before = before.counts;
+
+    if (input.adopt) {
+      for (const sql of driftRepairSql(input.adopt)) {
+        db.exec(sql);
+        result.repairs.push(sql);
+      }
+      recordBaseline(db, 1, now);
+    }
+    for (const m of input.migrations) {
+      try {
+        db.exec(m.sql);
+        recordMigration(db, m, now);
+      } catch (e) {
+        throw new CheckFailed('migration_error', `migration ${m.name} failed: ${(e as Error).message}`);
+      }
+      result.applied.push(m.name);
+    }
+    if (input.extra) result.extras = input.extra(db);
+    const checked = compare(before, db);
+    if (checked.problem) throw checked.problem;
+    if (db.inTransaction) db.exec('COMMIT');
+    // Check the committed file once more: what is on disk is what counts.
+    const final = compare(before, db);
+    result.after = final.counts;
+    if (final.problem) throw final.problem;
+    result.ok = true;
+    return result;
+  } catch (e) {
+    if (db.inTransaction) {
+      try {
+        db.exec('ROLLBACK');
+      } catch {
+        /* the restore below covers it */
+      }
+    }
+    const failure: SafeMigrateFailure =
+      e instanceof CheckFailed
+        ? { code: e.code, message: e.message, restoredFrom: 'rollback' }
+        : { code: isBusy(e) ? 'locked' : isCorrupt(e) ? 'corrupt' : 'migration_error', message: (e as Error).message, restoredFrom: 'rollback' };
+    if (!before || !backupPath) return { ...result, failure: { ...failure, restoredFrom: 'untouched' } };
+    // A rollback is enough unless something committed on its own (a migration with COMMIT in it,
+    // or a failure after our COMMIT): then the DB is not provably as before, and the backup goes back.
+    let same = false;
+    try {
+      same = JSON.stringify(countRows(db)) === JSON.stringify(before.counts) && schemaText(db) === before.schema && !quickCheck(db);
+    } catch {
+      same = false;
+    }
+    if (!same) {
+      db.close();
+      await restoreFrom(backupPath, input.dbPath);
+      failure.restoredFrom = 'backup';
+    }
+    return { ...result, failure };
+  } finally {
+    if (db.open) db.close();
+  }
+}
+
+/** Remove half-written backups left by a crash (never a finished one). */
+export function cleanPartialBackups(dir: string, label: string): void {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) if (name.startsWith(`${label}-`) && name.endsWith('.partial')) rmSync(path.join(dir, name), { force: true });
+}
