@@ -1,0 +1,262 @@
+// Moves ACM2's old global `logs/{run_id}/` folders into the owning user's run folder,
+// `user_{id}/runs/{run_id}/logs/`, file by file, never overwriting and safe to rerun after a crash.
+
+import { randomBytes } from 'node:crypto';
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  existsSync,
+  fsyncSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  readdirSync,
+  rmdirSync,
+  rmSync,
+  unlinkSync,
+} from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+
+export interface LegacyRunMove {
+  runId: string;
+  userId: UserId;
+  /** Files now in the owner's logs folder that came from the global folder (this run or an earlier one). */
+  files: number;
+  bytes: number;
+}
+
+export interface LegacyLogClash {
+  runId: string;
+  userId: UserId;
+  /** Relative to the user's root: the file that was already there and stays as it is. */
+  existing: string;
+  /** Relative to the user's root: where the incoming file went instead. */
+  keptAs: string;
+}
+
+export interface LegacyLogsResult {
+  dryRun: boolean;
+  dir: string;
+  /** Run folders found in the global logs dir. */
+  runs: number;
+  moved: LegacyRunMove[];
+  clashes: LegacyLogClash[];
+  /** Run ids no checked user's DB holds: left in place. */
+  unowned: string[];
+  /** Run ids more than one user's DB holds: left in place (a person must decide). */
+  ambiguous: Array<{ runId: string; userIds: UserId[] }>;
+  /** Entries that are not plain files or folders (symlinks, sockets): left in place. */
+  skipped: string[];
+  /** Users whose DB could not be read, so a run they own may be reported unowned. */
+  uncheckedUsers: UserId[];
+}
+
+/** Run ids in the global logs dir: every sub-folder name (sorted). */
+export function listLegacyRuns(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true })
+    .filter((d) => d.isDirectory())
+    .map((d) => d.name)
+    .sort();
+}
+
+/** Which of `candidates` this user's DB holds in `runs` (empty when it has no DB or no runs table). */
+export function runsOwnedBy(dataDir: string, userId: UserId, candidates: Set<string>, busyTimeoutMs = 250): string[] {
+  const file = userDbPath(dataDir, userId);
+  if (!existsSync(file)) return [];
+  // Read-write but only read: a read-only connection would leave -wal/-shm beside a WAL DB.
+  const db = new Database(file, { fileMustExist: true, timeout: busyTimeoutMs });
+  try {
+    const has = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'`).get();
+    if (!has) return [];
+    const out: string[] = [];
+    for (const [id] of db.prepare(`SELECT id FROM runs`).raw(true).iterate() as Iterable<[unknown]>) {
+      if (candidates.has(String(id))) out.push(String(id));
+    }
+    return out;
+  } finally {
+    db.close();
+  }
+}
+
+export interface MoveLegacyLogsInput {
+  dir: string;
+  dataDir: string;
+  /** run id -> the users whose DB holds it. */
+  owners: Map<string, UserId[]>;
+  uncheckedUsers?: UserId[];
+  dryRun?: boolean;
+  /** Copy + fsync + remove instead of a hard link (what happens across file systems); tests use it. */
+  forceCopy?: boolean;
+}
+
+/**
+ * Move every owned run folder. Per file: link the file to its new name (link refuses to replace
+ * an existing file), fsync, then remove the old name; across file systems, copy to staging,
+ * fsync, link into place, then remove. A crash leaves the file at the old name, the new name, or
+ * both with identical bytes; a rerun sees the identical copy and just removes the old name.
+ */
+export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
+  const dir = path.resolve(input.dir);
+  const runs = listLegacyRuns(dir);
+  const res: LegacyLogsResult = {
+    dryRun: Boolean(input.dryRun),
+    dir,
+    runs: runs.length,
+    moved: [],
+    clashes: [],
+    unowned: [],
+    ambiguous: [],
+    skipped: [],
+    uncheckedUsers: input.uncheckedUsers ?? [],
+  };
+  const staging = toolDir(input.dataDir, 'staging', 'legacy-logs');
+  if (!input.dryRun && existsSync(staging)) rmSync(staging, { recursive: true, force: true });
+  for (const runId of runs) {
+    const owners = [...new Set(input.owners.get(runId) ?? [])].sort((a, b) => a - b);
+    if (owners.length === 0) {
+      res.unowned.push(runId);
+      continue;
+    }
+    if (owners.length > 1) {
+      res.ambiguous.push({ runId, userIds: owners });
+      continue;
+    }
+    const userId = owners[0]!;
+    const root = userRoot(input.dataDir, userId);
+    const src = path.join(dir, runId);
+    const move: LegacyRunMove = { runId, userId, files: 0, bytes: 0 };
+    for (const rel of walk(src, res.skipped, dir)) {
+      const from = path.join(src, rel);
+      const bytes = lstatSync(from).size;
+      const wanted = resolveInside(root, path.join('runs', runId, 'logs', rel));
+      const placed = placeFile(from, wanted, Boolean(input.dryRun), Boolean(input.forceCopy), staging);
+      if (placed !== wanted) res.clashes.push({ runId, userId, existing: path.relative(root, wanted), keptAs: path.relative(root, placed) });
+      move.files++;
+      move.bytes += bytes;
+    }
+    if (!input.dryRun) removeEmptyDirs(src);
+    res.moved.push(move);
+  }
+  if (!input.dryRun && existsSync(staging)) rmSync(staging, { recursive: true, force: true });
+  return res;
+}
+
+/** Plain files under dir (relative, sorted); anything else is reported and left alone. */
+function walk(dir: string, skipped: string[], base: string, rel = ''): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(path.join(dir, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const r = rel ? path.join(rel, e.name) : e.name;
+    if (e.isDirectory()) out.push(...walk(dir, skipped, base, r));
+    else if (e.isFile()) out.push(r);
+    else skipped.push(path.relative(base, path.join(dir, r)));
+  }
+  return out;
+}
+
+/**
+ * Put `from` at `wanted`, or beside it under a suffixed name when another file is there.
+ * Returns where the bytes end up. An identical file already in either place means an earlier
+ * run got that far: the old name is simply removed.
+ */
+function placeFile(from: string, wanted: string, dryRun: boolean, forceCopy: boolean, staging: string): string {
+  for (let k = 0; ; k++) {
+    const target = k === 0 ? wanted : suffixed(wanted, k);
+    if (!existsSync(target)) {
+      if (!dryRun) moveNoClobber(from, target, forceCopy, staging);
+      return target;
+    }
+    if (sameBytes(from, target)) {
+      if (!dryRun) {
+        unlinkSync(from);
+        fsyncDir(path.dirname(from));
+      }
+      return target;
+    }
+  }
+}
+
+/** run.log -> run.legacy.log, run.legacy-2.log, …; fpf_x.log likewise; no extension -> name.legacy. */
+export function suffixed(file: string, k: number): string {
+  const dir = path.dirname(file);
+  const base = path.basename(file);
+  const dot = base.lastIndexOf('.');
+  const tag = k === 1 ? '.legacy' : `.legacy-${k}`;
+  return path.join(dir, dot > 0 ? `${base.slice(0, dot)}${tag}${base.slice(dot)}` : `${base}${tag}`);
+}
+
+function moveNoClobber(from: string, to: string, forceCopy: boolean, staging: string): void {
+  mkdirSync(path.dirname(to), { recursive: true, mode: 0o700 });
+  let linked = false;
+  if (!forceCopy) {
+    try {
+      linkSync(from, to);
+      linked = true;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EMLINK') throw e;
+    }
+  }
+  if (!linked) {
+    mkdirSync(staging, { recursive: true, mode: 0o700 });
+    const tmp = path.join(staging, `${randomBytes(6).toString('hex')}.tmp`);
+    copyFileSync(from, tmp);
+    fsyncFile(tmp);
+    linkSync(tmp, to);
+    unlinkSync(tmp);
+  }
+  chmodSync(to, 0o600);
+  fsyncFile(to);
+  fsyncDir(path.dirname(to));
+  unlinkSync(from);
+  fsyncDir(path.dirname(from));
+}
+
+function sameBytes(a: string, b: string): boolean {
+  const sa = lstatSync(a);
+  const sb = lstatSync(b);
+  if (!sb.isFile() || sa.size !== sb.size) return false;
+  if (sa.ino === sb.ino && sa.dev === sb.dev) return true;
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  try {
+    const ba = Buffer.alloc(64 * 1024);
+    const bb = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const na = readSync(fa, ba, 0, ba.length, null);
+      const nb = readSync(fb, bb, 0, bb.length, null);
+      if (na !== nb) return false;
+      if (na === 0) return true;
+      if (!ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+}
+
+function removeEmptyDirs(dir: string): void {
+  for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) removeEmptyDirs(path.join(dir, e.name));
+  if (readdirSync(dir).length === 0) rmdirSync(dir);
+}
+
+function fsyncFile(p: string): void {
+  const fd = openSync(p, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fsyncDir(dir: string): void {
+  try {
+    fsyncFile(dir);
+  } catch {
+    /* some file systems refuse fsync on a directory; the rename/link is still ordered */
+  }
+}
