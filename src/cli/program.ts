@@ -134,7 +134,7 @@ Examples:
     .option('--max-errors <n>', 'stop after n failed users')
     .option('--legacy-logs <dir>', "also move ACM2's old global logs/{run_id}/ folders into their owners' run folders")
     .addHelpText('after', '\nExample:\n  $ acm2 backfill --dry-run\n  $ acm2 backfill --concurrency 2 --resume')
-    .action(action(notYet('backfill')));
+    .action(action(() => import('./backfill.js')));
 
   program
     .command('verify')

@@ -1,0 +1,61 @@
+// `acm2 backfill`: parse flags, run the core over the master, render; SIGINT stops cleanly.
+
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { CommandCall } from './program.js';
+import { context, intOption, shardOption } from './context.js';
+import { openMaster } from '../master/factory.js';
+import { loadPackage, resolveVersion } from '../seed/package.js';
+import { parseUserId } from '../userdb/paths.js';
+import { runBackfill } from '../core/backfill.js';
+import { backfillJson, renderBackfill } from '../ui/backfill.js';
+import { EXIT, UsageError } from '../errors.js';
+
+export async function run({ opts }: CommandCall): Promise<void> {
+  const { cfg, out } = context(opts);
+  const dryRun = Boolean(opts.dryRun);
+  const legacyLogsDir = opts.legacyLogs === undefined ? undefined : path.resolve(String(opts.legacyLogs));
+  if (legacyLogsDir && !(existsSync(legacyLogsDir) && statSync(legacyLogsDir).isDirectory())) throw new UsageError(`--legacy-logs '${legacyLogsDir}' is not a folder`);
+  const options = {
+    dryRun,
+    userIds: (opts.user as string[] | undefined)?.map(parseUserId),
+    limit: intOption(opts, 'limit'),
+    batchSize: intOption(opts, 'batchSize'),
+    concurrency: intOption(opts, 'concurrency'),
+    shard: shardOption(opts.shard),
+    resume: Boolean(opts.resume),
+    maxErrors: intOption(opts, 'maxErrors'),
+    legacyLogsDir,
+  };
+  // The package is checked before anything is written (a missing user is seeded with it).
+  const pkg = loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
+
+  // A dry run does not migrate the master (it must already be set up); a real run does.
+  const master = await openMaster(cfg.master, { migrate: !dryRun });
+  let interrupted = false;
+  const onSigint = () => {
+    if (interrupted) {
+      // Second Ctrl-C: stop at once (every step is crash-safe; --resume picks up).
+      process.off('SIGINT', onSigint);
+      process.kill(process.pid, 'SIGINT');
+      return;
+    }
+    interrupted = true;
+    out.log('\nInterrupted: finishing the users in flight and saving progress (Ctrl-C again to stop at once)…');
+  };
+  process.on('SIGINT', onSigint);
+  const progress = out.progress();
+  try {
+    const r = await runBackfill({ master, dataDir: cfg.dataDir, pkg, progress, shouldStop: () => interrupted }, options).catch((e: unknown) => {
+      if (dryRun && /no such table/i.test(String((e as Error).message))) {
+        throw new UsageError(`the master at ${master.display} is not set up yet, so there is nothing to plan (a run without --dry-run sets it up)`, 'master_not_ready', { cause: e });
+      }
+      throw e;
+    });
+    out.result(backfillJson(r), () => renderBackfill(r));
+    if (r.failures.length > 0 || r.stopped) process.exitCode = EXIT.findings;
+  } finally {
+    process.off('SIGINT', onSigint);
+    await master.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,746 @@
+// Backfill: bring every existing user up to date — seed a missing DB, adopt and migrate DBs
+// safely, write a missing user_meta — planned per user, then applied; resumable from the master.
+
+import { randomBytes, randomUUID } from 'node:crypto';
+import { chmodSync, existsSync, lstatSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { hostname } from 'node:os';
+import Database from 'better-sqlite3';
+import type { Migration } from '../migrations.js';
+import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/types.js';
+import type { SeedPackage } from '../seed/package.js';
+import type { ProgressSink } from '../ui/reporter.js';
+import { UnavailableError, UsageError, isAcm2Error } from '../errors.js';
+import { toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import {
+  ACM2_TABLES,
+  describeDrift,
+  detectSchemaDrift,
+  listTables,
+  pendingMigrations,
+  userMigrations,
+  type SchemaDrift,
+  type SqliteDb,
+} from '../userdb/user-db.js';
+import { seedUser, sqlNow } from './seed-user.js';
+import { tryLockUser } from './user-lock.js';
+import { backoffMs } from './users.js';
+import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
+import { listLegacyRuns, moveLegacyLogs, runsOwnedBy, type LegacyLogsResult } from './legacy-logs.js';
+
+/** What a user needs, most significant first when a user needs several steps. */
+export type BackfillAction = 'seed' | 'seed_beside' | 'meta_legacy' | 'adopt' | 'migrate' | 'permissions' | 'ok' | 'fail';
+export const BACKFILL_ACTIONS: readonly BackfillAction[] = ['seed', 'seed_beside', 'meta_legacy', 'adopt', 'migrate', 'permissions', 'ok', 'fail'];
+
+export type BackfillFailureCode =
+  | MigrateFailureCode
+  | 'unreadable'
+  | 'unrecognised'
+  | 'schema_newer'
+  | 'schema_unrepairable'
+  | 'user_busy'
+  | 'seed_failed'
+  | 'error';
+
+export type PlanStep =
+  | { kind: 'adopt'; drift: SchemaDrift }
+  | { kind: 'migrate'; migrations: Migration[] }
+  | { kind: 'meta_legacy' }
+  | { kind: 'seed'; beside: boolean }
+  /** SPEC §3: folders 0700, files 0600. ACM2 created its files with the process umask (0644). */
+  | { kind: 'permissions'; paths: string[] };
+
+export interface UserPlan {
+  userId: UserId;
+  action: BackfillAction;
+  steps: PlanStep[];
+  failure?: { code: BackfillFailureCode; reason: string };
+}
+
+export interface BackfillUserReport {
+  id: UserId;
+  /** What the plan said. */
+  action: BackfillAction;
+  /** What happened: the action, or 'fail'. In a dry run, the action. */
+  outcome: BackfillAction;
+  steps: string[];
+  code?: BackfillFailureCode;
+  reason?: string;
+  /** Backup taken before migrating (kept). */
+  backup?: string;
+}
+
+export interface BackfillFailure {
+  id: UserId;
+  action: BackfillAction;
+  code: string;
+  reason: string;
+}
+
+export interface BackfillOptions {
+  dryRun?: boolean;
+  userIds?: UserId[];
+  limit?: number;
+  batchSize?: number;
+  concurrency?: number;
+  shard?: { index: number; count: number };
+  resume?: boolean;
+  maxErrors?: number;
+  legacyLogsDir?: string;
+}
+
+export interface BackfillDeps {
+  master: MasterDb;
+  dataDir: string;
+  /** The package a missing or incomplete user is seeded with. */
+  pkg: SeedPackage;
+  progress?: ProgressSink;
+  /** Polled before each user: true stops taking new users (SIGINT); users in flight finish. */
+  shouldStop?: () => boolean;
+  /** How long to wait on a user DB another process holds (default 250 ms), then fail it 'locked'. */
+  busyTimeoutMs?: number;
+  /** Per-user migrations (default: the shipped ones). Tests inject a bad one here. */
+  migrations?: Migration[];
+  /** Least time between two progress saves in the master (default 200 ms; page ends always save). */
+  saveEveryMs?: number;
+  /** Called after each user (tests use it to crash at a given point). */
+  onUser?: (r: BackfillUserReport) => void | Promise<void>;
+}
+
+export interface BackfillResult {
+  dryRun: boolean;
+  /** Name of the progress record in the master: 'default', or 'shard-i-of-n'. */
+  name: string;
+  resumed: boolean;
+  /** Users per outcome, over the whole job (a resumed job includes the earlier part). */
+  counts: Partial<Record<BackfillAction, number>>;
+  /** Per-user reports, the first USERS_LISTED of this invocation only (memory stays flat). */
+  users: BackfillUserReport[];
+  /** Users processed beyond the listed ones (see the master's backfill items for all of them). */
+  usersOmitted: number;
+  failures: BackfillFailure[];
+  /** Why the run stopped before the end, if it did. */
+  stopped?: 'interrupted' | 'max_errors';
+  /** Every selected user with id ≤ cursor is done. */
+  cursor: number;
+  legacyLogs?: LegacyLogsResult;
+  durationMs: number;
+}
+
+/** Per-user reports kept in the result; beyond this only counts and failures grow. */
+export const USERS_LISTED = 1000;
+const LEASE_MS = 10 * 60 * 1000;
+
+export function progressName(shard?: { index: number; count: number }): string {
+  return shard ? `shard-${shard.index}-of-${shard.count}` : 'default';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plan (read-only)
+
+interface PlanContext {
+  dataDir: string;
+  busyTimeoutMs: number;
+  migrations: Migration[];
+}
+
+function failed(userId: UserId, code: BackfillFailureCode, reason: string): UserPlan {
+  return { userId, action: 'fail', steps: [], failure: { code, reason } };
+}
+
+export function primaryAction(steps: PlanStep[]): BackfillAction {
+  if (steps.some((s) => s.kind === 'seed' && !s.beside)) return 'seed';
+  if (steps.some((s) => s.kind === 'seed')) return 'seed_beside';
+  if (steps.some((s) => s.kind === 'meta_legacy')) return 'meta_legacy';
+  if (steps.some((s) => s.kind === 'adopt')) return 'adopt';
+  if (steps.some((s) => s.kind === 'migrate')) return 'migrate';
+  if (steps.some((s) => s.kind === 'permissions')) return 'permissions';
+  return 'ok';
+}
+
+export function describeSteps(steps: PlanStep[]): string[] {
+  return steps.flatMap((s) => {
+    switch (s.kind) {
+      case 'adopt':
+        return ['adopt (record migration 1 as baseline)', ...describeDrift(s.drift).map((d) => `repair: ${d}`)];
+      case 'migrate':
+        return s.migrations.map((m) => `migrate ${m.name}`);
+      case 'meta_legacy':
+        return ["write user_meta ready, version 'legacy'"];
+      case 'seed':
+        return [s.beside ? 'seed beside the user’s own rows' : 'seed'];
+      case 'permissions':
+        return [`tighten permissions of ${s.paths.length} path${s.paths.length === 1 ? '' : 's'} (folders 0700, files 0600)`];
+    }
+  });
+}
+
+function classify(e: unknown): { code: BackfillFailureCode; reason: string } {
+  const msg = e instanceof Error ? e.message : String(e);
+  if (isBusy(e)) return { code: 'locked', reason: `the DB is locked by another process (${msg})` };
+  if (isCorrupt(e)) return { code: 'corrupt', reason: `the DB is corrupt (${msg})` };
+  if (isAcm2Error(e) && (e.code === 'schema_newer' || e.code === 'migration_checksum')) return { code: 'schema_newer', reason: msg };
+  const errno = (e as NodeJS.ErrnoException).code;
+  if (errno && /^E[A-Z]+$/.test(errno)) return { code: 'error', reason: `${msg}` };
+  if (String(errno ?? '').startsWith('SQLITE_')) return { code: 'unreadable', reason: msg };
+  return { code: 'error', reason: msg };
+}
+
+/** What one user needs. Only reads; writes nothing. */
+export function planUser(ctx: PlanContext, userId: UserId): UserPlan {
+  const plan = planDb(ctx, userId);
+  if (plan.action === 'fail') return plan;
+  try {
+    const loose = loosePermissions(ctx.dataDir, userId);
+    if (loose.length > 0) plan.steps.push({ kind: 'permissions', paths: loose });
+  } catch (e) {
+    const c = classify(e);
+    return failed(userId, c.code, `cannot read the user's files: ${c.reason}`);
+  }
+  plan.action = primaryAction(plan.steps);
+  return plan;
+}
+
+function planDb(ctx: PlanContext, userId: UserId): UserPlan {
+  const file = userDbPath(ctx.dataDir, userId);
+  if (!existsSync(file)) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
+  let db: SqliteDb | undefined;
+  try {
+    // Opened read-write but only read: a read-only connection to a WAL DB leaves -wal/-shm
+    // files behind, while the last read-write connection removes them on close.
+    db = new Database(file, { fileMustExist: true, timeout: ctx.busyTimeoutMs });
+    return planOpen(db, userId, ctx.migrations);
+  } catch (e) {
+    const c = classify(e);
+    return failed(userId, c.code, c.reason);
+  } finally {
+    db?.close();
+  }
+}
+
+const modeOk = (mode: number, want: number) => (mode & 0o077) === 0 && (mode & want) === want;
+
+/** The user's DB and every file and folder under user_{id}/ whose mode is not 0600/0700. */
+export function loosePermissions(dataDir: string, userId: UserId): string[] {
+  const out: string[] = [];
+  const db = userDbPath(dataDir, userId);
+  const dbSt = lstatOrUndefined(db);
+  if (dbSt?.isFile() && !modeOk(dbSt.mode, 0o600)) out.push(db);
+  const root = userRoot(dataDir, userId);
+  const rootSt = lstatOrUndefined(root);
+  if (!rootSt?.isDirectory()) return out;
+  const stack = [root];
+  while (stack.length > 0) {
+    const dir = stack.pop()!;
+    const st = lstatSync(dir);
+    if (!modeOk(st.mode, 0o700)) out.push(dir);
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const abs = path.join(dir, e.name);
+      if (e.isDirectory()) stack.push(abs);
+      else if (e.isFile() && !modeOk(lstatSync(abs).mode, 0o600)) out.push(abs);
+    }
+  }
+  return out.sort();
+}
+
+function lstatOrUndefined(p: string) {
+  try {
+    return lstatSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+function tightenPermissions(paths: string[]): void {
+  for (const p of paths) {
+    const st = lstatOrUndefined(p);
+    if (!st || st.isSymbolicLink()) continue;
+    chmodSync(p, st.isDirectory() ? 0o700 : 0o600);
+  }
+}
+
+function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
+  return tables.has(table) ? (db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n : 0;
+}
+
+function metaStatus(db: SqliteDb, tables: Set<string>, userId: UserId): string | undefined {
+  if (!tables.has('user_meta')) return undefined;
+  const cols = new Set((db.prepare(`SELECT name FROM pragma_table_info('user_meta')`).raw(true).all() as [string][]).map((r) => r[0]));
+  if (!cols.has('user_id')) return undefined;
+  if (!cols.has('seed_status')) return db.prepare(`SELECT 1 FROM user_meta WHERE user_id = ?`).get(userId) ? '' : undefined;
+  const row = db.prepare(`SELECT seed_status FROM user_meta WHERE user_id = ?`).get(userId) as { seed_status: unknown } | undefined;
+  return row ? String(row.seed_status) : undefined;
+}
+
+function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPlan {
+  const tables = new Set(listTables(db));
+  const steps: PlanStep[] = [];
+  if (tables.size === 0) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
+  if (!tables.has('acm2_migrations')) {
+    if (!ACM2_TABLES.some((t) => tables.has(t))) {
+      return failed(userId, 'unrecognised', `the DB holds none of ACM2's tables (${[...tables].slice(0, 4).join(', ')}…); left alone`);
+    }
+    const drift = detectSchemaDrift(db);
+    if (drift.unrepairable.length > 0) return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${drift.unrepairable.join('; ')}; left alone`);
+    steps.push({ kind: 'adopt', drift });
+    const rest = migrations.filter((m) => m.id > 1);
+    if (rest.length > 0) steps.push({ kind: 'migrate', migrations: rest });
+  } else {
+    const pending = pendingMigrations(db, migrations);
+    if (pending.length > 0) steps.push({ kind: 'migrate', migrations: pending });
+  }
+  const status = metaStatus(db, tables, userId);
+  if (status === 'ready') {
+    /* user_meta is fine */
+  } else if (status !== undefined) {
+    // A seed that never finished (in_progress/failed): finish it.
+    steps.push({ kind: 'seed', beside: false });
+  } else if (rowCount(db, tables, 'presets') > 0 && rowCount(db, tables, 'runs') > 0) {
+    steps.push({ kind: 'meta_legacy' });
+  } else {
+    steps.push({ kind: 'seed', beside: true });
+  }
+  return { userId, action: primaryAction(steps), steps };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apply (one user, under its lock)
+
+/**
+ * ACM2's legacy backfill rule: a DB with ≥1 preset and ≥1 run is ready as it is, version
+ * 'legacy'. Runs inside the caller's transaction; false when a user_meta row is already there.
+ */
+export function insertLegacyMeta(db: SqliteDb, userId: UserId, now = new Date()): boolean {
+  if (db.prepare(`SELECT 1 FROM user_meta WHERE user_id = ?`).get(userId)) return false;
+  const t = new Set(listTables(db));
+  if (!(rowCount(db, t, 'presets') > 0 && rowCount(db, t, 'runs') > 0)) throw new Error('the DB no longer has a preset and a run');
+  const at = sqlNow(now);
+  db.prepare(`INSERT INTO user_meta (id, user_id, seed_status, seed_version, seeded_at, created_at, updated_at) VALUES (?, ?, 'ready', 'legacy', ?, ?, ?)`).run(
+    randomUUID(),
+    userId,
+    at,
+    at,
+    at,
+  );
+  return true;
+}
+
+/** insertLegacyMeta in a transaction of its own (a DB whose schema needs nothing). */
+export function writeLegacyMeta(dataDir: string, userId: UserId, busyTimeoutMs: number, now = new Date()): boolean {
+  const db = new Database(userDbPath(dataDir, userId), { fileMustExist: true, timeout: busyTimeoutMs });
+  try {
+    return db.transaction(() => insertLegacyMeta(db, userId, now)).immediate();
+  } finally {
+    db.close();
+  }
+}
+
+class MasterLost extends Error {}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+/**
+ * Plan (dryRun) or apply the backfill over the selected users, in keyset order.
+ * Throws UsageError for bad input (unknown --user, a resume with other options) and
+ * UnavailableError when the master goes away (users in flight finish first).
+ */
+export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}): Promise<BackfillResult> {
+  const started = Date.now();
+  const { master, dataDir } = deps;
+  const dryRun = Boolean(opts.dryRun);
+  const name = progressName(opts.shard);
+  const batchSize = Math.max(1, opts.batchSize ?? 500);
+  const concurrency = Math.max(1, opts.concurrency ?? 1);
+  const ctx: PlanContext = { dataDir, busyTimeoutMs: deps.busyTimeoutMs ?? 250, migrations: deps.migrations ?? userMigrations() };
+  const selection = JSON.stringify({ users: opts.userIds ? [...opts.userIds].sort((a, b) => a - b) : null, shard: opts.shard ?? null, limit: opts.limit ?? null });
+  const ids = opts.userIds && [...new Set(opts.userIds)].sort((a, b) => a - b);
+  const inShard = (id: number) => !opts.shard || id % opts.shard.count === opts.shard.index;
+  const worker = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+
+  let lost: unknown;
+  const m = async <T>(fn: () => Promise<T>): Promise<T> => {
+    if (lost) throw new MasterLost();
+    try {
+      return await fn();
+    } catch (e) {
+      lost ??= e;
+      throw new MasterLost();
+    }
+  };
+
+  if (ids) {
+    const found = new Set((await master.listUsers({ afterId: 0, limit: ids.length, ids })).map((u) => u.id));
+    const missing = ids.filter((id) => !found.has(id));
+    if (missing.length > 0) throw new UsageError(`no user with id ${missing.join(', ')} in the master`, 'unknown_user');
+  }
+
+  // Where to start, and what an earlier attempt of this job already did.
+  let cursor = 0;
+  let resumed = false;
+  const savedCounts: Partial<Record<BackfillAction, number>> = {};
+  const failures: BackfillFailure[] = [];
+  const recordedAbove = new Map<number, BackfillItem>();
+  if (opts.resume) {
+    const p = await master.getBackfill(name);
+    if (p) {
+      if (p.options !== selection) {
+        throw new UsageError(`the backfill to resume ran with other options (${p.options}); give the same --user/--shard/--limit, or run without --resume to start over`, 'resume_mismatch');
+      }
+      resumed = true;
+      cursor = p.cursor;
+      Object.assign(savedCounts, p.counts);
+      for (const item of await master.backfillItems(name)) {
+        if (item.userId > cursor) recordedAbove.set(item.userId, item);
+        else if (item.outcome === 'fail') failures.push(itemFailure(item));
+      }
+    }
+  }
+  if (!dryRun && !resumed) {
+    await master.resetBackfill(name);
+    await master.saveBackfill({ name, status: 'running', cursor: 0, options: selection, counts: {} });
+  }
+
+  const counts: Partial<Record<BackfillAction, number>> = { ...savedCounts };
+  const users: BackfillUserReport[] = [];
+  let usersOmitted = 0;
+  let failuresNow = 0;
+  let stopped: BackfillResult['stopped'];
+  const already = Object.values(savedCounts).reduce((a, n) => a + (n ?? 0), 0);
+  let taken = already;
+
+  const total = await estimateTotal(master, ids, opts, already);
+  deps.progress?.start(dryRun ? 'planning' : 'backfill', total);
+
+  // Cursor bookkeeping: users are taken in id order; the cursor moves past a user only when it
+  // and every user before it are done, so a resume never skips one that was in flight.
+  const window: Array<{ id: number; outcome?: BackfillAction }> = [];
+  const settle = {
+    add() {
+      while (window.length > 0 && window[0]!.outcome) {
+        const e = window.shift()!;
+        cursor = e.id;
+        savedCounts[e.outcome!] = (savedCounts[e.outcome!] ?? 0) + 1;
+      }
+    },
+  };
+
+  let lastSave = Date.now();
+  let saving: Promise<void> = Promise.resolve();
+  const save = (status: 'running' | 'done' | 'interrupted', force = false): Promise<void> => {
+    if (dryRun) return Promise.resolve();
+    const now = Date.now();
+    if (!force && now - lastSave < (deps.saveEveryMs ?? 200)) return saving;
+    lastSave = now;
+    const snapshot = { name, status, cursor, options: selection, counts: { ...savedCounts } };
+    saving = saving.then(() => m(() => master.saveBackfill(snapshot))).catch(() => undefined);
+    return saving;
+  };
+
+  const stopNow = (): boolean => {
+    if (lost) return true;
+    if (deps.shouldStop?.()) {
+      stopped ??= 'interrupted';
+      return true;
+    }
+    if (opts.maxErrors !== undefined && failuresNow >= opts.maxErrors) {
+      stopped ??= 'max_errors';
+      return true;
+    }
+    return opts.limit !== undefined && taken >= opts.limit;
+  };
+
+  async function* selected(): AsyncGenerator<MasterUser> {
+    let after = cursor;
+    for (;;) {
+      const page = await m(() => master.listUsers({ afterId: after, limit: batchSize, ids }));
+      if (page.length === 0) return;
+      for (const u of page) if (inShard(u.id)) yield u;
+      after = page[page.length - 1]!.id;
+      await save('running', true);
+    }
+  }
+  const source = selected();
+
+  const record = (r: BackfillUserReport) => {
+    counts[r.outcome] = (counts[r.outcome] ?? 0) + 1;
+    if (r.outcome === 'fail') {
+      failuresNow++;
+      failures.push({ id: r.id, action: r.action, code: r.code ?? 'error', reason: r.reason ?? '' });
+    }
+    if (users.length < USERS_LISTED) users.push(r);
+    else usersOmitted++;
+    deps.progress?.tick(1, failures.length > 0 ? `${failures.length} failed` : undefined);
+  };
+
+  const applyDeps: ApplyDeps = { deps, ctx, m, worker, name };
+
+  const run = async (): Promise<void> => {
+    for (;;) {
+      if (stopNow()) return;
+      let next: IteratorResult<MasterUser>;
+      try {
+        next = await source.next();
+      } catch (e) {
+        if (e instanceof MasterLost) return;
+        throw e;
+      }
+      if (next.done || stopNow()) return;
+      const user = next.value;
+      taken++;
+      const entry: { id: number; outcome?: BackfillAction } = { id: user.id };
+      window.push(entry);
+      let report: BackfillUserReport;
+      const prior = recordedAbove.get(user.id);
+      if (prior && prior.outcome !== 'running') {
+        report = reportFromItem(prior);
+      } else {
+        const plan = planUser(ctx, user.id);
+        report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
+      }
+      entry.outcome = report.outcome;
+      record(report);
+      settle.add();
+      await deps.onUser?.(report);
+      await save('running');
+      // Let timers and signals in: the embedded master and the DB work are synchronous, so
+      // without this a SIGINT would only be seen once every user is done.
+      await new Promise((r) => setImmediate(r));
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, run));
+  await source.return(undefined).catch(() => undefined);
+  deps.progress?.done();
+
+  if (lost) {
+    await save('interrupted', true);
+    throw new UnavailableError(
+      `lost the master ${master.display} mid-run (${lost instanceof Error ? lost.message : String(lost)}); users in flight finished or rolled back; ` +
+        `progress is saved up to user ${cursor} where the master allowed it: run 'acm2 backfill --resume' once it is back`,
+      'master_unreachable',
+      { cause: lost },
+    );
+  }
+  await save(stopped ? 'interrupted' : 'done', true);
+  if (lost) throw new UnavailableError(`lost the master ${master.display} while saving progress; run 'acm2 backfill --resume' once it is back`, 'master_unreachable', { cause: lost });
+
+  let legacyLogs: LegacyLogsResult | undefined;
+  if (opts.legacyLogsDir && !stopped) legacyLogs = await legacyLogsPass(deps, ctx, opts.legacyLogsDir, ids, inShard, batchSize, dryRun);
+
+  return { dryRun, name, resumed, counts, users, usersOmitted, failures, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
+}
+
+async function estimateTotal(master: MasterDb, ids: number[] | undefined, opts: BackfillOptions, already: number): Promise<number> {
+  let n = ids ? ids.length : await master.countUsers();
+  if (opts.shard) n = Math.ceil(n / opts.shard.count);
+  if (opts.limit !== undefined) n = Math.min(n, opts.limit);
+  return Math.max(0, n - already);
+}
+
+function planReport(plan: UserPlan): BackfillUserReport {
+  const r: BackfillUserReport = { id: plan.userId, action: plan.action, outcome: plan.action, steps: describeSteps(plan.steps) };
+  if (plan.failure) {
+    r.code = plan.failure.code;
+    r.reason = plan.failure.reason;
+  }
+  return r;
+}
+
+/** Items keep the failure code in front of the reason: "[locked] the DB is locked…". */
+function itemReason(r: BackfillUserReport): string | null {
+  return r.outcome === 'fail' ? `[${r.code ?? 'error'}] ${r.reason ?? ''}` : null;
+}
+
+function parseReason(reason: string | null): { code: string; reason: string } {
+  const m = /^\[([a-z_]+)\] ([\s\S]*)$/.exec(reason ?? '');
+  return m ? { code: m[1]!, reason: m[2]! } : { code: 'error', reason: reason ?? '' };
+}
+
+function itemFailure(item: BackfillItem): BackfillFailure {
+  const p = parseReason(item.reason);
+  return { id: item.userId, action: 'fail', code: p.code, reason: p.reason };
+}
+
+function isAction(s: string | null | undefined): s is BackfillAction {
+  return (BACKFILL_ACTIONS as readonly string[]).includes(String(s));
+}
+
+function reportFromItem(item: BackfillItem): BackfillUserReport {
+  const outcome = isAction(item.outcome) ? item.outcome : 'ok';
+  const r: BackfillUserReport = { id: item.userId, action: outcome, outcome, steps: ['done by an earlier attempt of this backfill'] };
+  if (outcome === 'fail') {
+    const p = parseReason(item.reason);
+    r.code = p.code as BackfillFailureCode;
+    r.reason = p.reason;
+  }
+  return r;
+}
+
+interface ApplyDeps {
+  deps: BackfillDeps;
+  ctx: PlanContext;
+  m: <T>(fn: () => Promise<T>) => Promise<T>;
+  worker: string;
+  name: string;
+}
+
+/**
+ * Apply one user's plan. A write-ahead item ('running', with the planned action) goes to the
+ * master first, so a resume after a crash reports what this attempt did even if the redo finds
+ * nothing left to do. Local work never depends on the master once started.
+ */
+async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | undefined): Promise<BackfillUserReport> {
+  const { deps, ctx, m, name } = a;
+  const finish = async (r: BackfillUserReport): Promise<BackfillUserReport> => {
+    await m(() => deps.master.recordBackfillItem(name, { userId: r.id, outcome: r.outcome, reason: itemReason(r) })).catch(() => undefined);
+    return r;
+  };
+  if (plan.action === 'ok') {
+    const earlier = prior?.outcome === 'running' && isAction(prior.reason) ? prior.reason : undefined;
+    const r = planReport(plan);
+    if (earlier) {
+      r.action = earlier;
+      r.outcome = earlier;
+      r.steps = ['done by an earlier attempt of this backfill'];
+    }
+    return finish(r);
+  }
+  if (plan.action === 'fail') return finish(planReport(plan));
+
+  try {
+    await m(() => deps.master.recordBackfillItem(name, { userId: plan.userId, outcome: 'running', reason: plan.action }));
+  } catch {
+    // The master is gone before this user started: leave the user untouched.
+    return { ...planReport(plan), outcome: 'fail', code: 'error', reason: 'not started: the master went away' };
+  }
+
+  let lock: UserLock | undefined;
+  try {
+    lock = deps.master.capabilities.advisoryLocks ? await m(() => tryLockUser(deps.master, ctx.dataDir, plan.userId)) : await tryLockUser(deps.master, ctx.dataDir, plan.userId);
+  } catch (e) {
+    if (e instanceof MasterLost) return { ...planReport(plan), outcome: 'fail', code: 'error', reason: 'not started: the master went away' };
+    return finish(failReport(plan, classify(e)));
+  }
+  if (!lock) return finish(failReport(plan, { code: 'user_busy', reason: 'the user is being seeded by another process; run the backfill again later' }));
+  let report: BackfillUserReport;
+  try {
+    // Decide again under the lock: another process may have changed the user meanwhile.
+    report = await execute(a, planUser(ctx, plan.userId));
+  } catch (e) {
+    report = failReport(plan, classify(e));
+  } finally {
+    await lock.release().catch(() => undefined);
+  }
+  return finish(report);
+}
+
+function failReport(plan: UserPlan, f: { code: BackfillFailureCode; reason: string }): BackfillUserReport {
+  return { ...planReport(plan), outcome: 'fail', code: f.code, reason: f.reason };
+}
+
+async function execute(a: ApplyDeps, plan: UserPlan): Promise<BackfillUserReport> {
+  const { deps, ctx } = a;
+  const r = planReport(plan);
+  if (plan.action === 'fail' || plan.action === 'ok') return r;
+  const id = plan.userId;
+  const adopt = plan.steps.find((s): s is Extract<PlanStep, { kind: 'adopt' }> => s.kind === 'adopt');
+  const migrate = plan.steps.find((s): s is Extract<PlanStep, { kind: 'migrate' }> => s.kind === 'migrate');
+  const legacyMeta = plan.steps.some((s) => s.kind === 'meta_legacy');
+  let metaDone = false;
+  if (adopt || migrate) {
+    const res = await migrateSafely({
+      dbPath: userDbPath(ctx.dataDir, id),
+      backupDir: toolDir(ctx.dataDir, 'backups', `user_${id}`),
+      label: `user_${id}`,
+      adopt: adopt?.drift,
+      migrations: migrate?.migrations ?? [],
+      busyTimeoutMs: ctx.busyTimeoutMs,
+      // The legacy user_meta goes in the same commit: current and ready at once, or neither.
+      extra: legacyMeta ? (db) => (insertLegacyMeta(db, id) ? ['user_meta ready (legacy)'] : []) : undefined,
+    });
+    metaDone = legacyMeta;
+    if (res.backupPath) r.backup = res.backupPath;
+    if (!res.ok) {
+      const f = res.failure!;
+      const how =
+        f.restoredFrom === 'backup'
+          ? `; the DB was restored from the backup ${res.backupPath}`
+          : f.restoredFrom === 'rollback'
+            ? `; rolled back, nothing changed (backup kept at ${res.backupPath})`
+            : '; nothing was changed';
+      return { ...r, outcome: 'fail', code: f.code, reason: `${f.message}${how}` };
+    }
+  }
+  if (legacyMeta && !metaDone) writeLegacyMeta(ctx.dataDir, id, ctx.busyTimeoutMs);
+  const seed = plan.steps.find((s): s is Extract<PlanStep, { kind: 'seed' }> => s.kind === 'seed');
+  if (seed) {
+    const err = await seedWithJob(a, id);
+    if (err) return { ...r, outcome: 'fail', code: 'seed_failed', reason: err };
+  }
+  const perms = plan.steps.find((s): s is Extract<PlanStep, { kind: 'permissions' }> => s.kind === 'permissions');
+  if (perms) tightenPermissions(perms.paths);
+  return r;
+}
+
+/** Seed under the lock we hold, keeping an open seed job (if the user has one) in step. */
+async function seedWithJob(a: ApplyDeps, userId: UserId): Promise<string | undefined> {
+  const { deps, m, worker } = a;
+  const job = await m(() => deps.master.claimJobForUser(userId, worker, LEASE_MS)).catch((e) => {
+    if (e instanceof MasterLost) return undefined;
+    throw e;
+  });
+  try {
+    seedUser({ dataDir: deps.dataDir, userId, pkg: deps.pkg });
+  } catch (e) {
+    const error = e instanceof Error ? e.message : String(e);
+    if (job) {
+      const outcome =
+        job.attempts >= job.maxAttempts ? ({ status: 'failed', error } as const) : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
+      await m(() => deps.master.finishJob(job.id, worker, outcome)).catch(() => undefined);
+    }
+    return error;
+  }
+  if (job) await m(() => deps.master.finishJob(job.id, worker, { status: 'done' })).catch(() => undefined);
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy logs
+
+async function legacyLogsPass(
+  deps: BackfillDeps,
+  ctx: PlanContext,
+  dir: string,
+  ids: number[] | undefined,
+  inShard: (id: number) => boolean,
+  batchSize: number,
+  dryRun: boolean,
+): Promise<LegacyLogsResult> {
+  const candidates = new Set(listLegacyRuns(dir));
+  const owners = new Map<string, UserId[]>();
+  const unchecked: UserId[] = [];
+  if (candidates.size > 0) {
+    let after = 0;
+    for (;;) {
+      let page: MasterUser[];
+      try {
+        page = await deps.master.listUsers({ afterId: after, limit: batchSize, ids });
+      } catch (e) {
+        throw new UnavailableError(`lost the master ${deps.master.display} while finding the owners of legacy logs (${(e as Error).message}); run the backfill again`, 'master_unreachable', {
+          cause: e,
+        });
+      }
+      if (page.length === 0) break;
+      for (const u of page) {
+        if (!inShard(u.id)) continue;
+        try {
+          for (const run of runsOwnedBy(ctx.dataDir, u.id, candidates, ctx.busyTimeoutMs)) owners.set(run, [...(owners.get(run) ?? []), u.id]);
+        } catch {
+          unchecked.push(u.id);
+        }
+      }
+      after = page[page.length - 1]!.id;
+    }
+  }
+  return moveLegacyLogs({ dir, dataDir: ctx.dataDir, owners, uncheckedUsers: unchecked, dryRun });
+}

@@ -1,0 +1,91 @@
+// Human rendering of a backfill (plan or result) and its JSON document; no decisions here.
+
+import chalk from 'chalk';
+import Table from 'cli-table3';
+import { BACKFILL_ACTIONS, type BackfillAction, type BackfillResult } from '../core/backfill.js';
+import type { LegacyLogsResult } from '../core/legacy-logs.js';
+import { formatBytes } from './reporter.js';
+
+const LABEL: Record<BackfillAction, string> = {
+  seed: 'seed (no DB, or an unfinished seed)',
+  seed_beside: "seed beside the user's own rows",
+  meta_legacy: "user_meta ready, version 'legacy'",
+  adopt: 'adopt an ACM2-created DB',
+  migrate: 'migrate',
+  permissions: 'permissions tightened (0700/0600)',
+  ok: 'nothing to do',
+  fail: 'failed',
+};
+
+const COLOR: Partial<Record<BackfillAction, (s: string) => string>> = { ok: chalk.gray, fail: chalk.red };
+
+/** The `--json` document: SPEC's keys first, then the details. */
+export function backfillJson(r: BackfillResult): unknown {
+  return {
+    dryRun: r.dryRun,
+    counts: r.counts,
+    users: r.users.map((u) => ({
+      id: u.id,
+      action: u.action,
+      outcome: u.outcome,
+      ...(u.reason !== undefined ? { reason: u.reason } : {}),
+      ...(u.code !== undefined ? { code: u.code } : {}),
+      steps: u.steps,
+      ...(u.backup ? { backup: u.backup } : {}),
+    })),
+    usersOmitted: r.usersOmitted,
+    failures: r.failures,
+    stopped: r.stopped ?? null,
+    resumed: r.resumed,
+    progress: { name: r.name, cursor: r.cursor },
+    legacyLogs: r.legacyLogs ?? null,
+    durationMs: r.durationMs,
+  };
+}
+
+export function renderBackfill(r: BackfillResult): string {
+  const out: string[] = [];
+  if (r.dryRun) out.push(chalk.bold('Backfill plan (dry run: nothing was written)'));
+  if (r.resumed) out.push(`Resumed the backfill '${r.name}' where it stopped (counts include the earlier part).`);
+
+  if (r.dryRun && r.users.length > 0) {
+    const t = new Table({ head: ['user', 'action', 'steps / reason'] });
+    for (const u of r.users) t.push([u.id, (COLOR[u.action] ?? String)(u.action), u.reason ?? u.steps.join('\n')]);
+    out.push(t.toString());
+    if (r.usersOmitted > 0) out.push(`… and ${r.usersOmitted} more users (counts below cover them all; use --user to see one).`);
+  }
+
+  const summary = new Table({ head: [r.dryRun ? 'planned' : 'outcome', 'users'] });
+  let total = 0;
+  for (const a of BACKFILL_ACTIONS) {
+    const n = r.counts[a] ?? 0;
+    if (n === 0) continue;
+    total += n;
+    summary.push([(COLOR[a] ?? String)(`${a} — ${LABEL[a]}`), n]);
+  }
+  summary.push([chalk.bold('total'), total]);
+  out.push(summary.toString());
+
+  if (r.failures.length > 0) {
+    out.push(chalk.red(`${r.failures.length} user${r.failures.length === 1 ? '' : 's'} failed (skipped; everything else went on):`));
+    for (const f of r.failures) out.push(chalk.red(`  user ${f.id} [${f.code}]: ${f.reason}`));
+  }
+  if (r.legacyLogs) out.push(renderLegacyLogs(r.legacyLogs));
+  if (r.stopped === 'interrupted') out.push(chalk.yellow(`Interrupted: users in flight finished and progress is saved. Run 'acm2 backfill --resume' to continue.`));
+  if (r.stopped === 'max_errors') out.push(chalk.yellow(`Stopped early: --max-errors reached. Fix the failures, then run 'acm2 backfill --resume' to continue.`));
+  out.push(`${r.dryRun ? 'Planned' : 'Done'} in ${(r.durationMs / 1000).toFixed(1)} s.`);
+  return out.join('\n');
+}
+
+export function renderLegacyLogs(l: LegacyLogsResult): string {
+  const verb = l.dryRun ? 'would move' : 'moved';
+  const files = l.moved.reduce((a, m) => a + m.files, 0);
+  const bytes = l.moved.reduce((a, m) => a + m.bytes, 0);
+  const out = [`Legacy logs in ${l.dir}: ${l.runs} run folders; ${verb} ${l.moved.length} (${files} files, ${formatBytes(bytes)}) into their owners' runs/<id>/logs/.`];
+  for (const c of l.clashes) out.push(chalk.yellow(`  clash in user ${c.userId}: ${c.existing} already exists; the incoming file ${l.dryRun ? 'would be' : 'was'} kept as ${c.keptAs}`));
+  if (l.unowned.length > 0) out.push(chalk.yellow(`  ${l.unowned.length} run folder(s) no user owns, left in place: ${l.unowned.join(', ')}`));
+  for (const a of l.ambiguous) out.push(chalk.yellow(`  run ${a.runId} is held by users ${a.userIds.join(', ')}: left in place`));
+  if (l.skipped.length > 0) out.push(chalk.yellow(`  not plain files, left in place: ${l.skipped.join(', ')}`));
+  if (l.uncheckedUsers.length > 0) out.push(chalk.yellow(`  DBs of users ${l.uncheckedUsers.join(', ')} could not be read, so runs they own may show as unowned`));
+  return out.join('\n');
+}
