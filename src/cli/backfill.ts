@@ -30,7 +30,9 @@ export async function run({ opts }: CommandCall): Promise<void> {
   // The package is checked before anything is written (a missing user is seeded with it).
   const pkg = loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
 
-  // A dry run does not migrate the master (it must already be set up); a real run does.
+  // A dry run writes nothing, the master included: it neither creates an embedded master nor
+  // migrates one (so it needs a master that a real run has set up); a real run does both.
+  if (dryRun && cfg.master.kind === 'sqlite' && !existsSync(cfg.master.file)) throw notSetUp(cfg.master.display);
   const master = await openMaster(cfg.master, { migrate: !dryRun });
   let interrupted = false;
   const onSigint = () => {
@@ -47,15 +49,18 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const progress = out.progress();
   try {
     const r = await runBackfill({ master, dataDir: cfg.dataDir, pkg, progress, shouldStop: () => interrupted }, options).catch((e: unknown) => {
-      if (dryRun && /no such table/i.test(String((e as Error).message))) {
-        throw new UsageError(`the master at ${master.display} is not set up yet, so there is nothing to plan (a run without --dry-run sets it up)`, 'master_not_ready', { cause: e });
-      }
+      if (dryRun && /no such table|doesn't exist/i.test(String((e as Error).message))) throw notSetUp(master.display, e);
       throw e;
     });
     out.result(backfillJson(r), () => renderBackfill(r));
-    if (r.failures.length > 0 || r.stopped) process.exitCode = EXIT.findings;
+    // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
+    if (r.stopped || (!r.dryRun && r.failures.length > 0)) process.exitCode = EXIT.findings;
   } finally {
     process.off('SIGINT', onSigint);
     await master.close().catch(() => undefined);
   }
+}
+
+function notSetUp(display: string, cause?: unknown): UsageError {
+  return new UsageError(`the master at ${display} is not set up yet, so there is nothing to plan (a run without --dry-run sets it up)`, 'master_not_ready', { cause });
 }

@@ -1,0 +1,439 @@
+// Backfill over a legacy fleet: one run brings every healthy user up to date and reports exactly
+// the broken ones; a second run changes nothing; no row is ever lost (a bad migration is undone);
+// SIGKILL + --resume equals an uninterrupted run; an unreachable master changes nothing.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
+import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
+import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
+import { countRows } from '../src/core/migrate-safe.js';
+import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
+import { toolDir, userDbPath } from '../src/userdb/paths.js';
+import { UnavailableError } from '../src/errors.js';
+import type { MasterDb } from '../src/master/types.js';
+import type { Migration } from '../src/migrations.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+
+let pkg: FrozenSource;
+beforeAll(() => {
+  pkg = frozenSource();
+});
+afterAll(() => {
+  pkg.cleanup();
+  cleanupTemplates();
+});
+
+const deps = (f: Fleet, extra: Partial<BackfillDeps> = {}): BackfillDeps => ({ master: f.master, dataDir: f.dataDir, pkg: pkg.pkg, saveEveryMs: 50, ...extra });
+const backfill = (f: Fleet, opts: BackfillOptions = {}, extra: Partial<BackfillDeps> = {}) => runBackfill(deps(f, extra), opts);
+
+/** sha256 of every file in the data dir except the master and the tool's private .acm2/. */
+function hashTree(dataDir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const rel of walkFiles(dataDir)) {
+    if (rel.startsWith('master.db') || rel.split(path.sep)[0] === '.acm2') continue;
+    out[rel] = createHash('sha256').update(readFileSync(path.join(dataDir, rel))).digest('hex');
+  }
+  return out;
+}
+
+function directCheck(dataDir: string, id: number) {
+  const db = new Database(userDbPath(dataDir, id), { fileMustExist: true });
+  try {
+    const meta = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`).get(id) as { seed_status: string; seed_version: string } | undefined;
+    return {
+      status: meta?.seed_status ?? null,
+      version: meta?.seed_version ?? null,
+      pending: pendingMigrations(db).map((m) => m.name),
+      fk: (db.prepare(`PRAGMA foreign_key_check`).all() as unknown[]).length,
+    };
+  } finally {
+    db.close();
+  }
+}
+
+function counts(dataDir: string, id: number): Record<string, number> {
+  const db = new Database(userDbPath(dataDir, id), { fileMustExist: true });
+  try {
+    return countRows(db);
+  } finally {
+    db.close();
+  }
+}
+
+function byKind(f: Fleet, kinds: FleetKind[]): number[] {
+  return f.users.filter((u) => kinds.includes(u.kind)).map((u) => u.id);
+}
+
+const verifyModule = path.join(REPO, 'src/core/verify.ts');
+
+describe('a legacy fleet of 1,000+ users', () => {
+  let fleet: Fleet;
+  let release: () => Promise<void>;
+  let before: Map<number, Record<string, number>>;
+  let plan: BackfillResult;
+  let first: BackfillResult;
+  const mix: Partial<Record<FleetKind, number>> = {
+    legacy: 300,
+    acm2_ready: 200,
+    drift_runs: 200,
+    drift_presets: 150,
+    drift_later: 141,
+    missing: 3,
+    presets_only: 3,
+    ready: 3,
+    corrupt: 1,
+    locked: 1,
+  };
+
+  beforeAll(async () => {
+    fleet = await buildLegacyFleet(mix, pkg.pkg);
+    release = await fleet.holdLocks();
+    before = new Map();
+    for (const u of fleet.users) if (HEALTHY(u.kind) && u.kind !== 'missing') before.set(u.id, counts(fleet.dataDir, u.id));
+    const untouched = hashTree(fleet.dataDir);
+    const privateFiles = walkFiles(toolDir(fleet.dataDir));
+    plan = await backfill(fleet, { dryRun: true, batchSize: 200 });
+    expect(hashTree(fleet.dataDir)).toEqual(untouched);
+    expect(walkFiles(toolDir(fleet.dataDir))).toEqual(privateFiles);
+    expect(await fleet.master.getBackfill('default')).toBeUndefined();
+    first = await backfill(fleet, { concurrency: 2, batchSize: 200 });
+  }, 120_000);
+  afterAll(async () => {
+    await release?.();
+    await fleet?.cleanup();
+  });
+
+  it('has at least 1,000 users of every kind', () => {
+    expect(fleet.users.length).toBeGreaterThanOrEqual(1000);
+    expect(new Set(fleet.users.map((u) => u.kind)).size).toBe(Object.keys(mix).length);
+  });
+
+  it('dry run: plans the right action per user and writes nothing (not even progress)', async () => {
+    expect(plan.dryRun).toBe(true);
+    const want: Record<string, number> = {};
+    for (const u of fleet.users) want[EXPECTED[u.kind]] = (want[EXPECTED[u.kind]] ?? 0) + 1;
+    expect(plan.counts).toEqual(want);
+    expect(plan.users).toHaveLength(1000);
+    expect(plan.usersOmitted).toBe(fleet.users.length - 1000);
+    for (const u of plan.users) expect(u.action, `user ${u.id} (${fleet.kindOf(u.id)})`).toBe(EXPECTED[fleet.kindOf(u.id)]);
+    expect(plan.failures.map((f) => f.id).sort((a, b) => a - b)).toEqual(byKind(fleet, ['corrupt', 'locked']));
+  });
+
+  it('one run brings every healthy user to ready, current schema, no FK violation', async () => {
+    for (const u of fleet.users) {
+      if (!HEALTHY(u.kind)) continue;
+      const c = directCheck(fleet.dataDir, u.id);
+      expect(c, `user ${u.id} (${u.kind})`).toMatchObject({ status: 'ready', pending: [], fk: 0 });
+      const legacy = ['legacy', 'drift_runs', 'drift_presets', 'drift_later', 'acm2_ready'].includes(u.kind);
+      expect(c.version, `user ${u.id} (${u.kind})`).toBe(legacy ? 'legacy' : pkg.pkg.version);
+    }
+    const items = await fleet.master.backfillItems('default');
+    expect(items).toHaveLength(fleet.users.length);
+    for (const it of items) expect(it.outcome, `user ${it.userId} (${fleet.kindOf(it.userId)})`).toBe(EXPECTED[fleet.kindOf(it.userId)]);
+    expect(first.stopped).toBeUndefined();
+    expect((await fleet.master.getBackfill('default'))?.status).toBe('done');
+  });
+
+  it('reports exactly the corrupt and the locked user, with their reasons', () => {
+    const failed = first.failures.map((f) => [f.id, f.code]).sort((a, b) => Number(a[0]) - Number(b[0]));
+    expect(failed).toEqual([...byKind(fleet, ['corrupt']).map((id) => [id, 'corrupt']), ...byKind(fleet, ['locked']).map((id) => [id, 'locked'])].sort((a, b) => Number(a[0]) - Number(b[0])));
+    for (const f of first.failures) expect(f.reason.length).toBeGreaterThan(10);
+    expect(first.counts.fail).toBe(2);
+  });
+
+  it('loses no row: every table of every legacy DB has as many rows or more', () => {
+    for (const [id, was] of before) {
+      const now = counts(fleet.dataDir, id);
+      for (const [t, n] of Object.entries(was)) expect(now[t] ?? -1, `user ${id} (${fleet.kindOf(id)}) table ${t}`).toBeGreaterThanOrEqual(n);
+    }
+  });
+
+  it('keeps a backup of every migrated DB under .acm2/backups/', () => {
+    const migrated = fleet.users.filter((u) => ['legacy', 'acm2_ready', 'drift_runs', 'drift_presets', 'drift_later', 'presets_only'].includes(u.kind));
+    for (const u of migrated.slice(0, 50)) {
+      const dir = toolDir(fleet.dataDir, 'backups', `user_${u.id}`);
+      const files = readdirSync(dir).filter((n) => n.endsWith('.db'));
+      expect(files.length, `user ${u.id}`).toBe(1);
+      const b = new Database(path.join(dir, files[0]!), { readonly: true });
+      expect(countRows(b)).toEqual(before.get(u.id));
+      b.close();
+    }
+  });
+
+  it('is verify-clean for every healthy user (when verify exists)', async () => {
+    if (!existsSync(verifyModule)) return;
+    const mod = (await import(/* @vite-ignore */ pathToUrl(verifyModule))) as { verifyUsers?: Function };
+    if (typeof mod.verifyUsers !== 'function') return;
+    const healthy = fleet.users.filter((u) => HEALTHY(u.kind)).map((u) => u.id);
+    const res = (await mod.verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: pkg.seedsDir }, { users: healthy })) as {
+      users: Array<{ id: number; ok: boolean; problems: Array<{ code: string; message: string }> }>;
+    };
+    const bad = res.users.filter((u) => !u.ok).map((u) => ({ id: u.id, kind: fleet.kindOf(u.id), problems: u.problems.slice(0, 3).map((p) => `${p.code}: ${p.message}`) }));
+    expect(bad).toEqual([]);
+  });
+
+  it('a second backfill changes nothing: byte-identical DBs and files', async () => {
+    const was = hashTree(fleet.dataDir);
+    const second = await backfill(fleet, { concurrency: 2, batchSize: 200 });
+    expect(hashTree(fleet.dataDir)).toEqual(was);
+    expect(second.counts).toEqual({ ok: fleet.users.length - 2, fail: 2 });
+  });
+});
+
+describe('no row is ever lost', () => {
+  let fleet: Fleet;
+  beforeAll(async () => {
+    fleet = await buildLegacyFleet({ legacy: 2, drift_runs: 1, drift_later: 1 }, pkg.pkg);
+  });
+  afterAll(async () => fleet?.cleanup());
+
+  const bad = (name: string, sql: string): Migration[] => [...userMigrations(), { id: userMigrations().length + 1, name, sql, checksum: createHash('sha256').update(sql).digest('hex') }];
+
+  it('a migration that would drop rows is rolled back and the user failed, backup kept', async () => {
+    const ids = fleet.users.map((u) => u.id);
+    const was = hashTree(fleet.dataDir);
+    const wasCounts = new Map(ids.map((id) => [id, counts(fleet.dataDir, id)]));
+    const r = await backfill(fleet, {}, { migrations: bad('0099_bad_drop', `DELETE FROM contents WHERE content_type = 'input_document'`) });
+    expect(r.counts).toEqual({ fail: ids.length });
+    for (const f of r.failures) {
+      expect(f.code).toBe('rows_vanished');
+      expect(f.reason).toMatch(/contents 2 -> 1/);
+      expect(f.reason).toMatch(/rolled back/);
+    }
+    expect(hashTree(fleet.dataDir)).toEqual(was);
+    for (const id of ids) {
+      expect(counts(fleet.dataDir, id)).toEqual(wasCounts.get(id));
+      expect(readdirSync(toolDir(fleet.dataDir, 'backups', `user_${id}`)).filter((n) => n.endsWith('.db'))).toHaveLength(1);
+    }
+  });
+
+  it('a migration that commits on its own and then drops rows is undone from the backup', async () => {
+    const ids = fleet.users.map((u) => u.id);
+    const wasCounts = new Map(ids.map((id) => [id, counts(fleet.dataDir, id)]));
+    const r = await backfill(fleet, {}, { migrations: bad('0099_bad_commit', `COMMIT; DELETE FROM presets;`) });
+    expect(r.counts).toEqual({ fail: ids.length });
+    for (const f of r.failures) expect(f.reason).toMatch(/restored from the backup/);
+    for (const id of ids) {
+      expect(counts(fleet.dataDir, id)).toEqual(wasCounts.get(id));
+      // Back to the state before the attempt: not even the ledger or the drift repairs remain.
+      const db = new Database(userDbPath(fleet.dataDir, id), { readonly: true });
+      expect(db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'acm2_migrations'`).get()).toBeUndefined();
+      db.close();
+    }
+    // The real migrations then go through.
+    const ok = await backfill(fleet);
+    expect(ok.counts).toEqual({ meta_legacy: ids.length });
+  });
+});
+
+describe('stopping and resuming', () => {
+  const mix: Partial<Record<FleetKind, number>> = { legacy: 50, drift_runs: 35, drift_presets: 30, acm2_ready: 25, drift_later: 20, missing: 3, presets_only: 3, ready: 2 };
+
+  /** Per-user state to compare two fleets by (ids and backups differ; structure must not). */
+  async function finalState(f: Fleet) {
+    const items = new Map((await f.master.backfillItems('default')).map((i) => [i.userId, i.outcome]));
+    return f.users.map((u) => {
+      const c = directCheck(f.dataDir, u.id);
+      return { id: u.id, outcome: items.get(u.id), status: c.status, version: c.version, pending: c.pending, rows: counts(f.dataDir, u.id) };
+    });
+  }
+
+  let reference: Fleet;
+  let referenceState: Awaited<ReturnType<typeof finalState>>;
+  beforeAll(async () => {
+    reference = await buildLegacyFleet(mix, pkg.pkg);
+    const r = await backfill(reference, { batchSize: 50 });
+    expect(r.failures).toEqual([]);
+    referenceState = await finalState(reference);
+  }, 60_000);
+  afterAll(async () => reference?.cleanup());
+
+  const cli = (f: Fleet, ...args: string[]) => [BIN, 'backfill', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir, ...args];
+
+  function itemCount(f: Fleet): number {
+    const db = new Database(path.join(f.dataDir, 'master.db'), { readonly: true, fileMustExist: true });
+    try {
+      db.pragma('busy_timeout = 5000');
+      return (db.prepare(`SELECT COUNT(*) AS n FROM acm2_backfill_items WHERE outcome <> 'running'`).get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  }
+
+  it('SIGKILL halfway through the built CLI, then --resume: the same final state as an uninterrupted run', async () => {
+    const f = await buildLegacyFleet(mix, pkg.pkg);
+    try {
+      const child = spawn(process.execPath, cli(f, '--quiet', '--batch-size', '50', '--concurrency', '2'), { stdio: 'ignore' });
+      const exited = new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_c, sig) => r(sig)));
+      const half = Math.floor(f.users.length / 2);
+      for (let i = 0; i < 3000 && itemCount(f) < half; i++) await new Promise((r) => setTimeout(r, 5));
+      child.kill('SIGKILL');
+      expect(await exited).toBe('SIGKILL');
+      const done = itemCount(f);
+      expect(done).toBeGreaterThan(0);
+      expect(done).toBeLessThan(f.users.length);
+      const progress = await f.master.getBackfill('default');
+      expect(progress?.status).toBe('running');
+
+      const resumed = spawnSync(process.execPath, cli(f, '--json', '--resume', '--batch-size', '50'), { encoding: 'utf8' });
+      expect(resumed.status, resumed.stderr).toBe(0);
+      const doc = JSON.parse(resumed.stdout) as { counts: Record<string, number>; resumed: boolean; failures: unknown[] };
+      expect(doc.resumed).toBe(true);
+      expect(doc.failures).toEqual([]);
+      expect(Object.values(doc.counts).reduce((a, n) => a + n, 0)).toBe(f.users.length);
+      expect(await finalState(f)).toEqual(referenceState);
+    } finally {
+      await f.cleanup();
+    }
+  }, 60_000);
+
+  it('SIGINT: users in flight finish, progress is saved, exit 1 with a hint; --resume completes', async () => {
+    const f = await buildLegacyFleet(mix, pkg.pkg);
+    try {
+      const child = spawn(process.execPath, cli(f, '--batch-size', '50'), { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      child.stdout!.on('data', (d) => (stdout += String(d)));
+      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      for (let i = 0; i < 3000 && itemCount(f) < 30; i++) await new Promise((r) => setTimeout(r, 5));
+      child.kill('SIGINT');
+      expect(await exited).toBe(1);
+      expect(stdout).toMatch(/--resume/);
+      const p = await f.master.getBackfill('default');
+      expect(p?.status).toBe('interrupted');
+      expect(p!.cursor).toBeLessThan(f.users.length);
+      const r = spawnSync(process.execPath, cli(f, '--json', '--resume'), { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      expect(await finalState(f)).toEqual(referenceState);
+    } finally {
+      await f.cleanup();
+    }
+  }, 60_000);
+
+  it('the master going away mid-run: exit 3 with a clear message, and --resume completes later', async () => {
+    const f = await buildLegacyFleet(mix, pkg.pkg);
+    try {
+      let calls = 0;
+      const flaky = new Proxy(f.master, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            if (prop === 'recordBackfillItem' && ++calls > 60) return Promise.reject(new UnavailableError('cannot reach MySQL master at db:3306 (ECONNRESET)', 'master_unreachable'));
+            if (calls > 60 && prop !== 'close') return Promise.reject(new UnavailableError('cannot reach MySQL master at db:3306 (ECONNRESET)', 'master_unreachable'));
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      }) as MasterDb;
+      const err = await runBackfill({ ...deps(f), master: flaky }, { concurrency: 2, batchSize: 50 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UnavailableError);
+      expect((err as UnavailableError).exitCode).toBe(3);
+      expect((err as Error).message).toMatch(/lost the master .*ECONNRESET.*--resume/);
+      // Nothing is half-done: every user is either untouched or fully ready.
+      for (const u of f.users) {
+        if (!existsSync(userDbPath(f.dataDir, u.id))) continue;
+        const c = directCheck(f.dataDir, u.id);
+        if (c.status === 'ready' && u.kind !== 'ready' && u.kind !== 'acm2_ready') expect(c.pending, `user ${u.id}`).toEqual([]);
+      }
+      const r = await backfill(f, { resume: true, batchSize: 50 });
+      expect(r.resumed).toBe(true);
+      expect(r.failures).toEqual([]);
+      const state = await finalState(f);
+      // Users the lost master never heard about report what a redo found ('ok'); their data is the same.
+      expect(state.map(({ outcome: _o, ...s }) => s)).toEqual(referenceState.map(({ outcome: _o, ...s }) => s));
+    } finally {
+      await f.cleanup();
+    }
+  }, 60_000);
+});
+
+describe('selection and limits', () => {
+  let fleet: Fleet;
+  beforeAll(async () => {
+    fleet = await buildLegacyFleet({ legacy: 6, corrupt: 3, acm2_ready: 3 }, pkg.pkg);
+  });
+  afterAll(async () => fleet?.cleanup());
+
+  it('--user, --shard and --limit pick the users; an unknown --user is refused', async () => {
+    expect((await backfill(fleet, { dryRun: true, userIds: [2, 5] })).users.map((u) => u.id)).toEqual([2, 5]);
+    expect((await backfill(fleet, { dryRun: true, shard: { index: 1, count: 3 } })).users.map((u) => u.id)).toEqual([1, 4, 7, 10]);
+    expect((await backfill(fleet, { dryRun: true, limit: 4, batchSize: 3 })).users.map((u) => u.id)).toEqual([1, 2, 3, 4]);
+    await expect(backfill(fleet, { userIds: [999] })).rejects.toThrow(/no user with id 999/);
+  });
+
+  it('--max-errors stops early and --resume goes on from there', async () => {
+    const r = await backfill(fleet, { maxErrors: 1 });
+    expect(r.stopped).toBe('max_errors');
+    expect(r.failures).toHaveLength(1);
+    const done = Object.values(r.counts).reduce((a, n) => a + (n ?? 0), 0);
+    expect(done).toBeLessThan(fleet.users.length);
+    const rest = await backfill(fleet, { resume: true });
+    expect(rest.resumed).toBe(true);
+    expect(rest.counts.fail).toBe(3);
+    expect(Object.values(rest.counts).reduce((a, n) => a + (n ?? 0), 0)).toBe(fleet.users.length);
+    expect(rest.failures.map((f) => f.id).sort((a, b) => a - b)).toEqual(byKind(fleet, ['corrupt']));
+  });
+
+  it('the CLI: --dry-run --json is one document with the plan; the human form has the summary table', () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', fleet.dataDir, '--master', fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });
+    const r = cli('--dry-run', '--json', '--user', '1', '--user', '2');
+    expect(r.status, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(Object.keys(doc).slice(0, 3)).toEqual(['dryRun', 'counts', 'users']);
+    expect(doc).toMatchObject({ dryRun: true, failures: [{ id: 2, code: 'corrupt' }] });
+    expect(typeof doc.durationMs).toBe('number');
+    const users = doc.users as Array<Record<string, unknown>>;
+    expect(users.map((u) => u.id)).toEqual([1, 2]);
+    expect(['ok', 'meta_legacy']).toContain(users[0]!.action); // depends on whether the tests above ran
+    expect(users[1]).toMatchObject({ action: 'fail', outcome: 'fail', code: 'corrupt' });
+    expect(users[1]!.reason).toMatch(/corrupt/);
+    const human = cli('--dry-run', '--no-color', '--user', '2');
+    expect(human.status).toBe(0);
+    expect(human.stdout).toMatch(/dry run/);
+    expect(human.stdout).toMatch(/fail — failed/);
+    expect(human.stdout).toMatch(/user 2 \[corrupt\]/);
+  });
+
+  it('a dry run against a master that was never set up says so (exit 2) and creates nothing', () => {
+    const empty = path.join(fleet.dataDir, 'never-used');
+    const r = spawnSync(process.execPath, [BIN, 'backfill', '--dry-run', '--data-dir', empty, '--master', `sqlite:${path.join(fleet.dataDir, 'blank.db')}`, '--seeds', pkg.seedsDir], {
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/not set up yet/);
+    expect(existsSync(empty)).toBe(false);
+    expect(existsSync(path.join(fleet.dataDir, 'blank.db'))).toBe(false);
+  });
+
+  it('a resume with other options is refused', async () => {
+    await backfill(fleet, { maxErrors: 1, userIds: [1, 2, 3] });
+    await expect(backfill(fleet, { resume: true })).rejects.toThrow(/other options/);
+  });
+});
+
+describe('the master unreachable from the start', () => {
+  it('exit 3, one clear sentence, nothing on disk changed', async () => {
+    const fleet = await buildLegacyFleet({ legacy: 3, missing: 1, drift_runs: 1 }, pkg.pkg);
+    try {
+      const was = snapshotTree(fleet.dataDir);
+      const r = spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', fleet.dataDir, '--master', 'mysql://root@127.0.0.1:1/x', '--seeds', pkg.seedsDir], { encoding: 'utf8' });
+      expect(r.status).toBe(3);
+      expect(r.stderr).toMatch(/cannot reach MySQL master at 127\.0\.0\.1:1/);
+      expect(snapshotTree(fleet.dataDir)).toEqual(was);
+    } finally {
+      await fleet.cleanup();
+    }
+  });
+});
+
+function pathToUrl(p: string): string {
+  return new URL(`file://${p}`).href;
+}

@@ -1,0 +1,182 @@
+// --legacy-logs: ACM2's global logs/{run_id}/ folders move into their owner's run folder with
+// identical bytes; unowned runs stay and are reported; a clash keeps both; a crash mid-move
+// loses nothing and a rerun finishes it; a dry run touches nothing.
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
+import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
+import { runBackfill } from '../src/core/backfill.js';
+import { moveLegacyLogs, runsOwnedBy, suffixed } from '../src/core/legacy-logs.js';
+import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+
+let pkg: FrozenSource;
+beforeAll(() => {
+  pkg = frozenSource();
+});
+afterAll(() => {
+  pkg.cleanup();
+  cleanupTemplates();
+});
+
+const UNOWNED = '0badc0de-0000-4000-8000-000000000000';
+const EXTRA_RUN = 'e77a0000-1111-4222-8333-444455556666';
+
+/** Users 1-3 with legacy DBs (user 1 holds two runs); a global logs dir with their runs + one nobody owns. */
+async function world() {
+  const fleet = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+  const db = new Database(userDbPath(fleet.dataDir, 1));
+  db.pragma('foreign_keys = OFF');
+  db.prepare(`INSERT INTO runs (id, user_id, created_at, title, status, config, total_tasks, completed_tasks, failed_tasks, total_cost_usd, total_tokens)
+              VALUES (?, 1, '2026-01-13 10:00:00.000000', 'second run', 'failed', '{}', 0, 0, 0, 0.0, 0)`).run(EXTRA_RUN);
+  db.close();
+  const logs = fleetTmpDir('acm2-legacy-logs-');
+  const put = (rel: string, text: string) => {
+    mkdirSync(path.dirname(path.join(logs, rel)), { recursive: true });
+    writeFileSync(path.join(logs, rel), text);
+  };
+  const r1 = fleetRunId(1);
+  const r2 = fleetRunId(2);
+  const r3 = fleetRunId(3);
+  put(`${r1}/run.log`, `run ${r1} started\nrun ${r1} done\n`);
+  put(`${r1}/fpf_output.log`, 'fpf says hi\n'.repeat(500));
+  put(`${r1}/nested/fpf_${r1}.gen.1.openai_o4-mini.log`, 'per-task log\n');
+  put(`${EXTRA_RUN}/run.log`, 'the failed run\n');
+  put(`${r2}/run.log`, 'user 2 run log (from the global folder)\n');
+  put(`${r3}/run.log`, 'user 3 run log\n');
+  put(`${UNOWNED}/run.log`, 'nobody owns me\n');
+  // User 2 already has a run.log in its run folder (written by a later ACM2): a clash.
+  const clash = path.join(userRoot(fleet.dataDir, 2), 'runs', r2, 'logs', 'run.log');
+  mkdirSync(path.dirname(clash), { recursive: true });
+  writeFileSync(clash, 'user 2 own newer run log\n');
+  return { fleet, logs, r1, r2, r3, clash };
+}
+
+function hashes(dir: string): Map<string, string> {
+  return new Map(walkFiles(dir).map((rel) => [rel, createHash('sha256').update(readFileSync(path.join(dir, rel))).digest('hex')]));
+}
+
+/** The data dir's files and their hashes, without the master (its WAL moves on reads) and .acm2/. */
+function userData(dir: string): Record<string, string> {
+  return Object.fromEntries([...hashes(dir)].filter(([rel]) => !rel.startsWith('master.db') && !rel.startsWith('.acm2')));
+}
+
+describe('moving global logs through backfill', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeEach(async () => {
+    w = await world();
+  });
+  afterEach(async () => {
+    await w.fleet.cleanup();
+    rmSync(w.logs, { recursive: true, force: true });
+  });
+
+  it('every owned file lands in its owner’s run folder with identical bytes; the unowned run stays and is reported; a clash keeps both', async () => {
+    const before = hashes(w.logs);
+    const r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    const l = r.legacyLogs!;
+    expect(l.runs).toBe(5);
+    expect(l.unowned).toEqual([UNOWNED]);
+    expect(l.ambiguous).toEqual([]);
+    expect(l.moved.map((m) => [m.runId, m.userId, m.files]).sort()).toEqual(
+      [
+        [w.r1, 1, 3],
+        [EXTRA_RUN, 1, 1],
+        [w.r2, 2, 1],
+        [w.r3, 3, 1],
+      ].sort(),
+    );
+    for (const [rel, sha] of before) {
+      const [runId, ...rest] = rel.split(path.sep);
+      if (runId === UNOWNED) continue;
+      const owner = runId === EXTRA_RUN || runId === w.r1 ? 1 : runId === w.r2 ? 2 : 3;
+      let target = path.join(userRoot(w.fleet.dataDir, owner), 'runs', runId!, 'logs', ...rest);
+      if (runId === w.r2) target = suffixed(target, 1);
+      expect(createHash('sha256').update(readFileSync(target)).digest('hex'), rel).toBe(sha);
+      expect(statSync(target).mode & 0o777).toBe(0o600);
+    }
+    // The clash: the user's own file is untouched, the incoming one sits beside it, and it is reported.
+    expect(readFileSync(w.clash, 'utf8')).toBe('user 2 own newer run log\n');
+    expect(readFileSync(suffixed(w.clash, 1), 'utf8')).toBe('user 2 run log (from the global folder)\n');
+    expect(path.basename(suffixed(w.clash, 1))).toBe('run.legacy.log');
+    expect(l.clashes).toEqual([{ runId: w.r2, userId: 2, existing: path.join('runs', w.r2, 'logs', 'run.log'), keptAs: path.join('runs', w.r2, 'logs', 'run.legacy.log') }]);
+    // Only the unowned run is left in the global folder.
+    expect(walkFiles(w.logs)).toEqual([path.join(UNOWNED, 'run.log')]);
+
+    // A second run moves nothing and changes nothing.
+    const tree = userData(w.fleet.dataDir);
+    const again = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    expect(again.legacyLogs!.moved).toEqual([]);
+    expect(again.legacyLogs!.unowned).toEqual([UNOWNED]);
+    expect(userData(w.fleet.dataDir)).toEqual(tree);
+  });
+
+  it('a dry run lists the moves and the clash and touches nothing', async () => {
+    const logsBefore = snapshotTree(w.logs);
+    const dataBefore = userData(w.fleet.dataDir);
+    const privateBefore = walkFiles(toolDir(w.fleet.dataDir));
+    const r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, dryRun: true });
+    expect(r.legacyLogs!.dryRun).toBe(true);
+    expect(r.legacyLogs!.moved).toHaveLength(4);
+    expect(r.legacyLogs!.clashes).toHaveLength(1);
+    expect(r.legacyLogs!.unowned).toEqual([UNOWNED]);
+    expect(snapshotTree(w.logs)).toEqual(logsBefore);
+    expect(userData(w.fleet.dataDir)).toEqual(dataBefore);
+    expect(walkFiles(toolDir(w.fleet.dataDir))).toEqual(privateBefore);
+    expect(await w.fleet.master.getBackfill('default')).toBeUndefined();
+  });
+
+  it('a crash mid-move loses nothing and a rerun finishes it (copy path too)', async () => {
+    const before = hashes(w.logs);
+    // As after a crash between "link into place" and "remove the old name": both names exist.
+    const half = path.join(userRoot(w.fleet.dataDir, 1), 'runs', w.r1, 'logs', 'run.log');
+    mkdirSync(path.dirname(half), { recursive: true });
+    linkSync(path.join(w.logs, w.r1, 'run.log'), half);
+    // And a copy left in staging by a crash before it was linked.
+    mkdirSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs'), { recursive: true });
+    writeFileSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs', 'abc.tmp'), 'partial');
+
+    const owners = new Map<string, number[]>();
+    const candidates = new Set([w.r1, w.r2, w.r3, EXTRA_RUN, UNOWNED]);
+    for (const id of [1, 2, 3]) for (const run of runsOwnedBy(w.fleet.dataDir, id, candidates)) owners.set(run, [...(owners.get(run) ?? []), id]);
+    const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners, forceCopy: true });
+    expect(r.clashes).toHaveLength(1); // only user 2's real clash: the half-moved file is recognised
+    expect(readFileSync(half, 'utf8')).toBe(`run ${w.r1} started\nrun ${w.r1} done\n`);
+    expect(existsSync(path.join(w.logs, w.r1))).toBe(false);
+    expect(existsSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs'))).toBe(false);
+    for (const [rel, sha] of before) {
+      const [runId, ...rest] = rel.split(path.sep);
+      if (runId !== w.r1) continue;
+      expect(createHash('sha256').update(readFileSync(path.join(userRoot(w.fleet.dataDir, 1), 'runs', runId, 'logs', ...rest))).digest('hex')).toBe(sha);
+    }
+  });
+
+  it('a run two users hold is left in place and reported', () => {
+    const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3, 2]]]) });
+    expect(r.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
+    expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
+  });
+
+  it('the CLI reports the moves in its JSON and refuses a --legacy-logs that is not a folder', () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });
+    const bad = cli('--legacy-logs', path.join(w.logs, 'nope'), '--json');
+    expect(bad.status).toBe(2);
+    expect(JSON.parse(bad.stdout).error.message).toMatch(/is not a folder/);
+    const ok = cli('--legacy-logs', w.logs, '--json');
+    expect(ok.status, ok.stderr).toBe(0);
+    const doc = JSON.parse(ok.stdout) as { dryRun: boolean; counts: Record<string, number>; legacyLogs: { unowned: string[]; moved: unknown[]; clashes: unknown[] } };
+    expect(doc.dryRun).toBe(false);
+    expect(doc.counts).toEqual({ meta_legacy: 3 });
+    expect(doc.legacyLogs.unowned).toEqual([UNOWNED]);
+    expect(doc.legacyLogs.moved).toHaveLength(4);
+    expect(doc.legacyLogs.clashes).toHaveLength(1);
+  });
+});
