@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import Database from 'better-sqlite3';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
@@ -139,9 +139,12 @@ describe('moving global logs through backfill', () => {
     const half = path.join(userRoot(w.fleet.dataDir, 1), 'runs', w.r1, 'logs', 'run.log');
     mkdirSync(path.dirname(half), { recursive: true });
     linkSync(path.join(w.logs, w.r1, 'run.log'), half);
-    // And a copy left in staging by a crash before it was linked.
-    mkdirSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs'), { recursive: true });
-    writeFileSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs', 'abc.tmp'), 'partial');
+    // And a copy left in staging by a run that crashed before linking it (long ago).
+    const stale = toolDir(w.fleet.dataDir, 'staging', 'legacy-logs', 'host-1-abcdef');
+    mkdirSync(stale, { recursive: true });
+    writeFileSync(path.join(stale, 'abc.tmp'), 'partial');
+    const hourAgo = new Date(Date.now() - 3600_000);
+    utimesSync(stale, hourAgo, hourAgo);
 
     const owners = new Map<string, number[]>();
     const candidates = new Set([w.r1, w.r2, w.r3, EXTRA_RUN, UNOWNED]);
@@ -150,7 +153,8 @@ describe('moving global logs through backfill', () => {
     expect(r.clashes).toHaveLength(1); // only user 2's real clash: the half-moved file is recognised
     expect(readFileSync(half, 'utf8')).toBe(`run ${w.r1} started\nrun ${w.r1} done\n`);
     expect(existsSync(path.join(w.logs, w.r1))).toBe(false);
-    expect(existsSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs'))).toBe(false);
+    expect(existsSync(stale)).toBe(false);
+    expect(existsSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs')) ? readdirSync(toolDir(w.fleet.dataDir, 'staging', 'legacy-logs')) : []).toEqual([]);
     for (const [rel, sha] of before) {
       const [runId, ...rest] = rel.split(path.sep);
       if (runId !== w.r1) continue;

@@ -490,7 +490,7 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
       taken++;
       const entry: { id: number; outcome?: BackfillAction } = { id: user.id };
       window.push(entry);
-      let report: BackfillUserReport;
+      let report: BackfillUserReport | undefined;
       const prior = recordedAbove.get(user.id);
       if (prior && prior.outcome !== 'running') {
         report = reportFromItem(prior);
@@ -498,6 +498,8 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
         const plan = planUser(ctx, user.id);
         report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
       }
+      // Not started because the master went away: the cursor must never move past this user.
+      if (!report) return;
       entry.outcome = report.outcome;
       record(report);
       settle.add();
@@ -589,7 +591,7 @@ interface ApplyDeps {
  * master first, so a resume after a crash reports what this attempt did even if the redo finds
  * nothing left to do. Local work never depends on the master once started.
  */
-async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | undefined): Promise<BackfillUserReport> {
+async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | undefined): Promise<BackfillUserReport | undefined> {
   const { deps, ctx, m, name } = a;
   const finish = async (r: BackfillUserReport): Promise<BackfillUserReport> => {
     await m(() => deps.master.recordBackfillItem(name, { userId: r.id, outcome: r.outcome, reason: itemReason(r) })).catch(() => undefined);
@@ -611,14 +613,14 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
     await m(() => deps.master.recordBackfillItem(name, { userId: plan.userId, outcome: 'running', reason: plan.action }));
   } catch {
     // The master is gone before this user started: leave the user untouched.
-    return { ...planReport(plan), outcome: 'fail', code: 'error', reason: 'not started: the master went away' };
+    return undefined;
   }
 
   let lock: UserLock | undefined;
   try {
     lock = deps.master.capabilities.advisoryLocks ? await m(() => tryLockUser(deps.master, ctx.dataDir, plan.userId)) : await tryLockUser(deps.master, ctx.dataDir, plan.userId);
   } catch (e) {
-    if (e instanceof MasterLost) return { ...planReport(plan), outcome: 'fail', code: 'error', reason: 'not started: the master went away' };
+    if (e instanceof MasterLost) return undefined;
     return finish(failReport(plan, classify(e)));
   }
   if (!lock) return finish(failReport(plan, { code: 'user_busy', reason: 'the user is being seeded by another process; run the backfill again later' }));

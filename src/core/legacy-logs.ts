@@ -18,6 +18,7 @@ import {
   rmSync,
   unlinkSync,
 } from 'node:fs';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -114,8 +115,11 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
     skipped: [],
     uncheckedUsers: input.uncheckedUsers ?? [],
   };
-  const staging = toolDir(input.dataDir, 'staging', 'legacy-logs');
-  if (!input.dryRun && existsSync(staging)) rmSync(staging, { recursive: true, force: true });
+  // Each run copies through a staging folder of its own; leftovers of crashed runs are copies
+  // whose source still exists, removed once old enough not to belong to a live run elsewhere.
+  const stagingRoot = toolDir(input.dataDir, 'staging', 'legacy-logs');
+  const staging = path.join(stagingRoot, `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`);
+  if (!input.dryRun) removeStaleStaging(stagingRoot);
   for (const runId of runs) {
     const owners = [...new Set(input.owners.get(runId) ?? [])].sort((a, b) => a - b);
     if (owners.length === 0) {
@@ -144,6 +148,20 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
   }
   if (!input.dryRun && existsSync(staging)) rmSync(staging, { recursive: true, force: true });
   return res;
+}
+
+const STALE_STAGING_MS = 10 * 60 * 1000;
+
+function removeStaleStaging(root: string): void {
+  if (!existsSync(root)) return;
+  for (const name of readdirSync(root)) {
+    const p = path.join(root, name);
+    try {
+      if (Date.now() - lstatSync(p).mtimeMs > STALE_STAGING_MS) rmSync(p, { recursive: true, force: true });
+    } catch {
+      /* gone already */
+    }
+  }
 }
 
 /** Plain files under dir (relative, sorted); anything else is reported and left alone. */

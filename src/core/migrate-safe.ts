@@ -193,6 +193,7 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
   try {
     const qc = quickCheck(db);
     if (qc) return { ...result, failure: { code: 'corrupt', message: `quick_check failed before migrating: ${qc}`, restoredFrom: 'untouched' } };
+    cleanPartialBackups(input.backupDir, input.label);
     backupPath = await backupAndLock(db, input.dbPath, input.backupDir, input.label, now);
     result.backupPath = backupPath;
     before = { counts: countRows(db), fk: fkViolations(db), schema: schemaText(db) };

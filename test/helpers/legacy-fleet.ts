@@ -53,6 +53,9 @@ const REPO = fileURLToPath(new URL('../../', import.meta.url));
  * commit and a lock per user), and these tests are about what it does, not how fast the disk is.
  */
 export function fleetTmpDir(prefix: string): string {
+  // ACM2_TEST_FLEET_DIR=<dir> puts them elsewhere (e.g. on disk, to time the fsync-bound path).
+  const forced = process.env.ACM2_TEST_FLEET_DIR;
+  if (forced) return mkdtempSync(path.join(forced, prefix));
   const shm = '/dev/shm';
   try {
     if (existsSync(shm) && statSync(shm).isDirectory()) {
