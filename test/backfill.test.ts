@@ -17,6 +17,7 @@ import { toolDir, userDbPath } from '../src/userdb/paths.js';
 import { UnavailableError } from '../src/errors.js';
 import type { MasterDb } from '../src/master/types.js';
 import type { Migration } from '../src/migrations.js';
+import { DIALECTS } from './helpers/mysql.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -416,6 +417,33 @@ describe('selection and limits', () => {
   it('a resume with other options is refused', async () => {
     await backfill(fleet, { maxErrors: 1, userIds: [1, 2, 3] });
     await expect(backfill(fleet, { resume: true })).rejects.toThrow(/other options/);
+  });
+});
+
+const mysqlDialect = DIALECTS.find((d) => d.name === 'mysql')!;
+
+describe.skipIf(mysqlDialect.skip)('on a MySQL master', () => {
+  it('the same backfill: keyset pages, GET_LOCK per user, items and progress in MySQL; a rerun changes nothing', async () => {
+    mysqlDialect.ready();
+    const fleet = await buildLegacyFleet({ legacy: 4, drift_runs: 2, missing: 1, presets_only: 1, corrupt: 1 }, pkg.pkg);
+    const t = await mysqlDialect.open();
+    try {
+      for (const u of fleet.users) await t.query(`INSERT INTO users (id, username, email) VALUES (?, ?, ?)`, [u.id, `user${u.id}`, `user${u.id}@example.com`]);
+      const r = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { concurrency: 2, batchSize: 3 });
+      const want: Record<string, number> = {};
+      for (const u of fleet.users) want[EXPECTED[u.kind]] = (want[EXPECTED[u.kind]] ?? 0) + 1;
+      expect(r.counts).toEqual(want);
+      expect((await t.master.backfillItems('default')).map((i) => [i.userId, i.outcome])).toEqual(fleet.users.map((u) => [u.id, EXPECTED[u.kind]]));
+      expect(await t.master.getBackfill('default')).toMatchObject({ status: 'done', cursor: fleet.users.length });
+      for (const u of fleet.users) if (HEALTHY(u.kind)) expect(directCheck(fleet.dataDir, u.id)).toMatchObject({ status: 'ready', pending: [], fk: 0 });
+      const was = hashTree(fleet.dataDir);
+      const again = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { concurrency: 2 });
+      expect(again.counts).toEqual({ ok: fleet.users.length - 1, fail: 1 });
+      expect(hashTree(fleet.dataDir)).toEqual(was);
+    } finally {
+      await t.cleanup();
+      await fleet.cleanup();
+    }
   });
 });
 
