@@ -1,0 +1,110 @@
+// The baselines ("floors") the benchmarks compare against, as minimal standalone child processes.
+// Each does only the physical work its benchmark cannot avoid, so ours/floor is the overhead.
+//
+//   node dist/bench/floor.js copy <pkgDir> <outDir> <users> <i> <n> [fsync]
+//       per user id (1..users, id % n == i): copy seed.db to user_<id>.db and files/ to user_<id>/
+//       with fs.copyFileSync; no remap, no master. 'fsync' also fsyncs every file and folder.
+//   node dist/bench/floor.js open-stat <dataDir> <users> <i> <n>
+//       per user id: open user_<id>.db (better-sqlite3), read user_meta, lstat every file under user_<id>/.
+//   node dist/bench/floor.js bcrypt <rounds>
+//       one bcryptjs hash of an ACM2-shaped key, as `user create` makes.
+//
+// Heavy modules are imported only by the mode that needs them, so startup stays a plain node's.
+
+import { closeSync, copyFileSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+
+function ids(users: number, i: number, n: number): number[] {
+  const out: number[] = [];
+  for (let id = 1; id <= users; id++) if (id % n === i) out.push(id);
+  return out;
+}
+
+function fsyncPath(p: string): void {
+  const fd = openSync(p, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function copyTree(src: string, dst: string, durable: boolean): void {
+  mkdirSync(dst, { recursive: true });
+  for (const e of readdirSync(src, { withFileTypes: true })) {
+    const s = path.join(src, e.name);
+    const d = path.join(dst, e.name);
+    if (e.isDirectory()) copyTree(s, d, durable);
+    else {
+      copyFileSync(s, d);
+      if (durable) fsyncPath(d);
+    }
+  }
+  if (durable) fsyncPath(dst);
+}
+
+function statTree(dir: string): number {
+  let n = 0;
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    lstatSync(p);
+    n++;
+    if (e.isDirectory()) n += statTree(p);
+  }
+  return n;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [mode, ...a] = argv;
+  switch (mode) {
+    case 'copy': {
+      const [pkgDir, outDir, users, i, n, durable] = a as [string, string, string, string, string, string | undefined];
+      const fsync = durable === 'fsync';
+      mkdirSync(outDir, { recursive: true });
+      for (const id of ids(Number(users), Number(i), Number(n))) {
+        const db = path.join(outDir, `user_${id}.db`);
+        copyFileSync(path.join(pkgDir, 'seed.db'), db);
+        if (fsync) fsyncPath(db);
+        copyTree(path.join(pkgDir, 'files'), path.join(outDir, `user_${id}`), fsync);
+      }
+      if (fsync) fsyncPath(outDir);
+      return;
+    }
+    case 'open-stat': {
+      const [dataDir, users, i, n] = a as [string, string, string, string];
+      const { default: Database } = await import('better-sqlite3');
+      let ready = 0;
+      let files = 0;
+      for (const id of ids(Number(users), Number(i), Number(n))) {
+        const file = path.join(dataDir, `user_${id}.db`);
+        lstatSync(file);
+        const db = new Database(file, { readonly: true, fileMustExist: true });
+        try {
+          const meta = db.prepare('SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?').get(id) as { seed_status: string } | undefined;
+          if (meta?.seed_status === 'ready') ready++;
+        } finally {
+          db.close();
+        }
+        files += statTree(path.join(dataDir, `user_${id}`));
+      }
+      process.stdout.write(`${JSON.stringify({ ready, files })}\n`);
+      return;
+    }
+    case 'bcrypt': {
+      const { default: bcrypt } = await import('bcryptjs');
+      const key = `acm2_${'x'.repeat(32)}`;
+      bcrypt.hashSync(key, bcrypt.genSaltSync(Number(a[0] ?? 12)));
+      return;
+    }
+    default:
+      throw new Error(`floor: unknown mode '${mode}'`);
+  }
+}
+
+await main(process.argv.slice(2));

@@ -1,0 +1,199 @@
+// Benchmark plumbing: spawning timed child processes (with peak RSS), medians, the machine record.
+// Nothing here asserts a time: the harness only measures and reports ratios to a baseline
+// measured in the same run, because this machine is shared and noisy.
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+/** Repository root (dist/bench/util.js → ../../). */
+export const REPO = fileURLToPath(new URL('../../', import.meta.url));
+export const CLI = path.join(REPO, 'bin', 'acm2.js');
+export const FLOOR = fileURLToPath(new URL('./floor.js', import.meta.url));
+export const TIME_BIN = '/usr/bin/time';
+
+export function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export interface Proc {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  ms: number;
+  /** Peak RSS in KiB (VmHWM), when measured. */
+  rssKb?: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface SpawnOpts {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Measure peak RSS (through /usr/bin/time when present, else by polling /proc/<pid>/status). */
+  rss?: boolean;
+  /** Keep stdout (default: yes, up to 64 MiB). */
+  maxOut?: number;
+}
+
+/** Run a command to completion; wall time is from spawn to exit, as a person would see it. */
+export function run(cmd: string, args: string[], opts: SpawnOpts = {}): Promise<Proc> {
+  const useTime = Boolean(opts.rss) && existsSync(TIME_BIN);
+  let timeFile: string | undefined;
+  let file = cmd;
+  let argv = args;
+  if (useTime) {
+    timeFile = path.join(os.tmpdir(), `acm2-bench-time-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    file = TIME_BIN;
+    argv = ['-f', '%M', '-o', timeFile, cmd, ...args];
+  }
+  const maxOut = opts.maxOut ?? 64 * 1024 * 1024;
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outLen = 0;
+    child.stdout.on('data', (b: Buffer) => {
+      if (outLen < maxOut) out.push(b);
+      outLen += b.length;
+    });
+    child.stderr.on('data', (b: Buffer) => {
+      if (err.length < 4096) err.push(b);
+    });
+    let hwm = 0;
+    const poll =
+      opts.rss && !useTime
+        ? setInterval(() => {
+            try {
+              const m = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+              if (m) hwm = Math.max(hwm, Number(m[1]));
+            } catch {
+              /* exited */
+            }
+          }, 20)
+        : undefined;
+    child.on('error', (e) => {
+      if (poll) clearInterval(poll);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      const ms = performance.now() - t0;
+      if (poll) clearInterval(poll);
+      let rssKb: number | undefined = opts.rss ? hwm || undefined : undefined;
+      if (timeFile) {
+        try {
+          const lines = readFileSync(timeFile, 'utf8').trim().split('\n');
+          const kb = Number(lines[lines.length - 1]);
+          if (Number.isFinite(kb) && kb > 0) rssKb = kb;
+        } catch {
+          /* time wrote nothing */
+        }
+        rmSync(timeFile, { force: true });
+      }
+      resolve({ code, signal, ms, rssKb, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    });
+  });
+}
+
+/** Run and insist on exit 0 (or one of okCodes). */
+export async function runOk(cmd: string, args: string[], opts: SpawnOpts & { okCodes?: number[] } = {}): Promise<Proc> {
+  const p = await run(cmd, args, opts);
+  const ok = opts.okCodes ?? [0];
+  if (p.code === null || !ok.includes(p.code)) {
+    throw new Error(`${path.basename(cmd)} ${args.join(' ')} exited ${p.code ?? p.signal}: ${p.stderr.trim().slice(0, 2000) || p.stdout.trim().slice(0, 2000)}`);
+  }
+  return p;
+}
+
+/** The built CLI as a child process. */
+export function acm2(args: string[], opts: SpawnOpts & { okCodes?: number[] } = {}): Promise<Proc> {
+  return runOk(process.execPath, [CLI, ...args], opts);
+}
+
+/** One of the floor scripts (dist/bench/floor.js) as a child process. */
+export function floor(args: string[], opts: SpawnOpts = {}): Promise<Proc> {
+  return runOk(process.execPath, [FLOOR, ...args], opts);
+}
+
+/** Several processes started together; wall time until the last one exits. */
+export async function together(starts: Array<() => Promise<Proc>>): Promise<{ ms: number; procs: Proc[] }> {
+  const t0 = performance.now();
+  const procs = await Promise.all(starts.map((s) => s()));
+  return { ms: performance.now() - t0, procs };
+}
+
+export function tmpRoot(): string {
+  return mkdtempSync(path.join(os.tmpdir(), 'acm2-bench-'));
+}
+
+export function freshDir(dir: string): string {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+export interface Machine {
+  cores: number;
+  cpuModel: string;
+  memGiB: number;
+  node: string;
+  platform: string;
+  kernel: string;
+  fs: string;
+  commit: string;
+  timeBin: boolean;
+}
+
+export async function machine(dir: string): Promise<Machine> {
+  let cpuModel = os.cpus()[0]?.model ?? 'unknown';
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) cpuModel = m[1]!.trim();
+  } catch {
+    /* not Linux */
+  }
+  const fsType = await run('df', ['-T', dir]).then(
+    (p) => p.stdout.trim().split('\n').pop()?.split(/\s+/)[1] ?? 'unknown',
+    () => 'unknown',
+  );
+  const commit = await run('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO }).then(
+    (p) => (p.code === 0 ? p.stdout.trim() : 'unknown'),
+    () => 'unknown',
+  );
+  return {
+    cores: os.availableParallelism(),
+    cpuModel,
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    kernel: os.release(),
+    fs: fsType,
+    commit,
+    timeBin: existsSync(TIME_BIN),
+  };
+}
+
+export function fmt(n: number | undefined, digits = 1): string {
+  if (n === undefined || !Number.isFinite(n)) return '–';
+  if (Math.abs(n) >= 100) return n.toFixed(0);
+  return n.toFixed(digits);
+}
+
+export function fmtMs(ms: number | undefined): string {
+  if (ms === undefined || !Number.isFinite(ms)) return '–';
+  return ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`;
+}
+
+export function fmtMiB(kb: number | undefined): string {
+  return kb === undefined ? '–' : `${(kb / 1024).toFixed(0)} MiB`;
+}
