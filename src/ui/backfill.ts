@@ -67,7 +67,8 @@ export function renderBackfill(r: BackfillResult): string {
   out.push(summary.toString());
 
   if (r.failures.length > 0) {
-    out.push(chalk.red(`${r.failures.length} user${r.failures.length === 1 ? '' : 's'} failed (skipped; everything else went on):`));
+    const n = `${r.failures.length} user${r.failures.length === 1 ? '' : 's'}`;
+    out.push(chalk.red(r.dryRun ? `${n} would fail (they would be skipped; nothing was tried):` : `${n} failed (skipped; everything else went on):`));
     for (const f of r.failures) out.push(chalk.red(`  user ${f.id} [${f.code}]: ${f.reason}`));
   }
   if (r.legacyLogs) out.push(renderLegacyLogs(r.legacyLogs));
