@@ -82,10 +82,13 @@ describe('failed seeds', () => {
     ]);
     await new Promise((r) => holder.stdout!.once('data', r));
     const r = await acm2(['user', 'seed', String(id), '--lock-timeout', '1']);
+    const gone = new Promise((res) => holder.once('exit', res));
     holder.kill('SIGKILL');
-    expect(r.code).toBe(3);
+    await gone;
+    expect(r.code, r.stderr).toBe(3);
     expect(r.stderr).toMatch(new RegExp(`user ${id} is being seeded by another process`));
     // The holder died: its lock is gone with it, and seeding goes through.
-    expect((await acm2(['user', 'seed', String(id)])).code).toBe(0);
+    const after = await acm2(['user', 'seed', String(id)]);
+    expect(after.code, after.stderr).toBe(0);
   });
 });
