@@ -1,13 +1,13 @@
 // Moves ACM2's old global `logs/{run_id}/` folders into the owning user's run folder,
 // `user_{id}/runs/{run_id}/logs/`, file by file, never overwriting and safe to rerun after a crash.
 
+import { fsyncPath } from '../durable.js';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
   closeSync,
   copyFileSync,
   existsSync,
-  fsyncSync,
   linkSync,
   lstatSync,
   mkdirSync,
@@ -223,12 +223,12 @@ function moveNoClobber(from: string, to: string, forceCopy: boolean, staging: st
     mkdirSync(staging, { recursive: true, mode: 0o700 });
     const tmp = path.join(staging, `${randomBytes(6).toString('hex')}.tmp`);
     copyFileSync(from, tmp);
-    fsyncFile(tmp);
+    fsyncPath(tmp);
     linkSync(tmp, to);
     unlinkSync(tmp);
   }
   chmodSync(to, 0o600);
-  fsyncFile(to);
+  fsyncPath(to);
   fsyncDir(path.dirname(to));
   unlinkSync(from);
   fsyncDir(path.dirname(from));
@@ -262,18 +262,10 @@ function removeEmptyDirs(dir: string): void {
   if (readdirSync(dir).length === 0) rmdirSync(dir);
 }
 
-function fsyncFile(p: string): void {
-  const fd = openSync(p, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function fsyncDir(dir: string): void {
   try {
-    fsyncFile(dir);
+    fsyncPath(dir);
   } catch {
     /* some file systems refuse fsync on a directory; the rename/link is still ordered */
   }

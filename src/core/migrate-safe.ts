@@ -1,8 +1,9 @@
 // Migrates one user DB without ever losing a row: a backup first, then every change in one
 // transaction, with row counts, foreign_key_check and quick_check compared before and after.
 
+import { fsyncPath } from '../durable.js';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { Migration } from '../migrations.js';
@@ -100,14 +101,6 @@ export function isCorrupt(e: unknown): boolean {
   return /^SQLITE_(NOTADB|CORRUPT)/.test(sqliteCode(e));
 }
 
-function fsyncFile(p: string): void {
-  const fd = openSync(p, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function backupName(dir: string, label: string, now: Date): string {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -118,9 +111,9 @@ function backupName(dir: string, label: string, now: Date): string {
 /** Make a finished copy durable and give it its final name (a crash leaves only `.partial`). */
 function sealBackup(tmp: string, final: string): string {
   chmodSync(tmp, 0o600);
-  fsyncFile(tmp);
+  fsyncPath(tmp);
   renameSync(tmp, final);
-  fsyncFile(path.dirname(final));
+  fsyncPath(path.dirname(final));
   return final;
 }
 

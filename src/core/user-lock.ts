@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { MasterDb, UserLock } from '../master/types.js';
 import { toolDir, type UserId } from '../userdb/paths.js';
 import { UnavailableError } from '../errors.js';
+import { isBusy } from './migrate-safe.js';
 
 export async function lockUser(master: MasterDb, dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock> {
   const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : lockUserFile(dataDir, userId, timeoutMs);
@@ -38,7 +39,7 @@ export function lockUserFile(dataDir: string, userId: UserId, timeoutMs: number)
     db.exec('BEGIN EXCLUSIVE');
   } catch (e) {
     db.close();
-    if (/^SQLITE_(BUSY|LOCKED)/.test(String((e as { code?: string }).code))) return undefined;
+    if (isBusy(e)) return undefined;
     throw e;
   }
   return {
