@@ -78,7 +78,7 @@ describe('failed seeds', () => {
     const holder = execFile(process.execPath, [
       '--input-type=module',
       '-e',
-      `const m = await import(${JSON.stringify(lockModule)}); if (!m.lockUserFile(${JSON.stringify(dataDir)}, ${id}, 0)) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
+      `const m = await import(${JSON.stringify(lockModule)}); globalThis.held = m.lockUserFile(${JSON.stringify(dataDir)}, ${id}, 0); if (!globalThis.held) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
     ]);
     await new Promise((r) => holder.stdout!.once('data', r));
     const r = await acm2(['user', 'seed', String(id), '--lock-timeout', '1']);

@@ -32,16 +32,13 @@ export function lockUserFile(dataDir: string, userId: UserId, timeoutMs: number)
   const db = new Database(path.join(dir, `user_${userId}.lock`));
   db.pragma(`busy_timeout = ${Math.max(0, Math.round(timeoutMs))}`);
   try {
-    // The file's contents never matter, only its lock: skip the fsyncs.
-    db.pragma('synchronous = OFF');
-    // An empty file takes no real lock: give it a page first (a no-op once it exists).
-    db.exec('CREATE TABLE IF NOT EXISTS holder (pid INTEGER)');
     db.exec('BEGIN EXCLUSIVE');
   } catch (e) {
     db.close();
     if (isBusy(e)) return undefined;
     throw e;
   }
+  // The lock lives as long as this object: a dropped (garbage-collected) connection releases it.
   return {
     async release() {
       try {
