@@ -52,7 +52,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
       if (dryRun && /no such table|doesn't exist/i.test(String((e as Error).message))) throw notSetUp(master.display, e);
       throw e;
     });
-    out.result(backfillJson(r), () => renderBackfill(r));
+    out.result(backfillJson(r), () => renderBackfill(r, out.color));
     // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
     if (r.stopped || (!r.dryRun && r.failures.length > 0)) process.exitCode = EXIT.findings;
   } finally {

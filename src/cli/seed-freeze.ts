@@ -1,6 +1,6 @@
 // `acm2 seed freeze`: flags (with their env fallbacks) → freezeSeed → the plan or result.
 
-import Table from 'cli-table3';
+import { makeTable } from '../ui/table.js';
 import { freezeSeed, type FreezeResult } from '../core/freeze.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
@@ -32,7 +32,7 @@ function render(r: FreezeResult, color: boolean): string {
   const head = r.dryRun
     ? `Dry run: would freeze ${r.version} into ${r.dir} (nothing written).`
     : `Froze ${r.version} into ${r.dir}${r.current ? ' (now CURRENT)' : ''}.`;
-  const table = new Table({ head: ['table', 'rows'], style: color ? {} : { head: [], border: [] } });
+  const table = makeTable(['table', 'rows'], color);
   for (const [t, n] of Object.entries(r.tables)) table.push([t, n]);
   const lines = [head, `Source: preset ${r.source.presetId}, run ${r.source.runId}`, table.toString()];
   lines.push(`${r.files} files, ${formatBytes(r.bytes)}${r.reportRendered ? ' (reports/report.html rendered from results_summary)' : ''}`);

@@ -1,7 +1,7 @@
 // `acm2 seed list`: every version in the seeds folder, CURRENT marked (reads manifests only).
 
+import { makeTable } from '../ui/table.js';
 import chalk from 'chalk';
-import Table from 'cli-table3';
 import { listPackages } from '../seed/package.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
@@ -12,10 +12,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const packages = listPackages(cfg.seedsDir);
   out.result({ seedsDir: cfg.seedsDir, packages }, () => {
     if (packages.length === 0) return `No seed packages in ${cfg.seedsDir}.`;
-    const table = new Table({
-      head: ['', 'version', 'rows', 'files', 'bytes', 'packageSha256', 'created'],
-      style: out.color ? {} : { head: [], border: [] },
-    });
+    const table = makeTable(['', 'version', 'rows', 'files', 'bytes', 'packageSha256', 'created'], out.color);
     for (const p of packages) {
       const mark = p.current ? (out.color ? chalk.green('*') : '*') : '';
       if (p.error) table.push([mark, p.version, { colSpan: 5, content: `unreadable: ${p.error}` }]);

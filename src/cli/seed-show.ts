@@ -1,6 +1,6 @@
 // `acm2 seed show <v>`: check the package, then print its manifest (JSON) or a summary.
 
-import Table from 'cli-table3';
+import { makeTable } from '../ui/table.js';
 import { loadPackage, type SeedPackage } from '../seed/package.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
@@ -9,13 +9,13 @@ import type { CommandCall } from './program.js';
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const pkg = loadPackage(cfg.seedsDir, args[0] ?? '');
-  out.result(pkg.manifest, () => render(pkg, out.color ? {} : { head: [], border: [] }));
+  out.result(pkg.manifest, () => render(pkg, out.color));
 }
 
-function render({ manifest: m, dir }: SeedPackage, style: { head?: string[]; border?: string[] }): string {
-  const tables = new Table({ head: ['table', 'rows', 'sha256'], style });
+function render({ manifest: m, dir }: SeedPackage, color: boolean): string {
+  const tables = makeTable(['table', 'rows', 'sha256'], color);
   for (const [t, v] of Object.entries(m.tables)) tables.push([t, v.rows, v.sha256.slice(0, 16)]);
-  const files = new Table({ head: ['file', 'bytes', 'sha256'], style });
+  const files = makeTable(['file', 'bytes', 'sha256'], color);
   for (const f of m.files) files.push([f.path, f.bytes, f.sha256.slice(0, 16)]);
   return [
     `Seed package ${m.version} (${dir}): intact`,

@@ -1,7 +1,7 @@
 // Human rendering of a backfill (plan or result) and its JSON document; no decisions here.
 
+import { makeTable } from './table.js';
 import chalk from 'chalk';
-import Table from 'cli-table3';
 import { BACKFILL_ACTIONS, type BackfillAction, type BackfillResult } from '../core/backfill.js';
 import type { LegacyLogsResult } from '../core/legacy-logs.js';
 import { formatBytes } from './reporter.js';
@@ -43,19 +43,19 @@ export function backfillJson(r: BackfillResult): unknown {
   };
 }
 
-export function renderBackfill(r: BackfillResult): string {
+export function renderBackfill(r: BackfillResult, color = false): string {
   const out: string[] = [];
   if (r.dryRun) out.push(chalk.bold('Backfill plan (dry run: nothing was written)'));
   if (r.resumed) out.push(`Resumed the backfill '${r.name}' where it stopped (counts include the earlier part).`);
 
   if (r.dryRun && r.users.length > 0) {
-    const t = new Table({ head: ['user', 'action', 'steps / reason'] });
+    const t = makeTable(['user', 'action', 'steps / reason'], color);
     for (const u of r.users) t.push([u.id, (COLOR[u.action] ?? String)(u.action), u.reason ?? u.steps.join('\n')]);
     out.push(t.toString());
     if (r.usersOmitted > 0) out.push(`… and ${r.usersOmitted} more users (counts below cover them all; use --user to see one).`);
   }
 
-  const summary = new Table({ head: [r.dryRun ? 'planned' : 'outcome', 'users'] });
+  const summary = makeTable([r.dryRun ? 'planned' : 'outcome', 'users'], color);
   let total = 0;
   for (const a of BACKFILL_ACTIONS) {
     const n = r.counts[a] ?? 0;

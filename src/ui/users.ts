@@ -1,7 +1,7 @@
 // Human renderings of user results; JSON output is the result objects themselves.
 
+import { makeTable } from './table.js';
 import chalk from 'chalk';
-import Table from 'cli-table3';
 import type { CreateUserResult, SeedReport, UserStatus } from '../core/users.js';
 import type { DrainResult } from '../core/users.js';
 import { formatBytes } from './reporter.js';
@@ -44,7 +44,7 @@ export function renderStatus(s: UserStatus): string {
 }
 
 export function statusTable(color: boolean): { push(s: UserStatus): void; toString(): string } {
-  const t = new Table({ head: ['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], style: color ? {} : { head: [], border: [] } });
+  const t = makeTable(['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], color);
   return {
     push: (s) =>
       t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.files.count, (s.lastError ?? '').slice(0, 60)]),
