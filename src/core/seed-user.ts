@@ -10,6 +10,7 @@ import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
 import { extendMap, render } from '../seed/remap.js';
 import { migrateUserDb, openUserDb, type SqliteDb } from '../userdb/user-db.js';
+import { createUserDbFromTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, userRoot, type UserId } from '../userdb/paths.js';
 import { classifyFsError } from '../errors.js';
 
@@ -46,7 +47,8 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
   const prepared = preparePackage(pkg);
 
   cleanStaging(dataDir, userId);
-  const db = openUserDb(dataDir, userId, { create: true });
+  createUserDbFromTemplate(dataDir, userId);
+  const db = openUserDb(dataDir, userId);
   try {
     migrateUserDb(db);
     step('migrated');
@@ -163,7 +165,8 @@ function stageFiles(prepared: PreparedPackage, map: Map<string, string>, staging
     const w = writeFileDurable(abs, f.text ? render(f.text, map) : readFileSync(f.abs), { mode: 0o600 });
     out.push({ path: rel, sourcePath: f.sourcePath, ...w });
   }
-  for (const d of dirs) fsyncPath(d);
+  // Staging folders need no fsync: what must survive is each file's data (fsynced above) and
+  // its entry in the final folder, which moveIntoPlace fsyncs after the renames.
   return out;
 }
 

@@ -90,6 +90,9 @@ export class SqliteMaster implements MasterDb {
       mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
       this.db = new Database(file);
       this.db.pragma('journal_mode = WAL');
+      // WAL with NORMAL never corrupts; a power cut may lose the last job updates, which the
+      // user DB (the truth for readiness) and the lease expiry make good on the next run.
+      this.db.pragma('synchronous = NORMAL');
       this.db.pragma('busy_timeout = 15000');
       this.db.pragma('foreign_keys = ON');
     } catch (e) {

@@ -1,0 +1,59 @@
+// A fresh user DB is a copy of a per-schema template (ACM2's schema plus the tool's tables, all
+// migrations applied), not a run of every migration: copying a prepared file is close to the
+// floor, executing DDL and committing each migration is not.
+
+import { chmodSync, copyFileSync, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { fsyncPath } from '../durable.js';
+import { migrateUserDb, openSqlite, userMigrations } from './user-db.js';
+import { toolDir, userDbPath, type UserId } from './paths.js';
+
+const made = new Set<string>();
+
+/** The template for the current migrations, built once per data dir (atomically). */
+export function userDbTemplate(dataDir: string): string {
+  const key = createHash('sha256').update(userMigrations().map((m) => m.checksum).join(',')).digest('hex').slice(0, 16);
+  const file = toolDir(dataDir, 'templates', `user-${key}.db`);
+  if (made.has(file) || existsSync(file)) {
+    made.add(file);
+    return file;
+  }
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const db = openSqlite(tmp, { create: true });
+  try {
+    migrateUserDb(db);
+  } finally {
+    db.close();
+  }
+  fsyncPath(tmp);
+  renameSync(tmp, file);
+  fsyncPath(path.dirname(file));
+  made.add(file);
+  return file;
+}
+
+/**
+ * Create user_{id}.db from the template: copy beside it under a temporary name, make it
+ * durable, then rename, so the path holds either nothing or a complete, migrated DB.
+ * Returns false (and changes nothing) when the DB already exists.
+ */
+export function createUserDbFromTemplate(dataDir: string, userId: UserId): boolean {
+  const target = userDbPath(dataDir, userId);
+  if (existsSync(target)) return false;
+  const template = userDbTemplate(dataDir);
+  const tmp = toolDir(dataDir, 'staging', `user_${userId}-db-${randomBytes(4).toString('hex')}.db`);
+  mkdirSync(path.dirname(tmp), { recursive: true, mode: 0o700 });
+  try {
+    copyFileSync(template, tmp);
+    chmodSync(tmp, 0o600);
+    fsyncPath(tmp);
+    if (existsSync(target)) return false;
+    renameSync(tmp, target);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  fsyncPath(path.dirname(target));
+  return true;
+}
