@@ -4,7 +4,7 @@
 
 import { randomUUID, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, readdirSync, existsSync } from 'node:fs';
-import { fsyncPath, writeFileDurable } from '../durable.js';
+import { fsyncPath, syncFiles, writeFileDurable } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
@@ -154,6 +154,7 @@ function stageFiles(prepared: PreparedPackage, map: Map<string, string>, staging
   mkdirSync(staging, { recursive: true, mode: 0o700 });
   const dirs = new Set<string>();
   const out: WrittenFile[] = [];
+  const written: string[] = [];
   for (const f of prepared.files) {
     const rel = render(f.path, map);
     const abs = resolveInside(staging, rel);
@@ -162,9 +163,11 @@ function stageFiles(prepared: PreparedPackage, map: Map<string, string>, staging
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       dirs.add(dir);
     }
-    const w = writeFileDurable(abs, f.text ? render(f.text, map) : readFileSync(f.abs), { mode: 0o600 });
+    const w = writeFileDurable(abs, f.text ? render(f.text, map) : readFileSync(f.abs), { mode: 0o600, fsync: false });
     out.push({ path: rel, sourcePath: f.sourcePath, ...w });
+    written.push(abs);
   }
+  syncFiles(written, staging);
   // Staging folders need no fsync: what must survive is each file's data (fsynced above) and
   // its entry in the final folder, which moveIntoPlace fsyncs after the renames.
   return out;
