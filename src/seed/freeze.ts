@@ -10,13 +10,11 @@ import type { ProgressSink } from '../ui/reporter.js';
 import { USER_MIGRATIONS } from '../userdb/user-db.js';
 import { compareStrings, primaryKeyOrder, quoteIdent, sha256, tableColumns, tableExists, walkTree, type ColumnInfo } from './canonical.js';
 import { PACKAGE_TABLES, type ManifestFile, type PackageTable } from './manifest.js';
+import { safeDocId } from './remap.js';
 
 type Row = Record<string, unknown>;
 
-/** ACM2's file name for a doc id: ':' '/' '\' become '_'. */
-export function safeDocId(docId: string): string {
-  return docId.replace(/[:/\\]/g, '_');
-}
+export { safeDocId } from './remap.js';
 
 export const CONTENT_ID_KEYS = [
   'generation_instructions_id',
