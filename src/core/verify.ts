@@ -486,7 +486,16 @@ class UserCheck {
     if (!this.guard('the table list', () => (tables = new Set((db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).all() as { name: string }[]).map((r) => r.name))))) {
       return { state: { kind: 'unreadable' }, seeded: [] };
     }
-    const columns = (t: string) => new Set((db.prepare(`PRAGMA table_info(${SQL_NAME(t)})`).all() as { name: string }[]).map((r) => r.name));
+    // Three checks ask for the same tables' columns: read each table's once per DB.
+    const columnCache = new Map<string, Set<string>>();
+    const columns = (t: string) => {
+      let c = columnCache.get(t);
+      if (!c) {
+        c = new Set((db.prepare(`PRAGMA table_info(${SQL_NAME(t)})`).all() as { name: string }[]).map((r) => r.name));
+        columnCache.set(t, c);
+      }
+      return c;
+    };
     this.guard('the schema', () => this.checkSchema(db, tables, columns));
 
     let meta: Meta | undefined;
