@@ -1,7 +1,7 @@
 // User lifecycle: create (master row + API key + seed job, then seed), seed one user under
 // its lock, drain the job queue, and read a user's status from both master and user DB.
 
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
@@ -209,7 +209,6 @@ export async function drainQueue(
 ): Promise<DrainResult> {
   const res: DrainResult = { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
   const worker = opts.worker ?? workerName();
-  const packages = new Map<string, SeedPackage>();
   for (;;) {
     if (opts.limit !== undefined && res.claimed >= opts.limit) break;
     if (opts.reserve && !opts.reserve()) break;
@@ -223,11 +222,8 @@ export async function drainQueue(
       continue;
     }
     try {
-      let pkg = packages.get(job.seedVersion);
-      if (!pkg) {
-        pkg = loadPackage(deps.seedsDir, job.seedVersion);
-        packages.set(job.seedVersion, pkg);
-      }
+      // loadPackage caches a checked package per process, so this hashes once per version.
+      const pkg = loadPackage(deps.seedsDir, job.seedVersion);
       seedUser({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
       await deps.master.finishJob(job.id, worker, { status: 'done' });
       res.done++;
@@ -333,12 +329,3 @@ export async function* listUserStatuses(deps: Pick<UserDeps, 'master' | 'dataDir
   }
 }
 
-export function fileBytes(p: string): number {
-  try {
-    return statSync(p).size;
-  } catch {
-    return 0;
-  }
-}
-
-export type { UserId };

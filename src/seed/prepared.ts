@@ -64,10 +64,10 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
     return { f, abs, buf, text: asText(buf) };
   });
 
-  // Doc ids: every quoted doc-id-shaped string in the rows, and every doc-named file.
+  // Doc ids: every quoted doc-id-shaped string in the rows (wrapping a value in quotes also
+  // finds a column that is a doc id itself; JSON text keeps its own quotes), and every doc-named file.
   const docIds = new Set<string>();
   for (const t of raw) for (const r of t.rows) for (const v of r) if (typeof v === 'string') for (const d of findDocIds(`"${v}"`)) docIds.add(d);
-  for (const t of raw) for (const r of t.rows) for (const v of r) if (typeof v === 'string' && v.includes('"')) for (const d of findDocIds(v)) docIds.add(d);
   for (const { f } of fileTexts) {
     const base = f.path.split('/').pop()!.replace(/\.(md|log|html|json|txt)$/, '');
     if (isDocId(base)) docIds.add(base);
