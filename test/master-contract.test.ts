@@ -374,6 +374,24 @@ for (const d of DIALECTS) {
         expect(await m.getBackfill('b2')).toMatchObject({ status: 'done', cursor: 5 });
         expect(await m.backfillItems('b2')).toEqual([{ userId: 1, outcome: 'skipped', reason: 'ready' }]);
       });
+
+      it('records a page of items at once: upserts in order, beside single items, per name', async () => {
+        await m.recordBackfillItem('p', { userId: 5, outcome: 'running', reason: 'migrate' });
+        await m.recordBackfillItem('q', { userId: 5, outcome: 'ok', reason: null });
+        await m.recordBackfillItems('p', []);
+        expect(await m.backfillItems('p')).toEqual([{ userId: 5, outcome: 'running', reason: 'migrate' }]);
+        // More rows than one MySQL statement takes, an existing row overwritten, one user twice (the last wins).
+        const many = Array.from({ length: 1203 }, (_, i) => ({ userId: 1203 - i, outcome: i % 2 ? 'ok' : 'fail', reason: i % 2 ? null : `[corrupt] user ${1203 - i} it's "bad"` }));
+        await m.recordBackfillItems('p', [...many, { userId: 7, outcome: 'seed', reason: null }]);
+        const got = await m.backfillItems('p');
+        expect(got).toHaveLength(1203);
+        expect(got.map((i) => i.userId)).toEqual(Array.from({ length: 1203 }, (_, i) => i + 1));
+        const want = new Map(many.map((i) => [i.userId, { userId: i.userId, outcome: i.outcome, reason: i.reason }]));
+        want.set(7, { userId: 7, outcome: 'seed', reason: null });
+        expect(got).toEqual([...want.values()].sort((a, b) => a.userId - b.userId));
+        expect(got.find((i) => i.userId === 5)).toEqual(want.get(5));
+        expect(await m.backfillItems('q')).toEqual([{ userId: 5, outcome: 'ok', reason: null }]);
+      });
     });
 
     it('names its place without a password', () => {

@@ -30,6 +30,8 @@ const POOL_SIZE = 4;
 const LOCK_POOL_SIZE = 32;
 const CONNECT_TIMEOUT_MS = 5000;
 const MIGRATE_LOCK_SECONDS = 30;
+/** Rows per multi-row INSERT of backfill items. */
+const ITEMS_PER_STATEMENT = 500;
 /** Codes that mean the server (or the path to it) is gone, not that our SQL is wrong. */
 const UNREACHABLE_CODES = new Set([
   'ECONNREFUSED',
@@ -415,6 +417,17 @@ export class MysqlMaster implements MasterDb {
        ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), reason = VALUES(reason)`,
       [name, item.userId, item.outcome, item.reason],
     );
+  }
+  async recordBackfillItems(name: string, items: readonly BackfillItem[]): Promise<void> {
+    // Multi-row upserts, a bounded number of rows per statement (well under max_allowed_packet).
+    for (let i = 0; i < items.length; i += ITEMS_PER_STATEMENT) {
+      const rows = items.slice(i, i + ITEMS_PER_STATEMENT).map((it) => [name, it.userId, it.outcome, it.reason]);
+      await this.exec(
+        `INSERT INTO acm2_backfill_items (name, user_id, outcome, reason) VALUES ?
+         ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), reason = VALUES(reason)`,
+        [rows],
+      );
+    }
   }
   async backfillItems(name: string): Promise<BackfillItem[]> {
     return (await this.rows('SELECT user_id, outcome, reason FROM acm2_backfill_items WHERE name = ? ORDER BY user_id', [name])).map((r) => ({

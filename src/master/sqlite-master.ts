@@ -274,6 +274,14 @@ export class SqliteMaster implements MasterDb {
                 ON CONFLICT(name, user_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason`)
       .run(name, item.userId, item.outcome, item.reason);
   }
+  async recordBackfillItems(name: string, items: readonly BackfillItem[]) {
+    if (items.length === 0) return;
+    const upsert = this.db.prepare(`INSERT INTO acm2_backfill_items (name, user_id, outcome, reason) VALUES (?, ?, ?, ?)
+                ON CONFLICT(name, user_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason`);
+    this.db.transaction(() => {
+      for (const item of items) upsert.run(name, item.userId, item.outcome, item.reason);
+    }).immediate();
+  }
   async backfillItems(name: string) {
     return (this.db.prepare(`SELECT user_id, outcome, reason FROM acm2_backfill_items WHERE name = ? ORDER BY user_id`).all(name) as Row[]).map((r) => ({
       userId: Number(r.user_id),

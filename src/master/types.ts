@@ -121,6 +121,8 @@ export interface MasterDb {
   getBackfill(name: string): Promise<BackfillProgress | undefined>;
   saveBackfill(p: Omit<BackfillProgress, 'startedAt' | 'updatedAt'>): Promise<void>;
   recordBackfillItem(name: string, item: BackfillItem): Promise<void>;
+  /** recordBackfillItem for many users at once (a page's worth), in order, in few round trips. */
+  recordBackfillItems(name: string, items: readonly BackfillItem[]): Promise<void>;
   backfillItems(name: string): Promise<BackfillItem[]>;
   resetBackfill(name: string): Promise<void>;
 
