@@ -425,15 +425,29 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
     },
   };
 
+  // Final items wait here and go to the master a page at a time, always before a progress record
+  // whose cursor covers them: a user's outcome is queued before the cursor can move past it, and
+  // a save writes the queued items first, so the master never holds a cursor past a user whose item
+  // it lacks. An item lost in a crash only means that user is planned again (and found done).
+  const queued: BackfillItem[] = [];
+  const queueItem = (item: BackfillItem): void => {
+    queued.push(item);
+  };
   let lastSave = Date.now();
   let saving: Promise<void> = Promise.resolve();
   const save = (status: 'running' | 'done' | 'interrupted', force = false): Promise<void> => {
     if (dryRun) return Promise.resolve();
     const now = Date.now();
-    if (!force && now - lastSave < (deps.saveEveryMs ?? 200)) return saving;
+    if (!force && now - lastSave < (deps.saveEveryMs ?? 200) && queued.length < batchSize) return saving;
     lastSave = now;
+    const items = queued.splice(0);
     const snapshot = { name, status, cursor, options: selection, counts: { ...savedCounts } };
-    saving = saving.then(() => m(() => master.saveBackfill(snapshot))).catch(() => undefined);
+    saving = saving
+      .then(async () => {
+        if (items.length > 0) await m(() => master.recordBackfillItems(name, items));
+        await m(() => master.saveBackfill(snapshot));
+      })
+      .catch(() => undefined);
     return saving;
   };
 
@@ -473,7 +487,7 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
     deps.progress?.tick(1, failures.length > 0 ? `${failures.length} failed` : undefined);
   };
 
-  const applyDeps: ApplyDeps = { deps, ctx, m, worker, name };
+  const applyDeps: ApplyDeps = { deps, ctx, m, worker, name, queueItem };
 
   const run = async (): Promise<void> => {
     for (;;) {
@@ -584,6 +598,8 @@ interface ApplyDeps {
   m: <T>(fn: () => Promise<T>) => Promise<T>;
   worker: string;
   name: string;
+  /** Where a user's final item goes (written with the next progress save). */
+  queueItem: (item: BackfillItem) => void;
 }
 
 /**
@@ -594,7 +610,7 @@ interface ApplyDeps {
 async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | undefined): Promise<BackfillUserReport | undefined> {
   const { deps, ctx, m, name } = a;
   const finish = async (r: BackfillUserReport): Promise<BackfillUserReport> => {
-    await m(() => deps.master.recordBackfillItem(name, { userId: r.id, outcome: r.outcome, reason: itemReason(r) })).catch(() => undefined);
+    a.queueItem({ userId: r.id, outcome: r.outcome, reason: itemReason(r) });
     return r;
   };
   if (plan.action === 'ok') {
