@@ -232,7 +232,7 @@ export function loosePermissions(dataDir: string, userId: UserId): string[] {
   const stack = [root];
   while (stack.length > 0) {
     const dir = stack.pop()!;
-    const st = lstatSync(dir);
+    const st = dir === root ? rootSt : lstatSync(dir);
     if (!modeOk(st.mode, 0o700)) out.push(dir);
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const abs = path.join(dir, e.name);
@@ -265,6 +265,17 @@ function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
 
 function metaStatus(db: SqliteDb, tables: Set<string>, userId: UserId): string | undefined {
   if (!tables.has('user_meta')) return undefined;
+  // The usual user_meta (both columns there) in one statement; the column check only when one is missing.
+  let current: Database.Statement | undefined;
+  try {
+    current = db.prepare(`SELECT seed_status FROM user_meta WHERE user_id = ?`);
+  } catch (e) {
+    if (!/no such column/i.test(String((e as Error).message))) throw e;
+  }
+  if (current) {
+    const row = current.get(userId) as { seed_status: unknown } | undefined;
+    return row ? String(row.seed_status) : undefined;
+  }
   const cols = new Set((db.prepare(`SELECT name FROM pragma_table_info('user_meta')`).raw(true).all() as [string][]).map((r) => r[0]));
   if (!cols.has('user_id')) return undefined;
   if (!cols.has('seed_status')) return db.prepare(`SELECT 1 FROM user_meta WHERE user_id = ?`).get(userId) ? '' : undefined;
@@ -489,6 +500,7 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
 
   const applyDeps: ApplyDeps = { deps, ctx, m, worker, name, queueItem };
 
+  let lastYield = Date.now();
   const run = async (): Promise<void> => {
     for (;;) {
       if (stopNow()) return;
@@ -520,8 +532,11 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
       await deps.onUser?.(report);
       await save('running');
       // Let timers and signals in: the embedded master and the DB work are synchronous, so
-      // without this a SIGINT would only be seen once every user is done.
-      await new Promise((r) => setImmediate(r));
+      // without this a SIGINT would only be seen once every user is done. A few ms apart is enough.
+      if (Date.now() - lastYield >= 5) {
+        await new Promise((r) => setImmediate(r));
+        lastYield = Date.now();
+      }
     }
   };
   await Promise.all(Array.from({ length: concurrency }, run));
