@@ -5,6 +5,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { hostname } from 'node:os';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type { Migration } from '../migrations.js';
 import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/types.js';
@@ -349,6 +350,85 @@ export function writeLegacyMeta(dataDir: string, userId: UserId, busyTimeoutMs: 
 class MasterLost extends Error {}
 
 // ---------------------------------------------------------------------------------------------
+// Planners: planning is synchronous file and SQLite work, so with --concurrency n > 1 each slot
+// plans in a worker thread of its own and the cores share it; the main thread keeps the master
+// I/O and every write (a plan only decides; a user with work is planned again under its lock).
+
+interface Planner {
+  plan(userId: UserId): Promise<UserPlan>;
+  close(): Promise<void>;
+}
+
+/** Worker threads need the compiled module; under a TS runner (tests) planning stays in this thread. */
+const CAN_USE_WORKERS = import.meta.url.endsWith('.js');
+
+function inlinePlanner(ctx: PlanContext): Planner {
+  return { plan: async (userId) => planUser(ctx, userId), close: async () => undefined };
+}
+
+type PlannerReply = { userId: number; plan: UserPlan } | { userId: number; error: string };
+
+/** A planner in a worker thread; if the thread cannot start or dies, plans in this thread instead. */
+function workerPlanner(ctx: PlanContext): Planner {
+  const inline = inlinePlanner(ctx);
+  let w: Worker | undefined;
+  try {
+    w = new Worker(new URL(import.meta.url), { workerData: { acm2BackfillPlanner: ctx } });
+  } catch {
+    return inline;
+  }
+  let pending: { userId: number; resolve: (p: UserPlan) => void } | undefined;
+  let dead = false;
+  const fallBack = () => {
+    dead = true;
+    const p = pending;
+    pending = undefined;
+    if (p) void inline.plan(p.userId).then(p.resolve);
+  };
+  w.on('message', (m: PlannerReply) => {
+    const p = pending;
+    if (!p || p.userId !== m.userId) return;
+    pending = undefined;
+    if ('plan' in m) p.resolve(m.plan);
+    else {
+      // Not a verdict on the user: a bug or a failure in the thread itself. Plan here instead.
+      void inline.plan(p.userId).then(p.resolve);
+    }
+  });
+  w.on('error', fallBack);
+  w.on('exit', fallBack);
+  return {
+    plan: (userId) => {
+      if (dead) return inline.plan(userId);
+      return new Promise<UserPlan>((resolve) => {
+        pending = { userId, resolve };
+        w.postMessage(userId);
+      });
+    },
+    close: async () => {
+      w.removeAllListeners('exit');
+      w.removeAllListeners('error');
+      dead = true;
+      await w.terminate().catch(() => undefined);
+    },
+  };
+}
+
+if (!isMainThread && parentPort && (workerData as { acm2BackfillPlanner?: PlanContext } | undefined)?.acm2BackfillPlanner) {
+  const port = parentPort;
+  const ctx = (workerData as { acm2BackfillPlanner: PlanContext }).acm2BackfillPlanner;
+  port.on('message', (userId: number) => {
+    let reply: PlannerReply;
+    try {
+      reply = { userId, plan: planUser(ctx, userId) };
+    } catch (e) {
+      reply = { userId, error: e instanceof Error ? (e.stack ?? e.message) : String(e) };
+    }
+    port.postMessage(reply);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // The run
 
 /**
@@ -500,8 +580,10 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
 
   const applyDeps: ApplyDeps = { deps, ctx, m, worker, name, queueItem };
 
+  const planners = Array.from({ length: concurrency }, () => (concurrency > 1 && CAN_USE_WORKERS ? workerPlanner(ctx) : inlinePlanner(ctx)));
+
   let lastYield = Date.now();
-  const run = async (): Promise<void> => {
+  const run = async (planner: Planner): Promise<void> => {
     for (;;) {
       if (stopNow()) return;
       let next: IteratorResult<MasterUser>;
@@ -521,7 +603,7 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
       if (prior && prior.outcome !== 'running') {
         report = reportFromItem(prior);
       } else {
-        const plan = planUser(ctx, user.id);
+        const plan = await planner.plan(user.id);
         report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
       }
       // Not started because the master went away: the cursor must never move past this user.
@@ -539,7 +621,11 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
       }
     }
   };
-  await Promise.all(Array.from({ length: concurrency }, run));
+  try {
+    await Promise.all(planners.map(run));
+  } finally {
+    await Promise.all(planners.map((p) => p.close()));
+  }
   await source.return(undefined).catch(() => undefined);
   deps.progress?.done();
 
