@@ -6,6 +6,9 @@
 //       with fs.copyFileSync; no remap, no master. 'fsync' also fsyncs every file and folder.
 //   node dist/bench/floor.js open-stat <dataDir> <users> <i> <n>
 //       per user id: open user_<id>.db (better-sqlite3), read user_meta, lstat every file under user_<id>/.
+//   node dist/bench/floor.js read-all <dataDir> <users> <i> <n>
+//       open-stat, plus what a quick verify cannot avoid reading: PRAGMA quick_check and every row
+//       of every table (an informational floor for verify: the reads, none of the checks).
 //   node dist/bench/floor.js bcrypt <rounds>
 //       one bcryptjs hash of an ACM2-shaped key, as `user create` makes.
 //
@@ -76,7 +79,9 @@ async function main(argv: string[]): Promise<void> {
       if (fsync) fsyncPath(outDir);
       return;
     }
-    case 'open-stat': {
+    case 'open-stat':
+    case 'read-all': {
+      const readAll = mode === 'read-all';
       const [dataDir, users, i, n] = a as [string, string, string, string];
       const { default: Database } = await import('better-sqlite3');
       let ready = 0;
@@ -88,6 +93,11 @@ async function main(argv: string[]): Promise<void> {
         try {
           const meta = db.prepare('SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?').get(id) as { seed_status: string } | undefined;
           if (meta?.seed_status === 'ready') ready++;
+          if (readAll) {
+            db.pragma('quick_check');
+            const tables = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).pluck().all() as string[];
+            for (const t of tables) for (const row of db.prepare(`SELECT * FROM "${t.replace(/"/g, '""')}"`).raw(true).iterate()) void row;
+          }
         } finally {
           db.close();
         }

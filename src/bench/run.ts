@@ -404,10 +404,10 @@ async function benchFleet(root: string, s: Sizes, mysql: MysqlUrl | undefined, d
     // One untimed pass first, so the first timed run (ours or floor) does not pay for a cold cache.
     await together([0, 1].map((i) => () => floor(['open-stat', dir, String(n), String(i), '2'], { env: cleanEnv() })));
     for (const m of masters.get(n)!) {
-      const series = new Map<string, { ms: number[]; floor: number[]; ratio: number[]; rss: number[] }>();
+      const series = new Map<string, { ms: number[]; floor: number[]; ratio: number[]; rss: number[]; readAll: number[]; readAllRatio: number[] }>();
       // What the last run of each command reported (verify: ok/checked; backfill: counts per outcome).
       const outcomes = new Map<string, Record<string, unknown>>();
-      for (const c of cmds) series.set(c.name, { ms: [], floor: [], ratio: [], rss: [] });
+      for (const c of cmds) series.set(c.name, { ms: [], floor: [], ratio: [], rss: [], readAll: [], readAllRatio: [] });
       for (let r = 0; r < runs; r++) {
         for (const c of cmds) {
           const measureFloor = async () =>
@@ -430,6 +430,12 @@ async function benchFleet(root: string, s: Sizes, mysql: MysqlUrl | undefined, d
             f = await measureFloor();
           }
           const se = series.get(c.name)!;
+          if (c.name === 'verify') {
+            // Informational: the reads a quick verify cannot avoid (quick_check, every row), no checks.
+            const ra = (await together([0, 1].map((i) => () => floor(['read-all', dir, String(n), String(i), '2'], { env: cleanEnv() })))).ms;
+            se.readAll.push(ra);
+            se.readAllRatio.push(o.ms / ra);
+          }
           se.ms.push(o.ms);
           se.floor.push(f);
           se.ratio.push(o.ms / f);
@@ -454,6 +460,21 @@ async function benchFleet(root: string, s: Sizes, mysql: MysqlUrl | undefined, d
           runs: String(runs),
           samples: { users: n, oursMs: se.ms, floorMs: se.floor, ratios: se.ratio, rssKb: se.rss, reported: outcomes.get(c.name) },
         });
+        if (se.readAll.length > 0) {
+          const rr = median(se.readAllRatio);
+          addRow({
+            id: `${c.name}_${n}_${m.label}_readall`,
+            benchmark: `  same, vs a read-all floor (open-and-stat + \`PRAGMA quick_check\` + every row of every table, no checks) — informational`,
+            ours: `${fmt((n * 1000) / median(se.ms))} users/s`,
+            baseline: `${fmt((n * 1000) / median(se.readAll))} users/s`,
+            ratio: rr,
+            ratioLabel: `${fmt(rr, 2)}× floor time`,
+            target: '–',
+            met: null,
+            runs: String(runs),
+            samples: { users: n, oursMs: se.ms, floorMs: se.readAll, ratios: se.readAllRatio },
+          });
+        }
       }
     }
   }
