@@ -43,7 +43,7 @@ async function converge(userId: number) {
 }
 
 describe('SIGKILL at each step of seeding', () => {
-  for (const step of ['migrated', 'map_persisted', 'files_staged', 'files_moved']) {
+  for (const step of ['db_staged', 'migrated', 'map_persisted', 'files_staged', 'files_moved']) {
     it(`killed after '${step}': not ready, rerun converges`, async () => {
       const u = await createUser(deps(), { email: `${step}@example.com`, username: step.replace('_', '-'), async: true });
       const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), step]);

@@ -1,17 +1,32 @@
-// Seeds one user from a package: remaps every identifier, stages DB rows and files, and makes
+// Seeds one user from a package: remaps every identifier, writes DB rows and files, and makes
 // the DB transaction that writes `ready` the single commit point. Anything before it is
 // invisible to ACM2 (425) and safe to redo; a rerun reuses the persisted ID map and converges.
+//
+// Protocol, for a user without a DB (the common case):
+//   1. build the whole DB off to the side (staging: template copy, map, rows, seeded-file list,
+//      status in_progress) with no journal — nobody can see it, a crash just leaves staging
+//      that the next attempt removes — then fsync it ('db_staged');
+//   2. link it into place as user_{id}.db and fsync the data dir: now visible, in_progress,
+//      with its ID map durable ('migrated', 'map_persisted');
+//   3. write every file straight to its place under user_{id}/ ('files_staged'), then make
+//      files and folders durable ('files_moved');
+//   4. one small transaction writes `ready` ('committed').
+// A user that already has a DB (rerun after a crash, --force, a DB with rows of its own) takes
+// the same steps 3-4 after persisting its map in its own DB, and its rows are written in step 4.
+// Files are written in place rather than staged and renamed: before step 4 the DB is durably
+// in_progress with the map that names every target, so a rerun rewrites the same paths, and the
+// targets are under the user's fresh run folder or files this seed recorded before.
 
-import { randomUUID, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, rmSync, readdirSync, existsSync } from 'node:fs';
-import { fsyncPath, syncFiles, writeFileDurable } from '../durable.js';
+import { randomUUID, randomBytes, createHash } from 'node:crypto';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { fsyncPath, syncFiles } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
 import { extendMap, render } from '../seed/remap.js';
-import { migrateUserDb, openUserDb, type SqliteDb } from '../userdb/user-db.js';
-import { createUserDbFromTemplate } from '../userdb/template.js';
-import { resolveInside, toolDir, userRoot, type UserId } from '../userdb/paths.js';
+import { migrateUserDb, openSqlite, openUserDb, type SqliteDb } from '../userdb/user-db.js';
+import { userDbTemplate } from '../userdb/template.js';
+import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { classifyFsError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
@@ -36,7 +51,7 @@ export interface SeedUserInput {
   onStep?: (step: SeedStep) => void;
 }
 
-export type SeedStep = 'migrated' | 'map_persisted' | 'files_staged' | 'files_moved' | 'committed';
+export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_staged' | 'files_moved' | 'committed';
 
 /** Seed one user. The caller holds the user's lock. */
 export function seedUser(input: SeedUserInput): SeedUserResult {
@@ -47,51 +62,59 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
   const prepared = preparePackage(pkg);
 
   cleanStaging(dataDir, userId);
-  createUserDbFromTemplate(dataDir, userId);
-  const db = openUserDb(dataDir, userId);
+  let fresh: { map: Map<string, string>; files: RenderedFile[] } | undefined;
+  let db: SqliteDb | undefined;
   try {
-    migrateUserDb(db);
-    step('migrated');
-    const meta = readMeta(db, userId);
-    if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
-      const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
-      return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
+    if (!existsSync(userDbPath(dataDir, userId))) fresh = buildFreshDb(dataDir, userId, prepared, step);
+    db = openUserDb(dataDir, userId);
+    let map: Map<string, string>;
+    let files: RenderedFile[];
+    let wasReady = false;
+    if (fresh) {
+      ({ map, files } = fresh);
+      step('migrated');
+      step('map_persisted');
+    } else {
+      migrateUserDb(db);
+      step('migrated');
+      const meta = readMeta(db, userId);
+      if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
+        const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
+        return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
+      }
+      wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
+      map = persistMap(db, userId, prepared, version);
+      step('map_persisted');
+      files = renderFiles(prepared, map);
     }
-    const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
 
-    const map = persistMap(db, userId, prepared, version);
-    step('map_persisted');
-
-    const staging = toolDir(dataDir, 'staging', `user_${userId}-${version}-${randomBytes(4).toString('hex')}`);
-    const written = stageFiles(prepared, map, staging);
+    const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
     step('files_staged');
-    const root = userRoot(dataDir, userId);
-    moveIntoPlace(staging, root, written.map((w) => w.path));
+    makeDurable(durable);
     step('files_moved');
 
     const seededAt = sqlNow();
-    const rows = commitRows(db, userId, prepared, map, version, written, seededAt);
+    const rows = fresh ? commitReady(db, userId, version, seededAt, countRows(prepared)) : commitRows(db, userId, prepared, map, version, files, seededAt);
     step('committed');
-    rmSync(staging, { recursive: true, force: true });
     return {
       userId,
       seedVersion: version,
       outcome: wasReady ? 'restored' : 'seeded',
       rows,
-      files: written.length,
-      bytes: written.reduce((a, w) => a + w.bytes, 0),
+      files: files.length,
+      bytes: files.reduce((a, w) => a + w.bytes, 0),
       seededAt,
       durationMs: Date.now() - started,
     };
   } catch (e) {
     try {
-      markFailed(db, userId, version, e);
+      if (db) markFailed(db, userId, version, e);
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
     throw classifyFsError(e, `user ${userId}'s data`) ?? e;
   } finally {
-    db.close();
+    db?.close();
   }
 }
 
@@ -143,55 +166,68 @@ function persistMap(db: SqliteDb, userId: UserId, prepared: PreparedPackage, ver
   }).immediate();
 }
 
-interface WrittenFile {
+interface RenderedFile {
+  /** Path under the user root. */
   path: string;
   sourcePath: string;
+  data: Uint8Array;
   bytes: number;
   sha256: string;
 }
 
-function stageFiles(prepared: PreparedPackage, map: Map<string, string>, staging: string): WrittenFile[] {
-  mkdirSync(staging, { recursive: true, mode: 0o700 });
-  const dirs = new Set<string>();
-  const out: WrittenFile[] = [];
-  const written: string[] = [];
-  for (const f of prepared.files) {
-    const rel = render(f.path, map);
-    const abs = resolveInside(staging, rel);
-    const dir = path.dirname(abs);
-    if (!dirs.has(dir)) {
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      dirs.add(dir);
-    }
-    const w = writeFileDurable(abs, f.text ? render(f.text, map) : readFileSync(f.abs), { mode: 0o600, fsync: false });
-    out.push({ path: rel, sourcePath: f.sourcePath, ...w });
-    written.push(abs);
-  }
-  syncFiles(written, staging);
-  // Staging folders need no fsync: what must survive is each file's data (fsynced above) and
-  // its entry in the final folder, which moveIntoPlace fsyncs after the renames.
-  return out;
+/** Every package file with this user's identifiers, in memory, with its size and sha256. */
+function renderFiles(prepared: PreparedPackage, map: Map<string, string>): RenderedFile[] {
+  return prepared.files.map((f) => {
+    const data = f.text ? Buffer.from(render(f.text, map), 'utf8') : readFileSync(f.abs);
+    return { path: render(f.path, map), sourcePath: f.sourcePath, data, bytes: data.length, sha256: createHash('sha256').update(data).digest('hex') };
+  });
 }
 
+interface ToSync {
+  files: string[];
+  /** Folders whose entries changed (created files or folders), deepest first. */
+  dirs: string[];
+}
+
+const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+
 /**
- * Move each staged file to its place under the user root. Targets are under this user's new
- * run folder (a fresh id only this tool could have made) or files this seed recorded before,
- * so replacing them never touches data the tool did not create.
+ * Write each file at its place under the user root (replacing a file this seed wrote before;
+ * never following a symlink at the target). Folders are created 0700, files 0600.
  */
-function moveIntoPlace(staging: string, root: string, rels: string[]): void {
-  mkdirSync(root, { recursive: true, mode: 0o700 });
+function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSync {
   const dirs = new Set<string>();
-  for (const rel of rels) {
-    const target = resolveInside(root, rel);
-    const dir = path.dirname(target);
-    if (!dirs.has(dir)) {
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      dirs.add(dir);
-    }
-    renameSync(resolveInside(staging, rel), target);
+  const made = new Set<string>();
+  if (!existsSync(root)) {
+    mkdirSync(root, { mode: 0o700 });
+    made.add(path.resolve(dataDir));
   }
-  for (const d of dirs) fsyncPath(d);
-  fsyncPath(root);
+  const out: string[] = [];
+  for (const f of files) {
+    const abs = resolveInside(root, f.path);
+    const dir = path.dirname(abs);
+    if (!dirs.has(dir)) {
+      // Every folder from the root down to this one: their entries must be durable too.
+      for (let d = dir; d.length > root.length && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+    }
+    const fd = openSync(abs, WRITE_FLAGS, 0o600);
+    try {
+      let off = 0;
+      while (off < f.data.length) off += writeSync(fd, f.data, off, f.data.length - off);
+    } finally {
+      closeSync(fd);
+    }
+    out.push(abs);
+  }
+  dirs.add(root);
+  for (const d of made) dirs.add(d);
+  return { files: out, dirs: [...dirs].sort((a, b) => b.length - a.length) };
+}
+
+function makeDurable(t: ToSync): void {
+  if (t.files.length > 0) syncFiles(t.files, t.files[0]!);
+  for (const d of t.dirs) fsyncPath(d);
 }
 
 /** The commit point: rows, seeded-file list and `ready`, in one transaction. */
@@ -201,27 +237,102 @@ function commitRows(
   prepared: PreparedPackage,
   map: Map<string, string>,
   version: string,
-  written: WrittenFile[],
+  written: RenderedFile[],
   seededAt: string,
 ): number {
   return db.transaction(() => {
-    let n = 0;
-    for (const t of prepared.tables) {
-      if (t.rows.length === 0) continue;
-      const stmt = db.prepare(`INSERT OR REPLACE INTO ${t.name} (${t.columns.join(', ')}) VALUES (${t.columns.map(() => '?').join(', ')})`);
-      for (const r of t.rows) {
-        const values = r.map((v: Cell, i) => (i === t.userIdIndex ? userId : isTemplate(v) ? render(v, map) : v));
-        stmt.run(values);
-        n++;
-      }
-    }
+    const n = insertRows(db, userId, prepared, map, 'INSERT OR REPLACE');
     db.prepare(`DELETE FROM acm2_seed_files WHERE seed_version = ?`).run(version);
-    const ins = db.prepare(`INSERT INTO acm2_seed_files (seed_version, path, source_path, bytes, sha256) VALUES (?, ?, ?, ?, ?)`);
-    for (const w of written) ins.run(version, w.path, w.sourcePath, w.bytes, w.sha256);
+    insertMany(db, 'acm2_seed_files', ['seed_version', 'path', 'source_path', 'bytes', 'sha256'], written.map((w) => [version, w.path, w.sourcePath, w.bytes, w.sha256]));
     setMeta(db, userId, 'ready', version, seededAt);
     db.prepare(`UPDATE acm2_seed_state SET status = 'ready', finished_at = ?, last_error = NULL WHERE seed_version = ?`).run(new Date().toISOString(), version);
     return n;
   }).immediate();
+}
+
+/**
+ * A user without a DB: build its whole DB in staging with no journal (nobody can see it; a
+ * crash leaves only staging, which the next attempt removes), make it durable, then link it
+ * into place — never over a DB that appeared meanwhile. It is in_progress, with the ID map,
+ * every row and the seeded-file list; only `ready` is left for commitReady.
+ */
+function buildFreshDb(dataDir: string, userId: UserId, prepared: PreparedPackage, step: (s: SeedStep) => void): { map: Map<string, string>; files: RenderedFile[] } {
+  const version = prepared.pkg.version;
+  const target = userDbPath(dataDir, userId);
+  const staged = toolDir(dataDir, 'staging', `user_${userId}-${version}-${randomBytes(4).toString('hex')}.db`);
+  mkdirSync(path.dirname(staged), { recursive: true, mode: 0o700 });
+  copyFileSync(userDbTemplate(dataDir), staged);
+  chmodSync(staged, 0o600);
+  let map: Map<string, string>;
+  let files: RenderedFile[];
+  try {
+    const db = openSqlite(staged);
+    try {
+      db.pragma('journal_mode = OFF');
+      db.pragma('synchronous = OFF');
+      map = new Map();
+      files = [];
+      db.transaction(() => {
+        const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
+        insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
+        for (const a of added) map.set(a.source, a.target);
+        setMeta(db, userId, 'in_progress', version, null);
+        db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at) VALUES (?, 'in_progress', ?)`).run(version, new Date().toISOString());
+        insertRows(db, userId, prepared, map);
+        files = renderFiles(prepared, map);
+        insertMany(db, 'acm2_seed_files', ['seed_version', 'path', 'source_path', 'bytes', 'sha256'], files.map((w) => [version, w.path, w.sourcePath, w.bytes, w.sha256]));
+      })();
+    } finally {
+      db.close();
+    }
+    fsyncPath(staged);
+    step('db_staged');
+    linkSync(staged, target);
+  } finally {
+    rmSync(staged, { force: true });
+  }
+  fsyncPath(path.dirname(target));
+  return { map, files };
+}
+
+/** The commit point of a fresh user: its rows are in place already. */
+function commitReady(db: SqliteDb, userId: UserId, version: string, seededAt: string, rows: number): number {
+  db.transaction(() => {
+    setMeta(db, userId, 'ready', version, seededAt);
+    db.prepare(`UPDATE acm2_seed_state SET status = 'ready', finished_at = ?, last_error = NULL WHERE seed_version = ?`).run(new Date().toISOString(), version);
+  }).immediate();
+  return rows;
+}
+
+function countRows(prepared: PreparedPackage): number {
+  return prepared.tables.reduce((n, t) => n + t.rows.length, 0);
+}
+
+/** Insert rows with multi-row INSERTs (one statement per chunk instead of one per row). */
+function insertMany(db: SqliteDb, table: string, columns: string[], rows: unknown[][], verb = 'INSERT'): void {
+  if (rows.length === 0) return;
+  // SQLite allows 32,766 bound parameters; stay well under it.
+  const per = Math.max(1, Math.min(500, Math.floor(8000 / columns.length)));
+  const tuple = `(${columns.map(() => '?').join(', ')})`;
+  const head = `${verb} INTO ${table} (${columns.join(', ')}) VALUES `;
+  let full: ReturnType<SqliteDb['prepare']> | undefined;
+  for (let i = 0; i < rows.length; i += per) {
+    const chunk = rows.slice(i, i + per);
+    const stmt = chunk.length === per ? (full ??= db.prepare(head + Array(per).fill(tuple).join(', '))) : db.prepare(head + Array(chunk.length).fill(tuple).join(', '));
+    stmt.run(chunk.flat());
+  }
+}
+
+/** Every package row with this user's identifiers and user_id. */
+function insertRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map: Map<string, string>, verb = 'INSERT'): number {
+  let n = 0;
+  for (const t of prepared.tables) {
+    if (t.rows.length === 0) continue;
+    const rows = t.rows.map((r) => r.map((v: Cell, i) => (i === t.userIdIndex ? userId : isTemplate(v) ? render(v, map) : v)));
+    insertMany(db, t.name, t.columns, rows, verb);
+    n += rows.length;
+  }
+  return n;
 }
 
 function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown): void {
