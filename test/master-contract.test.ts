@@ -173,6 +173,20 @@ for (const d of DIALECTS) {
         expect(await m.createUser(newUser(2, { wordpressUserId: null }))).toMatchObject({ user: { wordpressUserId: null } });
       });
 
+      it('latestJobs gives each named user its newest job in one call, and nothing for users without one', async () => {
+        const a = await m.createUser(newUser(1));
+        const b = await m.createUser(newUser(2));
+        const second = await m.enqueueSeedJob(a.user.id, 'v2');
+        expect(await m.latestJobs([a.user.id, b.user.id, 99_999])).toEqual(
+          new Map([
+            [a.user.id, second],
+            [b.user.id, b.job],
+          ]),
+        );
+        expect(await m.latestJobs([b.user.id])).toEqual(new Map([[b.user.id, await m.latestJob(b.user.id)]]));
+        expect(await m.latestJobs([])).toEqual(new Map());
+      });
+
       it.each([
         ['email', { email: 'user1@example.com' }, 'duplicate_email'],
         ['username', { username: 'email_fan' }, 'duplicate_username'],

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
-import type { JobStatus, MasterDb, MasterUser, SeedJob } from '../master/types.js';
+import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { knownVersions } from '../seed/package.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
 import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
@@ -136,11 +136,16 @@ export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, pr
   const seen = new Set<number>();
   const pool = new CheckerPool(Math.max(1, opts.concurrency ?? 1), ctx);
   try {
-    await pool.forEach(streamUsers(deps.master, pageSize, wanted), inShard, async (user, checker) => {
-      if (wanted) seen.add(user.id);
-      const job = jobView(await deps.master.latestJob(user.id));
-      const problems = await checker.check(user.id, job);
-      users.push({ id: user.id, ok: problems.length === 0, problems });
+    await pool.forEach(streamUsers(deps.master, pageSize, inShard, wanted), async ({ id, job }, checker) => {
+      if (wanted) seen.add(id);
+      let problems = await checker.check(id, job);
+      // The job was read with its page, maybe seconds ago: a verdict that depends on it is
+      // confirmed against the job as it is now (a seed may have finished in between).
+      if (problems.some((p) => JOB_DEPENDENT.has(p.code))) {
+        const now = jobView(await deps.master.latestJob(id));
+        if (JSON.stringify(now) !== JSON.stringify(job)) problems = await checker.check(id, now);
+      }
+      users.push({ id, ok: problems.length === 0, problems });
       progress?.tick();
     });
   } finally {
@@ -155,14 +160,17 @@ export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, pr
   return { ok: failed === 0 && orphans.length === 0, checked: users.length, failed, users, orphans, durationMs: Date.now() - started };
 }
 
-async function* streamUsers(master: MasterDb, pageSize: number, ids?: number[]): AsyncGenerator<MasterUser> {
+/** The users to check, page by page, each with its latest seed job (one master query per page, not per user). */
+async function* streamUsers(master: MasterDb, pageSize: number, inShard: (id: number) => boolean, ids?: number[]): AsyncGenerator<{ id: number; job: JobView | undefined }> {
   if (ids && ids.length === 0) return;
   let after = 0;
   for (;;) {
     const page = await master.listUsers({ afterId: after, limit: pageSize, ids });
     if (page.length === 0) return;
-    yield* page;
     after = page[page.length - 1]!.id;
+    const mine = page.filter((u) => inShard(u.id)).map((u) => u.id);
+    const jobs = await master.latestJobs(mine);
+    for (const id of mine) yield { id, job: jobView(jobs.get(id)) };
   }
 }
 
@@ -253,12 +261,11 @@ class CheckerPool {
   }
 
   /** Run fn for every item, at most `size` at once; the first failure stops the stream and is thrown. */
-  async forEach<T extends { id: number }>(items: AsyncIterable<T>, filter: (id: number) => boolean, fn: (item: T, c: Checker) => Promise<void>): Promise<void> {
+  async forEach<T>(items: AsyncIterable<T>, fn: (item: T, c: Checker) => Promise<void>): Promise<void> {
     const inflight = new Set<Promise<void>>();
     let failure: { error: unknown } | undefined;
     for await (const item of items) {
       if (failure) break;
-      if (!filter(item.id)) continue;
       const c = await this.acquire();
       const p: Promise<void> = fn(item, c)
         .catch((error: unknown) => {
@@ -364,6 +371,8 @@ interface SeededFile {
 
 const SQL_NAME = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const OPEN_JOB: readonly JobStatus[] = ['pending', 'running'];
+/** Problems whose code or severity depends on the master's seed job. */
+const JOB_DEPENDENT: ReadonlySet<ProblemCode> = new Set(['job_state_mismatch', 'not_ready', 'db_missing']);
 const CONTENT_ID_KEYS = ['generation_instructions_id', 'single_eval_instructions_id', 'pairwise_eval_instructions_id', 'eval_criteria_id', 'combine_instructions_id'];
 
 /**

@@ -296,6 +296,18 @@ export class MysqlMaster implements MasterDb {
     });
   }
 
+  async latestJobs(userIds: number[]): Promise<Map<number, SeedJob>> {
+    const out = new Map<number, SeedJob>();
+    if (userIds.length === 0) return out;
+    const rows = await this.rows(
+      `SELECT j.* FROM acm2_seed_jobs j
+       JOIN (SELECT MAX(id) AS id FROM acm2_seed_jobs WHERE user_id IN (${userIds.map(() => '?').join(',')}) GROUP BY user_id) m ON m.id = j.id`,
+      userIds,
+    );
+    for (const r of rows) out.set(Number(r.user_id), toJob(r));
+    return out;
+  }
+
   async latestJob(userId: number): Promise<SeedJob | undefined> {
     const r = await this.one('SELECT * FROM acm2_seed_jobs WHERE user_id = ? ORDER BY id DESC LIMIT 1', [userId]);
     return r && toJob(r);

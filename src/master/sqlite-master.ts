@@ -199,6 +199,19 @@ export class SqliteMaster implements MasterDb {
     }).immediate();
   }
 
+  async latestJobs(userIds: number[]) {
+    const out = new Map<number, SeedJob>();
+    if (userIds.length === 0) return out;
+    const rows = this.db
+      .prepare(
+        `SELECT j.* FROM acm2_seed_jobs j
+         JOIN (SELECT MAX(id) AS id FROM acm2_seed_jobs WHERE user_id IN (${userIds.map(() => '?').join(',')}) GROUP BY user_id) m ON m.id = j.id`,
+      )
+      .all(...userIds) as Row[];
+    for (const r of rows) out.set(Number(r.user_id), toJob(r));
+    return out;
+  }
+
   async latestJob(userId: number) {
     const r = this.one(`SELECT * FROM acm2_seed_jobs WHERE user_id = ? ORDER BY id DESC LIMIT 1`, userId);
     return r && toJob(r);

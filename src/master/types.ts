@@ -107,6 +107,8 @@ export interface MasterDb {
   /** A job for this user and version; an open (pending/running) one is returned rather than duplicated. */
   enqueueSeedJob(userId: number, seedVersion: string, opts?: { force?: boolean; maxAttempts?: number }): Promise<SeedJob>;
   latestJob(userId: number): Promise<SeedJob | undefined>;
+  /** latestJob for many users in one query (a page of verify): users without a job are absent. */
+  latestJobs(userIds: number[]): Promise<Map<number, SeedJob>>;
   /** Claim one due job (pending and due, or running with an expired lease) for workerId. */
   claimJob(workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
   /** Claim this user's open job (if any) for a direct `user seed`. */
