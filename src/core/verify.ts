@@ -803,14 +803,15 @@ class UserCheck {
       if (Array.isArray(v)) {
         for (const x of v) walk(x, parentKey);
       } else if (isObject(v)) {
-        for (const [k, x] of Object.entries(v)) {
-          if (isDocId(k)) docs.add(k);
+        for (const k in v) {
+          const x = v[k];
+          if (maybeDocId(k) && isDocId(k)) docs.add(k);
           if (parentKey === 'source_doc_results' || parentKey === 'eval_scores') sources.add(k);
           if (k === 'source_doc_id' && typeof x === 'string') sources.add(x);
           if (k === 'source_doc_name' && typeof x === 'string' && isUuid(x)) sources.add(x);
           walk(x, k);
         }
-      } else if (typeof v === 'string' && isDocId(v)) {
+      } else if (typeof v === 'string' && maybeDocId(v) && isDocId(v)) {
         docs.add(v);
       }
     };
@@ -1120,6 +1121,11 @@ function readText(abs: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Cheap pre-test for isDocId: `{8 hex}.` or `combined.` at the start, at least 15 characters. */
+function maybeDocId(s: string): boolean {
+  return s.length >= 15 && (s.charCodeAt(8) === 46 || s.startsWith('combined.'));
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
