@@ -19,7 +19,9 @@
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
 import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { fsyncPath, syncFiles } from '../durable.js';
+import { fsyncPath, syncFiles, SYNCFS_THRESHOLD } from '../durable.js';
+import { open } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
@@ -55,6 +57,79 @@ export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_stage
 
 /** Seed one user. The caller holds the user's lock. */
 export function seedUser(input: SeedUserInput): SeedUserResult {
+  const steps = seedSteps(input);
+  let r = steps.next();
+  while (!r.done) {
+    let failed: unknown;
+    try {
+      syncNow(r.value);
+    } catch (e) {
+      failed = e ?? new Error('fsync failed');
+    }
+    r = failed === undefined ? steps.next() : steps.throw(failed);
+  }
+  return r.value;
+}
+
+/**
+ * The same as seedUser, with each durability barrier's fsyncs issued together on the thread
+ * pool instead of one after another (the journal commits them as a group).
+ */
+export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResult> {
+  const steps = seedSteps(input);
+  let r = steps.next();
+  while (!r.done) {
+    let failed: unknown;
+    try {
+      await syncTogether(r.value);
+    } catch (e) {
+      failed = e ?? new Error('fsync failed');
+    }
+    r = failed === undefined ? steps.next() : steps.throw(failed);
+  }
+  return r.value;
+}
+
+/** What must reach the disk before the next step: files' data and folders' entries. */
+export interface ToSync {
+  files: string[];
+  dirs: string[];
+}
+
+function syncNow(t: ToSync): void {
+  if (t.files.length > 0) syncFiles(t.files, t.files[0]!);
+  for (const d of t.dirs) fsyncPath(d);
+}
+
+/** At most this many fsyncs in flight (libuv's pool runs 4 at a time; the rest queue cheaply). */
+const FSYNC_BATCH = 64;
+
+async function syncTogether(t: ToSync): Promise<void> {
+  const paths = [...t.dirs];
+  if (t.files.length >= SYNCFS_THRESHOLD) {
+    const done = await syncFsAsync(t.files[0]!);
+    if (!done) paths.push(...t.files);
+  } else paths.push(...t.files);
+  for (let i = 0; i < paths.length; i += FSYNC_BATCH) {
+    await Promise.all(
+      paths.slice(i, i + FSYNC_BATCH).map(async (p) => {
+        const fh = await open(p, 'r');
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      }),
+    );
+  }
+}
+
+function syncFsAsync(anyPath: string): Promise<boolean> {
+  return new Promise((resolve) => execFile('sync', ['-f', anyPath], (err) => resolve(!err)));
+}
+
+/** The seeding protocol; yields at each durability barrier (the driver fsyncs, then resumes). */
+function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, void> {
   const started = Date.now();
   const { dataDir, userId, pkg } = input;
   const version = pkg.version;
@@ -65,7 +140,7 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
   let fresh: { map: Map<string, string>; files: RenderedFile[] } | undefined;
   let db: SqliteDb | undefined;
   try {
-    if (!existsSync(userDbPath(dataDir, userId))) fresh = buildFreshDb(dataDir, userId, prepared, step);
+    if (!existsSync(userDbPath(dataDir, userId))) fresh = yield* buildFreshDb(dataDir, userId, prepared, step);
     db = openUserDb(dataDir, userId);
     let map: Map<string, string>;
     let files: RenderedFile[];
@@ -90,7 +165,7 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
 
     const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
     step('files_staged');
-    makeDurable(durable);
+    yield durable;
     step('files_moved');
 
     const seededAt = sqlNow();
@@ -183,12 +258,6 @@ function renderFiles(prepared: PreparedPackage, map: Map<string, string>): Rende
   });
 }
 
-interface ToSync {
-  files: string[];
-  /** Folders whose entries changed (created files or folders), deepest first. */
-  dirs: string[];
-}
-
 const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
 
 /**
@@ -225,11 +294,6 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
   return { files: out, dirs: [...dirs].sort((a, b) => b.length - a.length) };
 }
 
-function makeDurable(t: ToSync): void {
-  if (t.files.length > 0) syncFiles(t.files, t.files[0]!);
-  for (const d of t.dirs) fsyncPath(d);
-}
-
 /** The commit point: rows, seeded-file list and `ready`, in one transaction. */
 function commitRows(
   db: SqliteDb,
@@ -256,7 +320,12 @@ function commitRows(
  * into place — never over a DB that appeared meanwhile. It is in_progress, with the ID map,
  * every row and the seeded-file list; only `ready` is left for commitReady.
  */
-function buildFreshDb(dataDir: string, userId: UserId, prepared: PreparedPackage, step: (s: SeedStep) => void): { map: Map<string, string>; files: RenderedFile[] } {
+function* buildFreshDb(
+  dataDir: string,
+  userId: UserId,
+  prepared: PreparedPackage,
+  step: (s: SeedStep) => void,
+): Generator<ToSync, { map: Map<string, string>; files: RenderedFile[] }, void> {
   const version = prepared.pkg.version;
   const target = userDbPath(dataDir, userId);
   const staged = toolDir(dataDir, 'staging', `user_${userId}-${version}-${randomBytes(4).toString('hex')}.db`);
@@ -285,13 +354,13 @@ function buildFreshDb(dataDir: string, userId: UserId, prepared: PreparedPackage
     } finally {
       db.close();
     }
-    fsyncPath(staged);
+    yield { files: [staged], dirs: [] };
     step('db_staged');
     linkSync(staged, target);
   } finally {
     rmSync(staged, { force: true });
   }
-  fsyncPath(path.dirname(target));
+  yield { files: [], dirs: [path.dirname(target)] };
   return { map, files };
 }
 

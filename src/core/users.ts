@@ -8,7 +8,7 @@ import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
 import { UsageError, isAcm2Error } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
-import { seedUser, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
+import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { openUserDb } from '../userdb/user-db.js';
 import { parseUserId, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -165,7 +165,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     await deps.master.enqueueSeedJob(user.id, pkg.version, { force });
     const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS);
     try {
-      const r = seedUser({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep });
+      const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep });
       if (job) await deps.master.finishJob(job.id, worker, { status: 'done' });
       return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id };
     } catch (e) {
@@ -224,7 +224,7 @@ export async function drainQueue(
     try {
       // loadPackage caches a checked package per process, so this hashes once per version.
       const pkg = loadPackage(deps.seedsDir, job.seedVersion);
-      seedUser({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
+      await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
       await deps.master.finishJob(job.id, worker, { status: 'done' });
       res.done++;
     } catch (e) {
