@@ -3,11 +3,11 @@
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { CommandCall } from './program.js';
-import { context, intOption, shardOption } from './context.js';
+import { context, intOption, shardOption, type Ctx } from './context.js';
 import { openMaster } from '../master/factory.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
 import { parseUserId } from '../userdb/paths.js';
-import { runBackfill } from '../core/backfill.js';
+import { runBackfill, startPlanners, type BackfillOptions, type BackfillPlanners } from '../core/backfill.js';
 import { backfillJson, renderBackfill } from '../ui/backfill.js';
 import { EXIT, UsageError } from '../errors.js';
 
@@ -16,7 +16,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const dryRun = Boolean(opts.dryRun);
   const legacyLogsDir = opts.legacyLogs === undefined ? undefined : path.resolve(String(opts.legacyLogs));
   if (legacyLogsDir && !(existsSync(legacyLogsDir) && statSync(legacyLogsDir).isDirectory())) throw new UsageError(`--legacy-logs '${legacyLogsDir}' is not a folder`);
-  const options = {
+  const options: BackfillOptions = {
     dryRun,
     userIds: (opts.user as string[] | undefined)?.map(parseUserId),
     limit: intOption(opts, 'limit'),
@@ -27,6 +27,17 @@ export async function run({ opts }: CommandCall): Promise<void> {
     maxErrors: intOption(opts, 'maxErrors'),
     legacyLogsDir,
   };
+  // Planning threads (--concurrency > 1) boot while the package is checked and the master opened.
+  const planners = startPlanners({ dataDir: cfg.dataDir }, options.concurrency);
+  try {
+    await backfill(cfg, out, options, planners);
+  } finally {
+    await planners.close();
+  }
+}
+
+async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptions, planners: BackfillPlanners): Promise<void> {
+  const dryRun = Boolean(options.dryRun);
   // The package is checked before anything is written (a missing user is seeded with it).
   const pkg = loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
 
@@ -48,7 +59,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   process.on('SIGINT', onSigint);
   const progress = out.progress();
   try {
-    const r = await runBackfill({ master, dataDir: cfg.dataDir, pkg, progress, shouldStop: () => interrupted }, options).catch((e: unknown) => {
+    const r = await runBackfill({ master, dataDir: cfg.dataDir, pkg, progress, shouldStop: () => interrupted, planners }, options).catch((e: unknown) => {
       if (dryRun && /no such table|doesn't exist/i.test(String((e as Error).message))) throw notSetUp(master.display, e);
       throw e;
     });

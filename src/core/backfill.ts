@@ -104,6 +104,11 @@ export interface BackfillDeps {
   migrations?: Migration[];
   /** Least time between two progress saves in the master (default 200 ms; page ends always save). */
   saveEveryMs?: number;
+  /**
+   * Planning slots started ahead with startPlanners (same dataDir, --concurrency slots); the
+   * caller closes them. Without them (or if they do not match) runBackfill starts its own.
+   */
+  planners?: BackfillPlanners;
   /** Called after each user (tests use it to crash at a given point). */
   onUser?: (r: BackfillUserReport) => void | Promise<void>;
 }
@@ -139,7 +144,7 @@ export function progressName(shard?: { index: number; count: number }): string {
 // ---------------------------------------------------------------------------------------------
 // Plan (read-only)
 
-interface PlanContext {
+export interface PlanContext {
   dataDir: string;
   busyTimeoutMs: number;
   migrations: Migration[];
@@ -354,7 +359,9 @@ class MasterLost extends Error {}
 // plans in a worker thread of its own and the cores share it; the main thread keeps the master
 // I/O and every write (a plan only decides; a user with work is planned again under its lock).
 
-interface Planner {
+export interface Planner {
+  /** Whether plans come from another thread (then it pays to ask for the next user's plan early). */
+  readonly parallel: boolean;
   plan(userId: UserId): Promise<UserPlan>;
   close(): Promise<void>;
 }
@@ -363,7 +370,7 @@ interface Planner {
 const CAN_USE_WORKERS = import.meta.url.endsWith('.js');
 
 function inlinePlanner(ctx: PlanContext): Planner {
-  return { plan: async (userId) => planUser(ctx, userId), close: async () => undefined };
+  return { parallel: false, plan: async (userId) => planUser(ctx, userId), close: async () => undefined };
 }
 
 type PlannerReply = { userId: number; plan: UserPlan } | { userId: number; error: string };
@@ -371,37 +378,35 @@ type PlannerReply = { userId: number; plan: UserPlan } | { userId: number; error
 /** A planner in a worker thread; if the thread cannot start or dies, plans in this thread instead. */
 function workerPlanner(ctx: PlanContext): Planner {
   const inline = inlinePlanner(ctx);
-  let w: Worker | undefined;
+  let w: Worker;
   try {
     w = new Worker(new URL(import.meta.url), { workerData: { acm2BackfillPlanner: ctx } });
   } catch {
     return inline;
   }
-  let pending: { userId: number; resolve: (p: UserPlan) => void } | undefined;
+  // Requests are answered in the order they were sent.
+  const pending: Array<{ userId: number; resolve: (p: UserPlan) => void; reject: (e: unknown) => void }> = [];
   let dead = false;
+  const planHere = (p: (typeof pending)[number]) => inline.plan(p.userId).then(p.resolve, p.reject);
   const fallBack = () => {
     dead = true;
-    const p = pending;
-    pending = undefined;
-    if (p) void inline.plan(p.userId).then(p.resolve);
+    for (const p of pending.splice(0)) void planHere(p);
   };
   w.on('message', (m: PlannerReply) => {
-    const p = pending;
-    if (!p || p.userId !== m.userId) return;
-    pending = undefined;
+    if (pending[0]?.userId !== m.userId) return;
+    const p = pending.shift()!;
     if ('plan' in m) p.resolve(m.plan);
-    else {
-      // Not a verdict on the user: a bug or a failure in the thread itself. Plan here instead.
-      void inline.plan(p.userId).then(p.resolve);
-    }
+    // Not a verdict on the user: a bug or a failure in the thread itself. Plan here instead.
+    else void planHere(p);
   });
   w.on('error', fallBack);
   w.on('exit', fallBack);
   return {
+    parallel: true,
     plan: (userId) => {
       if (dead) return inline.plan(userId);
-      return new Promise<UserPlan>((resolve) => {
-        pending = { userId, resolve };
+      return new Promise<UserPlan>((resolve, reject) => {
+        pending.push({ userId, resolve, reject });
         w.postMessage(userId);
       });
     },
@@ -438,12 +443,50 @@ if (!isMainThread && parentPort && (workerData as { acm2BackfillPlanner?: PlanCo
  */
 export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}): Promise<BackfillResult> {
   const started = Date.now();
-  const { master, dataDir } = deps;
+  const concurrency = Math.max(1, opts.concurrency ?? 1);
+  const given = deps.planners;
+  const usable =
+    given &&
+    given.planners.length === concurrency &&
+    given.ctx.dataDir === deps.dataDir &&
+    given.ctx.busyTimeoutMs === (deps.busyTimeoutMs ?? 250) &&
+    (deps.migrations === undefined || given.ctx.migrations === deps.migrations)
+      ? given
+      : undefined;
+  // Otherwise started first, so that the threads boot while the master is read.
+  const own = usable ? undefined : startPlanners(deps, concurrency);
+  const p = (usable ?? own)!;
+  try {
+    return await backfillWith(deps, opts, p.ctx, p.planners, started);
+  } finally {
+    await own?.close();
+  }
+}
+
+/** The planning slots of a backfill; see BackfillDeps.planners. */
+export interface BackfillPlanners {
+  readonly ctx: PlanContext;
+  readonly planners: readonly Planner[];
+  close(): Promise<void>;
+}
+
+/**
+ * Start the planning slots of a backfill with `concurrency` slots ahead of runBackfill (threads
+ * take a while to boot: a caller can start them before it checks the package and opens the master).
+ */
+export function startPlanners(deps: Pick<BackfillDeps, 'dataDir' | 'busyTimeoutMs' | 'migrations'>, concurrency = 1): BackfillPlanners {
+  const n = Math.max(1, concurrency);
+  const ctx: PlanContext = { dataDir: deps.dataDir, busyTimeoutMs: deps.busyTimeoutMs ?? 250, migrations: deps.migrations ?? userMigrations() };
+  const planners = Array.from({ length: n }, () => (n > 1 && CAN_USE_WORKERS ? workerPlanner(ctx) : inlinePlanner(ctx)));
+  let closing: Promise<void> | undefined;
+  return { ctx, planners, close: () => (closing ??= Promise.all(planners.map((x) => x.close())).then(() => undefined)) };
+}
+
+async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: PlanContext, planners: readonly Planner[], started: number): Promise<BackfillResult> {
+  const { master } = deps;
   const dryRun = Boolean(opts.dryRun);
   const name = progressName(opts.shard);
   const batchSize = Math.max(1, opts.batchSize ?? 500);
-  const concurrency = Math.max(1, opts.concurrency ?? 1);
-  const ctx: PlanContext = { dataDir, busyTimeoutMs: deps.busyTimeoutMs ?? 250, migrations: deps.migrations ?? userMigrations() };
   const selection = JSON.stringify({ users: opts.userIds ? [...opts.userIds].sort((a, b) => a - b) : null, shard: opts.shard ?? null, limit: opts.limit ?? null });
   const ids = opts.userIds && [...new Set(opts.userIds)].sort((a, b) => a - b);
   const inShard = (id: number) => !opts.shard || id % opts.shard.count === opts.shard.index;
@@ -555,17 +598,45 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
     return opts.limit !== undefined && taken >= opts.limit;
   };
 
+  // The rest of the current page (ids not yet taken), so a planner thread can read the next
+  // user while this one is applied; such an early plan is only a read, like any plan.
+  let upcoming: number[] = [];
+  let upcomingAt = 0;
+  const early = new Map<number, Promise<UserPlan>>();
   async function* selected(): AsyncGenerator<MasterUser> {
     let after = cursor;
     for (;;) {
       const page = await m(() => master.listUsers({ afterId: after, limit: batchSize, ids }));
       if (page.length === 0) return;
-      for (const u of page) if (inShard(u.id)) yield u;
+      const mine = page.filter((u) => inShard(u.id));
+      upcoming = mine.map((u) => u.id);
+      upcomingAt = 0;
+      for (const u of mine) {
+        upcomingAt++;
+        yield u;
+      }
       after = page[page.length - 1]!.id;
       await save('running', true);
     }
   }
   const source = selected();
+  const planFor = (planner: Planner, id: UserId): Promise<UserPlan> => {
+    const got = early.get(id);
+    if (got) early.delete(id);
+    // This user's request first: a planner answers in order.
+    const plan = got ?? planner.plan(id);
+    if (planner.parallel && !stopNow()) {
+      // Ask for the first upcoming user nobody is planning yet (one ahead per planner).
+      for (let i = upcomingAt; i < upcoming.length && i < upcomingAt + planners.length + 1; i++) {
+        const next = upcoming[i]!;
+        const prior = recordedAbove.get(next);
+        if (early.has(next) || (prior && prior.outcome !== 'running')) continue;
+        early.set(next, planner.plan(next));
+        break;
+      }
+    }
+    return plan;
+  };
 
   const record = (r: BackfillUserReport) => {
     counts[r.outcome] = (counts[r.outcome] ?? 0) + 1;
@@ -579,8 +650,6 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
   };
 
   const applyDeps: ApplyDeps = { deps, ctx, m, worker, name, queueItem };
-
-  const planners = Array.from({ length: concurrency }, () => (concurrency > 1 && CAN_USE_WORKERS ? workerPlanner(ctx) : inlinePlanner(ctx)));
 
   let lastYield = Date.now();
   const run = async (planner: Planner): Promise<void> => {
@@ -603,7 +672,7 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
       if (prior && prior.outcome !== 'running') {
         report = reportFromItem(prior);
       } else {
-        const plan = await planner.plan(user.id);
+        const plan = await planFor(planner, user.id);
         report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
       }
       // Not started because the master went away: the cursor must never move past this user.
@@ -621,11 +690,7 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
       }
     }
   };
-  try {
-    await Promise.all(planners.map(run));
-  } finally {
-    await Promise.all(planners.map((p) => p.close()));
-  }
+  await Promise.all(planners.map(run));
   await source.return(undefined).catch(() => undefined);
   deps.progress?.done();
 
