@@ -199,47 +199,74 @@ export interface DrainResult {
   failures: Array<{ userId: number; jobId: number; error: string; final: boolean }>;
 }
 
+/** Jobs each drainer keeps in flight: one user's CPU work runs while another's fsyncs are on the disk. */
+export const DRAIN_LANES = 2;
+
 /**
  * Drain due jobs on this connection until none is left (or limit is reached). A job whose user
- * is locked by another seeder is handed back at once, not waited on.
+ * is locked by another seeder is handed back at once, not waited on. `lanes` jobs are in flight
+ * at a time on this thread: seeding is synchronous CPU work between durability barriers, so a
+ * second job fills the time the first one waits for its fsyncs.
  */
 export async function drainQueue(
   deps: UserDeps,
-  opts: { limit?: number; reserve?: () => boolean; onJob?: (r: DrainResult) => void; worker?: string },
+  opts: { limit?: number; reserve?: () => boolean; onJob?: (r: DrainResult) => void; worker?: string; lanes?: number },
 ): Promise<DrainResult> {
   const res: DrainResult = { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
   const worker = opts.worker ?? workerName();
-  for (;;) {
-    if (opts.limit !== undefined && res.claimed >= opts.limit) break;
-    if (opts.reserve && !opts.reserve()) break;
-    const job = await deps.master.claimJob(worker, LEASE_MS);
-    if (!job) break;
-    res.claimed++;
-    const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
-    if (!lock) {
-      res.skipped++;
-      await deps.master.finishJob(job.id, worker, { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: Date.now() + 1000 });
-      continue;
+  let claiming = 0;
+  let stop = false;
+  const lane = async (): Promise<void> => {
+    while (!stop) {
+      // Count a claim in flight at once, so two lanes never overshoot --limit together.
+      if (opts.limit !== undefined && res.claimed + claiming >= opts.limit) break;
+      if (opts.reserve && !opts.reserve()) break;
+      claiming++;
+      let job: SeedJob | undefined;
+      try {
+        job = await deps.master.claimJob(worker, LEASE_MS);
+      } finally {
+        claiming--;
+      }
+      if (!job) break;
+      res.claimed++;
+      const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
+      if (!lock) {
+        res.skipped++;
+        await deps.master.finishJob(job.id, worker, { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: Date.now() + 1000 });
+        continue;
+      }
+      try {
+        // loadPackage caches a checked package per process, so this hashes once per version.
+        const pkg = loadPackage(deps.seedsDir, job.seedVersion);
+        await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
+        await deps.master.finishJob(job.id, worker, { status: 'done' });
+        res.done++;
+      } catch (e) {
+        if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;
+        const error = e instanceof Error ? e.message : String(e);
+        const outcome = retryOutcome(job, error);
+        await deps.master.finishJob(job.id, worker, outcome);
+        if (outcome.status === 'failed') res.failed++;
+        else res.retrying++;
+        res.failures.push({ userId: job.userId, jobId: job.id, error, final: outcome.status === 'failed' });
+      } finally {
+        await lock.release();
+      }
+      opts.onJob?.(res);
     }
-    try {
-      // loadPackage caches a checked package per process, so this hashes once per version.
-      const pkg = loadPackage(deps.seedsDir, job.seedVersion);
-      await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
-      await deps.master.finishJob(job.id, worker, { status: 'done' });
-      res.done++;
-    } catch (e) {
-      if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;
-      const error = e instanceof Error ? e.message : String(e);
-      const outcome = retryOutcome(job, error);
-      await deps.master.finishJob(job.id, worker, outcome);
-      if (outcome.status === 'failed') res.failed++;
-      else res.retrying++;
-      res.failures.push({ userId: job.userId, jobId: job.id, error, final: outcome.status === 'failed' });
-    } finally {
-      await lock.release();
-    }
-    opts.onJob?.(res);
-  }
+  };
+  const lanes = Math.max(1, opts.lanes ?? DRAIN_LANES);
+  const settled = await Promise.allSettled(
+    Array.from({ length: lanes }, () =>
+      lane().catch((e: unknown) => {
+        stop = true; // the other lanes finish their job in hand, then stop
+        throw e;
+      }),
+    ),
+  );
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
   return res;
 }
 
