@@ -1,5 +1,5 @@
-// Drains the seed queue with N workers on this host (worker threads, each with its own master
-// connection), so seeding many users keeps every core busy. The queue itself (leases,
+// Drains the seed queue with N drainers on this host (this thread and N - 1 worker threads, each
+// with its own master connection), so seeding many users keeps every core busy. The queue itself (leases,
 // SKIP LOCKED) spreads work across hosts; this only spreads it across cores.
 
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
@@ -63,21 +63,23 @@ async function drainOnce(input: PoolInput): Promise<DrainResult> {
   const n = Math.max(1, input.concurrency);
   const wi: WorkerInput = { master: input.master, dataDir: input.dataDir, seedsDir: input.seedsDir, lockTimeoutMs: input.lockTimeoutMs, slots, limit };
   if (n === 1) return drainInThread(wi, input.onProgress);
-  const results = await Promise.all(
-    Array.from({ length: n }, () =>
-      new Promise<DrainResult>((resolve, reject) => {
-        const w = new Worker(new URL(import.meta.url), { workerData: wi });
-        let result: DrainResult | undefined;
-        w.on('message', (m: { type: string; result?: DrainResult; error?: string }) => {
-          if (m.type === 'tick') input.onProgress?.(1);
-          else if (m.type === 'done') result = m.result;
-          else if (m.type === 'error') reject(new Error(m.error));
-        });
-        w.on('error', reject);
-        w.on('exit', (code) => (result ? resolve(result) : reject(new Error(`seed worker exited with code ${code}`))));
-      }),
-    ),
-  );
+  // This thread drains too (its modules are loaded already), beside n - 1 worker threads.
+  const inWorker = (): Promise<DrainResult> =>
+    new Promise<DrainResult>((resolve, reject) => {
+      const w = new Worker(new URL(import.meta.url), { workerData: wi });
+      let result: DrainResult | undefined;
+      w.on('message', (m: { type: string; result?: DrainResult; error?: string }) => {
+        if (m.type === 'tick') input.onProgress?.(1);
+        else if (m.type === 'done') result = m.result;
+        else if (m.type === 'error') reject(new Error(m.error));
+      });
+      w.on('error', reject);
+      w.on('exit', (code) => (result ? resolve(result) : reject(new Error(`seed worker exited with code ${code}`))));
+    });
+  const settled = await Promise.allSettled([...Array.from({ length: n - 1 }, inWorker), drainInThread(wi, input.onProgress)]);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  const results = settled.map((r) => (r as PromiseFulfilledResult<DrainResult>).value);
   return results.reduce(mergeDrain, emptyDrain());
 }
 

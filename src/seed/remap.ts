@@ -13,8 +13,10 @@ const DOC_TAIL_SRC = "[^\\s\"'<>()\\[\\]{},;`|*]*";
 const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC}))`, 'g');
 const DOC_ID_RE = new RegExp(`^${DOC_HEAD_SRC}[^\\s]+$`);
 
+const UUID_RE = new RegExp(`^${UUID_RE_SRC}$`);
+
 export function isUuid(s: string): boolean {
-  return s.length === 36 && new RegExp(`^${UUID_RE_SRC}$`).test(s);
+  return s.length === 36 && UUID_RE.test(s);
 }
 
 export function isDocId(s: string): boolean {
