@@ -614,4 +614,20 @@ describe('end to end: the built binary', () => {
     expect(usage.exitCode).toBe(2);
     expect(JSON.parse(usage.stdout)).toMatchObject({ error: { code: 'usage' } });
   }, 60_000);
+
+  it('replacing worker threads as they age (here after every user) changes no verdict', async () => {
+    const f = await fleet();
+    unlinkSync(seededFile(f, /logs\/run\.log$/));
+    const inThread = await bin(f, 'verify', '--json', '--concurrency', '1');
+    const recycled = await execa(
+      'node',
+      [path.join(REPO, 'bin', 'acm2.js'), 'verify', '--json', '--concurrency', '2', '--data-dir', f.world.dataDir, '--master', f.world.masterUrl, '--seeds', pkg.seedsDir],
+      { reject: false, env: { ACM2_VERIFY_WORKER_USERS: '1' } },
+    );
+    expect(recycled.stderr).toBe('');
+    expect(recycled.exitCode).toBe(1);
+    const strip = (r: VerifyResult) => ({ ...r, durationMs: 0 });
+    expect(strip(JSON.parse(recycled.stdout) as VerifyResult)).toEqual(strip(JSON.parse(inThread.stdout) as VerifyResult));
+    expect([...codesOf(JSON.parse(recycled.stdout) as VerifyResult, f.victim)]).toEqual(['file_missing']);
+  }, 60_000);
 });
