@@ -402,7 +402,9 @@ function workerPlanner(ctx: PlanContext): Planner {
   w.on('error', fallBack);
   w.on('exit', fallBack);
   return {
-    parallel: true,
+    get parallel() {
+      return !dead;
+    },
     plan: (userId) => {
       if (dead) return inline.plan(userId);
       return new Promise<UserPlan>((resolve, reject) => {
