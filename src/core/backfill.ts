@@ -360,22 +360,32 @@ class MasterLost extends Error {}
 // I/O and every write (a plan only decides; a user with work is planned again under its lock).
 
 export interface Planner {
-  /** Whether plans come from another thread (then it pays to ask for the next user's plan early). */
+  /** Whether plans come from another thread (then it pays to ask for upcoming users' plans early). */
   readonly parallel: boolean;
-  plan(userId: UserId): Promise<UserPlan>;
+  /** Users asked for and not yet answered. */
+  readonly load: number;
+  /** One plan per user, in order; a thread gets them in one message and answers in one. */
+  plan(userIds: UserId[]): Array<Promise<UserPlan>>;
   close(): Promise<void>;
 }
 
 /** Worker threads need the compiled module; under a TS runner (tests) planning stays in this thread. */
 const CAN_USE_WORKERS = import.meta.url.endsWith('.js');
 
+/** Users per message to a planner thread: one message per user costs as much as a tenth of a plan. */
+const PLAN_BATCH = 16;
+
 function inlinePlanner(ctx: PlanContext): Planner {
-  return { parallel: false, plan: async (userId) => planUser(ctx, userId), close: async () => undefined };
+  return { parallel: false, load: 0, plan: (ids) => ids.map(async (id) => planUser(ctx, id)), close: async () => undefined };
 }
 
-type PlannerReply = { userId: number; plan: UserPlan } | { userId: number; error: string };
+type PlanResult = { plan: UserPlan } | { error: string };
+type PlannerReply = { userIds: number[]; results: PlanResult[] } | { ready: true };
 
-/** A planner in a worker thread; if the thread cannot start or dies, plans in this thread instead. */
+/**
+ * A planner in a worker thread. Until the thread has booted (~0.1 s), and if it cannot start or
+ * dies, it plans in this thread instead: a small run need not wait for threads.
+ */
 function workerPlanner(ctx: PlanContext): Planner {
   const inline = inlinePlanner(ctx);
   let w: Worker;
@@ -384,33 +394,51 @@ function workerPlanner(ctx: PlanContext): Planner {
   } catch {
     return inline;
   }
+  type Waiter = { userId: number; resolve: (p: UserPlan) => void; reject: (e: unknown) => void };
   // Requests are answered in the order they were sent.
-  const pending: Array<{ userId: number; resolve: (p: UserPlan) => void; reject: (e: unknown) => void }> = [];
+  const pending: Waiter[][] = [];
+  let load = 0;
   let dead = false;
-  const planHere = (p: (typeof pending)[number]) => inline.plan(p.userId).then(p.resolve, p.reject);
+  let ready = false;
+  const planHere = (x: Waiter) => inline.plan([x.userId])[0]!.then(x.resolve, x.reject);
   const fallBack = () => {
     dead = true;
-    for (const p of pending.splice(0)) void planHere(p);
+    load = 0;
+    for (const batch of pending.splice(0)) for (const x of batch) void planHere(x);
   };
   w.on('message', (m: PlannerReply) => {
-    if (pending[0]?.userId !== m.userId) return;
-    const p = pending.shift()!;
-    if ('plan' in m) p.resolve(m.plan);
-    // Not a verdict on the user: a bug or a failure in the thread itself. Plan here instead.
-    else void planHere(p);
+    if ('ready' in m) {
+      ready = true;
+      return;
+    }
+    const batch = pending[0];
+    if (!batch || batch[0]?.userId !== m.userIds[0]) return;
+    pending.shift();
+    load -= batch.length;
+    batch.forEach((x, k) => {
+      const r = m.results[k];
+      if (r && 'plan' in r) x.resolve(r.plan);
+      // Not a verdict on the user: a bug or a failure in the thread itself. Plan here instead.
+      else void planHere(x);
+    });
   });
   w.on('error', fallBack);
   w.on('exit', fallBack);
   return {
     get parallel() {
-      return !dead;
+      return ready && !dead;
     },
-    plan: (userId) => {
-      if (dead) return inline.plan(userId);
-      return new Promise<UserPlan>((resolve, reject) => {
-        pending.push({ userId, resolve, reject });
-        w.postMessage(userId);
-      });
+    get load() {
+      return load;
+    },
+    plan: (userIds) => {
+      if (dead || !ready) return inline.plan(userIds);
+      const batch: Waiter[] = [];
+      const out = userIds.map((userId) => new Promise<UserPlan>((resolve, reject) => batch.push({ userId, resolve, reject })));
+      pending.push(batch);
+      load += batch.length;
+      w.postMessage(userIds);
+      return out;
     },
     close: async () => {
       w.removeAllListeners('exit');
@@ -424,15 +452,17 @@ function workerPlanner(ctx: PlanContext): Planner {
 if (!isMainThread && parentPort && (workerData as { acm2BackfillPlanner?: PlanContext } | undefined)?.acm2BackfillPlanner) {
   const port = parentPort;
   const ctx = (workerData as { acm2BackfillPlanner: PlanContext }).acm2BackfillPlanner;
-  port.on('message', (userId: number) => {
-    let reply: PlannerReply;
-    try {
-      reply = { userId, plan: planUser(ctx, userId) };
-    } catch (e) {
-      reply = { userId, error: e instanceof Error ? (e.stack ?? e.message) : String(e) };
-    }
-    port.postMessage(reply);
+  port.on('message', (userIds: number[]) => {
+    const results = userIds.map((userId): PlanResult => {
+      try {
+        return { plan: planUser(ctx, userId) };
+      } catch (e) {
+        return { error: e instanceof Error ? (e.stack ?? e.message) : String(e) };
+      }
+    });
+    port.postMessage({ userIds, results } satisfies PlannerReply);
   });
+  port.postMessage({ ready: true } satisfies PlannerReply);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,20 +652,30 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
     }
   }
   const source = selected();
-  const planFor = (planner: Planner, id: UserId): Promise<UserPlan> => {
+  // Plans go to the least busy planner thread, so that early plans keep every thread fed.
+  const leastBusy = (): Planner | undefined => {
+    let best: Planner | undefined;
+    for (const p of planners) if (p.parallel && (!best || p.load < best.load)) best = p;
+    return best;
+  };
+  const planFor = (own: Planner, id: UserId): Promise<UserPlan> => {
     const got = early.get(id);
     if (got) early.delete(id);
     // This user's request first: a planner answers in order.
-    const plan = got ?? planner.plan(id);
-    if (planner.parallel && !stopNow()) {
-      // Ask for the first upcoming user nobody is planning yet (one ahead per planner).
-      for (let i = upcomingAt; i < upcoming.length && i < upcomingAt + planners.length + 1; i++) {
+    const plan = got ?? (leastBusy() ?? own).plan([id])[0]!;
+    // Ask for upcoming users nobody is planning yet, a batch at a time, about two batches per thread.
+    let i = upcomingAt;
+    while (!stopNow() && early.size < planners.length * PLAN_BATCH) {
+      const to = leastBusy();
+      if (!to) break;
+      const batch: UserId[] = [];
+      for (; i < upcoming.length && batch.length < PLAN_BATCH; i++) {
         const next = upcoming[i]!;
         const prior = recordedAbove.get(next);
-        if (early.has(next) || (prior && prior.outcome !== 'running')) continue;
-        early.set(next, planner.plan(next));
-        break;
+        if (!early.has(next) && !(prior && prior.outcome !== 'running')) batch.push(next);
       }
+      if (batch.length === 0) break;
+      to.plan(batch).forEach((p, k) => early.set(batch[k]!, p));
     }
     return plan;
   };
