@@ -257,6 +257,17 @@ for (const d of DIALECTS) {
         expect(await m.latestJob(user.id)).toEqual(again);
       });
 
+      it('a claim handed back as not attempted (user locked elsewhere) gives its attempt back; a failed try keeps it', async () => {
+        const { job } = await m.createUser(newUser(1));
+        const T = Date.now() + 1000;
+        expect(await m.claimJob('w', 1000, T)).toMatchObject({ id: job.id, attempts: 1 });
+        expect(await m.finishJob(job.id, 'w', { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: T + 10, notAttempted: true }, T + 1)).toBe(true);
+        expect(await m.latestJob(job.userId)).toMatchObject({ status: 'pending', attempts: 0, lastError: 'user locked by another seeder', nextAttemptAt: T + 10 });
+        expect(await m.claimJob('w', 1000, T + 20)).toMatchObject({ id: job.id, attempts: 1 });
+        expect(await m.finishJob(job.id, 'w', { status: 'pending', error: 'disk full', nextAttemptAt: T + 30 }, T + 21)).toBe(true);
+        expect(await m.latestJob(job.userId)).toMatchObject({ status: 'pending', attempts: 1, lastError: 'disk full' });
+      });
+
       it('claims, expires a lease, reclaims, and refuses to finish for a worker that lost it', async () => {
         const { job } = await m.createUser(newUser(1));
         const T = Date.now() + 1000;

@@ -233,7 +233,7 @@ export async function drainQueue(
       const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
       if (!lock) {
         res.skipped++;
-        await deps.master.finishJob(job.id, worker, { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: Date.now() + 1000 });
+        await deps.master.finishJob(job.id, worker, { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: Date.now() + 1000, notAttempted: true });
         continue;
       }
       try {

@@ -21,6 +21,7 @@ import type {
   SeedJob,
   UserLock,
 } from './types.js';
+import { notAttempted } from './types.js';
 
 type MysqlUrl = Extract<MasterUrl, { kind: 'mysql' }>;
 type Row = RowDataPacket;
@@ -355,8 +356,9 @@ export class MysqlMaster implements MasterDb {
             [iso, jobId, workerId],
           )
         : await this.exec(
-            `UPDATE acm2_seed_jobs SET status = ?, locked_by = NULL, locked_until = NULL, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`,
-            [outcome.status, outcome.error, outcome.status === 'pending' ? outcome.nextAttemptAt : now, iso, jobId, workerId],
+            `UPDATE acm2_seed_jobs SET status = ?, locked_by = NULL, locked_until = NULL, last_error = ?, next_attempt_at = ?, attempts = GREATEST(0, CAST(attempts AS SIGNED) - ?), updated_at = ?
+             WHERE id = ? AND locked_by = ? AND status = 'running'`,
+            [outcome.status, outcome.error, outcome.status === 'pending' ? outcome.nextAttemptAt : now, notAttempted(outcome), iso, jobId, workerId],
           );
     return res.affectedRows === 1;
   }

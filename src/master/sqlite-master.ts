@@ -18,6 +18,7 @@ import type {
   SeedJob,
   UserLock,
 } from './types.js';
+import { notAttempted } from './types.js';
 
 type Row = Record<string, unknown>;
 
@@ -256,8 +257,11 @@ export class SqliteMaster implements MasterDb {
             .prepare(`UPDATE acm2_seed_jobs SET status = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`)
             .run(iso, jobId, workerId)
         : this.db
-            .prepare(`UPDATE acm2_seed_jobs SET status = ?, locked_by = NULL, locked_until = NULL, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ? AND locked_by = ? AND status = 'running'`)
-            .run(outcome.status, outcome.error, outcome.status === 'pending' ? outcome.nextAttemptAt : now, iso, jobId, workerId);
+            .prepare(
+              `UPDATE acm2_seed_jobs SET status = ?, locked_by = NULL, locked_until = NULL, last_error = ?, next_attempt_at = ?, attempts = MAX(0, attempts - ?), updated_at = ?
+               WHERE id = ? AND locked_by = ? AND status = 'running'`,
+            )
+            .run(outcome.status, outcome.error, outcome.status === 'pending' ? outcome.nextAttemptAt : now, notAttempted(outcome), iso, jobId, workerId);
     return info.changes === 1;
   }
 

@@ -51,10 +51,18 @@ export interface ApiKeyRow {
 
 export type JobOutcome =
   | { status: 'done' }
-  /** Retry later: back to pending with the error kept. */
-  | { status: 'pending'; error: string; nextAttemptAt: number }
+  /**
+   * Retry later: back to pending with the error kept. `notAttempted`: the claim did no work (the
+   * user was locked by another seeder), so the attempt the claim counted is given back.
+   */
+  | { status: 'pending'; error: string; nextAttemptAt: number; notAttempted?: boolean }
   /** Last attempt spent. */
   | { status: 'failed'; error: string };
+
+/** 1 when a finished claim gives its attempt back (see JobOutcome), else 0. */
+export function notAttempted(outcome: JobOutcome): number {
+  return outcome.status === 'pending' && outcome.notAttempted ? 1 : 0;
+}
 
 export interface UserLock {
   release(): Promise<void>;
