@@ -2,12 +2,12 @@
 // migrations applied), not a run of every migration: copying a prepared file is close to the
 // floor, executing DDL and committing each migration is not.
 
-import { chmodSync, copyFileSync, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fsyncPath } from '../durable.js';
 import { migrateUserDb, openSqlite, userMigrations } from './user-db.js';
-import { toolDir, userDbPath, type UserId } from './paths.js';
+import { toolDir } from './paths.js';
 
 const made = new Set<string>();
 
@@ -32,28 +32,4 @@ export function userDbTemplate(dataDir: string): string {
   fsyncPath(path.dirname(file));
   made.add(file);
   return file;
-}
-
-/**
- * Create user_{id}.db from the template: copy beside it under a temporary name, make it
- * durable, then rename, so the path holds either nothing or a complete, migrated DB.
- * Returns false (and changes nothing) when the DB already exists.
- */
-export function createUserDbFromTemplate(dataDir: string, userId: UserId): boolean {
-  const target = userDbPath(dataDir, userId);
-  if (existsSync(target)) return false;
-  const template = userDbTemplate(dataDir);
-  const tmp = toolDir(dataDir, 'staging', `user_${userId}-db-${randomBytes(4).toString('hex')}.db`);
-  mkdirSync(path.dirname(tmp), { recursive: true, mode: 0o700 });
-  try {
-    copyFileSync(template, tmp);
-    chmodSync(tmp, 0o600);
-    fsyncPath(tmp);
-    if (existsSync(target)) return false;
-    renameSync(tmp, target);
-  } finally {
-    rmSync(tmp, { force: true });
-  }
-  fsyncPath(path.dirname(target));
-  return true;
 }
