@@ -751,6 +751,9 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   let legacyLogs: LegacyLogsResult | undefined;
   if (opts.legacyLogsDir && !stopped) legacyLogs = await legacyLogsPass(deps, ctx, opts.legacyLogsDir, ids, inShard, batchSize, dryRun);
 
+  // Slots finish users out of order (--concurrency > 1); reports list them by id, as with one slot.
+  users.sort((a, b) => a.id - b.id);
+  failures.sort((a, b) => a.id - b.id);
   return { dryRun, name, resumed, counts, users, usersOmitted, failures, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
 }
 
