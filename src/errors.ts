@@ -58,15 +58,6 @@ export class FindingsError extends Acm2Error {
   }
 }
 
-/** A command that is registered but not built yet: says so honestly. Exit 70. */
-export class NotImplementedError extends Acm2Error {
-  readonly exitCode = EXIT.internal;
-  readonly code = 'not_implemented';
-  constructor(command: string) {
-    super(`'acm2 ${command}' is not implemented yet`);
-  }
-}
-
 export function isAcm2Error(e: unknown): e is Acm2Error {
   return e instanceof Acm2Error;
 }

@@ -3,7 +3,6 @@
 
 import { Command, Option } from 'commander';
 import { TOOL_VERSION } from '../config.js';
-import { NotImplementedError } from '../errors.js';
 
 type Loader = () => Promise<{ run: (ctx: CommandCall) => Promise<void> }>;
 
@@ -20,14 +19,6 @@ function action(loader: Loader) {
     const mod = await loader();
     await mod.run({ args, opts: command.optsWithGlobals(), command });
   };
-}
-
-function notYet(name: string): Loader {
-  return async () => ({
-    run: async () => {
-      throw new NotImplementedError(name);
-    },
-  });
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];

@@ -868,7 +868,7 @@ function failReport(plan: UserPlan, f: { code: BackfillFailureCode; reason: stri
 }
 
 async function execute(a: ApplyDeps, plan: UserPlan): Promise<BackfillUserReport> {
-  const { deps, ctx } = a;
+  const { ctx } = a;
   const r = planReport(plan);
   if (plan.action === 'fail' || plan.action === 'ok') return r;
   const id = plan.userId;

@@ -11,7 +11,7 @@ import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { openUserDb } from '../userdb/user-db.js';
-import { parseUserId, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { parseUserId, userDbPath, userRoot } from '../userdb/paths.js';
 
 export interface UserDeps {
   master: MasterDb;

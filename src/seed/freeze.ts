@@ -8,7 +8,7 @@ import { fsyncPath, writeFileDurable } from '../durable.js';
 import { loadMigrations } from '../migrations.js';
 import type { ProgressSink } from '../ui/reporter.js';
 import { USER_MIGRATIONS } from '../userdb/user-db.js';
-import { compareStrings, primaryKeyOrder, quoteIdent, sha256, tableColumns, tableExists, walkTree, type ColumnInfo } from './canonical.js';
+import { compareStrings, primaryKeyOrder, quoteIdent, tableColumns, tableExists, walkTree, type ColumnInfo } from './canonical.js';
 import { PACKAGE_TABLES, type ManifestFile, type PackageTable } from './manifest.js';
 import { safeDocId } from './remap.js';
 
