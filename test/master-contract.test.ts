@@ -278,6 +278,7 @@ for (const d of DIALECTS) {
 
         const b = await m.claimJob('worker-b', 1000, T + 2000);
         expect(b).toMatchObject({ id: job.id, status: 'running', lockedBy: 'worker-b', lockedUntil: T + 3000, attempts: 2 });
+        expect(await m.latestJob(job.userId)).toEqual(b); // what a claim returns is what the master holds
         expect(await m.finishJob(job.id, 'worker-a', { status: 'done' }, T + 2100)).toBe(false);
         expect(await m.finishJob(job.id, 'worker-b', { status: 'done' }, T + 2200)).toBe(true);
         expect(await m.latestJob(job.userId)).toMatchObject({ status: 'done', lockedBy: null, lockedUntil: null, lastError: null, attempts: 2 });

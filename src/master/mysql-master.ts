@@ -321,18 +321,20 @@ export class MysqlMaster implements MasterDb {
   private async claimIn(c: Connection, where: string, args: unknown[], workerId: string, leaseMs: number, now: number): Promise<SeedJob | undefined> {
     const lock = this.capabilities.skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
     const tail = `ORDER BY next_attempt_at, id LIMIT 1 ${lock}`;
-    const pending = await this.one(`SELECT id, next_attempt_at FROM acm2_seed_jobs WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
-    const expired = await this.one(`SELECT id, next_attempt_at FROM acm2_seed_jobs WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
+    // Whole rows: the claimed job is returned from its locked row plus the update, without reading it again.
+    const pending = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
+    const expired = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
     const pick = [pending, expired]
       .filter((r): r is Row => r !== undefined)
       .sort((a, b) => Number(a.next_attempt_at) - Number(b.next_attempt_at) || Number(a.id) - Number(b.id))[0];
     if (!pick) return undefined;
+    const set = { status: 'running', locked_by: workerId, locked_until: now + leaseMs, attempts: Number(pick.attempts) + 1, updated_at: new Date(now).toISOString() };
     await this.exec(
-      `UPDATE acm2_seed_jobs SET status = 'running', locked_by = ?, locked_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?`,
-      [workerId, now + leaseMs, new Date(now).toISOString(), pick.id],
+      `UPDATE acm2_seed_jobs SET status = ?, locked_by = ?, locked_until = ?, attempts = ?, updated_at = ? WHERE id = ?`,
+      [set.status, set.locked_by, set.locked_until, set.attempts, set.updated_at, pick.id],
       c,
     );
-    return toJob((await this.one('SELECT * FROM acm2_seed_jobs WHERE id = ?', [pick.id], c))!);
+    return toJob({ ...pick, ...set });
   }
 
   async claimJob(workerId: string, leaseMs: number, now = Date.now()): Promise<SeedJob | undefined> {
