@@ -137,17 +137,22 @@ export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, pr
   const seen = new Set<number>();
   const pool = new CheckerPool(Math.max(1, opts.concurrency ?? 1), ctx);
   try {
-    await pool.forEach(streamUsers(deps.master, pageSize, inShard, wanted), async ({ id, job }, checker) => {
-      if (wanted) seen.add(id);
-      let problems = await checker.check(id, job);
-      // The job was read with its page, maybe seconds ago: a verdict that depends on it is
-      // confirmed against the job as it is now (a seed may have finished in between).
-      if (problems.some((p) => JOB_DEPENDENT.has(p.code))) {
-        const now = jobView(await deps.master.latestJob(id));
-        if (JSON.stringify(now) !== JSON.stringify(job)) problems = await checker.check(id, now);
+    // Users go to a slot a few at a time: one message per user was a measurable share of a worker.
+    await pool.forEach(inBatches(streamUsers(deps.master, pageSize, inShard, wanted), pool.batchSize), async (batch, checker) => {
+      const verdicts = await checker.check(batch);
+      for (let i = 0; i < batch.length; i++) {
+        const { id, job } = batch[i]!;
+        if (wanted) seen.add(id);
+        let problems = verdicts[i]!;
+        // The job was read with its page, maybe seconds ago: a verdict that depends on it is
+        // confirmed against the job as it is now (a seed may have finished in between).
+        if (problems.some((p) => JOB_DEPENDENT.has(p.code))) {
+          const now = jobView(await deps.master.latestJob(id));
+          if (JSON.stringify(now) !== JSON.stringify(job)) problems = (await checker.check([{ id, job: now }]))[0]!;
+        }
+        users.push({ id, ok: problems.length === 0, problems });
+        progress?.tick();
       }
-      users.push({ id, ok: problems.length === 0, problems });
-      progress?.tick();
     });
   } finally {
     await pool.close();
@@ -173,6 +178,19 @@ async function* streamUsers(master: MasterDb, pageSize: number, inShard: (id: nu
     const jobs = await master.latestJobs(mine);
     for (const id of mine) yield { id, job: jobView(jobs.get(id)) };
   }
+}
+
+/** Groups of up to n items, in order. */
+async function* inBatches<T>(items: AsyncIterable<T>, n: number): AsyncGenerator<T[]> {
+  let batch: T[] = [];
+  for await (const item of items) {
+    batch.push(item);
+    if (batch.length >= n) {
+      yield batch;
+      batch = [];
+    }
+  }
+  if (batch.length > 0) yield batch;
 }
 
 function missingFromMaster(dataDir: string, id: UserId): UserVerdict {
@@ -221,8 +239,14 @@ async function scanOrphans(master: MasterDb, dataDir: string, inShard: (id: numb
 // ---------------------------------------------------------------------------------------------
 // The pool: N slots, each checking one user at a time; worker threads when running compiled JS.
 
+interface UserToCheck {
+  id: UserId;
+  job: JobView | undefined;
+}
+
 interface Checker {
-  check(userId: UserId, job: JobView | undefined): Promise<Problem[]>;
+  /** Every problem of each user, in the order given. */
+  check(users: UserToCheck[]): Promise<Problem[][]>;
   close(): Promise<void>;
   /** Users checked so far (a worker is replaced after WORKER_USERS, see release()). */
   checked: number;
@@ -231,6 +255,8 @@ interface Checker {
 
 /** Users checked between two full collections (keeps peak memory flat over a fleet; see gc.ts). */
 const GC_EVERY = 200;
+/** Users per message to a worker thread. */
+const WORKER_BATCH = 8;
 /**
  * Users a worker thread checks before it is replaced by a fresh one (see CheckerPool.release).
  * ACM2_VERIFY_WORKER_USERS overrides it, for tests that must see a replacement with few users.
@@ -250,16 +276,22 @@ class CheckerPool {
     private readonly ctx: CheckContext,
   ) {}
 
+  /** Users handed to a slot at once: a batch per message for worker threads, one at a time in-thread. */
+  get batchSize(): number {
+    return this.size > 1 && CAN_USE_WORKERS ? WORKER_BATCH : 1;
+  }
+
   private make(): Checker {
     if (this.size > 1 && CAN_USE_WORKERS) return workerChecker(this.ctx);
     const ctx = this.ctx;
     const tick = gcEvery(GC_EVERY);
     const c: Checker = {
-      check: async (id, job) => {
-        c.checked++;
-        tick();
-        return checkUser(ctx, id, job);
-      },
+      check: async (users) =>
+        users.map(({ id, job }) => {
+          c.checked++;
+          tick();
+          return checkUser(ctx, id, job);
+        }),
       close: async () => undefined,
       checked: 0,
       worker: false,
@@ -320,13 +352,13 @@ class CheckerPool {
 }
 
 interface WorkerReply {
-  problems?: Problem[];
+  problems?: Problem[][];
   error?: string;
 }
 
 function workerChecker(ctx: CheckContext): Checker {
   const w = new Worker(new URL(import.meta.url), { workerData: { acm2VerifyWorker: ctx } });
-  let pending: { resolve: (p: Problem[]) => void; reject: (e: Error) => void } | undefined;
+  let pending: { resolve: (p: Problem[][]) => void; reject: (e: Error) => void } | undefined;
   let dead: Error | undefined;
   const fail = (e: Error) => {
     dead ??= e;
@@ -342,12 +374,12 @@ function workerChecker(ctx: CheckContext): Checker {
   w.on('error', fail);
   w.on('exit', (code) => fail(new Error(`verify worker exited with code ${code}`)));
   const c: Checker = {
-    check: (userId, job) =>
+    check: (users) =>
       new Promise((resolve, reject) => {
         if (dead) return reject(dead);
-        c.checked++;
+        c.checked += users.length;
         pending = { resolve, reject };
-        w.postMessage({ userId, job });
+        w.postMessage(users);
       }),
     close: async () => {
       w.removeAllListeners('exit');
@@ -363,10 +395,13 @@ if (!isMainThread && parentPort && (workerData as { acm2VerifyWorker?: CheckCont
   const port = parentPort;
   const ctx = (workerData as { acm2VerifyWorker: CheckContext }).acm2VerifyWorker;
   const tick = gcEvery(GC_EVERY);
-  port.on('message', (m: { userId: number; job: JobView | undefined }) => {
+  port.on('message', (users: UserToCheck[]) => {
     try {
-      tick();
-      port.postMessage({ problems: checkUser(ctx, m.userId, m.job) } satisfies WorkerReply);
+      const problems = users.map(({ id, job }) => {
+        tick();
+        return checkUser(ctx, id, job);
+      });
+      port.postMessage({ problems } satisfies WorkerReply);
     } catch (e) {
       port.postMessage({ error: e instanceof Error ? (e.stack ?? e.message) : String(e) } satisfies WorkerReply);
     }
