@@ -261,7 +261,7 @@ const WORKER_BATCH = 8;
  * Users a worker thread checks before it is replaced by a fresh one (see CheckerPool.release).
  * ACM2_VERIFY_WORKER_USERS overrides it, for tests that must see a replacement with few users.
  */
-const WORKER_USERS = Number(process.env.ACM2_VERIFY_WORKER_USERS) > 0 ? Number(process.env.ACM2_VERIFY_WORKER_USERS) : 1000;
+const WORKER_USERS = Number(process.env.ACM2_VERIFY_WORKER_USERS) > 0 ? Number(process.env.ACM2_VERIFY_WORKER_USERS) : 500;
 
 /** Worker threads need the compiled module; under a TS runner (tests) the slots run in this thread. */
 const CAN_USE_WORKERS = import.meta.url.endsWith('.js');
@@ -313,7 +313,7 @@ class CheckerPool {
   private release(c: Checker): void {
     // A worker's heap settles at a size V8 picks from how long it has run, not from what it holds
     // (a few MiB live): replacing each worker after WORKER_USERS keeps peak memory the same for
-    // 1,000 users as for 10,000. A fresh worker costs ~0.1 s, about 1% of its life.
+    // 1,000 users as for 10,000. A fresh worker costs ~0.1 s, about 2% of its life.
     if (c.worker && c.checked >= WORKER_USERS) {
       this.all = this.all.filter((x) => x !== c);
       this.retiring.push(c.close());
