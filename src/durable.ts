@@ -3,7 +3,8 @@
 
 import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { open } from 'node:fs/promises';
+import { execFile, execFileSync } from 'node:child_process';
 
 export interface DurableWrite {
   bytes: number;
@@ -22,13 +23,18 @@ export function writeFileDurable(
   const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
   const fd = openSync(file, opts.exclusive === false ? 'w' : 'wx', opts.mode ?? 0o644);
   try {
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+    writeAll(fd, buf);
     if (opts.fsync !== false) fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
   return { bytes: buf.length, sha256: createHash('sha256').update(buf).digest('hex') };
+}
+
+/** Write all of buf at the fd's position (writeSync may write less than asked). */
+export function writeAll(fd: number, buf: Uint8Array): void {
+  let off = 0;
+  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
 }
 
 /** fsync a file or a directory (a directory's fsync makes its entries, e.g. renames, durable). */
@@ -59,4 +65,31 @@ export function syncFiles(files: string[], anyPathOnSameFs: string): void {
     }
   }
   for (const f of files) fsyncPath(f);
+}
+
+/** At most this many fsyncs in flight (libuv's pool runs 4 at a time; the rest queue cheaply). */
+const FSYNC_BATCH = 64;
+
+/**
+ * syncFiles plus folders, without blocking the thread: one `sync -f` for many files, else every
+ * fsync issued together on the thread pool (the journal commits them as a group).
+ */
+export async function syncFilesAsync(files: string[], dirs: string[]): Promise<void> {
+  const paths = [...dirs];
+  if (files.length >= SYNCFS_THRESHOLD) {
+    const done = await new Promise<boolean>((resolve) => execFile('sync', ['-f', files[0]!], (err) => resolve(!err)));
+    if (!done) paths.push(...files);
+  } else paths.push(...files);
+  for (let i = 0; i < paths.length; i += FSYNC_BATCH) {
+    await Promise.all(
+      paths.slice(i, i + FSYNC_BATCH).map(async (p) => {
+        const fh = await open(p, 'r');
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      }),
+    );
+  }
 }

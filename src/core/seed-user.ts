@@ -18,10 +18,8 @@
 // targets are under the user's fresh run folder or files this seed recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { fsyncPath, syncFiles, SYNCFS_THRESHOLD } from '../durable.js';
-import { open } from 'node:fs/promises';
-import { execFile } from 'node:child_process';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
@@ -81,7 +79,7 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
   while (!r.done) {
     let failed: unknown;
     try {
-      await syncTogether(r.value);
+      await syncFilesAsync(r.value.files, r.value.dirs);
     } catch (e) {
       failed = e ?? new Error('fsync failed');
     }
@@ -99,33 +97,6 @@ export interface ToSync {
 function syncNow(t: ToSync): void {
   if (t.files.length > 0) syncFiles(t.files, t.files[0]!);
   for (const d of t.dirs) fsyncPath(d);
-}
-
-/** At most this many fsyncs in flight (libuv's pool runs 4 at a time; the rest queue cheaply). */
-const FSYNC_BATCH = 64;
-
-async function syncTogether(t: ToSync): Promise<void> {
-  const paths = [...t.dirs];
-  if (t.files.length >= SYNCFS_THRESHOLD) {
-    const done = await syncFsAsync(t.files[0]!);
-    if (!done) paths.push(...t.files);
-  } else paths.push(...t.files);
-  for (let i = 0; i < paths.length; i += FSYNC_BATCH) {
-    await Promise.all(
-      paths.slice(i, i + FSYNC_BATCH).map(async (p) => {
-        const fh = await open(p, 'r');
-        try {
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-      }),
-    );
-  }
-}
-
-function syncFsAsync(anyPath: string): Promise<boolean> {
-  return new Promise((resolve) => execFile('sync', ['-f', anyPath], (err) => resolve(!err)));
 }
 
 /** The seeding protocol; yields at each durability barrier (the driver fsyncs, then resumes). */
@@ -223,22 +194,33 @@ function setMeta(db: SqliteDb, userId: UserId, status: string, version: string, 
   }
 }
 
-/** Load this version's map, add fresh ids for anything new, persist, and mark in_progress. */
+/** Load this version's map, add fresh ids for anything new, persist, and mark in_progress (in the caller's transaction). */
+function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string): Map<string, string> {
+  const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
+  const map = new Map(rows);
+  const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
+  insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
+  for (const a of added) map.set(a.source, a.target);
+  setMeta(db, userId, 'in_progress', version, null);
+  db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at) VALUES (?, 'in_progress', ?)
+              ON CONFLICT(seed_version) DO UPDATE SET status = 'in_progress', started_at = excluded.started_at, finished_at = NULL, last_error = NULL`).run(version, new Date().toISOString());
+  return map;
+}
+
+/** beginSeed in its own transaction, for a user whose DB exists already. */
 function persistMap(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string): Map<string, string> {
-  return db.transaction(() => {
-    const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
-    const map = new Map(rows);
-    const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
-    const ins = db.prepare(`INSERT INTO acm2_id_map (seed_version, kind, source_id, target_id) VALUES (?, ?, ?, ?)`);
-    for (const a of added) {
-      ins.run(version, a.kind, a.source, a.target);
-      map.set(a.source, a.target);
-    }
-    setMeta(db, userId, 'in_progress', version, null);
-    db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at) VALUES (?, 'in_progress', ?)
-                ON CONFLICT(seed_version) DO UPDATE SET status = 'in_progress', started_at = excluded.started_at, finished_at = NULL, last_error = NULL`).run(version, new Date().toISOString());
-    return map;
-  }).immediate();
+  return db.transaction(() => beginSeed(db, userId, prepared, version)).immediate();
+}
+
+/** The seeded-file list of this version (its sizes and hashes are what verify checks). */
+function recordSeedFiles(db: SqliteDb, version: string, files: RenderedFile[]): void {
+  insertMany(db, 'acm2_seed_files', ['seed_version', 'path', 'source_path', 'bytes', 'sha256'], files.map((w) => [version, w.path, w.sourcePath, w.bytes, w.sha256]));
+}
+
+/** `ready`, in user_meta and in the tool's seed state (the caller's transaction). */
+function markReady(db: SqliteDb, userId: UserId, version: string, seededAt: string): void {
+  setMeta(db, userId, 'ready', version, seededAt);
+  db.prepare(`UPDATE acm2_seed_state SET status = 'ready', finished_at = ?, last_error = NULL WHERE seed_version = ?`).run(new Date().toISOString(), version);
 }
 
 interface RenderedFile {
@@ -282,8 +264,7 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
     }
     const fd = openSync(abs, WRITE_FLAGS, 0o600);
     try {
-      let off = 0;
-      while (off < f.data.length) off += writeSync(fd, f.data, off, f.data.length - off);
+      writeAll(fd, f.data);
     } finally {
       closeSync(fd);
     }
@@ -307,9 +288,8 @@ function commitRows(
   return db.transaction(() => {
     const n = insertRows(db, userId, prepared, map, 'INSERT OR REPLACE');
     db.prepare(`DELETE FROM acm2_seed_files WHERE seed_version = ?`).run(version);
-    insertMany(db, 'acm2_seed_files', ['seed_version', 'path', 'source_path', 'bytes', 'sha256'], written.map((w) => [version, w.path, w.sourcePath, w.bytes, w.sha256]));
-    setMeta(db, userId, 'ready', version, seededAt);
-    db.prepare(`UPDATE acm2_seed_state SET status = 'ready', finished_at = ?, last_error = NULL WHERE seed_version = ?`).run(new Date().toISOString(), version);
+    recordSeedFiles(db, version, written);
+    markReady(db, userId, version, seededAt);
     return n;
   }).immediate();
 }
@@ -339,18 +319,13 @@ function* buildFreshDb(
     try {
       db.pragma('journal_mode = OFF');
       db.pragma('synchronous = OFF');
-      map = new Map();
-      files = [];
-      db.transaction(() => {
-        const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
-        insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
-        for (const a of added) map.set(a.source, a.target);
-        setMeta(db, userId, 'in_progress', version, null);
-        db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at) VALUES (?, 'in_progress', ?)`).run(version, new Date().toISOString());
-        insertRows(db, userId, prepared, map);
-        files = renderFiles(prepared, map);
-        insertMany(db, 'acm2_seed_files', ['seed_version', 'path', 'source_path', 'bytes', 'sha256'], files.map((w) => [version, w.path, w.sourcePath, w.bytes, w.sha256]));
-      })();
+      ({ map, files } = db.transaction(() => {
+        const m = beginSeed(db, userId, prepared, version);
+        insertRows(db, userId, prepared, m);
+        const f = renderFiles(prepared, m);
+        recordSeedFiles(db, version, f);
+        return { map: m, files: f };
+      })());
     } finally {
       db.close();
     }
@@ -366,10 +341,7 @@ function* buildFreshDb(
 
 /** The commit point of a fresh user: its rows are in place already. */
 function commitReady(db: SqliteDb, userId: UserId, version: string, seededAt: string, rows: number): number {
-  db.transaction(() => {
-    setMeta(db, userId, 'ready', version, seededAt);
-    db.prepare(`UPDATE acm2_seed_state SET status = 'ready', finished_at = ?, last_error = NULL WHERE seed_version = ?`).run(new Date().toISOString(), version);
-  }).immediate();
+  db.transaction(() => markReady(db, userId, version, seededAt)).immediate();
   return rows;
 }
 
