@@ -286,12 +286,10 @@ class CheckerPool {
     const ctx = this.ctx;
     const tick = gcEvery(GC_EVERY);
     const c: Checker = {
-      check: async (users) =>
-        users.map(({ id, job }) => {
-          c.checked++;
-          tick();
-          return checkUser(ctx, id, job);
-        }),
+      check: async (users) => {
+        c.checked += users.length;
+        return checkBatch(ctx, users, tick);
+      },
       close: async () => undefined,
       checked: 0,
       worker: false,
@@ -397,11 +395,7 @@ if (!isMainThread && parentPort && (workerData as { acm2VerifyWorker?: CheckCont
   const tick = gcEvery(GC_EVERY);
   port.on('message', (users: UserToCheck[]) => {
     try {
-      const problems = users.map(({ id, job }) => {
-        tick();
-        return checkUser(ctx, id, job);
-      });
-      port.postMessage({ problems } satisfies WorkerReply);
+      port.postMessage({ problems: checkBatch(ctx, users, tick) } satisfies WorkerReply);
     } catch (e) {
       port.postMessage({ error: e instanceof Error ? (e.stack ?? e.message) : String(e) } satisfies WorkerReply);
     }
@@ -422,6 +416,14 @@ function problem(code: ProblemCode, userId: number, message: string, where: { ta
 
 function rel(dataDir: string, abs: string): string {
   return path.relative(dataDir, abs).split(path.sep).join('/');
+}
+
+/** checkUser for each of a batch, calling tick (the periodic GC) before each. */
+function checkBatch(ctx: CheckContext, users: UserToCheck[], tick: () => void): Problem[][] {
+  return users.map(({ id, job }) => {
+    tick();
+    return checkUser(ctx, id, job);
+  });
 }
 
 /** Every problem of one user, in check order. Reads only; never throws for bad data, only for bugs. */
