@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
@@ -296,6 +296,30 @@ describe('stopping and resuming', () => {
       await f.cleanup();
     }
   }, 60_000);
+
+  it('a user an earlier attempt left half done keeps that attempt\'s outcome when --resume finishes it', async () => {
+    const f = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    try {
+      const db = userDbPath(f.dataDir, 1);
+      chmodSync(db, 0o644);
+      const first = await backfill(f);
+      expect(first.users[0]).toMatchObject({ id: 1, outcome: 'meta_legacy' });
+      expect(first.users[0]!.steps.some((s) => /permission|mode/.test(s))).toBe(true);
+      // As if that run had been killed after the migrate-and-meta commit, before the permissions
+      // step: its write-ahead item says 'running' with the plan, its progress is still running.
+      chmodSync(db, 0o644);
+      await f.master.recordBackfillItem('default', { userId: 1, outcome: 'running', reason: 'meta_legacy' });
+      await f.master.saveBackfill({ name: 'default', status: 'running', cursor: 0, options: JSON.stringify({ users: null, shard: null, limit: null }), counts: {} });
+      const resumed = await backfill(f, { resume: true });
+      expect(resumed.resumed).toBe(true);
+      expect(resumed.users[0]).toMatchObject({ id: 1, action: 'meta_legacy', outcome: 'meta_legacy' });
+      expect(resumed.users[0]!.steps[0]).toBe('begun by an earlier attempt of this backfill');
+      expect(statSync(db).mode & 0o777).toBe(0o600);
+      expect((await f.master.backfillItems('default')).find((i) => i.userId === 1)?.outcome).toBe('meta_legacy');
+    } finally {
+      await f.cleanup();
+    }
+  });
 
   it('SIGINT: users in flight finish, progress is saved, exit 1 with a hint; --resume completes', async () => {
     const f = await buildLegacyFleet(mix, pkg.pkg);

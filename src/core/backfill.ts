@@ -154,6 +154,14 @@ function failed(userId: UserId, code: BackfillFailureCode, reason: string): User
   return { userId, action: 'fail', steps: [], failure: { code, reason } };
 }
 
+/** Actions from the most to the least significant: the order primaryAction picks in. */
+const ACTION_ORDER: readonly BackfillAction[] = ['seed', 'seed_beside', 'meta_legacy', 'adopt', 'migrate', 'permissions', 'ok'];
+
+/** The more significant of two actions (what a user's backfill did, told as one word). */
+function moreSignificant(a: BackfillAction, b: BackfillAction): BackfillAction {
+  return ACTION_ORDER.indexOf(a) <= ACTION_ORDER.indexOf(b) ? a : b;
+}
+
 export function primaryAction(steps: PlanStep[]): BackfillAction {
   if (steps.some((s) => s.kind === 'seed' && !s.beside)) return 'seed';
   if (steps.some((s) => s.kind === 'seed')) return 'seed_beside';
@@ -820,20 +828,23 @@ interface ApplyDeps {
  */
 async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | undefined): Promise<BackfillUserReport | undefined> {
   const { deps, ctx, m, name } = a;
+  // An earlier attempt that crashed after its write-ahead item may have done part of its plan:
+  // the redo does the rest, and the user's outcome is the earlier plan's action (or the redo's,
+  // if that is more significant), whatever instant the crash came at.
+  const earlier = prior?.outcome === 'running' && isAction(prior.reason) ? prior.reason : undefined;
   const finish = async (r: BackfillUserReport): Promise<BackfillUserReport> => {
+    if (earlier && r.outcome !== 'fail') {
+      const top = moreSignificant(earlier, r.action);
+      if (top !== r.action) {
+        r.steps = r.action === 'ok' ? ['done by an earlier attempt of this backfill'] : ['begun by an earlier attempt of this backfill', ...r.steps];
+        r.action = top;
+        r.outcome = top;
+      }
+    }
     a.queueItem({ userId: r.id, outcome: r.outcome, reason: itemReason(r) });
     return r;
   };
-  if (plan.action === 'ok') {
-    const earlier = prior?.outcome === 'running' && isAction(prior.reason) ? prior.reason : undefined;
-    const r = planReport(plan);
-    if (earlier) {
-      r.action = earlier;
-      r.outcome = earlier;
-      r.steps = ['done by an earlier attempt of this backfill'];
-    }
-    return finish(r);
-  }
+  if (plan.action === 'ok') return finish(planReport(plan));
   if (plan.action === 'fail') return finish(planReport(plan));
 
   try {
