@@ -465,10 +465,32 @@ const COLUMN_REFS: ReadonlyArray<{ table: string; column: string; parents: strin
   { table: 'tasks', column: 'document_id', parents: ['contents', 'documents'] },
 ];
 
-interface TableShape {
-  stmt: Database.Statement;
+interface TableColumns {
   list: string[];
   set: Set<string>;
+}
+
+interface TableShape extends TableColumns {
+  /** The table's `SELECT *` (raw rows), prepared on first use. */
+  stmt: () => Database.Statement;
+}
+
+/**
+ * Column lists by schema text, kept across the users one thread checks. Reading them cost a
+ * `SELECT *` prepare and its column list per table per user (a tenth of verify's time), yet a
+ * fleet has one or two distinct schemas. Bounded, so a fleet of odd schemas cannot grow it.
+ */
+const columnCache = new Map<string, Map<string, TableColumns>>();
+const COLUMN_CACHE_MAX = 16;
+
+/** The (shared, growing) column lists of the schema with this text. */
+function cachedColumns(schemaText: string): Map<string, TableColumns> {
+  let cols = columnCache.get(schemaText);
+  if (!cols) {
+    if (columnCache.size >= COLUMN_CACHE_MAX) columnCache.delete(columnCache.keys().next().value!);
+    columnCache.set(schemaText, (cols = new Map()));
+  }
+  return cols;
 }
 
 /** What one pass over ACM2's rows found, and the JSON it kept for the reference checks. */
@@ -606,21 +628,31 @@ class UserCheck {
 
   private checkContents(db: Database.Database): { state: DbState; seeded: SeededFile[] } {
     const tables = new Set<string>();
+    // The schema's own text, which alone decides every table's columns (SQLite rewrites it on
+    // ALTER TABLE): users with the same text share one set of column lists, see columnCache.
+    let schemaText = '';
     const listed = this.guard('the table list', () => {
-      for (const [name] of db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).raw(true).iterate() as Iterable<[string]>) tables.add(name);
+      for (const [type, name, sql] of db.prepare(`SELECT type, name, sql FROM sqlite_master`).raw(true).iterate() as Iterable<[string, string, string | null]>) {
+        if (type === 'table') tables.add(name);
+        schemaText += `${type}\0${name}\0${sql ?? ''}\0`;
+      }
     });
     if (!listed) return { state: { kind: 'unreadable' }, seeded: [] };
-    // One `SELECT *` per table, prepared once: its columns are the table's columns (a PRAGMA
-    // per table per user was 15% of verify's time), and the one pass over every row runs it.
-    const shapes = new Map<string, TableShape>();
+    const cols = cachedColumns(schemaText);
+    // One `SELECT *` per table read, prepared once per user; its columns are the table's columns.
+    const stmts = new Map<string, Database.Statement>();
+    const select = (t: string): Database.Statement => {
+      let stmt = stmts.get(t);
+      if (!stmt) stmts.set(t, (stmt = db.prepare(`SELECT * FROM ${SQL_NAME(t)}`).raw(true)));
+      return stmt;
+    };
     const shape = (t: string): TableShape => {
-      let sh = shapes.get(t);
-      if (!sh) {
-        const stmt = db.prepare(`SELECT * FROM ${SQL_NAME(t)}`).raw(true);
-        const list = stmt.columns().map((c) => c.name);
-        shapes.set(t, (sh = { stmt, list, set: new Set(list) }));
+      let c = cols.get(t);
+      if (!c) {
+        const list = select(t).columns().map((x) => x.name);
+        cols.set(t, (c = { list, set: new Set(list) }));
       }
-      return sh;
+      return { list: c.list, set: c.set, stmt: () => select(t) };
     };
     const columns = (t: string) => shape(t).set;
     this.guard('the schema', () => this.checkSchema(db, tables, columns));
@@ -746,13 +778,14 @@ class UserCheck {
       if (!tables.has(t)) continue;
       this.guard(`the rows of ${t}`, () => {
         const { stmt, list } = shape(t);
+        const rowsOf = stmt();
         const idIx = list.indexOf('id');
         const userIx = idIx >= 0 ? list.indexOf('user_id') : -1;
         const jsonCols = JSON_COLUMNS[t];
         const jsonIx = jsonCols?.map((c) => list.indexOf(c));
         const keepIds = idIx >= 0 && (t === 'contents' || t === 'documents');
         const owned: Array<{ id: unknown; owner: unknown }> = [];
-        for (const row of stmt.iterate() as Iterable<unknown[]>) {
+        for (const row of rowsOf.iterate() as Iterable<unknown[]>) {
           if (userIx >= 0) {
             const owner = row[userIx];
             // String compare: what SQLite's `user_id IS NOT ?` says for INTEGER and TEXT columns alike.
