@@ -43,5 +43,14 @@ function reportError(e: unknown, json: boolean, verbose: boolean): number {
   return EXIT.internal;
 }
 
+// A reader that goes away (`acm2 verify --json | head`) must not crash the tool with a stack
+// trace, nor stop a batch half way: the rest of the output is dropped, the work finishes, and
+// the exit code is the one the work earned.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_DESTROYED') throw e;
+  });
+}
+
 const code = await main(process.argv);
 process.exitCode = code;

@@ -1,6 +1,6 @@
 // The built binary: help lists every command, configuration precedence, exit codes for the master.
 import { describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { resolveConfig, parseMasterUrl } from '../src/config.js';
@@ -42,6 +42,19 @@ describe('acm2 binary', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/master URL .* is malformed/);
     expect(r.stderr).not.toContain('hunter2');
+  });
+});
+
+describe('a reader that goes away', () => {
+  it('does not crash the tool: no stack trace, and the exit code the work earned', async () => {
+    // The parent closes its end of stdout at once, so the tool's first write meets EPIPE.
+    const child = spawn(process.execPath, [BIN, '--json', 'seed', 'list'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });
 
