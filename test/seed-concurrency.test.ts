@@ -1,7 +1,7 @@
 // Seeding under contention, on both masters: many seeders of one user make one seed, and many
 // worker processes draining the queue run each job exactly once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -78,5 +78,37 @@ for (const dialect of DIALECTS) {
       for (const j of jobs) expect([j.status, Number(j.attempts)]).toEqual(['done', 1]);
       for (const id of ids) expect(readyButIncomplete(dataDir, id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
     });
+
+    it('SIGTERM stops a drain: jobs in flight finish, none is left running, the rest stay queued; a second run drains them', async () => {
+      const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 };
+      const ids: number[] = [];
+      for (let i = 0; i < 150; i++) ids.push((await createUser(deps, { email: `t${i}@example.com`, username: `t${i}`, async: true })).user.id);
+      const child = spawn(process.execPath, [BIN, 'user', 'seed', '--pending', '--concurrency', '1', '--data-dir', dataDir, '--master', tm.url, '--seeds', pkg.seedsDir, '--json'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+      const doneJobs = async () => Number((await tm.query(`SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE user_id >= ? AND status = 'done'`, [ids[0]]))[0]!.n);
+      for (let i = 0; i < 4000 && (await doneJobs()) < 3; i++) await new Promise((r) => setTimeout(r, 5));
+      child.kill('SIGTERM');
+      const { code, signal } = await exited;
+      expect(signal).toBeNull();
+      expect(code).toBe(1);
+      const out = JSON.parse(stdout) as { done: number; claimed: number; interrupted: boolean };
+      expect(out.interrupted).toBe(true);
+      const jobs = await tm.query(`SELECT user_id, status FROM acm2_seed_jobs WHERE user_id >= ?`, [ids[0]]);
+      const byStatus = (st: string) => jobs.filter((j) => j.status === st).map((j) => Number(j.user_id));
+      expect(byStatus('running')).toEqual([]);
+      expect(byStatus('done')).toHaveLength(out.done);
+      expect(byStatus('pending').length, 'the drain stopped before the queue was empty').toBeGreaterThan(0);
+      expect(byStatus('done').length + byStatus('pending').length).toBe(150);
+      for (const id of byStatus('done')) expect(readyButIncomplete(dataDir, id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+
+      const again = await cli(['user', 'seed', '--pending', '--concurrency', '2'], dataDir, tm.url);
+      expect(again.code).toBe(0);
+      expect(again.out).toMatchObject({ done: byStatus('pending').length, interrupted: false });
+      for (const id of ids) expect(readyButIncomplete(dataDir, id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+    }, 120_000);
   });
 }

@@ -1,8 +1,9 @@
-// `acm2 backfill`: parse flags, run the core over the master, render; SIGINT stops cleanly.
+// `acm2 backfill`: parse flags, run the core over the master, render; SIGINT/SIGTERM stop cleanly.
 
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { CommandCall } from './program.js';
+import { onInterrupt } from './interrupt.js';
 import { context, intOption, shardOption, type Ctx } from './context.js';
 import { openMaster } from '../master/factory.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
@@ -45,21 +46,10 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
   // migrates one (so it needs a master that a real run has set up); a real run does both.
   if (dryRun && cfg.master.kind === 'sqlite' && !existsSync(cfg.master.file)) throw notSetUp(cfg.master.display);
   const master = await openMaster(cfg.master, { migrate: !dryRun });
-  let interrupted = false;
-  const onSigint = () => {
-    if (interrupted) {
-      // Second Ctrl-C: stop at once (every step is crash-safe; --resume picks up).
-      process.off('SIGINT', onSigint);
-      process.kill(process.pid, 'SIGINT');
-      return;
-    }
-    interrupted = true;
-    out.log('\nInterrupted: finishing the users in flight and saving progress (Ctrl-C again to stop at once)…');
-  };
-  process.on('SIGINT', onSigint);
+  const interrupt = onInterrupt(out, 'finishing the users in flight and saving progress');
   const progress = out.progress();
   try {
-    const r = await runBackfill({ master, dataDir: cfg.dataDir, pkg, progress, shouldStop: () => interrupted, planners }, options).catch((e: unknown) => {
+    const r = await runBackfill({ master, dataDir: cfg.dataDir, pkg, progress, shouldStop: () => interrupt.signal.aborted, planners }, options).catch((e: unknown) => {
       if (dryRun && /no such table|doesn't exist/i.test(String((e as Error).message))) throw notSetUp(master.display, e);
       throw e;
     });
@@ -67,7 +57,7 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
     // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
     if (r.stopped || (!r.dryRun && r.failures.length > 0)) process.exitCode = EXIT.findings;
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
     await master.close().catch(() => undefined);
   }
 }

@@ -3,6 +3,7 @@
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { context, intOption } from './context.js';
+import { onInterrupt } from './interrupt.js';
 import { usingMaster } from '../master/factory.js';
 import { checkUserRef, seedOneUser } from '../core/users.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
@@ -18,9 +19,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
     const limit = intOption(opts, 'limit');
     const progress = out.progress();
-    let stop = false;
-    const onSigint = () => (stop = true);
-    process.once('SIGINT', onSigint);
+    const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
     progress.start('seeding');
     const r = await runSeedPool({
       master: cfg.master,
@@ -30,14 +29,16 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
       concurrency,
       limit,
       watch: Boolean(opts.watch),
-      stopped: () => stop,
+      signal: interrupt.signal,
       onProgress: (n) => progress.tick(n),
     }).finally(() => {
       progress.done();
-      process.off('SIGINT', onSigint);
+      interrupt.dispose();
     });
     out.result(r, () => renderDrain(r));
-    if (r.failed > 0 || r.retrying > 0) process.exitCode = EXIT.findings;
+    // Interrupted before the queue was drained is a batch not finished (as for backfill); a
+    // --watch worker is meant to be stopped that way.
+    if (r.failed > 0 || r.retrying > 0 || (r.interrupted && !opts.watch)) process.exitCode = EXIT.findings;
     return;
   }
   if (args.length !== 1) throw new UsageError('name one user (id or email), or use --pending');

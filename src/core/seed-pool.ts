@@ -15,8 +15,8 @@ export interface PoolInput {
   concurrency: number;
   limit?: number;
   watch?: boolean;
-  /** Stop watching when this returns true (SIGINT). */
-  stopped?: () => boolean;
+  /** Aborted (SIGINT/SIGTERM): every drainer claims no more jobs, finishes those in flight, and the pool returns. */
+  signal?: AbortSignal;
   onProgress?: (done: number) => void;
 }
 
@@ -25,8 +25,14 @@ interface WorkerInput {
   dataDir: string;
   seedsDir: string;
   lockTimeoutMs: number;
+  /** Int32 [0]: jobs reserved so far (--limit across drainers); [1]: 1 once the pool is told to stop. */
   slots: SharedArrayBuffer;
   limit: number;
+}
+
+export interface PoolResult extends DrainResult {
+  /** Stopped by the signal before the queue was drained (jobs not claimed stay queued). */
+  interrupted: boolean;
 }
 
 export function emptyDrain(): DrainResult {
@@ -44,21 +50,37 @@ export function mergeDrain(a: DrainResult, b: DrainResult): DrainResult {
   };
 }
 
-export async function runSeedPool(input: PoolInput): Promise<DrainResult> {
-  let total = emptyDrain();
-  for (;;) {
-    const round = await drainOnce(input);
-    total = mergeDrain(total, round);
-    const limitHit = input.limit !== undefined && total.claimed >= input.limit;
-    if (!input.watch || limitHit || input.stopped?.()) return total;
-    await new Promise((r) => setTimeout(r, 1000));
-    if (input.stopped?.()) return total;
+export async function runSeedPool(input: PoolInput): Promise<PoolResult> {
+  // Shared by every drainer of every round, so --limit holds across them and a stop reaches all.
+  const slots = new SharedArrayBuffer(8);
+  const flags = new Int32Array(slots);
+  const stop = () => Atomics.store(flags, 1, 1);
+  input.signal?.addEventListener('abort', stop);
+  if (input.signal?.aborted) stop();
+  try {
+    let total = emptyDrain();
+    for (;;) {
+      total = mergeDrain(total, await drainOnce(input, slots));
+      const limitHit = input.limit !== undefined && total.claimed >= input.limit;
+      if (!input.watch || limitHit || input.signal?.aborted) break;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, 1000);
+        function done() {
+          clearTimeout(t);
+          input.signal?.removeEventListener('abort', done);
+          resolve();
+        }
+        input.signal?.addEventListener('abort', done);
+      });
+      if (input.signal?.aborted) break;
+    }
+    return { ...total, interrupted: Boolean(input.signal?.aborted) };
+  } finally {
+    input.signal?.removeEventListener('abort', stop);
   }
 }
 
-async function drainOnce(input: PoolInput): Promise<DrainResult> {
-  // Slot counter shared by all workers so --limit holds across them.
-  const slots = new SharedArrayBuffer(8);
+async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<DrainResult> {
   const limit = input.limit ?? -1;
   const n = Math.max(1, input.concurrency);
   const wi: WorkerInput = { master: input.master, dataDir: input.dataDir, seedsDir: input.seedsDir, lockTimeoutMs: input.lockTimeoutMs, slots, limit };
@@ -91,7 +113,7 @@ async function drainInThread(wi: WorkerInput, tick?: (n: number) => void): Promi
     return await drainQueue(
       { master, dataDir: wi.dataDir, seedsDir: wi.seedsDir, lockTimeoutMs: wi.lockTimeoutMs },
       {
-        reserve: () => wi.limit < 0 || Atomics.add(counter, 0, 1) < wi.limit,
+        reserve: () => Atomics.load(counter, 1) === 0 && (wi.limit < 0 || Atomics.add(counter, 0, 1) < wi.limit),
         onJob: (r) => {
           const now = r.done + r.failed + r.retrying + r.skipped;
           tick?.(now - seen);
