@@ -42,10 +42,10 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
   // The package is checked before anything is written (a missing user is seeded with it).
   const pkg = loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
 
-  // A dry run writes nothing, the master included: it neither creates an embedded master nor
-  // migrates one (so it needs a master that a real run has set up); a real run does both.
-  if (dryRun && cfg.master.kind === 'sqlite' && !existsSync(cfg.master.file)) throw notSetUp(cfg.master.display);
-  const master = await openMaster(cfg.master, { migrate: !dryRun });
+  // Backfill works on the users a master has: a missing embedded master is a wrong --data-dir.
+  // A dry run writes nothing, the master included: it does not apply the tool's migrations
+  // either (so it needs a master that a real run has set up); a real run does.
+  const master = await openMaster(cfg.master, { migrate: !dryRun, create: false });
   const interrupt = onInterrupt(out, 'finishing the users in flight and saving progress');
   const progress = out.progress();
   try {

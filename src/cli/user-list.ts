@@ -32,5 +32,5 @@ export async function run({ opts }: CommandCall): Promise<void> {
       }
     }
     if (n % 200 !== 0 || n === 0) out.result(null, () => (n === 0 ? 'No users.' : table.toString()));
-  });
+  }, { create: false });
 }

@@ -19,7 +19,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
   if (junit === '') throw new UsageError('--junit needs a file name');
 
   const r = await usingMaster(cfg.master, (master) =>
-    verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
+      verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
+    { create: false },
   );
   if (junit) {
     try {

@@ -1,12 +1,26 @@
 // Picks the master implementation from the URL scheme and scopes its lifetime.
 
+import { existsSync } from 'node:fs';
 import type { MasterUrl } from '../config.js';
+import { UsageError } from '../errors.js';
 import type { MasterDb } from './types.js';
 
-export async function openMaster(url: MasterUrl, opts: { migrate?: boolean } = {}): Promise<MasterDb> {
+export interface OpenMasterOptions {
+  /** Apply the tool's pending master migrations (default true). */
+  migrate?: boolean;
+  /**
+   * Create the embedded master (and its folder) when it does not exist (default true). Commands
+   * that only read users pass false: a mistyped --data-dir must be an error, not a new empty
+   * master that verify then reports as zero users, all ok.
+   */
+  create?: boolean;
+}
+
+export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): Promise<MasterDb> {
   let master: MasterDb;
   switch (url.kind) {
     case 'sqlite': {
+      if (opts.create === false && !existsSync(url.file)) throw masterMissing(url.display);
       const { SqliteMaster } = await import('./sqlite-master.js');
       master = new SqliteMaster(url.file);
       break;
@@ -32,9 +46,17 @@ export async function openMaster(url: MasterUrl, opts: { migrate?: boolean } = {
   return master;
 }
 
+/** The one sentence for an embedded master that is not there. */
+export function masterMissing(display: string): UsageError {
+  return new UsageError(
+    `there is no master at ${display}: check --data-dir (ACM2_DATA_DIR) or --master (ACM2_MASTER_URL); \`acm2 user create\` creates the embedded master with the first user`,
+    'master_missing',
+  );
+}
+
 /** Open the master, run fn, and always close it, so a throw never leaks a pool. */
-export async function usingMaster<T>(url: MasterUrl, fn: (m: MasterDb) => Promise<T>): Promise<T> {
-  const master = await openMaster(url);
+export async function usingMaster<T>(url: MasterUrl, fn: (m: MasterDb) => Promise<T>, opts: OpenMasterOptions = {}): Promise<T> {
+  const master = await openMaster(url, opts);
   try {
     return await fn(master);
   } finally {
