@@ -434,7 +434,7 @@ describe('selection and limits', () => {
       encoding: 'utf8',
     });
     expect(r.status).toBe(2);
-    expect(r.stderr).toMatch(/there is no master at sqlite:.*blank\.db/);
+    expect(r.stderr).toMatch(/the master sqlite:.*blank\.db does not exist/);
     expect(existsSync(empty)).toBe(false);
     expect(existsSync(path.join(fleet.dataDir, 'blank.db'))).toBe(false);
   });

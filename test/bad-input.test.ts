@@ -71,7 +71,7 @@ const CASES: Array<{ name: string; args: () => string[]; env?: Record<string, st
     name: `${cmd.join(' ')} on a data dir with no master`,
     args: () => [...cmd, '--data-dir', path.join(dataDir, 'typo')],
     code: 2,
-    message: /^acm2: there is no master at sqlite:.*typo\/master\.db: check --data-dir/m,
+    message: /^acm2: the master sqlite:.*typo\/master\.db does not exist: check --data-dir/m,
   })),
 ];
 

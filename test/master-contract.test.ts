@@ -115,6 +115,21 @@ for (const d of DIALECTS) {
         }
       });
 
+      it("a database without ACM2's tables is refused by a reader and left untouched; migrating sets it up", async () => {
+        const fresh = await d.open({ migrate: false });
+        try {
+          expect(await fresh.master.hasAcm2Tables()).toBe(false);
+          await expect(openMaster(parseMasterUrl(fresh.url), { create: false })).rejects.toThrow(/has no ACM2 users and api_keys tables: check --data-dir/);
+          const tables = await fresh.query(d.name === 'mysql' ? 'SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()' : "SELECT name AS t FROM sqlite_master WHERE type = 'table'");
+          expect(tables).toEqual([]);
+          await fresh.master.migrate();
+          expect(await fresh.master.hasAcm2Tables()).toBe(true);
+          await (await openMaster(parseMasterUrl(fresh.url), { create: false })).close();
+        } finally {
+          await fresh.cleanup();
+        }
+      });
+
       it('lets concurrent processes migrate at once: each migration is applied exactly once', async () => {
         const fresh = await d.open({ migrate: false });
         try {

@@ -4,8 +4,7 @@ import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { context, intOption } from './context.js';
 import { onInterrupt } from './interrupt.js';
-import { existsSync } from 'node:fs';
-import { masterMissing, usingMaster } from '../master/factory.js';
+import { openMaster, usingMaster } from '../master/factory.js';
 import { checkUserRef, seedOneUser } from '../core/users.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
 import { runSeedPool } from '../core/seed-pool.js';
@@ -19,8 +18,8 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     if (opts.force) throw new UsageError('--force applies to one user, not to --pending');
     const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
     const limit = intOption(opts, 'limit');
-    // Each drainer opens its own connection; a missing embedded master is a wrong --data-dir.
-    if (cfg.master.kind === 'sqlite' && !existsSync(cfg.master.file)) throw masterMissing(cfg.master.display);
+    // Each drainer opens its own connection (and would set a master up): check the master is one first.
+    await (await openMaster(cfg.master, { create: false })).close();
     const progress = out.progress();
     const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
     progress.start('seeding');

@@ -20,7 +20,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
   let master: MasterDb;
   switch (url.kind) {
     case 'sqlite': {
-      if (opts.create === false && !existsSync(url.file)) throw masterMissing(url.display);
+      if (opts.create === false && !existsSync(url.file)) throw masterMissing(url.display, 'does not exist');
       const { SqliteMaster } = await import('./sqlite-master.js');
       master = new SqliteMaster(url.file);
       break;
@@ -35,6 +35,12 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
       throw new Error(`unknown master kind ${(never as MasterUrl).kind}`);
     }
   }
+  // A database without ACM2's tables is the wrong one (or was never set up): a command that only
+  // reads users stops before the migrations would create anything in it.
+  if (opts.create === false && !(await master.hasAcm2Tables().catch(() => false))) {
+    await master.close().catch(() => undefined);
+    throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
+  }
   if (opts.migrate !== false) {
     try {
       await master.migrate();
@@ -46,10 +52,10 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
   return master;
 }
 
-/** The one sentence for an embedded master that is not there. */
-export function masterMissing(display: string): UsageError {
+/** The one sentence for a master that is not there, or not ACM2's. */
+export function masterMissing(display: string, what = 'does not exist'): UsageError {
   return new UsageError(
-    `there is no master at ${display}: check --data-dir (ACM2_DATA_DIR) or --master (ACM2_MASTER_URL); \`acm2 user create\` creates the embedded master with the first user`,
+    `the master ${display} ${what}: check --data-dir (ACM2_DATA_DIR) or --master (ACM2_MASTER_URL); \`acm2 user create\` sets a master up with the first user`,
     'master_missing',
   );
 }

@@ -271,6 +271,10 @@ export class MysqlMaster implements MasterDb {
     const rows = await this.rows(`SELECT * FROM users WHERE id > ?${filter} ORDER BY id LIMIT ?`, [opts.afterId, ...(opts.ids ?? []), opts.limit]);
     return rows.map(toUser);
   }
+  async hasAcm2Tables(): Promise<boolean> {
+    const r = await this.one(`SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ('users', 'api_keys')`);
+    return Number(r!.n) === 2;
+  }
   async countUsers(): Promise<number> {
     return Number((await this.one('SELECT COUNT(*) AS n FROM users'))!.n);
   }

@@ -178,6 +178,9 @@ export class SqliteMaster implements MasterDb {
       .all(opts.afterId, ...(opts.ids ?? []), opts.limit) as Row[];
     return rows.map(toUser);
   }
+  async hasAcm2Tables() {
+    return Number(this.one(`SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'api_keys')`)!.n) === 2;
+  }
   async countUsers() {
     return Number(this.one(`SELECT COUNT(*) AS n FROM users`)!.n);
   }

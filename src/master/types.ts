@@ -109,6 +109,8 @@ export interface MasterDb {
   /** Keyset page: users with id > afterId, ascending, at most limit; optionally only these ids. */
   listUsers(opts: { afterId: number; limit: number; ids?: number[] }): Promise<MasterUser[]>;
   countUsers(): Promise<number>;
+  /** Whether ACM2's `users` and `api_keys` tables are there (false: not an ACM2 master, or one never set up). */
+  hasAcm2Tables(): Promise<boolean>;
   maxUserId(): Promise<number>;
   apiKeysFor(userId: number): Promise<ApiKeyRow[]>;
 
