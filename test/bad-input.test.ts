@@ -65,6 +65,7 @@ const CASES: Array<{ name: string; args: () => string[]; env?: Record<string, st
   { name: 'bad --concurrency', args: () => ['user', 'seed', '--pending', '--concurrency', '0'], code: 2, message: /--concurrency '0' must be a whole number/ },
   { name: 'unknown option', args: () => ['user', 'list', '--frobnicate'], code: 2, message: /unknown option '--frobnicate'/ },
   { name: 'bad --status', args: () => ['user', 'list', '--status', 'weird'], code: 2, message: /weird/ },
+  { name: 'verify --junit into a missing folder (refused before any user is checked)', args: () => ['verify', '--junit', path.join(dataDir, 'no-such-dir', 'r.xml')], code: 2, message: /cannot write the JUnit report .*r\.xml: folder .*no-such-dir does not exist/ },
   // A mistyped data dir: the commands that read users must not create a new, empty master there
   // (verify would then pass a fleet of zero users). Only `user create` makes the embedded master.
   ...[['verify'], ['user', 'list'], ['user', 'show', '1'], ['user', 'seed', '1'], ['user', 'seed', '--pending'], ['backfill'], ['backfill', '--dry-run'], ['diff', '--user', '1']].map((cmd) => ({

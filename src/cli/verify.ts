@@ -1,6 +1,7 @@
 // `acm2 verify`: parse flags, verify the users, print the result (and a JUnit file); exit 1 on problems.
 
-import { writeFileSync } from 'node:fs';
+import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { context, intOption, shardOption } from './context.js';
@@ -17,8 +18,12 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
   const junit = opts.junit === undefined ? undefined : String(opts.junit);
   if (junit === '') throw new UsageError('--junit needs a file name');
+  // Checked before the users are, not after a fleet-wide run that would then be lost.
+  if (junit) checkWritable(junit);
 
-  const r = await usingMaster(cfg.master, (master) =>
+  const r = await usingMaster(
+    cfg.master,
+    (master) =>
       verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
     { create: false },
   );
@@ -32,4 +37,26 @@ export async function run({ opts }: CommandCall): Promise<void> {
   out.result(r, () => renderVerify(r, { color: out.color }));
   // Not FindingsError: with --json that would print a second document after the result.
   if (!r.ok) process.exitCode = EXIT.findings;
+}
+
+/** The report file can be written: its folder exists and is writable, and it is not a folder itself. */
+function checkWritable(file: string): void {
+  const dir = path.dirname(path.resolve(file));
+  let reason: string | undefined;
+  try {
+    if (!statSync(dir).isDirectory()) reason = `${dir} is not a folder`;
+    else accessSync(dir, constants.W_OK);
+  } catch (e) {
+    reason = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `folder ${dir} does not exist` : `folder ${dir} is not writable`;
+  }
+  if (!reason) {
+    try {
+      const st = statSync(file);
+      if (!st.isFile()) reason = 'it is not a regular file';
+      else accessSync(file, constants.W_OK);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') reason = 'it is not writable';
+    }
+  }
+  if (reason) throw new UsageError(`cannot write the JUnit report ${file}: ${reason}`);
 }
