@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
+import { tryLockNamed } from '../src/core/user-lock.js';
 import { countRows } from '../src/core/migrate-safe.js';
 import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
@@ -443,6 +444,27 @@ describe('selection and limits', () => {
     await backfill(fleet, { maxErrors: 1, userIds: [1, 2, 3] });
     await expect(backfill(fleet, { resume: true })).rejects.toThrow(/other options/);
   });
+
+  it('a second backfill of the same shard while one runs is refused (exit 3) and leaves its progress alone; other shards and dry runs go ahead', async () => {
+    await backfill(fleet, { maxErrors: 1 });
+    const before = await fleet.master.getBackfill('default');
+    const held = await tryLockNamed(fleet.master, fleet.dataDir, 'backfill:default');
+    expect(held).toBeDefined();
+    try {
+      const refused = await backfill(fleet, {}).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(refused).toMatchObject({ exitCode: 3, message: expect.stringMatching(/another `acm2 backfill` is running against this master/) });
+      await expect(backfill(fleet, { resume: true })).rejects.toThrow(/another `acm2 backfill` is running/);
+      expect(await fleet.master.getBackfill('default')).toEqual(before);
+      expect((await backfill(fleet, { dryRun: true })).dryRun).toBe(true);
+      expect((await backfill(fleet, { shard: { index: 0, count: 2 } })).name).toBe('shard-0-of-2');
+    } finally {
+      await held!.release();
+    }
+    expect((await backfill(fleet, { resume: true })).resumed).toBe(true);
+  });
 });
 
 const mysqlDialect = DIALECTS.find((d) => d.name === 'mysql')!;
@@ -465,6 +487,12 @@ describe.skipIf(mysqlDialect.skip)('on a MySQL master', () => {
       const again = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { concurrency: 2 });
       expect(again.counts).toEqual({ ok: fleet.users.length - 1, fail: 1 });
       expect(hashTree(fleet.dataDir)).toEqual(was);
+      // One run per shard at a time, across hosts: the lock is GET_LOCK in MySQL, not a file.
+      const other = await t.another();
+      const held = await other.acquireNamedLock('backfill:default', 0);
+      expect(held).toBeDefined();
+      await expect(runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, {})).rejects.toThrow(/another `acm2 backfill` is running/);
+      await held!.release();
     } finally {
       await t.cleanup();
       await fleet.cleanup();

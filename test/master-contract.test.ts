@@ -385,6 +385,21 @@ for (const d of DIALECTS) {
         expect(after).toBeDefined();
         await after!.release();
       });
+
+      it('named locks: one holder at a time, separate from the per-user locks', async () => {
+        const other = await t.another();
+        const held = await m.acquireNamedLock('backfill:default', 0);
+        expect(held).toBeDefined();
+        expect(await other.acquireNamedLock('backfill:default', 0)).toBeUndefined();
+        expect(await other.acquireNamedLock('backfill:shard-0-of-2', 0)).toBeDefined();
+        const user = await other.acquireUserLock(1, 0);
+        expect(user).toBeDefined();
+        await user!.release();
+        await held!.release();
+        const next = await other.acquireNamedLock('backfill:default', 0);
+        expect(next).toBeDefined();
+        await next!.release();
+      });
     });
 
     describe('backfill progress', () => {

@@ -24,7 +24,7 @@ import {
   type SqliteDb,
 } from '../userdb/user-db.js';
 import { seedUser, sqlNow } from './seed-user.js';
-import { tryLockUser } from './user-lock.js';
+import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
 import { listLegacyRuns, moveLegacyLogs, runsOwnedBy, type LegacyLogsResult } from './legacy-logs.js';
@@ -496,9 +496,19 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
   // Otherwise started first, so that the threads boot while the master is read.
   const own = usable ? undefined : startPlanners(deps, concurrency);
   const p = (usable ?? own)!;
+  let lock: UserLock | undefined;
   try {
+    // One run per progress record at a time: a second would reset the first's progress under it.
+    if (!opts.dryRun) {
+      lock = await tryLockNamed(deps.master, deps.dataDir, `backfill:${progressName(opts.shard)}`);
+      if (!lock) {
+        const which = opts.shard ? ` --shard ${opts.shard.index}/${opts.shard.count}` : '';
+        throw new UnavailableError(`another \`acm2 backfill${which}\` is running against this master; wait for it to finish, or stop it and run again with --resume`, 'backfill_running');
+      }
+    }
     return await backfillWith(deps, opts, p.ctx, p.planners, started);
   } finally {
+    await lock?.release();
     await own?.close();
   }
 }

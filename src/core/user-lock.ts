@@ -27,9 +27,21 @@ export async function tryLockUser(master: MasterDb, dataDir: string, userId: Use
 
 /** The embedded master's per-user lock; exported for tests that hold it from another process. */
 export function lockUserFile(dataDir: string, userId: UserId, timeoutMs: number): UserLock | undefined {
+  return lockFile(dataDir, `user_${userId}`, timeoutMs);
+}
+
+/**
+ * Take a named lock without waiting (`backfill:default`): GET_LOCK on MySQL, a lock file in the
+ * data dir on the embedded master. Undefined when another process holds it.
+ */
+export async function tryLockNamed(master: MasterDb, dataDir: string, key: string): Promise<UserLock | undefined> {
+  return master.capabilities.advisoryLocks ? master.acquireNamedLock(key, 0) : lockFile(dataDir, key.replace(/[^A-Za-z0-9._-]/g, '_'), 0);
+}
+
+function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | undefined {
   const dir = toolDir(dataDir, 'locks');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const db = new Database(path.join(dir, `user_${userId}.lock`));
+  const db = new Database(path.join(dir, `${name}.lock`));
   db.pragma(`busy_timeout = ${Math.max(0, Math.round(timeoutMs))}`);
   try {
     db.exec('BEGIN EXCLUSIVE');

@@ -377,10 +377,14 @@ export class MysqlMaster implements MasterDb {
   // ---- per-user advisory lock ------------------------------------------------------------------
 
   async acquireUserLock(userId: number, timeoutMs: number): Promise<UserLock | undefined> {
+    return this.acquireNamedLock(`user:${userId}`, timeoutMs, `user ${userId}`);
+  }
+
+  async acquireNamedLock(key: string, timeoutMs: number, what = `'${key}'`): Promise<UserLock | undefined> {
     // GET_LOCK belongs to the connection: the connection is kept, out of the work pool, until release.
     this.lockPool ??= createPool(this.url, LOCK_POOL_SIZE);
     const c = await this.connection(this.lockPool);
-    const name = mysqlLockName('acm2:', this.url.database, `:user:${userId}`);
+    const name = mysqlLockName('acm2:', this.url.database, `:${key}`);
     const ms = Math.max(0, timeoutMs);
     // MariaDB takes fractional seconds; MySQL is given whole ones, rounded up so we never wait less.
     const seconds = this.isMariaDb ? ms / 1000 : Math.ceil(ms / 1000);
@@ -393,7 +397,7 @@ export class MysqlMaster implements MasterDb {
     }
     if (got?.got == null) {
       c.release();
-      throw new UnavailableError(`MySQL master ${this.display} could not take the lock for user ${userId}`, 'lock_error');
+      throw new UnavailableError(`MySQL master ${this.display} could not take the lock for ${what}`, 'lock_error');
     }
     if (Number(got.got) !== 1) {
       c.release();

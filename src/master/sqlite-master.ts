@@ -276,6 +276,9 @@ export class SqliteMaster implements MasterDb {
   async acquireUserLock(): Promise<UserLock | undefined> {
     throw new Error('the SQLite master has no advisory locks; use the file lock');
   }
+  async acquireNamedLock(): Promise<UserLock | undefined> {
+    throw new Error('the SQLite master has no advisory locks; use the file lock');
+  }
 
   async getBackfill(name: string) {
     const r = this.one(`SELECT * FROM acm2_backfill_runs WHERE name = ?`, name);

@@ -129,6 +129,8 @@ export interface MasterDb {
 
   /** Hold a per-user advisory lock (only when capabilities.advisoryLocks); undefined if not got within timeoutMs. */
   acquireUserLock(userId: number, timeoutMs: number): Promise<UserLock | undefined>;
+  /** Hold a named advisory lock, e.g. `backfill:default` (only when capabilities.advisoryLocks); undefined if not got within timeoutMs. */
+  acquireNamedLock(key: string, timeoutMs: number): Promise<UserLock | undefined>;
 
   getBackfill(name: string): Promise<BackfillProgress | undefined>;
   saveBackfill(p: Omit<BackfillProgress, 'startedAt' | 'updatedAt'>): Promise<void>;
