@@ -91,4 +91,29 @@ describe('failed seeds', () => {
     const after = await acm2(['user', 'seed', String(id)]);
     expect(after.code, after.stderr).toBe(0);
   });
+
+  it('user create whose seed the environment stops (exit 3) still shows the API key it made', async () => {
+    // The next user's lock, held by another process before the user exists: the create's seed times out.
+    const last = JSON.parse((await acm2(['user', 'list', '--json'])).stdout).users.at(-1) as { id: number } | undefined;
+    const next = (last?.id ?? 0) + 1;
+    const lockModule = fileURLToPath(new URL('../dist/core/user-lock.js', import.meta.url));
+    const holder = execFile(process.execPath, [
+      '--input-type=module',
+      '-e',
+      `const m = await import(${JSON.stringify(lockModule)}); globalThis.held = m.lockUserFile(${JSON.stringify(dataDir)}, ${next}, 0); if (!globalThis.held) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
+    ]);
+    await new Promise((r) => holder.stdout!.once('data', r));
+    const c = await acm2(['user', 'create', '--email', 'k@example.com', '--username', 'k', '--lock-timeout', '1', '--json']);
+    const gone = new Promise((res) => holder.once('exit', res));
+    holder.kill('SIGKILL');
+    await gone;
+    expect(c.code, c.stderr).toBe(3);
+    const doc = JSON.parse(c.stdout);
+    expect(doc.user).toMatchObject({ id: next, seedStatus: 'failed' });
+    expect(doc.apiKey).toMatch(/^acm2_/);
+    expect(doc.seed).toMatchObject({ status: 'failed', retry: `acm2 user seed ${next}`, error: expect.stringMatching(/being seeded by another process/) });
+    expect(doc).not.toHaveProperty('seedError');
+    // The retry it names works once the lock is free.
+    expect((await acm2(['user', 'seed', String(next)])).code).toBe(0);
+  });
 });

@@ -5,7 +5,7 @@ import { context } from './context.js';
 import { usingMaster } from '../master/factory.js';
 import { checkCreateInput, createUser } from '../core/users.js';
 import { renderCreate } from '../ui/users.js';
-import { EXIT } from '../errors.js';
+import { EXIT, isAcm2Error } from '../errors.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -20,6 +20,9 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const result = await usingMaster(cfg.master, (master) =>
     createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input),
   );
-  out.result(result, () => renderCreate(result));
-  if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
+  const { seedError, ...shown } = result;
+  out.result(shown, () => renderCreate(result));
+  // Exit 1 for a failed seed; 3 or 70 when the environment or a bug stopped it (the key is shown either way).
+  if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? seedError.exitCode : EXIT.internal;
+  else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
 }

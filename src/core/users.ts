@@ -40,6 +40,12 @@ export interface CreateUserResult {
   user: { id: number; username: string; email: string; seedStatus: SeedStatus; seedVersion: string };
   apiKey: string;
   seed: SeedReport;
+  /**
+   * Why seeding stopped, when it was the environment (disk full, the master gone) or a bug rather
+   * than the seed itself: the user and its key exist by then, so this is reported beside the key
+   * (and sets the exit code) instead of being thrown past it. Not part of the JSON document.
+   */
+  seedError?: unknown;
 }
 
 const EMAIL_RE = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
@@ -116,13 +122,24 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     seedVersion: pkg.version,
     maxAttempts: 5,
   });
-  const seed: SeedReport = input.async
-    ? { status: 'pending', seedVersion: pkg.version, jobId: job.id }
-    : await seedWithJob(deps, user, pkg, false);
+  // From here on the user and its key exist, and the key is shown only once: nothing may throw
+  // past it. A seed stopped by the environment or a bug is reported as failed, with the cause.
+  let seed: SeedReport;
+  let seedError: unknown;
+  if (input.async) seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
+  else {
+    try {
+      seed = await seedWithJob(deps, user, pkg, false);
+    } catch (e) {
+      seedError = e;
+      seed = { status: 'failed', seedVersion: pkg.version, error: e instanceof Error ? e.message : String(e), jobId: job.id, retry: `acm2 user seed ${user.id}` };
+    }
+  }
   return {
     user: { id: user.id, username: user.username, email: user.email, seedStatus: seed.status, seedVersion: pkg.version },
     apiKey: key.key,
     seed,
+    ...(seedError === undefined ? {} : { seedError }),
   };
 }
 
