@@ -5,7 +5,7 @@ import { readFileSync, existsSync, writeFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } from './helpers/env.js';
-import { createUser, seedOneUser } from '../src/core/users.js';
+import { createUser, listUserStatuses, seedOneUser, userStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { safeDocId } from '../src/seed/remap.js';
 
@@ -191,5 +191,16 @@ describe('user create + seed', () => {
     const rows = dumpUser(u.user.id);
     expect(rows.contents.find((x) => x.id === 'own-1')).toBeTruthy();
     expect(rows.contents.length).toBe(pkg.source.contentIds.length + 1);
+  });
+
+  it('user show/list: a ready user whose DB became unreadable is failed (with why), not missing', async () => {
+    const u = await createUser(deps(), { email: 'dee@example.com', username: 'dee' });
+    expect((await userStatus(deps(), (await world.master.getUser(u.user.id))!)).status).toBe('ready');
+    writeFileSync(userDbPath(world.dataDir, u.user.id), 'not a database, but long enough to have a header that SQLite will reject outright');
+    const s = await userStatus(deps(), (await world.master.getUser(u.user.id))!);
+    expect(s).toMatchObject({ status: 'failed', db: { present: true, error: expect.stringMatching(/not a database/) }, lastError: expect.stringMatching(/user DB unreadable/) });
+    const failed: number[] = [];
+    for await (const x of listUserStatuses(deps(), { status: 'failed' })) failed.push(x.id);
+    expect(failed).toContain(u.user.id);
   });
 });

@@ -341,7 +341,9 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, use
       out.db.error = e instanceof Error ? e.message : String(e);
     }
   }
-  out.status = deriveStatus(out.db.seedStatus, job?.status ?? null);
+  // A DB that is there but cannot be read serves nobody: failed, not missing (db.error says why).
+  out.status = out.db.error !== undefined && !(job?.status === 'pending' || job?.status === 'running') ? 'failed' : deriveStatus(out.db.seedStatus, job?.status ?? null);
+  if (out.db.error !== undefined && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
   return out;
 }
