@@ -25,6 +25,8 @@ afterAll(() => pkg.cleanup());
 function cli(args: string[], dataDir: string, url: string) {
   return run(process.execPath, [BIN, ...args, '--data-dir', dataDir, '--master', url, '--seeds', pkg.seedsDir, '--json'], {
     env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4' },
+    // A drain that never ends (a --watch that misses its --limit) must not outlive the test.
+    timeout: 90_000,
   }).then(
     (r) => ({ code: 0, out: JSON.parse(r.stdout) as Record<string, any> }),
     (e: { code: number; stdout: string }) => ({ code: e.code, out: JSON.parse(e.stdout || '{}') as Record<string, any> }),
@@ -78,6 +80,38 @@ for (const dialect of DIALECTS) {
       for (const j of jobs) expect([j.status, Number(j.attempts)]).toEqual(['done', 1]);
       for (const id of ids) expect(readyButIncomplete(dataDir, id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
     });
+
+    it('--limit holds across drainer threads and across --watch rounds', async () => {
+      const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 };
+      const queue = async (prefix: string, n: number) => {
+        const ids: number[] = [];
+        for (let i = 0; i < n; i++) ids.push((await createUser(deps, { email: `${prefix}${i}@example.com`, username: `${prefix}${i}`, async: true })).user.id);
+        return ids;
+      };
+      const pendingAmong = async (ids: number[]) =>
+        (await tm.query(`SELECT user_id FROM acm2_seed_jobs WHERE status = 'pending' AND user_id >= ? AND user_id <= ?`, [ids[0], ids.at(-1)])).length;
+
+      const first = await queue('l', 12);
+      const once = await cli(['user', 'seed', '--pending', '--limit', '5', '--concurrency', '3'], dataDir, tm.url);
+      expect(once.code).toBe(0);
+      expect(once.out).toMatchObject({ claimed: 5, done: 5 });
+      expect(await pendingAmong(first)).toBe(7);
+      expect((await cli(['user', 'seed', '--pending'], dataDir, tm.url)).out).toMatchObject({ done: 7 });
+
+      // --watch: 2 jobs now, 4 more once its first round has found the queue empty (rounds are
+      // a second apart); it takes exactly 5 in all, then stops.
+      const before = await queue('w', 2);
+      const watcher = cli(['user', 'seed', '--pending', '--watch', '--limit', '5', '--concurrency', '2'], dataDir, tm.url);
+      const doneAmong = async (ids: number[]) => (await tm.query(`SELECT user_id FROM acm2_seed_jobs WHERE status = 'done' AND user_id IN (?, ?)`, ids)).length;
+      for (let i = 0; i < 2000 && (await doneAmong(before)) < 2; i++) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 300));
+      const later = await queue('x', 4);
+      const watched = await watcher;
+      expect(watched.code).toBe(0);
+      expect(watched.out).toMatchObject({ claimed: 5, done: 5, interrupted: false });
+      expect(await pendingAmong([...before, ...later])).toBe(1);
+      expect((await cli(['user', 'seed', '--pending'], dataDir, tm.url)).out).toMatchObject({ done: 1 });
+    }, 120_000);
 
     it('SIGTERM stops a drain: jobs in flight finish, none is left running, the rest stay queued; a second run drains them', async () => {
       const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 };

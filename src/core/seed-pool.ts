@@ -113,7 +113,14 @@ async function drainInThread(wi: WorkerInput, tick?: (n: number) => void): Promi
     return await drainQueue(
       { master, dataDir: wi.dataDir, seedsDir: wi.seedsDir, lockTimeoutMs: wi.lockTimeoutMs },
       {
-        reserve: () => Atomics.load(counter, 1) === 0 && (wi.limit < 0 || Atomics.add(counter, 0, 1) < wi.limit),
+        reserve: () => {
+          if (Atomics.load(counter, 1) !== 0) return false;
+          if (wi.limit < 0 || Atomics.add(counter, 0, 1) < wi.limit) return true;
+          Atomics.sub(counter, 0, 1);
+          return false;
+        },
+        // A slot whose claim found the queue empty goes back, so a --watch round later can use it.
+        unreserve: () => void (wi.limit >= 0 && Atomics.sub(counter, 0, 1)),
         onJob: (r) => {
           const now = r.done + r.failed + r.retrying + r.skipped;
           tick?.(now - seen);

@@ -227,7 +227,15 @@ export const DRAIN_LANES = 2;
  */
 export async function drainQueue(
   deps: UserDeps,
-  opts: { limit?: number; reserve?: () => boolean; onJob?: (r: DrainResult) => void; worker?: string; lanes?: number },
+  opts: {
+    limit?: number;
+    /** Take a slot before each claim (false: claim no more); unreserve gives back one whose claim found no job. */
+    reserve?: () => boolean;
+    unreserve?: () => void;
+    onJob?: (r: DrainResult) => void;
+    worker?: string;
+    lanes?: number;
+  },
 ): Promise<DrainResult> {
   const res: DrainResult = { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
   const worker = opts.worker ?? workerName();
@@ -245,7 +253,10 @@ export async function drainQueue(
       } finally {
         claiming--;
       }
-      if (!job) break;
+      if (!job) {
+        opts.unreserve?.();
+        break;
+      }
       res.claimed++;
       const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
       if (!lock) {
