@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freezeSeed, type FreezeInput } from '../src/core/freeze.js';
+import { freezeSeed, withSource, type FreezeInput } from '../src/core/freeze.js';
 import { UsageError } from '../src/errors.js';
 import { generateSource, safeDocId, type SourceFixture, type SourceOptions } from '../src/fixtures/source.js';
 import { dumpTable, sha256File } from '../src/seed/canonical.js';
@@ -119,6 +119,22 @@ describe('freezeSeed: contents of a package', () => {
     expect(sha256File(pkg.seedDbPath)).toEqual(pkg.manifest.seedDb);
     for (const f of pkg.manifest.files) expect(sha256File(path.join(pkg.filesDir, f.path))).toEqual({ bytes: f.bytes, sha256: f.sha256 });
     expect(listPackages(seedsDir)).toMatchObject([{ version: 'v1', current: true, rows: result.rows, files: result.files, bytes: result.bytes }]);
+  });
+});
+
+describe('freezeSeed: a source ACM2 is writing to', () => {
+  it('reads the source in one snapshot: a write committed while it reads is not seen half way', () => {
+    const src = source();
+    const w = openSource(src);
+    w.pragma('journal_mode = WAL'); // so ACM2's writer can commit while the freeze reads
+    const count = (db: Database.Database) => (db.prepare('SELECT COUNT(*) AS n FROM contents').get() as { n: number }).n;
+    const [before, after] = withSource(src.dbPath, (db) => {
+      const first = count(db);
+      w.prepare(`INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES ('mid-freeze', 1, '2026-01-01 00:00:00.000000', 'x', 'input_document', 'x', '{}', '[]', 0)`).run();
+      return [first, count(db)];
+    });
+    w.close();
+    expect(after).toBe(before);
   });
 });
 

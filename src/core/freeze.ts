@@ -141,7 +141,12 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   };
 }
 
-function withSource<T>(file: string, fn: (db: Database.Database) => T): T {
+/**
+ * Run fn on the source DB, read-only, inside one read transaction: every SELECT of the freeze
+ * sees the same snapshot, so ACM2 writing to its DB meanwhile cannot give the package a run
+ * without its tasks or a preset without its contents.
+ */
+export function withSource<T>(file: string, fn: (db: Database.Database) => T): T {
   let db: Database.Database;
   try {
     db = new Database(file, { readonly: true, fileMustExist: true });
@@ -150,7 +155,7 @@ function withSource<T>(file: string, fn: (db: Database.Database) => T): T {
     throw new UsageError(`cannot open source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
   }
   try {
-    return fn(db);
+    return db.transaction(() => fn(db)).deferred();
   } catch (e) {
     if ((e as { code?: string }).code?.startsWith('SQLITE_')) {
       throw new UsageError(`cannot read source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
