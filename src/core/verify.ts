@@ -597,6 +597,9 @@ class UserCheck {
       // Reads through a memory map: half the system time of a read() per page, over a fleet.
       // Safe with SQLite writers: none can shrink the file while this read transaction holds its lock.
       db.pragma('mmap_size = 268435456');
+      // One read transaction for all of this user's queries: ACM2 writing meanwhile cannot make
+      // a run and its new tasks look like a dangling reference (close() ends it).
+      db.exec('BEGIN');
     } catch (e) {
       this.add('db_corrupt', `cannot open ${where.path}: ${errMessage(e)}`, where);
       return { state: { kind: 'unreadable' }, seeded: [] };
