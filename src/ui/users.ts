@@ -55,6 +55,6 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
 export function renderDrain(r: DrainResult & { interrupted?: boolean }): string {
   const lines = [`Seed queue: ${r.done} seeded, ${r.retrying} to retry, ${r.failed} failed, ${r.skipped} skipped (user busy).`];
   for (const f of r.failures) lines.push(chalk.red(`  user ${f.userId} (job ${f.jobId}): ${f.error}${f.final ? ' [no attempts left]' : ''}`));
-  if (r.interrupted) lines.push('Interrupted: the jobs not claimed yet are still queued; run `acm2 user seed --pending` again to go on.');
+  if (r.interrupted) lines.push('Stopped by a signal: jobs not claimed stay queued for the next `acm2 user seed --pending`.');
   return lines.join('\n');
 }
