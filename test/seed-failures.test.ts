@@ -25,6 +25,24 @@ async function acm2(args: string[]) {
   }
 }
 
+/** Another process holding user id's seed lock (the embedded master's lock file) until killed. */
+async function holdUserLock(id: number): Promise<{ kill(): Promise<void> }> {
+  const lockModule = fileURLToPath(new URL('../dist/core/user-lock.js', import.meta.url));
+  const holder = execFile(process.execPath, [
+    '--input-type=module',
+    '-e',
+    `const m = await import(${JSON.stringify(lockModule)}); globalThis.held = m.lockUserFile(${JSON.stringify(dataDir)}, ${id}, 0); if (!globalThis.held) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
+  ]);
+  await new Promise((r) => holder.stdout!.once('data', r));
+  return {
+    async kill() {
+      const gone = new Promise((res) => holder.once('exit', res));
+      holder.kill('SIGKILL');
+      await gone;
+    },
+  };
+}
+
 beforeAll(() => {
   pkg = frozenSource();
   dataDir = tmpDir('acm2-fail-');
@@ -73,18 +91,9 @@ describe('failed seeds', () => {
   it('a second seeder waits at most --lock-timeout, then exits 3', async () => {
     const c = await acm2(['user', 'create', '--email', 'g@example.com', '--username', 'g', '--async', '--json']);
     const id = JSON.parse(c.stdout).user.id as number;
-    // Hold the user's lock from another process.
-    const lockModule = fileURLToPath(new URL('../dist/core/user-lock.js', import.meta.url));
-    const holder = execFile(process.execPath, [
-      '--input-type=module',
-      '-e',
-      `const m = await import(${JSON.stringify(lockModule)}); globalThis.held = m.lockUserFile(${JSON.stringify(dataDir)}, ${id}, 0); if (!globalThis.held) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
-    ]);
-    await new Promise((r) => holder.stdout!.once('data', r));
+    const holder = await holdUserLock(id);
     const r = await acm2(['user', 'seed', String(id), '--lock-timeout', '1']);
-    const gone = new Promise((res) => holder.once('exit', res));
-    holder.kill('SIGKILL');
-    await gone;
+    await holder.kill();
     expect(r.code, r.stderr).toBe(3);
     expect(r.stderr).toMatch(new RegExp(`user ${id} is being seeded by another process`));
     // The holder died: its lock is gone with it, and seeding goes through.
@@ -96,17 +105,9 @@ describe('failed seeds', () => {
     // The next user's lock, held by another process before the user exists: the create's seed times out.
     const last = JSON.parse((await acm2(['user', 'list', '--json'])).stdout).users.at(-1) as { id: number } | undefined;
     const next = (last?.id ?? 0) + 1;
-    const lockModule = fileURLToPath(new URL('../dist/core/user-lock.js', import.meta.url));
-    const holder = execFile(process.execPath, [
-      '--input-type=module',
-      '-e',
-      `const m = await import(${JSON.stringify(lockModule)}); globalThis.held = m.lockUserFile(${JSON.stringify(dataDir)}, ${next}, 0); if (!globalThis.held) process.exit(9); console.log('held'); setTimeout(() => {}, 20000);`,
-    ]);
-    await new Promise((r) => holder.stdout!.once('data', r));
+    const holder = await holdUserLock(next);
     const c = await acm2(['user', 'create', '--email', 'k@example.com', '--username', 'k', '--lock-timeout', '1', '--json']);
-    const gone = new Promise((res) => holder.once('exit', res));
-    holder.kill('SIGKILL');
-    await gone;
+    await holder.kill();
     expect(c.code, c.stderr).toBe(3);
     const doc = JSON.parse(c.stdout);
     expect(doc.user).toMatchObject({ id: next, seedStatus: 'failed' });
