@@ -71,3 +71,26 @@ export function classifyFsError(e: unknown, what: string): Acm2Error | undefined
   if (code === 'EROFS') return new UnavailableError(`read-only file system at ${what}`, 'read_only', { cause: e });
   return undefined;
 }
+
+/** An error as it crosses from a worker thread (structured clone keeps no class). */
+export interface WireError {
+  message: string;
+  exitCode?: ExitCode;
+  code?: string;
+  stack?: string;
+}
+
+export function toWire(e: unknown): WireError {
+  if (isAcm2Error(e)) return { message: e.message, exitCode: e.exitCode, code: e.code };
+  return e instanceof Error ? { message: e.message, stack: e.stack } : { message: String(e) };
+}
+
+/** The error a worker reported, with its class (and so its exit code) back. */
+export function fromWire(w: WireError): Error {
+  if (w.exitCode === EXIT.usage) return new UsageError(w.message, w.code);
+  if (w.exitCode === EXIT.unavailable) return new UnavailableError(w.message, w.code);
+  if (w.exitCode === EXIT.findings) return new FindingsError(w.message, w.code);
+  const e = new Error(w.message);
+  if (w.stack) e.stack = w.stack;
+  return e;
+}

@@ -4,6 +4,7 @@ import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { resolveConfig, parseMasterUrl } from '../src/config.js';
+import { EXIT, UnavailableError, UsageError, fromWire, isAcm2Error, toWire } from '../src/errors.js';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -42,6 +43,19 @@ describe('acm2 binary', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/master URL .* is malformed/);
     expect(r.stderr).not.toContain('hunter2');
+  });
+});
+
+describe('errors crossing from a worker thread', () => {
+  it('keep their class and exit code (a master lost mid-drain is 3, not an internal error)', () => {
+    const wire = (e: unknown) => fromWire(structuredClone(toWire(e)));
+    const lost = wire(new UnavailableError('cannot reach MySQL master at h:3306 (PROTOCOL_CONNECTION_LOST)', 'master_unreachable'));
+    expect(isAcm2Error(lost) && [lost.exitCode, lost.code, lost.message]).toEqual([EXIT.unavailable, 'master_unreachable', 'cannot reach MySQL master at h:3306 (PROTOCOL_CONNECTION_LOST)']);
+    const bad = wire(new UsageError("unknown seed version 'v9'", 'unknown_version'));
+    expect(isAcm2Error(bad) && bad.exitCode).toBe(EXIT.usage);
+    const bug = wire(new TypeError('x is undefined'));
+    expect(isAcm2Error(bug)).toBe(false);
+    expect(bug.message).toBe('x is undefined');
   });
 });
 

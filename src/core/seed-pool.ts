@@ -6,6 +6,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import type { MasterUrl } from '../config.js';
 import { openMaster } from '../master/factory.js';
 import { drainQueue, type DrainResult } from './users.js';
+import { fromWire, toWire, type WireError } from '../errors.js';
 
 export interface PoolInput {
   master: MasterUrl;
@@ -90,10 +91,11 @@ async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<Dr
     new Promise<DrainResult>((resolve, reject) => {
       const w = new Worker(new URL(import.meta.url), { workerData: wi });
       let result: DrainResult | undefined;
-      w.on('message', (m: { type: string; result?: DrainResult; error?: string }) => {
+      w.on('message', (m: { type: string; result?: DrainResult; error?: WireError }) => {
         if (m.type === 'tick') input.onProgress?.(1);
         else if (m.type === 'done') result = m.result;
-        else if (m.type === 'error') reject(new Error(m.error));
+        // With its class: a master gone mid-drain is exit 3, not an internal error.
+        else if (m.type === 'error') reject(fromWire(m.error ?? { message: 'seed worker failed' }));
       });
       w.on('error', reject);
       w.on('exit', (code) => (result ? resolve(result) : reject(new Error(`seed worker exited with code ${code}`))));
@@ -137,5 +139,5 @@ if (!isMainThread && parentPort && (workerData as WorkerInput | undefined)?.slot
   const port = parentPort;
   drainInThread(workerData as WorkerInput, () => port.postMessage({ type: 'tick' }))
     .then((result) => port.postMessage({ type: 'done', result }))
-    .catch((e: unknown) => port.postMessage({ type: 'error', error: e instanceof Error ? e.message : String(e) }));
+    .catch((e: unknown) => port.postMessage({ type: 'error', error: toWire(e) }));
 }
