@@ -8,6 +8,7 @@ import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } f
 import { createUser, listUserStatuses, seedOneUser, userStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { safeDocId } from '../src/seed/remap.js';
+import { parseMasterUrl } from '../src/config.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
@@ -138,6 +139,9 @@ describe('user create + seed', () => {
     }
     expect(statSync(userRoot(world.dataDir, a.user.id)).mode & 0o777).toBe(0o700);
     expect(statSync(userDbPath(world.dataDir, a.user.id)).mode & 0o777).toBe(0o600);
+    // The embedded master holds e-mails and key hashes: 0600 too, and so its WAL (same mode).
+    const master = (parseMasterUrl(world.masterUrl) as { file: string }).file;
+    for (const f of [master, `${master}-wal`]) if (f === master || existsSync(f)) expect(statSync(f).mode & 0o777, f).toBe(0o600);
   });
 
   it('stores an API key that an independent bcrypt (libxcrypt via Python crypt) accepts', async () => {

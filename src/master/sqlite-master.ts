@@ -2,7 +2,7 @@
 // Writers serialise with BEGIN IMMEDIATE; WAL lets readers (list, verify) run beside them.
 
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import { loadMigrations } from '../migrations.js';
 import { UnavailableError, UsageError } from '../errors.js';
@@ -89,6 +89,9 @@ export class SqliteMaster implements MasterDb {
     this.display = `sqlite:${file}`;
     try {
       mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+      // It holds e-mail addresses and key hashes: created 0600 like every file in the data dir
+      // (SQLite gives its -wal and -shm files the same mode). An existing file keeps its mode.
+      if (!existsSync(file)) closeSync(openSync(file, 'wx', 0o600));
       this.db = new Database(file);
       this.db.pragma('journal_mode = WAL');
       // WAL with NORMAL never corrupts; a power cut may lose the last job updates, which the
