@@ -222,6 +222,8 @@ function openUser(dataDir: string, id: UserId): UserHandle {
   let db: Database.Database;
   try {
     db = new Database(file, { readonly: true, fileMustExist: true });
+    // One snapshot for every read of this user (ACM2 may be writing to it meanwhile).
+    db.exec('BEGIN');
     db.prepare(`SELECT count(*) FROM sqlite_master`).get();
   } catch (e) {
     throw new UsageError(`cannot read user ${id}'s database ${file} (${(e as Error).message}); run 'acm2 verify --user ${id}'`, 'db_corrupt', { cause: e });
