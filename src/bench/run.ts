@@ -93,7 +93,7 @@ function parseArgs(argv: string[]): Opts {
 function sizes(o: Opts): Sizes {
   const s: Sizes = o.quick
     ? { seedRuns: 3, seedV1Users: 30, seedLargeUsers: 6, createRuns: 3, fleetSizes: [100, 1000], fleetRunsSmall: 3, fleetRunsLarge: 1, scaleUsers: 200, scaleRuns: 3, helpRuns: 5 }
-    : { seedRuns: 3, seedV1Users: 100, seedLargeUsers: 20, createRuns: 5, fleetSizes: [1000, 10000], fleetRunsSmall: 3, fleetRunsLarge: 1, scaleUsers: 1000, scaleRuns: 3, helpRuns: 10 };
+    : { seedRuns: 5, seedV1Users: 100, seedLargeUsers: 20, createRuns: 5, fleetSizes: [1000, 10000], fleetRunsSmall: 3, fleetRunsLarge: 1, scaleUsers: 1000, scaleRuns: 5, helpRuns: 10 };
   if (o.runs) {
     s.seedRuns = s.createRuns = s.fleetRunsSmall = s.scaleRuns = o.runs;
     s.helpRuns = Math.max(o.runs, 3);
