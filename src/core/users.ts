@@ -352,15 +352,16 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, use
       out.db.error = e instanceof Error ? e.message : String(e);
     }
   }
-  // A DB that is there but cannot be read serves nobody: failed, not missing (db.error says why).
-  out.status = out.db.error !== undefined && !(job?.status === 'pending' || job?.status === 'running') ? 'failed' : deriveStatus(out.db.seedStatus, job?.status ?? null);
+  out.status = deriveStatus(out.db.seedStatus, job?.status ?? null, out.db.error !== undefined);
   if (out.db.error !== undefined && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
   return out;
 }
 
-export function deriveStatus(meta: string | null, job: string | null): SeedStatus {
+/** A user's status from its DB's seed status and its latest job; a DB there but unreadable serves nobody: failed. */
+export function deriveStatus(meta: string | null, job: string | null, unreadable = false): SeedStatus {
   if (job === 'pending' || job === 'running') return 'pending';
+  if (unreadable) return 'failed';
   if (meta === 'ready') return 'ready';
   if (meta === 'failed' || job === 'failed') return 'failed';
   if (meta === 'in_progress') return 'pending';

@@ -37,9 +37,18 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
   }
   // A database without ACM2's tables is the wrong one (or was never set up): a command that only
   // reads users stops before the migrations would create anything in it.
-  if (opts.create === false && !(await master.hasAcm2Tables().catch(() => false))) {
-    await master.close().catch(() => undefined);
-    throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
+  if (opts.create === false) {
+    let found: boolean;
+    try {
+      found = await master.hasAcm2Tables();
+    } catch (e) {
+      await master.close().catch(() => undefined);
+      throw e;
+    }
+    if (!found) {
+      await master.close().catch(() => undefined);
+      throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
+    }
   }
   if (opts.migrate !== false) {
     try {
@@ -53,7 +62,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
 }
 
 /** The one sentence for a master that is not there, or not ACM2's. */
-export function masterMissing(display: string, what = 'does not exist'): UsageError {
+export function masterMissing(display: string, what: string): UsageError {
   return new UsageError(
     `the master ${display} ${what}: check --data-dir (ACM2_DATA_DIR) or --master (ACM2_MASTER_URL); \`acm2 user create\` sets a master up with the first user`,
     'master_missing',
