@@ -477,11 +477,6 @@ interface TableColumns {
   set: Set<string>;
 }
 
-interface TableShape extends TableColumns {
-  /** The table's `SELECT *` (raw rows), prepared on first use. */
-  stmt: () => Database.Statement;
-}
-
 /**
  * Column lists by schema text, kept across the users one thread checks. Reading them cost a
  * `SELECT *` prepare and its column list per table per user (a tenth of verify's time), yet a
@@ -656,15 +651,15 @@ class UserCheck {
       if (!stmt) stmts.set(t, (stmt = db.prepare(`SELECT * FROM ${SQL_NAME(t)}`).raw(true)));
       return stmt;
     };
-    const shape = (t: string): TableShape => {
+    const columnsOf = (t: string): TableColumns => {
       let c = cols.get(t);
       if (!c) {
         const list = select(t).columns().map((x) => x.name);
         cols.set(t, (c = { list, set: new Set(list) }));
       }
-      return { list: c.list, set: c.set, stmt: () => select(t) };
+      return c;
     };
-    const columns = (t: string) => shape(t).set;
+    const columns = (t: string) => columnsOf(t).set;
     this.guard('the schema', () => this.checkSchema(db, tables, columns));
 
     let meta: Meta | undefined;
@@ -708,7 +703,7 @@ class UserCheck {
     if (complete && versions.length > 0) this.guard('seeded rows', () => this.checkSeedRows(db, tables, columns, versions, kindsByVersion));
     // ACM2's rows are read once, for ownership, JSON references and leaked ids together; their
     // problems are reported in the same order as ever (ownership, FKs, JSON, leaks).
-    const pass = this.scanRows(tables, shape);
+    const pass = this.scanRows(tables, columnsOf, select);
     this.problems.push(...pass.owned);
     this.guard('references', () => this.checkForeignKeys(db, tables, columns));
     this.checkJsonReferences(pass);
@@ -780,22 +775,21 @@ class UserCheck {
    * One pass over every row of ACM2's tables: rows owned by another user (sorted by id, as
    * SQLite orders ids), package ids left in any text cell, and what the JSON checks need.
    */
-  private scanRows(tables: Set<string>, shape: (t: string) => TableShape): RowPass {
+  private scanRows(tables: Set<string>, columnsOf: (t: string) => TableColumns, select: (t: string) => Database.Statement): RowPass {
     const pass: RowPass = { owned: [], leaked: [], known: new Set(), json: [] };
     const leaks = this.leaks;
     const uid = String(this.userId);
     for (const t of ACM2_TABLES) {
       if (!tables.has(t)) continue;
       this.guard(`the rows of ${t}`, () => {
-        const { stmt, list } = shape(t);
-        const rowsOf = stmt();
+        const { list } = columnsOf(t);
         const idIx = list.indexOf('id');
         const userIx = idIx >= 0 ? list.indexOf('user_id') : -1;
         const jsonCols = JSON_COLUMNS[t];
         const jsonIx = jsonCols?.map((c) => list.indexOf(c));
         const keepIds = idIx >= 0 && (t === 'contents' || t === 'documents');
         const owned: Array<{ id: unknown; owner: unknown }> = [];
-        for (const row of rowsOf.iterate() as Iterable<unknown[]>) {
+        for (const row of select(t).iterate() as Iterable<unknown[]>) {
           if (userIx >= 0) {
             const owner = row[userIx];
             // String compare: what SQLite's `user_id IS NOT ?` says for INTEGER and TEXT columns alike.
