@@ -207,4 +207,18 @@ describe('user create + seed', () => {
     for await (const x of listUserStatuses(deps(), { status: 'failed' })) failed.push(x.id);
     expect(failed).toContain(u.user.id);
   });
+
+  it('user show/list: a ready user whose DB another process holds locked is not failed or missing', async () => {
+    const u = await createUser(deps(), { email: 'eve@example.com', username: 'eve' });
+    const holder = new Database(userDbPath(world.dataDir, u.user.id));
+    holder.exec('BEGIN EXCLUSIVE');
+    holder.prepare(`UPDATE user_meta SET updated_at = updated_at`).run();
+    try {
+      const s = await userStatus({ ...deps(), busyTimeoutMs: 100 }, (await world.master.getUser(u.user.id))!);
+      expect(s).toMatchObject({ status: 'ready', db: { present: true, error: expect.stringMatching(/locked/) } });
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
+  });
 });

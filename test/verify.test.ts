@@ -309,6 +309,23 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     expectOnly(await verify(f), f, ['seed_version_unknown', 'job_state_mismatch']);
   });
 
+  it('db_busy (warning), not db_corrupt: a DB another process holds locked past the wait', async () => {
+    const f = await fleet();
+    // ACM2 in the middle of a long write: an exclusive lock on the rollback-journal DB.
+    const holder = new Database(userDbPath(f.world.dataDir, f.victim));
+    holder.exec('BEGIN EXCLUSIVE');
+    holder.prepare(`UPDATE user_meta SET updated_at = updated_at`).run();
+    try {
+      const r = await verify(f, { busyTimeoutMs: 200 });
+      expectOnly(r, f, ['db_busy']);
+      expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ severity: 'warning', message: expect.stringMatching(/locked by another process .* not checked/) });
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
+    expect((await verify(f)).ok).toBe(true);
+  });
+
   it('db_corrupt: garbage over the DB file', async () => {
     const f = await fleet();
     const file = userDbPath(f.world.dataDir, f.victim);

@@ -10,6 +10,7 @@ import { UsageError, isAcm2Error } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
+import { isBusy } from './migrate-safe.js';
 import { openUserDb } from '../userdb/user-db.js';
 import { parseUserId, userDbPath, userRoot } from '../userdb/paths.js';
 
@@ -312,7 +313,7 @@ export interface UserStatus {
   lastError: string | null;
 }
 
-export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, user: MasterUser): Promise<UserStatus> {
+export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { busyTimeoutMs?: number }, user: MasterUser): Promise<UserStatus> {
   const job = (await deps.master.latestJob(user.id)) ?? null;
   const dbPath = userDbPath(deps.dataDir, user.id);
   const out: UserStatus = {
@@ -328,10 +329,11 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, use
     job: job && { id: job.id, status: job.status, attempts: job.attempts, maxAttempts: job.maxAttempts, lastError: job.lastError },
     lastError: job?.lastError ?? null,
   };
+  let dbState: DbRead = 'read';
   if (out.db.present) {
     try {
       // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
-      const db = openUserDb(deps.dataDir, user.id);
+      const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs });
       try {
         const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
         out.db.seedStatus = meta?.seed_status ?? null;
@@ -350,18 +352,27 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'>, use
       }
     } catch (e) {
       out.db.error = e instanceof Error ? e.message : String(e);
+      dbState = isBusy(e) ? 'busy' : 'unreadable';
     }
   }
-  out.status = deriveStatus(out.db.seedStatus, job?.status ?? null, out.db.error !== undefined);
-  if (out.db.error !== undefined && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
+  out.status = deriveStatus(out.db.seedStatus, job?.status ?? null, dbState);
+  if (dbState === 'unreadable' && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
   return out;
 }
 
-/** A user's status from its DB's seed status and its latest job; a DB there but unreadable serves nobody: failed. */
-export function deriveStatus(meta: string | null, job: string | null, unreadable = false): SeedStatus {
+/** How reading the user's DB went: read (or absent), unreadable (corrupt, not a DB), or busy (locked by another process). */
+export type DbRead = 'read' | 'unreadable' | 'busy';
+
+/**
+ * A user's status from its DB's seed status and its latest job. A DB that is there but cannot be
+ * read serves nobody: failed. One locked by another process (ACM2 writing) is not broken: its
+ * status is the master job's word (db.error says it could not be read).
+ */
+export function deriveStatus(meta: string | null, job: string | null, db: DbRead = 'read'): SeedStatus {
   if (job === 'pending' || job === 'running') return 'pending';
-  if (unreadable) return 'failed';
+  if (db === 'unreadable') return 'failed';
+  if (db === 'busy') return job === 'done' ? 'ready' : job === 'failed' ? 'failed' : 'missing';
   if (meta === 'ready') return 'ready';
   if (meta === 'failed' || job === 'failed') return 'failed';
   if (meta === 'in_progress') return 'pending';

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { gcEvery } from '../gc.js';
+import { isBusy } from './migrate-safe.js';
 import { knownVersions } from '../seed/package.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
 import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
@@ -19,6 +20,7 @@ export const PROBLEM_CODES = [
   'master_user_missing',
   'db_missing',
   'db_corrupt',
+  'db_busy',
   'schema_outdated',
   'meta_missing',
   'not_ready',
@@ -89,6 +91,8 @@ export interface VerifyOptions {
   pageSize?: number;
   /** Clock for lease expiry (tests). */
   now?: number;
+  /** Wait for a locked user DB this long before reporting it db_busy (default 5 s). */
+  busyTimeoutMs?: number;
 }
 
 /** Progress callbacks (the CLI passes its spinner/bar; core never prints). */
@@ -113,6 +117,8 @@ export interface CheckContext {
   knownVersions: string[];
   deep: boolean;
   now: number;
+  /** How long to wait for a user DB another process holds locked before reporting db_busy. */
+  busyTimeoutMs: number;
 }
 
 export function jobView(job: SeedJob | undefined): JobView | undefined {
@@ -125,7 +131,7 @@ export function jobView(job: SeedJob | undefined): JobView | undefined {
 export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, progress?: VerifyProgress): Promise<VerifyResult> {
   const started = Date.now();
   const dataDir = path.resolve(deps.dataDir);
-  const ctx: CheckContext = { dataDir, knownVersions: knownVersions(deps.seedsDir), deep: Boolean(opts.deep), now: opts.now ?? Date.now() };
+  const ctx: CheckContext = { dataDir, knownVersions: knownVersions(deps.seedsDir), deep: Boolean(opts.deep), now: opts.now ?? Date.now(), busyTimeoutMs: opts.busyTimeoutMs ?? 5000 };
   const shard = opts.shard;
   const inShard = (id: number) => !shard || id % shard.count === shard.index;
   const pageSize = opts.pageSize ?? 500;
@@ -588,7 +594,7 @@ class UserCheck {
     const where = { path: this.rel(this.dbFile) };
     let db: Database.Database;
     try {
-      db = new Database(this.dbFile, { readonly: true, fileMustExist: true, timeout: 5000 });
+      db = new Database(this.dbFile, { readonly: true, fileMustExist: true, timeout: this.ctx.busyTimeoutMs });
       // Reads through a memory map: half the system time of a read() per page, over a fleet.
       // Safe with SQLite writers: none can shrink the file while this read transaction holds its lock.
       db.pragma('mmap_size = 268435456');
@@ -605,7 +611,8 @@ class UserCheck {
       try {
         verdict = (db.pragma(check) as Array<Record<string, string>>).map((r) => String(Object.values(r)[0]));
       } catch (e) {
-        this.add('db_corrupt', `${where.path} is not a readable SQLite database: ${errMessage(e)}`, where);
+        if (isBusy(e)) this.busy();
+        else this.add('db_corrupt', `${where.path} is not a readable SQLite database: ${errMessage(e)}`, where);
         return { state: { kind: 'unreadable' }, seeded: [] };
       }
       if (verdict.length !== 1 || verdict[0] !== 'ok') {
@@ -619,14 +626,25 @@ class UserCheck {
     }
   }
 
-  /** Runs one group of queries; an SQLite error is explained by a broken schema or is corruption. */
+  /**
+   * A DB another process holds locked past the wait (ACM2 or a seeder in a long write): not
+   * corrupt, just not checked this time. A warning, which still fails verify: nothing was proven.
+   */
+  private busy(): void {
+    const p = this.rel(this.dbFile);
+    this.add('db_busy', `${p} is locked by another process (still busy after ${this.ctx.busyTimeoutMs / 1000} s), so it was not checked: verify this user again`, { path: p }, 'warning');
+  }
+
+  /** Runs one group of queries; an SQLite error is explained by a broken schema, a lock held elsewhere, or is corruption. */
   private guard(what: string, fn: () => void): boolean {
     try {
       fn();
       return true;
     } catch (e) {
       if (!(e instanceof Database.SqliteError)) throw e;
-      if (!this.schemaBroken) this.add('db_corrupt', `cannot read ${what}: ${e.message}`, { path: this.rel(this.dbFile) });
+      if (isBusy(e)) {
+        if (!this.problems.some((x) => x.code === 'db_busy')) this.busy();
+      } else if (!this.schemaBroken) this.add('db_corrupt', `cannot read ${what}: ${e.message}`, { path: this.rel(this.dbFile) });
       return false;
     }
   }
