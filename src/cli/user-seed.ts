@@ -18,8 +18,9 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     if (opts.force) throw new UsageError('--force applies to one user, not to --pending');
     const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
     const limit = intOption(opts, 'limit');
-    // Each drainer opens its own connection (and would set a master up): check the master is one first.
-    await (await openMaster(cfg.master, { create: false })).close();
+    // Each drainer opens its own connection (and would set a master up): check the master is one
+    // first. The drainers apply the migrations; this check need not.
+    await (await openMaster(cfg.master, { create: false, migrate: false })).close();
     const progress = out.progress();
     const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
     progress.start('seeding');

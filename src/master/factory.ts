@@ -35,28 +35,14 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
       throw new Error(`unknown master kind ${(never as MasterUrl).kind}`);
     }
   }
-  // A database without ACM2's tables is the wrong one (or was never set up): a command that only
-  // reads users stops before the migrations would create anything in it.
-  if (opts.create === false) {
-    let found: boolean;
-    try {
-      found = await master.hasAcm2Tables();
-    } catch (e) {
-      await master.close().catch(() => undefined);
-      throw e;
-    }
-    if (!found) {
-      await master.close().catch(() => undefined);
-      throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
-    }
-  }
-  if (opts.migrate !== false) {
-    try {
-      await master.migrate();
-    } catch (e) {
-      await master.close().catch(() => undefined);
-      throw e;
-    }
+  try {
+    // A database without ACM2's tables is the wrong one (or was never set up): a command that only
+    // reads users stops before the migrations would create anything in it.
+    if (opts.create === false && !(await master.hasAcm2Tables())) throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
+    if (opts.migrate !== false) await master.migrate();
+  } catch (e) {
+    await master.close().catch(() => undefined);
+    throw e;
   }
   return master;
 }
