@@ -9,8 +9,9 @@ import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { DIALECTS, type TestMaster } from './helpers/mysql.js';
 import { createUser } from '../src/core/users.js';
-import { userDbPath } from '../src/userdb/paths.js';
-import { rmSync } from 'node:fs';
+import { toolDir, userDbPath } from '../src/userdb/paths.js';
+import { lockUserFile } from '../src/core/user-lock.js';
+import { readdirSync, rmSync } from 'node:fs';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const run = promisify(execFile);
@@ -146,3 +147,25 @@ for (const dialect of DIALECTS) {
     }, 120_000);
   });
 }
+
+describe('the embedded master\'s per-user lock file', () => {
+  it('excludes a second holder until released, and taking it writes no -journal file', async () => {
+    const dir = tmpDir('acm2-lockfile-');
+    try {
+      const held = lockUserFile(dir, 7, 0);
+      expect(held).toBeDefined();
+      expect(lockUserFile(dir, 7, 0)).toBeUndefined();
+      const other = lockUserFile(dir, 8, 0); // another user's lock is independent
+      expect(other).toBeDefined();
+      await other!.release();
+      // A journal file created and deleted on every lock would churn one inode per seeded user.
+      expect(readdirSync(toolDir(dir, 'locks')).filter((n) => n.endsWith('-journal'))).toEqual([]);
+      await held!.release();
+      const again = lockUserFile(dir, 7, 0);
+      expect(again).toBeDefined();
+      await again!.release();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -4,7 +4,7 @@
 //
 // Protocol, for a user without a DB (the common case):
 //   1. build the whole DB off to the side (staging: template copy, map, rows, seeded-file list,
-//      status in_progress) with no journal — nobody can see it, a crash just leaves staging
+//      status in_progress) with its journal in memory — nobody can see it, a crash just leaves staging
 //      that the next attempt removes — then fsync it ('db_staged');
 //   2. link it into place as user_{id}.db and fsync the data dir: now visible, in_progress,
 //      with its ID map durable ('migrated', 'map_persisted');
@@ -295,7 +295,7 @@ function commitRows(
 }
 
 /**
- * A user without a DB: build its whole DB in staging with no journal (nobody can see it; a
+ * A user without a DB: build its whole DB in staging with its journal in memory (nobody can see it; a
  * crash leaves only staging, which the next attempt removes), make it durable, then link it
  * into place — never over a DB that appeared meanwhile. It is in_progress, with the ID map,
  * every row and the seeded-file list; only `ready` is left for commitReady.
@@ -317,7 +317,9 @@ function* buildFreshDb(
   try {
     const db = openSqlite(staged);
     try {
-      db.pragma('journal_mode = OFF');
+      // Its rollback journal stays in memory: no -journal file is written, fsynced or deleted per
+      // user (better-sqlite3's defensive mode ignores journal_mode = OFF, which silently kept one).
+      if (db.pragma('journal_mode = MEMORY', { simple: true }) !== 'memory') throw new Error(`staging DB ${staged} refused an in-memory journal`);
       db.pragma('synchronous = OFF');
       ({ map, files } = db.transaction(() => {
         const m = beginSeed(db, userId, prepared, version);

@@ -42,8 +42,15 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
   const dir = toolDir(dataDir, 'locks');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const db = new Database(path.join(dir, `${name}.lock`));
-  db.pragma(`busy_timeout = ${Math.max(0, Math.round(timeoutMs))}`);
+  const deadline = Date.now() + Math.max(0, timeoutMs);
+  const waitAtMost = () => db.pragma(`busy_timeout = ${Math.max(0, Math.round(deadline - Date.now()))}`);
   try {
+    // The lock file holds no data: with the journal in memory, taking the lock creates and
+    // deletes no -journal file (the OS lock on the .lock file is what excludes other holders).
+    // Setting it reads the file, so it waits for a holder too.
+    waitAtMost();
+    db.pragma('journal_mode = MEMORY');
+    waitAtMost();
     db.exec('BEGIN EXCLUSIVE');
   } catch (e) {
     db.close();
