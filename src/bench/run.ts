@@ -25,7 +25,7 @@ import {
   type MysqlUrl,
 } from './fleet.js';
 import { renderProfile, summarizeProfile } from './profile.js';
-import { CLI, REPO, acm2, floor, fmt, fmtMiB, fmtMs, freshDir, log, machine, median, run, runOk, together, tmpRoot, type Machine, type Proc } from './util.js';
+import { CLI, REPO, acm2, floor, fmt, fmtMiB, fmtMs, freshDir, log, machine, makeRoom, median, removals, run, runOk, setAside, together, tmpRoot, type Machine, type Proc } from './util.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -142,6 +142,7 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 
 /** Flush dirty pages (not timed) so one measurement's writeback does not land in the next. */
 async function settle(): Promise<void> {
+  makeRoom();
   await run('sync', []).catch(() => undefined);
 }
 
@@ -176,7 +177,7 @@ function largePackage(root: string): Pkg {
   });
   const seedsDir = path.join(root, 'large-seeds');
   const r = freezeSeed({ sourceDb: src.dbPath, sourceFiles: src.filesDir, presetId: src.presetId, runId: src.runId, version: 'large', seedsDir, setCurrent: true, renderReport: true });
-  rmSync(path.join(root, 'large-src'), { recursive: true, force: true });
+  setAside(path.join(root, 'large-src'));
   const fileBytes = r.bytes - (r.seedDbBytes ?? 0);
   const desc = `${r.tables.contents} contents, ${src.docIds.length} generated docs, ${r.rows} rows, ${r.files} files, ${(fileBytes / 1e6).toFixed(1)} MB files + ${((r.seedDbBytes ?? 0) / 1e6).toFixed(1)} MB seed.db`;
   log(`large package frozen in ${fmtMs(performance.now() - t0)}: ${desc}`);
@@ -202,14 +203,14 @@ async function benchSeeding(root: string, s: Sizes, large: Pkg): Promise<void> {
         const p = await acm2(['--data-dir', dataDir, '--seeds', pkg.seedsDir, '--json', 'user', 'seed', '--pending', '--concurrency', '2'], { env: cleanEnv() });
         const res = parseJson<{ done: number }>(p, 'user seed --pending');
         if (res.done !== users) throw new Error(`user seed --pending seeded ${res.done} of ${users} users`);
-        rmSync(dataDir, { recursive: true, force: true });
+        setAside(dataDir);
         return p.ms;
       };
       const measureFloor = async (fsync: boolean) => {
         const out = freshDir(path.join(root, `floor-${pkg.name}`));
         await settle();
         const t = await together([0, 1].map((i) => () => floor(['copy', pkg.dir, out, String(users), String(i), '2', ...(fsync ? ['fsync'] : [])])));
-        rmSync(out, { recursive: true, force: true });
+        setAside(out);
         return t.ms;
       };
       let o: number;
@@ -322,7 +323,7 @@ async function benchCreate(root: string, s: Sizes): Promise<void> {
     runs: String(s.createRuns),
     samples: { asyncMs, bcryptMs },
   });
-  rmSync(dataDir, { recursive: true, force: true });
+  setAside(dataDir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ async function benchCreate(root: string, s: Sizes): Promise<void> {
 async function commandWorks(args: string[], root: string): Promise<boolean> {
   const dir = freshDir(path.join(root, 'probe'));
   const p = await run(process.execPath, [CLI, '--data-dir', dir, '--json', ...args], { env: cleanEnv() });
-  rmSync(dir, { recursive: true, force: true });
+  setAside(dir);
   return !/not_implemented|not implemented/.test(p.stdout + p.stderr) && p.code !== 70;
 }
 
@@ -497,7 +498,7 @@ async function benchFleet(root: string, s: Sizes, mysql: MysqlUrl | undefined, d
       });
     }
   }
-  if (!opts.keep) for (const d of dirs.values()) rmSync(d, { recursive: true, force: true });
+  if (!opts.keep) for (const d of dirs.values()) setAside(d);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,7 +519,7 @@ async function benchScale(root: string, s: Sizes, mysql: MysqlUrl, dropLater: My
     const t = await together(Array.from({ length: procs }, () => () => acm2(seedArgs(dir), { env: cleanEnv() })));
     const done = t.procs.map((p) => parseJson<{ done: number }>(p, 'user seed --pending').done).reduce((a, b) => a + b, 0);
     if (done !== s.scaleUsers) throw new Error(`${procs} worker(s) seeded ${done} of ${s.scaleUsers} users`);
-    rmSync(dir, { recursive: true, force: true });
+    setAside(dir);
     return t.ms;
   };
   for (let r = 0; r < s.scaleRuns; r++) {
@@ -594,7 +595,7 @@ async function profileSeeding(root: string, large: Pkg, users: number): Promise<
   if (!file) throw new Error('no .cpuprofile written');
   const text = renderProfile(summarizeProfile(path.join(profDir, file), 30));
   writeFileSync(path.join(profDir, 'summary.txt'), `${text}\n`);
-  rmSync(dataDir, { recursive: true, force: true });
+  setAside(dataDir);
   return `Profile of \`user seed --pending --concurrency 1\`, ${users} users of the large package (${path.join(profDir, file)}):\n\n${text}`;
 }
 
@@ -662,6 +663,7 @@ async function main(): Promise<void> {
   } finally {
     await cleanup();
   }
+  notes.push(...removals);
   const totalS = (performance.now() - started) / 1000;
   const md = markdown(m, totalS, opts);
   process.stdout.write(md);
