@@ -9,6 +9,7 @@
 // targets are reported as met or not. See BENCHMARKS.md for the latest table and what it means.
 
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseMasterUrl, type MasterUrl } from '../config.js';
@@ -25,7 +26,7 @@ import {
   type MysqlUrl,
 } from './fleet.js';
 import { renderProfile, summarizeProfile } from './profile.js';
-import { CLI, REPO, acm2, floor, fmt, fmtMiB, fmtMs, freshDir, log, machine, makeRoom, median, removals, run, runOk, setAside, together, tmpRoot, type Machine, type Proc } from './util.js';
+import { CLI, REPO, acm2, busyFraction, cpuTimes, floor, fmt, fmtMiB, fmtMs, freshDir, log, machine, makeRoom, median, removals, run, runOk, setAside, together, tmpRoot, type Machine, type Proc } from './util.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -510,13 +511,19 @@ async function benchScale(root: string, s: Sizes, mysql: MysqlUrl, dropLater: My
   const one: number[] = [];
   const two: number[] = [];
   const speedup: number[] = [];
+  // How busy the whole box was (all cores, every process): one worker's share bounds what two can gain.
+  const busyOne: number[] = [];
+  const busyTwo: number[] = [];
   const seedArgs = (dir: string) => ['--master', masterArg(url), '--data-dir', dir, '--json', 'user', 'seed', '--pending', '--concurrency', '1'];
   const measure = async (procs: number) => {
     await recreateDatabase(url);
     await registerUsers(url, s.scaleUsers, { seedVersion: 'v1', jobStatus: 'pending' });
     const dir = freshDir(path.join(root, 'scale'));
     await settle();
+    const c0 = cpuTimes();
     const t = await together(Array.from({ length: procs }, () => () => acm2(seedArgs(dir), { env: cleanEnv() })));
+    const busy = busyFraction(c0, cpuTimes());
+    if (busy !== undefined) (procs === 1 ? busyOne : busyTwo).push(busy);
     const done = t.procs.map((p) => parseJson<{ done: number }>(p, 'user seed --pending').done).reduce((a, b) => a + b, 0);
     if (done !== s.scaleUsers) throw new Error(`${procs} worker(s) seeded ${done} of ${s.scaleUsers} users`);
     setAside(dir);
@@ -550,6 +557,22 @@ async function benchScale(root: string, s: Sizes, mysql: MysqlUrl, dropLater: My
     runs: String(s.scaleRuns),
     samples: { users: s.scaleUsers, oneMs: one, twoMs: two, speedups: speedup },
   });
+  if (busyOne.length > 0 && busyTwo.length > 0) {
+    const b1 = median(busyOne);
+    const b2 = median(busyTwo);
+    addRow({
+      id: 'scale_mysql_cpu',
+      benchmark: `  same, share of all ${os.cpus().length} cores busy during the run (acm2, MariaDB and the kernel's I/O work together); the speedup two workers can reach on this box is at most 1 ÷ the one-worker share — informational`,
+      ours: `${fmt(b2 * 100, 0)} % busy (2 procs)`,
+      baseline: `${fmt(b1 * 100, 0)} % busy (1 proc)`,
+      ratio: 1 / b1,
+      ratioLabel: `≤ ${fmt(1 / b1, 2)}× reachable`,
+      target: '–',
+      met: null,
+      runs: String(s.scaleRuns),
+      samples: { busyOne, busyTwo },
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -125,6 +125,28 @@ export function floor(args: string[], opts: SpawnOpts = {}): Promise<Proc> {
   return runOk(process.execPath, [FLOOR, ...args], opts);
 }
 
+/** Jiffies of the whole machine since boot (/proc/stat): busy (everything but idle and iowait) and total. */
+export interface CpuTimes {
+  busy: number;
+  total: number;
+}
+
+export function cpuTimes(): CpuTimes | undefined {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Fraction of all cores that were busy between two readings (any process: ours, MariaDB, the kernel). */
+export function busyFraction(a: CpuTimes | undefined, b: CpuTimes | undefined): number | undefined {
+  if (!a || !b || b.total <= a.total) return undefined;
+  return (b.busy - a.busy) / (b.total - a.total);
+}
+
 /** Several processes started together; wall time until the last one exits. */
 export async function together(starts: Array<() => Promise<Proc>>): Promise<{ ms: number; procs: Proc[] }> {
   const t0 = performance.now();
