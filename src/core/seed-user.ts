@@ -317,7 +317,7 @@ function* buildFreshDb(
   try {
     const db = openSqlite(staged);
     try {
-      // Its rollback journal stays in memory: no -journal file is written, fsynced or deleted per
+      // Its rollback journal stays in memory: no -journal file is created, written and deleted per
       // user (better-sqlite3's defensive mode ignores journal_mode = OFF, which silently kept one).
       if (db.pragma('journal_mode = MEMORY', { simple: true }) !== 'memory') throw new Error(`staging DB ${staged} refused an in-memory journal`);
       db.pragma('synchronous = OFF');
