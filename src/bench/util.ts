@@ -154,8 +154,11 @@ export async function together(starts: Array<() => Promise<Proc>>): Promise<{ ms
   return { ms: performance.now() - t0, procs };
 }
 
+/** The run's work dir; finished samples' trees are set aside inside it (see setAside). */
 export function tmpRoot(): string {
-  return mkdtempSync(path.join(os.tmpdir(), 'acm2-bench-'));
+  const root = mkdtempSync(path.join(os.tmpdir(), 'acm2-bench-'));
+  setAsideIn(root);
+  return root;
 }
 
 export function freshDir(dir: string): string {
@@ -175,7 +178,7 @@ export function freshDir(dir: string): string {
 // wall with 4.1 s of system CPU within 6 minutes of a removal, 3.1 s with 2.3 s of system CPU
 // after 6 minutes without one, and the floors (which do little else) were inflated the most.
 // So a sample's trees are set aside (renamed) and removed when the run ends; only if they pass a
-// budget (40 % of the free space when the first one was set aside, at most 30 GB) are they
+// budget (40 % of the free space when the run started, at most 30 GB) are they
 // removed mid-run, and the report says from when its samples ran beside freshly freed inodes.
 
 let trashDir: string | undefined;
@@ -194,19 +197,21 @@ function treeBytes(p: string): number {
   return n;
 }
 
+/** The work dir's folder for set-aside trees, and the budget from its free space now. */
+function setAsideIn(workDir: string): void {
+  trashDir = path.join(workDir, '.set-aside');
+  mkdirSync(trashDir, { recursive: true });
+  const fs = statfsSync(workDir);
+  trashBudget = Math.min(30e9, (fs.bavail * fs.bsize * 2) / 5);
+}
+
 /** Move a tree a sample made out of the way (a rename within the work dir), removed at the end. */
 export function setAside(dir: string): void {
   if (!existsSync(dir)) return;
-  if (!trashDir) {
-    trashDir = path.join(path.dirname(dir), '.set-aside');
-    const fs = statfsSync(path.dirname(dir));
-    trashBudget = Math.min(30e9, (fs.bavail * fs.bsize * 2) / 5);
-  }
-  if (path.dirname(dir) !== path.dirname(trashDir)) {
-    rmSync(dir, { recursive: true, force: true });
+  if (!trashDir || path.dirname(dir) !== path.dirname(trashDir)) {
+    rmSync(dir, { recursive: true, force: true }); // not a sample's tree (outside the work dir)
     return;
   }
-  mkdirSync(trashDir, { recursive: true });
   trashBytes += treeBytes(dir);
   renameSync(dir, path.join(trashDir, String(++trashSeq)));
 }
@@ -218,6 +223,7 @@ export function makeRoom(): void {
   log(`removing ${gb} GB of finished samples to free disk space: later samples run beside freshly freed inodes`);
   removals.push(`${new Date().toISOString().slice(11, 19)}: ${gb} GB of finished samples were removed mid-run for disk space; samples after it ran beside freshly freed inodes (slower file creation on ext4 without a journal).`);
   rmSync(trashDir, { recursive: true, force: true });
+  mkdirSync(trashDir);
   trashBytes = 0;
 }
 
