@@ -217,8 +217,13 @@ export interface DrainResult {
   failures: Array<{ userId: number; jobId: number; error: string; final: boolean }>;
 }
 
-/** Jobs each drainer keeps in flight: one user's CPU work runs while another's fsyncs are on the disk. */
-export const DRAIN_LANES = 2;
+/**
+ * Jobs each drainer keeps in flight: one user's CPU work runs while others wait on their fsyncs
+ * and on the master's round trips. Four rather than two: a worker on the MySQL queue drained
+ * 1,000 users 13 % faster (6.5 s against 7.5 s, three paired runs), the embedded master gained
+ * 1-3 %, and peak RSS seeding the 28 MB large package did not move (572 MB either way).
+ */
+export const DRAIN_LANES = 4;
 
 /**
  * Drain due jobs on this connection until none is left (or limit is reached). A job whose user
