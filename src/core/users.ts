@@ -219,9 +219,10 @@ export interface DrainResult {
 
 /**
  * Jobs each drainer keeps in flight: one user's CPU work runs while others wait on their fsyncs
- * and on the master's round trips. Four rather than two: a worker on the MySQL queue drained
- * 1,000 users 13 % faster (6.5 s against 7.5 s, three paired runs), the embedded master gained
- * 1-3 %, and peak RSS seeding the 28 MB large package did not move (572 MB either way).
+ * and on the master's round trips. Four rather than two: one worker on the MySQL queue drained
+ * 1,000 users in 6.5 s instead of 7.4-7.5 s (two series of paired runs, faster in every pair),
+ * two workers gained 4-9 %, the embedded master 1-3 % (noise), and peak RSS seeding the 28 MB
+ * large package did not move (572 MB either way).
  */
 export const DRAIN_LANES = 4;
 
