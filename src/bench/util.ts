@@ -162,7 +162,7 @@ export function tmpRoot(): string {
 }
 
 export function freshDir(dir: string): string {
-  if (existsSync(dir)) setAside(dir);
+  setAside(dir);
   mkdirSync(dir, { recursive: true });
   return dir;
 }
