@@ -247,10 +247,17 @@ export async function machine(dir: string): Promise<Machine> {
   } catch {
     /* not Linux */
   }
-  const fsType = await run('df', ['-T', dir]).then(
-    (p) => p.stdout.trim().split('\n').pop()?.split(/\s+/)[1] ?? 'unknown',
-    () => 'unknown',
+  const [device, fsName] = await run('df', ['-T', dir]).then(
+    (p) => (p.stdout.trim().split('\n').pop()?.split(/\s+/) ?? []) as Array<string | undefined>,
+    () => [],
   );
+  let fsType = fsName ?? 'unknown';
+  // ext4 without a journal behaves differently after mass deletes (see setAside): say which it is.
+  if (fsType === 'ext4' && device?.startsWith('/dev/')) {
+    const name = path.basename(device);
+    const jbd2 = existsSync('/proc/fs/jbd2') ? readdirSync('/proc/fs/jbd2') : undefined;
+    if (jbd2) fsType = jbd2.some((j) => j.startsWith(`${name}-`)) ? 'ext4 (journaled)' : 'ext4 (no journal)';
+  }
   const commit = await run('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO }).then(
     (p) => (p.code === 0 ? p.stdout.trim() : 'unknown'),
     () => 'unknown',
