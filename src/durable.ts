@@ -47,6 +47,14 @@ export function fsyncPath(p: string): void {
   }
 }
 
+/**
+ * syncfs flushes everything dirty on the file system, not only our files: ACM2_SYNCFS=0 turns it
+ * off for hosts where the data dir shares a file system with a busy writer.
+ */
+export function syncfsAllowed(): boolean {
+  return process.env.ACM2_SYNCFS !== '0';
+}
+
 /** Above this many files one syncfs(2) of the file system beats an fsync per file. */
 export const SYNCFS_THRESHOLD = 16;
 
@@ -56,7 +64,7 @@ export const SYNCFS_THRESHOLD = 16;
  * the same guarantee; it falls back to fsync per file where `sync -f` is not available.
  */
 export function syncFiles(files: string[], anyPathOnSameFs: string): void {
-  if (files.length >= SYNCFS_THRESHOLD) {
+  if (files.length >= SYNCFS_THRESHOLD && syncfsAllowed()) {
     try {
       execFileSync('sync', ['-f', anyPathOnSameFs], { stdio: 'ignore' });
       return;
@@ -81,7 +89,7 @@ const HELPER_THRESHOLD = 4;
 export async function syncFilesAsync(files: string[], dirs: string[]): Promise<void> {
   const paths = [...files, ...dirs];
   if (paths.length === 0) return;
-  if (paths.length >= HELPER_THRESHOLD && (await syncfsShared(paths[0]!))) return;
+  if (paths.length >= HELPER_THRESHOLD && syncfsAllowed() && (await syncfsShared(paths[0]!))) return;
   for (let i = 0; i < paths.length; i += FSYNC_BATCH) {
     await Promise.all(
       paths.slice(i, i + FSYNC_BATCH).map(async (p) => {

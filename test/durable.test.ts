@@ -41,6 +41,19 @@ describe('syncFilesAsync', () => {
     expect(durable.syncfsStats().rounds).toBe(2);
   });
 
+  it('ACM2_SYNCFS=0: no syncfs round, every path fsynced', async () => {
+    vi.resetModules();
+    const durable = await import('../src/durable.js');
+    process.env.ACM2_SYNCFS = '0';
+    try {
+      await durable.syncFilesAsync(someFiles('off', 6), []);
+      expect(durable.syncfsStats().rounds).toBe(0);
+      await expect(durable.syncFilesAsync([...someFiles('off2', 4), path.join(dir, 'gone')], [])).rejects.toThrow(/ENOENT/);
+    } finally {
+      delete process.env.ACM2_SYNCFS;
+    }
+  });
+
   it('without the helper (no shell on PATH) every path is fsynced instead, and a missing file is an error', async () => {
     vi.resetModules();
     const durable = await import('../src/durable.js');
