@@ -248,7 +248,7 @@ async function benchSeeding(root: string, s: Sizes, large: Pkg): Promise<void> {
     const rd = median(ratioDurable);
     addRow({
       id: `seed_${pkg.name}_durable`,
-      benchmark: `  same, vs copy+fsync floor (every file and folder fsynced, as seeding must) — informational`,
+      benchmark: `  same, vs copy+fsync floor (an fsync per file and folder, one after another) — informational`,
       ours: `${fmt(ups(median(ours)))} users/s`,
       baseline: `${fmt(ups(median(durable)))} users/s`,
       ratio: rd,
