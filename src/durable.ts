@@ -167,7 +167,7 @@ function startHelper(): Helper | null {
         (child.stdout as unknown as { ref(): void }).ref();
         return new Promise<boolean>((resolve) => {
           replies.push(resolve);
-          child.stdin.write(`${p.replace(/[\r\n]/g, '')}\n`);
+          child.stdin.write(`${p}\n`);
         });
       },
     };
@@ -178,7 +178,8 @@ function startHelper(): Helper | null {
 
 /** One syncfs of the file system holding p, shared with every caller queued for the same round. */
 function syncfsShared(p: string): Promise<boolean> {
-  if (helper === null) return Promise.resolve(false);
+  // The helper reads one path per line: a path with a line break cannot be sent intact.
+  if (helper === null || /[\r\n]/.test(p)) return Promise.resolve(false);
   if (queued) return queued;
   const before = running;
   const round = (async () => {

@@ -41,6 +41,14 @@ describe('syncFilesAsync', () => {
     expect(durable.syncfsStats().rounds).toBe(2);
   });
 
+  it('a path with a line break is never sent to the helper (it reads one path per line): fsyncs instead', async () => {
+    vi.resetModules();
+    const durable = await import('../src/durable.js');
+    const files = someFiles('line\nbreak', 5);
+    await durable.syncFilesAsync(files, []);
+    expect(durable.syncfsStats().rounds).toBe(0);
+  });
+
   it('ACM2_SYNCFS=0: no syncfs round, every path fsynced', async () => {
     vi.resetModules();
     const durable = await import('../src/durable.js');
