@@ -2,7 +2,7 @@
 // a commit) depends on them. Shared by freeze, seeding, migrations and the log mover.
 
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, statSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { execFileSync, spawn } from 'node:child_process';
 
@@ -117,8 +117,8 @@ interface Helper {
 }
 
 let helper: Helper | undefined | null; // null: unavailable here (fall back to fsyncs)
-let running: Promise<boolean> | undefined;
-let queued: Promise<boolean> | undefined;
+/** Per file system (st_dev): the syncfs running, and the next one callers can still join. */
+const fsRounds = new Map<number, { running?: Promise<boolean>; queued?: Promise<boolean> }>();
 let rounds = 0;
 
 /** syncfs rounds this thread has run, and whether the helper is usable (for tests). */
@@ -176,23 +176,35 @@ function startHelper(): Helper | null {
   }
 }
 
-/** One syncfs of the file system holding p, shared with every caller queued for the same round. */
+/**
+ * One syncfs of the file system holding p, shared with every caller queued for the same round of
+ * the same file system (a round of another one would not cover their files).
+ */
 function syncfsShared(p: string): Promise<boolean> {
   // The helper reads one path per line: a path with a line break cannot be sent intact.
   if (helper === null || /[\r\n]/.test(p)) return Promise.resolve(false);
-  if (queued) return queued;
-  const before = running;
+  let dev: number;
+  try {
+    dev = statSync(p).dev;
+  } catch {
+    return Promise.resolve(false); // the fsync route reports what is wrong with the path
+  }
+  let fs = fsRounds.get(dev);
+  if (!fs) fsRounds.set(dev, (fs = {}));
+  const state = fs;
+  if (state.queued) return state.queued;
+  const before = state.running;
   const round = (async () => {
     await before; // always yields: `queued` is set below before this line runs on
-    queued = undefined; // this round starts now: later callers need the next one
+    state.queued = undefined; // this round starts now: later callers need the next one
     helper ??= startHelper();
     rounds++;
     const r = helper ? helper.request(p) : Promise.resolve(false);
-    running = r;
+    state.running = r;
     const ok = await r;
-    if (running === r) running = undefined;
+    if (state.running === r) state.running = undefined;
     return ok;
   })();
-  queued = round;
+  state.queued = round;
   return round;
 }

@@ -1,7 +1,7 @@
 // Durability barriers without blocking the thread: one syncfs (through a helper shell) shared by
 // every caller waiting at that moment, and fsyncs when the helper cannot run.
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { tmpDir } from './helpers/env.js';
 
@@ -27,6 +27,25 @@ describe('syncFilesAsync', () => {
     expect(durable.syncfsStats()).toEqual({ rounds: 1, available: true });
     await durable.syncFilesAsync(someFiles('later', 5), []);
     expect(durable.syncfsStats().rounds).toBe(2);
+  });
+
+  const shm = '/dev/shm';
+  const otherFs = existsSync(shm) && statSync(shm).dev !== statSync(dir).dev;
+  it.skipIf(!otherFs)('callers on another file system do not join a round of this one', async () => {
+    vi.resetModules();
+    const durable = await import('../src/durable.js');
+    const elsewhere = mkdtempSync(path.join(shm, 'acm2-durable-'));
+    try {
+      const there = Array.from({ length: 4 }, (_, i) => {
+        const f = path.join(elsewhere, `f${i}`);
+        writeFileSync(f, 'x');
+        return f;
+      });
+      await Promise.all([durable.syncFilesAsync(someFiles('here', 5), []), durable.syncFilesAsync(there, [])]);
+      expect(durable.syncfsStats().rounds).toBe(2);
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
   });
 
   it('a caller arriving while a syncfs runs waits for the next round, shared with whoever else arrives then', async () => {
