@@ -2,13 +2,14 @@
 // a rerun converges and no staging is left behind.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
-import { readyButIncomplete } from './helpers/complete.js';
+import { readyButIncomplete, unlistedFiles } from './helpers/complete.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
-import { toolDir } from '../src/userdb/paths.js';
+import { toolDir, userDbPath } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const CHILD = fileURLToPath(new URL('./helpers/crash-seed.mjs', import.meta.url));
@@ -40,6 +41,8 @@ async function converge(userId: number) {
   const after = readyButIncomplete(world.dataDir, userId, files());
   expect(after).toEqual({ ready: true, problems: [] });
   expect(stagingLeft(userId)).toEqual([]);
+  // The rerun wrote the same paths as the killed attempt: nothing it wrote is left unlisted.
+  expect(unlistedFiles(world.dataDir, userId)).toEqual([]);
 }
 
 describe('SIGKILL at each step of seeding', () => {
@@ -60,6 +63,31 @@ describe('SIGKILL at each step of seeding', () => {
     expect(r.signal).toBe('SIGKILL');
     expect(readyButIncomplete(world.dataDir, u.user.id, files())).toEqual({ ready: true, problems: [] });
     await converge(u.user.id);
+  });
+});
+
+describe("an earlier attempt's staged DB", () => {
+  const mapOf = (file: string) => new Database(file, { readonly: true }).prepare(`SELECT source_id, target_id FROM acm2_id_map ORDER BY source_id`).all();
+
+  it('is taken over only when whole and ready inside; torn or unfinished ones are ignored and removed', async () => {
+    const u = await createUser(deps(), { email: 'staged@example.com', username: 'staged', async: true });
+    const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), 'files_staged']);
+    expect(r.signal).toBe('SIGKILL');
+    const [whole] = stagingLeft(u.user.id);
+    const dir = toolDir(world.dataDir, 'staging');
+    const wholeMap = mapOf(path.join(dir, whole!));
+    expect(wholeMap.length).toBeGreaterThan(0);
+    // Newer than the whole one, so "newest wins" would pick them if they were trusted.
+    writeFileSync(path.join(dir, `user_${u.user.id}-v1-00000001.db`), Buffer.alloc(8192, 7));
+    const unfinished = path.join(dir, `user_${u.user.id}-v1-00000002.db`);
+    copyFileSync(path.join(dir, whole!), unfinished);
+    const db = new Database(unfinished);
+    db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
+    db.prepare(`UPDATE acm2_id_map SET target_id = 'x' || target_id`).run();
+    db.close();
+
+    await converge(u.user.id);
+    expect(mapOf(userDbPath(world.dataDir, u.user.id))).toEqual(wholeMap);
   });
 });
 

@@ -1,29 +1,31 @@
 // Seeds one user from a package: remaps every identifier, writes DB rows and files, and makes
-// the DB transaction that writes `ready` the single commit point. Anything before it is
-// invisible to ACM2 (425) and safe to redo; a rerun reuses the persisted ID map and converges.
+// one atomic step the commit point. Anything before it is invisible to ACM2 (425) and safe to
+// redo; a rerun reuses the ID map an earlier attempt made durable and converges.
 //
 // Protocol, for a user without a DB (the common case):
 //   1. build the whole DB off to the side (staging: template copy, map, rows, seeded-file list,
-//      status in_progress) with its journal in memory — nobody can see it, a crash just leaves staging
-//      that the next attempt removes — then fsync it ('db_staged');
-//   2. link it into place as user_{id}.db and fsync the data dir: now visible, in_progress,
-//      with its ID map durable ('migrated', 'map_persisted');
-//   3. write every file straight to its place under user_{id}/ ('files_staged'), then make
-//      files and folders durable ('files_moved');
-//   4. one small transaction writes `ready` ('committed').
-// A user that already has a DB (rerun after a crash, --force, a DB with rows of its own) takes
-// the same steps 3-4 after persisting its map in its own DB, and its rows are written in step 4.
-// Files are written in place rather than staged and renamed: before step 4 the DB is durably
-// in_progress with the map that names every target, so a rerun rewrites the same paths, and the
-// targets are under the user's fresh run folder or files this seed recorded before.
+//      status `ready`) with its journal in memory, then make it durable ('db_staged'). Nobody can
+//      see it; from here on it holds the map that names every file about to be written, so an
+//      attempt that crashes later leaves it for the next attempt, which reuses that map;
+//   2. write every file straight to its place under user_{id}/ ('files_staged'), then make files
+//      and folders durable ('files_moved');
+//   3. link the staged DB into place as user_{id}.db and make the data dir durable ('committed').
+//      The link is the commit point: the DB appears complete and ready, or not at all.
+// A user that already has a DB (rerun after a crash past the link, --force, a DB with rows of
+// its own) persists its map in its own DB ('migrated', 'map_persisted'), writes its files
+// (steps 2), and one transaction writes its rows, the seeded-file list and `ready` ('committed').
+// Files are written in place rather than staged and renamed: before the commit point the map that
+// names every target is durable (in the staged DB or in the user's own DB), so a rerun rewrites
+// the same paths, and the targets are under the user's fresh run folder or files this seed
+// recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
-import { extendMap, render } from '../seed/remap.js';
+import { extendMap, render, type MapEntry } from '../seed/remap.js';
 import { migrateUserDb, openSqlite, openUserDb, type SqliteDb } from '../userdb/user-db.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -107,32 +109,23 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const step = input.onStep ?? (() => undefined);
   const prepared = preparePackage(pkg);
 
+  if (!existsSync(userDbPath(dataDir, userId))) return yield* seedFresh(dataDir, userId, prepared, step, started);
+
   cleanStaging(dataDir, userId);
-  let fresh: { map: Map<string, string>; files: RenderedFile[] } | undefined;
   let db: SqliteDb | undefined;
   try {
-    if (!existsSync(userDbPath(dataDir, userId))) fresh = yield* buildFreshDb(dataDir, userId, prepared, step);
     db = openUserDb(dataDir, userId);
-    let map: Map<string, string>;
-    let files: RenderedFile[];
-    let wasReady = false;
-    if (fresh) {
-      ({ map, files } = fresh);
-      step('migrated');
-      step('map_persisted');
-    } else {
-      migrateUserDb(db);
-      step('migrated');
-      const meta = readMeta(db, userId);
-      if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
-        const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
-        return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
-      }
-      wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
-      map = persistMap(db, userId, prepared, version);
-      step('map_persisted');
-      files = renderFiles(prepared, map);
+    migrateUserDb(db);
+    step('migrated');
+    const meta = readMeta(db, userId);
+    if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
+      const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
+      return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
     }
+    const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
+    const map = persistMap(db, userId, prepared, version);
+    step('map_persisted');
+    const files = renderFiles(prepared, map);
 
     const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
     step('files_staged');
@@ -140,7 +133,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     step('files_moved');
 
     const seededAt = sqlNow();
-    const rows = fresh ? commitReady(db, userId, version, seededAt, countRows(prepared)) : commitRows(db, userId, prepared, map, version, files, seededAt);
+    const rows = commitRows(db, userId, prepared, map, version, files, seededAt);
     step('committed');
     return {
       userId,
@@ -195,10 +188,13 @@ function setMeta(db: SqliteDb, userId: UserId, status: string, version: string, 
 }
 
 /** Load this version's map, add fresh ids for anything new, persist, and mark in_progress (in the caller's transaction). */
-function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string): Map<string, string> {
+function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited?: MapEntry[]): Map<string, string> {
   const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
   const map = new Map(rows);
-  const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
+  // Entries an earlier attempt made durable elsewhere (its staged DB) join this DB's map first.
+  const carried = (inherited ?? []).filter((e) => !map.has(e.source));
+  for (const e of carried) map.set(e.source, e.target);
+  const added = [...carried, ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid')];
   insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
   for (const a of added) map.set(a.source, a.target);
   setMeta(db, userId, 'in_progress', version, null);
@@ -295,56 +291,131 @@ function commitRows(
 }
 
 /**
- * A user without a DB: build its whole DB in staging with its journal in memory (nobody can see it; a
- * crash leaves only staging, which the next attempt removes), make it durable, then link it
- * into place — never over a DB that appeared meanwhile. It is in_progress, with the ID map,
- * every row and the seeded-file list; only `ready` is left for commitReady.
+ * A user without a DB: build its whole DB, `ready` included, in staging with its journal in memory
+ * and make it durable; write the files it names and make them durable; then link it into place
+ * (never over a DB that appeared meanwhile). Until the link nothing is visible; the link is the
+ * commit point.
  */
-function* buildFreshDb(
+function* seedFresh(
   dataDir: string,
   userId: UserId,
   prepared: PreparedPackage,
   step: (s: SeedStep) => void,
-): Generator<ToSync, { map: Map<string, string>; files: RenderedFile[] }, void> {
+  started: number,
+): Generator<ToSync, SeedUserResult, void> {
   const version = prepared.pkg.version;
   const target = userDbPath(dataDir, userId);
-  const staged = toolDir(dataDir, 'staging', `user_${userId}-${version}-${randomBytes(4).toString('hex')}.db`);
-  mkdirSync(path.dirname(staged), { recursive: true, mode: 0o700 });
-  copyFileSync(userDbTemplate(dataDir), staged);
-  chmodSync(staged, 0o600);
-  let map: Map<string, string>;
-  let files: RenderedFile[];
+  const stagingDir = toolDir(dataDir, 'staging');
+  // An earlier attempt that got past its first barrier may have written files named by its map:
+  // take that map over, so this attempt rewrites the same paths instead of orphaning them.
+  const inherited = stagedMap(dataDir, userId, version);
+  const name = `user_${userId}-${version}-${randomBytes(4).toString('hex')}.db`;
+  const staged = path.join(stagingDir, name);
+  mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
+  let keep = false;
+  let linked = false;
   try {
+    copyFileSync(userDbTemplate(dataDir), staged);
+    chmodSync(staged, 0o600);
+    const seededAt = sqlNow();
+    let files: RenderedFile[];
     const db = openSqlite(staged);
     try {
       // Its rollback journal stays in memory: no -journal file is created, written and deleted per
       // user (better-sqlite3's defensive mode ignores journal_mode = OFF, which silently kept one).
       if (db.pragma('journal_mode = MEMORY', { simple: true }) !== 'memory') throw new Error(`staging DB ${staged} refused an in-memory journal`);
       db.pragma('synchronous = OFF');
-      ({ map, files } = db.transaction(() => {
-        const m = beginSeed(db, userId, prepared, version);
+      files = db.transaction(() => {
+        const m = beginSeed(db, userId, prepared, version, inherited);
         insertRows(db, userId, prepared, m);
         const f = renderFiles(prepared, m);
         recordSeedFiles(db, version, f);
-        return { map: m, files: f };
-      })());
+        markReady(db, userId, version, seededAt);
+        return f;
+      })();
     } finally {
       db.close();
     }
-    yield { files: [staged], dirs: [] };
+    yield { files: [staged], dirs: [stagingDir] };
+    keep = true;
     step('db_staged');
+    // This attempt's map is durable: earlier attempts' staged DBs (whose map it took over) can go.
+    cleanStaging(dataDir, userId, name);
+    step('migrated');
+    step('map_persisted');
+
+    const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
+    step('files_staged');
+    yield durable;
+    step('files_moved');
+
     linkSync(staged, target);
-  } finally {
+    linked = true;
+    yield { files: [], dirs: [path.dirname(target)] };
     rmSync(staged, { force: true });
+    step('committed');
+    return {
+      userId,
+      seedVersion: version,
+      outcome: 'seeded',
+      rows: countRows(prepared),
+      files: files.length,
+      bytes: files.reduce((a, w) => a + w.bytes, 0),
+      seededAt,
+      durationMs: Date.now() - started,
+    };
+  } catch (e) {
+    if (keep) {
+      // Files it names may be half written. Mark it failed (a durable commit of its own), then put
+      // it in place if it is not yet: the user and ACM2 see the failure and why, and a retry takes
+      // the existing-DB path with this map. Never `ready` in place before its files are durable.
+      try {
+        const db = openSqlite(staged); // the same file as the target once linked
+        try {
+          markFailed(db, userId, version, e);
+        } finally {
+          db.close();
+        }
+        if (!linked) linkSync(staged, target);
+      } catch {
+        /* the staged DB stays for the next attempt, which takes its map over */
+      }
+    } else {
+      // Before its barrier it named no file on disk.
+      rmSync(staged, { force: true });
+    }
+    throw classifyFsError(e, `user ${userId}'s data`) ?? e;
   }
-  yield { files: [], dirs: [path.dirname(target)] };
-  return { map, files };
 }
 
-/** The commit point of a fresh user: its rows are in place already. */
-function commitReady(db: SqliteDb, userId: UserId, version: string, seededAt: string, rows: number): number {
-  db.transaction(() => markReady(db, userId, version, seededAt)).immediate();
-  return rows;
+/**
+ * The ID map of an earlier attempt's staged DB for this user and version, if one survives whole
+ * (it passes quick_check and is `ready` inside: its build transaction finished). The newest wins.
+ */
+function stagedMap(dataDir: string, userId: UserId, version: string): MapEntry[] | undefined {
+  const dir = toolDir(dataDir, 'staging');
+  if (!existsSync(dir)) return undefined;
+  const prefix = `user_${userId}-${version}-`;
+  const found: { mtime: number; rows: MapEntry[] }[] = [];
+  for (const name of readdirSync(dir)) {
+    if (!name.startsWith(prefix) || !name.endsWith('.db')) continue;
+    const file = path.join(dir, name);
+    try {
+      const db = openSqlite(file, { readonly: true });
+      try {
+        if (db.pragma('quick_check', { simple: true }) !== 'ok') continue;
+        const meta = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`).get(userId) as { seed_status: string; seed_version: string } | undefined;
+        if (meta?.seed_status !== 'ready' || meta.seed_version !== version) continue;
+        const rows = db.prepare(`SELECT kind, source_id AS source, target_id AS target FROM acm2_id_map WHERE seed_version = ?`).all(version) as MapEntry[];
+        found.push({ mtime: statSync(file).mtimeMs, rows });
+      } finally {
+        db.close();
+      }
+    } catch {
+      /* torn or unreadable: an attempt that never reached its barrier, so it wrote no file */
+    }
+  }
+  return found.sort((a, b) => b.mtime - a.mtime)[0]?.rows;
 }
 
 function countRows(prepared: PreparedPackage): number {
@@ -388,10 +459,10 @@ function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown): 
 }
 
 /** Remove staging left by an earlier crashed attempt for this user (we hold the user's lock). */
-export function cleanStaging(dataDir: string, userId: UserId): void {
+export function cleanStaging(dataDir: string, userId: UserId, keep?: string): void {
   const dir = toolDir(dataDir, 'staging');
   if (!existsSync(dir)) return;
   for (const name of readdirSync(dir)) {
-    if (name.startsWith(`user_${userId}-`)) rmSync(path.join(dir, name), { recursive: true, force: true });
+    if (name.startsWith(`user_${userId}-`) && name !== keep) rmSync(path.join(dir, name), { recursive: true, force: true });
   }
 }

@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { userDbPath, userRoot } from '../../src/userdb/paths.js';
+import { walkFiles } from './env.js';
 
 export function readyButIncomplete(dataDir: string, userId: number, expectFiles: number): { ready: boolean; problems: string[] } {
   const file = userDbPath(dataDir, userId);
@@ -26,6 +27,17 @@ export function readyButIncomplete(dataDir: string, userId: number, expectFiles:
     for (const k of kinds) if (!db.prepare(`SELECT 1 FROM ${k.kind} WHERE id = ?`).get(k.target_id)) problems.push(`missing ${k.kind} row ${k.target_id}`);
     if (kinds.length === 0) problems.push('no seeded rows recorded');
     return { ready: true, problems };
+  } finally {
+    db.close();
+  }
+}
+
+/** Files under the user's root that its DB's seeded-file list does not name (a crashed attempt's orphans). */
+export function unlistedFiles(dataDir: string, userId: number): string[] {
+  const db = new Database(userDbPath(dataDir, userId), { readonly: true });
+  try {
+    const listed = new Set((db.prepare(`SELECT path FROM acm2_seed_files`).all() as { path: string }[]).map((r) => r.path));
+    return walkFiles(userRoot(dataDir, userId)).filter((p) => !listed.has(p));
   } finally {
     db.close();
   }
