@@ -188,13 +188,10 @@ function setMeta(db: SqliteDb, userId: UserId, status: string, version: string, 
 }
 
 /** Load this version's map, add fresh ids for anything new, persist, and mark in_progress (in the caller's transaction). */
-function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited?: MapEntry[]): Map<string, string> {
+function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string): Map<string, string> {
   const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
   const map = new Map(rows);
-  // Entries an earlier attempt made durable elsewhere (its staged DB) join this DB's map first.
-  const carried = (inherited ?? []).filter((e) => !map.has(e.source));
-  for (const e of carried) map.set(e.source, e.target);
-  const added = [...carried, ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid')];
+  const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
   insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
   for (const a of added) map.set(a.source, a.target);
   setMeta(db, userId, 'in_progress', version, null);
@@ -325,14 +322,7 @@ function* seedFresh(
       // user (better-sqlite3's defensive mode ignores journal_mode = OFF, which silently kept one).
       if (db.pragma('journal_mode = MEMORY', { simple: true }) !== 'memory') throw new Error(`staging DB ${staged} refused an in-memory journal`);
       db.pragma('synchronous = OFF');
-      files = db.transaction(() => {
-        const m = beginSeed(db, userId, prepared, version, inherited);
-        insertRows(db, userId, prepared, m);
-        const f = renderFiles(prepared, m);
-        recordSeedFiles(db, version, f);
-        markReady(db, userId, version, seededAt);
-        return f;
-      })();
+      files = db.transaction(() => buildStaged(db, userId, prepared, version, inherited, seededAt))();
     } finally {
       db.close();
     }
@@ -386,6 +376,26 @@ function* seedFresh(
     }
     throw classifyFsError(e, `user ${userId}'s data`) ?? e;
   }
+}
+
+/**
+ * Everything of a fresh user's DB in one go (the caller's transaction): the template holds no
+ * row yet, so nothing is read first and `ready` is written as the rows are, not updated after.
+ */
+function buildStaged(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited: MapEntry[] | undefined, seededAt: string): RenderedFile[] {
+  const map = new Map<string, string>();
+  for (const e of inherited ?? []) map.set(e.source, e.target);
+  const entries = [...(inherited ?? []), ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid')];
+  for (const e of entries) map.set(e.source, e.target);
+  insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], entries.map((a) => [version, a.kind, a.source, a.target]));
+  const now = sqlNow();
+  const iso = new Date().toISOString();
+  db.prepare(`INSERT INTO user_meta (id, user_id, seed_status, seed_version, seeded_at, created_at, updated_at) VALUES (?, ?, 'ready', ?, ?, ?, ?)`).run(randomUUID(), userId, version, seededAt, now, now);
+  db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at, finished_at) VALUES (?, 'ready', ?, ?)`).run(version, iso, iso);
+  insertRows(db, userId, prepared, map);
+  const files = renderFiles(prepared, map);
+  recordSeedFiles(db, version, files);
+  return files;
 }
 
 /**
