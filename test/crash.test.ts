@@ -2,14 +2,15 @@
 // a rerun converges and no staging is left behind.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { readyButIncomplete, unlistedFiles } from './helpers/complete.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
-import { toolDir, userDbPath } from '../src/userdb/paths.js';
+import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
+import { freezeSeed } from '../src/core/freeze.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const CHILD = fileURLToPath(new URL('./helpers/crash-seed.mjs', import.meta.url));
@@ -57,37 +58,88 @@ describe('SIGKILL at each step of seeding', () => {
     });
   }
 
-  it("killed right after 'committed': ready and complete", async () => {
-    const u = await createUser(deps(), { email: 'committed@example.com', username: 'committed', async: true });
-    const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), 'committed']);
-    expect(r.signal).toBe('SIGKILL');
-    expect(readyButIncomplete(world.dataDir, u.user.id, files())).toEqual({ ready: true, problems: [] });
-    await converge(u.user.id);
-  });
+  for (const step of ['linked', 'committed']) {
+    it(`killed right after '${step}': ready and complete`, async () => {
+      const u = await createUser(deps(), { email: `${step}@example.com`, username: step, async: true });
+      const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), step]);
+      expect(r.signal).toBe('SIGKILL');
+      expect(readyButIncomplete(world.dataDir, u.user.id, files())).toEqual({ ready: true, problems: [] });
+      await converge(u.user.id);
+    });
+  }
 });
 
-describe("an earlier attempt's staged DB", () => {
-  const mapOf = (file: string) => new Database(file, { readonly: true }).prepare(`SELECT source_id, target_id FROM acm2_id_map ORDER BY source_id`).all();
-
-  it('is taken over only when whole and ready inside; torn or unfinished ones are ignored and removed', async () => {
-    const u = await createUser(deps(), { email: 'staged@example.com', username: 'staged', async: true });
-    const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), 'files_staged']);
+describe("an earlier attempt's staged build", () => {
+  const mapOf = (file: string) => {
+    const db = new Database(file, { readonly: true });
+    try {
+      return db.prepare(`SELECT seed_version, source_id, target_id FROM acm2_id_map ORDER BY seed_version, source_id`).all();
+    } finally {
+      db.close();
+    }
+  };
+  const statusOf = (userId: number) => {
+    const db = new Database(userDbPath(world.dataDir, userId), { readonly: true });
+    try {
+      return db.prepare(`SELECT seed_status FROM user_meta`).pluck().get();
+    } finally {
+      db.close();
+    }
+  };
+  const killAt = async (name: string, step: string) => {
+    const u = await createUser(deps(), { email: `${name}@example.com`, username: name, async: true });
+    const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), step]);
     expect(r.signal).toBe('SIGKILL');
-    const [whole] = stagingLeft(u.user.id);
+    return u.user.id;
+  };
+
+  it('is adopted when whole; torn, truncated and unfinished ones are ignored and removed', async () => {
+    const id = await killAt('staged', 'files_staged');
+    const [whole] = stagingLeft(id);
+    expect(whole).toMatch(/\.db$/);
     const dir = toolDir(world.dataDir, 'staging');
-    const wholeMap = mapOf(path.join(dir, whole!));
+    const wholeFile = path.join(dir, whole!);
+    const wholeMap = mapOf(wholeFile);
     expect(wholeMap.length).toBeGreaterThan(0);
-    // Newer than the whole one, so "newest wins" would pick them if they were trusted.
-    writeFileSync(path.join(dir, `user_${u.user.id}-v1-00000001.db`), Buffer.alloc(8192, 7));
-    const unfinished = path.join(dir, `user_${u.user.id}-v1-00000002.db`);
-    copyFileSync(path.join(dir, whole!), unfinished);
+    // All newer than the whole one, so "newest wins" would pick them if they were trusted.
+    writeFileSync(path.join(dir, `user_${id}-v1-00000001.db`), Buffer.alloc(8192, 7));
+    const bytes = readFileSync(wholeFile);
+    writeFileSync(path.join(dir, `user_${id}-v1-00000002.db`), bytes.subarray(0, Math.floor(bytes.length / 2)));
+    const unfinished = path.join(dir, `user_${id}-v1-00000003.building`);
+    copyFileSync(wholeFile, unfinished);
     const db = new Database(unfinished);
-    db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
     db.prepare(`UPDATE acm2_id_map SET target_id = 'x' || target_id`).run();
     db.close();
 
-    await converge(u.user.id);
-    expect(mapOf(userDbPath(world.dataDir, u.user.id))).toEqual(wholeMap);
+    await converge(id);
+    expect(mapOf(userDbPath(world.dataDir, id))).toEqual(wholeMap);
+  });
+
+  it('of an older version is adopted when the package has moved on: its files stay listed', async () => {
+    const id = await killAt('moved-on', 'files_moved');
+    const v1Map = mapOf(path.join(toolDir(world.dataDir, 'staging'), stagingLeft(id)[0]!));
+    freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    const r = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
+    expect(r.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
+    expect(readyButIncomplete(world.dataDir, id, files())).toEqual({ ready: true, problems: [] });
+    expect(stagingLeft(id)).toEqual([]);
+    // The v1 attempt's files are still named by its seeded-file list, under the ids it wrote them with.
+    expect(unlistedFiles(world.dataDir, id)).toEqual([]);
+    expect(mapOf(userDbPath(world.dataDir, id))).toEqual(expect.arrayContaining(v1Map));
+  });
+
+  it('that fails after its barrier is put in place failed, never ready; the retry reuses its ids', async () => {
+    const u = await createUser(deps(), { email: 'in-the-way@example.com', username: 'in-the-way', async: true });
+    const id = u.user.id;
+    writeFileSync(userRoot(world.dataDir, id), 'in the way'); // the user's folder cannot be made
+    const r = await seedOneUser(deps(), String(id), {});
+    expect(r.seed.status).toBe('failed');
+    expect(statusOf(id)).toBe('failed');
+    expect(stagingLeft(id)).toEqual([]);
+    const failedMap = mapOf(userDbPath(world.dataDir, id));
+    rmSync(userRoot(world.dataDir, id));
+    await converge(id);
+    expect(mapOf(userDbPath(world.dataDir, id))).toEqual(failedMap);
   });
 });
 

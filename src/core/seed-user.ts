@@ -3,24 +3,29 @@
 // redo; a rerun reuses the ID map an earlier attempt made durable and converges.
 //
 // Protocol, for a user without a DB (the common case):
-//   1. build the whole DB off to the side (staging: template copy, map, rows, seeded-file list,
-//      status `ready`) with its journal in memory, then make it durable ('db_staged'). Nobody can
-//      see it; from here on it holds the map that names every file about to be written, so an
-//      attempt that crashes later leaves it for the next attempt, which reuses that map;
+//   1. build the whole DB off to the side (staging, as `.building`: template copy, map, rows,
+//      seeded-file list, status `ready`) with its journal in memory; make it durable, then rename
+//      it to `.db` and make that name durable ('db_staged'). Nobody can see it. A `.db` in staging
+//      is a whole build whose map may name files already written: it is never thrown away but
+//      adopted by the next attempt (below); a `.building` one never named a file on disk;
 //   2. write every file straight to its place under user_{id}/ ('files_staged'), then make files
 //      and folders durable ('files_moved');
-//   3. link the staged DB into place as user_{id}.db and make the data dir durable ('committed').
-//      The link is the commit point: the DB appears complete and ready, or not at all.
-// A user that already has a DB (rerun after a crash past the link, --force, a DB with rows of
-// its own) persists its map in its own DB ('migrated', 'map_persisted'), writes its files
-// (steps 2), and one transaction writes its rows, the seeded-file list and `ready` ('committed').
+//   3. link the staged DB into place as user_{id}.db ('linked') and make the data dir durable
+//      ('committed'). The link is the commit point: the DB appears complete and ready, or not at all.
+// If such an attempt fails after step 1 (say ENOSPC), or a later attempt finds its `.db` left by a
+// crash, that DB is marked `failed` / `in_progress` (a commit whose journal removal is durable
+// too) and only then linked into place: never `ready` before its files are durable.
+// A user that already has a DB (rerun after a crash past the link, an adopted attempt, --force, a
+// DB with rows of its own) persists its map in its own DB ('migrated', 'map_persisted'), writes
+// its files (step 2), and one transaction writes its rows, the seeded-file list and `ready`
+// ('committed').
 // Files are written in place rather than staged and renamed: before the commit point the map that
 // names every target is durable (in the staged DB or in the user's own DB), so a rerun rewrites
 // the same paths, and the targets are under the user's fresh run folder or files this seed
 // recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
@@ -53,7 +58,7 @@ export interface SeedUserInput {
   onStep?: (step: SeedStep) => void;
 }
 
-export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_staged' | 'files_moved' | 'committed';
+export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_staged' | 'files_moved' | 'linked' | 'committed';
 
 /** Seed one user. The caller holds the user's lock. */
 export function seedUser(input: SeedUserInput): SeedUserResult {
@@ -109,8 +114,19 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const step = input.onStep ?? (() => undefined);
   const prepared = preparePackage(pkg);
 
-  if (!existsSync(userDbPath(dataDir, userId))) return yield* seedFresh(dataDir, userId, prepared, step, started);
+  if (!existsSync(userDbPath(dataDir, userId))) {
+    const earlier = committedStaged(dataDir, userId)[0];
+    if (!earlier) return yield* seedFresh(dataDir, userId, prepared, step, started);
+    // A crashed attempt's whole build: its files may be on disk, named by its map. Put it in
+    // place (in_progress) and finish through the existing-DB path, which reuses that map.
+    placeStaged(earlier.file, dataDir, userId, earlier.version, 'in_progress');
+  }
 
+  // Whole builds of this version left beside a DB (something created the DB between attempts):
+  // their maps join the DB's, so the files they may have written are rewritten, not orphaned.
+  const inherited = committedStaged(dataDir, userId)
+    .filter((l) => l.version === version)
+    .flatMap((l) => l.map);
   cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   try {
@@ -123,7 +139,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
-    const map = persistMap(db, userId, prepared, version);
+    const map = persistMap(db, userId, prepared, version, inherited);
     step('map_persisted');
     const files = renderFiles(prepared, map);
 
@@ -188,10 +204,17 @@ function setMeta(db: SqliteDb, userId: UserId, status: string, version: string, 
 }
 
 /** Load this version's map, add fresh ids for anything new, persist, and mark in_progress (in the caller's transaction). */
-function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string): Map<string, string> {
+function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited: MapEntry[] = []): Map<string, string> {
   const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
   const map = new Map(rows);
-  const added = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
+  // Entries an earlier attempt made durable elsewhere (its staged DB) join this DB's map first.
+  const carried: MapEntry[] = [];
+  for (const e of inherited) {
+    if (map.has(e.source)) continue;
+    map.set(e.source, e.target);
+    carried.push(e);
+  }
+  const added = [...carried, ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid')];
   insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
   for (const a of added) map.set(a.source, a.target);
   setMeta(db, userId, 'in_progress', version, null);
@@ -201,8 +224,8 @@ function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, vers
 }
 
 /** beginSeed in its own transaction, for a user whose DB exists already. */
-function persistMap(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string): Map<string, string> {
-  return db.transaction(() => beginSeed(db, userId, prepared, version)).immediate();
+function persistMap(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited: MapEntry[]): Map<string, string> {
+  return db.transaction(() => beginSeed(db, userId, prepared, version, inherited)).immediate();
 }
 
 /** The seeded-file list of this version (its sizes and hashes are what verify checks). */
@@ -264,6 +287,9 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
     out.push(abs);
   }
   dirs.add(root);
+  // The user root's own entry too, even when an earlier attempt created it (it may not have
+  // reached its barrier).
+  dirs.add(path.resolve(dataDir));
   for (const d of made) dirs.add(d);
   return { files: out, dirs: [...dirs].sort((a, b) => b.length - a.length) };
 }
@@ -288,10 +314,10 @@ function commitRows(
 }
 
 /**
- * A user without a DB: build its whole DB, `ready` included, in staging with its journal in memory
- * and make it durable; write the files it names and make them durable; then link it into place
- * (never over a DB that appeared meanwhile). Until the link nothing is visible; the link is the
- * commit point.
+ * A user without a DB (and no earlier attempt to adopt): build its whole DB, `ready` included, in
+ * staging and make it durable under its `.db` name; write the files it names and make them
+ * durable; then link it into place (never over a DB that appeared meanwhile). Until the link
+ * nothing is visible; the link is the commit point.
  */
 function* seedFresh(
   dataDir: string,
@@ -302,35 +328,44 @@ function* seedFresh(
 ): Generator<ToSync, SeedUserResult, void> {
   const version = prepared.pkg.version;
   const target = userDbPath(dataDir, userId);
-  const stagingDir = toolDir(dataDir, 'staging');
-  // An earlier attempt that got past its first barrier may have written files named by its map:
-  // take that map over, so this attempt rewrites the same paths instead of orphaning them.
-  const inherited = stagedMap(dataDir, userId, version);
-  const name = `user_${userId}-${version}-${randomBytes(4).toString('hex')}.db`;
-  const staged = path.join(stagingDir, name);
-  mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
-  let keep = false;
+  const stagingDir = path.resolve(toolDir(dataDir, 'staging'));
+  const base = `user_${userId}-${version}-${randomBytes(4).toString('hex')}`;
+  const building = path.join(stagingDir, `${base}.building`);
+  const staged = path.join(stagingDir, `${base}.db`);
+  const created = mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
+  // The staged name must survive a power loss, and with it any folder made for it just now.
+  const namingDirs = [stagingDir];
+  if (created) {
+    for (let d = stagingDir; d !== created && d !== path.dirname(d); ) {
+      d = path.dirname(d);
+      namingDirs.push(d);
+    }
+    namingDirs.push(path.dirname(created));
+  }
+  let named = false;
   let linked = false;
   try {
-    copyFileSync(userDbTemplate(dataDir), staged);
-    chmodSync(staged, 0o600);
+    copyFileSync(userDbTemplate(dataDir), building);
+    chmodSync(building, 0o600);
     const seededAt = sqlNow();
     let files: RenderedFile[];
-    const db = openSqlite(staged);
+    const db = openSqlite(building);
     try {
       // Its rollback journal stays in memory: no -journal file is created, written and deleted per
       // user (better-sqlite3's defensive mode ignores journal_mode = OFF, which silently kept one).
-      if (db.pragma('journal_mode = MEMORY', { simple: true }) !== 'memory') throw new Error(`staging DB ${staged} refused an in-memory journal`);
+      if (db.pragma('journal_mode = MEMORY', { simple: true }) !== 'memory') throw new Error(`staging DB ${building} refused an in-memory journal`);
       db.pragma('synchronous = OFF');
-      files = db.transaction(() => buildStaged(db, userId, prepared, version, inherited, seededAt))();
+      files = db.transaction(() => buildStaged(db, userId, prepared, version, seededAt))();
     } finally {
       db.close();
     }
-    yield { files: [staged], dirs: [stagingDir] };
-    keep = true;
+    yield { files: [building], dirs: [] };
+    renameSync(building, staged);
+    named = true;
+    yield { files: [], dirs: namingDirs };
     step('db_staged');
-    // This attempt's map is durable: earlier attempts' staged DBs (whose map it took over) can go.
-    cleanStaging(dataDir, userId, name);
+    // Leftovers of this user are torn builds now (a whole one would have been adopted): they go.
+    cleanStaging(dataDir, userId, path.basename(staged));
     step('migrated');
     step('map_persisted');
 
@@ -341,8 +376,13 @@ function* seedFresh(
 
     linkSync(staged, target);
     linked = true;
+    step('linked');
     yield { files: [], dirs: [path.dirname(target)] };
-    rmSync(staged, { force: true });
+    try {
+      rmSync(staged, { force: true });
+    } catch {
+      /* the next attempt's cleanStaging removes it; the user is ready either way */
+    }
     step('committed');
     return {
       userId,
@@ -355,24 +395,19 @@ function* seedFresh(
       durationMs: Date.now() - started,
     };
   } catch (e) {
-    if (keep) {
-      // Files it names may be half written. Mark it failed (a durable commit of its own), then put
-      // it in place if it is not yet: the user and ACM2 see the failure and why, and a retry takes
-      // the existing-DB path with this map. Never `ready` in place before its files are durable.
+    // Once linked the DB is ready with its files durable (only the link's own durability failed):
+    // nothing more is written to it.
+    if (named && !linked) {
+      // Files it names may be half written: in place, failed, so the user and ACM2 see why, and
+      // a retry takes the existing-DB path with this map. If that fails too, the `.db` stays in
+      // staging and the next attempt adopts it.
       try {
-        const db = openSqlite(staged); // the same file as the target once linked
-        try {
-          markFailed(db, userId, version, e);
-        } finally {
-          db.close();
-        }
-        if (!linked) linkSync(staged, target);
+        placeStaged(staged, dataDir, userId, version, 'failed', e);
       } catch {
-        /* the staged DB stays for the next attempt, which takes its map over */
+        /* the original error is what matters */
       }
-    } else {
-      // Before its barrier it named no file on disk.
-      rmSync(staged, { force: true });
+    } else if (!named) {
+      rmSync(building, { force: true });
     }
     throw classifyFsError(e, `user ${userId}'s data`) ?? e;
   }
@@ -382,10 +417,9 @@ function* seedFresh(
  * Everything of a fresh user's DB in one go (the caller's transaction): the template holds no
  * row yet, so nothing is read first and `ready` is written as the rows are, not updated after.
  */
-function buildStaged(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited: MapEntry[] | undefined, seededAt: string): RenderedFile[] {
+function buildStaged(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, seededAt: string): RenderedFile[] {
   const map = new Map<string, string>();
-  for (const e of inherited ?? []) map.set(e.source, e.target);
-  const entries = [...(inherited ?? []), ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid')];
+  const entries = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
   for (const e of entries) map.set(e.source, e.target);
   insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], entries.map((a) => [version, a.kind, a.source, a.target]));
   const now = sqlNow();
@@ -398,34 +432,69 @@ function buildStaged(db: SqliteDb, userId: UserId, prepared: PreparedPackage, ve
   return files;
 }
 
+interface StagedBuild {
+  file: string;
+  version: string;
+  mtimeMs: number;
+  map: MapEntry[];
+}
+
 /**
- * The ID map of an earlier attempt's staged DB for this user and version, if one survives whole
- * (it passes quick_check and is `ready` inside: its build transaction finished). The newest wins.
+ * Earlier attempts' whole builds of this user in staging (`.db`, not `.building`), newest first,
+ * with their version and ID map. A torn file (corrupt, not a DB, failing quick_check, no
+ * user_meta row) is skipped; the caller removes it. Any other error stops the seed: a build
+ * whose map may name files on disk is never passed over because it could not be read just now.
  */
-function stagedMap(dataDir: string, userId: UserId, version: string): MapEntry[] | undefined {
+function committedStaged(dataDir: string, userId: UserId): StagedBuild[] {
   const dir = toolDir(dataDir, 'staging');
-  if (!existsSync(dir)) return undefined;
-  const prefix = `user_${userId}-${version}-`;
-  const found: { mtime: number; rows: MapEntry[] }[] = [];
+  if (!existsSync(dir)) return [];
+  const prefix = `user_${userId}-`;
+  const found: StagedBuild[] = [];
   for (const name of readdirSync(dir)) {
     if (!name.startsWith(prefix) || !name.endsWith('.db')) continue;
     const file = path.join(dir, name);
+    let db: SqliteDb | undefined;
     try {
-      const db = openSqlite(file, { readonly: true });
-      try {
-        if (db.pragma('quick_check', { simple: true }) !== 'ok') continue;
-        const meta = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`).get(userId) as { seed_status: string; seed_version: string } | undefined;
-        if (meta?.seed_status !== 'ready' || meta.seed_version !== version) continue;
-        const rows = db.prepare(`SELECT kind, source_id AS source, target_id AS target FROM acm2_id_map WHERE seed_version = ?`).all(version) as MapEntry[];
-        found.push({ mtime: statSync(file).mtimeMs, rows });
-      } finally {
-        db.close();
-      }
-    } catch {
-      /* torn or unreadable: an attempt that never reached its barrier, so it wrote no file */
+      // Read-write: a hot journal left by an interrupted placeStaged is rolled back first.
+      db = openSqlite(file);
+      if (db.pragma('quick_check', { simple: true }) !== 'ok') continue;
+      const meta = db.prepare(`SELECT seed_version FROM user_meta WHERE user_id = ?`).get(userId) as { seed_version: string } | undefined;
+      if (!meta) continue;
+      const map = db.prepare(`SELECT kind, source_id AS source, target_id AS target FROM acm2_id_map WHERE seed_version = ?`).all(meta.seed_version) as MapEntry[];
+      found.push({ file, version: meta.seed_version, mtimeMs: statSync(file).mtimeMs, map });
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      if (typeof code === 'string' && (code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_NOTADB'))) continue;
+      throw new Error(`cannot read ${file}, an earlier seed attempt of user ${userId} (${e instanceof Error ? e.message : String(e)}); it is kept`, { cause: e });
+    } finally {
+      db?.close();
     }
   }
-  return found.sort((a, b) => b.mtime - a.mtime)[0]?.rows;
+  return found.sort((a, b) => b.mtimeMs - a.mtimeMs);
+}
+
+/**
+ * Put a whole staged build in place as the user's DB, never `ready`: mark it `status` in a commit
+ * whose journal removal is made durable too (so no hot journal can come back beside the staged
+ * name and undo it), link it, make the link durable, drop the staged name.
+ */
+function placeStaged(staged: string, dataDir: string, userId: UserId, version: string, status: 'failed' | 'in_progress', error?: unknown): void {
+  const db = openSqlite(staged);
+  try {
+    db.pragma('synchronous = EXTRA');
+    const now = new Date().toISOString();
+    const msg = error === undefined ? null : error instanceof Error ? error.message : String(error);
+    db.transaction(() => {
+      db.prepare(`UPDATE user_meta SET seed_status = ?, seeded_at = NULL, updated_at = ? WHERE user_id = ?`).run(status, sqlNow(), userId);
+      db.prepare(`UPDATE acm2_seed_state SET status = ?, finished_at = ?, last_error = ? WHERE seed_version = ?`).run(status, status === 'failed' ? now : null, msg, version);
+    })();
+  } finally {
+    db.close();
+  }
+  const target = userDbPath(dataDir, userId);
+  linkSync(staged, target);
+  fsyncPath(path.dirname(target));
+  rmSync(staged, { force: true });
 }
 
 function countRows(prepared: PreparedPackage): number {
