@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DocIndex, extendMap, render, safeDocId, tokenize, findDocIds } from '../src/seed/remap.js';
+import { DocIndex, extendMap, render, renderBytes, safeDocId, tokenize, findDocIds } from '../src/seed/remap.js';
 
 const S = '9490e0ef-b200-46fb-8c2c-21f2673307e8';
 const RUN = '746301ce-a929-4e90-b271-7b15022ab1d0';
@@ -50,6 +50,17 @@ describe('remapper', () => {
     expect(out).not.toContain(RUN);
     expect(out).not.toContain(D1);
     expect(JSON.parse(out)).toBeTypeOf('object');
+  });
+
+  it('renders to bytes exactly as render() then UTF-8, for each map it is given', () => {
+    // Multi-byte text on both sides of tokens, a token at each end, and one literal left empty.
+    const text = `${S}é ${D1}\u{1F600}${RUN}${D2} «ü» ${safeDocId(D3)}`;
+    const { t, map } = mapFor(text, [D1, D2, D3]);
+    expect(t.lits[0]).toBe('');
+    const other = mapFor(text, [D1, D2, D3]).map;
+    for (const m of [map, other, map]) expect(renderBytes(t, m).equals(Buffer.from(render(t, m), 'utf8'))).toBe(true);
+    expect(renderBytes(t, map).equals(renderBytes(t, other))).toBe(false);
+    expect(() => renderBytes(t, new Map())).toThrow(/no mapping for identifier/);
   });
 
   it('does not match ids inside longer hex runs, and two maps share nothing', () => {

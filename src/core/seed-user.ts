@@ -30,7 +30,7 @@ import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
-import { extendMap, render, type MapEntry } from '../seed/remap.js';
+import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
 import { migrateUserDb, openSqlite, openUserDb, type SqliteDb } from '../userdb/user-db.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -251,7 +251,7 @@ interface RenderedFile {
 /** Every package file with this user's identifiers, in memory, with its size and sha256. */
 function renderFiles(prepared: PreparedPackage, map: Map<string, string>): RenderedFile[] {
   return prepared.files.map((f) => {
-    const data = f.text ? Buffer.from(render(f.text, map), 'utf8') : readFileSync(f.abs);
+    const data = f.text ? renderBytes(f.text, map) : readFileSync(f.abs);
     return { path: render(f.path, map), sourcePath: f.sourcePath, data, bytes: data.length, sha256: createHash('sha256').update(data).digest('hex') };
   });
 }

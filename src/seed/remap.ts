@@ -114,6 +114,39 @@ export function render(t: Template, map: ReadonlyMap<string, string>): string {
   return out;
 }
 
+/** Each template's literals as UTF-8, encoded once per package (see renderBytes). */
+const litBytes = new WeakMap<Template, Buffer[]>();
+
+/**
+ * render() straight to UTF-8 bytes: the literals are encoded once per template and copied per
+ * user, so a large text file is not built as a string and then encoded again for every user.
+ * Equal, byte for byte, to Buffer.from(render(t, map), 'utf8').
+ */
+export function renderBytes(t: Template, map: ReadonlyMap<string, string>): Buffer {
+  let lits = litBytes.get(t);
+  if (!lits) {
+    lits = t.lits.map((l) => Buffer.from(l, 'utf8'));
+    litBytes.set(t, lits);
+  }
+  const tos: string[] = [];
+  let size = 0;
+  for (const l of lits) size += l.length;
+  for (const tok of t.toks) {
+    const to = map.get(tok);
+    if (to === undefined) throw new Error(`no mapping for identifier ${tok}`);
+    tos.push(to);
+    size += Buffer.byteLength(to, 'utf8');
+  }
+  const out = Buffer.allocUnsafe(size);
+  let at = lits[0]!.copy(out, 0);
+  for (let i = 0; i < tos.length; i++) {
+    at += out.write(tos[i]!, at, 'utf8');
+    at += lits[i + 1]!.copy(out, at);
+  }
+  if (at !== size) throw new Error(`rendered ${at} bytes where ${size} were counted`);
+  return out;
+}
+
 /** Every distinct token a set of templates holds. */
 export function tokensOf(templates: Iterable<Template>, into = new Set<string>()): Set<string> {
   for (const t of templates) for (const tok of t.toks) into.add(tok);
