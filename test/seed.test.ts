@@ -7,7 +7,10 @@ import { execFileSync } from 'node:child_process';
 import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, listUserStatuses, seedOneUser, userStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
-import { safeDocId } from '../src/seed/remap.js';
+import { render, safeDocId, type Template } from '../src/seed/remap.js';
+import { preparePackage } from '../src/seed/prepared.js';
+import { loadPackage } from '../src/seed/package.js';
+import { fileURLToPath } from 'node:url';
 import { parseMasterUrl } from '../src/config.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -219,6 +222,40 @@ describe('user create + seed', () => {
     } finally {
       holder.exec('ROLLBACK');
       holder.close();
+    }
+  });
+});
+
+describe('seeded values keep their storage class (the bundled v1: a 190 KB results_summary)', () => {
+  it('stores every value as the package does (TEXT stays TEXT), the big JSON equal to its rendering', async () => {
+    const seedsDir = fileURLToPath(new URL('../seed-packages', import.meta.url));
+    const v1 = preparePackage(loadPackage(seedsDir, 'v1'));
+    const runs = v1.tables.find((t) => t.name === 'runs')!;
+
+    const w = await sqliteWorld();
+    try {
+      const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: 'bulk@example.com', username: 'bulk' });
+      expect(u.seed.status).toBe('ready');
+      const db = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+      const pk = new Database(path.join(seedsDir, 'v1', 'seed.db'), { readonly: true });
+      try {
+        const map = new Map((db.prepare(`SELECT source_id, target_id FROM acm2_id_map`).raw(true).all() as [string, string][]).map(([s, t]) => [s, t]));
+        for (const t of v1.tables) {
+          for (const c of t.columns) {
+            if (c === 'user_id') continue; // NULL in the package, the user's id once seeded
+            const kinds = (d: Database.Database) => (d.prepare(`SELECT typeof(${c}) AS k, COUNT(*) AS n FROM ${t.name} GROUP BY 1 ORDER BY 1`).all() as { k: string; n: number }[]);
+            expect(kinds(db), `${t.name}.${c}`).toEqual(kinds(pk));
+          }
+        }
+        const tpl = runs.rows[0]![runs.columns.indexOf('results_summary')] as Template;
+        const stored = db.prepare(`SELECT results_summary FROM runs`).pluck().get();
+        expect(stored).toBe(render(tpl, map));
+      } finally {
+        db.close();
+        pk.close();
+      }
+    } finally {
+      await w.cleanup();
     }
   });
 });
