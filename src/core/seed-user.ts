@@ -407,7 +407,11 @@ function* seedFresh(
         /* the original error is what matters */
       }
     } else if (!named) {
-      rmSync(building, { force: true });
+      try {
+        rmSync(building, { force: true });
+      } catch {
+        /* a leftover .building is removed by the next attempt; the original error is what matters */
+      }
     }
     throw classifyFsError(e, `user ${userId}'s data`) ?? e;
   }
