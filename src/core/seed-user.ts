@@ -62,12 +62,20 @@ export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_stage
 
 /** Seed one user. The caller holds the user's lock. */
 export function seedUser(input: SeedUserInput): SeedUserResult {
+  return seedUserWith(input, syncNow);
+}
+
+/**
+ * Seed one user with `sync` as each durability barrier (seedUser passes fsyncs). Tests pass a
+ * recorder to check what reached a barrier before each step became visible.
+ */
+export function seedUserWith(input: SeedUserInput, sync: (t: ToSync) => void): SeedUserResult {
   const steps = seedSteps(input);
   let r = steps.next();
   while (!r.done) {
     let failed: unknown;
     try {
-      syncNow(r.value);
+      sync(r.value);
     } catch (e) {
       failed = e ?? new Error('fsync failed');
     }
@@ -313,6 +321,9 @@ function commitRows(
   }).immediate();
 }
 
+/** Staging folders whose name, and their parents' up to the data dir, this process made durable. */
+const durableStaging = new Set<string>();
+
 /**
  * A user without a DB (and no earlier attempt to adopt): build its whole DB, `ready` included, in
  * staging and make it durable under its `.db` name; write the files it names and make them
@@ -333,14 +344,16 @@ function* seedFresh(
   const building = path.join(stagingDir, `${base}.building`);
   const staged = path.join(stagingDir, `${base}.db`);
   const created = mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
-  // The staged name must survive a power loss, and with it any folder made for it just now.
+  // The staged name must survive a power cut, and so must the folders above it, up to the data
+  // dir (.acm2 may have been made by the template, which does not sync its entry): once per
+  // process, or again when a folder had to be made.
   const namingDirs = [stagingDir];
-  if (created) {
-    for (let d = stagingDir; d !== created && d !== path.dirname(d); ) {
+  if (created !== undefined || !durableStaging.has(stagingDir)) {
+    const top = path.resolve(dataDir);
+    for (let d = stagingDir; d !== top && d !== path.dirname(d); ) {
       d = path.dirname(d);
       namingDirs.push(d);
     }
-    namingDirs.push(path.dirname(created));
   }
   let named = false;
   let linked = false;
@@ -363,6 +376,7 @@ function* seedFresh(
     renameSync(building, staged);
     named = true;
     yield { files: [], dirs: namingDirs };
+    durableStaging.add(stagingDir);
     step('db_staged');
     // Leftovers of this user are torn builds now (a whole one would have been adopted): they go.
     cleanStaging(dataDir, userId, path.basename(staged));
