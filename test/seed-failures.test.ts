@@ -67,6 +67,10 @@ describe('failed seeds', () => {
     expect(shown.status).toBe('pending'); // the job went back to the queue for a retry
     expect(shown.job.attempts).toBe(1);
     expect(shown.lastError).toMatch(/EEXIST|ENOTDIR|exists|not a directory/);
+    // The failed DB lists the files the seed meant to write; show does not call them seeded.
+    const human = (await acm2(['user', 'show', '1', '--no-color'])).stdout;
+    expect(human).toMatch(/files listed by the unfinished seed/);
+    expect(human).not.toMatch(/seeded files/);
 
     // Drain until the last attempt is spent (max 5 attempts, backoff 0 here).
     for (let i = 0; i < 6; i++) await acm2(['user', 'seed', '--pending', '--concurrency', '1']);
@@ -86,6 +90,7 @@ describe('failed seeds', () => {
     expect(retry.code).toBe(0);
     expect(JSON.parse(retry.stdout).seed.status).toBe('ready');
     expect(JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout).status).toBe('ready');
+    expect((await acm2(['user', 'show', '1', '--no-color'])).stdout).toMatch(/\(\d+ seeded files, /);
   });
 
   it('a second seeder waits at most --lock-timeout, then exits 3', async () => {

@@ -36,7 +36,8 @@ export function renderStatus(s: UserStatus): string {
     ['seed version', s.seedVersion ?? '-'],
     ['seeded at', s.seededAt ?? '-'],
     ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}`],
-    ['files', `${s.root} (${s.files.count} seeded files, ${formatBytes(s.files.bytes)})`],
+    // Until ready, the DB's seeded-file list is what the seed means to write, not what is there.
+    ['files', `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`],
     ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}` : '-'],
   ];
   if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
