@@ -122,19 +122,19 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const step = input.onStep ?? (() => undefined);
   const prepared = preparePackage(pkg);
 
+  let leftovers = committedStaged(dataDir, userId);
   if (!existsSync(userDbPath(dataDir, userId))) {
-    const earlier = committedStaged(dataDir, userId)[0];
+    const earlier = leftovers[0];
     if (!earlier) return yield* seedFresh(dataDir, userId, prepared, step, started);
     // A crashed attempt's whole build: its files may be on disk, named by its map. Put it in
     // place (in_progress) and finish through the existing-DB path, which reuses that map.
     placeStaged(earlier.file, dataDir, userId, earlier.version, 'in_progress');
+    leftovers = leftovers.slice(1);
   }
 
   // Whole builds of this version left beside a DB (something created the DB between attempts):
   // their maps join the DB's, so the files they may have written are rewritten, not orphaned.
-  const inherited = committedStaged(dataDir, userId)
-    .filter((l) => l.version === version)
-    .flatMap((l) => l.map);
+  const inherited = leftovers.filter((l) => l.version === version).flatMap((l) => l.map);
   cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   try {
@@ -272,11 +272,7 @@ const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC |
  */
 function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSync {
   const dirs = new Set<string>();
-  const made = new Set<string>();
-  if (!existsSync(root)) {
-    mkdirSync(root, { mode: 0o700 });
-    made.add(path.resolve(dataDir));
-  }
+  if (!existsSync(root)) mkdirSync(root, { mode: 0o700 });
   const out: string[] = [];
   for (const f of files) {
     const abs = resolveInside(root, f.path);
@@ -295,10 +291,9 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
     out.push(abs);
   }
   dirs.add(root);
-  // The user root's own entry too, even when an earlier attempt created it (it may not have
+  // The user root's own entry too, whether made now or by an earlier attempt (which may not have
   // reached its barrier).
   dirs.add(path.resolve(dataDir));
-  for (const d of made) dirs.add(d);
   return { files: out, dirs: [...dirs].sort((a, b) => b.length - a.length) };
 }
 
@@ -339,7 +334,7 @@ function* seedFresh(
 ): Generator<ToSync, SeedUserResult, void> {
   const version = prepared.pkg.version;
   const target = userDbPath(dataDir, userId);
-  const stagingDir = path.resolve(toolDir(dataDir, 'staging'));
+  const stagingDir = toolDir(dataDir, 'staging');
   const base = `user_${userId}-${version}-${randomBytes(4).toString('hex')}`;
   const building = path.join(stagingDir, `${base}.building`);
   const staged = path.join(stagingDir, `${base}.db`);
