@@ -4,6 +4,8 @@
 //   node dist/bench/floor.js copy <pkgDir> <outDir> <users> <i> <n> [fsync]
 //       per user id (1..users, id % n == i): copy seed.db to user_<id>.db and files/ to user_<id>/
 //       with fs.copyFileSync; no remap, no master. 'fsync' also fsyncs every file and folder.
+//       'write' instead writes the same bytes from memory (read once) with write(): per-user
+//       content, which a remap makes of every file, cannot be copied inside the kernel.
 //   node dist/bench/floor.js open-stat <dataDir> <users> <i> <n>
 //       per user id: open user_<id>.db (better-sqlite3), read user_meta, lstat every file under user_<id>/.
 //   node dist/bench/floor.js read-all <dataDir> <users> <i> <n>
@@ -14,7 +16,7 @@
 //
 // Heavy modules are imported only by the mode that needs them, so startup stays a plain node's.
 
-import { closeSync, copyFileSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync } from 'node:fs';
+import { closeSync, copyFileSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 function ids(users: number, i: number, n: number): number[] {
@@ -46,6 +48,18 @@ function copyTree(src: string, dst: string, durable: boolean): void {
   if (durable) fsyncPath(dst);
 }
 
+/** A tree's files in memory, folders first: what the 'write' floor writes per user. */
+function loadTree(src: string, rel = '', out: Array<{ rel: string; data?: Buffer }> = []): Array<{ rel: string; data?: Buffer }> {
+  for (const e of readdirSync(path.join(src, rel), { withFileTypes: true })) {
+    const r = path.join(rel, e.name);
+    if (e.isDirectory()) {
+      out.push({ rel: r });
+      loadTree(src, r, out);
+    } else out.push({ rel: r, data: readFileSync(path.join(src, r)) });
+  }
+  return out;
+}
+
 function statTree(dir: string): number {
   let n = 0;
   let entries;
@@ -70,6 +84,20 @@ async function main(argv: string[]): Promise<void> {
       const [pkgDir, outDir, users, i, n, durable] = a as [string, string, string, string, string, string | undefined];
       const fsync = durable === 'fsync';
       mkdirSync(outDir, { recursive: true });
+      if (durable === 'write') {
+        const dbBytes = readFileSync(path.join(pkgDir, 'seed.db'));
+        const tree = loadTree(path.join(pkgDir, 'files'));
+        for (const id of ids(Number(users), Number(i), Number(n))) {
+          writeFileSync(path.join(outDir, `user_${id}.db`), dbBytes);
+          const root = path.join(outDir, `user_${id}`);
+          mkdirSync(root);
+          for (const f of tree) {
+            if (f.data) writeFileSync(path.join(root, f.rel), f.data);
+            else mkdirSync(path.join(root, f.rel));
+          }
+        }
+        return;
+      }
       for (const id of ids(Number(users), Number(i), Number(n))) {
         const db = path.join(outDir, `user_${id}.db`);
         copyFileSync(path.join(pkgDir, 'seed.db'), db);

@@ -196,6 +196,8 @@ async function benchSeeding(root: string, s: Sizes, large: Pkg): Promise<void> {
     const durable: number[] = [];
     const ratio: number[] = [];
     const ratioDurable: number[] = [];
+    const written: number[] = [];
+    const ratioWritten: number[] = [];
     for (let r = 0; r < s.seedRuns; r++) {
       const measureOurs = async () => {
         const dataDir = freshDir(path.join(root, `seed-${pkg.name}`));
@@ -207,10 +209,10 @@ async function benchSeeding(root: string, s: Sizes, large: Pkg): Promise<void> {
         setAside(dataDir);
         return p.ms;
       };
-      const measureFloor = async (fsync: boolean) => {
+      const measureFloor = async (how?: 'fsync' | 'write') => {
         const out = freshDir(path.join(root, `floor-${pkg.name}`));
         await settle();
-        const t = await together([0, 1].map((i) => () => floor(['copy', pkg.dir, out, String(users), String(i), '2', ...(fsync ? ['fsync'] : [])])));
+        const t = await together([0, 1].map((i) => () => floor(['copy', pkg.dir, out, String(users), String(i), '2', ...(how ? [how] : [])])));
         setAside(out);
         return t.ms;
       };
@@ -218,18 +220,21 @@ async function benchSeeding(root: string, s: Sizes, large: Pkg): Promise<void> {
       let c: number;
       if (r % 2 === 0) {
         o = await measureOurs();
-        c = await measureFloor(false);
+        c = await measureFloor();
       } else {
-        c = await measureFloor(false);
+        c = await measureFloor();
         o = await measureOurs();
       }
-      const d = await measureFloor(true);
+      const d = await measureFloor('fsync');
+      const w = await measureFloor('write');
       ours.push(o);
       copy.push(c);
       durable.push(d);
+      written.push(w);
       ratio.push(o / c);
       ratioDurable.push(o / d);
-      log(`seed ${pkg.name} run ${r + 1}: ours ${fmtMs(o)}, copy floor ${fmtMs(c)}, copy+fsync ${fmtMs(d)} for ${users} users`);
+      ratioWritten.push(o / w);
+      log(`seed ${pkg.name} run ${r + 1}: ours ${fmtMs(o)}, copy floor ${fmtMs(c)}, copy+fsync ${fmtMs(d)}, write ${fmtMs(w)} for ${users} users`);
     }
     const ups = (ms: number) => (users * 1000) / ms;
     const rt = median(ratio);
@@ -257,6 +262,19 @@ async function benchSeeding(root: string, s: Sizes, large: Pkg): Promise<void> {
       met: null,
       runs: String(s.seedRuns),
       samples: { users, oursMs: ours, floorMs: durable, ratios: ratioDurable },
+    });
+    const rw = median(ratioWritten);
+    addRow({
+      id: `seed_${pkg.name}_write`,
+      benchmark: `  same, vs write floor (the same bytes written from memory with write(), as content that differs per user must be; no fsync) — informational`,
+      ours: `${fmt(ups(median(ours)))} users/s`,
+      baseline: `${fmt(ups(median(written)))} users/s`,
+      ratio: rw,
+      ratioLabel: `${fmt(rw, 2)}× floor time`,
+      target: '–',
+      met: null,
+      runs: String(s.seedRuns),
+      samples: { users, oursMs: ours, floorMs: written, ratios: ratioWritten },
     });
   }
 }
