@@ -23,7 +23,7 @@ import {
   type SchemaDrift,
   type SqliteDb,
 } from '../userdb/user-db.js';
-import { seedUser, sqlNow } from './seed-user.js';
+import { seedUserAsync, sqlNow } from './seed-user.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
@@ -875,7 +875,7 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
   let report: BackfillUserReport;
   try {
     // Decide again under the lock: another process may have changed the user meanwhile.
-    report = await execute(a, planUser(ctx, plan.userId));
+    report = await execute(a, planUser(ctx, plan.userId), lock);
   } catch (e) {
     report = failReport(plan, classify(e));
   } finally {
@@ -888,7 +888,7 @@ function failReport(plan: UserPlan, f: { code: BackfillFailureCode; reason: stri
   return { ...planReport(plan), outcome: 'fail', code: f.code, reason: f.reason };
 }
 
-async function execute(a: ApplyDeps, plan: UserPlan): Promise<BackfillUserReport> {
+async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<BackfillUserReport> {
   const { ctx } = a;
   const r = planReport(plan);
   if (plan.action === 'fail' || plan.action === 'ok') return r;
@@ -924,7 +924,7 @@ async function execute(a: ApplyDeps, plan: UserPlan): Promise<BackfillUserReport
   if (legacyMeta && !metaDone) writeLegacyMeta(ctx.dataDir, id, ctx.busyTimeoutMs);
   const seed = plan.steps.find((s): s is Extract<PlanStep, { kind: 'seed' }> => s.kind === 'seed');
   if (seed) {
-    const err = await seedWithJob(a, id);
+    const err = await seedWithJob(a, id, lock);
     if (err) return { ...r, outcome: 'fail', code: 'seed_failed', reason: err };
   }
   const perms = plan.steps.find((s): s is Extract<PlanStep, { kind: 'permissions' }> => s.kind === 'permissions');
@@ -933,14 +933,14 @@ async function execute(a: ApplyDeps, plan: UserPlan): Promise<BackfillUserReport
 }
 
 /** Seed under the lock we hold, keeping an open seed job (if the user has one) in step. */
-async function seedWithJob(a: ApplyDeps, userId: UserId): Promise<string | undefined> {
+async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<string | undefined> {
   const { deps, m, worker } = a;
   const job = await m(() => deps.master.claimJobForUser(userId, worker, LEASE_MS)).catch((e) => {
     if (e instanceof MasterLost) return undefined;
     throw e;
   });
   try {
-    seedUser({ dataDir: deps.dataDir, userId, pkg: deps.pkg });
+    await seedUserAsync({ dataDir: deps.dataDir, userId, pkg: deps.pkg, lock });
   } catch (e) {
     const error = e instanceof Error ? e.message : String(e);
     if (job) {

@@ -29,6 +29,7 @@ import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mk
 import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
+import type { UserLock } from '../master/types.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
 import { migrateUserDb, openSqlite, openUserDb, type SqliteDb } from '../userdb/user-db.js';
@@ -56,6 +57,13 @@ export interface SeedUserInput {
   force?: boolean;
   /** Test hook: called with the name of each step before it runs (crash tests kill there). */
   onStep?: (step: SeedStep) => void;
+  /**
+   * The user's lock, which the caller holds: asked at each barrier before a step another holder
+   * could collide with (removing staging, writing the user's files, the link or commit). When it
+   * is lost the seed stops there, changing nothing more: what it left is a crashed attempt's,
+   * which the next holder adopts or removes.
+   */
+  lock?: UserLock;
 }
 
 export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_staged' | 'files_moved' | 'linked' | 'committed';
@@ -70,6 +78,7 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
  * recorder to check what reached a barrier before each step became visible.
  */
 export function seedUserWith(input: SeedUserInput, sync: (t: ToSync) => void): SeedUserResult {
+  if (input.lock) throw new Error('seedUserWith cannot ask a lock: use seedUserAsync');
   const steps = seedSteps(input);
   let r = steps.next();
   while (!r.done) {
@@ -92,12 +101,15 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
   const steps = seedSteps(input);
   let r = steps.next();
   while (!r.done) {
-    let failed: unknown;
-    try {
-      await syncFilesAsync(r.value.files, r.value.dirs);
-    } catch (e) {
-      failed = e ?? new Error('fsync failed');
+    const { files, dirs, lock } = r.value;
+    const [synced, held] = await Promise.allSettled([syncFilesAsync(files, dirs), lock && input.lock ? input.lock.check() : undefined]);
+    if (held.status === 'rejected') {
+      // Not thrown into the seed: its error paths write (a failed DB put in place), and another
+      // holder may be at work on this user now. Only its finally blocks run.
+      steps.return(undefined as unknown as SeedUserResult);
+      throw held.reason;
     }
+    const failed = synced.status === 'rejected' ? (synced.reason ?? new Error('fsync failed')) : undefined;
     r = failed === undefined ? steps.next() : steps.throw(failed);
   }
   return r.value;
@@ -107,6 +119,8 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
 export interface ToSync {
   files: string[];
   dirs: string[];
+  /** The next step is one another holder of the user could collide with: ask the lock first. */
+  lock?: boolean;
 }
 
 function syncNow(t: ToSync): void {
@@ -123,6 +137,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const prepared = preparePackage(pkg);
 
   let leftovers = committedStaged(dataDir, userId);
+  if (!existsSync(userDbPath(dataDir, userId)) && leftovers.length === 0) return yield* seedFresh(dataDir, userId, prepared, step, started);
+  // Everything below may change what another holder would see: staging removed, a DB put in place.
+  yield { files: [], dirs: [], lock: true };
   if (!existsSync(userDbPath(dataDir, userId))) {
     const earlier = leftovers[0];
     if (!earlier) return yield* seedFresh(dataDir, userId, prepared, step, started);
@@ -153,7 +170,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
 
     const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
     step('files_staged');
-    yield durable;
+    yield { ...durable, lock: true };
     step('files_moved');
 
     const seededAt = sqlNow();
@@ -367,7 +384,7 @@ function* seedFresh(
     } finally {
       db.close();
     }
-    yield { files: [building], dirs: [] };
+    yield { files: [building], dirs: [], lock: true };
     renameSync(building, staged);
     named = true;
     yield { files: [], dirs: namingDirs };
@@ -380,7 +397,7 @@ function* seedFresh(
 
     const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
     step('files_staged');
-    yield durable;
+    yield { ...durable, lock: true };
     step('files_moved');
 
     linkSync(staged, target);

@@ -66,5 +66,9 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
         db.close();
       }
     },
+    // The OS holds the lock as long as this connection is open in this process.
+    async check() {
+      if (!db.open || !db.inTransaction) throw new UnavailableError(`the lock ${name} is no longer held`, 'lock_lost');
+    },
   };
 }

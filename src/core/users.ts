@@ -183,7 +183,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     await deps.master.enqueueSeedJob(user.id, pkg.version, { force });
     const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS);
     try {
-      const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep });
+      const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       if (job) await deps.master.finishJob(job.id, worker, { status: 'done' });
       return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id };
     } catch (e) {
@@ -274,7 +274,7 @@ export async function drainQueue(
       try {
         // loadPackage caches a checked package per process, so this hashes once per version.
         const pkg = loadPackage(deps.seedsDir, job.seedVersion);
-        await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep });
+        await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep, lock });
         await deps.master.finishJob(job.id, worker, { status: 'done' });
         res.done++;
       } catch (e) {

@@ -405,7 +405,20 @@ export class MysqlMaster implements MasterDb {
     }
     this.heldLocks.add(c);
     let released = false;
+    let lost: Error | undefined;
     return {
+      check: async () => {
+        if (released) throw new UnavailableError(`the lock for ${what} was released`, 'lock_lost');
+        if (!lost) {
+          try {
+            const r = await this.one('SELECT IS_USED_LOCK(?) = CONNECTION_ID() AS mine', [name], c);
+            if (Number(r?.mine) !== 1) lost = new Error('another connection holds it, or nobody does');
+          } catch (e) {
+            lost = e instanceof Error ? e : new Error(String(e));
+          }
+        }
+        if (lost) throw new UnavailableError(`lost the lock for ${what} on MySQL master ${this.display} (${lost.message}): stopped before anything else was changed`, 'lock_lost', { cause: lost });
+      },
       release: async () => {
         if (released) return;
         released = true;

@@ -66,6 +66,12 @@ export function notAttempted(outcome: JobOutcome): number {
 
 export interface UserLock {
   release(): Promise<void>;
+  /**
+   * Resolves while this lock is still ours; rejects with an UnavailableError (code lock_lost)
+   * once it is not (MySQL: the lock's connection died, and with it the lock). Seeding asks
+   * before each step another holder could collide with.
+   */
+  check(): Promise<void>;
 }
 
 export interface BackfillProgress {
