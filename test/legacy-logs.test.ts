@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import Database from 'better-sqlite3';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
@@ -166,6 +166,26 @@ describe('moving global logs through backfill', () => {
     const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3, 2]]]) });
     expect(r.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
     expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
+  });
+
+  it('a run whose logs folder (or a folder above it) is a symlink is left in place, never deleted through it', () => {
+    // An operator bridged the global folder into user 3's run folder during the transition.
+    const runDir = path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3);
+    mkdirSync(runDir, { recursive: true });
+    symlinkSync(path.join(w.logs, w.r3), path.join(runDir, 'logs'));
+    // User 2's runs folder points somewhere else entirely.
+    const elsewhere = fleetTmpDir('acm2-elsewhere-');
+    rmSync(path.join(userRoot(w.fleet.dataDir, 2), 'runs'), { recursive: true, force: true });
+    symlinkSync(elsewhere, path.join(userRoot(w.fleet.dataDir, 2), 'runs'));
+    const before = snapshotTree(w.logs);
+    const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]], [w.r2, [2]]]) });
+    expect(r.refused).toEqual([
+      { runId: w.r2, userId: 2, path: 'runs' },
+      { runId: w.r3, userId: 3, path: `runs/${w.r3}/logs` },
+    ]);
+    expect(r.moved).toEqual([]);
+    expect(snapshotTree(w.logs)).toEqual(before);
+    expect(readdirSync(elsewhere)).toEqual([]);
   });
 
   it('the CLI reports the moves in its JSON and refuses a --legacy-logs that is not a folder', () => {

@@ -53,6 +53,12 @@ export interface LegacyLogsResult {
   ambiguous: Array<{ runId: string; userIds: UserId[] }>;
   /** Entries that are not plain files or folders (symlinks, sockets): left in place. */
   skipped: string[];
+  /**
+   * Runs left in place because a folder on the way to their new place is a symlink or not a
+   * folder (`path`, relative to the user's root): moving through it could land outside the
+   * user's root, or onto the very file being moved, and delete it.
+   */
+  refused: Array<{ runId: string; userId: UserId; path: string }>;
   /** Users whose DB could not be read, so a run they own may be reported unowned. */
   uncheckedUsers: UserId[];
 }
@@ -113,6 +119,7 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
     unowned: [],
     ambiguous: [],
     skipped: [],
+    refused: [],
     uncheckedUsers: input.uncheckedUsers ?? [],
   };
   // Each run copies through a staging folder of its own; leftovers of crashed runs are copies
@@ -134,7 +141,14 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
     const root = userRoot(input.dataDir, userId);
     const src = path.join(dir, runId);
     const move: LegacyRunMove = { runId, userId, files: 0, bytes: 0 };
-    for (const rel of walk(src, res.skipped, dir)) {
+    const rels = walk(src, res.skipped, dir);
+    // Every folder the files go to must be a plain folder under the root (or not exist yet).
+    const bad = [...new Set(rels.map((rel) => path.join('runs', runId, 'logs', path.dirname(rel))))].map((d) => notPlainFolder(root, d)).find((b) => b !== undefined);
+    if (bad !== undefined) {
+      res.refused.push({ runId, userId, path: bad });
+      continue;
+    }
+    for (const rel of rels) {
       const from = path.join(src, rel);
       const bytes = lstatSync(from).size;
       const wanted = resolveInside(root, path.join('runs', runId, 'logs', rel));
@@ -148,6 +162,27 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
   }
   if (!input.dryRun && existsSync(staging)) rmSync(staging, { recursive: true, force: true });
   return res;
+}
+
+/**
+ * The first of root and the folders of `rel` under it that exists and is a symlink or not a
+ * folder (relative to root, '.' for the root itself), or undefined when all are plain folders
+ * or do not exist yet.
+ */
+function notPlainFolder(root: string, rel: string): string | undefined {
+  let at = root;
+  for (const part of ['', ...path.normalize(rel).split(path.sep).filter((p) => p !== '' && p !== '.')]) {
+    at = part === '' ? root : path.join(at, part);
+    let st;
+    try {
+      st = lstatSync(at);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    if (st.isSymbolicLink() || !st.isDirectory()) return path.relative(root, at) || '.';
+  }
+  return undefined;
 }
 
 const STALE_STAGING_MS = 10 * 60 * 1000;
@@ -238,7 +273,12 @@ function sameBytes(a: string, b: string): boolean {
   const sa = lstatSync(a);
   const sb = lstatSync(b);
   if (!sb.isFile() || sa.size !== sb.size) return false;
-  if (sa.ino === sb.ino && sa.dev === sb.dev) return true;
+  // The same inode under two names: an earlier run linked it and stopped before removing the
+  // old name. With one name only, both paths reach one entry: never "the same bytes elsewhere".
+  if (sa.ino === sb.ino && sa.dev === sb.dev) {
+    if (sa.nlink < 2) throw new Error(`${a} and ${b} are one file reached by two paths; it is left in place`);
+    return true;
+  }
   const fa = openSync(a, 'r');
   const fb = openSync(b, 'r');
   try {

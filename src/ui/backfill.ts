@@ -87,6 +87,7 @@ export function renderLegacyLogs(l: LegacyLogsResult): string {
   if (l.unowned.length > 0) out.push(chalk.yellow(`  ${l.unowned.length} run folder(s) no user owns, left in place: ${l.unowned.join(', ')}`));
   for (const a of l.ambiguous) out.push(chalk.yellow(`  run ${a.runId} is held by users ${a.userIds.join(', ')}: left in place`));
   if (l.skipped.length > 0) out.push(chalk.yellow(`  not plain files, left in place: ${l.skipped.join(', ')}`));
+  for (const r of l.refused) out.push(chalk.yellow(`  run ${r.runId}: user ${r.userId}'s ${r.path} is a symlink or not a folder, so the run's logs were left in place`));
   if (l.uncheckedUsers.length > 0) out.push(chalk.yellow(`  DBs of users ${l.uncheckedUsers.join(', ')} could not be read, so runs they own may show as unowned`));
   return out.join('\n');
 }
