@@ -5,14 +5,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
+import { frozenSource, snapshotTree, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
 import { tryLockNamed } from '../src/core/user-lock.js';
-import { countRows } from '../src/core/migrate-safe.js';
+import { countRows, migrateSafely } from '../src/core/migrate-safe.js';
 import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
 import { UnavailableError } from '../src/errors.js';
@@ -233,6 +233,43 @@ describe('no row is ever lost', () => {
     // The real migrations then go through.
     const ok = await backfill(fleet);
     expect(ok.counts).toEqual({ meta_legacy: ids.length });
+  });
+});
+
+describe('after the commit', () => {
+  it('a check that fails once the migration committed restores nothing: ACM2 may have written by then', async () => {
+    const dir = tmpDir('acm2-after-commit-');
+    try {
+      const file = path.join(dir, 'user_9.db');
+      const setup = new Database(file);
+      setup.exec(`CREATE TABLE acm2_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);
+                  CREATE TABLE notes (id INTEGER PRIMARY KEY, t TEXT); INSERT INTO notes (t) VALUES ('one'), ('two');`);
+      setup.close();
+      const sql = 'ALTER TABLE notes ADD COLUMN y TEXT';
+      const r = await migrateSafely({
+        dbPath: file,
+        backupDir: path.join(dir, 'backups'),
+        label: 'user_9',
+        migrations: [{ id: 1, name: '0001_notes_y', sql, checksum: createHash('sha256').update(sql).digest('hex') }],
+        busyTimeoutMs: 250,
+        // ACM2, as soon as the commit lets it: a user deletes two notes and writes a new one.
+        afterCommit: () => {
+          const acm2 = new Database(file);
+          acm2.exec(`DELETE FROM notes; INSERT INTO notes (t) VALUES ('written by ACM2 after the commit');`);
+          acm2.close();
+        },
+      });
+      expect(r.ok).toBe(false);
+      expect(r.failure).toMatchObject({ code: 'rows_vanished', restoredFrom: 'committed' });
+      expect(r.failure!.message).toMatch(/after the migration committed/);
+      const db = new Database(file, { readonly: true });
+      expect(db.prepare(`SELECT t, y FROM notes ORDER BY id`).all()).toEqual([{ t: 'written by ACM2 after the commit', y: null }]);
+      expect(db.prepare(`SELECT name FROM acm2_migrations`).pluck().all()).toEqual(['0001_notes_y']);
+      db.close();
+      expect(r.backupPath && existsSync(r.backupPath)).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

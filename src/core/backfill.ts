@@ -917,7 +917,9 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
           ? `; the DB was restored from the backup ${res.backupPath}`
           : f.restoredFrom === 'rollback'
             ? `; rolled back, nothing changed (backup kept at ${res.backupPath})`
-            : '; nothing was changed';
+            : f.restoredFrom === 'committed'
+              ? `; the migration was committed and ACM2 may have written since, so nothing was restored: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
+              : '; nothing was changed';
       return { ...r, outcome: 'fail', code: f.code, reason: `${f.message}${how}` };
     }
   }

@@ -28,13 +28,19 @@ export interface SafeMigrateInput {
    * user_meta here, so a DB becomes current and ready in one commit). Returns what it did.
    */
   extra?: (db: SqliteDb) => string[];
+  /** Test hook: runs right after the commit, before the check of the committed file. */
+  afterCommit?: () => void;
 }
 
 export interface SafeMigrateFailure {
   code: MigrateFailureCode;
   message: string;
-  /** How the DB got back to its state before: the transaction's rollback, or the backup copy. */
-  restoredFrom: 'rollback' | 'backup' | 'untouched';
+  /**
+   * How the DB got back to its state before: the transaction's rollback, or the backup copy.
+   * 'committed': the migration committed and only the check after it failed; nothing was
+   * restored, since ACM2 may have written to the DB once the commit let it (the backup is kept).
+   */
+  restoredFrom: 'rollback' | 'backup' | 'untouched' | 'committed';
 }
 
 export interface SafeMigrateResult {
@@ -183,6 +189,7 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
   }
   let backupPath: string | undefined;
   let before: { counts: Record<string, number>; fk: Set<string>; schema: string } | undefined;
+  let committed = false;
   try {
     const qc = quickCheck(db);
     if (qc) return { ...result, failure: { code: 'corrupt', message: `quick_check failed before migrating: ${qc}`, restoredFrom: 'untouched' } };
@@ -212,6 +219,8 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     const checked = compare(before, db);
     if (checked.problem) throw checked.problem;
     if (db.inTransaction) db.exec('COMMIT');
+    committed = true;
+    input.afterCommit?.();
     // Check the committed file once more: what is on disk is what counts.
     const final = compare(before, db);
     result.after = final.counts;
@@ -231,6 +240,9 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
         ? { code: e.code, message: e.message, restoredFrom: 'rollback' }
         : { code: isBusy(e) ? 'locked' : isCorrupt(e) ? 'corrupt' : 'migration_error', message: (e as Error).message, restoredFrom: 'rollback' };
     if (!before || !backupPath) return { ...result, failure: { ...failure, restoredFrom: 'untouched' } };
+    // Our commit released the lock: from then on ACM2 may write (a row added, one deleted), and
+    // the backup is older than those writes. A check failing now is reported, never undone.
+    if (committed) return { ...result, failure: { ...failure, message: `${failure.message} (checked after the migration committed)`, restoredFrom: 'committed' } };
     // A rollback is enough unless something committed on its own (a migration with COMMIT in it,
     // or a failure after our COMMIT): then the DB is not provably as before, and the backup goes back.
     let same = false;
