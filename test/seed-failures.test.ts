@@ -6,7 +6,9 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { rmSync, writeFileSync } from 'node:fs';
 import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
-import { userRoot } from '../src/userdb/paths.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
+import { seedUser } from '../src/core/seed-user.js';
+import Database from 'better-sqlite3';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -50,6 +52,41 @@ beforeAll(() => {
 afterAll(() => {
   pkg.cleanup();
   rmSync(dataDir, { recursive: true, force: true });
+});
+
+describe('a failed seed of a new version', () => {
+  it('leaves a user that was ready with another version ready with it, and records the failure', () => {
+    const dir = tmpDir('acm2-fail-other-');
+    try {
+      seedUser({ dataDir: dir, userId: 7, pkg: pkg.pkg });
+      const db = () => new Database(userDbPath(dir, 7));
+      // A complete user of another version (an older package, or ACM2's 'legacy').
+      let h = db();
+      h.prepare(`UPDATE user_meta SET seed_version = 'legacy'`).run();
+      h.prepare(`UPDATE acm2_seed_state SET seed_version = 'legacy'`).run();
+      const before = h.prepare(`SELECT seed_status, seed_version, seeded_at FROM user_meta`).get();
+      h.close();
+      expect(() =>
+        seedUser({
+          dataDir: dir,
+          userId: 7,
+          pkg: pkg.pkg,
+          onStep: (s) => {
+            if (s === 'files_staged') throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+          },
+        }),
+      ).toThrow(/disk full/);
+      h = db();
+      expect(h.prepare(`SELECT seed_status, seed_version, seeded_at FROM user_meta`).get()).toEqual(before);
+      expect(h.prepare(`SELECT seed_version, status FROM acm2_seed_state ORDER BY seed_version`).all()).toEqual([
+        { seed_version: 'legacy', status: 'ready' },
+        { seed_version: pkg.pkg.version, status: 'failed' },
+      ]);
+      h.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('failed seeds', () => {

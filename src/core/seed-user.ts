@@ -154,11 +154,12 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const inherited = leftovers.filter((l) => l.version === version).flatMap((l) => l.map);
   cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
+  let meta: MetaRow | undefined;
   try {
     db = openUserDb(dataDir, userId);
     migrateUserDb(db);
     step('migrated');
-    const meta = readMeta(db, userId);
+    meta = readMeta(db, userId);
     if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
       const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
       return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
@@ -188,7 +189,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     };
   } catch (e) {
     try {
-      if (db) markFailed(db, userId, version, e);
+      if (db) markFailed(db, userId, version, e, meta);
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
@@ -558,11 +559,20 @@ function insertRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map
   return n;
 }
 
-function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown): void {
+/**
+ * Record a failed seed of `version`. A user that was ready with another version before this
+ * seed began (`prior`) keeps being that: its rows are all there (this seed committed none), so
+ * it goes back to ready with that version rather than failed, and only the seed state says the
+ * new version failed. (beginSeed marked it in_progress on the way: reading user_meta now
+ * would no longer show that it was ready.)
+ */
+function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, prior?: MetaRow): void {
   const msg = e instanceof Error ? e.message : String(e);
   db.transaction(() => {
     const meta = readMeta(db, userId);
-    if (meta && !(meta.seed_status === 'ready' && meta.seed_version !== version)) setMeta(db, userId, 'failed', version, null);
+    if (prior?.seed_status === 'ready' && prior.seed_version !== version) {
+      if (meta) db.prepare(`UPDATE user_meta SET seed_status = 'ready', seed_version = ?, seeded_at = ?, updated_at = ? WHERE user_id = ?`).run(prior.seed_version, prior.seeded_at, sqlNow(), userId);
+    } else if (meta && !(meta.seed_status === 'ready' && meta.seed_version !== version)) setMeta(db, userId, 'failed', version, null);
     db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ?`).run(new Date().toISOString(), msg, version);
   })();
 }
