@@ -4,8 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { rmSync, writeFileSync } from 'node:fs';
-import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
+import { cpSync, rmSync, writeFileSync } from 'node:fs';
+import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser } from '../src/core/seed-user.js';
 import Database from 'better-sqlite3';
@@ -90,15 +90,16 @@ describe('a failed seed of a new version', () => {
 });
 
 describe('failed seeds', () => {
-  it('user create keeps the user, exits 1 and says how to retry; the queue retries then fails for good', async () => {
+  it('a failed seed keeps the user, exits 1 and says how to retry; the queue retries then fails for good', async () => {
+    const c = await acm2(['user', 'create', '--email', 'f@example.com', '--username', 'f', '--async', '--json']);
+    expect(c.code).toBe(0);
+    expect(JSON.parse(c.stdout).user).toMatchObject({ id: 1, seedStatus: 'pending' });
     // A plain file where the user's folder must go: every seed attempt fails.
     writeFileSync(userRoot(dataDir, 1), 'in the way');
-    const c = await acm2(['user', 'create', '--email', 'f@example.com', '--username', 'f', '--json']);
-    expect(c.code).toBe(1);
-    const created = JSON.parse(c.stdout);
-    expect(created.user).toMatchObject({ id: 1, seedStatus: 'failed' });
-    expect(created.seed.retry).toBe('acm2 user seed 1');
-    expect(created.apiKey).toMatch(/^acm2_/);
+    const first = await acm2(['user', 'seed', '1', '--json']);
+    expect(first.code).toBe(1);
+    const created = JSON.parse(first.stdout);
+    expect(created.seed).toMatchObject({ status: 'failed', retry: 'acm2 user seed 1' });
 
     const shown = JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout);
     expect(shown.status).toBe('pending'); // the job went back to the queue for a retry
@@ -128,6 +129,39 @@ describe('failed seeds', () => {
     expect(JSON.parse(retry.stdout).seed.status).toBe('ready');
     expect(JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout).status).toBe('ready');
     expect((await acm2(['user', 'show', '1', '--no-color'])).stdout).toMatch(/\(\d+ seeded files, /);
+  });
+
+  it('user create leaves alone what the data dir already holds under the new id, and says so', async () => {
+    // Another user's DB and files under the id the master will give next (an id reused after a
+    // delete, or a data dir from another master).
+    const other = tmpDir('acm2-other-');
+    try {
+      seedUser({ dataDir: other, userId: 1, pkg: pkg.pkg });
+      const dir = tmpDir('acm2-reused-');
+      try {
+        const cli = (args: string[]) => run(process.execPath, [BIN, '--data-dir', dir, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '' } }).then((r) => ({ code: 0, stdout: r.stdout }), (e: { code: number; stdout: string }) => ({ code: e.code, stdout: e.stdout }));
+        cpSync(userDbPath(other, 1), userDbPath(dir, 1));
+        cpSync(userRoot(other, 1), userRoot(dir, 1), { recursive: true });
+        const before = snapshotTree(dir);
+        const c = await cli(['user', 'create', '--email', 'new@example.com', '--username', 'new', '--json']);
+        expect(c.code).toBe(1);
+        const doc = JSON.parse(c.stdout);
+        expect(doc.user).toMatchObject({ id: 1, seedStatus: 'failed' });
+        expect(doc.apiKey).toMatch(/^acm2_/);
+        expect(doc.seed).toMatchObject({ status: 'failed', retry: 'acm2 user seed 1' });
+        expect(doc.seed.error).toMatch(/already holds user_1\.db, user_1 from before user 1 existed/);
+        const after = snapshotTree(dir);
+        for (const [rel, sha] of Object.entries(before)) expect(after[rel], rel).toBe(sha);
+        // The job is failed, not queued: no drain picks the leftovers up.
+        const shown = JSON.parse((await cli(['user', 'show', '1', '--json'])).stdout);
+        expect(shown.job).toMatchObject({ status: 'failed' });
+        expect(shown.job.lastError).toMatch(/not this user's data/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
   });
 
   it('a second seeder waits at most --lock-timeout, then exits 3', async () => {

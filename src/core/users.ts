@@ -1,7 +1,8 @@
 // User lifecycle: create (master row + API key + seed job, then seed), seed one user under
 // its lock, drain the job queue, and read a user's status from both master and user DB.
 
-import { existsSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
+import path from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
@@ -12,7 +13,7 @@ import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './s
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
 import { openUserDb } from '../userdb/user-db.js';
-import { parseUserId, userDbPath, userRoot } from '../userdb/paths.js';
+import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
   master: MasterDb;
@@ -127,7 +128,16 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   // past it. A seed stopped by the environment or a bug is reported as failed, with the cause.
   let seed: SeedReport;
   let seedError: unknown;
-  if (input.async) seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
+  const foreign = leftoversAt(deps.dataDir, user.id);
+  if (foreign.length > 0) {
+    // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
+    // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
+    const error = `the data dir already holds ${foreign.join(', ')} from before user ${user.id} existed, which is not this user's data: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${user.id}`;
+    const worker = workerName();
+    const claimed = await master.claimJobForUser(user.id, worker, LEASE_MS);
+    if (claimed) await master.finishJob(claimed.id, worker, { status: 'failed', error });
+    seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job.id, retry: `acm2 user seed ${user.id}` };
+  } else if (input.async) seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
   else {
     try {
       seed = await seedWithJob(deps, user, pkg, false);
@@ -142,6 +152,30 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     seed,
     ...(seedError === undefined ? {} : { seedError }),
   };
+}
+
+/**
+ * What the data dir holds under a user id (DB, its journals, folder, staged builds), relative to
+ * it. Never throws (the caller has just made the user): a path it cannot look at counts as there.
+ */
+function leftoversAt(dataDir: string, id: UserId): string[] {
+  const there = (p: string): boolean => {
+    try {
+      lstatSync(p);
+      return true;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+    }
+  };
+  const db = userDbPath(dataDir, id);
+  const out = [db, `${db}-journal`, `${db}-wal`, userRoot(dataDir, id)].filter(there);
+  const staging = toolDir(dataDir, 'staging');
+  try {
+    for (const n of readdirSync(staging).sort()) if (n.startsWith(`user_${id}-`)) out.push(path.join(staging, n));
+  } catch {
+    /* no staging folder, or one the seed will report */
+  }
+  return out.map((p) => path.relative(dataDir, p));
 }
 
 /** An id or an email, resolved against the master. */
