@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { cpSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser } from '../src/core/seed-user.js';
@@ -85,6 +86,30 @@ describe('a failed seed of a new version', () => {
       h.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('symlinked folders under a user root', () => {
+  it('a seed writes nothing through a symlink that leads out of the user root', () => {
+    const dir = tmpDir('acm2-symlinked-');
+    const outside = tmpDir('acm2-outside-');
+    try {
+      // The whole root, then a folder inside it, point elsewhere.
+      symlinkSync(outside, userRoot(dir, 3));
+      expect(() => seedUser({ dataDir: dir, userId: 3, pkg: pkg.pkg })).toThrow(/symlink or not a directory/);
+      mkdirSync(userRoot(dir, 4));
+      symlinkSync(outside, path.join(userRoot(dir, 4), 'runs'));
+      expect(() => seedUser({ dataDir: dir, userId: 4, pkg: pkg.pkg })).toThrow(/is a symlink out of/);
+      expect(readdirSync(outside)).toEqual([]);
+      // A symlink that stays inside the root is followed.
+      mkdirSync(path.join(userRoot(dir, 5), 'elsewhere'), { recursive: true });
+      symlinkSync(path.join(userRoot(dir, 5), 'elsewhere'), path.join(userRoot(dir, 5), 'runs'));
+      expect(seedUser({ dataDir: dir, userId: 5, pkg: pkg.pkg }).outcome).toBe('seeded');
+      expect(readdirSync(path.join(userRoot(dir, 5), 'elsewhere')).length).toBeGreaterThan(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(outside, { recursive: true, force: true });
     }
   });
 });

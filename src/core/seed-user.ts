@@ -25,7 +25,7 @@
 // recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
@@ -291,6 +291,11 @@ const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC |
 function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSync {
   const dirs = new Set<string>();
   if (!existsSync(root)) mkdirSync(root, { mode: 0o700 });
+  // The paths are checked lexically (resolveInside); a symlinked folder on the way would still
+  // take the writes elsewhere, so every folder written into must really be under the root.
+  const top = lstatSync(root);
+  if (top.isSymbolicLink() || !top.isDirectory()) throw new Error(`${root} is a symlink or not a directory: the user's files must live in the folder itself`);
+  const realRoot = realpathSync(root);
   const out: string[] = [];
   for (const f of files) {
     const abs = resolveInside(root, f.path);
@@ -298,7 +303,7 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
     if (!dirs.has(dir)) {
       // Every folder from the root down to this one: their entries must be durable too.
       for (let d = dir; d.length > root.length && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      mkdirInside(root, realRoot, dir);
     }
     const fd = openSync(abs, WRITE_FLAGS, 0o600);
     try {
@@ -313,6 +318,31 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
   // reached its barrier).
   dirs.add(path.resolve(dataDir));
   return { files: out, dirs: [...dirs].sort((a, b) => b.length - a.length) };
+}
+
+/**
+ * Make `dir` (under root) a folder, one level at a time, never through a symlink that leads
+ * out of the root (one inside it is followed) and never over something that is not a folder.
+ */
+function mkdirInside(root: string, realRoot: string, dir: string): void {
+  let at = root;
+  for (const part of path.relative(root, dir).split(path.sep)) {
+    if (part === '') continue;
+    at = path.join(at, part);
+    let st;
+    try {
+      st = lstatSync(at);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      mkdirSync(at, { mode: 0o700 });
+      continue;
+    }
+    if (st.isSymbolicLink()) {
+      const real = realpathSync(at);
+      if (real !== realRoot && !real.startsWith(realRoot + path.sep)) throw new Error(`${at} is a symlink out of ${root} (to ${real}): no file is written through it`);
+      if (!statSync(at).isDirectory()) throw new Error(`${at} is not a directory`);
+    } else if (!st.isDirectory()) throw new Error(`${at} is not a directory`);
+  }
 }
 
 /** The commit point: rows, seeded-file list and `ready`, in one transaction. */
