@@ -169,6 +169,39 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     expectOnly(await verify(f), f, ['file_missing']);
   });
 
+  it('seed_row_missing: a seeded row deleted together with its ID map entry (checked against the package)', async () => {
+    const f = await fleet();
+    const src = withDb(f, (db) => {
+      const m = one<{ source_id: string; target_id: string }>(db, `SELECT source_id, target_id FROM acm2_id_map WHERE kind = 'artifacts' ORDER BY source_id LIMIT 1`);
+      db.prepare(`DELETE FROM artifacts WHERE id = ?`).run(m.target_id);
+      db.prepare(`DELETE FROM acm2_id_map WHERE source_id = ?`).run(m.source_id);
+      return m.source_id;
+    });
+    const r = await verify(f);
+    expectOnly(r, f, ['seed_row_missing']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems).toEqual([expect.objectContaining({ code: 'seed_row_missing', table: 'artifacts', message: expect.stringContaining(src) })]);
+  });
+
+  it('seed_row_missing + file_missing: a ready user whose rows, map, file list and files are all gone', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`DELETE FROM artifacts; DELETE FROM tasks; DELETE FROM runs; DELETE FROM presets; DELETE FROM documents; DELETE FROM contents; DELETE FROM acm2_id_map; DELETE FROM acm2_seed_files;`));
+    rmSync(userRoot(f.deps.dataDir, f.victim), { recursive: true, force: true });
+    const r = await verify(f);
+    expectOnly(r, f, ['seed_row_missing', 'file_missing']);
+    const problems = r.users.find((u) => u.id === f.victim)!.problems;
+    expect(problems.filter((p) => p.code === 'file_missing')).toHaveLength(pkg.pkg.manifest.files.length);
+  });
+
+  it('file_missing: a seeded file deleted together with its entry in the seeded-file list', async () => {
+    const f = await fleet();
+    const file = seededFile(f, /reports\/report\.html$/);
+    unlinkSync(file);
+    withDb(f, (db) => db.prepare(`DELETE FROM acm2_seed_files WHERE path LIKE '%reports/report.html'`).run());
+    const r = await verify(f);
+    expectOnly(r, f, ['file_missing']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ table: 'acm2_seed_files', message: expect.stringContaining('reports/report.html') });
+  });
+
   it('file_missing + unresolved_reference: a generated doc the Evaluation tabs need deleted', async () => {
     const f = await fleet();
     const doc = seededFile(f, /generated\/[0-9a-f]{8}\.[0-9a-f]{4}\.fpf/);
@@ -294,6 +327,14 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     const r = await verify(f);
     expectOnly(r, f, ['schema_outdated']);
     expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ table: 'contents', message: expect.stringContaining('contents.description') });
+  });
+
+  it('schema_outdated: an index dropped', async () => {
+    const f = await fleet();
+    withDb(f, (db) => db.exec(`DROP INDEX ix_user_meta_user_id`));
+    const r = await verify(f);
+    expectOnly(r, f, ['schema_outdated']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ message: 'index ix_user_meta_user_id is missing' });
   });
 
   it('schema_outdated: a migration not applied', async () => {

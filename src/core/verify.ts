@@ -10,7 +10,8 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { gcEvery } from '../gc.js';
 import { isBusy } from './migrate-safe.js';
-import { knownVersions } from '../seed/package.js';
+import { knownVersions, loadPackage } from '../seed/package.js';
+import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
 import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
 import { resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
@@ -114,6 +115,8 @@ export interface JobView {
 /** Everything a per-user check needs besides the user id and its job. */
 export interface CheckContext {
   dataDir: string;
+  /** Where the packages are: a ready user is compared with its version's rows and files. */
+  seedsDir?: string;
   knownVersions: string[];
   deep: boolean;
   now: number;
@@ -131,7 +134,7 @@ export function jobView(job: SeedJob | undefined): JobView | undefined {
 export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, progress?: VerifyProgress): Promise<VerifyResult> {
   const started = Date.now();
   const dataDir = path.resolve(deps.dataDir);
-  const ctx: CheckContext = { dataDir, knownVersions: knownVersions(deps.seedsDir), deep: Boolean(opts.deep), now: opts.now ?? Date.now(), busyTimeoutMs: opts.busyTimeoutMs ?? 5000 };
+  const ctx: CheckContext = { dataDir, seedsDir: deps.seedsDir, knownVersions: knownVersions(deps.seedsDir), deep: Boolean(opts.deep), now: opts.now ?? Date.now(), busyTimeoutMs: opts.busyTimeoutMs ?? 5000 };
   const shard = opts.shard;
   const inShard = (id: number) => !shard || id % shard.count === shard.index;
   const pageSize = opts.pageSize ?? 500;
@@ -535,6 +538,8 @@ class UserCheck {
   private readonly root: string;
   private schemaBroken = false;
   private leaks?: LeakIndex;
+  /** Index names the DB has (from the table list). */
+  private readonly indexes = new Set<string>();
   /** Paths (relative to the user root) already reported as escaping: never read through them. */
   private readonly escaped = new Set<string>();
   /** Regular files the tree walk found (relative to the user root, no symlink on the way), with their lstat. */
@@ -657,6 +662,7 @@ class UserCheck {
     const listed = this.guard('the table list', () => {
       for (const [type, name, sql] of db.prepare(`SELECT type, name, sql FROM sqlite_master`).raw(true).iterate() as Iterable<[string, string, string | null]>) {
         if (type === 'table') tables.add(name);
+        else if (type === 'index') this.indexes.add(name);
         schemaText += `${type}\0${name}\0${sql ?? ''}\0`;
       }
     });
@@ -702,22 +708,36 @@ class UserCheck {
     // to be incomplete (not_ready says so); 'legacy' users were never seeded from a package.
     let versions: string[] = [];
     const kindsByVersion = new Map<string, Set<string>>();
+    // The package a ready user says it was seeded from: what it must hold, whatever its own
+    // records (the ID map, the seeded-file list) still say.
+    const expected = meta && meta.status === 'ready' && meta.version !== 'legacy' && this.ctx.knownVersions.includes(meta.version) ? packageExpectation(this.ctx.seedsDir, meta.version) : undefined;
+    const mappedOfVersion = new Set<string>();
     this.guard('acm2_id_map', () => {
-      if (!tables.has('acm2_id_map')) return;
-      const inMap = new Set<string>();
-      const sources = new Set<string>();
-      for (const [v, src, kind] of db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string]>) {
-        inMap.add(v);
-        sources.add(src);
-        kindsByVersion.get(v)?.add(kind) ?? kindsByVersion.set(v, new Set([kind]));
-      }
-      if (meta?.version === 'legacy') versions = [];
-      else if (meta && inMap.has(meta.version)) versions = [meta.version];
-      else versions = [...inMap];
+      const sources = new Set<string>(expected?.ids);
+      if (tables.has('acm2_id_map')) {
+        const inMap = new Set<string>();
+        for (const [v, src, kind] of db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string]>) {
+          inMap.add(v);
+          sources.add(src);
+          kindsByVersion.get(v)?.add(kind) ?? kindsByVersion.set(v, new Set([kind]));
+          if (v === meta?.version) mappedOfVersion.add(`${kind}\0${src}`);
+        }
+        if (meta?.version === 'legacy') versions = [];
+        else if (meta && (inMap.has(meta.version) || expected)) versions = [meta.version];
+        else versions = [...inMap];
+      } else if (expected) versions = [meta!.version];
       if (sources.size > 0) this.leaks = new LeakIndex(sources);
     });
     const complete = !meta || meta.status === 'ready';
 
+    if (complete && expected) {
+      // Every package row has its entry in the map (checkSeedRows then finds its row).
+      for (const [table, ids] of expected.rows) {
+        for (const src of ids) {
+          if (!mappedOfVersion.has(`${table}\0${src}`)) this.add('seed_row_missing', `package ${table} row ${src} has no entry in acm2_id_map, so this user's copy of it cannot be found`, { table });
+        }
+      }
+    }
     if (complete && versions.length > 0) this.guard('seeded rows', () => this.checkSeedRows(db, tables, columns, versions, kindsByVersion));
     // ACM2's rows are read once, for ownership, JSON references and leaked ids together; their
     // problems are reported in the same order as ever (ownership, FKs, JSON, leaks).
@@ -731,9 +751,17 @@ class UserCheck {
     if (complete && versions.length > 0) {
       this.guard('acm2_seed_files', () => {
         if (!tables.has('acm2_seed_files')) return;
-        seeded = db
-          .prepare(`SELECT path, bytes, sha256 FROM acm2_seed_files WHERE seed_version IN (${versions.map(() => '?').join(',')}) ORDER BY path`)
-          .all(...versions) as SeededFile[];
+        const rows = db
+          .prepare(`SELECT path, bytes, sha256, seed_version AS v, source_path AS src FROM acm2_seed_files WHERE seed_version IN (${versions.map(() => '?').join(',')}) ORDER BY path`)
+          .all(...versions) as Array<SeededFile & { v: string; src: string }>;
+        seeded = rows.map(({ path: p, bytes, sha256 }) => ({ path: p, bytes, sha256 }));
+        if (expected) {
+          // Every package file is in the seeded-file list (checkSeededFiles then finds it on disk).
+          const listed = new Set(rows.filter((r) => r.v === meta!.version).map((r) => r.src));
+          for (const f of expected.files) {
+            if (!listed.has(f)) this.add('file_missing', `package file ${f} is not in acm2_seed_files, so this user's copy of it cannot be found`, { table: 'acm2_seed_files', path: f });
+          }
+        }
       });
     }
     return { state: { kind: 'read', meta }, seeded };
@@ -751,6 +779,11 @@ class UserCheck {
     } catch (e) {
       this.schemaBroken = true;
       this.add('schema_outdated', errMessage(e), where);
+    }
+    for (const index of referenceIndexes()) {
+      if (this.indexes.has(index)) continue;
+      this.schemaBroken = true;
+      this.add('schema_outdated', `index ${index} is missing`, where);
     }
     for (const [table, want] of referenceSchema()) {
       if (!tables.has(table)) {
@@ -1193,6 +1226,57 @@ function alnumAt(text: string, i: number): boolean {
 let reference: Map<string, string[]> | undefined;
 
 /** Tables and columns a DB built from migrations/user/* has (built once per process, in memory). */
+let referenceIndexList: string[] | undefined;
+
+/** The named indexes every migration together creates (autoindexes come with their tables). */
+function referenceIndexes(): string[] {
+  if (referenceIndexList) return referenceIndexList;
+  const db = new Database(':memory:');
+  try {
+    for (const m of userMigrations()) db.exec(m.sql);
+    referenceIndexList = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name`).pluck().all() as string[]);
+    return referenceIndexList;
+  } finally {
+    db.close();
+  }
+}
+
+interface PackageExpectation {
+  /** Source ids of the package's rows, per table. */
+  rows: Map<string, string[]>;
+  /** Source paths of its files. */
+  files: string[];
+  /** Every identifier it holds (for the leak scan). */
+  ids: string[];
+}
+
+const expectations = new Map<string, PackageExpectation | null>();
+
+/**
+ * What a user seeded from this version must hold, read once per thread. Undefined when the
+ * package does not load (tampered, or no seeds dir): `seed check` is what reports that.
+ */
+function packageExpectation(seedsDir: string | undefined, version: string): PackageExpectation | undefined {
+  if (!seedsDir) return undefined;
+  const key = `${seedsDir}\0${version}`;
+  let e: PackageExpectation | null | undefined = expectations.get(key);
+  if (e === undefined) {
+    try {
+      const p = preparePackage(loadPackage(seedsDir, version));
+      e = {
+        // An id cell is text, tokenised: its text is its literals and tokens in turn.
+        rows: new Map(p.tables.map((t) => [t.name, t.rows.map((r) => r[t.idIndex]).filter(isTemplate).map((v) => v.lits.map((l, i) => l + (v.toks[i] ?? '')).join(''))])),
+        files: p.pkg.manifest.files.map((f) => f.path),
+        ids: [...p.kinds.keys()],
+      };
+    } catch {
+      e = null;
+    }
+    expectations.set(key, e);
+  }
+  return e ?? undefined;
+}
+
 export function referenceSchema(): Map<string, string[]> {
   if (reference) return reference;
   const db = new Database(':memory:');
