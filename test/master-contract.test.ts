@@ -326,6 +326,49 @@ for (const d of DIALECTS) {
         expect(await m.claimJob('w', 1000, T + 500_000)).toBeUndefined();
       });
 
+      it('a job whose worker dies on its last attempt is failed when its lease expires, not run again', async () => {
+        const { user } = await m.createUser(newUser(1));
+        const T = Date.now() + 1000;
+        const job = await m.enqueueSeedJob(user.id, 'v2', { maxAttempts: 2 });
+        // createUser's own v1 job goes first; it is done.
+        const first = await m.claimJob('w', 1000, T);
+        expect(await m.finishJob(first!.id, 'w', { status: 'done' }, T + 1)).toBe(true);
+        expect(await m.claimJob('w1', 1000, T + 2)).toMatchObject({ id: job.id, attempts: 1 });
+        // w1 dies; its lease expires; w2 takes the second and last attempt and dies too.
+        expect(await m.claimJob('w2', 1000, T + 2000)).toMatchObject({ id: job.id, attempts: 2, lockedBy: 'w2' });
+        expect(await m.claimJob('w3', 1000, T + 4000)).toBeUndefined();
+        const failed = await m.latestJob(user.id);
+        expect(failed).toMatchObject({ id: job.id, status: 'failed', attempts: 2, lockedBy: null, lockedUntil: null });
+        expect(failed!.lastError).toMatch(/w2\) stopped before finishing, on attempt 2 of 2/);
+        expect(await m.finishJob(job.id, 'w2', { status: 'done' }, T + 4001)).toBe(false);
+      });
+
+      it("a direct seed claims its own version's job; once done, older pending jobs of the user are superseded", async () => {
+        const { user, job: v1 } = await m.createUser(newUser(1));
+        const other = await m.createUser(newUser(2));
+        const T = Date.now() + 1000;
+        // v1 failed once and waits for its retry; the operator seeds v2 directly.
+        expect((await m.claimJob('w', 1000, T))?.id).toBe(v1.id);
+        expect(await m.finishJob(v1.id, 'w', { status: 'pending', error: 'boom', nextAttemptAt: T + 60_000 }, T + 1)).toBe(true);
+        const v2 = await m.enqueueSeedJob(user.id, 'v2');
+        // Both pulled forward to the same instant: without the version, the older v1 would win.
+        const direct = await m.claimJobForUser(user.id, 'operator', 1000, v2.nextAttemptAt - 1, 'v2');
+        expect(direct).toMatchObject({ id: v2.id, seedVersion: 'v2' });
+        expect(await m.latestJob(user.id)).toMatchObject({ id: v2.id, status: 'running' });
+        expect(await m.finishJob(v2.id, 'operator', { status: 'done' }, T + 6)).toBe(true);
+        expect(await m.supersedeOlderJobs(user.id, v2.id, T + 7)).toBe(1);
+        expect(await m.countJobs('failed')).toBe(1);
+        // The v1 retry never runs now; the other user's job is untouched.
+        expect(await m.claimJob('w', 1000, T + 120_000)).toMatchObject({ id: other.job.id });
+        expect(await m.claimJob('w', 1000, T + 120_000)).toBeUndefined();
+        const jobs = await m.latestJobs([user.id]);
+        expect(jobs.get(user.id)).toMatchObject({ id: v2.id, status: 'done' });
+        // A newer pending job is not older than the done one: it stays.
+        const v3 = await m.enqueueSeedJob(user.id, 'v3');
+        expect(await m.supersedeOlderJobs(user.id, v2.id, T + 8)).toBe(0);
+        expect(await m.latestJob(user.id)).toMatchObject({ id: v3.id, status: 'pending' });
+      });
+
       it('lets parallel workers on separate connections claim each of 50 jobs exactly once', { timeout: 120_000 }, async () => {
         const jobs = (await createUsers(m, 50)).map((x) => x.job.id);
         const workers = await Promise.all([1, 2, 3, 4, 5].map(() => t.another()));

@@ -937,7 +937,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
 /** Seed under the lock we hold, keeping an open seed job (if the user has one) in step. */
 async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<string | undefined> {
   const { deps, m, worker } = a;
-  const job = await m(() => deps.master.claimJobForUser(userId, worker, LEASE_MS)).catch((e) => {
+  const job = await m(() => deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version)).catch((e) => {
     if (e instanceof MasterLost) return undefined;
     throw e;
   });
@@ -952,7 +952,10 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
     }
     return error;
   }
-  if (job) await m(() => deps.master.finishJob(job.id, worker, { status: 'done' })).catch(() => undefined);
+  if (job)
+    await m(async () => {
+      if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(userId, job.id);
+    }).catch(() => undefined);
   return undefined;
 }
 

@@ -134,7 +134,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
     const error = `the data dir already holds ${foreign.join(', ')} from before user ${user.id} existed, which is not this user's data: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${user.id}`;
     const worker = workerName();
-    const claimed = await master.claimJobForUser(user.id, worker, LEASE_MS);
+    const claimed = await master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version);
     if (claimed) await master.finishJob(claimed.id, worker, { status: 'failed', error });
     seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job.id, retry: `acm2 user seed ${user.id}` };
   } else if (input.async) seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
@@ -215,10 +215,11 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
   const worker = workerName();
   try {
     await deps.master.enqueueSeedJob(user.id, pkg.version, { force });
-    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS);
+    // This version's job only: another version's (a retry waiting) is not what was asked for.
+    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version);
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
-      if (job) await deps.master.finishJob(job.id, worker, { status: 'done' });
+      if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);
       return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id };
     } catch (e) {
       const error = e instanceof Error ? e.message : String(e);
@@ -309,7 +310,7 @@ export async function drainQueue(
         // loadPackage caches a checked package per process, so this hashes once per version.
         const pkg = loadPackage(deps.seedsDir, job.seedVersion);
         await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep, lock });
-        await deps.master.finishJob(job.id, worker, { status: 'done' });
+        if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(job.userId, job.id);
         res.done++;
       } catch (e) {
         if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;

@@ -21,7 +21,7 @@ import type {
   SeedJob,
   UserLock,
 } from './types.js';
-import { notAttempted } from './types.js';
+import { leaseExpiredError, notAttempted, supersededError } from './types.js';
 
 type MysqlUrl = Extract<MasterUrl, { kind: 'mysql' }>;
 type Row = RowDataPacket;
@@ -322,15 +322,24 @@ export class MysqlMaster implements MasterDb {
    * Same choice as the SQLite master (the due job first by next_attempt_at, id), asked as two
    * index-ordered LIMIT 1 lookups so each locks only the row it returns and skips rows other claimers hold.
    */
-  private async claimIn(c: Connection, where: string, args: unknown[], workerId: string, leaseMs: number, now: number): Promise<SeedJob | undefined> {
+  private async claimIn(c: Connection, where: string, args: unknown[], workerId: string, leaseMs: number, now: number, failExhausted = false): Promise<SeedJob | undefined> {
     const lock = this.capabilities.skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
     const tail = `ORDER BY next_attempt_at, id LIMIT 1 ${lock}`;
-    // Whole rows: the claimed job is returned from its locked row plus the update, without reading it again.
-    const pending = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
-    const expired = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
-    const pick = [pending, expired]
-      .filter((r): r is Row => r !== undefined)
-      .sort((a, b) => Number(a.next_attempt_at) - Number(b.next_attempt_at) || Number(a.id) - Number(b.id))[0];
+    let pick: Row | undefined;
+    for (;;) {
+      // Whole rows: the claimed job is returned from its locked row plus the update, without reading it again.
+      const pending = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
+      const expired = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
+      pick = [pending, expired]
+        .filter((r): r is Row => r !== undefined)
+        .sort((a, b) => Number(a.next_attempt_at) - Number(b.next_attempt_at) || Number(a.id) - Number(b.id))[0];
+      if (!pick || !(failExhausted && pick.status === 'running' && Number(pick.attempts) >= Number(pick.max_attempts))) break;
+      await this.exec(
+        `UPDATE acm2_seed_jobs SET status = 'failed', locked_by = NULL, locked_until = NULL, last_error = ?, updated_at = ? WHERE id = ?`,
+        [leaseExpiredError(pick), new Date(now).toISOString(), pick.id],
+        c,
+      );
+    }
     if (!pick) return undefined;
     const set = { status: 'running', locked_by: workerId, locked_until: now + leaseMs, attempts: Number(pick.attempts) + 1, updated_at: new Date(now).toISOString() };
     await this.exec(
@@ -342,15 +351,27 @@ export class MysqlMaster implements MasterDb {
   }
 
   async claimJob(workerId: string, leaseMs: number, now = Date.now()): Promise<SeedJob | undefined> {
-    return this.tx((c) => this.claimIn(c, '1 = 1', [], workerId, leaseMs, now));
+    return this.tx((c) => this.claimIn(c, '1 = 1', [], workerId, leaseMs, now, true));
   }
 
-  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now()): Promise<SeedJob | undefined> {
+  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string): Promise<SeedJob | undefined> {
+    const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
+    const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     return this.tx(async (c) => {
       // A direct `user seed` does not wait for backoff: the operator asked for it now.
-      await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE user_id = ? AND status = 'pending' AND next_attempt_at > ?`, [now, userId, now], c);
-      return this.claimIn(c, 'user_id = ?', [userId], workerId, leaseMs, now);
+      await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE ${where} AND status = 'pending' AND next_attempt_at > ?`, [now, ...args, now], c);
+      return this.claimIn(c, where, args, workerId, leaseMs, now);
     });
+  }
+
+  async supersedeOlderJobs(userId: number, jobId: number, now = Date.now()): Promise<number> {
+    const r = await this.exec(`UPDATE acm2_seed_jobs SET status = 'failed', last_error = ?, updated_at = ? WHERE user_id = ? AND id < ? AND status = 'pending'`, [
+      supersededError(jobId),
+      new Date(now).toISOString(),
+      userId,
+      jobId,
+    ]);
+    return r.affectedRows;
   }
 
   async finishJob(jobId: number, workerId: string, outcome: JobOutcome, now = Date.now()): Promise<boolean> {

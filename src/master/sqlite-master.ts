@@ -18,7 +18,7 @@ import type {
   SeedJob,
   UserLock,
 } from './types.js';
-import { notAttempted } from './types.js';
+import { leaseExpiredError, notAttempted, supersededError } from './types.js';
 
 type Row = Record<string, unknown>;
 
@@ -224,16 +224,23 @@ export class SqliteMaster implements MasterDb {
     return r && toJob(r);
   }
 
-  private claimWhere(where: string, args: unknown[], workerId: string, leaseMs: number, now: number): SeedJob | undefined {
+  private claimWhere(where: string, args: unknown[], workerId: string, leaseMs: number, now: number, failExhausted = false): SeedJob | undefined {
     return this.db.transaction(() => {
-      const r = this.one(
-        `SELECT * FROM acm2_seed_jobs
-         WHERE ${where} AND ((status = 'pending' AND next_attempt_at <= ?) OR (status = 'running' AND locked_until < ?))
-         ORDER BY next_attempt_at, id LIMIT 1`,
-        ...args,
-        now,
-        now,
-      );
+      let r: Row | undefined;
+      for (;;) {
+        r = this.one(
+          `SELECT * FROM acm2_seed_jobs
+           WHERE ${where} AND ((status = 'pending' AND next_attempt_at <= ?) OR (status = 'running' AND locked_until < ?))
+           ORDER BY next_attempt_at, id LIMIT 1`,
+          ...args,
+          now,
+          now,
+        );
+        if (!r || !(failExhausted && r.status === 'running' && Number(r.attempts) >= Number(r.max_attempts))) break;
+        this.db
+          .prepare(`UPDATE acm2_seed_jobs SET status = 'failed', locked_by = NULL, locked_until = NULL, last_error = ?, updated_at = ? WHERE id = ?`)
+          .run(leaseExpiredError(r), new Date(now).toISOString(), r.id);
+      }
       if (!r) return undefined;
       this.db
         .prepare(`UPDATE acm2_seed_jobs SET status = 'running', locked_by = ?, locked_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?`)
@@ -243,16 +250,21 @@ export class SqliteMaster implements MasterDb {
   }
 
   async claimJob(workerId: string, leaseMs: number, now = Date.now()) {
-    return this.claimWhere('1 = 1', [], workerId, leaseMs, now);
+    return this.claimWhere('1 = 1', [], workerId, leaseMs, now, true);
   }
-  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now()) {
+  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string) {
+    const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
+    const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     // A direct `user seed` does not wait for backoff: the operator asked for it now.
     return this.db.transaction(() => {
-      this.db
-        .prepare(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE user_id = ? AND status = 'pending' AND next_attempt_at > ?`)
-        .run(now, userId, now);
-      return this.claimWhere('user_id = ?', [userId], workerId, leaseMs, now);
+      this.db.prepare(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE ${where} AND status = 'pending' AND next_attempt_at > ?`).run(now, ...args, now);
+      return this.claimWhere(where, args, workerId, leaseMs, now);
     }).immediate();
+  }
+  async supersedeOlderJobs(userId: number, jobId: number, now = Date.now()) {
+    return this.db
+      .prepare(`UPDATE acm2_seed_jobs SET status = 'failed', last_error = ?, updated_at = ? WHERE user_id = ? AND id < ? AND status = 'pending'`)
+      .run(supersededError(jobId), new Date(now).toISOString(), userId, jobId).changes;
   }
 
   async finishJob(jobId: number, workerId: string, outcome: JobOutcome, now = Date.now()) {

@@ -64,6 +64,16 @@ export function notAttempted(outcome: JobOutcome): number {
   return outcome.status === 'pending' && outcome.notAttempted ? 1 : 0;
 }
 
+/** last_error of a job whose worker stopped (its lease expired) on its last attempt. */
+export function leaseExpiredError(r: Record<string, unknown>): string {
+  return `the worker running it (${String(r.locked_by)}) stopped before finishing, on attempt ${Number(r.attempts)} of ${Number(r.max_attempts)} (its lease expired): not run again`;
+}
+
+/** last_error of a pending job a later, finished job of the same user supersedes. */
+export function supersededError(doneJobId: number): string {
+  return `superseded by job #${doneJobId}, a later request for this user that is done: running this one after it would undo it`;
+}
+
 export interface UserLock {
   release(): Promise<void>;
   /**
@@ -125,10 +135,18 @@ export interface MasterDb {
   latestJob(userId: number): Promise<SeedJob | undefined>;
   /** latestJob for many users in one query (a page of verify): users without a job are absent. */
   latestJobs(userIds: number[]): Promise<Map<number, SeedJob>>;
-  /** Claim one due job (pending and due, or running with an expired lease) for workerId. */
+  /**
+   * Claim one due job (pending and due, or running with an expired lease) for workerId. A job
+   * whose lease expired on its last attempt (its worker died every time) is failed, not run again.
+   */
   claimJob(workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
-  /** Claim this user's open job (if any) for a direct `user seed`. */
-  claimJobForUser(userId: number, workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
+  /** Claim this user's open job (if any; of that version, if given) for a direct `user seed`. */
+  claimJobForUser(userId: number, workerId: string, leaseMs: number, now?: number, seedVersion?: string): Promise<SeedJob | undefined>;
+  /**
+   * Fail this user's pending jobs older than jobId, which is done: a later request for the user
+   * was carried out, and an earlier one run after it would undo it. Returns how many.
+   */
+  supersedeOlderJobs(userId: number, jobId: number, now?: number): Promise<number>;
   /** Record an outcome; false if the job is no longer held by workerId (lease lost). */
   finishJob(jobId: number, workerId: string, outcome: JobOutcome, now?: number): Promise<boolean>;
   countJobs(status?: JobStatus): Promise<number>;
