@@ -30,6 +30,15 @@ type Row = RowDataPacket;
 const POOL_SIZE = 4;
 const LOCK_POOL_SIZE = 32;
 const CONNECT_TIMEOUT_MS = 5000;
+/**
+ * The longest any statement may go unanswered (plus a lock's own wait, for GET_LOCK): a master
+ * that stops answering without closing the connection (a network cut) is then exit 3 within a
+ * minute, not after the kernel's ~15 minutes of TCP retries.
+ */
+function queryTimeoutMs(): number {
+  const v = Number(process.env.ACM2_MYSQL_QUERY_TIMEOUT_MS);
+  return Number.isFinite(v) && v > 0 ? v : 60_000;
+}
 const MIGRATE_LOCK_SECONDS = 30;
 /** Rows per multi-row INSERT of backfill items. */
 const ITEMS_PER_STATEMENT = 500;
@@ -44,6 +53,7 @@ const UNREACHABLE_CODES = new Set([
   'ENETUNREACH',
   'EPIPE',
   'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
   'ER_SERVER_SHUTDOWN',
   'ER_CON_COUNT_ERROR',
 ]);
@@ -118,26 +128,34 @@ export class MysqlMaster implements MasterDb {
     return e;
   }
 
-  private async rows(sql: string, args: unknown[] = [], on: Connection = this.pool): Promise<Row[]> {
+  /**
+   * One statement, given at most the query timeout (plus waitMs) to answer. A connection whose
+   * statement timed out is in an unknown state (the answer may still come): it is destroyed, never
+   * reused or waited on (ending it would wait for that answer).
+   */
+  private async query<T extends Row[] | ResultSetHeader>(sql: string, args: unknown[], on: Connection, waitMs: number): Promise<T> {
+    const c = on === this.pool ? await this.pool.getConnection().catch((e: unknown) => Promise.reject(this.wrap(e))) : on;
     try {
-      const [rows] = await on.query<Row[]>(sql, args);
-      return rows;
+      const [res] = await c.query<T>({ sql, values: args, timeout: queryTimeoutMs() + waitMs });
+      if (c !== on) (c as PoolConnection).release();
+      return res;
     } catch (e) {
+      if (errorCode(e) === 'PROTOCOL_SEQUENCE_TIMEOUT') c.destroy();
+      else if (c !== on) (c as PoolConnection).release();
       throw this.wrap(e);
     }
   }
 
-  private async one(sql: string, args: unknown[] = [], on: Connection = this.pool): Promise<Row | undefined> {
-    return (await this.rows(sql, args, on))[0];
+  private async rows(sql: string, args: unknown[] = [], on: Connection = this.pool, waitMs = 0): Promise<Row[]> {
+    return this.query<Row[]>(sql, args, on, waitMs);
+  }
+
+  private async one(sql: string, args: unknown[] = [], on: Connection = this.pool, waitMs = 0): Promise<Row | undefined> {
+    return (await this.rows(sql, args, on, waitMs))[0];
   }
 
   private async exec(sql: string, args: unknown[] = [], on: Connection = this.pool): Promise<ResultSetHeader> {
-    try {
-      const [res] = await on.query<ResultSetHeader>(sql, args);
-      return res;
-    } catch (e) {
-      throw this.wrap(e);
-    }
+    return this.query<ResultSetHeader>(sql, args, on, 0);
   }
 
   private async connection(pool: Pool = this.pool): Promise<PoolConnection> {
@@ -179,7 +197,7 @@ export class MysqlMaster implements MasterDb {
     const c = await this.connection();
     const lock = mysqlLockName('acm2_migrate:', this.url.database);
     try {
-      const got = await this.one('SELECT GET_LOCK(?, ?) AS got', [lock, MIGRATE_LOCK_SECONDS], c);
+      const got = await this.one('SELECT GET_LOCK(?, ?) AS got', [lock, MIGRATE_LOCK_SECONDS], c, MIGRATE_LOCK_SECONDS * 1000);
       if (Number(got?.got) !== 1) {
         throw new UnavailableError(
           `another acm2 process held the migration lock on MySQL master ${this.display} for over ${MIGRATE_LOCK_SECONDS} s`,
@@ -250,8 +268,41 @@ export class MysqlMaster implements MasterDb {
         return { user: toUser(user!), job };
       });
     } catch (e) {
-      throw duplicateMessage(duplicateKeyOnly(e), input) ?? e;
+      const duplicate = duplicateMessage(duplicateKeyOnly(e), input);
+      if (duplicate) throw duplicate;
+      if (e instanceof UnavailableError) return this.createdAnyway(input, e);
+      throw e;
     }
+  }
+
+  /**
+   * The connection died during the transaction, possibly after the server committed it (only the
+   * answer to COMMIT lost): the key's hash, unique, says which. Created: the user is returned as
+   * if nothing had happened, so its key is shown. Not created: the original error. Unknown
+   * (still unreachable): an error that says so and how to find out.
+   */
+  private async createdAnyway(input: NewUser, lost: UnavailableError): Promise<{ user: MasterUser; job: SeedJob }> {
+    let found: Row | undefined;
+    try {
+      // A connection of its own: the pool's may share the fate of the one that died.
+      const c = await mysql.createConnection({ host: this.url.host, port: this.url.port, user: this.url.user, password: this.url.password, database: this.url.database, connectTimeout: CONNECT_TIMEOUT_MS });
+      try {
+        found = await this.one('SELECT user_id FROM api_keys WHERE key_hash = ?', [input.keyHash], c);
+      } finally {
+        c.destroy();
+      }
+    } catch {
+      throw new UnavailableError(
+        `${lost.message}; whether user '${input.email}' was created before that is unknown: once the master answers, run acm2 user show ${input.email} (if it exists, its API key was never shown: make it a new one)`,
+        'master_unreachable',
+        { cause: lost },
+      );
+    }
+    if (!found) throw lost;
+    const user = await this.getUser(Number(found.user_id));
+    const job = await this.latestJob(Number(found.user_id));
+    if (!user || !job) throw lost;
+    return { user, job };
   }
 
   private async insertJob(c: Connection, userId: number, version: string, force: boolean, maxAttempts: number, now: number): Promise<SeedJob> {
@@ -411,7 +462,7 @@ export class MysqlMaster implements MasterDb {
     const seconds = this.isMariaDb ? ms / 1000 : Math.ceil(ms / 1000);
     let got: Row | undefined;
     try {
-      got = await this.one('SELECT GET_LOCK(?, ?) AS got', [name, seconds], c);
+      got = await this.one('SELECT GET_LOCK(?, ?) AS got', [name, seconds], c, ms);
     } catch (e) {
       c.destroy();
       throw e;

@@ -1,0 +1,122 @@
+// The MySQL master behind a network that misbehaves: a TCP proxy between the tool and the
+// server that can stop forwarding (a silent cut) or lose the server's answer to a COMMIT.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import net from 'node:net';
+import mysql from 'mysql2/promise';
+import { createMysqlTestDb, mysqlOrSkip } from './helpers/mysql.js';
+import { parseMasterUrl } from '../src/config.js';
+import { openMaster } from '../src/master/factory.js';
+import type { NewUser } from '../src/master/types.js';
+
+const gate = await mysqlOrSkip();
+
+/** A proxy to the server; `mode` changes what it does from then on. */
+function proxy(target: URL) {
+  const state = { mode: 'forward' as 'forward' | 'silent' | 'lose-commit-answer' };
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port || 3306), target.hostname);
+    sockets.add(client).add(upstream);
+    let answersLost = false;
+    client.on('data', (d) => {
+      if (state.mode === 'silent') return;
+      upstream.write(d);
+      // A COMMIT reaches the server; its answer never reaches the client.
+      // (A COM_QUERY packet of exactly COMMIT: not READ COMMITTED in a session's set-up.)
+      if (state.mode === 'lose-commit-answer' && d[4] === 0x03 && d.subarray(5).toString() === 'COMMIT') {
+        answersLost = true;
+        setTimeout(() => client.destroy(), 200);
+      }
+    });
+    upstream.on('data', (d) => {
+      if (state.mode !== 'silent' && !answersLost) client.write(d);
+    });
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+  });
+  return {
+    state,
+    async listen(): Promise<number> {
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      return (server.address() as net.AddressInfo).port;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+const newUser = (i: number): NewUser => ({
+  username: `net${i}`,
+  email: `net${i}@example.com`,
+  wordpressUserId: null,
+  keyHash: `$2b$10$nethash${i}`,
+  keyPrefix: `acm2_net${String(i).padStart(4, '0')}`,
+  keyName: `WordPress API Key for net${i}`,
+  seedVersion: 'v1',
+  maxAttempts: 3,
+});
+
+describe.skipIf(gate.skip)('the MySQL master behind a misbehaving network', () => {
+  let db: { url: string; drop(): Promise<void> };
+  let p: ReturnType<typeof proxy>;
+  let proxied: string;
+  beforeAll(async () => {
+    gate.ready();
+    db = await createMysqlTestDb();
+    p = proxy(new URL(db.url));
+    const u = new URL(db.url);
+    u.port = String(await p.listen());
+    proxied = u.toString();
+    process.env.ACM2_MYSQL_QUERY_TIMEOUT_MS = '1500';
+  });
+  afterAll(async () => {
+    delete process.env.ACM2_MYSQL_QUERY_TIMEOUT_MS;
+    await p?.close();
+    await db?.drop();
+  });
+
+  it('a master that stops answering is exit 3 within the query timeout, not after TCP gives up', async () => {
+    p.state.mode = 'forward';
+    const m = await openMaster(parseMasterUrl(proxied));
+    try {
+      expect(await m.getUser(1)).toBeUndefined();
+      p.state.mode = 'silent';
+      const started = Date.now();
+      const err = (await m.getUser(1).then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as { code?: string; exitCode?: number; message?: string } | undefined;
+      // Fields one by one: the error's cause holds the whole connection, too big to diff.
+      expect(err?.code).toBe('master_unreachable');
+      expect(err?.exitCode).toBe(3);
+      expect(err?.message).toMatch(/PROTOCOL_SEQUENCE_TIMEOUT/);
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      p.state.mode = 'forward';
+      await m.close().catch(() => undefined);
+    }
+  });
+
+  it('user create whose COMMIT reached the server but whose answer was lost returns the user it made', async () => {
+    p.state.mode = 'forward';
+    const m = await openMaster(parseMasterUrl(proxied));
+    try {
+      p.state.mode = 'lose-commit-answer';
+      const created = await m.createUser(newUser(1));
+      p.state.mode = 'forward';
+      expect(created.user).toMatchObject({ username: 'net1', email: 'net1@example.com' });
+      expect(created.job).toMatchObject({ userId: created.user.id, status: 'pending' });
+      // Straight from the server: exactly one user, with the key.
+      const c = await mysql.createConnection(db.url);
+      const [rows] = await c.query(`SELECT u.id, k.key_hash FROM users u JOIN api_keys k ON k.user_id = u.id`);
+      await c.end();
+      expect(rows).toEqual([{ id: created.user.id, key_hash: '$2b$10$nethash1' }]);
+    } finally {
+      p.state.mode = 'forward';
+      await m.close().catch(() => undefined);
+    }
+  });
+});
