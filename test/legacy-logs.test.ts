@@ -118,6 +118,25 @@ describe('moving global logs through backfill', () => {
     expect(userData(w.fleet.dataDir)).toEqual(tree);
   });
 
+  it('a shard sees every user as an owner: a run held by users of two shards is left alone by both', async () => {
+    // User 2 (shard 0 of 2) holds user 3's run too.
+    const db = new Database(userDbPath(w.fleet.dataDir, 2));
+    db.pragma('foreign_keys = OFF');
+    db.prepare(`INSERT INTO runs (id, user_id, created_at, title, status, config, total_tasks, completed_tasks, failed_tasks, total_cost_usd, total_tokens)
+                VALUES (?, 2, '2026-01-13 10:00:00.000000', 'copied run', 'completed', '{}', 0, 0, 0, 0.0, 0)`).run(w.r3);
+    db.close();
+    const odd = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, shard: { index: 1, count: 2 } });
+    expect(odd.legacyLogs!.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
+    // User 2's own run belongs to shard 0: neither moved nor called unowned here.
+    expect(odd.legacyLogs!.moved.map((m) => m.runId).sort()).toEqual([w.r1, EXTRA_RUN].sort());
+    expect(odd.legacyLogs!.unowned).toEqual([UNOWNED]);
+    expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
+    const even = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, shard: { index: 0, count: 2 } });
+    expect(even.legacyLogs!.moved.map((m) => m.runId)).toEqual([w.r2]);
+    expect(even.legacyLogs!.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
+    expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
+  });
+
   it('a dry run lists the moves and the clash and touches nothing', async () => {
     const logsBefore = snapshotTree(w.logs);
     const dataBefore = userData(w.fleet.dataDir);

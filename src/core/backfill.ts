@@ -974,12 +974,15 @@ async function legacyLogsPass(
   const candidates = new Set(listLegacyRuns(dir));
   const owners = new Map<string, UserId[]>();
   const unchecked: UserId[] = [];
+  const selected = (id: number) => inShard(id) && (ids === undefined || ids.includes(id));
   if (candidates.size > 0) {
     let after = 0;
+    // Every user's DB, not only this shard's or --user's: a run two users hold must be seen as
+    // held twice (and left alone) whichever of them this pass was given.
     for (;;) {
       let page: MasterUser[];
       try {
-        page = await deps.master.listUsers({ afterId: after, limit: batchSize, ids });
+        page = await deps.master.listUsers({ afterId: after, limit: batchSize });
       } catch (e) {
         throw new UnavailableError(`lost the master ${deps.master.display} while finding the owners of legacy logs (${(e as Error).message}); run the backfill again`, 'master_unreachable', {
           cause: e,
@@ -987,7 +990,6 @@ async function legacyLogsPass(
       }
       if (page.length === 0) break;
       for (const u of page) {
-        if (!inShard(u.id)) continue;
         try {
           for (const run of runsOwnedBy(ctx.dataDir, u.id, candidates, ctx.busyTimeoutMs)) owners.set(run, [...(owners.get(run) ?? []), u.id]);
         } catch {
@@ -997,5 +999,7 @@ async function legacyLogsPass(
       after = page[page.length - 1]!.id;
     }
   }
-  return moveLegacyLogs({ dir, dataDir: ctx.dataDir, owners, uncheckedUsers: unchecked, dryRun });
+  // A run held by one user outside this selection is that user's pass's to move.
+  const elsewhere = new Set([...owners].filter(([, us]) => us.length === 1 && !selected(us[0]!)).map(([run]) => run));
+  return moveLegacyLogs({ dir, dataDir: ctx.dataDir, owners, uncheckedUsers: unchecked, dryRun, elsewhere });
 }

@@ -99,6 +99,8 @@ export interface MoveLegacyLogsInput {
   dryRun?: boolean;
   /** Copy + fsync + remove instead of a hard link (what happens across file systems); tests use it. */
   forceCopy?: boolean;
+  /** Runs whose one owner is outside this pass's users (another shard's): left alone, not reported. */
+  elsewhere?: Set<string>;
 }
 
 /**
@@ -128,6 +130,7 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
   const staging = path.join(stagingRoot, `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`);
   if (!input.dryRun) removeStaleStaging(stagingRoot);
   for (const runId of runs) {
+    if (input.elsewhere?.has(runId)) continue;
     const owners = [...new Set(input.owners.get(runId) ?? [])].sort((a, b) => a - b);
     if (owners.length === 0) {
       res.unowned.push(runId);
