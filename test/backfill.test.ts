@@ -8,7 +8,9 @@ import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, snapshotTree, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
+import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
+import { createUser } from '../src/core/users.js';
+import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
 import { tryLockNamed } from '../src/core/user-lock.js';
@@ -233,6 +235,26 @@ describe('no row is ever lost', () => {
     // The real migrations then go through.
     const ok = await backfill(fleet);
     expect(ok.counts).toEqual({ meta_legacy: ids.length });
+  });
+});
+
+describe('a user whose seed job failed for good', () => {
+  it('is seeded by backfill and its job says done again (verify agrees)', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const u = await createUser(deps, { email: 'gaveup@example.com', username: 'gaveup', async: true });
+      const T = Date.now();
+      const job = await w.master.claimJob('w', 1000, T);
+      expect(await w.master.finishJob(job!.id, 'w', { status: 'failed', error: 'ENOSPC' }, T + 1)).toBe(true);
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      expect(r.counts).toEqual({ seed: 1 });
+      expect(await w.master.latestJob(u.user.id)).toMatchObject({ status: 'done', seedVersion: pkg.pkg.version });
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
+      expect(v.users).toEqual([{ id: u.user.id, ok: true, problems: [] }]);
+    } finally {
+      await w.cleanup();
+    }
   });
 });
 

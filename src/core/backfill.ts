@@ -937,7 +937,13 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
 /** Seed under the lock we hold, keeping an open seed job (if the user has one) in step. */
 async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<string | undefined> {
   const { deps, m, worker } = a;
-  const job = await m(() => deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version)).catch((e) => {
+  const job = await m(async () => {
+    // A user whose last seed job failed for good gets a new one, as \`user seed\` would: otherwise
+    // the master would go on saying failed about a user this seed made ready.
+    const latest = await deps.master.latestJob(userId);
+    if (latest?.status === 'failed') await deps.master.enqueueSeedJob(userId, deps.pkg.version);
+    return deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version);
+  }).catch((e) => {
     if (e instanceof MasterLost) return undefined;
     throw e;
   });
