@@ -1,10 +1,12 @@
 // Seeding: complete remap, isolation, every reference resolves, idempotence, force, co-existing rows.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { readFileSync, existsSync, writeFileSync, statSync } from 'node:fs';
+import { readFileSync, existsSync, writeFileSync, statSync, rmSync } from 'node:fs';
+import { generateSource } from '../src/fixtures/source.js';
+import { freezeSeed } from '../src/core/freeze.js';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, listUserStatuses, seedOneUser, userStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { render, safeDocId, type Template } from '../src/seed/remap.js';
@@ -256,6 +258,36 @@ describe('seeded values keep their storage class (the bundled v1: a 190 KB resul
       }
     } finally {
       await w.cleanup();
+    }
+  });
+});
+
+describe('a package file that is not UTF-8', () => {
+  it('has its identifiers remapped byte for byte, every other byte kept', async () => {
+    const root = tmpDir('acm2-latin1-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      // A torn UTF-8 sequence in an FPF log that names the run (as a crashed writer leaves it).
+      const log = walkFiles(source.filesDir).find((f) => f.endsWith('.log'))!;
+      const abs = path.join(source.filesDir, log);
+      writeFileSync(abs, Buffer.concat([readFileSync(abs), Buffer.from(`run ${source.runId} \xe2\x80\n`, 'latin1')]));
+      const seedsDir = path.join(root, 'seeds');
+      freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: source.runId, version: 'v9', seedsDir, setCurrent: true });
+      const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: 't@example.com', username: 't' });
+      expect(u.seed.status).toBe('ready');
+      const db = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+      const runId = db.prepare(`SELECT id FROM runs`).pluck().get() as string;
+      const seeded = db.prepare(`SELECT path FROM acm2_seed_files WHERE source_path = ?`).pluck().get(log.split(path.sep).join('/')) as string;
+      db.close();
+      const bytes = readFileSync(path.join(userRoot(w.dataDir, u.user.id), seeded));
+      const text = bytes.toString('latin1');
+      expect(text).not.toContain(source.runId);
+      expect(text.endsWith(`run ${runId} \xe2\x80\n`)).toBe(true);
+      expect(bytes.length).toBe(readFileSync(abs).length);
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });

@@ -198,7 +198,7 @@ function renderedPackageSnapshot(pkg: SeedPackage, map: ReadonlyMap<string, stri
   }
   const shaOf = new Map(pkg.manifest.files.map((f) => [f.path, f.sha256]));
   const files = new Map<string, string>();
-  for (const f of prepared.files) files.set(renderLoose(f.path, map), f.text ? sha256(Buffer.from(renderLoose(f.text, map), 'utf8')) : shaOf.get(f.sourcePath)!);
+  for (const f of prepared.files) files.set(renderLoose(f.path, map), f.text ? sha256(Buffer.from(renderLoose(f.text, map), f.latin1 ? 'latin1' : 'utf8')) : shaOf.get(f.sourcePath)!);
   return { tables, files };
 }
 

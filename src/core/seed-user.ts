@@ -277,7 +277,7 @@ interface RenderedFile {
 /** Every package file with this user's identifiers, in memory, with its size and sha256. */
 function renderFiles(prepared: PreparedPackage, map: Map<string, string>): RenderedFile[] {
   return prepared.files.map((f) => {
-    const data = f.text ? renderBytes(f.text, map) : readFileSync(f.abs);
+    const data = !f.text ? readFileSync(f.abs) : f.latin1 ? Buffer.from(render(f.text, map), 'latin1') : renderBytes(f.text, map);
     return { path: render(f.path, map), sourcePath: f.sourcePath, data, bytes: data.length, sha256: createHash('sha256').update(data).digest('hex') };
   });
 }

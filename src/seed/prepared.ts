@@ -27,8 +27,14 @@ export interface PreparedFile {
   sourcePath: string;
   abs: string;
   bytes: number;
-  /** Text content tokenised; undefined for a binary file (copied as is). */
+  /** Content tokenised; undefined for a file that names no identifier (copied as is). */
   text?: Template;
+  /**
+   * The content is not UTF-8 (a log with a torn multi-byte character, a binary): tokenised and
+   * rendered byte for byte as latin1, so the identifiers in it (ASCII) are remapped too and every
+   * other byte is kept.
+   */
+  latin1?: boolean;
 }
 
 export interface PreparedPackage {
@@ -86,13 +92,13 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
       rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index) : (v as Cell)))),
     };
   });
-  const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text }) => ({
-    path: tokenize(f.path, index),
-    sourcePath: f.path,
-    abs,
-    bytes: buf.length,
-    text: text === undefined ? undefined : tokenize(text, index),
-  }));
+  const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text }) => {
+    const base = { path: tokenize(f.path, index), sourcePath: f.path, abs, bytes: buf.length };
+    if (text !== undefined) return { ...base, text: tokenize(text, index) };
+    // Not UTF-8: an identifier in it must not be copied through unmapped.
+    const bytes = tokenize(buf.toString('latin1'), index);
+    return bytes.toks.length > 0 ? { ...base, text: bytes, latin1: true } : base;
+  });
 
   const all = new Set<string>();
   for (const t of tables) for (const r of t.rows) tokensOf(r.filter(isTemplate), all);
