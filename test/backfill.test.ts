@@ -258,6 +258,42 @@ describe('a user whose seed job failed for good', () => {
   });
 });
 
+describe('a user deleted from the master while backfill runs', () => {
+  it('gets no DB or files again: it is left alone', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const a = await createUser(deps, { email: 'first@example.com', username: 'first', async: true });
+      const b = await createUser(deps, { email: 'second@example.com', username: 'second', async: true });
+      const r = await runBackfill(
+        {
+          master: w.master,
+          dataDir: w.dataDir,
+          pkg: pkg.pkg,
+          // ACM2 deletes the second user after the page holding both was read.
+          onUser: (rep) => {
+            if (rep.id !== a.user.id) return;
+            const d = new Database(path.join(w.dataDir, 'master.db'));
+            d.pragma('foreign_keys = OFF');
+            for (const t of ['api_keys', 'acm2_seed_jobs']) d.prepare(`DELETE FROM ${t} WHERE user_id = ?`).run(b.user.id);
+            d.prepare(`DELETE FROM users WHERE id = ?`).run(b.user.id);
+            d.close();
+          },
+        },
+        {},
+      );
+      expect(r.users.map((u) => [u.id, u.outcome])).toEqual([
+        [a.user.id, 'seed'],
+        [b.user.id, 'ok'],
+      ]);
+      expect(existsSync(userDbPath(w.dataDir, b.user.id))).toBe(false);
+      expect(existsSync(path.join(w.dataDir, `user_${b.user.id}`))).toBe(false);
+    } finally {
+      await w.cleanup();
+    }
+  });
+});
+
 describe('after the commit', () => {
   it('a check that fails once the migration committed restores nothing: ACM2 may have written by then', async () => {
     const dir = tmpDir('acm2-after-commit-');

@@ -874,6 +874,14 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
   if (!lock) return finish(failReport(plan, { code: 'user_busy', reason: 'the user is being seeded by another process; run the backfill again later' }));
   let report: BackfillUserReport;
   try {
+    // The page of users was read a while ago: a user deleted from the master since then must not
+    // get a DB or files again (they would be orphans).
+    const still = await m(() => deps.master.getUser(plan.userId)).catch((e) => {
+      if (e instanceof MasterLost) return null;
+      throw e;
+    });
+    if (still === null) return undefined;
+    if (!still) return finish({ id: plan.userId, action: 'ok', outcome: 'ok', steps: ['deleted from the master during the backfill: left alone'] });
     // Decide again under the lock: another process may have changed the user meanwhile.
     report = await execute(a, planUser(ctx, plan.userId), lock);
   } catch (e) {
