@@ -122,6 +122,33 @@ describe('user vs user (both mapped back to package ids)', () => {
   });
 });
 
+describe('what ids alone would hide', () => {
+  it('a row given to another user shows as a changed user_id, against the package and against another user', async () => {
+    const d = { ...deps(), lockTimeoutMs: 5000 };
+    const eve = (await createUser(d, { email: 'eva@example.com', username: 'eva' })).user.id;
+    const fay = (await createUser(d, { email: 'fay@example.com', username: 'fay' })).user.id;
+    const { target, source } = withDb(fay, (db) => {
+      const m = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE kind = 'contents' ORDER BY source_id LIMIT 1`).get() as { source_id: string; target_id: string };
+      db.prepare(`UPDATE contents SET user_id = 999 WHERE id = ?`).run(m.target_id);
+      return { target: m.target_id, source: m.source_id };
+    });
+    expectOnlyDiff(await diff({ kind: 'user-package', user: String(fay) }), { tables: { contents: { changed: [{ id: target, fields: ['user_id'] }] } } });
+    expectOnlyDiff(await diff({ kind: 'users', a: String(eve), b: String(fay) }), { tables: { contents: { changed: [{ id: source, fields: ['user_id'] }] } } });
+  });
+
+  it('a package id left unmapped in one user does not pass for the other user’s mapped copy', async () => {
+    const d = { ...deps(), lockTimeoutMs: 5000 };
+    const gus = (await createUser(d, { email: 'gus@example.com', username: 'gus' })).user.id;
+    const hal = (await createUser(d, { email: 'hal@example.com', username: 'hal' })).user.id;
+    const run = withDb(hal, (db) => {
+      const m = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE kind = 'runs'`).get() as { source_id: string; target_id: string };
+      db.prepare(`UPDATE runs SET results_summary = replace(results_summary, ?, ?) WHERE id = ?`).run(m.target_id, m.source_id, m.target_id);
+      return m.source_id;
+    });
+    expectOnlyDiff(await diff({ kind: 'users', a: String(gus), b: String(hal) }), { tables: { runs: { changed: [{ id: run, fields: ['results_summary'] }] } } });
+  });
+});
+
 describe('package vs package (rows matched by source id)', () => {
   it('v1 vs itself is equal; v1 vs a v2 frozen from a modified source shows exactly the modifications', async () => {
     expectEqual(await diff({ kind: 'packages', a: 'v1', b: 'v1' }));

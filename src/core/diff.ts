@@ -158,12 +158,19 @@ interface Snapshot {
 }
 
 /** Columns never compared: user_id is the owner (NULL in a package), not content. */
-const IGNORED = new Set(['user_id']);
+/** user_id as compared: "the owner" for a package row and for a user's own row, else its value. */
+const OWNER = canonicalJson('<the user>');
 
-function rowOf(columns: string[], values: unknown[]): Map<string, string> {
+/**
+ * A row's fields as compared. `owner` is the user whose row it is (undefined for a package's):
+ * user_id is compared as "is it the owner's", since the ids differ by design but a row that
+ * names another user is gone from this user's ACM2.
+ */
+function rowOf(columns: string[], values: unknown[], owner?: number): Map<string, string> {
   const out = new Map<string, string>();
   columns.forEach((c, i) => {
-    if (!IGNORED.has(c)) out.set(c, canonicalJson(values[i]));
+    const v = values[i];
+    out.set(c, c === 'user_id' && (owner === undefined || (v !== null && Number(v) === owner)) ? OWNER : canonicalJson(v));
   });
   return out;
 }
@@ -249,7 +256,7 @@ function openUser(dataDir: string, id: UserId): UserHandle {
           const idIx = cols.indexOf('id');
           for (const r of stmt.iterate() as Iterable<unknown[]>) {
             const values = r.map(tr);
-            m.set(String(values[idIx]), rowOf(cols, values));
+            m.set(String(values[idIx]), rowOf(cols, values, id));
           }
         }
         tables.set(t, m);
@@ -269,11 +276,16 @@ function openUser(dataDir: string, id: UserId): UserHandle {
   };
 }
 
-/** This user's ids back to package ids: UUIDs by value, doc ids (and their safe forms) by head. */
+/**
+ * This user's ids back to package ids: UUIDs by value, doc ids (and their safe forms) by head. A
+ * package id found in the user's data as it is (never remapped) becomes a marker, so it cannot
+ * pass for the other user's correctly mapped copy of it.
+ */
 function reverseMap(map: Map<string, string>): Translator {
   const back = new Map<string, string>();
   for (const [s, t] of map) back.set(t, s);
-  const docs = new DocIndex([...map.values()].filter((t) => !isUuid(t)));
+  for (const s of map.keys()) if (!back.has(s)) back.set(s, `<package id ${s} left unmapped>`);
+  const docs = new DocIndex([...map.values(), ...map.keys()].filter((t) => !isUuid(t)));
   return { text: (s) => renderLoose(tokenize(s, docs), back) };
 }
 
