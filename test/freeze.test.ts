@@ -2,7 +2,7 @@
 // leaving neither a version folder nor a staging folder behind.
 
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -290,6 +290,13 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     const src = source({ withReport: false });
     const seedsDir = path.join(tmp(), 'seeds');
     expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/reports/ is missing`);
+  });
+
+  it('a file name no package may hold (a backslash): refused, not published as an unreadable CURRENT', () => {
+    const src = source();
+    writeFileSync(path.join(runDir(src), 'logs', 'fpf_a\\b.log'), 'odd name\n');
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed({ ...input(src, seedsDir), setCurrent: true }), seedsDir, 'v1', `runs/${src.runId}/logs/fpf_a\\b.log cannot be a package path: it contains a backslash`);
   });
 
   it('a symlink in the source tree', () => {

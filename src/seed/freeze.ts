@@ -9,7 +9,7 @@ import { loadMigrations } from '../migrations.js';
 import type { ProgressSink } from '../ui/reporter.js';
 import { USER_MIGRATIONS } from '../userdb/user-db.js';
 import { compareStrings, primaryKeyOrder, quoteIdent, tableColumns, tableExists, walkTree, type ColumnInfo } from './canonical.js';
-import { PACKAGE_TABLES, type ManifestFile, type PackageTable } from './manifest.js';
+import { PACKAGE_TABLES, unsafePathReason, type ManifestFile, type PackageTable } from './manifest.js';
 import { safeDocId } from './remap.js';
 
 type Row = Record<string, unknown>;
@@ -262,6 +262,7 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
     for (const e of walkTree(runDir)) {
       if (e.kind === 'symlink') gap(`${runRel}${e.rel} is a symlink`);
       else if (e.kind === 'other') gap(`${runRel}${e.rel} is not a regular file or folder`);
+      else if (unsafePathReason(`${runRel}${e.rel}`) !== undefined) gap(`${runRel}${e.rel} cannot be a package path: it ${unsafePathReason(`${runRel}${e.rel}`)}`);
       else if (e.kind === 'dir') dirs.push(e.rel);
       else files.push({ rel: e.rel, bytes: e.bytes });
     }
