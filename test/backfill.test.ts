@@ -295,20 +295,25 @@ describe('a user deleted from the master while backfill runs', () => {
 });
 
 describe('after the commit', () => {
-  it('a check that fails once the migration committed restores nothing: ACM2 may have written by then', async () => {
+  const notes = (dir: string) => {
+    const file = path.join(dir, 'user_9.db');
+    const setup = new Database(file);
+    setup.exec(`CREATE TABLE acm2_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);
+                CREATE TABLE notes (id INTEGER PRIMARY KEY, t TEXT); INSERT INTO notes (t) VALUES ('one'), ('two');`);
+    setup.close();
+    const sql = 'ALTER TABLE notes ADD COLUMN y TEXT';
+    return { file, migrations: [{ id: 1, name: '0001_notes_y', sql, checksum: createHash('sha256').update(sql).digest('hex') }] };
+  };
+
+  it('rows ACM2 deletes once the migration committed are not a failure, and nothing is restored over them', async () => {
     const dir = tmpDir('acm2-after-commit-');
     try {
-      const file = path.join(dir, 'user_9.db');
-      const setup = new Database(file);
-      setup.exec(`CREATE TABLE acm2_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);
-                  CREATE TABLE notes (id INTEGER PRIMARY KEY, t TEXT); INSERT INTO notes (t) VALUES ('one'), ('two');`);
-      setup.close();
-      const sql = 'ALTER TABLE notes ADD COLUMN y TEXT';
+      const { file, migrations } = notes(dir);
       const r = await migrateSafely({
         dbPath: file,
         backupDir: path.join(dir, 'backups'),
         label: 'user_9',
-        migrations: [{ id: 1, name: '0001_notes_y', sql, checksum: createHash('sha256').update(sql).digest('hex') }],
+        migrations,
         busyTimeoutMs: 250,
         // ACM2, as soon as the commit lets it: a user deletes two notes and writes a new one.
         afterCommit: () => {
@@ -317,15 +322,45 @@ describe('after the commit', () => {
           acm2.close();
         },
       });
-      expect(r.ok).toBe(false);
-      expect(r.failure).toMatchObject({ code: 'rows_vanished', restoredFrom: 'committed' });
-      expect(r.failure!.message).toMatch(/after the migration committed/);
+      expect(r.failure).toBeUndefined();
+      expect(r.ok).toBe(true);
       const db = new Database(file, { readonly: true });
       expect(db.prepare(`SELECT t, y FROM notes ORDER BY id`).all()).toEqual([{ t: 'written by ACM2 after the commit', y: null }]);
+      db.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a check that cannot run once the migration committed restores nothing: ACM2 may have written by then', async () => {
+    const dir = tmpDir('acm2-after-commit-');
+    let acm2: Database.Database | undefined;
+    try {
+      const { file, migrations } = notes(dir);
+      const r = await migrateSafely({
+        dbPath: file,
+        backupDir: path.join(dir, 'backups'),
+        label: 'user_9',
+        migrations,
+        busyTimeoutMs: 250,
+        // ACM2 writes a row and is still committing (its lock held) when the check comes.
+        afterCommit: () => {
+          acm2 = new Database(file);
+          acm2.exec(`BEGIN EXCLUSIVE; INSERT INTO notes (t) VALUES ('written by ACM2 after the commit');`);
+        },
+      });
+      acm2!.exec('COMMIT');
+      acm2!.close();
+      expect(r.ok).toBe(false);
+      expect(r.failure).toMatchObject({ code: 'locked', restoredFrom: 'committed' });
+      expect(r.failure!.message).toMatch(/after the migration committed/);
+      const db = new Database(file, { readonly: true });
+      expect(db.prepare(`SELECT t FROM notes ORDER BY id`).pluck().all()).toEqual(['one', 'two', 'written by ACM2 after the commit']);
       expect(db.prepare(`SELECT name FROM acm2_migrations`).pluck().all()).toEqual(['0001_notes_y']);
       db.close();
       expect(r.backupPath && existsSync(r.backupPath)).toBe(true);
     } finally {
+      if (acm2?.open) acm2.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -369,6 +369,18 @@ for (const d of DIALECTS) {
         expect(await m.latestJob(user.id)).toMatchObject({ id: v3.id, status: 'pending' });
       });
 
+      it('a direct seed makes and claims its job in one step; an open job of its version is claimed, not duplicated', async () => {
+        const { user, job: v1 } = await m.createUser(newUser(1));
+        const T = Date.now() + 1000;
+        const forced = await m.claimJobForUser(user.id, 'operator', 1000, T, 'v2', { force: true });
+        expect(forced).toMatchObject({ seedVersion: 'v2', force: true, status: 'running', lockedBy: 'operator', attempts: 1 });
+        expect(await m.claimJob('drainer', 1000, T + 1)).toMatchObject({ id: v1.id }); // only the v1 job was left to take
+        expect(await m.finishJob(forced!.id, 'operator', { status: 'done' }, T + 2)).toBe(true);
+        const again = await m.claimJobForUser(user.id, 'operator', 1000, T + 3, 'v1', { force: true });
+        expect(again).toBeUndefined(); // v1's job is open, held by the drainer: not duplicated
+        expect(await m.countJobs()).toBe(2);
+      });
+
       it('lets parallel workers on separate connections claim each of 50 jobs exactly once', { timeout: 120_000 }, async () => {
         const jobs = (await createUsers(m, 50)).map((x) => x.job.id);
         const workers = await Promise.all([1, 2, 3, 4, 5].map(() => t.another()));

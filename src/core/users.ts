@@ -214,9 +214,9 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
   const lock = await lockUser(deps.master, deps.dataDir, user.id, deps.lockTimeoutMs);
   const worker = workerName();
   try {
-    await deps.master.enqueueSeedJob(user.id, pkg.version, { force });
-    // This version's job only: another version's (a retry waiting) is not what was asked for.
-    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version);
+    // This version's job only (another version's, a retry waiting, is not what was asked for),
+    // made and claimed in one transaction: a drainer taking it in between would run it again.
+    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, { force });
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);

@@ -405,10 +405,21 @@ export class MysqlMaster implements MasterDb {
     return this.tx((c) => this.claimIn(c, '1 = 1', [], workerId, leaseMs, now, true));
   }
 
-  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string): Promise<SeedJob | undefined> {
+  async claimJobForUser(
+    userId: number,
+    workerId: string,
+    leaseMs: number,
+    now = Date.now(),
+    seedVersion?: string,
+    enqueue?: { force?: boolean; maxAttempts?: number },
+  ): Promise<SeedJob | undefined> {
     const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
     const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     return this.tx(async (c) => {
+      // Made in this transaction, the job is invisible to drainers until it is claimed here.
+      if (enqueue && seedVersion !== undefined && !(await this.one(`SELECT id FROM acm2_seed_jobs WHERE ${where} AND status IN ('pending','running') LIMIT 1 FOR UPDATE`, args, c))) {
+        await this.insertJob(c, userId, seedVersion, enqueue.force ?? false, enqueue.maxAttempts ?? 5, now);
+      }
       // A direct `user seed` does not wait for backoff: the operator asked for it now.
       await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE ${where} AND status = 'pending' AND next_attempt_at > ?`, [now, ...args, now], c);
       return this.claimIn(c, where, args, workerId, leaseMs, now);

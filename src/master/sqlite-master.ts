@@ -252,11 +252,14 @@ export class SqliteMaster implements MasterDb {
   async claimJob(workerId: string, leaseMs: number, now = Date.now()) {
     return this.claimWhere('1 = 1', [], workerId, leaseMs, now, true);
   }
-  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string) {
+  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string, enqueue?: { force?: boolean; maxAttempts?: number }) {
     const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
     const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     // A direct `user seed` does not wait for backoff: the operator asked for it now.
     return this.db.transaction(() => {
+      if (enqueue && seedVersion !== undefined && !this.one(`SELECT id FROM acm2_seed_jobs WHERE ${where} AND status IN ('pending','running')`, ...args)) {
+        this.insertJob(userId, seedVersion, enqueue.force ?? false, enqueue.maxAttempts ?? 5, now);
+      }
       this.db.prepare(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE ${where} AND status = 'pending' AND next_attempt_at > ?`).run(now, ...args, now);
       return this.claimWhere(where, args, workerId, leaseMs, now);
     }).immediate();

@@ -140,8 +140,12 @@ export interface MasterDb {
    * whose lease expired on its last attempt (its worker died every time) is failed, not run again.
    */
   claimJob(workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
-  /** Claim this user's open job (if any; of that version, if given) for a direct `user seed`. */
-  claimJobForUser(userId: number, workerId: string, leaseMs: number, now?: number, seedVersion?: string): Promise<SeedJob | undefined>;
+  /**
+   * Claim this user's open job (if any; of that version, if given) for a direct `user seed`. With
+   * `enqueue` (and a version), a job is first made if none is open, in the same transaction: no
+   * drainer can take the job between its making and this claim.
+   */
+  claimJobForUser(userId: number, workerId: string, leaseMs: number, now?: number, seedVersion?: string, enqueue?: { force?: boolean; maxAttempts?: number }): Promise<SeedJob | undefined>;
   /**
    * Fail this user's pending jobs older than jobId, which is done: a later request for the user
    * was carried out, and an earlier one run after it would undo it. Returns how many.
