@@ -41,6 +41,10 @@ export interface Config {
 export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): Config {
   // An empty environment variable counts as unset, as shells and CI systems often leave them.
   const e = (name: string) => env[name] || undefined;
+  // An empty flag is a mistake (an unset shell variable), never "the current folder".
+  for (const [flag, v] of [['--data-dir', flags.dataDir], ['--seeds', flags.seeds], ['--master', flags.master]] as const) {
+    if (v !== undefined && v.trim() === '') throw new UsageError(`${flag} is empty: give a path${flag === '--master' ? ' or URL' : ''}`);
+  }
   const dataDir = path.resolve(flags.dataDir ?? e('ACM2_DATA_DIR') ?? './data');
   const rawMaster = flags.master ?? e('ACM2_MASTER_URL') ?? `sqlite:${path.join(dataDir, 'master.db')}`;
   const seedVersion = flags.seedVersion ?? e('SEED_VERSION');
@@ -57,7 +61,7 @@ export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = proce
     quiet: Boolean(flags.quiet),
     verbose: Boolean(flags.verbose),
     // Colour only for a person at a terminal: never in --json, NO_COLOR, --no-color or a pipe.
-    color: flags.color !== false && !('NO_COLOR' in env) && !flags.json && Boolean(process.stdout.isTTY),
+    color: flags.color !== false && !e('NO_COLOR') && !flags.json && Boolean(process.stdout.isTTY),
     lockTimeoutMs: lockSeconds * 1000,
   };
 }
@@ -107,5 +111,6 @@ export function parseMasterUrl(raw: string): MasterUrl {
 
 /** Remove any password from a URL-ish string, even a malformed one. */
 export function redactUrl(raw: string): string {
-  return raw.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@');
+  // Up to the last '@' of the authority: a password may hold '@' itself.
+  return raw.replace(/(\/\/[^:/@]*:)[^/]*@/, '$1***@');
 }

@@ -4,7 +4,7 @@ import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { CommandCall } from './program.js';
 import { onInterrupt } from './interrupt.js';
-import { context, intOption, shardOption, type Ctx } from './context.js';
+import { concurrencyOption, context, intOption, shardOption, type Ctx } from './context.js';
 import { openMaster } from '../master/factory.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
 import { parseUserId } from '../userdb/paths.js';
@@ -22,7 +22,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     userIds: (opts.user as string[] | undefined)?.map(parseUserId),
     limit: intOption(opts, 'limit'),
     batchSize: intOption(opts, 'batchSize'),
-    concurrency: intOption(opts, 'concurrency'),
+    concurrency: concurrencyOption(opts),
     shard: shardOption(opts.shard),
     resume: Boolean(opts.resume),
     maxErrors: intOption(opts, 'maxErrors'),

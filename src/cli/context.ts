@@ -16,12 +16,24 @@ export function context(opts: Record<string, unknown>): Ctx {
   return { cfg, out: createReporter(cfg) };
 }
 
-export function intOption(opts: Record<string, unknown>, name: string, min = 1): number | undefined {
+export function intOption(opts: Record<string, unknown>, name: string, min = 1, max = Number.MAX_SAFE_INTEGER): number | undefined {
   const raw = opts[name];
   if (raw === undefined) return undefined;
   const s = String(raw);
-  if (!/^\d+$/.test(s) || Number(s) < min) throw new UsageError(`--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} '${s}' must be a whole number ≥ ${min}`);
+  const flag = `--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  if (!/^\d+$/.test(s) || Number(s) < min) throw new UsageError(`${flag} '${s}' must be a whole number ≥ ${min}`);
+  if (Number(s) > max) throw new UsageError(`${flag} '${s}' is more than ${max}`);
   return Number(s);
+}
+
+/**
+ * Threads on this host: each holds a DB, a package and a V8 heap of its own, so thousands of
+ * them exhaust memory long before they help; 64 is far beyond what any host's cores use.
+ */
+export const MAX_CONCURRENCY = 64;
+
+export function concurrencyOption(opts: Record<string, unknown>): number | undefined {
+  return intOption(opts, 'concurrency', 1, MAX_CONCURRENCY);
 }
 
 export function shardOption(raw: unknown): { index: number; count: number } | undefined {

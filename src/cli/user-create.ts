@@ -22,6 +22,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
   );
   const { seedError, ...shown } = result;
   out.result(shown, () => renderCreate(result));
+  // The key exists nowhere else and is shown once: --quiet keeps the rest quiet, not the key.
+  if (cfg.quiet && !cfg.json) process.stdout.write(`${result.apiKey}\n`);
   // Exit 1 for a failed seed; 3 or 70 when the environment or a bug stopped it (the key is shown either way).
   if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? seedError.exitCode : EXIT.internal;
   else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;

@@ -2,7 +2,7 @@
 
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
-import { context, intOption } from './context.js';
+import { concurrencyOption, context, intOption } from './context.js';
 import { onInterrupt } from './interrupt.js';
 import { openMaster, usingMaster } from '../master/factory.js';
 import { checkUserRef, seedOneUser } from '../core/users.js';
@@ -16,7 +16,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   if (opts.pending) {
     if (args.length > 0) throw new UsageError('give either a user or --pending, not both');
     if (opts.force) throw new UsageError('--force applies to one user, not to --pending');
-    const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
+    const concurrency = concurrencyOption(opts) ?? availableParallelism();
     const limit = intOption(opts, 'limit');
     // Each drainer opens its own connection (and would set a master up): check the master is one
     // first. The drainers apply the migrations; this check need not.

@@ -4,7 +4,7 @@ import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
-import { context, intOption, shardOption } from './context.js';
+import { concurrencyOption, context, shardOption } from './context.js';
 import { usingMaster } from '../master/factory.js';
 import { verifyUsers } from '../core/verify.js';
 import { renderJunit, renderVerify } from '../ui/verify.js';
@@ -15,7 +15,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const users = ((opts.user as string[] | undefined) ?? []).map(parseUserId);
   const shard = shardOption(opts.shard);
-  const concurrency = intOption(opts, 'concurrency') ?? availableParallelism();
+  const concurrency = concurrencyOption(opts) ?? availableParallelism();
   const junit = opts.junit === undefined ? undefined : String(opts.junit);
   if (junit === '') throw new UsageError('--junit needs a file name');
   // Checked before the users are, not after a fleet-wide run that would then be lost.

@@ -3,7 +3,7 @@
 // when the holder dies, so a crash never leaves a stale lock behind.
 
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import type { MasterDb, UserLock } from '../master/types.js';
 import { toolDir, type UserId } from '../userdb/paths.js';
@@ -41,7 +41,10 @@ export async function tryLockNamed(master: MasterDb, dataDir: string, key: strin
 function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | undefined {
   const dir = toolDir(dataDir, 'locks');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const db = new Database(path.join(dir, `${name}.lock`));
+  const file = path.join(dir, `${name}.lock`);
+  // Made 0600 like every file the tool writes (SQLite would make it 0644 under the usual umask).
+  closeSync(openSync(file, constants.O_CREAT | constants.O_WRONLY, 0o600));
+  const db = new Database(file);
   const deadline = Date.now() + Math.max(0, timeoutMs);
   const waitAtMost = () => db.pragma(`busy_timeout = ${Math.max(0, Math.round(deadline - Date.now()))}`);
   try {

@@ -178,6 +178,22 @@ function leftoversAt(dataDir: string, id: UserId): string[] {
   return out.map((p) => path.relative(dataDir, p));
 }
 
+/** Whether the user's DB says ready at this version (false when it cannot be read: the seed will say why). */
+function readyAt(dataDir: string, id: UserId, version: string): boolean {
+  if (!existsSync(userDbPath(dataDir, id))) return false;
+  try {
+    const db = openUserDb(dataDir, id, { readonly: true });
+    try {
+      const meta = hasTable(db, 'user_meta') ? readMeta(db, id) : undefined;
+      return meta?.seed_status === 'ready' && meta.seed_version === version;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return false;
+  }
+}
+
 /** An id or an email, resolved against the master. */
 export async function resolveUser(master: MasterDb, ref: string): Promise<MasterUser> {
   if (ref.includes('@')) {
@@ -216,7 +232,8 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
   try {
     // This version's job only (another version's, a retry waiting, is not what was asked for),
     // made and claimed in one transaction: a drainer taking it in between would run it again.
-    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, { force });
+    // A user ready at this version already gets no new job: a second run changes nothing.
+    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, !force && readyAt(deps.dataDir, user.id, pkg.version) ? undefined : { force });
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);

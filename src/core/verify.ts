@@ -710,7 +710,10 @@ class UserCheck {
     const kindsByVersion = new Map<string, Set<string>>();
     // The package a ready user says it was seeded from: what it must hold, whatever its own
     // records (the ID map, the seeded-file list) still say.
-    const expected = meta && meta.status === 'ready' && meta.version !== 'legacy' && this.ctx.knownVersions.includes(meta.version) ? packageExpectation(this.ctx.seedsDir, meta.version) : undefined;
+    const loaded = meta && meta.status === 'ready' && meta.version !== 'legacy' && this.ctx.knownVersions.includes(meta.version) ? packageExpectation(this.ctx.seedsDir, meta.version) : undefined;
+    // A package that does not load cannot vouch for anyone: the user is not called ok against it.
+    if (typeof loaded === 'string') this.add('seed_version_unknown', `seed package ${meta!.version} cannot be read, so this user cannot be checked against it (${loaded}); run acm2 seed check ${meta!.version}`, { table: 'user_meta' });
+    const expected = typeof loaded === 'string' ? undefined : loaded;
     const mappedOfVersion = new Set<string>();
     this.guard('acm2_id_map', () => {
       const sources = new Set<string>(expected?.ids);
@@ -1250,16 +1253,16 @@ interface PackageExpectation {
   ids: string[];
 }
 
-const expectations = new Map<string, PackageExpectation | null>();
+const expectations = new Map<string, PackageExpectation | string>();
 
 /**
- * What a user seeded from this version must hold, read once per thread. Undefined when the
- * package does not load (tampered, or no seeds dir): `seed check` is what reports that.
+ * What a user seeded from this version must hold, read once per thread; undefined without a
+ * seeds dir, and why not (a sentence) when the package does not load (tampered, unreadable).
  */
-function packageExpectation(seedsDir: string | undefined, version: string): PackageExpectation | undefined {
+function packageExpectation(seedsDir: string | undefined, version: string): PackageExpectation | string | undefined {
   if (!seedsDir) return undefined;
   const key = `${seedsDir}\0${version}`;
-  let e: PackageExpectation | null | undefined = expectations.get(key);
+  let e: PackageExpectation | string | undefined = expectations.get(key);
   if (e === undefined) {
     try {
       const p = preparePackage(loadPackage(seedsDir, version));
@@ -1269,12 +1272,12 @@ function packageExpectation(seedsDir: string | undefined, version: string): Pack
         files: p.pkg.manifest.files.map((f) => f.path),
         ids: [...p.kinds.keys()],
       };
-    } catch {
-      e = null;
+    } catch (err) {
+      e = err instanceof Error ? err.message : String(err);
     }
     expectations.set(key, e);
   }
-  return e ?? undefined;
+  return e;
 }
 
 export function referenceSchema(): Map<string, string[]> {

@@ -1,0 +1,98 @@
+// What a review of the command line found: each case is what an operator typed, and what the
+// tool must answer (one sentence, the documented exit code, nothing changed or lost).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { execFile } from 'node:child_process';
+import { cpSync, existsSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { tmpDir } from './helpers/env.js';
+import { redactUrl } from '../src/config.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+const SEEDS = fileURLToPath(new URL('../seed-packages', import.meta.url));
+
+let dir: string;
+beforeAll(() => {
+  dir = tmpDir('acm2-cli-input-');
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function acm2(args: string[], dataDir = path.join(dir, 'data'), seeds = SEEDS) {
+  try {
+    const r = await run(process.execPath, [BIN, '--data-dir', dataDir, '--seeds', seeds, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '' } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+const jobs = (dataDir: string) => {
+  const db = new Database(path.join(dataDir, 'master.db'), { readonly: true });
+  try {
+    return db.prepare(`SELECT COUNT(*) FROM acm2_seed_jobs`).pluck().get() as number;
+  } finally {
+    db.close();
+  }
+};
+
+describe('the command line, as an operator types it', () => {
+  it('user create --quiet still prints the API key, which exists nowhere else', async () => {
+    const r = await acm2(['user', 'create', '--email', 'quiet@example.com', '--username', 'quiet', '--quiet']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^acm2_[A-Za-z0-9_-]{32}\n$/);
+  });
+
+  it('a second `user seed` of a ready user changes nothing, not even the job list', async () => {
+    const data = path.join(dir, 'data');
+    const before = jobs(data);
+    for (let i = 0; i < 2; i++) expect((await acm2(['user', 'seed', 'quiet@example.com', '--json'])).code).toBe(0);
+    expect(jobs(data)).toBe(before);
+  });
+
+  it('lock files are 0600 like every file the tool makes', async () => {
+    const locks = path.join(dir, 'data', '.acm2', 'locks');
+    const names = readdirSync(locks);
+    expect(names.length).toBeGreaterThan(0);
+    for (const n of names) expect(statSync(path.join(locks, n)).mode & 0o777, n).toBe(0o600);
+  });
+
+  it('--concurrency beyond 64 is refused before anything starts', async () => {
+    for (const cmd of [['user', 'seed', '--pending'], ['verify'], ['backfill', '--dry-run']]) {
+      const r = await acm2([...cmd, '--concurrency', '10000']);
+      expect(r.code, cmd.join(' ')).toBe(2);
+      expect(r.stderr.trim()).toBe(`acm2: --concurrency '10000' is more than 64`);
+    }
+  });
+
+  it('an empty --data-dir or --seeds is refused, never taken as the current folder', async () => {
+    const cwd = process.cwd();
+    const had = existsSync(path.join(cwd, 'master.db'));
+    const r = await acm2(['user', 'create', '--email', 'e@example.com', '--username', 'e'], '');
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim()).toBe('acm2: --data-dir is empty: give a path');
+    expect(existsSync(path.join(cwd, 'master.db'))).toBe(had);
+    expect((await acm2(['seed', 'list'], path.join(dir, 'data'), '')).stderr.trim()).toBe('acm2: --seeds is empty: give a path');
+  });
+
+  it('verify does not call users ok against a package that has been tampered with', async () => {
+    const seeds = path.join(dir, 'seeds');
+    cpSync(SEEDS, seeds, { recursive: true });
+    const data = path.join(dir, 'data');
+    expect((await acm2(['verify', '--json'], data, seeds)).code).toBe(0);
+    const f = readdirSync(path.join(seeds, 'v1', 'files'), { recursive: true, withFileTypes: true }).find((e) => e.isFile())!;
+    writeFileSync(path.join(f.parentPath, f.name), 'tampered\n');
+    const r = await acm2(['verify', '--json'], data, seeds);
+    expect(r.code).toBe(1);
+    const problems = (JSON.parse(r.stdout) as { users: Array<{ problems: Array<{ code: string; message: string }> }> }).users.flatMap((u) => u.problems);
+    expect(problems[0]).toMatchObject({ code: 'seed_version_unknown', message: expect.stringContaining('seed package v1 cannot be read') });
+  });
+
+  it('a password holding @ is hidden whole', () => {
+    expect(redactUrl('mysql://u:top@secret@h:99999/db')).toBe('mysql://u:***@h:99999/db');
+    expect(redactUrl('mysql://u:p@h/db')).toBe('mysql://u:***@h/db');
+  });
+});
