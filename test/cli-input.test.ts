@@ -91,6 +91,15 @@ describe('the command line, as an operator types it', () => {
     expect(problems[0]).toMatchObject({ code: 'seed_version_unknown', message: expect.stringContaining('seed package v1 cannot be read') });
   });
 
+  it('flags that cannot apply together are refused, not ignored', async () => {
+    const one = await acm2(['user', 'seed', '1', '--limit', '3', '--watch']);
+    expect(one.code).toBe(2);
+    expect(one.stderr.trim()).toBe('acm2: --limit, --watch apply to --pending, not to one user');
+    const v = await acm2(['verify', '--user', '1', '--shard', '0/2']);
+    expect(v.code).toBe(2);
+    expect(v.stderr.trim()).toBe('acm2: give either --user or --shard, not both');
+  });
+
   it('a password holding @ is hidden whole', () => {
     expect(redactUrl('mysql://u:top@secret@h:99999/db')).toBe('mysql://u:***@h:99999/db');
     expect(redactUrl('mysql://u:p@h/db')).toBe('mysql://u:***@h/db');

@@ -45,6 +45,8 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     return;
   }
   if (args.length !== 1) throw new UsageError('name one user (id or email), or use --pending');
+  const drainOnly = (['limit', 'watch', 'concurrency'] as const).filter((k) => opts[k] !== undefined && opts[k] !== false);
+  if (drainOnly.length > 0) throw new UsageError(`${drainOnly.map((k) => `--${k}`).join(', ')} ${drainOnly.length > 1 ? 'apply' : 'applies'} to --pending, not to one user`);
   checkUserRef(args[0]!);
   loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
   const r = await usingMaster(cfg.master, (master) =>

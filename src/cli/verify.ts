@@ -15,6 +15,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const users = ((opts.user as string[] | undefined) ?? []).map(parseUserId);
   const shard = shardOption(opts.shard);
+  // Together they can select nobody, and "0 users checked, ok" would pass a CI gate.
+  if (shard && users.length > 0) throw new UsageError('give either --user or --shard, not both');
   const concurrency = concurrencyOption(opts) ?? availableParallelism();
   const junit = opts.junit === undefined ? undefined : String(opts.junit);
   if (junit === '') throw new UsageError('--junit needs a file name');

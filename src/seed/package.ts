@@ -67,7 +67,7 @@ export function readCurrent(seedsDir: string): string {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
-      throw new PackageError(`no seed version is CURRENT: ${file} does not exist (give --seed-version, or freeze with --set-current)`, { cause: e });
+      throw new PackageError(`no seed version is CURRENT: ${file} does not exist (give --seed-version or SEED_VERSION, or freeze with --set-current)`, { cause: e });
     }
     throw new PackageError(`cannot read ${file} (${code ?? String(e)})`, { cause: e });
   }
