@@ -100,6 +100,17 @@ describe('the command line, as an operator types it', () => {
     expect(v.stderr.trim()).toBe('acm2: give either --user or --shard, not both');
   });
 
+  it('a --data-dir or --seeds that is a file is named as such, for every command', async () => {
+    const file = path.join(dir, 'a-file');
+    writeFileSync(file, 'not a folder\n');
+    const c = await acm2(['user', 'create', '--email', 'f@example.com', '--username', 'f'], file);
+    expect(c.code).toBe(2);
+    expect(c.stderr.trim()).toBe(`acm2: --data-dir '${file}' is not a folder`);
+    const l = await acm2(['seed', 'list'], path.join(dir, 'data'), file);
+    expect(l.code).toBe(2);
+    expect(l.stderr.trim()).toBe(`acm2: --seeds '${file}' is not a folder`);
+  });
+
   it('a password holding @ is hidden whole', () => {
     expect(redactUrl('mysql://u:top@secret@h:99999/db')).toBe('mysql://u:***@h:99999/db');
     expect(redactUrl('mysql://u:p@h/db')).toBe('mysql://u:***@h/db');

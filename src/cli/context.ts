@@ -4,6 +4,7 @@ import { resolveConfig, type Config, type GlobalFlags } from '../config.js';
 import { createReporter, type Reporter } from '../ui/reporter.js';
 import { UsageError } from '../errors.js';
 import chalk from 'chalk';
+import { statSync } from 'node:fs';
 
 export interface Ctx {
   cfg: Config;
@@ -13,6 +14,17 @@ export interface Ctx {
 export function context(opts: Record<string, unknown>): Ctx {
   const cfg = resolveConfig(opts as GlobalFlags);
   if (!cfg.color) chalk.level = 0;
+  // A path that exists but is not a folder is a mistyped flag, not an empty fleet or a master
+  // that cannot be opened: say so, whatever the command.
+  for (const [flag, p] of [['--data-dir', cfg.dataDir], ['--seeds', cfg.seedsDir]] as const) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      continue; // missing: each command says what that means for it
+    }
+    if (!st.isDirectory()) throw new UsageError(`${flag} '${p}' is not a folder`);
+  }
   return { cfg, out: createReporter(cfg) };
 }
 
