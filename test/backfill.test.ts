@@ -302,25 +302,21 @@ describe('after the commit', () => {
                 CREATE TABLE notes (id INTEGER PRIMARY KEY, t TEXT); INSERT INTO notes (t) VALUES ('one'), ('two');`);
     setup.close();
     const sql = 'ALTER TABLE notes ADD COLUMN y TEXT';
-    return { file, migrations: [{ id: 1, name: '0001_notes_y', sql, checksum: createHash('sha256').update(sql).digest('hex') }] };
+    const migrations = [{ id: 1, name: '0001_notes_y', sql, checksum: createHash('sha256').update(sql).digest('hex') }];
+    /** Migrate it (backfill's 250 ms wait), with ACM2 doing `afterCommit` as soon as the commit lets it. */
+    const migrate = (afterCommit: () => void) => migrateSafely({ dbPath: file, backupDir: path.join(dir, 'backups'), label: 'user_9', migrations, busyTimeoutMs: 250, afterCommit });
+    return { file, migrate };
   };
 
   it('rows ACM2 deletes once the migration committed are not a failure, and nothing is restored over them', async () => {
     const dir = tmpDir('acm2-after-commit-');
     try {
-      const { file, migrations } = notes(dir);
-      const r = await migrateSafely({
-        dbPath: file,
-        backupDir: path.join(dir, 'backups'),
-        label: 'user_9',
-        migrations,
-        busyTimeoutMs: 250,
-        // ACM2, as soon as the commit lets it: a user deletes two notes and writes a new one.
-        afterCommit: () => {
-          const acm2 = new Database(file);
-          acm2.exec(`DELETE FROM notes; INSERT INTO notes (t) VALUES ('written by ACM2 after the commit');`);
-          acm2.close();
-        },
+      const { file, migrate } = notes(dir);
+      // A user deletes two notes and writes a new one.
+      const r = await migrate(() => {
+        const acm2 = new Database(file);
+        acm2.exec(`DELETE FROM notes; INSERT INTO notes (t) VALUES ('written by ACM2 after the commit');`);
+        acm2.close();
       });
       expect(r.failure).toBeUndefined();
       expect(r.ok).toBe(true);
@@ -336,18 +332,11 @@ describe('after the commit', () => {
     const dir = tmpDir('acm2-after-commit-');
     let acm2: Database.Database | undefined;
     try {
-      const { file, migrations } = notes(dir);
-      const r = await migrateSafely({
-        dbPath: file,
-        backupDir: path.join(dir, 'backups'),
-        label: 'user_9',
-        migrations,
-        busyTimeoutMs: 250,
-        // ACM2 writes a row and is still committing (its lock held) when the check comes.
-        afterCommit: () => {
-          acm2 = new Database(file);
-          acm2.exec(`BEGIN EXCLUSIVE; INSERT INTO notes (t) VALUES ('written by ACM2 after the commit');`);
-        },
+      const { file, migrate } = notes(dir);
+      // ACM2 writes a row and is still committing (its lock held) when the check comes.
+      const r = await migrate(() => {
+        acm2 = new Database(file);
+        acm2.exec(`BEGIN EXCLUSIVE; INSERT INTO notes (t) VALUES ('written by ACM2 after the commit');`);
       });
       acm2!.exec('COMMIT');
       acm2!.close();
