@@ -50,8 +50,10 @@ export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = proce
   const seedVersion = flags.seedVersion ?? e('SEED_VERSION');
   if (seedVersion !== undefined) assertVersionName(seedVersion);
   const lockRaw = flags.lockTimeout ?? e('ACM2_LOCK_TIMEOUT') ?? '60';
+  const lockFrom = flags.lockTimeout !== undefined ? '--lock-timeout' : 'ACM2_LOCK_TIMEOUT';
+  // Plain decimal seconds, as every other number the tool takes (not 1e3 or 0x10).
+  if (!/^\d+(\.\d+)?$/.test(lockRaw.trim())) throw new UsageError(`${lockFrom} '${lockRaw}' is not a number of seconds`);
   const lockSeconds = Number(lockRaw);
-  if (!Number.isFinite(lockSeconds) || lockSeconds < 0) throw new UsageError(`--lock-timeout '${lockRaw}' is not a number of seconds`);
   return {
     dataDir,
     master: parseMasterUrl(rawMaster),

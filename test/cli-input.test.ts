@@ -20,9 +20,9 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function acm2(args: string[], dataDir = path.join(dir, 'data'), seeds = SEEDS) {
+async function acm2(args: string[], dataDir = path.join(dir, 'data'), seeds = SEEDS, env: Record<string, string> = {}) {
   try {
-    const r = await run(process.execPath, [BIN, '--data-dir', dataDir, '--seeds', seeds, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '' } });
+    const r = await run(process.execPath, [BIN, '--data-dir', dataDir, '--seeds', seeds, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '', ...env } });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
   } catch (e) {
     const x = e as { code: number; stdout: string; stderr: string };
@@ -109,6 +109,18 @@ describe('the command line, as an operator types it', () => {
     const l = await acm2(['seed', 'list'], path.join(dir, 'data'), file);
     expect(l.code).toBe(2);
     expect(l.stderr.trim()).toBe(`acm2: --seeds '${file}' is not a folder`);
+  });
+
+  it('a bad lock timeout names where it came from; 1e3 is not a number of seconds here', async () => {
+    const env = await acm2(['seed', 'list'], path.join(dir, 'data'), SEEDS, { ACM2_LOCK_TIMEOUT: 'abc' });
+    expect(env.code).toBe(2);
+    expect(env.stderr.trim()).toBe("acm2: ACM2_LOCK_TIMEOUT 'abc' is not a number of seconds");
+    expect((await acm2(['seed', 'list', '--lock-timeout', '1e3'])).stderr.trim()).toBe("acm2: --lock-timeout '1e3' is not a number of seconds");
+  });
+
+  it('the command groups show examples too', async () => {
+    expect((await acm2(['seed', '--help'])).stdout).toMatch(/Examples:\n\s+\$ acm2 seed list/);
+    expect((await acm2(['user', '--help'])).stdout).toMatch(/Examples:\n\s+\$ acm2 user create/);
   });
 
   it('a password holding @ is hidden whole', () => {

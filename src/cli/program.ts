@@ -48,7 +48,10 @@ Examples:
   $ ACM2_MASTER_URL=mysql://acm2:***@db:3306/acm2_master acm2 verify --json`,
     );
 
-  const seed = program.command('seed').description('cut, list, show and check seed packages');
+  const seed = program
+    .command('seed')
+    .description('cut, list, show and check seed packages')
+    .addHelpText('after', '\nExamples:\n  $ acm2 seed list\n  $ acm2 seed check v1');
   seed
     .command('freeze')
     .description('cut a new immutable seed version from an ACM2 user DB and its run files')
@@ -78,7 +81,10 @@ Examples:
     .addHelpText('after', '\nExample:\n  $ acm2 seed check v1')
     .action(action(() => import('./seed-check.js')));
 
-  const user = program.command('user').description('create, seed, show and list users');
+  const user = program
+    .command('user')
+    .description('create, seed, show and list users')
+    .addHelpText('after', '\nExamples:\n  $ acm2 user create --email ada@example.com --username ada\n  $ acm2 user seed --pending');
   user
     .command('create')
     .description('create a user (master row, API key, seed job) and seed it')
