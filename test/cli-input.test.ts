@@ -118,6 +118,12 @@ describe('the command line, as an operator types it', () => {
     expect((await acm2(['seed', 'list', '--lock-timeout', '1e3'])).stderr.trim()).toBe("acm2: --lock-timeout '1e3' is not a number of seconds");
   });
 
+  it('seed check of a version that does not exist is a usage error, not a failed check', async () => {
+    const r = await acm2(['seed', 'check', 'v9']);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim()).toBe(`acm2: no seed version 'v9' in ${SEEDS}`);
+  });
+
   it('the command groups show examples too', async () => {
     expect((await acm2(['seed', '--help'])).stdout).toMatch(/Examples:\n\s+\$ acm2 seed list/);
     expect((await acm2(['user', '--help'])).stdout).toMatch(/Examples:\n\s+\$ acm2 user create/);

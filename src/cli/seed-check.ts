@@ -2,7 +2,8 @@
 // Failures are findings: the report is printed, then the exit code is 1.
 
 import chalk from 'chalk';
-import { checkPackage, listPackages } from '../seed/package.js';
+import { checkPackage, knownVersions, listPackages } from '../seed/package.js';
+import { UsageError } from '../errors.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
 
@@ -10,6 +11,10 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   // listPackages refuses a seeds folder that does not exist, so a typo is not a silent 'ok'.
   const versions = args.length > 0 ? args : listPackages(cfg.seedsDir).map((p) => p.version);
+  // A version that is not there is a typo (exit 2), not a package that failed its check (exit 1).
+  const known = knownVersions(cfg.seedsDir);
+  const unknown = args.filter((v) => !known.includes(v));
+  if (unknown.length > 0) throw new UsageError(`no seed version ${unknown.map((v) => `'${v}'`).join(', ')} in ${cfg.seedsDir}`, 'unknown_version');
   const packages = versions.map((v) => checkPackage(cfg.seedsDir, v));
   const ok = packages.every((p) => p.ok);
   out.result({ ok, seedsDir: cfg.seedsDir, packages }, () => {
