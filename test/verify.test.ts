@@ -12,7 +12,7 @@ import Ajv2020 from 'ajv/dist/2020.js';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { DIALECTS } from './helpers/mysql.js';
 import { createUser } from '../src/core/users.js';
-import { LeakIndex, PROBLEM_CODES, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
+import { LeakIndex, PROBLEM_CODES, verifyTestHooks, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
 import { renderJunit, renderVerify } from '../src/ui/verify.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { SHIPPED_SEEDS_DIR } from '../src/config.js';
@@ -200,6 +200,27 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     const r = await verify(f);
     expectOnly(r, f, ['file_missing']);
     expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ table: 'acm2_seed_files', message: expect.stringContaining('reports/report.html') });
+  });
+
+  it('a seed that begins between the DB read and the file checks: a warning to look again, not file errors', async () => {
+    const f = await fleet();
+    const file = seededFile(f, /reports\/report\.html$/);
+    verifyTestHooks.afterDbRead = (id) => {
+      if (id !== f.victim) return;
+      // user seed --force starts: in_progress, then the files are rewritten (one half-way now).
+      withDb(f, (db) => db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run());
+      truncateSync(file, 10);
+    };
+    try {
+      const r = await verify(f, { concurrency: 1 });
+      const victim = r.users.find((u) => u.id === f.victim)!;
+      expect(victim.problems.map((p) => [p.code, p.severity])).toEqual([['not_ready', 'warning']]);
+      expect(victim.problems[0]!.message).toMatch(/a seed of this user began or ran while verify checked it/);
+    } finally {
+      delete verifyTestHooks.afterDbRead;
+    }
+    // Checked again (here the seed never finished): not ready, against a master job that says done.
+    expect(codesOf(await verify(f), f.victim)).toEqual(new Set(['not_ready', 'job_state_mismatch']));
   });
 
   it('file_missing + unresolved_reference: a generated doc the Evaluation tabs need deleted', async () => {

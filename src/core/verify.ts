@@ -450,7 +450,14 @@ export function checkUser(ctx: CheckContext, userId: UserId, job: JobView | unde
 interface Meta {
   status: string;
   version: string;
+  seededAt: string | null;
 }
+
+/** Test hooks (never set in production): run between reading a user's DB and checking its files. */
+export const verifyTestHooks: { afterDbRead?: (userId: UserId) => void } = {};
+
+/** Problems about seeded files, which a seed running meanwhile can cause. */
+const FILE_CODES: ReadonlySet<ProblemCode> = new Set(['file_missing', 'file_size_mismatch', 'file_hash_mismatch']);
 
 /** What the DB told us: absent, unreadable, or read (with user_meta if it has one). */
 type DbState = { kind: 'absent' } | { kind: 'unreadable' } | { kind: 'read'; meta?: Meta };
@@ -587,10 +594,42 @@ class UserCheck {
       state = r.state;
       seeded = r.seeded;
     }
+    verifyTestHooks.afterDbRead?.(this.userId);
     this.checkTree();
     this.checkSeededFiles(seeded);
+    if (state.kind === 'read') this.seedRanMeanwhile(state.meta);
     this.checkJob(state);
     return this.problems;
+  }
+
+  /**
+   * Files are checked after the DB's snapshot is closed: a seed that began (or ran) in between
+   * rewrites them, and what looked wrong may be that seed at work. When user_meta no longer says
+   * what the snapshot said, the file problems are not reported; a warning says to look again.
+   */
+  private seedRanMeanwhile(then: Meta | undefined): void {
+    if (then?.status !== 'ready' || !this.problems.some((p) => FILE_CODES.has(p.code))) return;
+    let now: { seed_status: string; seeded_at: string | null } | undefined;
+    try {
+      const db = new Database(this.dbFile, { readonly: true, fileMustExist: true, timeout: this.ctx.busyTimeoutMs });
+      try {
+        now = db.prepare(`SELECT seed_status, seeded_at FROM user_meta WHERE user_id = ?`).get(this.userId) as typeof now;
+      } finally {
+        db.close();
+      }
+    } catch {
+      return; // as read before: the file problems stand
+    }
+    if (now && now.seed_status === then.status && (now.seeded_at === null ? null : String(now.seeded_at)) === then.seededAt) return;
+    const kept = this.problems.filter((p) => !FILE_CODES.has(p.code));
+    this.problems.length = 0;
+    this.problems.push(...kept);
+    this.add(
+      'not_ready',
+      `a seed of this user began or ran while verify checked it (user_meta now says '${now?.seed_status ?? 'nothing'}'): its files were changing, so they were not judged; verify this user again`,
+      { table: 'user_meta' },
+      'warning',
+    );
   }
 
   // --- the database ---------------------------------------------------------------------------
@@ -689,8 +728,10 @@ class UserCheck {
     let meta: Meta | undefined;
     const metaRead = this.guard('user_meta', () => {
       if (!tables.has('user_meta')) return;
-      const row = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`).get(this.userId) as { seed_status: string; seed_version: string } | undefined;
-      if (row) meta = { status: String(row.seed_status), version: String(row.seed_version) };
+      const row = db.prepare(`SELECT seed_status, seed_version, seeded_at FROM user_meta WHERE user_id = ?`).get(this.userId) as
+        | { seed_status: string; seed_version: string; seeded_at: string | null }
+        | undefined;
+      if (row) meta = { status: String(row.seed_status), version: String(row.seed_version), seededAt: row.seeded_at === null ? null : String(row.seeded_at) };
     });
     if (tables.has('user_meta') && metaRead && !meta) {
       this.add('meta_missing', `user_meta has no row for user ${this.userId}: ACM2 answers 425 for every request`, { table: 'user_meta' });
