@@ -137,6 +137,24 @@ describe('moving global logs through backfill', () => {
     expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
   });
 
+  it('copying across file systems, a log that grows while it is copied is copied again: no appended line is lost', () => {
+    const log = path.join(w.logs, w.r3, 'run.log');
+    let appended = 0;
+    const r = moveLegacyLogs({
+      dir: w.logs,
+      dataDir: w.fleet.dataDir,
+      owners: new Map([[w.r3, [3]]]),
+      forceCopy: true,
+      // ACM2 appends a line to the run's log once, right after the first copy was made.
+      afterCopy: (from) => {
+        if (from === log && appended++ === 0) writeFileSync(log, 'a line ACM2 wrote meanwhile\n', { flag: 'a' });
+      },
+    });
+    expect(r.moved).toEqual([expect.objectContaining({ runId: w.r3, userId: 3, files: 1 })]);
+    expect(readFileSync(path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3, 'logs', 'run.log'), 'utf8')).toBe('user 3 run log\na line ACM2 wrote meanwhile\n');
+    expect(existsSync(log)).toBe(false);
+  });
+
   it('a dry run lists the moves and the clash and touches nothing', async () => {
     const logsBefore = snapshotTree(w.logs);
     const dataBefore = userData(w.fleet.dataDir);

@@ -101,6 +101,8 @@ export interface MoveLegacyLogsInput {
   forceCopy?: boolean;
   /** Runs whose one owner is outside this pass's users (another shard's): left alone, not reported. */
   elsewhere?: Set<string>;
+  /** Test hook: runs after a file is copied to staging, before the copy is checked and placed. */
+  afterCopy?: (from: string) => void;
 }
 
 /**
@@ -155,7 +157,7 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
       const from = path.join(src, rel);
       const bytes = lstatSync(from).size;
       const wanted = resolveInside(root, path.join('runs', runId, 'logs', rel));
-      const placed = placeFile(from, wanted, Boolean(input.dryRun), Boolean(input.forceCopy), staging);
+      const placed = placeFile(from, wanted, Boolean(input.dryRun), Boolean(input.forceCopy), staging, input.afterCopy);
       if (placed !== wanted) res.clashes.push({ runId, userId, existing: path.relative(root, wanted), keptAs: path.relative(root, placed) });
       move.files++;
       move.bytes += bytes;
@@ -219,11 +221,11 @@ function walk(dir: string, skipped: string[], base: string, rel = ''): string[] 
  * Returns where the bytes end up. An identical file already in either place means an earlier
  * run got that far: the old name is simply removed.
  */
-function placeFile(from: string, wanted: string, dryRun: boolean, forceCopy: boolean, staging: string): string {
+function placeFile(from: string, wanted: string, dryRun: boolean, forceCopy: boolean, staging: string, afterCopy?: (from: string) => void): string {
   for (let k = 0; ; k++) {
     const target = k === 0 ? wanted : suffixed(wanted, k);
     if (!existsSync(target)) {
-      if (!dryRun) moveNoClobber(from, target, forceCopy, staging);
+      if (!dryRun) moveNoClobber(from, target, forceCopy, staging, afterCopy);
       return target;
     }
     if (sameBytes(from, target)) {
@@ -245,7 +247,7 @@ export function suffixed(file: string, k: number): string {
   return path.join(dir, dot > 0 ? `${base.slice(0, dot)}${tag}${base.slice(dot)}` : `${base}${tag}`);
 }
 
-function moveNoClobber(from: string, to: string, forceCopy: boolean, staging: string): void {
+function moveNoClobber(from: string, to: string, forceCopy: boolean, staging: string, afterCopy?: (from: string) => void): void {
   mkdirSync(path.dirname(to), { recursive: true, mode: 0o700 });
   let linked = false;
   if (!forceCopy) {
@@ -260,8 +262,20 @@ function moveNoClobber(from: string, to: string, forceCopy: boolean, staging: st
   if (!linked) {
     mkdirSync(staging, { recursive: true, mode: 0o700 });
     const tmp = path.join(staging, `${randomBytes(6).toString('hex')}.tmp`);
-    copyFileSync(from, tmp);
-    fsyncPath(tmp);
+    // A log still being written (ACM2 appending to a run's log) may grow while it is copied: the
+    // copy is placed only once the file did not change across it, so no appended line is lost.
+    for (let attempt = 1; ; attempt++) {
+      const before = lstatSync(from);
+      copyFileSync(from, tmp);
+      fsyncPath(tmp);
+      afterCopy?.(from);
+      const after = lstatSync(from);
+      if (after.size === before.size && after.mtimeMs === before.mtimeMs && lstatSync(tmp).size === after.size) break;
+      if (attempt >= 5) {
+        unlinkSync(tmp);
+        throw new Error(`${from} kept changing while it was copied (5 tries): it is still being written; it is left in place`);
+      }
+    }
     linkSync(tmp, to);
     unlinkSync(tmp);
   }
