@@ -948,9 +948,9 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
   const job = await m(async () => {
     // A user whose last seed job failed for good gets a new one, as \`user seed\` would: otherwise
     // the master would go on saying failed about a user this seed made ready.
+    // Made and claimed in one transaction, as for a direct seed.
     const latest = await deps.master.latestJob(userId);
-    if (latest?.status === 'failed') await deps.master.enqueueSeedJob(userId, deps.pkg.version);
-    return deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version);
+    return deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version, latest?.status === 'failed' ? {} : undefined);
   }).catch((e) => {
     if (e instanceof MasterLost) return undefined;
     throw e;

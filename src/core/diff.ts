@@ -157,7 +157,6 @@ interface Snapshot {
   files: Map<string, string>;
 }
 
-/** Columns never compared: user_id is the owner (NULL in a package), not content. */
 /** user_id as compared: "the owner" for a package row and for a user's own row, else its value. */
 const OWNER = canonicalJson('<the user>');
 
