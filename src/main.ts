@@ -9,6 +9,9 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${TOOL_VERSION}\n`);
     return EXIT.ok;
   }
+  // commander's `help` command looks one level deep: `acm2 help user create` would show `user`.
+  // `help a b …` is `a b … --help`, which commander answers at any depth.
+  if (argv[2] === 'help' && argv.length > 4) argv = [...argv.slice(0, 2), ...argv.slice(3), '--help'];
   const program = buildProgram();
   const wantsJson = argv.includes('--json');
   const verbose = argv.includes('--verbose');

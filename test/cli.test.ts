@@ -28,6 +28,10 @@ describe('acm2 binary', () => {
     const user = await acm2(['user', '--help']);
     for (const c of ['create', 'seed', 'show', 'list']) expect(user.stdout).toMatch(new RegExp(`^\\s+${c}\\b`, 'm'));
     expect((await acm2(['user', 'create', '--help'])).stdout).toMatch(/Example:\n\s+\$ acm2 user create/);
+    // `help <cmd> <sub>` answers for the subcommand, not its parent.
+    const viaHelp = await acm2(['help', 'user', 'create']);
+    expect(viaHelp.code).toBe(0);
+    expect(viaHelp.stdout).toMatch(/^Usage: acm2 user create/);
   });
 
   it('an unreachable MySQL master exits 3 with the documented sentence and no password', async () => {
