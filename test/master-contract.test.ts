@@ -204,7 +204,9 @@ for (const d of DIALECTS) {
 
       it.each([
         ['email', { email: 'user1@example.com' }, 'duplicate_email'],
+        ['email differing only in case', { email: 'User1@Example.COM' }, 'duplicate_email'],
         ['username', { username: 'email_fan' }, 'duplicate_username'],
+        ['username differing only in case', { username: 'Email_Fan' }, 'duplicate_username'],
         ['WordPress id', { wordpressUserId: 1001 }, 'duplicate_wordpress_id'],
         ['API key hash (after the users row went in)', { keyHash: '$2b$10$hash1' }, 'duplicate'],
       ] as const)('refuses a duplicate %s with a UsageError and leaves no partial rows', async (_what, over, code) => {

@@ -149,6 +149,11 @@ export class SqliteMaster implements MasterDb {
     const now = new Date();
     try {
       return this.db.transaction(() => {
+        // The UNIQUE constraints compare case-sensitively, but an e-mail or username differing only
+        // in case is the same person (as MySQL's _ci collation says): checked under this write lock,
+        // so two creates at once cannot both pass a check made before it.
+        if (this.one(`SELECT 1 FROM users WHERE email = ? COLLATE NOCASE`, input.email)) throw new UsageError(`a user with email '${input.email}' already exists`, 'duplicate_email');
+        if (this.one(`SELECT 1 FROM users WHERE username = ? COLLATE NOCASE`, input.username)) throw new UsageError(`a user with username '${input.username}' already exists`, 'duplicate_username');
         const info = this.db
           .prepare(`INSERT INTO users (username, email, wordpress_user_id) VALUES (?, ?, ?)`)
           .run(input.username, input.email, input.wordpressUserId);
