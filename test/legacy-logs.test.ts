@@ -13,6 +13,7 @@ import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet
 import { runBackfill } from '../src/core/backfill.js';
 import { moveLegacyLogs, runsOwnedBy, suffixed } from '../src/core/legacy-logs.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
+import { lockUserFile } from '../src/core/user-lock.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -137,10 +138,29 @@ describe('moving global logs through backfill', () => {
     expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
   });
 
-  it('copying across file systems, a log that grows while it is copied is copied again: no appended line is lost', () => {
+  it("a run whose owner another process holds (a seed, another backfill) is left in place, reported busy, and moved by the next run", async () => {
+    const held = lockUserFile(w.fleet.dataDir, 2, 0)!;
+    expect(held).toBeDefined();
+    let r;
+    try {
+      r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    } finally {
+      await held.release();
+    }
+    expect(r.legacyLogs!.busy).toEqual([{ runId: w.r2, userId: 2 }]);
+    expect(r.legacyLogs!.moved.map((m) => m.runId)).not.toContain(w.r2);
+    expect(readFileSync(path.join(w.logs, w.r2, 'run.log'), 'utf8')).toBe('user 2 run log (from the global folder)\n');
+    expect(existsSync(suffixed(w.clash, 1))).toBe(false);
+    const again = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    expect(again.legacyLogs!.busy).toEqual([]);
+    expect(again.legacyLogs!.moved.map((m) => m.runId)).toEqual([w.r2]);
+    expect(readFileSync(suffixed(w.clash, 1), 'utf8')).toBe('user 2 run log (from the global folder)\n');
+  });
+
+  it('copying across file systems, a log that grows while it is copied is copied again: no appended line is lost', async () => {
     const log = path.join(w.logs, w.r3, 'run.log');
     let appended = 0;
-    const r = moveLegacyLogs({
+    const r = await moveLegacyLogs({
       dir: w.logs,
       dataDir: w.fleet.dataDir,
       owners: new Map([[w.r3, [3]]]),
@@ -186,7 +206,7 @@ describe('moving global logs through backfill', () => {
     const owners = new Map<string, number[]>();
     const candidates = new Set([w.r1, w.r2, w.r3, EXTRA_RUN, UNOWNED]);
     for (const id of [1, 2, 3]) for (const run of runsOwnedBy(w.fleet.dataDir, id, candidates)) owners.set(run, [...(owners.get(run) ?? []), id]);
-    const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners, forceCopy: true });
+    const r = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners, forceCopy: true });
     expect(r.clashes).toHaveLength(1); // only user 2's real clash: the half-moved file is recognised
     expect(readFileSync(half, 'utf8')).toBe(`run ${w.r1} started\nrun ${w.r1} done\n`);
     expect(existsSync(path.join(w.logs, w.r1))).toBe(false);
@@ -199,13 +219,13 @@ describe('moving global logs through backfill', () => {
     }
   });
 
-  it('a run two users hold is left in place and reported', () => {
-    const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3, 2]]]) });
+  it('a run two users hold is left in place and reported', async () => {
+    const r = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3, 2]]]) });
     expect(r.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
     expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
   });
 
-  it('a run whose logs folder (or a folder above it) is a symlink is left in place, never deleted through it', () => {
+  it('a run whose logs folder (or a folder above it) is a symlink is left in place, never deleted through it', async () => {
     // An operator bridged the global folder into user 3's run folder during the transition.
     const runDir = path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3);
     mkdirSync(runDir, { recursive: true });
@@ -215,7 +235,7 @@ describe('moving global logs through backfill', () => {
     rmSync(path.join(userRoot(w.fleet.dataDir, 2), 'runs'), { recursive: true, force: true });
     symlinkSync(elsewhere, path.join(userRoot(w.fleet.dataDir, 2), 'runs'));
     const before = snapshotTree(w.logs);
-    const r = moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]], [w.r2, [2]]]) });
+    const r = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]], [w.r2, [2]]]) });
     expect(r.refused).toEqual([
       { runId: w.r2, userId: 2, path: 'runs' },
       { runId: w.r3, userId: 3, path: `runs/${w.r3}/logs` },

@@ -55,7 +55,8 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
     });
     out.result(backfillJson(r), () => renderBackfill(r, out.color));
     // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
-    if (r.stopped || (!r.dryRun && r.failures.length > 0)) process.exitCode = EXIT.findings;
+    // Legacy runs left for want of their owner's lock are unfinished work too: run again.
+    if (r.stopped || (!r.dryRun && (r.failures.length > 0 || (r.legacyLogs?.busy.length ?? 0) > 0))) process.exitCode = EXIT.findings;
   } finally {
     interrupt.dispose();
     await master.close().catch(() => undefined);

@@ -1015,5 +1015,8 @@ async function legacyLogsPass(
   }
   // A run held by one user outside this selection is that user's pass's to move.
   const elsewhere = new Set([...owners].filter(([, us]) => us.length === 1 && !selected(us[0]!)).map(([run]) => run));
-  return moveLegacyLogs({ dir, dataDir: ctx.dataDir, owners, uncheckedUsers: unchecked, dryRun, elsewhere });
+  // Each run is moved under its owner's lock: another backfill (a shard and a whole run at once)
+  // or a seed of that user does not work in the same folders meanwhile.
+  const lockOwner = (id: UserId) => tryLockUser(deps.master, ctx.dataDir, id);
+  return moveLegacyLogs({ dir, dataDir: ctx.dataDir, owners, uncheckedUsers: unchecked, dryRun, elsewhere, lockOwner });
 }

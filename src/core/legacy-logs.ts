@@ -61,6 +61,8 @@ export interface LegacyLogsResult {
   refused: Array<{ runId: string; userId: UserId; path: string }>;
   /** Users whose DB could not be read, so a run they own may be reported unowned. */
   uncheckedUsers: UserId[];
+  /** Runs left in place because another process held their owner's lock (a seed, or another backfill moving them): run again. */
+  busy: Array<{ runId: string; userId: UserId }>;
 }
 
 /** Run ids in the global logs dir: every sub-folder name (sorted). */
@@ -103,6 +105,11 @@ export interface MoveLegacyLogsInput {
   elsewhere?: Set<string>;
   /** Test hook: runs after a file is copied to staging, before the copy is checked and placed. */
   afterCopy?: (from: string) => void;
+  /**
+   * Takes the owner's lock before its run is moved (undefined: held elsewhere, the run is left
+   * for later), so two passes at once never work on one run folder. Not taken on a dry run.
+   */
+  lockOwner?: (userId: UserId) => Promise<{ release(): Promise<void> } | undefined>;
 }
 
 /**
@@ -111,7 +118,7 @@ export interface MoveLegacyLogsInput {
  * fsync, link into place, then remove. A crash leaves the file at the old name, the new name, or
  * both with identical bytes; a rerun sees the identical copy and just removes the old name.
  */
-export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
+export async function moveLegacyLogs(input: MoveLegacyLogsInput): Promise<LegacyLogsResult> {
   const dir = path.resolve(input.dir);
   const runs = listLegacyRuns(dir);
   const res: LegacyLogsResult = {
@@ -125,6 +132,7 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
     skipped: [],
     refused: [],
     uncheckedUsers: input.uncheckedUsers ?? [],
+    busy: [],
   };
   // Each run copies through a staging folder of its own; leftovers of crashed runs are copies
   // whose source still exists, removed once old enough not to belong to a live run elsewhere.
@@ -143,30 +151,46 @@ export function moveLegacyLogs(input: MoveLegacyLogsInput): LegacyLogsResult {
       continue;
     }
     const userId = owners[0]!;
-    const root = userRoot(input.dataDir, userId);
-    const src = path.join(dir, runId);
-    const move: LegacyRunMove = { runId, userId, files: 0, bytes: 0 };
-    const rels = walk(src, res.skipped, dir);
-    // Every folder the files go to must be a plain folder under the root (or not exist yet).
-    const bad = [...new Set(rels.map((rel) => path.join('runs', runId, 'logs', path.dirname(rel))))].map((d) => notPlainFolder(root, d)).find((b) => b !== undefined);
-    if (bad !== undefined) {
-      res.refused.push({ runId, userId, path: bad });
+    const lock = input.dryRun || !input.lockOwner ? undefined : await input.lockOwner(userId);
+    if (input.lockOwner && !input.dryRun && !lock) {
+      res.busy.push({ runId, userId });
       continue;
     }
-    for (const rel of rels) {
-      const from = path.join(src, rel);
-      const bytes = lstatSync(from).size;
-      const wanted = resolveInside(root, path.join('runs', runId, 'logs', rel));
-      const placed = placeFile(from, wanted, Boolean(input.dryRun), Boolean(input.forceCopy), staging, input.afterCopy);
-      if (placed !== wanted) res.clashes.push({ runId, userId, existing: path.relative(root, wanted), keptAs: path.relative(root, placed) });
-      move.files++;
-      move.bytes += bytes;
+    try {
+      // Under the lock: another pass may have moved this run while this one waited for it.
+      if (!existsSync(path.join(dir, runId))) continue;
+      moveRun(input, res, dir, runId, userId, staging);
+    } finally {
+      await lock?.release();
     }
-    if (!input.dryRun) removeEmptyDirs(src);
-    res.moved.push(move);
   }
   if (!input.dryRun && existsSync(staging)) rmSync(staging, { recursive: true, force: true });
   return res;
+}
+
+/** One owned run's files into its owner's logs folder (see moveLegacyLogs). */
+function moveRun(input: MoveLegacyLogsInput, res: LegacyLogsResult, dir: string, runId: string, userId: UserId, staging: string): void {
+  const root = userRoot(input.dataDir, userId);
+  const src = path.join(dir, runId);
+  const move: LegacyRunMove = { runId, userId, files: 0, bytes: 0 };
+  const rels = walk(src, res.skipped, dir);
+  // Every folder the files go to must be a plain folder under the root (or not exist yet).
+  const bad = [...new Set(rels.map((rel) => path.join('runs', runId, 'logs', path.dirname(rel))))].map((d) => notPlainFolder(root, d)).find((b) => b !== undefined);
+  if (bad !== undefined) {
+    res.refused.push({ runId, userId, path: bad });
+    return;
+  }
+  for (const rel of rels) {
+    const from = path.join(src, rel);
+    const bytes = lstatSync(from).size;
+    const wanted = resolveInside(root, path.join('runs', runId, 'logs', rel));
+    const placed = placeFile(from, wanted, Boolean(input.dryRun), Boolean(input.forceCopy), staging, input.afterCopy);
+    if (placed !== wanted) res.clashes.push({ runId, userId, existing: path.relative(root, wanted), keptAs: path.relative(root, placed) });
+    move.files++;
+    move.bytes += bytes;
+  }
+  if (!input.dryRun) removeEmptyDirs(src);
+  res.moved.push(move);
 }
 
 /**
