@@ -6,7 +6,8 @@ import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileS
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { userDbTemplate } from '../src/userdb/template.js';
 import { readyButIncomplete, unlistedFiles } from './helpers/complete.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
@@ -126,6 +127,26 @@ describe("an earlier attempt's staged build", () => {
     // The v1 attempt's files are still named by its seeded-file list, under the ids it wrote them with.
     expect(unlistedFiles(world.dataDir, id)).toEqual([]);
     expect(mapOf(userDbPath(world.dataDir, id))).toEqual(expect.arrayContaining(v1Map));
+  });
+
+  it('of another version, beside a DB that appeared meanwhile, goes with the files it wrote; nothing is left unlisted', async () => {
+    const id = await killAt('beside-db', 'files_moved');
+    const [build] = stagingLeft(id);
+    const written = walkFiles(userRoot(world.dataDir, id));
+    expect(written.length).toBe(files()); // the killed v1 attempt wrote every file
+    // ACM2 made the user's DB before the next seed, which comes with the package moved on.
+    copyFileSync(userDbTemplate(world.dataDir), userDbPath(world.dataDir, id));
+    // A file of the user's own that happens to sit in one of the build's folders stays.
+    const own = path.join(userRoot(world.dataDir, id), path.dirname(written[0]!), 'mine.txt');
+    writeFileSync(own, 'mine');
+    if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    const r = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
+    expect(r.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
+    expect(build).toBeDefined();
+    expect(stagingLeft(id)).toEqual([]);
+    expect(readyButIncomplete(world.dataDir, id, files())).toEqual({ ready: true, problems: [] });
+    expect(unlistedFiles(world.dataDir, id)).toEqual([path.relative(userRoot(world.dataDir, id), own)]);
+    expect(readFileSync(own, 'utf8')).toBe('mine');
   });
 
   it('that fails after its barrier is put in place failed, never ready; the retry reuses its ids', async () => {

@@ -25,7 +25,7 @@
 // recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
@@ -152,6 +152,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   // Whole builds of this version left beside a DB (something created the DB between attempts):
   // their maps join the DB's, so the files they may have written are rewritten, not orphaned.
   const inherited = leftovers.filter((l) => l.version === version).flatMap((l) => l.map);
+  // Another version's build names files this seed will not rewrite: the ones it wrote, unchanged,
+  // go with it (before its record does, so a crash here leaves the record to finish the job).
+  for (const l of leftovers) if (l.version !== version) removeBuildFiles(dataDir, userId, l.files);
   cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   let meta: MetaRow | undefined;
@@ -498,6 +501,8 @@ interface StagedBuild {
   version: string;
   mtimeMs: number;
   map: MapEntry[];
+  /** The files it names (it may have written them before the crash). */
+  files: Array<{ path: string; bytes: number; sha256: string }>;
 }
 
 /**
@@ -522,7 +527,8 @@ function committedStaged(dataDir: string, userId: UserId): StagedBuild[] {
       const meta = db.prepare(`SELECT seed_version FROM user_meta WHERE user_id = ?`).get(userId) as { seed_version: string } | undefined;
       if (!meta) continue;
       const map = db.prepare(`SELECT kind, source_id AS source, target_id AS target FROM acm2_id_map WHERE seed_version = ?`).all(meta.seed_version) as MapEntry[];
-      found.push({ file, version: meta.seed_version, mtimeMs: statSync(file).mtimeMs, map });
+      const files = db.prepare(`SELECT path, bytes, sha256 FROM acm2_seed_files WHERE seed_version = ?`).all(meta.seed_version) as StagedBuild['files'];
+      found.push({ file, version: meta.seed_version, mtimeMs: statSync(file).mtimeMs, map, files });
     } catch (e) {
       const code = (e as { code?: unknown }).code;
       if (typeof code === 'string' && (code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_NOTADB'))) continue;
@@ -605,6 +611,40 @@ function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, p
     } else if (meta && !(meta.seed_status === 'ready' && meta.seed_version !== version)) setMeta(db, userId, 'failed', version, null);
     db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ?`).run(new Date().toISOString(), msg, version);
   })();
+}
+
+/**
+ * Remove the files a crashed build (never put in place) wrote under the user's root: only regular
+ * files inside the root with exactly the size and sha256 it recorded, which nobody else can have
+ * made (their paths hold the build's own fresh ids); then the folders that leaves empty.
+ */
+function removeBuildFiles(dataDir: string, userId: UserId, files: StagedBuild['files']): void {
+  const root = userRoot(dataDir, userId);
+  if (!existsSync(root)) return;
+  const realRoot = realpathSync(root);
+  const emptied = new Set<string>();
+  for (const f of files) {
+    let abs: string;
+    try {
+      abs = resolveInside(root, f.path);
+      const st = lstatSync(abs);
+      if (!st.isFile() || st.size !== f.bytes) continue;
+      const dir = realpathSync(path.dirname(abs));
+      if (dir !== realRoot && !dir.startsWith(realRoot + path.sep)) continue;
+      if (createHash('sha256').update(readFileSync(abs)).digest('hex') !== f.sha256) continue;
+      rmSync(abs);
+    } catch {
+      continue; // not there, not ours, or not readable: left alone
+    }
+    for (let d = path.dirname(abs); d.startsWith(root + path.sep); d = path.dirname(d)) emptied.add(d);
+  }
+  for (const d of [...emptied].sort((a, b) => b.length - a.length)) {
+    try {
+      rmdirSync(d);
+    } catch {
+      /* not empty: something else lives there */
+    }
+  }
 }
 
 /** Remove staging left by an earlier crashed attempt for this user (we hold the user's lock). */
