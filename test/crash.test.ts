@@ -164,6 +164,40 @@ describe("an earlier attempt's staged build", () => {
   });
 });
 
+describe('SIGKILL during an upgrade of a ready user', () => {
+  it("leaves the user's edits of the version it had alone: a seed of that version after the crash makes it ready again, rewriting nothing", async () => {
+    const u = await createUser(deps(), { email: 'upgrading@example.com', username: 'upgrading' });
+    const id = u.user.id;
+    expect(u.seed?.status).toBe('ready');
+    // The user renames the seeded preset and edits a seeded file.
+    const db = new Database(userDbPath(world.dataDir, id));
+    expect(db.prepare(`UPDATE presets SET name = 'my own preset'`).run().changes).toBe(1);
+    const seeded = db.prepare(`SELECT path FROM acm2_seed_files WHERE seed_version = 'v1' ORDER BY path LIMIT 1`).pluck().get() as string;
+    db.close();
+    const edited = path.join(userRoot(world.dataDir, id), seeded);
+    writeFileSync(edited, 'my own words');
+    if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(id), 'files_moved', 'v2']);
+    expect(r.signal).toBe('SIGKILL');
+
+    const again = await seedOneUser(deps(), String(id), {}); // CURRENT is still v1
+    expect(again.seed).toMatchObject({ status: 'ready', seedVersion: 'v1', outcome: 'already_ready' });
+    const after = new Database(userDbPath(world.dataDir, id), { readonly: true });
+    try {
+      expect(after.prepare(`SELECT name FROM presets WHERE user_id = ?`).pluck().all(id)).toEqual(['my own preset']);
+      expect(after.prepare(`SELECT seed_status, seed_version FROM user_meta`).get()).toEqual({ seed_status: 'ready', seed_version: 'v1' });
+      expect(after.prepare(`SELECT status FROM acm2_seed_state WHERE seed_version = 'v2'`).pluck().get()).toBe('failed');
+    } finally {
+      after.close();
+    }
+    expect(readFileSync(edited, 'utf8')).toBe('my own words');
+    // Upgrading later still works, from where the crashed attempt stopped.
+    const up = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
+    expect(up.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
+    expect(readFileSync(edited, 'utf8')).toBe('my own words');
+  });
+});
+
 describe('SIGKILL at random instants', () => {
   it('never leaves a user ready but incomplete, and every rerun converges', async () => {
     const kills = 12;

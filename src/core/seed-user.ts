@@ -167,6 +167,14 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
       return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
     }
+    if (!input.force && meta && meta.seed_status !== 'ready' && meta.seed_version !== version && readyBefore(db, version)) {
+      // A seed of another version stopped part way (a crash: nothing marked it failed) on a user
+      // this version had made complete. Its rows and files are the user's now, edits and all, so
+      // they are not rewritten (that is --force): the user is ready with this version again.
+      const seededAt = resumeReady(db, userId, version, meta.seed_version);
+      const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
+      return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt, durationMs: Date.now() - started };
+    }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
     const map = persistMap(db, userId, prepared, version, inherited);
     step('map_persisted');
@@ -250,6 +258,26 @@ function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, vers
   db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at) VALUES (?, 'in_progress', ?)
               ON CONFLICT(seed_version) DO UPDATE SET status = 'in_progress', started_at = excluded.started_at, finished_at = NULL, last_error = NULL`).run(version, new Date().toISOString());
   return map;
+}
+
+/** This version was seeded to the end once (the tool's own record, which a later seed of another version leaves alone). */
+function readyBefore(db: SqliteDb, version: string): boolean {
+  const r = db.prepare(`SELECT status FROM acm2_seed_state WHERE seed_version = ?`).get(version) as { status: string } | undefined;
+  return r?.status === 'ready';
+}
+
+/** user_meta ready with `version` again, and the stopped seed of `stopped` recorded as failed. */
+function resumeReady(db: SqliteDb, userId: UserId, version: string, stopped: string): string {
+  return db.transaction(() => {
+    const now = sqlNow();
+    db.prepare(`UPDATE user_meta SET seed_status = 'ready', seed_version = ?, seeded_at = COALESCE(seeded_at, ?), updated_at = ? WHERE user_id = ?`).run(version, now, now, userId);
+    db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ? AND status = 'in_progress'`).run(
+      new Date().toISOString(),
+      `stopped before it finished (the process died); the user stayed ready with ${version}`,
+      stopped,
+    );
+    return String((readMeta(db, userId) as MetaRow).seeded_at);
+  }).immediate();
 }
 
 /** beginSeed in its own transaction, for a user whose DB exists already. */
