@@ -45,6 +45,8 @@ async function converge(userId: number) {
   expect(stagingLeft(userId)).toEqual([]);
   // The rerun wrote the same paths as the killed attempt: nothing it wrote is left unlisted.
   expect(unlistedFiles(world.dataDir, userId)).toEqual([]);
+  // The job the killed attempt held (running, its lease still live) is the rerun's to close.
+  expect(await world.master.latestJob(userId)).toMatchObject({ status: 'done', lockedBy: null });
 }
 
 describe('SIGKILL at each step of seeding', () => {
@@ -161,6 +163,26 @@ describe("an earlier attempt's staged build", () => {
     rmSync(userRoot(world.dataDir, id));
     await converge(id);
     expect(mapOf(userDbPath(world.dataDir, id))).toEqual(failedMap);
+  });
+});
+
+describe('a worker killed on the last attempt of a seed that had finished', () => {
+  it('leaves a ready user with a failed job; user seed closes it with a job of its own, once', async () => {
+    const u = await createUser(deps(), { email: 'last-attempt@example.com', username: 'last-attempt' });
+    const id = u.user.id;
+    expect(u.seed?.status).toBe('ready');
+    // What the queue leaves when the worker died after the commit on its last attempt.
+    const job = await world.master.enqueueSeedJob(id, 'v1', { force: true, maxAttempts: 1 });
+    expect((await world.master.claimJobForUser(id, 'dead', 1000, undefined, 'v1'))?.id).toBe(job.id);
+    expect(await world.master.finishJob(job.id, 'dead', { status: 'failed', error: 'lease expired on its last attempt' })).toBe(true);
+    const jobs = await world.master.countJobs();
+
+    const r = await seedOneUser(deps(), String(id), {});
+    expect(r.seed).toMatchObject({ status: 'ready', outcome: 'already_ready' });
+    expect(await world.master.latestJob(id)).toMatchObject({ status: 'done', seedVersion: 'v1' });
+    expect(await world.master.countJobs()).toBe(jobs + 1);
+    await seedOneUser(deps(), String(id), {});
+    expect(await world.master.countJobs()).toBe(jobs + 1);
   });
 });
 

@@ -304,6 +304,19 @@ for (const d of DIALECTS) {
         expect(await m.countJobs('done')).toBe(1);
       });
 
+      it("a holder of the user's lock takes over the user's running job at once; the old worker can no longer finish it", async () => {
+        const { user, job } = await m.createUser(newUser(1));
+        const T = Date.now() + 1000;
+        expect((await m.claimJob('dead-worker', 600_000, T))?.id).toBe(job.id);
+        // Its lease is live: without takeOver a direct seed gets nothing (and makes nothing).
+        expect(await m.claimJobForUser(user.id, 'operator', 1000, T + 10)).toBeUndefined();
+        const taken = await m.claimJobForUser(user.id, 'operator', 1000, T + 20, job.seedVersion, undefined, true);
+        expect(taken).toMatchObject({ id: job.id, status: 'running', lockedBy: 'operator', attempts: 2 });
+        expect(await m.finishJob(job.id, 'dead-worker', { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: T + 30, notAttempted: true }, T + 25)).toBe(false);
+        expect(await m.finishJob(job.id, 'operator', { status: 'done' }, T + 30)).toBe(true);
+        expect(await m.countJobs()).toBe(1);
+      });
+
       it('backs off: a retry due later is not claimed until due, unless its user is seeded directly', async () => {
         const { user, job } = await m.createUser(newUser(1));
         const other = await m.createUser(newUser(2));

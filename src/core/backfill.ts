@@ -950,7 +950,8 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
     // the master would go on saying failed about a user this seed made ready.
     // Made and claimed in one transaction, as for a direct seed.
     const latest = await deps.master.latestJob(userId);
-    return deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version, latest?.status === 'failed' ? {} : undefined);
+    // We hold the user's lock: a job of it marked running has no live seeder and is taken over.
+    return deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version, latest?.status === 'failed' ? {} : undefined, true);
   }).catch((e) => {
     if (e instanceof MasterLost) return undefined;
     throw e;

@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
-import { UsageError, isAcm2Error } from '../errors.js';
+import { FindingsError, UsageError, isAcm2Error } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
@@ -103,7 +103,14 @@ export function checkCreateInput(seedsDir: string, input: CreateInput): CheckedC
   };
 }
 
-export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreateInput): Promise<CreateUserResult> {
+export interface CreateHooks {
+  /** Checked just before the master rows are written: aborted means no user is made (FindingsError). */
+  signal?: AbortSignal;
+  /** Called once the user and its key exist, before the seed: the key is shown once, so a caller stopped mid-seed can still show it. */
+  onCreated?: (made: { user: CreateUserResult['user']; apiKey: string; jobId: number }) => void;
+}
+
+export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreateInput, hooks: CreateHooks = {}): Promise<CreateUserResult> {
   // Everything that can be wrong with the input is checked before anything is written.
   const input = 'pkg' in raw ? raw : checkCreateInput(deps.seedsDir, raw);
   const { email, username, wordpressUserId, pkg } = input;
@@ -114,6 +121,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     throw new UsageError(`a user with WordPress user id ${wordpressUserId} already exists`, 'duplicate_wordpress_id');
 
   const key = generateApiKey(bcryptRounds());
+  if (hooks.signal?.aborted) throw new FindingsError('interrupted before the user was created: nothing was changed', 'interrupted');
   const { user, job } = await master.createUser({
     username,
     email,
@@ -128,6 +136,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   // past it. A seed stopped by the environment or a bug is reported as failed, with the cause.
   let seed: SeedReport;
   let seedError: unknown;
+  hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job.id });
   const foreign = leftoversAt(deps.dataDir, user.id);
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
@@ -233,7 +242,12 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     // This version's job only (another version's, a retry waiting, is not what was asked for),
     // made and claimed in one transaction: a drainer taking it in between would run it again.
     // A user ready at this version already gets no new job: a second run changes nothing.
-    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, !force && readyAt(deps.dataDir, user.id, pkg.version) ? undefined : { force });
+    // A user ready at this version whose last job failed (a worker died on its last attempt
+    // after the seed had finished) gets a job too, which this run closes: otherwise the master
+    // would say failed for ever. We hold the lock: a job marked running has no live seeder.
+    const ready = !force && readyAt(deps.dataDir, user.id, pkg.version);
+    const enqueue = !ready || (await deps.master.latestJob(user.id))?.status === 'failed' ? { force } : undefined;
+    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);

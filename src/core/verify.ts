@@ -1177,9 +1177,9 @@ class UserCheck {
       else if (!ready) this.add('job_state_mismatch', `${name} is done but user_meta.seed_status is '${meta.status}'`, { table: 'user_meta' });
       else if (meta.version !== job.seedVersion) this.add('job_state_mismatch', `${name} is done but the user DB is ready with version '${meta.version}'`, { table: 'user_meta' });
     } else if (job.status === 'failed' && ready) {
-      this.add('job_state_mismatch', `${name} failed${job.lastError ? ` (${job.lastError})` : ''} but the user DB is ready with '${meta!.version}'`, { table: 'user_meta' });
+      this.add('job_state_mismatch', `${name} failed${job.lastError ? ` (${job.lastError})` : ''} but the user DB is ready with '${meta!.version}'; \`acm2 user seed ${this.userId}\` closes it`, { table: 'user_meta' });
     } else if (job.status === 'running' && ready && job.lockedUntil !== null && job.lockedUntil < this.ctx.now) {
-      this.add('job_state_mismatch', `${name} is still marked running with a lease that expired at ${new Date(job.lockedUntil).toISOString()}, but the user DB is ready`, {
+      this.add('job_state_mismatch', `${name} is still marked running with a lease that expired at ${new Date(job.lockedUntil).toISOString()}, but the user DB is ready; \`acm2 user seed ${this.userId}\` closes it`, {
         table: 'user_meta',
       });
     }

@@ -412,10 +412,12 @@ export class MysqlMaster implements MasterDb {
     now = Date.now(),
     seedVersion?: string,
     enqueue?: { force?: boolean; maxAttempts?: number },
+    takeOver = false,
   ): Promise<SeedJob | undefined> {
     const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
     const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     return this.tx(async (c) => {
+      if (takeOver) await this.exec(`UPDATE acm2_seed_jobs SET locked_until = ? WHERE ${where} AND status = 'running'`, [now - 1, ...args], c);
       // Made in this transaction, the job is invisible to drainers until it is claimed here.
       if (enqueue && seedVersion !== undefined && !(await this.one(`SELECT id FROM acm2_seed_jobs WHERE ${where} AND status IN ('pending','running') LIMIT 1 FOR UPDATE`, args, c))) {
         await this.insertJob(c, userId, seedVersion, enqueue.force ?? false, enqueue.maxAttempts ?? 5, now);

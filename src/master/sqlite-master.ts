@@ -257,11 +257,12 @@ export class SqliteMaster implements MasterDb {
   async claimJob(workerId: string, leaseMs: number, now = Date.now()) {
     return this.claimWhere('1 = 1', [], workerId, leaseMs, now, true);
   }
-  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string, enqueue?: { force?: boolean; maxAttempts?: number }) {
+  async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string, enqueue?: { force?: boolean; maxAttempts?: number }, takeOver = false) {
     const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
     const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     // A direct `user seed` does not wait for backoff: the operator asked for it now.
     return this.db.transaction(() => {
+      if (takeOver) this.db.prepare(`UPDATE acm2_seed_jobs SET locked_until = ? WHERE ${where} AND status = 'running'`).run(now - 1, ...args);
       if (enqueue && seedVersion !== undefined && !this.one(`SELECT id FROM acm2_seed_jobs WHERE ${where} AND status IN ('pending','running')`, ...args)) {
         this.insertJob(userId, seedVersion, enqueue.force ?? false, enqueue.maxAttempts ?? 5, now);
       }

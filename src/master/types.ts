@@ -143,9 +143,20 @@ export interface MasterDb {
   /**
    * Claim this user's open job (if any; of that version, if given) for a direct `user seed`. With
    * `enqueue` (and a version), a job is first made if none is open, in the same transaction: no
-   * drainer can take the job between its making and this claim.
+   * drainer can take the job between its making and this claim. With
+   * takeOver: the caller holds the user's seed lock, so no live seeder works on this user and a
+   * job of it marked running (its worker died, or claimed it and will find the lock taken) is
+   * claimed at once, not after its lease.
    */
-  claimJobForUser(userId: number, workerId: string, leaseMs: number, now?: number, seedVersion?: string, enqueue?: { force?: boolean; maxAttempts?: number }): Promise<SeedJob | undefined>;
+  claimJobForUser(
+    userId: number,
+    workerId: string,
+    leaseMs: number,
+    now?: number,
+    seedVersion?: string,
+    enqueue?: { force?: boolean; maxAttempts?: number },
+    takeOver?: boolean,
+  ): Promise<SeedJob | undefined>;
   /**
    * Fail this user's pending jobs older than jobId, which is done: a later request for the user
    * was carried out, and an earlier one run after it would undo it. Returns how many.
