@@ -10,6 +10,7 @@ import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser } from '../src/core/seed-user.js';
 import Database from 'better-sqlite3';
+import bcrypt from 'bcryptjs';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -217,5 +218,80 @@ describe('failed seeds', () => {
     expect(doc).not.toHaveProperty('seedError');
     // The retry it names works once the lock is free.
     expect((await acm2(['user', 'seed', String(next)])).code).toBe(0);
+  });
+
+  describe('user create interrupted while its seed runs (the API key exists only in the process)', () => {
+    /** Starts `user create --json` for the next id while another process holds that id's lock, and waits until the user exists. */
+    async function createWhileHeld(name: string) {
+      const last = (JSON.parse((await acm2(['user', 'list', '--json'])).stdout).users ?? []).at(-1) as { id: number } | undefined;
+      const id = (last?.id ?? 0) + 1;
+      const holder = await holdUserLock(id);
+      const child = execFile(process.execPath, [BIN, '--data-dir', dataDir, '--seeds', pkg.seedsDir, 'user', 'create', '--email', `${name}@example.com`, '--username', name, '--lock-timeout', '30', '--no-color'], {
+        env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '' },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (d) => (stdout += d));
+      child.stderr!.on('data', (d) => (stderr += d));
+      const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+      // The user and its key exist once the master says so (the master itself may not exist yet).
+      const keyHash = async () => {
+        for (const until = Date.now() + 20_000; Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
+          let master: Database.Database | undefined;
+          try {
+            master = new Database(path.join(dataDir, 'master.db'), { readonly: true, fileMustExist: true });
+            const h = master.prepare(`SELECT k.key_hash FROM users u JOIN api_keys k ON k.user_id = u.id WHERE u.email = ?`).pluck().get(`${name}@example.com`) as string | undefined;
+            if (h) return h;
+          } catch {
+            /* not made yet */
+          } finally {
+            master?.close();
+          }
+        }
+        throw new Error(`user ${name} never appeared: ${stderr}`);
+      };
+      const hash = await keyHash();
+      const said = async (re: RegExp) => {
+        for (const until = Date.now() + 20_000; !re.test(stderr); ) {
+          if (Date.now() > until) throw new Error(`never said ${re}: ${stderr}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+      return { id, holder, child, hash, exited, said, out: () => stdout };
+    }
+
+    const keyIn = (out: string) => /API key \(shown once, store it now\): (acm2_\S+)/.exec(out)?.[1] ?? 'no key shown';
+
+    it('the first signal lets the seed finish and shows the key as usual', async () => {
+      const c = await createWhileHeld('patient');
+      try {
+        c.child.kill('SIGINT');
+        await c.said(/user \d+ exists; finishing its seed so that its API key can be shown/);
+      } finally {
+        await c.holder.kill();
+      }
+      expect(await c.exited).toBe(0);
+      expect(c.out()).toMatch(new RegExp(`^Created user ${c.id} `));
+      expect(c.out()).toMatch(/Seeded user \d+ with v1: .* ready/);
+      expect(bcrypt.compareSync(keyIn(c.out()), c.hash)).toBe(true);
+    });
+
+    it('a second signal shows the key at once and exits 130; the user can be seeded later', async () => {
+      const c = await createWhileHeld('impatient');
+      try {
+        c.child.kill('SIGINT');
+        await c.said(/finishing its seed/);
+        c.child.kill('SIGINT');
+        expect(await c.exited).toBe(130);
+      } finally {
+        await c.holder.kill();
+      }
+      expect(c.out()).toMatch(/interrupted \(SIGINT\) before the seed finished/);
+      expect(c.out()).toMatch(new RegExp(`acm2 user seed ${c.id}`));
+      expect(bcrypt.compareSync(keyIn(c.out()), c.hash)).toBe(true);
+      const seeded = await acm2(['user', 'seed', String(c.id)]);
+      expect(seeded.code, seeded.stderr).toBe(0);
+      expect(JSON.parse((await acm2(['user', 'show', String(c.id), '--json'])).stdout)).toMatchObject({ status: 'ready', job: { status: 'done' } });
+    });
   });
 });

@@ -3,9 +3,10 @@
 import type { CommandCall } from './program.js';
 import { context } from './context.js';
 import { usingMaster } from '../master/factory.js';
-import { checkCreateInput, createUser } from '../core/users.js';
+import { checkCreateInput, createUser, type CreateHooks, type CreateUserResult } from '../core/users.js';
 import { renderCreate } from '../ui/users.js';
 import { EXIT, isAcm2Error } from '../errors.js';
+import type { Reporter } from '../ui/reporter.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -17,14 +18,66 @@ export async function run({ opts }: CommandCall): Promise<void> {
     seedVersion: cfg.seedVersion,
     async: Boolean(opts.async),
   });
-  const result = await usingMaster(cfg.master, (master) =>
-    createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input),
-  );
+  const show = (result: Omit<CreateUserResult, 'seedError'>) => {
+    out.result(result, () => renderCreate(result));
+    // The key exists nowhere else and is shown once: --quiet keeps the rest quiet, not the key.
+    if (cfg.quiet && !cfg.json) process.stdout.write(`${result.apiKey}\n`);
+  };
+  const signals = guardKey(out, show);
+  let result: CreateUserResult;
+  try {
+    result = await usingMaster(cfg.master, (master) =>
+      createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input, signals.hooks),
+    );
+  } finally {
+    signals.dispose();
+  }
   const { seedError, ...shown } = result;
-  out.result(shown, () => renderCreate(result));
-  // The key exists nowhere else and is shown once: --quiet keeps the rest quiet, not the key.
-  if (cfg.quiet && !cfg.json) process.stdout.write(`${result.apiKey}\n`);
+  show(shown);
   // Exit 1 for a failed seed; 3 or 70 when the environment or a bug stopped it (the key is shown either way).
   if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? seedError.exitCode : EXIT.internal;
   else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
+}
+
+/**
+ * Ctrl-C or SIGTERM while `user create` runs. Before the user exists: nothing is made (exit 1).
+ * Once it exists its API key, shown only once, must not be lost with the process: the first
+ * signal lets the seed finish and the key be shown as usual; a second one shows the key at once,
+ * with the seed as interrupted (it is crash-safe, and `acm2 user seed <id>` finishes it), and exits.
+ */
+function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) => void): { hooks: CreateHooks; dispose(): void } {
+  const ac = new AbortController();
+  let made: Parameters<NonNullable<CreateHooks['onCreated']>>[0] | undefined;
+  const handler = (sig: NodeJS.Signals) => {
+    const again = ac.signal.aborted;
+    ac.abort();
+    const key = sig === 'SIGINT' ? 'Ctrl-C' : sig;
+    if (!made) {
+      if (again) {
+        dispose();
+        process.kill(process.pid, sig);
+        return;
+      }
+      out.log(`\nInterrupted (${sig}): stopping before the user is created (${key} again to stop at once)…`);
+      return;
+    }
+    if (!again) {
+      out.log(`\nInterrupted (${sig}): user ${made.user.id} exists; finishing its seed so that its API key can be shown (${key} again to show the key and stop now)…`);
+      return;
+    }
+    const retry = `acm2 user seed ${made.user.id}`;
+    show({
+      user: { ...made.user, seedStatus: 'failed' },
+      apiKey: made.apiKey,
+      seed: { status: 'failed', seedVersion: made.user.seedVersion, error: `interrupted (${sig}) before the seed finished; it is safe to run again`, jobId: made.jobId, retry },
+    });
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
+  const dispose = () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return { hooks: { signal: ac.signal, onCreated: (m) => (made = m) }, dispose };
 }

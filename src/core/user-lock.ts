@@ -11,9 +11,23 @@ import { UnavailableError } from '../errors.js';
 import { isBusy } from './migrate-safe.js';
 
 export async function lockUser(master: MasterDb, dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock> {
-  const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : lockUserFile(dataDir, userId, timeoutMs);
+  const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : await waitForFileLock(dataDir, userId, timeoutMs);
   if (!lock) throw lockTimeout(userId, timeoutMs);
   return lock;
+}
+
+/**
+ * The lock file, tried every 50 ms until the deadline: waiting in SQLite's busy handler would
+ * block the event loop, so a Ctrl-C (and everything else) would wait as long as the lock does.
+ */
+async function waitForFileLock(dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock | undefined> {
+  const deadline = Date.now() + Math.max(0, timeoutMs);
+  for (;;) {
+    const lock = lockUserFile(dataDir, userId, 0);
+    const left = deadline - Date.now();
+    if (lock || left <= 0) return lock;
+    await new Promise((r) => setTimeout(r, Math.min(50, left)));
+  }
 }
 
 export function lockTimeout(userId: UserId, timeoutMs: number): UnavailableError {
