@@ -311,6 +311,8 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     const seedsDir = path.join(tmp(), 'seeds');
     const first = freezeSeed(input(src, seedsDir));
     const before = readFileSync(path.join(first.dir, 'manifest.json'));
+    // The source has moved on since: the same name would now mean other content.
+    writeFileSync(path.join(runDir(src), 'logs', 'later.log'), 'written after v1 was cut\n');
     let err: unknown;
     try {
       freezeSeed(input(src, seedsDir));
@@ -322,6 +324,24 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     expect((err as UsageError).message).toMatch(/already exists/);
     expect(readFileSync(path.join(first.dir, 'manifest.json')).equals(before)).toBe(true);
     expect(readdirSync(seedsDir)).toEqual(['v1']);
+  });
+
+  it('a rerun of a freeze killed between publishing and CURRENT converges: same content, nothing rewritten, CURRENT set, litter gone', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const v0 = freezeSeed(input(src, seedsDir, { version: 'v0', setCurrent: true }));
+    expect(v0.current).toBe(true);
+    // What the kill leaves: v1 published, CURRENT still v0, the CURRENT being written beside it.
+    const published = freezeSeed(input(src, seedsDir));
+    const litter = path.join(seedsDir, '.CURRENT.tmp-999999999-0a1b2c3d');
+    writeFileSync(litter, 'v1\n');
+    const manifest = readFileSync(path.join(published.dir, 'manifest.json'));
+    const again = freezeSeed(input(src, seedsDir, { setCurrent: true, now: new Date(Date.now() + 60_000) }));
+    expect(again).toMatchObject({ unchanged: true, current: true, packageSha256: published.packageSha256 });
+    expect(readCurrent(seedsDir)).toBe('v1');
+    expect(readFileSync(path.join(published.dir, 'manifest.json')).equals(manifest)).toBe(true);
+    expect(existsSync(litter)).toBe(false);
+    expect(readdirSync(seedsDir).sort()).toEqual(['CURRENT', 'v0', 'v1']);
   });
 
   it('a run of another preset', () => {

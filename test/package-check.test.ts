@@ -265,9 +265,14 @@ describe('end to end through the built binary', () => {
     expect(r.exitCode, r.stdout + r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ version: 'v5', current: true, packageSha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
     expect(readCurrent(seeds)).toBe('v5');
+    // The same source again: nothing to write, exit 0 (idempotent); other content under the name: exit 2.
     const again = await acm2(args, env);
-    expect(again.exitCode).toBe(2);
-    expect(JSON.parse(again.stdout).error.code).toBe('version_exists');
+    expect(again.exitCode, again.stdout + again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ version: 'v5', unchanged: true, current: true });
+    const src2 = generateSource(path.join(tmp(), 'other-source'), { contents: 7 });
+    const other = await acm2(['seed', 'freeze', '--seeds', seeds, '--source', src2.dbPath, '--source-files', src2.filesDir, '--json'], { SEED_PRESET_ID: src2.presetId, SEED_RUN_ID: src2.runId, SEED_VERSION: 'v5' });
+    expect(other.exitCode, other.stdout + other.stderr).toBe(2);
+    expect(JSON.parse(other.stdout).error.code).toBe('version_exists');
     const missing = await acm2(['seed', 'freeze', '--seeds', seeds, '--source', src.dbPath, '--source-files', src.filesDir, '--json']);
     expect(missing.exitCode).toBe(2);
     expect(JSON.parse(missing.stdout).error.message).toMatch(/--preset.*--run.*--version/);

@@ -31,7 +31,9 @@ export async function run({ opts }: CommandCall): Promise<void> {
 function render(r: FreezeResult, color: boolean): string {
   const head = r.dryRun
     ? `Dry run: would freeze ${r.version} into ${r.dir} (nothing written).`
-    : `Froze ${r.version} into ${r.dir}${r.current ? ' (now CURRENT)' : ''}.`;
+    : r.unchanged
+      ? `${r.version} is already in ${r.dir} with exactly this content: nothing was written${r.current ? '; it is now CURRENT' : ''}.`
+      : `Froze ${r.version} into ${r.dir}${r.current ? ' (now CURRENT)' : ''}.`;
   const table = makeTable(['table', 'rows'], color);
   for (const [t, n] of Object.entries(r.tables)) table.push([t, n]);
   const lines = [head, `Source: preset ${r.source.presetId}, run ${r.source.runId}`, table.toString()];

@@ -3,7 +3,7 @@
 
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, UsageError } from '../errors.js';
@@ -11,7 +11,7 @@ import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
 import { fsyncPath, writeFileDurable } from '../durable.js';
 import { computePackageSha256, PACKAGE_TABLES, SCHEMA_VERSION, unsafePathReason, type Manifest, type ManifestFile } from '../seed/manifest.js';
-import { CURRENT_FILE, FILES_DIR, MANIFEST_FILE, SEED_DB_FILE } from '../seed/package.js';
+import { checkPackage, CURRENT_FILE, FILES_DIR, MANIFEST_FILE, SEED_DB_FILE } from '../seed/package.js';
 import { renderRunReport } from '../seed/report.js';
 import { silentProgress, type ProgressSink } from '../ui/reporter.js';
 
@@ -49,9 +49,15 @@ export interface FreezeResult {
   warnings: string[];
   /** Staging folders of earlier crashed freezes that this run removed. */
   removedStaging: string[];
+  /**
+   * The version existed already with exactly this content (same packageSha256, intact): nothing
+   * was written but CURRENT, if asked. A rerun after a crash between publishing and CURRENT.
+   */
+  unchanged: boolean;
 }
 
 const STAGING_RE = /^\.staging-(.+)-(\d+)-([0-9a-f]+)$/;
+const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+$`);
 
 /** Check the input, select, and either describe (dry run) or write the package. */
 export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentProgress): FreezeResult {
@@ -71,7 +77,8 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   const sourceDb = path.resolve(input.sourceDb as string);
   const sourceFiles = path.resolve(input.sourceFiles as string);
   const dir = path.join(seedsDir, version);
-  if (existsSync(dir)) throw new UsageError(`seed version '${version}' already exists in ${seedsDir}; packages are immutable, choose a new version name`, 'version_exists');
+  // A dry run cannot tell an identical rerun from a clash without building the package.
+  if (input.dryRun && existsSync(dir)) throw versionExists(version, seedsDir);
   if (!existsSync(sourceDb)) throw new UsageError(`source database ${sourceDb} does not exist`, 'db_missing');
 
   const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }));
@@ -94,6 +101,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
     seedDbBytes: null,
     warnings: sel.warnings,
     removedStaging: [],
+    unchanged: false,
   };
   if (input.dryRun) return plan;
 
@@ -113,8 +121,13 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
       tool: input.tool ?? { name: TOOL_NAME, version: TOOL_VERSION },
       progress,
     });
+    if (existsSync(dir)) {
+      if (!sameIntactPackage(seedsDir, version, manifest.packageSha256)) throw versionExists(version, seedsDir);
+      rmSync(staging, { recursive: true, force: true });
+      if (input.setCurrent) writeCurrent(seedsDir, version);
+      return { ...plan, files: manifest.files.length, bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes, current: Boolean(input.setCurrent), packageSha256: manifest.packageSha256, seedDbBytes: manifest.seedDb.bytes, removedStaging, unchanged: true };
+    }
     fsyncTree(staging);
-    if (existsSync(dir)) throw new UsageError(`seed version '${version}' already exists in ${seedsDir}; packages are immutable, choose a new version name`, 'version_exists');
     try {
       renameSync(staging, dir);
     } catch (e) {
@@ -238,9 +251,33 @@ function buildPackage(staging: string, sel: FreezeSelection, sourceFiles: string
 }
 
 /** Remove `.staging-*` folders left by freezes whose process is gone. */
+function versionExists(version: string, seedsDir: string): UsageError {
+  return new UsageError(`seed version '${version}' already exists in ${seedsDir} with other content; packages are immutable, choose a new version name`, 'version_exists');
+}
+
+/** The published version is intact and holds exactly what this freeze built (createdAt aside). */
+function sameIntactPackage(seedsDir: string, version: string, packageSha256: string): boolean {
+  try {
+    const published = JSON.parse(readFileSync(path.join(seedsDir, version, MANIFEST_FILE), 'utf8')) as { packageSha256?: unknown };
+    return published.packageSha256 === packageSha256 && checkPackage(seedsDir, version).ok;
+  } catch {
+    return false;
+  }
+}
+
 function removeStaleStaging(seedsDir: string): string[] {
   const removed: string[] = [];
   for (const name of readdirSync(seedsDir)) {
+    // A CURRENT being written by a freeze that died before its rename: never read, just litter.
+    const cur = CURRENT_TMP_RE.exec(name);
+    if (cur) {
+      const pid = Number(cur[1]);
+      if (pid !== process.pid && !isAlive(pid)) {
+        rmSync(path.join(seedsDir, name), { force: true });
+        removed.push(name);
+      }
+      continue;
+    }
     const m = STAGING_RE.exec(name);
     if (!m) continue;
     const pid = Number(m[2]);
