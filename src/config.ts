@@ -85,25 +85,35 @@ export function parseMasterUrl(raw: string): MasterUrl {
     return { kind: 'sqlite', file: abs, display: `sqlite:${abs}` };
   }
   if (raw.startsWith('mysql://') || raw.startsWith('mariadb://')) {
+    const malformed = () =>
+      new UsageError(
+        `master URL '${redactUrl(raw)}' is malformed (expected mysql://user:pass@host:port/db; percent-encode any '/', '@', ':', '#' or '%' in the user or password, e.g. '/' as %2F)`,
+        'bad_master_url',
+      );
     let u: URL;
     try {
       u = new URL(raw);
     } catch {
-      throw new UsageError(`master URL '${redactUrl(raw)}' is malformed (expected mysql://user:pass@host:port/db)`, 'bad_master_url');
+      throw malformed();
     }
-    const database = decodeURIComponent(u.pathname.replace(/^\//, ''));
-    if (!u.hostname || !database || database.includes('/')) {
-      throw new UsageError(`master URL '${redactUrl(raw)}' is malformed (expected mysql://user:pass@host:port/db)`, 'bad_master_url');
-    }
+    const decode = (part: string) => {
+      try {
+        return decodeURIComponent(part);
+      } catch {
+        throw malformed(); // a '%' that is not a percent-encoding
+      }
+    };
+    const database = decode(u.pathname.replace(/^\//, ''));
+    if (!u.hostname || !database || database.includes('/')) throw malformed();
     const port = u.port ? Number(u.port) : 3306;
     const host = u.hostname.replace(/^\[|\]$/g, '');
-    const user = decodeURIComponent(u.username || 'root');
+    const user = decode(u.username || 'root');
     return {
       kind: 'mysql',
       host,
       port,
       user,
-      password: decodeURIComponent(u.password),
+      password: decode(u.password),
       database,
       display: `mysql://${user}@${host}:${port}/${database}`,
     };
@@ -113,6 +123,7 @@ export function parseMasterUrl(raw: string): MasterUrl {
 
 /** Remove any password from a URL-ish string, even a malformed one. */
 export function redactUrl(raw: string): string {
-  // Up to the last '@' of the authority: a password may hold '@' itself.
-  return raw.replace(/(\/\/[^:/@]*:)[^/]*@/, '$1***@');
+  // Up to the last '@' of the whole string: a password typed without percent-encoding may hold
+  // '@' and '/' itself (hiding too much of a malformed URL is the safe side).
+  return raw.replace(/(\/\/[^:/@]*:).*@/, '$1***@');
 }

@@ -132,5 +132,19 @@ describe('the command line, as an operator types it', () => {
   it('a password holding @ is hidden whole', () => {
     expect(redactUrl('mysql://u:top@secret@h:99999/db')).toBe('mysql://u:***@h:99999/db');
     expect(redactUrl('mysql://u:p@h/db')).toBe('mysql://u:***@h/db');
+    expect(redactUrl('mysql://u:Se/cr@et@h/db')).toBe('mysql://u:***@h/db');
+  });
+
+  it.each([
+    ['a password holding an unencoded /', 'mysql://acm2:Se/cret@db.internal:3306/acm2_master', 'Se/cret'],
+    ['a password holding a bare %', 'mysql://acm2:50%off@127.0.0.1:1/m', '50%off'],
+  ])('a master URL with %s is refused with exit 2, the password hidden', async (_what, url, secret) => {
+    for (const json of [false, true]) {
+      const r = await acm2(['verify', ...(json ? ['--json'] : [])], undefined, undefined, { ACM2_MASTER_URL: url });
+      expect(r.code).toBe(2);
+      const said = json ? JSON.parse(r.stdout).error.message : r.stderr;
+      expect(said).toMatch(/is malformed .*percent-encode/);
+      expect(r.stdout + r.stderr).not.toContain(secret);
+    }
   });
 });
