@@ -130,6 +130,23 @@ for (const d of DIALECTS) {
         }
       });
 
+      it('a database holding something else (a user DB, another schema) is refused as a master: no tables are added to it', async () => {
+        const fresh = await d.open({ migrate: false });
+        try {
+          await fresh.query('CREATE TABLE user_meta (id VARCHAR(36) PRIMARY KEY, user_id INTEGER)');
+          const listTables = () =>
+            fresh.query(d.name === 'mysql' ? 'SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY t' : "SELECT name AS t FROM sqlite_master WHERE type = 'table' ORDER BY t");
+          const before = await listTables();
+          const err = await openMaster(parseMasterUrl(fresh.url)).catch((e: unknown) => e);
+          expect(err).toBeInstanceOf(UsageError);
+          expect((err as UsageError).code).toBe('not_a_master');
+          expect((err as Error).message).toMatch(/is not an ACM2 master: it holds other tables \(user_meta\) and no users and api_keys/);
+          expect(await listTables()).toEqual(before);
+        } finally {
+          await fresh.cleanup();
+        }
+      });
+
       it('lets concurrent processes migrate at once: each migration is applied exactly once', async () => {
         const fresh = await d.open({ migrate: false });
         try {

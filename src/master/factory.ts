@@ -21,7 +21,17 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
   switch (url.kind) {
     case 'sqlite': {
       if (opts.create === false && !existsSync(url.file)) throw masterMissing(url.display, 'does not exist');
-      const { SqliteMaster } = await import('./sqlite-master.js');
+      const { SqliteMaster, foreignTablesIn } = await import('./sqlite-master.js');
+      // Checked before the master is opened: opening it read-write would already change the file.
+      if (opts.migrate !== false && existsSync(url.file)) {
+        let foreign: string[] = [];
+        try {
+          foreign = foreignTablesIn(url.file);
+        } catch {
+          /* not a SQLite file: the open below says so */
+        }
+        if (foreign.length > 0) throw notAMaster(url.display, foreign);
+      }
       master = new SqliteMaster(url.file);
       break;
     }
@@ -38,7 +48,14 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
   try {
     // A database without ACM2's tables is the wrong one (or was never set up): a command that only
     // reads users stops before the migrations would create anything in it.
-    if (opts.create === false && !(await master.hasAcm2Tables())) throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
+    const ours = await master.hasAcm2Tables();
+    if (opts.create === false && !ours) throw masterMissing(master.display, 'has no ACM2 users and api_keys tables');
+    // Setting up a master in a database that holds something else (a user DB, another app's
+    // schema, a mistyped name) would put credential tables into it: refused, nothing written.
+    if (opts.migrate !== false && !ours) {
+      const foreign = await master.foreignTables();
+      if (foreign.length > 0) throw notAMaster(master.display, foreign);
+    }
     if (opts.migrate !== false) await master.migrate();
   } catch (e) {
     await master.close().catch(() => undefined);
@@ -52,6 +69,14 @@ export function masterMissing(display: string, what: string): UsageError {
   return new UsageError(
     `the master ${display} ${what}: check --data-dir (ACM2_DATA_DIR) or --master (ACM2_MASTER_URL); \`acm2 user create\` sets a master up with the first user`,
     'master_missing',
+  );
+}
+
+function notAMaster(display: string, foreign: string[]): UsageError {
+  const shown = foreign.slice(0, 5).join(', ') + (foreign.length > 5 ? `, … (${foreign.length} in all)` : '');
+  return new UsageError(
+    `the master ${display} is not an ACM2 master: it holds other tables (${shown}) and no users and api_keys, so no master tables were added to it; check --master (ACM2_MASTER_URL) or --data-dir (ACM2_DATA_DIR)`,
+    'not_a_master',
   );
 }
 

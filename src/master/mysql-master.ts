@@ -322,6 +322,10 @@ export class MysqlMaster implements MasterDb {
     const rows = await this.rows(`SELECT * FROM users WHERE id > ?${filter} ORDER BY id LIMIT ?`, [opts.afterId, ...(opts.ids ?? []), opts.limit]);
     return rows.map(toUser);
   }
+  async foreignTables(): Promise<string[]> {
+    const rows = await this.rows(`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY table_name`);
+    return rows.map((r) => String(r.name)).filter((n) => n !== 'users' && n !== 'api_keys' && !n.startsWith('acm2_'));
+  }
   async hasAcm2Tables(): Promise<boolean> {
     const r = await this.one(`SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ('users', 'api_keys')`);
     return Number(r!.n) === 2;

@@ -79,6 +79,24 @@ export function duplicateMessage(e: unknown, input: NewUser): UsageError | undef
   return new UsageError(`the new user clashes with an existing one (${msg})`, 'duplicate');
 }
 
+/** See MasterDb.foreignTables. */
+export function foreignSqliteTables(db: Database.Database): string[] {
+  return (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name`).pluck().all() as string[]).filter(
+    (n) => n !== 'users' && n !== 'api_keys' && !n.startsWith('acm2_'),
+  );
+}
+
+/** The tables an existing file holds that make it something other than a master, read without changing it. */
+export function foreignTablesIn(file: string): string[] {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    const ours = Number(db.prepare(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'api_keys')`).pluck().get()) === 2;
+    return ours ? [] : foreignSqliteTables(db);
+  } finally {
+    db.close();
+  }
+}
+
 export class SqliteMaster implements MasterDb {
   readonly dialect = 'sqlite' as const;
   readonly capabilities = { skipLocked: false, advisoryLocks: false };
@@ -185,6 +203,9 @@ export class SqliteMaster implements MasterDb {
       .prepare(`SELECT * FROM users WHERE id > ?${filter} ORDER BY id LIMIT ?`)
       .all(opts.afterId, ...(opts.ids ?? []), opts.limit) as Row[];
     return rows.map(toUser);
+  }
+  async foreignTables() {
+    return foreignSqliteTables(this.db);
   }
   async hasAcm2Tables() {
     return Number(this.one(`SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'api_keys')`)!.n) === 2;

@@ -127,6 +127,8 @@ export interface MasterDb {
   countUsers(): Promise<number>;
   /** Whether ACM2's `users` and `api_keys` tables are there (false: not an ACM2 master, or one never set up). */
   hasAcm2Tables(): Promise<boolean>;
+  /** Tables that are neither ACM2's master tables (users, api_keys) nor the tool's (acm2_*). */
+  foreignTables(): Promise<string[]>;
   maxUserId(): Promise<number>;
   apiKeysFor(userId: number): Promise<ApiKeyRow[]>;
 
