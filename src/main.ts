@@ -11,7 +11,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // commander's `help` command looks one level deep: `acm2 help user create` would show `user`.
   // `help a b …` is `a b … --help`, which commander answers at any depth.
-  if (argv[2] === 'help' && argv.length > 4) argv = [...argv.slice(0, 2), ...argv.slice(3), '--help'];
+  if (argv[2] === 'help' && argv.slice(3).filter((a) => !a.startsWith('-')).length > 1) argv = [...argv.slice(0, 2), ...argv.slice(3), '--help'];
   const program = buildProgram();
   const wantsJson = argv.includes('--json');
   const verbose = argv.includes('--verbose');
@@ -19,16 +19,41 @@ async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (e) {
-    return reportError(e, wantsJson, verbose);
+    return reportError(e, wantsJson, verbose, argv);
   }
 }
 
-function reportError(e: unknown, json: boolean, verbose: boolean): number {
+/** 'acm2 seed needs one of: freeze, list, show, check' for the deepest command group named in argv. */
+function helpFor(argv: string[]): string {
+  const program = buildProgram();
+  let cmd = program;
+  const path = ['acm2'];
+  const subs = () => cmd.commands.map((c) => c.name()).filter((n) => n !== 'help').join(', ');
+  const args = argv.slice(2);
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a.startsWith('-')) {
+      // Skip the value of an option that takes one (--data-dir <dir>), unless given as --x=y.
+      const opt = [program, cmd].flatMap((c) => c.options).find((o) => o.long === a || o.short === a);
+      if (opt && (opt.required || opt.optional)) i++;
+      continue;
+    }
+    if (a === 'help' && path.length === 1) continue;
+    const sub = cmd.commands.find((c) => c.name() === a);
+    if (!sub) return `unknown command '${a}': ${path.join(' ')} has ${subs()}`;
+    cmd = sub;
+    path.push(a);
+  }
+  return `${path.join(' ')} needs one of: ${subs()}`;
+}
+
+function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]): number {
   // commander signals help/version and its own usage errors through exceptions with exitCode.
   const ce = e as { code?: string; exitCode?: number; message?: string };
   if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
     if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' || ce.exitCode === 0) return EXIT.ok;
-    const message = (ce.message ?? 'usage error').replace(/^error: /, '');
+    // A command group run without its subcommand shows its help and says only "(outputHelp)".
+    const message = ce.code === 'commander.help' ? helpFor(argv) : (ce.message ?? 'usage error').replace(/^error: /, '');
     if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'usage', message } })}\n`);
     return EXIT.usage;
   }

@@ -98,6 +98,26 @@ describe('the command line, as an operator types it', () => {
     const v = await acm2(['verify', '--user', '1', '--shard', '0/2']);
     expect(v.code).toBe(2);
     expect(v.stderr.trim()).toBe('acm2: give either --user or --shard, not both');
+    const pending = await acm2(['user', 'seed', '--pending', '--seed-version', 'doesnotexist']);
+    expect(pending.code).toBe(2);
+    expect(pending.stderr.trim()).toBe('acm2: --seed-version applies to one user, not to --pending: each queued job carries its own version');
+  });
+
+  it('backfill takes --seed-version like the other seeding commands, and checks it', async () => {
+    const bad = await acm2(['backfill', '--dry-run', '--seed-version', 'v9']);
+    expect(bad.code, bad.stderr).toBe(2);
+    expect(bad.stderr).toMatch(/v9/);
+    const good = await acm2(['backfill', '--dry-run', '--seed-version', 'v1', '--json']);
+    expect(good.code, good.stderr).toBe(0);
+  });
+
+  it('a command group without its subcommand says which are there, also in JSON', async () => {
+    const j = await acm2(['seed', '--json']);
+    expect(j.code).toBe(2);
+    expect(JSON.parse(j.stdout).error).toEqual({ code: 'usage', message: 'acm2 seed needs one of: freeze, list, show, check' });
+    const u = await acm2(['help', 'nosuch', '--json']);
+    expect(u.code).toBe(2);
+    expect(JSON.parse(u.stdout).error.message).toBe("unknown command 'nosuch': acm2 has seed, user, backfill, verify, diff");
   });
 
   it('a --data-dir or --seeds that is a file is named as such, for every command', async () => {

@@ -130,6 +130,7 @@ Examples:
     .option('--resume', 'continue the last interrupted backfill')
     .option('--max-errors <n>', 'stop after n failed users')
     .option('--legacy-logs <dir>', "also move ACM2's old global logs/{run_id}/ folders into their owners' run folders")
+    .option('--seed-version <v>', 'package a missing or unfinished user is seeded with (env SEED_VERSION; default: CURRENT)')
     .addHelpText('after', '\nExample:\n  $ acm2 backfill --dry-run\n  $ acm2 backfill --concurrency 2 --resume')
     .action(action(() => import('./backfill.js')));
 

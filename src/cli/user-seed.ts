@@ -16,6 +16,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   if (opts.pending) {
     if (args.length > 0) throw new UsageError('give either a user or --pending, not both');
     if (opts.force) throw new UsageError('--force applies to one user, not to --pending');
+    if (opts.seedVersion !== undefined) throw new UsageError('--seed-version applies to one user, not to --pending: each queued job carries its own version');
     const concurrency = concurrencyOption(opts) ?? availableParallelism();
     const limit = intOption(opts, 'limit');
     // Each drainer opens its own connection (and would set a master up): check the master is one
