@@ -9,7 +9,7 @@ import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync } fr
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
-import { createUser } from '../src/core/users.js';
+import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
@@ -200,6 +200,29 @@ describe('no row is ever lost', () => {
   afterAll(async () => fleet?.cleanup());
 
   const bad = (name: string, sql: string): Migration[] => [...userMigrations(), { id: userMigrations().length + 1, name, sql, checksum: createHash('sha256').update(sql).digest('hex') }];
+
+  it('user seed of a drifted ACM2 DB repairs it as backfill would (backup, proven counts), never half way', async () => {
+    const own = await buildLegacyFleet({ drift_runs: 1 }, pkg.pkg);
+    try {
+      const id = own.users[0]!.id;
+      const was = counts(own.dataDir, id);
+      const r = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, String(id), {});
+      expect(r.seed, JSON.stringify(r.seed)).toMatchObject({ status: 'ready' });
+      const db = new Database(userDbPath(own.dataDir, id), { readonly: true });
+      try {
+        expect(db.prepare(`SELECT 1 FROM pragma_table_info('runs') WHERE name = 'preset_id'`).get()).toBeDefined();
+        expect(pendingMigrations(db)).toEqual([]);
+      } finally {
+        db.close();
+      }
+      // Every row the user had is still there (the package's rows were added beside them).
+      const now = counts(own.dataDir, id);
+      for (const [t, n] of Object.entries(was)) expect(now[t], t).toBeGreaterThanOrEqual(n);
+      expect(readdirSync(toolDir(own.dataDir, 'backups', `user_${id}`)).filter((n) => n.endsWith('.db'))).toHaveLength(1);
+    } finally {
+      await own.cleanup();
+    }
+  });
 
   it('a migration that would drop rows is rolled back and the user failed, backup kept', async () => {
     const ids = fleet.users.map((u) => u.id);

@@ -32,7 +32,20 @@ import type { SeedPackage } from '../seed/package.js';
 import type { UserLock } from '../master/types.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
-import { migrateUserDb, openSqlite, openUserDb, type SqliteDb } from '../userdb/user-db.js';
+import {
+  ACM2_TABLES,
+  detectSchemaDrift,
+  listTables,
+  migrateUserDb,
+  openSqlite,
+  openUserDb,
+  pendingMigrations,
+  userMigrations,
+  type SchemaDrift,
+  type SqliteDb,
+} from '../userdb/user-db.js';
+import type { Migration } from '../migrations.js';
+import { migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { classifyFsError } from '../errors.js';
@@ -98,6 +111,7 @@ export function seedUserWith(input: SeedUserInput, sync: (t: ToSync) => void): S
  * pool instead of one after another (the journal commits them as a group).
  */
 export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResult> {
+  await migrateExistingSafely(input.dataDir, input.userId);
   const steps = seedSteps(input);
   let r = steps.next();
   while (!r.done) {
@@ -113,6 +127,44 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
     r = failed === undefined ? steps.next() : steps.throw(failed);
   }
   return r.value;
+}
+
+/**
+ * A user DB that exists and is not current (ACM2 made it itself, maybe with an older schema, or
+ * an older tool seeded it) is brought up to date the way backfill does it: drift repaired and
+ * migrations applied with a backup and proven row counts, or the seed stops with nothing changed.
+ * The seed's own migrateUserDb then finds nothing to do.
+ */
+async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<void> {
+  const file = userDbPath(dataDir, userId);
+  if (!existsSync(file)) return;
+  let adopt: SchemaDrift | undefined;
+  let migrations: Migration[];
+  // Read-write but only read, as backfill's planner: a hot journal is rolled back first.
+  const db = openSqlite(file);
+  try {
+    let tables: Set<string>;
+    try {
+      tables = new Set(listTables(db));
+    } catch (e) {
+      throw new Error(`cannot read ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    if (tables.size === 0) return; // an empty file: the seed builds the schema in it
+    if (!tables.has('acm2_migrations')) {
+      if (!ACM2_TABLES.some((t) => tables.has(t))) throw new Error(`${file} holds none of ACM2's tables (${[...tables].slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
+      adopt = detectSchemaDrift(db);
+      if (adopt.unrepairable.length > 0) throw new Error(`${file} has schema drift that needs a table rebuild (${adopt.unrepairable.join('; ')}); it was left alone`);
+      migrations = userMigrations().filter((m) => m.id > 1);
+    } else migrations = pendingMigrations(db);
+  } finally {
+    db.close();
+  }
+  if (!adopt && migrations.length === 0) return;
+  const res = await migrateSafely({ dbPath: file, backupDir: toolDir(dataDir, 'backups', `user_${userId}`), label: `user_${userId}`, adopt, migrations });
+  if (!res.ok) {
+    const f = res.failure!;
+    throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
+  }
 }
 
 /** What must reach the disk before the next step: files' data and folders' entries. */
