@@ -2,12 +2,13 @@
 // plus the tool's own tables; migrations are ordered, checksummed and run once.
 import { afterAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tmpDir } from './helpers/env.js';
 import { migrateUserDb, openUserDb, pendingMigrations, ACM2_TABLES } from '../src/userdb/user-db.js';
-import { parseUserId, resolveUnderUser, userDbPath, userRoot } from '../src/userdb/paths.js';
+import { parseUserId, resolveUnderUser, toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
+import { userDbTemplate } from '../src/userdb/template.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 // The schema as the ACM2 reference gives it (shared/), else our verbatim copy of it.
@@ -61,5 +62,22 @@ describe('per-user DB', () => {
     expect(() => resolveUnderUser(dir, 44, '/etc/passwd')).toThrow(/would leave/);
     expect(resolveUnderUser(dir, 44, 'runs/a/b.md')).toBe(path.join(userRoot(dir, 44), 'runs/a/b.md'));
     for (const bad of ['0', '-1', 'abc', '1e3', '1.5', '99999999999999999']) expect(() => parseUserId(bad)).toThrow();
+  });
+});
+
+describe('the user DB template', () => {
+  it("removes a template a killed process left half built, and leaves a live process's alone", () => {
+    const data = path.join(dir, 'template-litter');
+    const templates = toolDir(data, 'templates');
+    mkdirSync(templates, { recursive: true });
+    const dead = path.join(templates, 'user-0123456789abcdef.db.999999999.0a1b2c3d.tmp');
+    const deadJournal = `${dead}-journal`;
+    const live = path.join(templates, 'user-0123456789abcdef.db.1.0a1b2c3d.tmp'); // pid 1 is always there
+    for (const f of [dead, deadJournal, live]) writeFileSync(f, 'half built');
+    const file = userDbTemplate(data);
+    expect(existsSync(file)).toBe(true);
+    expect(existsSync(dead)).toBe(false);
+    expect(existsSync(deadJournal)).toBe(false);
+    expect(existsSync(live)).toBe(true);
   });
 });

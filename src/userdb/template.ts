@@ -2,7 +2,7 @@
 // migrations applied), not a run of every migration: copying a prepared file is close to the
 // floor, executing DDL and committing each migration is not.
 
-import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fsyncPath } from '../durable.js';
@@ -20,6 +20,7 @@ export function userDbTemplate(dataDir: string): string {
     return file;
   }
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  removeDeadBuilds(path.dirname(file));
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   const db = openSqlite(tmp, { create: true });
   try {
@@ -32,4 +33,22 @@ export function userDbTemplate(dataDir: string): string {
   fsyncPath(path.dirname(file));
   made.add(file);
   return file;
+}
+
+/** Templates a killed process was building (`<name>.<pid>.<hex>.tmp`, its pid gone): never used, only litter. */
+function removeDeadBuilds(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    const m = /^user-[0-9a-f]+\.db\.(\d+)\.[0-9a-f]+\.tmp(-journal|-wal|-shm)?$/.exec(name);
+    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+    rmSync(path.join(dir, name), { force: true });
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
