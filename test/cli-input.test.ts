@@ -115,6 +115,11 @@ describe('the command line, as an operator types it', () => {
     const j = await acm2(['seed', '--json']);
     expect(j.code).toBe(2);
     expect(JSON.parse(j.stdout).error).toEqual({ code: 'usage', message: 'acm2 seed needs one of: freeze, list, show, check' });
+    expect(j.stderr).toBe(''); // stderr is not a terminal here: with --json it carries nothing
+    const bogus = await acm2(['verify', '--bogus', '--json']);
+    expect(bogus.code).toBe(2);
+    expect(JSON.parse(bogus.stdout).error).toEqual({ code: 'usage', message: "unknown option '--bogus'" });
+    expect(bogus.stderr).toBe('');
     const u = await acm2(['help', 'nosuch', '--json']);
     expect(u.code).toBe(2);
     expect(JSON.parse(u.stdout).error.message).toBe("unknown command 'nosuch': acm2 has seed, user, backfill, verify, diff");

@@ -25,6 +25,10 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 export function buildProgram(): Command {
   const program = new Command('acm2');
+  // With --json, stderr carries nothing unless it is a terminal (SPEC §1): commander's own usage
+  // errors and the help it shows with them go into the one JSON error document instead.
+  const quietErr = process.argv.includes('--json') && !process.stderr.isTTY;
+  program.configureOutput({ writeErr: (str) => (quietErr ? undefined : process.stderr.write(str)) });
   program
     .description("Admin CLI for ACM2's per-user data: seed packages, user seeding, backfill, verify, diff.")
     // -V only: `--version` belongs to `seed freeze` (the version to cut); main.ts answers a lone `acm2 --version`.
