@@ -52,6 +52,12 @@ const CASES: Array<{ name: string; args: () => string[]; env?: Record<string, st
   { name: 'duplicate wordpress id', args: () => ['user', 'create', '--email', 'n2@example.com', '--username', 'n2', '--wordpress-user-id', '7'], code: 2, message: /WordPress user id 7 already exists/ },
   { name: 'bad username', args: () => ['user', 'create', '--email', 'n3@example.com', '--username', 'a b'], code: 2, message: /'a b' is not a valid username/ },
   { name: 'bad wordpress id', args: () => ['user', 'create', '--email', 'n4@example.com', '--username', 'n4', '--wordpress-user-id', 'x'], code: 2, message: /--wordpress-user-id 'x'/ },
+  {
+    name: 'wordpress id out of range',
+    args: () => ['user', 'create', '--email', 'n5@example.com', '--username', 'n5', '--wordpress-user-id', '99999999999'],
+    code: 2,
+    message: /--wordpress-user-id '99999999999' is more than 2147483647/,
+  },
   { name: 'missing --email', args: () => ['user', 'create', '--username', 'n5'], code: 2, message: /--email/ },
   { name: 'unknown version', args: () => ['user', 'create', '--email', 'n6@example.com', '--username', 'n6', '--seed-version', 'v9'], code: 2, message: /unknown seed version 'v9'/ },
   { name: 'bad version name', args: () => ['user', 'seed', '1', '--seed-version', '../x'], code: 2, message: /'..\/x' is not a valid seed version name/ },

@@ -67,7 +67,9 @@ export function validateUsername(u: string): string {
 export function parseWordpressId(raw: unknown): number | null {
   if (raw === undefined || raw === null) return null;
   const s = String(raw);
-  if (!/^[1-9][0-9]{0,9}$/.test(s) || Number(s) > 2147483647) throw new UsageError(`--wordpress-user-id '${s}' must be a positive whole number`, 'bad_wordpress_id');
+  if (!/^[1-9][0-9]*$/.test(s)) throw new UsageError(`--wordpress-user-id '${s}' must be a positive whole number`, 'bad_wordpress_id');
+  // ACM2's column is a signed 32-bit INT.
+  if (s.length > 10 || Number(s) > 2147483647) throw new UsageError(`--wordpress-user-id '${s}' is more than 2147483647, the largest id ACM2's users table holds`, 'bad_wordpress_id');
   return Number(s);
 }
 
