@@ -13,6 +13,7 @@ import { render, safeDocId, type Template } from '../src/seed/remap.js';
 import { preparePackage } from '../src/seed/prepared.js';
 import { loadPackage } from '../src/seed/package.js';
 import { fileURLToPath } from 'node:url';
+import { verifyUsers } from '../src/core/verify.js';
 import { parseMasterUrl } from '../src/config.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -285,6 +286,48 @@ describe('a package file that is not UTF-8', () => {
       expect(text).not.toContain(source.runId);
       expect(text.endsWith(`run ${runId} \xe2\x80\n`)).toBe(true);
       expect(bytes.length).toBe(readFileSync(abs).length);
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('UUID-shaped text that is no identifier of the package', () => {
+  it('is kept as it is (a citation URL), in rows and files, while the package ids around it are remapped', async () => {
+    const root = tmpDir('acm2-foreign-uuid-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      const FOREIGN = '3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f';
+      const url = `https://www.congress.gov/crs-product/${FOREIGN}`;
+      const db = new Database(source.dbPath);
+      db.prepare(`UPDATE contents SET body = body || ? WHERE id = ?`).run(`\nSee ${url} (source ${source.sourceDocIds[0]}).`, source.sourceDocIds[0]);
+      db.close();
+      const md = walkFiles(source.filesDir).find((f) => f.endsWith('.md') && f.includes('generated'))!;
+      const abs = path.join(source.filesDir, md);
+      writeFileSync(abs, `${readFileSync(abs, 'utf8')}\nCited: ${url} in run ${source.runId}\n`);
+      const seedsDir = path.join(root, 'seeds');
+      freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: source.runId, version: 'v9', seedsDir, setCurrent: true });
+      for (const who of ['a', 'b']) {
+        const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: `${who}@example.com`, username: who });
+        expect(u.seed.status).toBe('ready');
+        const udb = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+        const bodies = udb.prepare(`SELECT body FROM contents WHERE body LIKE '%congress.gov%'`).pluck().all() as string[];
+        const runId = udb.prepare(`SELECT id FROM runs`).pluck().get() as string;
+        const seeded = udb.prepare(`SELECT path FROM acm2_seed_files WHERE source_path = ?`).pluck().get(md.split(path.sep).join('/')) as string;
+        const mapped = udb.prepare(`SELECT COUNT(*) FROM acm2_id_map WHERE source_id = ?`).pluck().get(FOREIGN);
+        udb.close();
+        expect(bodies).toHaveLength(1);
+        expect(bodies[0]).toContain(url);
+        expect(bodies[0]).not.toContain(source.sourceDocIds[0]);
+        expect(mapped).toBe(0);
+        const text = readFileSync(path.join(userRoot(w.dataDir, u.user.id), seeded), 'utf8');
+        expect(text.endsWith(`Cited: ${url} in run ${runId}\n`)).toBe(true);
+        expect(runId).not.toBe(source.runId);
+      }
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(v.users.flatMap((x) => x.problems)).toEqual([]);
     } finally {
       await w.cleanup();
       rmSync(root, { recursive: true, force: true });

@@ -80,23 +80,30 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   }
   const index = new DocIndex(docIds);
 
+  // The package's identifiers are its rows' primary keys (and the doc ids above): only those are
+  // rewritten. Other UUID-shaped text (a URL citing a report by its UUID) stays as it is; freeze
+  // warns about such values.
   const kinds = new Map<string, string>();
-  const tables: PreparedTable[] = raw.map((t) => {
+  for (const t of raw) {
     const idIndex = t.columns.indexOf('id');
     for (const r of t.rows) if (typeof r[idIndex] === 'string') kinds.set(r[idIndex] as string, t.name);
+  }
+  const uuids = new Set([...kinds.keys()].filter(isUuid));
+  const tables: PreparedTable[] = raw.map((t) => {
+    const idIndex = t.columns.indexOf('id');
     return {
       name: t.name,
       columns: t.columns,
       idIndex,
       userIdIndex: t.columns.indexOf('user_id'),
-      rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index) : (v as Cell)))),
+      rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index, uuids) : (v as Cell)))),
     };
   });
   const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text }) => {
-    const base = { path: tokenize(f.path, index), sourcePath: f.path, abs, bytes: buf.length };
-    if (text !== undefined) return { ...base, text: tokenize(text, index) };
+    const base = { path: tokenize(f.path, index, uuids), sourcePath: f.path, abs, bytes: buf.length };
+    if (text !== undefined) return { ...base, text: tokenize(text, index, uuids) };
     // Not UTF-8: an identifier in it must not be copied through unmapped.
-    const bytes = tokenize(buf.toString('latin1'), index);
+    const bytes = tokenize(buf.toString('latin1'), index, uuids);
     return bytes.toks.length > 0 ? { ...base, text: bytes, latin1: true } : base;
   });
 

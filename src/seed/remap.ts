@@ -79,15 +79,25 @@ export interface Template {
   toks: string[];
 }
 
-export function tokenize(text: string, docs: DocIndex): Template {
+/**
+ * `uuids`: the UUIDs that are identifiers of this package (its rows' primary keys). Any other
+ * UUID-shaped text (a citation URL, an id of something outside ACM2) is left as it is, not
+ * rewritten per user. Without it every UUID is a token (diff's reverse map).
+ */
+export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<string>): Template {
   const lits: string[] = [];
   const toks: string[] = [];
   let last = 0;
   TOKEN_RE.lastIndex = 0;
   for (let m = TOKEN_RE.exec(text); m; m = TOKEN_RE.exec(text)) {
     let tok: string | undefined;
-    if (m[1]) tok = m[1];
-    else if (m[2]) tok = docs.match(m[2]);
+    if (m[1]) {
+      if (uuids && !uuids.has(m[1])) {
+        TOKEN_RE.lastIndex = m.index + m[1].length;
+        continue;
+      }
+      tok = m[1];
+    } else if (m[2]) tok = docs.match(m[2]);
     if (!tok) {
       // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
       TOKEN_RE.lastIndex = m.index + 1;
