@@ -334,3 +334,48 @@ describe('UUID-shaped text that is no identifier of the package', () => {
     }
   });
 });
+
+describe("the source user's folder in a path to the package's run", () => {
+  it("becomes each seeded user's own folder (ACM2's 'Saved generated content to data/user_{id}/runs/…' log line); verify flags it if it comes back", async () => {
+    const root = tmpDir('acm2-user-dir-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      const doc = source.docIds.find((d) => !d.startsWith('combined.'))!;
+      const line = (uid: number | string, run: string, d: string) => `Pipeline [x]: Saved generated content to data/user_${uid}/runs/${run}/generated/${safeDocId(d)}.md\n`;
+      const log = path.join(source.filesDir, 'runs', source.runId, 'logs', 'run.log');
+      writeFileSync(log, `${readFileSync(log, 'utf8')}${line(source.userId, source.runId, doc)}not a run path: user_${source.userId}/notes and xuser_${source.userId}/runs/${source.runId}\n`);
+      const seedsDir = path.join(root, 'seeds');
+      freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: source.runId, version: 'v9', seedsDir, setCurrent: true });
+      const ids: number[] = [];
+      for (const who of ['a', 'b']) {
+        const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: `${who}@example.com`, username: who });
+        expect(u.seed.status, JSON.stringify(u.seed)).toBe('ready');
+        const id = u.user.id;
+        ids.push(id);
+        const udb = new Database(userDbPath(w.dataDir, id), { readonly: true });
+        const runId = udb.prepare(`SELECT id FROM runs`).pluck().get() as string;
+        const newDoc = udb.prepare(`SELECT target_id FROM acm2_id_map WHERE source_id = ?`).pluck().get(doc) as string;
+        udb.close();
+        const text = readFileSync(path.join(userRoot(w.dataDir, id), 'runs', runId, 'logs', 'run.log'), 'utf8');
+        expect(text).toContain(line(id, runId, newDoc));
+        // Only a folder on the way to the package's run is the source user's: other text stays.
+        expect(text).toContain(`not a run path: user_${source.userId}/notes and xuser_${source.userId}/runs/${runId}\n`);
+      }
+      expect(ids[0]).not.toBe(source.userId);
+      const clean = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(clean.users.flatMap((x) => x.problems)).toEqual([]);
+      // The source's folder written back into a row of the user's: a leaked package identifier.
+      const udb = new Database(userDbPath(w.dataDir, ids[0]!));
+      const runId = udb.prepare(`SELECT id FROM runs`).pluck().get() as string;
+      udb.prepare(`UPDATE runs SET title = ? WHERE id = ?`).run(`see data/user_${source.userId}/runs/${runId}/logs`, runId);
+      udb.close();
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { users: [ids[0]!] });
+      expect(v.users[0]!.problems.map((p) => [p.code, p.table])).toEqual([['seed_id_leaked', 'runs']]);
+      expect(v.users[0]!.problems[0]!.message).toContain(`user_${source.userId}`);
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -303,7 +303,7 @@ function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, vers
     map.set(e.source, e.target);
     carried.push(e);
   }
-  const added = [...carried, ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid')];
+  const added = [...carried, ...extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid', userId)];
   insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], added.map((a) => [version, a.kind, a.source, a.target]));
   for (const a of added) map.set(a.source, a.target);
   setMeta(db, userId, 'in_progress', version, null);
@@ -563,7 +563,7 @@ function* seedFresh(
  */
 function buildStaged(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, seededAt: string): RenderedFile[] {
   const map = new Map<string, string>();
-  const entries = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid');
+  const entries = extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid', userId);
   for (const e of entries) map.set(e.source, e.target);
   insertMany(db, 'acm2_id_map', ['seed_version', 'kind', 'source_id', 'target_id'], entries.map((a) => [version, a.kind, a.source, a.target]));
   const now = sqlNow();

@@ -9,8 +9,20 @@ export const UUID_RE_SRC = '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-f
 const DOC_HEAD_SRC = '(?:combined\\.)?[0-9a-f]{8}\\.[0-9a-f]{4}\\.';
 const DOC_TAIL_SRC = "[^\\s\"'<>()\\[\\]{},;`|*]*";
 
+/**
+ * The source user's folder in a path to one of the package's runs (`data/user_7/runs/{run_id}/…`,
+ * as ACM2's debug log lines write it): the folder is the seeded user's, never the source's.
+ */
+const USER_DIR_SRC = `(user_[0-9]+)(?=[/\\\\]runs[/\\\\](${UUID_RE_SRC})(?![0-9A-Za-z]))`;
+
 /** One regex for candidate tokens; boundaries keep it from matching inside longer hex runs. */
-const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC}))`, 'g');
+const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC})`, 'g');
+const USER_DIR_RE = /^user_[0-9]+$/;
+
+/** A `user_{id}` folder token (see USER_DIR_SRC). */
+export function isUserDir(s: string): boolean {
+  return USER_DIR_RE.test(s);
+}
 const DOC_ID_RE = new RegExp(`^${DOC_HEAD_SRC}[^\\s]+$`);
 
 const UUID_RE = new RegExp(`^${UUID_RE_SRC}$`);
@@ -98,6 +110,7 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
       }
       tok = m[1];
     } else if (m[2]) tok = docs.match(m[2]);
+    else if (m[3] && (!uuids || uuids.has(m[4]!))) tok = m[3];
     if (!tok) {
       // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
       TOKEN_RE.lastIndex = m.index + 1;
@@ -186,6 +199,7 @@ export function extendMap(
   existing: ReadonlyMap<string, string>,
   tokens: Iterable<string>,
   kindOf: (token: string) => string,
+  userId?: number,
 ): MapEntry[] {
   const added: MapEntry[] = [];
   const map = new Map(existing);
@@ -194,6 +208,13 @@ export function extendMap(
   const docs: string[] = [];
   for (const t of tokens) {
     if (map.has(t)) continue;
+    if (isUserDir(t)) {
+      // The source user's folder is this user's folder: not random, the path must lead home.
+      if (userId === undefined) throw new Error(`no user id to map ${t} to`);
+      map.set(t, `user_${userId}`);
+      added.push({ kind: kindOf(t), source: t, target: `user_${userId}` });
+      continue;
+    }
     if (isUuid(t)) uuids.push(t);
     else docs.push(t);
   }
@@ -213,7 +234,7 @@ export function extendMap(
   const headKey = (m: RegExpExecArray) => `${m[1]}${m[2]}.${m[3]}`;
   const newHead = new Map<string, { s8: string; tag: string }>();
   for (const [s, t] of map) {
-    if (isUuid(s)) continue;
+    if (isUuid(s) || isUserDir(s)) continue;
     const ms = parse(s);
     const mt = parse(t);
     newHead.set(headKey(ms), { s8: mt[2]!, tag: mt[3]! });
