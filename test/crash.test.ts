@@ -151,6 +151,21 @@ describe("an earlier attempt's staged build", () => {
     expect(readFileSync(own, 'utf8')).toBe('mine');
   });
 
+  it('killed between its link into place and dropping its staged name is the live DB, not a leftover: an upgrade after it loses no file', async () => {
+    const id = await killAt('linked-then-upgrade', 'linked');
+    expect(stagingLeft(id)).toHaveLength(1); // the same file as user_{id}.db, under its staged name
+    if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    const r = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
+    expect(r.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
+    expect(stagingLeft(id)).toEqual([]);
+    const db = new Database(userDbPath(world.dataDir, id), { readonly: true });
+    const listed = db.prepare(`SELECT seed_version AS v, path FROM acm2_seed_files ORDER BY path`).all() as { v: string; path: string }[];
+    db.close();
+    expect(listed.filter((f) => f.v === 'v1')).toHaveLength(files());
+    expect(listed.filter((f) => f.v === 'v2')).toHaveLength(files());
+    for (const f of listed) expect(existsSync(path.join(userRoot(world.dataDir, id), f.path)), f.path).toBe(true);
+  });
+
   it('that fails after its barrier is put in place failed, never ready; the retry reuses its ids', async () => {
     const u = await createUser(deps(), { email: 'in-the-way@example.com', username: 'in-the-way', async: true });
     const id = u.user.id;

@@ -206,7 +206,11 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const inherited = leftovers.filter((l) => l.version === version).flatMap((l) => l.map);
   // Another version's build names files this seed will not rewrite: the ones it wrote, unchanged,
   // go with it (before its record does, so a crash here leaves the record to finish the job).
-  for (const l of leftovers) if (l.version !== version) removeBuildFiles(dataDir, userId, l.files);
+  const others = leftovers.filter((l) => l.version !== version);
+  if (others.length > 0) {
+    const keep = listedFiles(dataDir, userId);
+    for (const l of others) removeBuildFiles(dataDir, userId, l.files.filter((f) => !keep.has(f.path)));
+  }
   cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   let meta: MetaRow | undefined;
@@ -596,9 +600,14 @@ function committedStaged(dataDir: string, userId: UserId): StagedBuild[] {
   if (!existsSync(dir)) return [];
   const prefix = `user_${userId}-`;
   const found: StagedBuild[] = [];
+  // A build killed between its link into place and the removal of its staged name is the live DB
+  // itself under a second name: not a leftover (its files are the user's), only a name to drop.
+  const live = statOrUndefined(userDbPath(dataDir, userId));
   for (const name of readdirSync(dir)) {
     if (!name.startsWith(prefix) || !name.endsWith('.db')) continue;
     const file = path.join(dir, name);
+    const st = statOrUndefined(file);
+    if (live && st && st.ino === live.ino && st.dev === live.dev) continue;
     let db: SqliteDb | undefined;
     try {
       // Read-write: a hot journal left by an interrupted placeStaged is rolled back first.
@@ -691,6 +700,25 @@ function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, p
     } else if (meta && !(meta.seed_status === 'ready' && meta.seed_version !== version)) setMeta(db, userId, 'failed', version, null);
     db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ?`).run(new Date().toISOString(), msg, version);
   })();
+}
+
+/** Every path the user's DB lists as seeded, of any version: never a crashed build's to remove. */
+function listedFiles(dataDir: string, userId: UserId): Set<string> {
+  const db = openUserDb(dataDir, userId);
+  try {
+    const has = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'acm2_seed_files'`).get();
+    return new Set(has ? (db.prepare(`SELECT path FROM acm2_seed_files`).pluck().all() as string[]) : []);
+  } finally {
+    db.close();
+  }
+}
+
+function statOrUndefined(p: string): ReturnType<typeof statSync> | undefined {
+  try {
+    return statSync(p);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
