@@ -7,20 +7,45 @@ import { createMysqlTestDb, mysqlOrSkip } from './helpers/mysql.js';
 import { parseMasterUrl } from '../src/config.js';
 import { openMaster } from '../src/master/factory.js';
 import type { NewUser } from '../src/master/types.js';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import bcrypt from 'bcryptjs';
+
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 
 const gate = await mysqlOrSkip();
 
 /** A proxy to the server; `mode` changes what it does from then on. */
 function proxy(target: URL) {
-  const state = { mode: 'forward' as 'forward' | 'silent' | 'lose-commit-answer' };
+  const state = {
+    mode: 'forward' as 'forward' | 'silent' | 'lose-commit-answer' | 'hold-create-commit-answer',
+    /** hold-create-commit-answer: called when the COMMIT after an api_keys insert has reached the server; its answer is held until release() */
+    onHeld: undefined as undefined | ((release: () => void) => void),
+  };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const upstream = net.connect(Number(target.port || 3306), target.hostname);
     sockets.add(client).add(upstream);
     let answersLost = false;
+    let keyInserted = false;
+    let held: Buffer[] | undefined;
     client.on('data', (d) => {
       if (state.mode === 'silent') return;
       upstream.write(d);
+      if (state.mode === 'hold-create-commit-answer') {
+        if (d.includes('INSERT INTO api_keys')) keyInserted = true;
+        else if (keyInserted && d[4] === 0x03 && d.subarray(5).toString() === 'COMMIT') {
+          keyInserted = false;
+          held = [];
+          state.onHeld?.(() => {
+            for (const b of held ?? []) client.write(b);
+            held = undefined;
+          });
+        }
+      }
       // A COMMIT reaches the server; its answer never reaches the client.
       // (A COM_QUERY packet of exactly COMMIT: not READ COMMITTED in a session's set-up.)
       if (state.mode === 'lose-commit-answer' && d[4] === 0x03 && d.subarray(5).toString() === 'COMMIT') {
@@ -29,7 +54,8 @@ function proxy(target: URL) {
       }
     });
     upstream.on('data', (d) => {
-      if (state.mode !== 'silent' && !answersLost) client.write(d);
+      if (held) held.push(d);
+      else if (state.mode !== 'silent' && !answersLost) client.write(d);
     });
     client.on('error', () => upstream.destroy());
     upstream.on('error', () => client.destroy());
@@ -117,6 +143,40 @@ describe.skipIf(gate.skip)('the MySQL master behind a misbehaving network', () =
     } finally {
       p.state.mode = 'forward';
       await m.close().catch(() => undefined);
+    }
+  });
+
+  it('user create interrupted twice while the master commits the user still shows its API key', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'acm2-net-create-'));
+    try {
+      p.state.mode = 'hold-create-commit-answer';
+      let stderr = '';
+      let stdout = '';
+      const child = spawn(process.execPath, [BIN, 'user', 'create', '--master', proxied, '--data-dir', dataDir, '--email', 'held@example.com', '--username', 'held', '--no-color'], {
+        env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MYSQL_QUERY_TIMEOUT_MS: '20000' },
+      });
+      child.stdout.on('data', (d) => (stdout += d));
+      child.stderr.on('data', (d) => (stderr += d));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const release = await new Promise<() => void>((r) => (p.state.onHeld = r));
+      // The COMMIT is at the server, its answer held: two signals now.
+      child.kill('SIGINT');
+      await new Promise((r) => setTimeout(r, 200));
+      child.kill('SIGINT');
+      await new Promise((r) => setTimeout(r, 300));
+      release();
+      expect(await exited, stderr).toBe(130);
+      const key = /API key \(shown once, store it now\): (acm2_\S+)/.exec(stdout)?.[1];
+      expect(key, stdout).toBeDefined();
+      const c = await mysql.createConnection(db.url);
+      const [rows] = (await c.query(`SELECT k.key_hash FROM users u JOIN api_keys k ON k.user_id = u.id WHERE u.email = 'held@example.com'`)) as unknown as [{ key_hash: string }[]];
+      await c.end();
+      expect(rows).toHaveLength(1);
+      expect(bcrypt.compareSync(key!, rows[0]!.key_hash)).toBe(true);
+    } finally {
+      p.state.mode = 'forward';
+      p.state.onHeld = undefined;
+      rmSync(dataDir, { recursive: true, force: true });
     }
   });
 });

@@ -40,19 +40,31 @@ export async function run({ opts }: CommandCall): Promise<void> {
 }
 
 /**
- * Ctrl-C or SIGTERM while `user create` runs. Before the user exists: nothing is made (exit 1).
- * Once it exists its API key, shown only once, must not be lost with the process: the first
- * signal lets the seed finish and the key be shown as usual; a second one shows the key at once,
+ * Ctrl-C or SIGTERM while `user create` runs. Before the user is written: nothing is made (exit 1).
+ * While the master writes it (its COMMIT may land even if the process dies), and once it exists,
+ * its API key, shown only once, must not be lost with the process: the first signal lets the seed
+ * finish and the key be shown as usual; a second one shows the key as soon as the user exists,
  * with the seed as interrupted (it is crash-safe, and `acm2 user seed <id>` finishes it), and exits.
  */
 function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) => void): { hooks: CreateHooks; dispose(): void } {
   const ac = new AbortController();
+  let creating = false;
   let made: Parameters<NonNullable<CreateHooks['onCreated']>>[0] | undefined;
+  let leaveWith: NodeJS.Signals | undefined;
+  const leave = (sig: NodeJS.Signals) => {
+    const m = made!;
+    show({
+      user: { ...m.user, seedStatus: 'failed' },
+      apiKey: m.apiKey,
+      seed: { status: 'failed', seedVersion: m.user.seedVersion, error: `interrupted (${sig}) before the seed finished; it is safe to run again`, jobId: m.jobId, retry: `acm2 user seed ${m.user.id}` },
+    });
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
   const handler = (sig: NodeJS.Signals) => {
     const again = ac.signal.aborted;
     ac.abort();
     const key = sig === 'SIGINT' ? 'Ctrl-C' : sig;
-    if (!made) {
+    if (!creating) {
       if (again) {
         dispose();
         process.kill(process.pid, sig);
@@ -61,17 +73,17 @@ function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) 
       out.log(`\nInterrupted (${sig}): stopping before the user is created (${key} again to stop at once)…`);
       return;
     }
+    if (!made) {
+      // The master may commit the user whatever happens here: wait for it, so the key can be shown.
+      if (again) leaveWith = sig;
+      out.log(`\nInterrupted (${sig}): the user is being written to the master; waiting for it so that its API key can be shown${again ? ', then stopping' : ''}…`);
+      return;
+    }
     if (!again) {
       out.log(`\nInterrupted (${sig}): user ${made.user.id} exists; finishing its seed so that its API key can be shown (${key} again to show the key and stop now)…`);
       return;
     }
-    const retry = `acm2 user seed ${made.user.id}`;
-    show({
-      user: { ...made.user, seedStatus: 'failed' },
-      apiKey: made.apiKey,
-      seed: { status: 'failed', seedVersion: made.user.seedVersion, error: `interrupted (${sig}) before the seed finished; it is safe to run again`, jobId: made.jobId, retry },
-    });
-    process.exit(sig === 'SIGINT' ? 130 : 143);
+    leave(sig);
   };
   const dispose = () => {
     process.off('SIGINT', handler);
@@ -79,5 +91,13 @@ function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) 
   };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
-  return { hooks: { signal: ac.signal, onCreated: (m) => (made = m) }, dispose };
+  const hooks: CreateHooks = {
+    signal: ac.signal,
+    onCreating: () => (creating = true),
+    onCreated: (m) => {
+      made = m;
+      if (leaveWith) leave(leaveWith);
+    },
+  };
+  return { hooks, dispose };
 }

@@ -108,6 +108,8 @@ export function checkCreateInput(seedsDir: string, input: CreateInput): CheckedC
 export interface CreateHooks {
   /** Checked just before the master rows are written: aborted means no user is made (FindingsError). */
   signal?: AbortSignal;
+  /** Called just before the master rows are written: from here the user may exist before createUser returns. */
+  onCreating?: () => void;
   /** Called once the user and its key exist, before the seed: the key is shown once, so a caller stopped mid-seed can still show it. */
   onCreated?: (made: { user: CreateUserResult['user']; apiKey: string; jobId: number }) => void;
 }
@@ -124,6 +126,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
 
   const key = generateApiKey(bcryptRounds());
   if (hooks.signal?.aborted) throw new FindingsError('interrupted before the user was created: nothing was changed', 'interrupted');
+  hooks.onCreating?.();
   const { user, job } = await master.createUser({
     username,
     email,
