@@ -2,7 +2,8 @@
 // plus the tool's own tables; migrations are ordered, checksummed and run once.
 import { afterAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tmpDir } from './helpers/env.js';
@@ -66,18 +67,25 @@ describe('per-user DB', () => {
 });
 
 describe('the user DB template', () => {
-  it("removes a template a killed process left half built, and leaves a live process's alone", () => {
+  it("removes a template a killed process left half built, and leaves a live process's alone (on this host or another)", () => {
     const data = path.join(dir, 'template-litter');
     const templates = toolDir(data, 'templates');
     mkdirSync(templates, { recursive: true });
-    const dead = path.join(templates, 'user-0123456789abcdef.db.999999999.0a1b2c3d.tmp');
+    const dead = path.join(templates, `user-0123456789abcdef.db.${hostname()}.999999999.0a1b2c3d.tmp`);
     const deadJournal = `${dead}-journal`;
-    const live = path.join(templates, 'user-0123456789abcdef.db.1.0a1b2c3d.tmp'); // pid 1 is always there
-    for (const f of [dead, deadJournal, live]) writeFileSync(f, 'half built');
+    const live = path.join(templates, `user-0123456789abcdef.db.${hostname()}.1.0a1b2c3d.tmp`); // pid 1 is always there
+    // Another host's build: its pid means nothing here; only its age says it is dead.
+    const elsewhere = path.join(templates, 'user-0123456789abcdef.db.other-host.example.999999999.0a1b2c3d.tmp');
+    const elsewhereOld = path.join(templates, 'user-0123456789abcdef.db.other-host.example.999999998.0a1b2c3d.tmp');
+    for (const f of [dead, deadJournal, live, elsewhere, elsewhereOld]) writeFileSync(f, 'half built');
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    utimesSync(elsewhereOld, twoHoursAgo, twoHoursAgo);
     const file = userDbTemplate(data);
     expect(existsSync(file)).toBe(true);
     expect(existsSync(dead)).toBe(false);
     expect(existsSync(deadJournal)).toBe(false);
     expect(existsSync(live)).toBe(true);
+    expect(existsSync(elsewhere)).toBe(true);
+    expect(existsSync(elsewhereOld)).toBe(false);
   });
 });

@@ -2,7 +2,8 @@
 // migrations applied), not a run of every migration: copying a prepared file is close to the
 // floor, executing DDL and committing each migration is not.
 
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fsyncPath } from '../durable.js';
@@ -21,7 +22,7 @@ export function userDbTemplate(dataDir: string): string {
   }
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   removeDeadBuilds(path.dirname(file));
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const tmp = `${file}.${hostname()}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   const db = openSqlite(tmp, { create: true });
   try {
     migrateUserDb(db);
@@ -35,14 +36,27 @@ export function userDbTemplate(dataDir: string): string {
   return file;
 }
 
-/** Templates a killed process was building (`<name>.<pid>.<hex>.tmp`, its pid gone): never used, only litter. */
+/**
+ * Templates a killed process was building (`<name>.<host>.<pid>.<hex>.tmp`): never used, only
+ * litter. A build of this host is dead when its pid is; another host's (a data dir shared over
+ * the network, containers on one volume) cannot be asked, so only one untouched for an hour goes.
+ */
 function removeDeadBuilds(dir: string): void {
   for (const name of readdirSync(dir)) {
-    const m = /^user-[0-9a-f]+\.db\.(\d+)\.[0-9a-f]+\.tmp(-journal|-wal|-shm)?$/.exec(name);
-    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
-    rmSync(path.join(dir, name), { force: true });
+    const m = /^user-[0-9a-f]+\.db\.(?:(.+)\.)?(\d+)\.[0-9a-f]+\.tmp(-journal|-wal|-shm)?$/.exec(name);
+    if (!m) continue;
+    const full = path.join(dir, name);
+    const here = m[1] === hostname();
+    const pid = Number(m[2]);
+    try {
+      if (here ? pid !== process.pid && !alive(pid) : Date.now() - statSync(full).mtimeMs > STALE_MS) rmSync(full, { force: true });
+    } catch {
+      /* gone already */
+    }
   }
 }
+
+const STALE_MS = 60 * 60 * 1000;
 
 function alive(pid: number): boolean {
   try {
