@@ -2,7 +2,8 @@
 // leaving neither a version folder nor a staging folder behind.
 
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -194,12 +195,18 @@ describe('freezeSeed: what it follows and what it leaves', () => {
   it('removes staging folders left by a crashed freeze, and list/check ignore them', () => {
     const src = source();
     const seedsDir = path.join(tmp(), 'seeds');
-    const stale = path.join(seedsDir, '.staging-v1-999999999-deadbeef');
-    mkdirSync(path.join(stale, 'files'), { recursive: true });
+    const stale = path.join(seedsDir, '.staging-v1-999999999-deadbeef'); // an older tool's name: no host
+    const here = path.join(seedsDir, `.staging-v1-999999998-deadbeef@${hostname()}`);
+    // Another host's freeze (a shared seeds dir): its pid means nothing here, only its age does.
+    const elsewhere = path.join(seedsDir, '.staging-v1-999999997-deadbeef@other-host.example');
+    const elsewhereOld = path.join(seedsDir, '.staging-v1-999999996-deadbeef@other-host.example');
+    for (const d of [stale, here, elsewhere, elsewhereOld]) mkdirSync(path.join(d, 'files'), { recursive: true });
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    utimesSync(elsewhereOld, twoHoursAgo, twoHoursAgo);
     expect(listPackages(seedsDir)).toEqual([]);
     const r = freezeSeed(input(src, seedsDir));
-    expect(r.removedStaging).toEqual(['.staging-v1-999999999-deadbeef']);
-    expect(readdirSync(seedsDir).sort()).toEqual(['v1']);
+    expect(r.removedStaging.sort()).toEqual([path.basename(stale), path.basename(here), path.basename(elsewhereOld)].sort());
+    expect(readdirSync(seedsDir).sort()).toEqual([path.basename(elsewhere), 'v1'].sort());
   });
 
   it('renders reports/report.html into the package only, when the run has none', () => {
@@ -333,7 +340,7 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     expect(v0.current).toBe(true);
     // What the kill leaves: v1 published, CURRENT still v0, the CURRENT being written beside it.
     const published = freezeSeed(input(src, seedsDir));
-    const litter = path.join(seedsDir, '.CURRENT.tmp-999999999-0a1b2c3d');
+    const litter = path.join(seedsDir, `.CURRENT.tmp-999999999-0a1b2c3d@${hostname()}`);
     writeFileSync(litter, 'v1\n');
     const manifest = readFileSync(path.join(published.dir, 'manifest.json'));
     const again = freezeSeed(input(src, seedsDir, { setCurrent: true, now: new Date(Date.now() + 60_000) }));

@@ -4,6 +4,7 @@
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, UsageError } from '../errors.js';
@@ -56,8 +57,10 @@ export interface FreezeResult {
   unchanged: boolean;
 }
 
-const STAGING_RE = /^\.staging-(.+)-(\d+)-([0-9a-f]+)$/;
-const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+$`);
+// `@<host>` at the end: a seeds dir can be shared between hosts, whose pids mean nothing here.
+const STAGING_RE = /^\.staging-(.+)-(\d+)-([0-9a-f]+)(?:@(.+))?$/;
+const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+(?:@(.+))?$`);
+const STALE_ELSEWHERE_MS = 60 * 60 * 1000;
 
 /** Check the input, select, and either describe (dry run) or write the package. */
 export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentProgress): FreezeResult {
@@ -111,7 +114,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
     throw classifyFsError(e, seedsDir) ?? e;
   }
   const removedStaging = removeStaleStaging(seedsDir);
-  const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}@${hostname()}`);
   let manifest: Manifest;
   try {
     mkdirSync(staging, { mode: 0o755 });
@@ -269,20 +272,17 @@ function removeStaleStaging(seedsDir: string): string[] {
   const removed: string[] = [];
   for (const name of readdirSync(seedsDir)) {
     // A CURRENT being written by a freeze that died before its rename: never read, just litter.
+    const full = path.join(seedsDir, name);
     const cur = CURRENT_TMP_RE.exec(name);
     if (cur) {
-      const pid = Number(cur[1]);
-      if (pid !== process.pid && !isAlive(pid)) {
-        rmSync(path.join(seedsDir, name), { force: true });
+      if (isDead(full, Number(cur[1]), cur[2])) {
+        rmSync(full, { force: true });
         removed.push(name);
       }
       continue;
     }
     const m = STAGING_RE.exec(name);
-    if (!m) continue;
-    const pid = Number(m[2]);
-    if (pid !== process.pid && isAlive(pid)) continue;
-    const full = path.join(seedsDir, name);
+    if (!m || !isDead(full, Number(m[2]), m[4])) continue;
     try {
       if (!lstatSync(full).isDirectory()) continue;
       rmSync(full, { recursive: true, force: true });
@@ -292,6 +292,16 @@ function removeStaleStaging(seedsDir: string): string[] {
     }
   }
   return removed;
+}
+
+/** Left by a process that is gone: this host's (or an unnamed host's) by its pid, another host's by an hour untouched. */
+function isDead(full: string, pid: number, host: string | undefined): boolean {
+  if (host === undefined || host === hostname()) return pid !== process.pid && !isAlive(pid);
+  try {
+    return Date.now() - lstatSync(full).mtimeMs > STALE_ELSEWHERE_MS;
+  } catch {
+    return false;
+  }
 }
 
 function isAlive(pid: number): boolean {
@@ -305,7 +315,7 @@ function isAlive(pid: number): boolean {
 
 /** CURRENT := version, through a temp file and rename so readers never see a partial line. */
 export function writeCurrent(seedsDir: string, version: string): void {
-  const tmp = path.join(seedsDir, `.${CURRENT_FILE}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const tmp = path.join(seedsDir, `.${CURRENT_FILE}.tmp-${process.pid}-${randomBytes(4).toString('hex')}@${hostname()}`);
   try {
     writeFileDurable(tmp, `${version}\n`);
     renameSync(tmp, path.join(seedsDir, CURRENT_FILE));
