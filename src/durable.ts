@@ -208,3 +208,13 @@ function syncfsShared(p: string): Promise<boolean> {
   state.queued = round;
   return round;
 }
+
+/** Whether a process of this host with that pid exists (EPERM: it does, owned by someone else). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

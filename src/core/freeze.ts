@@ -10,7 +10,7 @@ import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, UsageError } from '../errors.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
-import { fsyncPath, writeFileDurable } from '../durable.js';
+import { fsyncPath, processAlive, writeFileDurable } from '../durable.js';
 import { computePackageSha256, PACKAGE_TABLES, SCHEMA_VERSION, unsafePathReason, type Manifest, type ManifestFile } from '../seed/manifest.js';
 import { checkPackage, CURRENT_FILE, FILES_DIR, MANIFEST_FILE, SEED_DB_FILE } from '../seed/package.js';
 import { renderRunReport } from '../seed/report.js';
@@ -296,7 +296,7 @@ function removeStaleStaging(seedsDir: string): string[] {
 
 /** Left by a process that is gone: this host's (or an unnamed host's) by its pid, another host's by an hour untouched. */
 function isDead(full: string, pid: number, host: string | undefined): boolean {
-  if (host === undefined || host === hostname()) return pid !== process.pid && !isAlive(pid);
+  if (host === undefined || host === hostname()) return pid !== process.pid && !processAlive(pid);
   try {
     return Date.now() - lstatSync(full).mtimeMs > STALE_ELSEWHERE_MS;
   } catch {
@@ -304,14 +304,6 @@ function isDead(full: string, pid: number, host: string | undefined): boolean {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** CURRENT := version, through a temp file and rename so readers never see a partial line. */
 export function writeCurrent(seedsDir: string, version: string): void {

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from
 import { hostname } from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { fsyncPath } from '../durable.js';
+import { fsyncPath, processAlive } from '../durable.js';
 import { migrateUserDb, openSqlite, userMigrations } from './user-db.js';
 import { toolDir } from './paths.js';
 
@@ -49,7 +49,7 @@ function removeDeadBuilds(dir: string): void {
     const here = m[1] === hostname();
     const pid = Number(m[2]);
     try {
-      if (here ? pid !== process.pid && !alive(pid) : Date.now() - statSync(full).mtimeMs > STALE_MS) rmSync(full, { force: true });
+      if (here ? pid !== process.pid && !processAlive(pid) : Date.now() - statSync(full).mtimeMs > STALE_MS) rmSync(full, { force: true });
     } catch {
       /* gone already */
     }
@@ -57,12 +57,3 @@ function removeDeadBuilds(dir: string): void {
 }
 
 const STALE_MS = 60 * 60 * 1000;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
