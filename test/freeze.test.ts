@@ -198,7 +198,8 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     const stale = path.join(seedsDir, '.staging-v1-999999999-deadbeef'); // an older tool's name: no host
     const here = path.join(seedsDir, `.staging-v1-999999998-deadbeef@${hostname()}`);
     // Another host's freeze (a shared seeds dir): its pid means nothing here, only its age does.
-    const elsewhere = path.join(seedsDir, '.staging-v1-999999997-deadbeef@other-host.example');
+    // (A host name shaped like the rest of the name, as AWS's are, must not be read as pid and hex.)
+    const elsewhere = path.join(seedsDir, '.staging-v1-999999997-deadbeef@ip-172-31-212-9');
     const elsewhereOld = path.join(seedsDir, '.staging-v1-999999996-deadbeef@other-host.example');
     for (const d of [stale, here, elsewhere, elsewhereOld]) mkdirSync(path.join(d, 'files'), { recursive: true });
     const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);

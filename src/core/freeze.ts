@@ -58,7 +58,7 @@ export interface FreezeResult {
 }
 
 // `@<host>` at the end: a seeds dir can be shared between hosts, whose pids mean nothing here.
-const STAGING_RE = /^\.staging-(.+)-(\d+)-([0-9a-f]+)(?:@(.+))?$/;
+const STAGING_RE = /^\.staging-([^@]+)-(\d+)-([0-9a-f]+)(?:@(.+))?$/;
 const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+(?:@(.+))?$`);
 const STALE_ELSEWHERE_MS = 60 * 60 * 1000;
 
