@@ -294,7 +294,7 @@ describe('a package file that is not UTF-8', () => {
 });
 
 describe('UUID-shaped text that is no identifier of the package', () => {
-  it('is kept as it is (a citation URL), in rows and files, while the package ids around it are remapped', async () => {
+  it('is kept as it is (a citation URL), in rows and files, while the package ids around it (in capitals too) are remapped', async () => {
     const root = tmpDir('acm2-foreign-uuid-');
     const w = await sqliteWorld();
     try {
@@ -302,7 +302,7 @@ describe('UUID-shaped text that is no identifier of the package', () => {
       const FOREIGN = '3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f';
       const url = `https://www.congress.gov/crs-product/${FOREIGN}`;
       const db = new Database(source.dbPath);
-      db.prepare(`UPDATE contents SET body = body || ? WHERE id = ?`).run(`\nSee ${url} (source ${source.sourceDocIds[0]}).`, source.sourceDocIds[0]);
+      db.prepare(`UPDATE contents SET body = body || ? WHERE id = ?`).run(`\nSee ${url} (source ${source.sourceDocIds[0]}, run ${source.runId.toUpperCase()}).`, source.sourceDocIds[0]);
       db.close();
       const md = walkFiles(source.filesDir).find((f) => f.endsWith('.md') && f.includes('generated'))!;
       const abs = path.join(source.filesDir, md);
@@ -321,6 +321,8 @@ describe('UUID-shaped text that is no identifier of the package', () => {
         expect(bodies).toHaveLength(1);
         expect(bodies[0]).toContain(url);
         expect(bodies[0]).not.toContain(source.sourceDocIds[0]);
+        // The run id in capitals is the same id: this user's run id, in capitals.
+        expect(bodies[0]).toContain(`, run ${runId.toUpperCase()}).`);
         expect(mapped).toBe(0);
         const text = readFileSync(path.join(userRoot(w.dataDir, u.user.id), seeded), 'utf8');
         expect(text.endsWith(`Cited: ${url} in run ${runId}\n`)).toBe(true);
@@ -328,6 +330,19 @@ describe('UUID-shaped text that is no identifier of the package', () => {
       }
       const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
       expect(v.users.flatMap((x) => x.problems)).toEqual([]);
+
+      // A user seeded by an older tool, which remapped the foreign UUID and mapped it as 'uuid':
+      // verify does not call the URL a leak, and a reseed drops the stale entry.
+      const old = new Database(userDbPath(w.dataDir, 1));
+      old.prepare(`INSERT INTO acm2_id_map (seed_version, kind, source_id, target_id) VALUES ('v9', 'uuid', ?, ?)`).run(FOREIGN, '0ff0c0de-0000-4000-8000-000000000000');
+      old.close();
+      const again = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { users: [1], deep: true });
+      expect(again.users[0]!.problems).toEqual([]);
+      const forced = await seedOneUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, '1', { force: true });
+      expect(forced.seed.status).toBe('ready');
+      const after = new Database(userDbPath(w.dataDir, 1), { readonly: true });
+      expect(after.prepare(`SELECT COUNT(*) FROM acm2_id_map WHERE source_id = ?`).pluck().get(FOREIGN)).toBe(0);
+      after.close();
     } finally {
       await w.cleanup();
       rmSync(root, { recursive: true, force: true });
@@ -336,7 +351,7 @@ describe('UUID-shaped text that is no identifier of the package', () => {
 });
 
 describe("the source user's folder in a path to the package's run", () => {
-  it("becomes each seeded user's own folder (ACM2's 'Saved generated content to data/user_{id}/runs/…' log line); verify flags it if it comes back", async () => {
+  it("becomes each seeded user's own folder (ACM2's 'Saved generated content to data/user_{id}/runs/…' log line)", async () => {
     const root = tmpDir('acm2-user-dir-');
     const w = await sqliteWorld();
     try {
@@ -365,14 +380,6 @@ describe("the source user's folder in a path to the package's run", () => {
       expect(ids[0]).not.toBe(source.userId);
       const clean = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
       expect(clean.users.flatMap((x) => x.problems)).toEqual([]);
-      // The source's folder written back into a row of the user's: a leaked package identifier.
-      const udb = new Database(userDbPath(w.dataDir, ids[0]!));
-      const runId = udb.prepare(`SELECT id FROM runs`).pluck().get() as string;
-      udb.prepare(`UPDATE runs SET title = ? WHERE id = ?`).run(`see data/user_${source.userId}/runs/${runId}/logs`, runId);
-      udb.close();
-      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { users: [ids[0]!] });
-      expect(v.users[0]!.problems.map((p) => [p.code, p.table])).toEqual([['seed_id_leaked', 'runs']]);
-      expect(v.users[0]!.problems[0]!.message).toContain(`user_${source.userId}`);
     } finally {
       await w.cleanup();
       rmSync(root, { recursive: true, force: true });

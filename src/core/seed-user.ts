@@ -298,6 +298,11 @@ function setMeta(db: SqliteDb, userId: UserId, status: string, version: string, 
 
 /** Load this version's map, add fresh ids for anything new, persist, and mark in_progress (in the caller's transaction). */
 function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, version: string, inherited: MapEntry[] = []): Map<string, string> {
+  // 'uuid' entries the package no longer names (UUID-shaped text an older tool remapped, which is
+  // now kept as it is) go: a reseed writes that text as it is, and the map must not call it an id.
+  const stale = (db.prepare(`SELECT source_id FROM acm2_id_map WHERE seed_version = ? AND kind = 'uuid'`).pluck().all(version) as string[]).filter((s) => !prepared.kinds.has(s));
+  const drop = db.prepare(`DELETE FROM acm2_id_map WHERE seed_version = ? AND source_id = ?`);
+  for (const s of stale) drop.run(version, s);
   const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
   const map = new Map(rows);
   // Entries an earlier attempt made durable elsewhere (its staged DB) join this DB's map first.

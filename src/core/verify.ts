@@ -12,7 +12,7 @@ import { gcEvery } from '../gc.js';
 import { isBusy } from './migrate-safe.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
-import { isDocId, isUserDir, isUuid, safeDocId } from '../seed/remap.js';
+import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
 import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
 import { resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
@@ -762,7 +762,9 @@ class UserCheck {
         const inMap = new Set<string>();
         for (const [v, src, kind] of db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string]>) {
           inMap.add(v);
-          sources.add(src);
+          // 'uuid' entries are no package ids: a capitals form of one (found through its row's
+          // id anyway), or UUID-shaped text an older tool remapped, which a reseed now keeps as is.
+          if (kind !== 'uuid') sources.add(src);
           kindsByVersion.get(v)?.add(kind) ?? kindsByVersion.set(v, new Set([kind]));
           if (v === meta?.version) mappedOfVersion.add(`${kind}\0${src}`);
         }
@@ -770,7 +772,7 @@ class UserCheck {
         else if (meta && (inMap.has(meta.version) || expected)) versions = [meta.version];
         else versions = [...inMap];
       } else if (expected) versions = [meta!.version];
-      if (sources.size > 0) this.leaks = new LeakIndex(sources, this.userId);
+      if (sources.size > 0) this.leaks = new LeakIndex(sources);
     });
     const complete = !meta || meta.status === 'ready';
 
@@ -1193,15 +1195,11 @@ class UserCheck {
 export class LeakIndex {
   private readonly uuids = new Set<string>();
   private readonly heads = new Set<string>();
-  /** The source user's folder (`user_7`), when the package's text names it; never the owner's own. */
-  private readonly userDirs: string[] = [];
 
-  constructor(sourceIds: Iterable<string>, ownerId?: number) {
+  constructor(sourceIds: Iterable<string>) {
     for (const id of sourceIds) {
       if (isUuid(id)) this.uuids.add(id.toLowerCase());
-      else if (isUserDir(id)) {
-        if (id !== `user_${ownerId}`) this.userDirs.push(id);
-      } else {
+      else {
         const head = /^((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.)/.exec(id)?.[1];
         if (head) this.heads.add(head);
       }
@@ -1247,13 +1245,6 @@ export class LeakIndex {
           if (this.heads.has(full)) return full;
         }
         if (this.heads.has(bare)) return bare;
-      }
-    }
-    for (const dir of this.userDirs) {
-      // Only as a folder on the way to runs/, as the remapper rewrites it (user_7/runs/…).
-      for (let p = text.indexOf(dir); p !== -1; p = text.indexOf(dir, p + 1)) {
-        const after = text.slice(p + dir.length, p + dir.length + 6);
-        if (!alnumAt(text, p - 1) && (after === '/runs/' || after === '\\runs\\')) return dir;
       }
     }
     return undefined;

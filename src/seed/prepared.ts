@@ -88,7 +88,7 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
     const idIndex = t.columns.indexOf('id');
     for (const r of t.rows) if (typeof r[idIndex] === 'string') kinds.set(r[idIndex] as string, t.name);
   }
-  const uuids = new Set([...kinds.keys()].filter(isUuid));
+  const uuids = new Set([...kinds.keys()].filter(isUuid).map((u) => u.toLowerCase()));
   const tables: PreparedTable[] = raw.map((t) => {
     const idIndex = t.columns.indexOf('id');
     return {

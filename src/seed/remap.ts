@@ -92,7 +92,8 @@ export interface Template {
 }
 
 /**
- * `uuids`: the UUIDs that are identifiers of this package (its rows' primary keys). Any other
+ * `uuids`: the UUIDs that are identifiers of this package (its rows' primary keys), lower-cased:
+ * a mention in capitals is the same id. Any other
  * UUID-shaped text (a citation URL, an id of something outside ACM2) is left as it is, not
  * rewritten per user. Without it every UUID is a token (diff's reverse map).
  */
@@ -104,13 +105,13 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
   for (let m = TOKEN_RE.exec(text); m; m = TOKEN_RE.exec(text)) {
     let tok: string | undefined;
     if (m[1]) {
-      if (uuids && !uuids.has(m[1])) {
+      if (uuids && !uuids.has(m[1].toLowerCase())) {
         TOKEN_RE.lastIndex = m.index + m[1].length;
         continue;
       }
       tok = m[1];
     } else if (m[2]) tok = docs.match(m[2]);
-    else if (m[3] && (!uuids || uuids.has(m[4]!))) tok = m[3];
+    else if (m[3] && (!uuids || uuids.has(m[4]!.toLowerCase()))) tok = m[3];
     if (!tok) {
       // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
       TOKEN_RE.lastIndex = m.index + 1;
@@ -218,10 +219,20 @@ export function extendMap(
     if (isUuid(t)) uuids.push(t);
     else docs.push(t);
   }
-  for (const source of uuids.sort()) {
+  // A UUID written in capitals (or mixed case) is the same id as its lower-case form: it gets the
+  // same new id, in capitals, so the two mentions still name one thing.
+  const all = new Set([...map.keys(), ...uuids]);
+  const variant = (t: string) => t !== t.toLowerCase() && all.has(t.toLowerCase());
+  for (const source of uuids.filter((t) => !variant(t)).sort()) {
     let target = randomUUID();
     while (used.has(target)) target = randomUUID();
     used.add(target);
+    map.set(source, target);
+    added.push({ kind: kindOf(source), source, target });
+  }
+  for (const source of uuids.filter(variant).sort()) {
+    const lower = map.get(source.toLowerCase())!;
+    const target = source === source.toUpperCase() ? lower.toUpperCase() : lower;
     map.set(source, target);
     added.push({ kind: kindOf(source), source, target });
   }
