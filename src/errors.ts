@@ -64,12 +64,28 @@ export function isAcm2Error(e: unknown): e is Acm2Error {
 
 /** Map low-level environment failures (disk full, permission) to exit 3 with one sentence. */
 export function classifyFsError(e: unknown, what: string): Acm2Error | undefined {
-  const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'ENOSPC') return new UnavailableError(`disk full while writing ${what}`, 'disk_full', { cause: e });
-  if (code === 'EACCES' || code === 'EPERM')
-    return new UnavailableError(`permission denied on ${what}`, 'permission_denied', { cause: e });
-  if (code === 'EROFS') return new UnavailableError(`read-only file system at ${what}`, 'read_only', { cause: e });
+  const err = e as (NodeJS.ErrnoException & { dest?: string }) | undefined;
+  const code = err?.code;
+  // The path the system call failed on says more than `what` (a staging folder, one file).
+  const where = typeof err?.path === 'string' ? `${err.path} (${what})` : what;
+  // SQLite says the same of a full disk in its own words.
+  if (code === 'ENOSPC' || code === 'SQLITE_FULL') return new UnavailableError(`disk full while writing ${where}`, 'disk_full', { cause: e });
+  if (code === 'EACCES' || code === 'EPERM' || code === 'SQLITE_READONLY')
+    return new UnavailableError(`permission denied on ${where} (${code})`, 'permission_denied', { cause: e });
+  if (code === 'EROFS') return new UnavailableError(`read-only file system at ${where}`, 'read_only', { cause: e });
   return undefined;
+}
+
+/**
+ * A seed that cannot succeed until someone acts (another user's data in the way, a DB that is not
+ * a database): the job is failed at once, not retried with backoff, and the message says what to do.
+ */
+export class NeedsOperatorError extends Error {
+  readonly needsOperator = true;
+}
+
+export function needsOperator(e: unknown): boolean {
+  return e instanceof NeedsOperatorError || (e as { needsOperator?: unknown } | undefined)?.needsOperator === true;
 }
 
 /** An error as it crosses from a worker thread (structured clone keeps no class). */

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { tmpDir } from './helpers/env.js';
 import { redactUrl } from '../src/config.js';
+import { classifyFsError } from '../src/errors.js';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -171,5 +172,16 @@ describe('the command line, as an operator types it', () => {
       expect(said).toMatch(/is malformed .*percent-encode/);
       expect(r.stdout + r.stderr).not.toContain(secret);
     }
+  });
+});
+
+describe('environment failures', () => {
+  it('name the path the system call failed on, and take SQLite\'s full disk for a full disk (exit 3)', () => {
+    const denied = classifyFsError(Object.assign(new Error('EACCES: permission denied'), { code: 'EACCES', path: '/data/.acm2/staging' }), "user 2's data");
+    expect(denied?.message).toBe("permission denied on /data/.acm2/staging (user 2's data) (EACCES)");
+    expect(denied?.exitCode).toBe(3);
+    const full = classifyFsError(Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' }), "user 2's data");
+    expect(full?.message).toBe("disk full while writing user 2's data");
+    expect(full).toMatchObject({ code: 'disk_full', exitCode: 3 });
   });
 });

@@ -174,7 +174,10 @@ describe('failed seeds', () => {
         const doc = JSON.parse(c.stdout);
         expect(doc.user).toMatchObject({ id: 1, seedStatus: 'failed' });
         expect(doc.apiKey).toMatch(/^acm2_/);
-        expect(doc.seed).toMatchObject({ status: 'failed', retry: 'acm2 user seed 1' });
+        expect(doc.seed).toMatchObject({ status: 'failed' });
+        // Retrying is the last step of what the error says to do, so no bare "retry" is offered.
+        expect(doc.seed.retry).toBeUndefined();
+        expect(doc.seed.error).toMatch(/move it out of the data dir, then run: acm2 user seed 1$/);
         expect(doc.seed.error).toMatch(/already holds user_1\.db, user_1 from before user 1 existed/);
         const after = snapshotTree(dir);
         for (const [rel, sha] of Object.entries(before)) expect(after[rel], rel).toBe(sha);
@@ -293,5 +296,35 @@ describe('failed seeds', () => {
       expect(seeded.code, seeded.stderr).toBe(0);
       expect(JSON.parse((await acm2(['user', 'show', String(c.id), '--json'])).stdout)).toMatchObject({ status: 'ready', job: { status: 'done' } });
     });
+  });
+});
+
+describe('a seed that needs an operator first', () => {
+  it("another user's DB under this user's id is left alone, the job failed at once, and no bare retry is offered", async () => {
+    const a = JSON.parse((await acm2(['user', 'create', '--email', 'own-a@example.com', '--username', 'own-a', '--json'])).stdout).user.id as number;
+    const b = JSON.parse((await acm2(['user', 'create', '--email', 'own-b@example.com', '--username', 'own-b', '--async', '--json'])).stdout).user.id as number;
+    // b's DB is a copy of a's (restored from the wrong backup, say).
+    cpSync(userDbPath(dataDir, a), userDbPath(dataDir, b));
+    const before = snapshotTree(dataDir);
+    const r = await acm2(['user', 'seed', String(b), '--no-color']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(new RegExp(`user_${b}\\.db holds another user's data \\(user_meta of user ${a}.*\\), not user ${b}'s: nothing was seeded`));
+    expect(r.stdout).not.toMatch(/Retry with/);
+    const after = snapshotTree(dataDir);
+    for (const [rel, sha] of Object.entries(before)) if (!rel.startsWith('master.db') && !rel.startsWith('.acm2')) expect(after[rel], rel).toBe(sha);
+    const shown = JSON.parse((await acm2(['user', 'show', String(b), '--json'])).stdout);
+    expect(shown.job).toMatchObject({ status: 'failed', attempts: 1 });
+  });
+
+  it('a user DB that is not a database is named, the job failed at once', async () => {
+    const c = JSON.parse((await acm2(['user', 'create', '--email', 'notadb@example.com', '--username', 'notadb', '--async', '--json'])).stdout).user.id as number;
+    writeFileSync(userDbPath(dataDir, c), Buffer.alloc(4096, 0x5a));
+    const r = await acm2(['user', 'seed', String(c), '--json']);
+    expect(r.code).toBe(1);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.seed.error).toMatch(new RegExp(`user_${c}\\.db is not a readable SQLite database \\(SQLITE_NOTADB\\): nothing was changed; move it aside or restore it from a backup, then run: acm2 user seed ${c}`));
+    expect(doc.seed.retry).toBeUndefined();
+    const shown = JSON.parse((await acm2(['user', 'show', String(c), '--json'])).stdout);
+    expect(shown.job).toMatchObject({ status: 'failed', attempts: 1 });
   });
 });

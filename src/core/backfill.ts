@@ -11,7 +11,7 @@ import type { Migration } from '../migrations.js';
 import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/types.js';
 import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
-import { UnavailableError, UsageError, isAcm2Error } from '../errors.js';
+import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import {
   ACM2_TABLES,
@@ -962,7 +962,9 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
     const error = e instanceof Error ? e.message : String(e);
     if (job) {
       const outcome =
-        job.attempts >= job.maxAttempts ? ({ status: 'failed', error } as const) : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
+        job.attempts >= job.maxAttempts || needsOperator(e)
+          ? ({ status: 'failed', error } as const)
+          : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
       await m(() => deps.master.finishJob(job.id, worker, outcome)).catch(() => undefined);
     }
     return error;

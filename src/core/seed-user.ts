@@ -48,7 +48,7 @@ import type { Migration } from '../migrations.js';
 import { migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { classifyFsError } from '../errors.js';
+import { classifyFsError, NeedsOperatorError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
 
@@ -147,9 +147,19 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
     try {
       tables = new Set(listTables(db));
     } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      if (typeof code === 'string' && (code.startsWith('SQLITE_NOTADB') || code.startsWith('SQLITE_CORRUPT'))) {
+        throw new NeedsOperatorError(`${file} is not a readable SQLite database (${code}): nothing was changed; move it aside or restore it from a backup, then run: acm2 user seed ${userId}`, { cause: e });
+      }
       throw new Error(`cannot read ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
     if (tables.size === 0) return; // an empty file: the seed builds the schema in it
+    const foreign = otherOwners(db, tables, userId);
+    if (foreign.length > 0) {
+      throw new NeedsOperatorError(
+        `${file} holds another user's data (${foreign.join('; ')}), not user ${userId}'s: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${userId}`,
+      );
+    }
     if (!tables.has('acm2_migrations')) {
       if (!ACM2_TABLES.some((t) => tables.has(t))) throw new Error(`${file} holds none of ACM2's tables (${[...tables].slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
       adopt = detectSchemaDrift(db);
@@ -165,6 +175,21 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
     const f = res.failure!;
     throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
   }
+}
+
+/** Rows of ACM2's per-user tables that name another owner (a DB copied or reused under this id). */
+function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
+  const out: string[] = [];
+  for (const t of ['user_meta', 'presets', 'runs', 'contents']) {
+    if (!tables.has(t)) continue;
+    try {
+      const other = db.prepare(`SELECT user_id FROM ${t} WHERE user_id IS NOT NULL AND CAST(user_id AS TEXT) <> ? LIMIT 1`).pluck().get(String(userId));
+      if (other !== undefined) out.push(`${t} of user ${String(other)}`);
+    } catch {
+      /* no user_id column in this DB's version of the table */
+    }
+  }
+  return out;
 }
 
 /** What must reach the disk before the next step: files' data and folders' entries. */

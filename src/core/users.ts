@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
-import { FindingsError, UsageError, isAcm2Error } from '../errors.js';
+import { FindingsError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
@@ -150,7 +150,8 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     const worker = workerName();
     const claimed = await master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version);
     if (claimed) await master.finishJob(claimed.id, worker, { status: 'failed', error });
-    seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job.id, retry: `acm2 user seed ${user.id}` };
+    // No "retry" line: the retry is the last step of what the error says to do, never the first.
+    seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job.id };
   } else if (input.async) seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
   else {
     try {
@@ -259,9 +260,9 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id };
     } catch (e) {
       const error = e instanceof Error ? e.message : String(e);
-      if (job) await deps.master.finishJob(job.id, worker, retryOutcome(job, error));
+      if (job) await deps.master.finishJob(job.id, worker, retryOutcome(job, error, e));
       if (isAcm2Error(e) && e.exitCode === 3) throw e;
-      return { status: 'failed', seedVersion: pkg.version, error, jobId: job?.id, retry: `acm2 user seed ${user.id}` };
+      return { status: 'failed', seedVersion: pkg.version, error, jobId: job?.id, ...(needsOperator(e) ? {} : { retry: `acm2 user seed ${user.id}` }) };
     }
   } finally {
     await lock.release();
@@ -273,8 +274,9 @@ export function backoffMs(attempts: number): number {
   return Math.min(base * 2 ** Math.max(0, attempts - 1), 60 * 60 * 1000);
 }
 
-function retryOutcome(job: SeedJob, error: string) {
-  return job.attempts >= job.maxAttempts
+function retryOutcome(job: SeedJob, error: string, e?: unknown) {
+  // A seed that needs an operator first fails now: retrying it would only burn the attempts.
+  return job.attempts >= job.maxAttempts || needsOperator(e)
     ? ({ status: 'failed', error } as const)
     : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
 }
@@ -351,7 +353,13 @@ export async function drainQueue(
       } catch (e) {
         if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;
         const error = e instanceof Error ? e.message : String(e);
-        const outcome = retryOutcome(job, error);
+        if (isAcm2Error(e) && e.code === 'disk_full') {
+          // Every next user would fail the same way: the job waits (this try not counted) and the
+          // drain stops with exit 3, rather than burning every queued job's attempts.
+          await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(1), notAttempted: true });
+          throw e;
+        }
+        const outcome = retryOutcome(job, error, e);
         await deps.master.finishJob(job.id, worker, outcome);
         if (outcome.status === 'failed') res.failed++;
         else res.retrying++;

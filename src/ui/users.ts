@@ -8,7 +8,7 @@ import { formatBytes } from './reporter.js';
 
 export function renderSeed(seed: SeedReport, userId: number): string {
   if (seed.status === 'pending') return `Seed job ${seed.jobId ?? ''} queued for ${seed.seedVersion}: run 'acm2 user seed --pending' to process it.`;
-  if (seed.status === 'failed') return chalk.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}\nRetry with: ${seed.retry}`);
+  if (seed.status === 'failed') return chalk.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}${seed.retry ? `\nRetry with: ${seed.retry}` : ''}`);
   if (seed.outcome === 'already_ready') return `User ${userId} is already ready with ${seed.seedVersion}; nothing to do.`;
   const verb = seed.outcome === 'restored' ? 'Restored' : 'Seeded';
   return `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
