@@ -261,6 +261,31 @@ describe('no row is ever lost', () => {
   });
 });
 
+describe('a seeded user whose DB lost part of its schema (an index dropped by hand)', () => {
+  it('has it put back by backfill, with a backup, and verify agrees', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const u = await createUser(deps, { email: 'noindex@example.com', username: 'noindex' });
+      const db = new Database(userDbPath(w.dataDir, u.user.id));
+      db.exec('DROP INDEX ix_documents_user_id');
+      db.close();
+      const before = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
+      expect(before.users[0]!.problems.map((p) => p.code)).toEqual(['schema_outdated']);
+      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true });
+      expect(plan.users).toEqual([expect.objectContaining({ id: u.user.id, action: 'migrate', steps: ['repair: create index ix_documents_user_id'] })]);
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      expect(r.counts).toEqual({ migrate: 1 });
+      expect(r.users[0]!.backup).toBeDefined();
+      const after = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
+      expect(after.users[0]!.problems).toEqual([]);
+      expect((await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {})).counts).toEqual({ ok: 1 });
+    } finally {
+      await w.cleanup();
+    }
+  });
+});
+
 describe('a user whose seed job failed for good', () => {
   it('is seeded by backfill and its job says done again (verify agrees)', async () => {
     const w = await sqliteWorld();

@@ -46,6 +46,8 @@ export type BackfillFailureCode =
 export type PlanStep =
   | { kind: 'adopt'; drift: SchemaDrift }
   | { kind: 'migrate'; migrations: Migration[] }
+  /** A DB with the tool's ledger that lost part of migration 1's schema (an index dropped by hand). */
+  | { kind: 'repair'; drift: SchemaDrift }
   | { kind: 'meta_legacy' }
   | { kind: 'seed'; beside: boolean }
   /** SPEC §3: folders 0700, files 0600. ACM2 created its files with the process umask (0644). */
@@ -167,7 +169,7 @@ export function primaryAction(steps: PlanStep[]): BackfillAction {
   if (steps.some((s) => s.kind === 'seed')) return 'seed_beside';
   if (steps.some((s) => s.kind === 'meta_legacy')) return 'meta_legacy';
   if (steps.some((s) => s.kind === 'adopt')) return 'adopt';
-  if (steps.some((s) => s.kind === 'migrate')) return 'migrate';
+  if (steps.some((s) => s.kind === 'migrate' || s.kind === 'repair')) return 'migrate';
   if (steps.some((s) => s.kind === 'permissions')) return 'permissions';
   return 'ok';
 }
@@ -179,6 +181,8 @@ export function describeSteps(steps: PlanStep[]): string[] {
         return ['adopt (record migration 1 as baseline)', ...describeDrift(s.drift).map((d) => `repair: ${d}`)];
       case 'migrate':
         return s.migrations.map((m) => `migrate ${m.name}`);
+      case 'repair':
+        return describeDrift(s.drift).map((d) => `repair: ${d}`);
       case 'meta_legacy':
         return ["write user_meta ready, version 'legacy'"];
       case 'seed':
@@ -311,6 +315,11 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
     const rest = migrations.filter((m) => m.id > 1);
     if (rest.length > 0) steps.push({ kind: 'migrate', migrations: rest });
   } else {
+    // The ledger says what was applied, not what is still there: a table, column or index of
+    // migration 1 lost since (dropped by hand, a restore of part of the file) is put back.
+    const drift = detectSchemaDrift(db);
+    if (drift.unrepairable.length > 0) return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${drift.unrepairable.join('; ')}; left alone`);
+    if (drift.missingTables.length + drift.missingColumns.length + drift.missingIndexes.length > 0) steps.push({ kind: 'repair', drift });
     const pending = pendingMigrations(db, migrations);
     if (pending.length > 0) steps.push({ kind: 'migrate', migrations: pending });
   }
@@ -901,7 +910,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
   const r = planReport(plan);
   if (plan.action === 'fail' || plan.action === 'ok') return r;
   const id = plan.userId;
-  const adopt = plan.steps.find((s): s is Extract<PlanStep, { kind: 'adopt' }> => s.kind === 'adopt');
+  const adopt = plan.steps.find((s): s is Extract<PlanStep, { kind: 'adopt' | 'repair' }> => s.kind === 'adopt' || s.kind === 'repair');
   const migrate = plan.steps.find((s): s is Extract<PlanStep, { kind: 'migrate' }> => s.kind === 'migrate');
   const legacyMeta = plan.steps.some((s) => s.kind === 'meta_legacy');
   let metaDone = false;
