@@ -592,6 +592,21 @@ describe('renderers', () => {
     expect(text).toMatch(/orphan\s*│\s*1/);
     expect(text).toContain(`user ${f.victim}`);
     expect(text).toContain('user_98.db');
+    // What to do, for the codes that have a remedy.
+    expect(text).toMatch(/What to do\n\s+orphan\s+no master user owns it: move it out of the data dir/);
+  });
+
+  it('human output: users only waiting for their seed are one line, and the verdict says they are warnings', () => {
+    const notReady = (id: number) => ({ id, ok: false, problems: [{ code: 'not_ready' as const, severity: 'warning' as const, userId: id, message: `not seeded yet: seed job #${id} (v1) is pending` }] });
+    const many: VerifyResult = { ok: false, checked: 13, failed: 12, users: [...Array.from({ length: 12 }, (_, i) => notReady(i + 1)), { id: 13, ok: true, problems: [] }], orphans: [], durationMs: 5 };
+    const text = renderVerify(many, { color: false });
+    expect(text).toContain('12 users not seeded yet (not_ready warnings only): 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12');
+    expect(text).not.toContain('user 1: 1 problem');
+    expect(text).toMatch(/not_ready\s+acm2 user seed <id>, or let the queue run/);
+    expect(text).toContain('12 of 13 users failed (12 with warnings only)');
+    // A few are still listed one by one.
+    const few = renderVerify({ ...many, checked: 3, failed: 2, users: [notReady(1), notReady(2), { id: 3, ok: true, problems: [] }] }, { color: false });
+    expect(few).toContain('user 1: 1 problem');
   });
 
   it('--junit: well-formed XML, one testcase per user, failures listing the problems', () => {

@@ -28,19 +28,58 @@ export function renderVerify(r: VerifyResult, opts: { color: boolean }): string 
 
   const lines: string[] = [summary.toString()];
   if (byCode.length > 0) lines.push(codes.toString());
+  // Users only waiting for their seed (after a backfill stopped half way, say) are one line, not
+  // three thousand: each has the same warning and the same remedy.
+  const waiting = r.users.filter((u) => !u.ok && u.problems.every((p) => p.code === 'not_ready'));
+  const grouped = waiting.length > GROUP_AT ? new Set(waiting.map((u) => u.id)) : new Set<number>();
   for (const u of r.users) {
-    if (u.ok) continue;
+    if (u.ok || grouped.has(u.id)) continue;
     lines.push('', c.bold(`user ${u.id}: ${u.problems.length} problem${u.problems.length === 1 ? '' : 's'}`));
     for (const p of u.problems) lines.push(problemLine(p, c));
+  }
+  if (grouped.size > 0) {
+    const ids = [...grouped];
+    lines.push('', c.bold(`${ids.length} users not seeded yet (not_ready warnings only): ${ids.slice(0, 20).join(', ')}${ids.length > 20 ? `, … (all of them with --json)` : ''}`));
   }
   if (r.orphans.length > 0) {
     lines.push('', c.bold(`orphans (no master user): ${r.orphans.length}`));
     for (const p of r.orphans) lines.push(problemLine(p, c));
   }
-  const verdict = r.ok ? c.green('all users ok') : c.red(`${r.failed} of ${r.checked} users failed${r.orphans.length > 0 ? `, ${r.orphans.length} orphans` : ''}`);
+  const todo = byCode.filter(([code]) => REMEDY[code] !== undefined);
+  if (todo.length > 0) {
+    lines.push('', c.bold('What to do'));
+    for (const [code] of todo) lines.push(`  ${code.padEnd(20)} ${REMEDY[code]}`);
+  }
+  const warnedOnly = r.users.filter((u) => !u.ok && u.problems.every((p) => p.severity === 'warning')).length;
+  const verdict = r.ok
+    ? c.green('all users ok')
+    : c.red(`${r.failed} of ${r.checked} users failed${warnedOnly > 0 ? ` (${warnedOnly} with warnings only)` : ''}${r.orphans.length > 0 ? `, ${r.orphans.length} orphans` : ''}`);
   lines.push('', `${verdict} (${formatSeconds(r.durationMs / 1000)})`);
   return lines.join('\n');
 }
+
+const GROUP_AT = 10;
+
+/** The command (or step) that clears each problem; <id> is the user's. */
+const REMEDY: Partial<Record<ProblemCode, string>> = {
+  master_user_missing: 'restore the user in the master, or move user_<id>.db and user_<id>/ out of the data dir',
+  db_missing: 'acm2 user seed <id> (the package again, with new ids)',
+  db_corrupt: 'restore user_<id>.db from a backup (migration backups: .acm2/backups/user_<id>/), or move it aside, then acm2 user seed <id>',
+  schema_outdated: 'acm2 backfill --user <id> (migrates and repairs the schema, with a backup)',
+  meta_missing: 'acm2 backfill --user <id>',
+  not_ready: 'acm2 user seed <id>, or let the queue run: acm2 user seed --pending (after a stopped backfill: acm2 backfill --resume)',
+  seed_version_unknown: 'acm2 seed check <version>, then put the package back in the seeds dir',
+  seed_row_missing: "acm2 user seed <id> --force restores the package's rows and files under the same ids (edits to them are reset)",
+  file_missing: "acm2 user seed <id> --force restores the package's rows and files under the same ids (edits to them are reset)",
+  file_size_mismatch: 'acm2 user seed <id> --force, if the change is not the user\'s own',
+  file_hash_mismatch: 'acm2 user seed <id> --force, if the change is not the user\'s own',
+  seed_id_leaked: "acm2 user seed <id> --force rewrites the package's rows and files with the user's ids; a row the user wrote must be edited",
+  path_escape: "remove the symlink: nothing of a user's may lead out of user_<id>/",
+  job_state_mismatch: 'acm2 user seed <id> (closes the job)',
+  orphan: 'no master user owns it: move it out of the data dir, or restore the user in the master',
+  bad_permissions: 'acm2 backfill --user <id> (folders 0700, files 0600)',
+  db_busy: 'verify the user again when it is idle: acm2 verify --user <id>',
+};
 
 function problemLine(p: Problem, c: ChalkInstance): string {
   const mark = p.severity === 'warning' ? c.yellow('!') : c.red('✗');
