@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { userDbTemplate } from '../src/userdb/template.js';
 import { readyButIncomplete, unlistedFiles } from './helpers/complete.js';
-import { createUser, seedOneUser } from '../src/core/users.js';
+import { createUser, seedOneUser, userStatus } from '../src/core/users.js';
+import { renderStatus } from '../src/ui/users.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
 import { freezeSeed } from '../src/core/freeze.js';
 
@@ -178,6 +179,18 @@ describe("an earlier attempt's staged build", () => {
     rmSync(userRoot(world.dataDir, id));
     await converge(id);
     expect(mapOf(userDbPath(world.dataDir, id))).toEqual(failedMap);
+  });
+});
+
+describe('a seeder killed mid-seed, as user show tells it', () => {
+  it('names the dead worker holding the job, until when, and the command that takes it over', async () => {
+    const u = await createUser(deps(), { email: 'held-job@example.com', username: 'held-job', async: true });
+    const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(u.user.id), 'files_moved']);
+    expect(r.signal).toBe('SIGKILL');
+    const s = await userStatus({ master: world.master, dataDir: world.dataDir }, (await world.master.getUser(u.user.id))!);
+    expect(s.job).toMatchObject({ status: 'running', lockedBy: expect.stringMatching(/:\d+:/), lockedUntil: expect.stringMatching(/^\d{4}-/) });
+    expect(renderStatus(s)).toContain(`(held by ${s.job!.lockedBy} until ${s.job!.lockedUntil}; if that process is gone, acm2 user seed ${u.user.id} takes it over now)`);
+    await converge(u.user.id);
   });
 });
 

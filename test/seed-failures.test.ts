@@ -128,8 +128,11 @@ describe('failed seeds', () => {
     expect(created.seed).toMatchObject({ status: 'failed', retry: 'acm2 user seed 1' });
 
     const shown = JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout);
-    expect(shown.status).toBe('pending'); // the job went back to the queue for a retry
-    expect(shown.job.attempts).toBe(1);
+    // SPEC: the user stays, status failed; the job stays retryable (back in the queue, due later).
+    expect(shown.status).toBe('failed');
+    expect(shown.job).toMatchObject({ status: 'pending', attempts: 1, lockedBy: null });
+    expect(Date.parse(shown.job.nextAttemptAt)).toBeGreaterThan(0);
+    expect(JSON.parse((await acm2(['user', 'list', '--status', 'failed', '--json'])).stdout).users.map((u: { id: number }) => u.id)).toEqual([1]);
     expect(shown.lastError).toMatch(/EEXIST|ENOTDIR|exists|not a directory/);
     // The failed DB lists the files the seed meant to write; show does not call them seeded.
     const human = (await acm2(['user', 'show', '1', '--no-color'])).stdout;

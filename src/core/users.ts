@@ -394,7 +394,18 @@ export interface UserStatus {
   db: { path: string; present: boolean; seedStatus: string | null; error?: string };
   root: string;
   files: { count: number; bytes: number };
-  job: { id: number; status: string; attempts: number; maxAttempts: number; lastError: string | null } | null;
+  job: {
+    id: number;
+    status: string;
+    attempts: number;
+    maxAttempts: number;
+    lastError: string | null;
+    /** Running: the worker holding it (host:pid:tag) and until when (ISO); a dead worker's hold lasts until then. */
+    lockedBy: string | null;
+    lockedUntil: string | null;
+    /** Pending: when it is due (ISO). */
+    nextAttemptAt: string | null;
+  } | null;
   lastError: string | null;
 }
 
@@ -411,7 +422,16 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
     db: { path: dbPath, present: existsSync(dbPath), seedStatus: null },
     root: userRoot(deps.dataDir, user.id),
     files: { count: 0, bytes: 0 },
-    job: job && { id: job.id, status: job.status, attempts: job.attempts, maxAttempts: job.maxAttempts, lastError: job.lastError },
+    job: job && {
+      id: job.id,
+      status: job.status,
+      attempts: job.attempts,
+      maxAttempts: job.maxAttempts,
+      lastError: job.lastError,
+      lockedBy: job.status === 'running' ? job.lockedBy : null,
+      lockedUntil: job.status === 'running' && job.lockedUntil !== null ? new Date(job.lockedUntil).toISOString() : null,
+      nextAttemptAt: job.status === 'pending' ? new Date(job.nextAttemptAt).toISOString() : null,
+    },
     lastError: job?.lastError ?? null,
   };
   let dbState: DbRead = 'read';
@@ -440,7 +460,10 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
       dbState = isBusy(e) ? 'busy' : 'unreadable';
     }
   }
-  out.status = deriveStatus(out.db.seedStatus, job?.status ?? null, dbState);
+  // A pending job that has been tried and failed is a failed seed waiting for its retry (SPEC:
+  // "if seeding fails the user stays, with status failed, the job stays retryable").
+  const retrying = job?.status === 'pending' && job.attempts > 0 && job.lastError !== null;
+  out.status = deriveStatus(out.db.seedStatus, retrying ? 'failed' : (job?.status ?? null), dbState);
   if (dbState === 'unreadable' && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
   return out;

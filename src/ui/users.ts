@@ -38,10 +38,18 @@ export function renderStatus(s: UserStatus): string {
     ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}`],
     // Until ready, the DB's seeded-file list is what the seed means to write, not what is there.
     ['files', `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`],
-    ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}` : '-'],
+    ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}${jobDetail(s)}` : '-'],
   ];
   if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** Who holds a running job and until when (a dead worker's hold lasts that long), or when a pending one is due. */
+function jobDetail(s: UserStatus): string {
+  const j = s.job!;
+  if (j.status === 'running' && j.lockedUntil) return ` (held by ${j.lockedBy ?? '?'} until ${j.lockedUntil}; if that process is gone, acm2 user seed ${s.id} takes it over now)`;
+  if (j.status === 'pending' && j.nextAttemptAt) return Date.parse(j.nextAttemptAt) > Date.now() ? ` (next try at ${j.nextAttemptAt}; acm2 user seed ${s.id} tries now)` : ' (due now)';
+  return '';
 }
 
 export function statusTable(color: boolean): { push(s: UserStatus): void; toString(): string } {
