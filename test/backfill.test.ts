@@ -13,6 +13,7 @@ import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
+import { renderBackfill } from '../src/ui/backfill.js';
 import { tryLockNamed } from '../src/core/user-lock.js';
 import { countRows, migrateSafely } from '../src/core/migrate-safe.js';
 import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
@@ -484,6 +485,23 @@ describe('stopping and resuming', () => {
       expect(resumed.users[0]!.steps[0]).toBe('begun by an earlier attempt of this backfill');
       expect(statSync(db).mode & 0o777).toBe(0o600);
       expect((await f.master.backfillItems('default')).find((i) => i.userId === 1)?.outcome).toBe('meta_legacy');
+    } finally {
+      await f.cleanup();
+    }
+  });
+
+  it('--resume of a backfill that had finished says so, goes over only users added since, and counts only them', async () => {
+    const f = await buildLegacyFleet({ legacy: 2, corrupt: 1 }, pkg.pkg);
+    try {
+      const first = await backfill(f);
+      expect(first.counts).toEqual({ meta_legacy: 2, fail: 1 });
+      const again = await backfill(f, { resume: true });
+      expect(again.resumed).toBe(true);
+      expect(again.resumedFinished).toMatch(/^\d{4}-/);
+      // Not this run's: the earlier counts and the earlier failure (which a run without --resume retries).
+      expect(again.counts).toEqual({});
+      expect(again.failures).toEqual([]);
+      expect(renderBackfill(again)).toContain("The backfill 'default' had already finished");
     } finally {
       await f.cleanup();
     }

@@ -120,6 +120,8 @@ export interface BackfillResult {
   /** Name of the progress record in the master: 'default', or 'shard-i-of-n'. */
   name: string;
   resumed: boolean;
+  /** --resume of a backfill that had finished (when): only users added since were gone over, and counts are theirs. */
+  resumedFinished?: string;
   /** Users per outcome, over the whole job (a resumed job includes the earlier part). */
   counts: Partial<Record<BackfillAction, number>>;
   /** Per-user reports, the first USERS_LISTED of this invocation only (memory stays flat). */
@@ -571,6 +573,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   // Where to start, and what an earlier attempt of this job already did.
   let cursor = 0;
   let resumed = false;
+  let resumedFinished: string | undefined;
   const savedCounts: Partial<Record<BackfillAction, number>> = {};
   const failures: BackfillFailure[] = [];
   const recordedAbove = new Map<number, BackfillItem>();
@@ -582,10 +585,14 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       }
       resumed = true;
       cursor = p.cursor;
-      Object.assign(savedCounts, p.counts);
-      for (const item of await master.backfillItems(name)) {
-        if (item.userId > cursor) recordedAbove.set(item.userId, item);
-        else if (item.outcome === 'fail') failures.push(itemFailure(item));
+      // A finished job has nothing left but users added since: its counts are not this run's.
+      if (p.status === 'done') resumedFinished = p.updatedAt;
+      else {
+        Object.assign(savedCounts, p.counts);
+        for (const item of await master.backfillItems(name)) {
+          if (item.userId > cursor) recordedAbove.set(item.userId, item);
+          else if (item.outcome === 'fail') failures.push(itemFailure(item));
+        }
       }
     }
   }
@@ -781,7 +788,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   // Slots finish users out of order (--concurrency > 1); reports list them by id, as with one slot.
   users.sort((a, b) => a.id - b.id);
   failures.sort((a, b) => a.id - b.id);
-  return { dryRun, name, resumed, counts, users, usersOmitted, failures, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
+  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
 }
 
 async function estimateTotal(master: MasterDb, ids: number[] | undefined, opts: BackfillOptions, already: number): Promise<number> {

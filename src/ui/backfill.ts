@@ -37,6 +37,7 @@ export function backfillJson(r: BackfillResult): unknown {
     failures: r.failures,
     stopped: r.stopped ?? null,
     resumed: r.resumed,
+    resumedFinished: r.resumedFinished ?? null,
     progress: { name: r.name, cursor: r.cursor },
     legacyLogs: r.legacyLogs ?? null,
     durationMs: r.durationMs,
@@ -46,7 +47,9 @@ export function backfillJson(r: BackfillResult): unknown {
 export function renderBackfill(r: BackfillResult, color = false): string {
   const out: string[] = [];
   if (r.dryRun) out.push(chalk.bold('Backfill plan (dry run: nothing was written)'));
-  if (r.resumed) out.push(`Resumed the backfill '${r.name}' where it stopped (counts include the earlier part).`);
+  if (r.resumedFinished) {
+    out.push(`The backfill '${r.name}' had already finished (at ${r.resumedFinished}): --resume went over only the users added since; run without --resume to go over every user again.`);
+  } else if (r.resumed) out.push(`Resumed the backfill '${r.name}' where it stopped (counts include the earlier part).`);
 
   if (r.dryRun && r.users.length > 0) {
     const t = makeTable(['user', 'action', 'steps / reason'], color);
