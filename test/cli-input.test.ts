@@ -47,6 +47,18 @@ describe('the command line, as an operator types it', () => {
     expect(r.stdout).toMatch(/^acm2_[A-Za-z0-9_-]{32}\n$/);
   });
 
+  it('a drain that finds only a retry not due yet says so, rather than looking like an empty queue', async () => {
+    const data = path.join(dir, 'data-not-due');
+    const id = JSON.parse((await acm2(['user', 'create', '--email', 'later@example.com', '--username', 'later', '--async', '--json'], data)).stdout).user.id as number;
+    writeFileSync(path.join(data, `user_${id}`), 'in the way'); // the seed fails; its retry backs off (5 s here)
+    expect((await acm2(['user', 'seed', String(id)], data)).code).toBe(1);
+    const drain = await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--json'], data);
+    expect(drain.code, drain.stderr).toBe(0);
+    expect(JSON.parse(drain.stdout)).toMatchObject({ claimed: 0, notDue: { count: 1, nextAttemptAt: expect.stringMatching(/^\d{4}-/) } });
+    const human = await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--no-color'], data);
+    expect(human.stdout).toMatch(/1 job waiting for a retry, the first due at \S+: a later drain takes it, or acm2 user seed <id> runs one now\./);
+  });
+
   it('a second `user seed` of a ready user changes nothing, not even the job list', async () => {
     const data = path.join(dir, 'data');
     const before = jobs(data);

@@ -334,6 +334,20 @@ for (const d of DIALECTS) {
         expect(await m.countJobs()).toBe(1);
       });
 
+      it('counts the jobs waiting for a retry and says when the first is due', async () => {
+        const a = await m.createUser(newUser(1));
+        const b = await m.createUser(newUser(2));
+        const T = Date.now() + 1000;
+        expect(await m.pendingNotDue(T)).toEqual({ count: 0, nextAttemptAt: null });
+        for (const [j, due] of [[a.job, T + 90_000], [b.job, T + 60_000]] as const) {
+          expect((await m.claimJobForUser(j.userId, 'w', 1000, T))?.id).toBe(j.id);
+          expect(await m.finishJob(j.id, 'w', { status: 'pending', error: 'boom', nextAttemptAt: due }, T + 1)).toBe(true);
+        }
+        expect(await m.pendingNotDue(T + 2)).toEqual({ count: 2, nextAttemptAt: T + 60_000 });
+        expect(await m.pendingNotDue(T + 70_000)).toEqual({ count: 1, nextAttemptAt: T + 90_000 });
+        expect(await m.pendingNotDue(T + 100_000)).toEqual({ count: 0, nextAttemptAt: null });
+      });
+
       it('backs off: a retry due later is not claimed until due, unless its user is seeded directly', async () => {
         const { user, job } = await m.createUser(newUser(1));
         const other = await m.createUser(newUser(2));

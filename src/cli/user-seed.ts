@@ -39,7 +39,10 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
       progress.done();
       interrupt.dispose();
     });
-    out.result(r, () => renderDrain(r));
+    // Jobs waiting for a retry's backoff were not claimed: say so, or an empty drain looks like an empty queue.
+    const notDue = await usingMaster(cfg.master, (m) => m.pendingNotDue(), { create: false, migrate: false }).catch(() => undefined);
+    const shown = { ...r, notDue: notDue ? { count: notDue.count, nextAttemptAt: notDue.nextAttemptAt === null ? null : new Date(notDue.nextAttemptAt).toISOString() } : null };
+    out.result(shown, () => renderDrain(shown));
     // Interrupted before the queue was drained is a batch not finished (as for backfill); a
     // --watch worker is meant to be stopped that way.
     if (r.failed > 0 || r.retrying > 0 || (r.interrupted && !opts.watch)) process.exitCode = EXIT.findings;

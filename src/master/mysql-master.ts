@@ -458,6 +458,10 @@ export class MysqlMaster implements MasterDb {
     return res.affectedRows === 1;
   }
 
+  async pendingNotDue(now = Date.now()): Promise<{ count: number; nextAttemptAt: number | null }> {
+    const r = (await this.one(`SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM acm2_seed_jobs WHERE status = 'pending' AND next_attempt_at > ?`, [now]))!;
+    return { count: Number(r.n), nextAttemptAt: r.next === null ? null : Number(r.next) };
+  }
   async countJobs(status?: JobStatus): Promise<number> {
     const r = status ? await this.one('SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE status = ?', [status]) : await this.one('SELECT COUNT(*) AS n FROM acm2_seed_jobs');
     return Number(r!.n);

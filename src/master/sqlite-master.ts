@@ -313,6 +313,10 @@ export class SqliteMaster implements MasterDb {
     return info.changes === 1;
   }
 
+  async pendingNotDue(now = Date.now()) {
+    const r = this.one(`SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM acm2_seed_jobs WHERE status = 'pending' AND next_attempt_at > ?`, now)!;
+    return { count: Number(r.n), nextAttemptAt: r.next === null ? null : Number(r.next) };
+  }
   async countJobs(status?: JobStatus) {
     const r = status ? this.one(`SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE status = ?`, status) : this.one(`SELECT COUNT(*) AS n FROM acm2_seed_jobs`);
     return Number(r!.n);

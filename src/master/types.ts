@@ -167,6 +167,8 @@ export interface MasterDb {
   /** Record an outcome; false if the job is no longer held by workerId (lease lost). */
   finishJob(jobId: number, workerId: string, outcome: JobOutcome, now?: number): Promise<boolean>;
   countJobs(status?: JobStatus): Promise<number>;
+  /** Pending jobs not due yet (a retry's backoff), and when the first of them is. */
+  pendingNotDue(now?: number): Promise<{ count: number; nextAttemptAt: number | null }>;
 
   /** Hold a per-user advisory lock (only when capabilities.advisoryLocks); undefined if not got within timeoutMs. */
   acquireUserLock(userId: number, timeoutMs: number): Promise<UserLock | undefined>;
