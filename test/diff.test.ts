@@ -101,6 +101,7 @@ describe('user vs package (through the ID map)', () => {
     expect(text).toContain(`~ ${content}  name`);
     expect(text).toContain('+ ann-own');
     expect(text).toContain(`- ${log}`);
+    expect(text).toContain("(row ids and paths are the package's; each user has its own ids for them, see acm2_id_map)");
   });
 });
 

@@ -13,6 +13,9 @@ export function renderDiff(r: DiffResult, opts: { color: boolean }): string {
   const head = `${describeSide(r.left)} vs ${describeSide(r.right)}`;
   if (r.equal) return `${head}: ${c.green('no differences')}`;
   const lines = [`${head}:`];
+  // Users are compared through their ID maps: what is shown is named by the package's ids, which
+  // are in neither user's data (each user's own ids differ).
+  if (r.left.kind === 'user' || r.right.kind === 'user') lines.push(c.gray("(row ids and paths are the package's; each user has its own ids for them, see acm2_id_map)"));
   for (const [table, d] of Object.entries(r.tables)) {
     if (d.added.length + d.removed.length + d.changed.length === 0) continue;
     lines.push('', c.bold(`${table}: ${d.added.length} added, ${d.removed.length} removed, ${d.changed.length} changed`));
