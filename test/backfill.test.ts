@@ -490,6 +490,25 @@ describe('stopping and resuming', () => {
     }
   });
 
+  it('a full disk stops the backfill at the first user it hits; --resume goes on once there is space', async () => {
+    const f = await buildLegacyFleet({ missing: 4 }, pkg.pkg);
+    try {
+      const full = () => {
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      };
+      const r = await backfill(f, {}, { onSeedStep: (s) => (s === 'files_staged' ? full() : undefined) });
+      expect(r.stopped).toBe('disk_full');
+      expect(r.counts).toEqual({ fail: 1 });
+      expect(r.failures).toEqual([expect.objectContaining({ code: 'disk_full', reason: expect.stringMatching(/^disk full while writing/) })]);
+      expect(renderBackfill(r)).toContain('Stopped: the disk is full');
+      const rest = await backfill(f, { resume: true });
+      expect(rest.counts).toEqual({ fail: 1, seed: 3 });
+      expect((await backfill(f)).counts).toEqual({ seed: 1, ok: 3 });
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('--resume of a backfill that had finished says so, goes over only users added since, and counts only them', async () => {
     const f = await buildLegacyFleet({ legacy: 2, corrupt: 1 }, pkg.pkg);
     try {

@@ -57,6 +57,8 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
     // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
     // Legacy runs left for want of their owner's lock are unfinished work too: run again.
     if (r.stopped || (!r.dryRun && (r.failures.length > 0 || (r.legacyLogs?.busy.length ?? 0) > 0))) process.exitCode = EXIT.findings;
+    // The environment stopped it, not the data: exit 3, as for any full disk.
+    if (r.stopped === 'disk_full') process.exitCode = EXIT.unavailable;
   } finally {
     interrupt.dispose();
     await master.close().catch(() => undefined);

@@ -23,7 +23,7 @@ import {
   type SchemaDrift,
   type SqliteDb,
 } from '../userdb/user-db.js';
-import { seedUserAsync, sqlNow } from './seed-user.js';
+import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
@@ -41,6 +41,8 @@ export type BackfillFailureCode =
   | 'schema_unrepairable'
   | 'user_busy'
   | 'seed_failed'
+  /** The disk is full: the backfill stops (every next user would fail the same way). */
+  | 'disk_full'
   | 'error';
 
 export type PlanStep =
@@ -102,6 +104,8 @@ export interface BackfillDeps {
   shouldStop?: () => boolean;
   /** How long to wait on a user DB another process holds (default 250 ms), then fail it 'locked'. */
   busyTimeoutMs?: number;
+  /** Test hook: each step of a seed this backfill runs (tests throw a full disk here). */
+  onSeedStep?: (step: SeedStep) => void;
   /** Per-user migrations (default: the shipped ones). Tests inject a bad one here. */
   migrations?: Migration[];
   /** Least time between two progress saves in the master (default 200 ms; page ends always save). */
@@ -130,7 +134,7 @@ export interface BackfillResult {
   usersOmitted: number;
   failures: BackfillFailure[];
   /** Why the run stopped before the end, if it did. */
-  stopped?: 'interrupted' | 'max_errors';
+  stopped?: 'interrupted' | 'max_errors' | 'disk_full';
   /** Every selected user with id ≤ cursor is done. */
   cursor: number;
   legacyLogs?: LegacyLogsResult;
@@ -605,6 +609,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const users: BackfillUserReport[] = [];
   let usersOmitted = 0;
   let failuresNow = 0;
+  let diskFull = false;
   let stopped: BackfillResult['stopped'];
   const already = Object.values(savedCounts).reduce((a, n) => a + (n ?? 0), 0);
   let taken = already;
@@ -655,6 +660,10 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
     if (lost) return true;
     if (deps.shouldStop?.()) {
       stopped ??= 'interrupted';
+      return true;
+    }
+    if (diskFull) {
+      stopped ??= 'disk_full';
       return true;
     }
     if (opts.maxErrors !== undefined && failuresNow >= opts.maxErrors) {
@@ -718,6 +727,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
     counts[r.outcome] = (counts[r.outcome] ?? 0) + 1;
     if (r.outcome === 'fail') {
       failuresNow++;
+      if (r.code === 'disk_full') diskFull = true;
       failures.push({ id: r.id, action: r.action, code: r.code ?? 'error', reason: r.reason ?? '' });
     }
     if (users.length < USERS_LISTED) users.push(r);
@@ -951,7 +961,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
   const seed = plan.steps.find((s): s is Extract<PlanStep, { kind: 'seed' }> => s.kind === 'seed');
   if (seed) {
     const err = await seedWithJob(a, id, lock);
-    if (err) return { ...r, outcome: 'fail', code: 'seed_failed', reason: err };
+    if (err) return { ...r, outcome: 'fail', code: err.diskFull ? 'disk_full' : 'seed_failed', reason: err.message };
   }
   const perms = plan.steps.find((s): s is Extract<PlanStep, { kind: 'permissions' }> => s.kind === 'permissions');
   if (perms) tightenPermissions(perms.paths);
@@ -959,7 +969,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
 }
 
 /** Seed under the lock we hold, keeping an open seed job (if the user has one) in step. */
-async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<string | undefined> {
+async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<{ message: string; diskFull: boolean } | undefined> {
   const { deps, m, worker } = a;
   const job = await m(async () => {
     // A user whose last seed job failed for good gets a new one, as \`user seed\` would: otherwise
@@ -973,17 +983,19 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
     throw e;
   });
   try {
-    await seedUserAsync({ dataDir: deps.dataDir, userId, pkg: deps.pkg, lock });
+    await seedUserAsync({ dataDir: deps.dataDir, userId, pkg: deps.pkg, lock, onStep: deps.onSeedStep });
   } catch (e) {
     const error = e instanceof Error ? e.message : String(e);
+    const diskFull = isAcm2Error(e) && e.code === 'disk_full';
     if (job) {
-      const outcome =
-        job.attempts >= job.maxAttempts || needsOperator(e)
+      const outcome = diskFull
+        ? ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(1), notAttempted: true } as const)
+        : job.attempts >= job.maxAttempts || needsOperator(e)
           ? ({ status: 'failed', error } as const)
           : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
       await m(() => deps.master.finishJob(job.id, worker, outcome)).catch(() => undefined);
     }
-    return error;
+    return { message: error, diskFull };
   }
   if (job)
     await m(async () => {

@@ -76,6 +76,7 @@ export function renderBackfill(r: BackfillResult, color = false): string {
   }
   if (r.legacyLogs) out.push(renderLegacyLogs(r.legacyLogs));
   if (r.stopped === 'interrupted') out.push(chalk.yellow(`Interrupted: users in flight finished and progress is saved. Run 'acm2 backfill --resume' to continue.`));
+  if (r.stopped === 'disk_full') out.push(chalk.red(`Stopped: the disk is full, so every next user would fail the same way. Free space, then run 'acm2 backfill --resume'; the users that failed on it are retried by a backfill without --resume.`));
   if (r.stopped === 'max_errors') out.push(chalk.yellow(`Stopped early: --max-errors reached. Run 'acm2 backfill --resume' to go on with the users not reached yet; the failed ones are retried by a backfill without --resume, once their cause is fixed.`));
   out.push(`${r.dryRun ? 'Planned' : 'Done'} in ${(r.durationMs / 1000).toFixed(1)} s.`);
   return out.join('\n');
