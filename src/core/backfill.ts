@@ -307,8 +307,26 @@ function metaStatus(db: SqliteDb, tables: Set<string>, userId: UserId): string |
   return row ? String(row.seed_status) : undefined;
 }
 
+/**
+ * detectSchemaDrift, remembered per schema text (per thread): a fleet's DBs share a handful of
+ * schemas, and reading every table's columns per user doubled backfill's planning time.
+ */
+const driftBySchema = new Map<string, SchemaDrift>();
+function driftOf(db: SqliteDb, key: string): SchemaDrift {
+  let drift = driftBySchema.get(key);
+  if (!drift) {
+    drift = detectSchemaDrift(db);
+    if (driftBySchema.size >= 64) driftBySchema.clear();
+    driftBySchema.set(key, drift);
+  }
+  return drift;
+}
+
 function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPlan {
-  const tables = new Set(listTables(db));
+  // One read of the schema gives the tables and the key of driftOf's cache.
+  const schema = db.prepare(`SELECT type, name, sql FROM sqlite_master`).raw(true).all() as [string, string, string | null][];
+  const tables = new Set(schema.filter(([type, name]) => type === 'table' && !name.startsWith('sqlite_')).map(([, name]) => name));
+  const schemaKey = schema.map(([type, name, sql]) => `${type} ${name} ${sql ?? ''}`).join('\n');
   const steps: PlanStep[] = [];
   if (tables.size === 0) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
   if (!tables.has('acm2_migrations')) {
@@ -323,7 +341,7 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
   } else {
     // The ledger says what was applied, not what is still there: a table, column or index of
     // migration 1 lost since (dropped by hand, a restore of part of the file) is put back.
-    const drift = detectSchemaDrift(db);
+    const drift = driftOf(db, schemaKey);
     if (drift.unrepairable.length > 0) return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${drift.unrepairable.join('; ')}; left alone`);
     if (drift.missingTables.length + drift.missingColumns.length + drift.missingIndexes.length > 0) steps.push({ kind: 'repair', drift });
     const pending = pendingMigrations(db, migrations);
