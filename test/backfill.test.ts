@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
@@ -220,6 +220,35 @@ describe('no row is ever lost', () => {
       const now = counts(own.dataDir, id);
       for (const [t, n] of Object.entries(was)) expect(now[t], t).toBeGreaterThanOrEqual(n);
       expect(readdirSync(toolDir(own.dataDir, 'backups', `user_${id}`)).filter((n) => n.endsWith('.db'))).toHaveLength(1);
+    } finally {
+      await own.cleanup();
+    }
+  });
+
+  it('a migration that fills the disk (SQLite: database or disk is full) stops the run as disk_full, the DB rolled back', async () => {
+    const own = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    try {
+      const was = hashTree(own.dataDir);
+      const r = await backfill(own, {}, { migrations: bad('0099_fills_disk', `PRAGMA max_page_count = 1; CREATE TABLE big (x BLOB); INSERT INTO big VALUES (randomblob(100000));`) });
+      expect(r.stopped).toBe('disk_full');
+      expect(r.counts).toEqual({ fail: 1 });
+      expect(r.failures[0]).toMatchObject({ code: 'disk_full' });
+      for (const [rel, sha] of Object.entries(was)) if (rel.startsWith('user_')) expect(hashTree(own.dataDir)[rel], rel).toBe(sha);
+    } finally {
+      await own.cleanup();
+    }
+  });
+
+  it("a DB holding another user's data under this id is left alone, never adopted or marked ready", async () => {
+    const own = await buildLegacyFleet({ legacy: 2 }, pkg.pkg);
+    try {
+      // User 2's DB is a copy of user 1's (a restore to the wrong id), with one more run of its own.
+      copyFileSync(userDbPath(own.dataDir, 1), userDbPath(own.dataDir, 2));
+      const before = readFileSync(userDbPath(own.dataDir, 2));
+      const r = await backfill(own, { userIds: [2] });
+      expect(r.counts).toEqual({ fail: 1 });
+      expect(r.failures[0]).toMatchObject({ code: 'foreign_data', reason: expect.stringMatching(/holds another user's data \(user_meta of user 1|presets of user 1/) });
+      expect(readFileSync(userDbPath(own.dataDir, 2)).equals(before)).toBe(true);
     } finally {
       await own.cleanup();
     }

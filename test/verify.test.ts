@@ -607,6 +607,11 @@ describe('renderers', () => {
     // A few are still listed one by one.
     const few = renderVerify({ ...many, checked: 3, failed: 2, users: [notReady(1), notReady(2), { id: 3, ok: true, problems: [] }] }, { color: false });
     expect(few).toContain('user 1: 1 problem');
+    // A failed seed is an error with its own cause: never folded away.
+    const failedSeed = (id: number) => ({ id, ok: false, problems: [{ code: 'not_ready' as const, severity: 'error' as const, userId: id, message: `seed failed: boom ${id}` }] });
+    const errors = renderVerify({ ...many, users: Array.from({ length: 12 }, (_, i) => failedSeed(i + 1)) }, { color: false });
+    expect(errors).not.toContain('users not seeded yet');
+    expect(errors).toContain('seed failed: boom 12');
   });
 
   it('--junit: well-formed XML, one testcase per user, failures listing the problems', () => {

@@ -23,7 +23,7 @@ import {
   type SchemaDrift,
   type SqliteDb,
 } from '../userdb/user-db.js';
-import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
+import { otherOwners, seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
@@ -41,6 +41,8 @@ export type BackfillFailureCode =
   | 'schema_unrepairable'
   | 'user_busy'
   | 'seed_failed'
+  /** The DB's rows name another owner (a copy, a reused id): left alone, never adopted. */
+  | 'foreign_data'
   /** The disk is full: the backfill stops (every next user would fail the same way). */
   | 'disk_full'
   | 'error';
@@ -329,6 +331,12 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
   const schemaKey = schema.map(([type, name, sql]) => `${type} ${name} ${sql ?? ''}`).join('\n');
   const steps: PlanStep[] = [];
   if (tables.size === 0) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
+  // Before anything is planned on it: another user's data under this id is never adopted,
+  // migrated or marked ready as this user's.
+  const foreign = otherOwners(db, tables, userId);
+  if (foreign.length > 0) {
+    return failed(userId, 'foreign_data', `the DB holds another user's data (${foreign.join('; ')}), not user ${userId}'s: left alone; move it out of the data dir, then run: acm2 user seed ${userId}`);
+  }
   if (!tables.has('acm2_migrations')) {
     if (!ACM2_TABLES.some((t) => tables.has(t))) {
       return failed(userId, 'unrecognised', `the DB holds none of ACM2's tables (${[...tables].slice(0, 4).join(', ')}…); left alone`);
@@ -964,6 +972,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<Ba
     if (res.backupPath) r.backup = res.backupPath;
     if (!res.ok) {
       const f = res.failure!;
+      // A full disk stops the whole run (see record): every next user would fail the same way.
       const how =
         f.restoredFrom === 'backup'
           ? `; the DB was restored from the backup ${res.backupPath}`

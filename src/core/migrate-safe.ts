@@ -9,7 +9,13 @@ import Database from 'better-sqlite3';
 import type { Migration } from '../migrations.js';
 import { driftRepairSql, listTables, recordBaseline, recordMigration, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 
-export type MigrateFailureCode = 'rows_vanished' | 'fk_violation' | 'quick_check' | 'migration_error' | 'locked' | 'corrupt';
+export type MigrateFailureCode = 'rows_vanished' | 'fk_violation' | 'quick_check' | 'migration_error' | 'locked' | 'corrupt' | 'disk_full';
+
+/** No space for the backup or the migration (the OS's word or SQLite's). */
+export function isDiskFull(e: unknown): boolean {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  return code === 'ENOSPC' || code === 'SQLITE_FULL' || (typeof code === 'string' && code.startsWith('SQLITE_FULL'));
+}
 
 export interface SafeMigrateInput {
   dbPath: string;
@@ -211,7 +217,7 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
         db.exec(m.sql);
         recordMigration(db, m, now);
       } catch (e) {
-        throw new CheckFailed('migration_error', `migration ${m.name} failed: ${(e as Error).message}`);
+        throw new CheckFailed(isDiskFull(e) ? 'disk_full' : 'migration_error', `migration ${m.name} failed: ${(e as Error).message}`);
       }
       result.applied.push(m.name);
     }
@@ -240,7 +246,7 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     const failure: SafeMigrateFailure =
       e instanceof CheckFailed
         ? { code: e.code, message: e.message, restoredFrom: 'rollback' }
-        : { code: isBusy(e) ? 'locked' : isCorrupt(e) ? 'corrupt' : 'migration_error', message: (e as Error).message, restoredFrom: 'rollback' };
+        : { code: isBusy(e) ? 'locked' : isCorrupt(e) ? 'corrupt' : isDiskFull(e) ? 'disk_full' : 'migration_error', message: (e as Error).message, restoredFrom: 'rollback' };
     if (!before || !backupPath) return { ...result, failure: { ...failure, restoredFrom: 'untouched' } };
     // Our commit released the lock: from then on ACM2 may write (a row added, one deleted), and
     // the backup is older than those writes. A check failing now is reported, never undone.

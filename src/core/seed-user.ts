@@ -48,7 +48,7 @@ import type { Migration } from '../migrations.js';
 import { migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { classifyFsError, NeedsOperatorError } from '../errors.js';
+import { classifyFsError, NeedsOperatorError, UnavailableError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
 
@@ -173,17 +173,20 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
   const res = await migrateSafely({ dbPath: file, backupDir: toolDir(dataDir, 'backups', `user_${userId}`), label: `user_${userId}`, adopt, migrations });
   if (!res.ok) {
     const f = res.failure!;
+    if (f.code === 'disk_full') throw new UnavailableError(`disk full while migrating ${file} before seeding (${f.message})`, 'disk_full');
     throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
   }
 }
 
 /** Rows of ACM2's per-user tables that name another owner (a DB copied or reused under this id). */
-function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
+export function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
   const out: string[] = [];
   for (const t of ['user_meta', 'presets', 'runs', 'contents']) {
     if (!tables.has(t)) continue;
     try {
-      const other = db.prepare(`SELECT user_id FROM ${t} WHERE user_id IS NOT NULL AND CAST(user_id AS TEXT) <> ? LIMIT 1`).pluck().get(String(userId));
+      // Two index ranges (ix_<t>_user_id), not a scan: INTEGER affinity stores ids as integers;
+      // text that is not a number sorts above every integer and is another owner too.
+      const other = db.prepare(`SELECT user_id FROM ${t} WHERE user_id < ? OR user_id > ? LIMIT 1`).pluck().get(userId, userId);
       if (other !== undefined) out.push(`${t} of user ${String(other)}`);
     } catch {
       /* no user_id column in this DB's version of the table */

@@ -30,7 +30,7 @@ export function renderVerify(r: VerifyResult, opts: { color: boolean }): string 
   if (byCode.length > 0) lines.push(codes.toString());
   // Users only waiting for their seed (after a backfill stopped half way, say) are one line, not
   // three thousand: each has the same warning and the same remedy.
-  const waiting = r.users.filter((u) => !u.ok && u.problems.every((p) => p.code === 'not_ready'));
+  const waiting = r.users.filter((u) => !u.ok && u.problems.every((p) => p.code === 'not_ready' && p.severity === 'warning'));
   const grouped = waiting.length > GROUP_AT ? new Set(waiting.map((u) => u.id)) : new Set<number>();
   for (const u of r.users) {
     if (u.ok || grouped.has(u.id)) continue;
@@ -66,7 +66,7 @@ const REMEDY: Partial<Record<ProblemCode, string>> = {
   db_missing: 'acm2 user seed <id> (the package again, with new ids)',
   db_corrupt: 'restore user_<id>.db from a backup (migration backups: .acm2/backups/user_<id>/), or move it aside, then acm2 user seed <id>',
   schema_outdated: 'acm2 backfill --user <id> (migrates and repairs the schema, with a backup)',
-  meta_missing: 'acm2 backfill --user <id>',
+  meta_missing: "acm2 user seed <id> for a user the tool seeded; acm2 backfill --user <id> for an ACM2 DB never seeded (marks it ready as 'legacy')",
   not_ready: 'acm2 user seed <id>, or let the queue run: acm2 user seed --pending (after a stopped backfill: acm2 backfill --resume)',
   seed_version_unknown: 'acm2 seed check <version>, then put the package back in the seeds dir',
   seed_row_missing: "acm2 user seed <id> --force restores the package's rows and files under the same ids (edits to them are reset)",
