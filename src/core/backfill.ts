@@ -310,8 +310,10 @@ function metaStatus(db: SqliteDb, tables: Set<string>, userId: UserId): string |
 }
 
 /**
- * detectSchemaDrift, remembered per schema text (per thread): a fleet's DBs share a handful of
- * schemas, and reading every table's columns per user doubled backfill's planning time.
+ * detectSchemaDrift, remembered per set of table and index names (per thread): a fleet's DBs share
+ * a handful of schemas, and reading every table's columns per user doubled backfill's planning
+ * time. A lost table or index changes the names; a column dropped by hand from a DB whose names
+ * match an intact one is not seen here (verify still reports it).
  */
 const driftBySchema = new Map<string, SchemaDrift>();
 function driftOf(db: SqliteDb, key: string): SchemaDrift {
@@ -325,10 +327,11 @@ function driftOf(db: SqliteDb, key: string): SchemaDrift {
 }
 
 function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPlan {
-  // One read of the schema gives the tables and the key of driftOf's cache.
-  const schema = db.prepare(`SELECT type, name, sql FROM sqlite_master`).raw(true).all() as [string, string, string | null][];
+  // One read of the schema's names gives the tables and the key of driftOf's cache (names only:
+  // reading every statement's text per user cost more than the rest of the plan).
+  const schema = db.prepare(`SELECT type, name FROM sqlite_master`).raw(true).all() as [string, string][];
   const tables = new Set(schema.filter(([type, name]) => type === 'table' && !name.startsWith('sqlite_')).map(([, name]) => name));
-  const schemaKey = schema.map(([type, name, sql]) => `${type} ${name} ${sql ?? ''}`).join('\n');
+  const schemaKey = schema.map(([type, name]) => `${type} ${name}`).join('\n');
   const steps: PlanStep[] = [];
   if (tables.size === 0) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
   // Before anything is planned on it: another user's data under this id is never adopted,

@@ -180,20 +180,41 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
 
 /** Rows of ACM2's per-user tables that name another owner (a DB copied or reused under this id). */
 export function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
-  const out: string[] = [];
-  for (const t of ['user_meta', 'presets', 'runs', 'contents']) {
-    if (!tables.has(t)) continue;
+  // user_meta (one row, its owner's) decides for a DB that has one: one small statement, since
+  // backfill asks this of every user. Only a DB without it (legacy ACM2) is asked of its rows.
+  if (tables.has('user_meta')) {
     try {
-      // Two index ranges (ix_<t>_user_id), not a scan: INTEGER affinity stores ids as integers;
-      // text that is not a number sorts above every integer and is another owner too.
-      const other = db.prepare(`SELECT user_id FROM ${t} WHERE user_id < ? OR user_id > ? LIMIT 1`).pluck().get(userId, userId);
-      if (other !== undefined) out.push(`${t} of user ${String(other)}`);
+      const owners = db.prepare(`SELECT user_id FROM user_meta LIMIT 2`).pluck().all() as unknown[];
+      if (owners.length > 0) return owners.filter((o) => String(o) !== String(userId)).map((o) => `user_meta of user ${String(o)}`);
     } catch {
-      /* no user_id column in this DB's version of the table */
+      /* no user_id column: ask the rows */
     }
   }
-  return out;
+  const present = OWNED_TABLES.filter((t) => tables.has(t) && t !== 'user_meta');
+  if (present.length === 0) return [];
+  // One statement over the tables (backfill asks this of every user), each part two index ranges
+  // (ix_<t>_user_id), not a scan: INTEGER affinity stores ids as integers; text that is not a
+  // number sorts above every integer and is another owner too.
+  const part = (t: string) => `SELECT '${t}' AS t, user_id FROM ${t} WHERE user_id < ? OR user_id > ?`;
+  try {
+    const rows = db.prepare(present.map((t) => `SELECT * FROM (${part(t)} LIMIT 1)`).join(' UNION ALL ')).raw(true).all(...present.flatMap(() => [userId, userId])) as [string, unknown][];
+    return rows.map(([t, other]) => `${t} of user ${String(other)}`);
+  } catch {
+    // A table of this DB's ACM2 version without user_id: ask the others one by one.
+    const out: string[] = [];
+    for (const t of present) {
+      try {
+        const other = db.prepare(`${part(t)} LIMIT 1`).raw(true).get(userId, userId) as [string, unknown] | undefined;
+        if (other) out.push(`${t} of user ${String(other[1])}`);
+      } catch {
+        /* no user_id column here */
+      }
+    }
+    return out;
+  }
 }
+
+const OWNED_TABLES = ['user_meta', 'presets', 'runs', 'contents'];
 
 /** What must reach the disk before the next step: files' data and folders' entries. */
 export interface ToSync {
