@@ -6,6 +6,10 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import Ajv2020 from 'ajv/dist/2020.js';
@@ -127,6 +131,35 @@ describe('a clean fleet', () => {
     expect(r.ok).toBe(true);
   });
 
+  it("is ok after ACM2 rebuilds the seeded run's report (it does on every GET of it), quick and deep", async () => {
+    const f = await fleet();
+    const report = withDb(f, (db) => db.prepare(`SELECT path FROM acm2_seed_files WHERE path LIKE '%/reports/report.html'`).pluck().get() as string);
+    expect(report).toBeDefined();
+    writeFileSync(path.join(userRoot(f.world.dataDir, f.victim), report), '<html>rebuilt by ACM2 from results_summary</html>');
+    for (const opts of [{}, { deep: true }] as VerifyOptions[]) expect((await verify(f, opts)).users.flatMap((u) => u.problems)).toEqual([]);
+    // Gone is still gone.
+    rmSync(path.join(userRoot(f.world.dataDir, f.victim), report));
+    expect((await verify(f)).users.flatMap((u) => u.problems.map((p) => p.code))).toEqual(['file_missing']);
+  });
+
+  it('a DB whose writer died mid-transaction (a hot journal) is a warning to verify again, not corrupt', async () => {
+    const f = await fleet();
+    const file = userDbPath(f.world.dataDir, f.victim);
+    // A writer killed with its transaction spilled to the file: the journal is hot.
+    const r = spawnSync(process.execPath, [
+      '-e',
+      `const D = require(${JSON.stringify(require.resolve('better-sqlite3'))}); const db = new D(${JSON.stringify(file)}); db.pragma('cache_size = 1'); db.exec('BEGIN'); db.prepare("UPDATE contents SET body = body || hex(randomblob(20000))").run(); process.kill(process.pid, 'SIGKILL');`,
+    ]);
+    expect(r.signal).toBe('SIGKILL');
+    expect(existsSync(`${file}-journal`)).toBe(true);
+    const v = await verify(f, { users: [f.victim] });
+    expect(v.users[0]!.problems.map((p) => [p.code, p.severity])).toEqual([['db_busy', 'warning']]);
+    expect(v.users[0]!.problems[0]!.message).toMatch(/hot journal left by a writer that died mid-transaction/);
+    // Its next writer rolls it back, and the user is ok again.
+    withDb(f, (db) => db.prepare('SELECT COUNT(*) FROM contents').get());
+    expect((await verify(f, { users: [f.victim] })).users[0]!.problems).toEqual([]);
+  });
+
   it('--shard i/n verifies only ids with id % n == i; --user only those named', async () => {
     const f = await fleet();
     const r0 = await verify(f, { shard: { index: 0, count: 2 } });
@@ -204,7 +237,7 @@ describe('tamper suite: one user broken in one way is reported with that code, t
 
   it('a seed that begins between the DB read and the file checks: a warning to look again, not file errors', async () => {
     const f = await fleet();
-    const file = seededFile(f, /reports\/report\.html$/);
+    const file = seededFile(f, /generated\/combined\./);
     verifyTestHooks.afterDbRead = (id) => {
       if (id !== f.victim) return;
       // user seed --force starts: in_progress, then the files are rewritten (one half-way now).
@@ -235,7 +268,7 @@ describe('tamper suite: one user broken in one way is reported with that code, t
 
   it('file_size_mismatch: a seeded file truncated', async () => {
     const f = await fleet();
-    truncateSync(seededFile(f, /reports\/report\.html$/), 10);
+    truncateSync(seededFile(f, /generated\/combined\./), 10);
     expectOnly(await verify(f), f, ['file_size_mismatch']);
   });
 
@@ -311,7 +344,7 @@ describe('tamper suite: one user broken in one way is reported with that code, t
 
   it('path_escape: a seeded file replaced by a symlink to a file outside (never read through)', async () => {
     const f = await fleet();
-    const file = seededFile(f, /reports\/report\.html$/);
+    const file = seededFile(f, /generated\/combined\./);
     const outside = path.join(tmpDir('acm2-outside-'), 'x.html');
     copyFileSync(file, outside);
     unlinkSync(file);

@@ -470,6 +470,9 @@ interface SeededFile {
 
 const SQL_NAME = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const OPEN_JOB: readonly JobStatus[] = ['pending', 'running'];
+
+/** Seeded files ACM2 itself rewrites in normal use (acm2/README: the report, on every GET of it). */
+const REGENERATED = /(^|\/)runs\/[^/]+\/reports\/report\.html$/;
 /** Problems whose code or severity depends on the master's seed job. */
 const JOB_DEPENDENT: ReadonlySet<ProblemCode> = new Set(['job_state_mismatch', 'not_ready', 'db_missing']);
 const CONTENT_ID_KEYS = ['generation_instructions_id', 'single_eval_instructions_id', 'pairwise_eval_instructions_id', 'eval_criteria_id', 'combine_instructions_id'];
@@ -656,7 +659,12 @@ class UserCheck {
         verdict = (db.pragma(check) as Array<Record<string, string>>).map((r) => String(Object.values(r)[0]));
       } catch (e) {
         if (isBusy(e)) this.busy();
-        else this.add('db_corrupt', `${where.path} is not a readable SQLite database: ${errMessage(e)}`, where);
+        else if (/^SQLITE_READONLY_(ROLLBACK|RECOVERY)/.test(String((e as { code?: unknown }).code ?? ''))) {
+          // A writer died mid-transaction (ACM2 killed, a container restart): its journal is rolled
+          // back by the DB's next writer. Nothing is damaged; verify reads only, so it cannot yet.
+          const p = this.rel(this.dbFile);
+          this.add('db_busy', `${p} has a hot journal left by a writer that died mid-transaction; its next writer (ACM2, acm2 user seed or backfill) rolls it back: verify this user again then`, { path: p }, 'warning');
+        } else this.add('db_corrupt', `${where.path} is not a readable SQLite database: ${errMessage(e)}`, where);
         return { state: { kind: 'unreadable' }, seeded: [] };
       }
       if (verdict.length !== 1 || verdict[0] !== 'ok') {
@@ -1135,6 +1143,9 @@ class UserCheck {
         this.add('file_missing', `seeded file ${shown} is not a regular file`, { path: shown });
         continue;
       }
+      // ACM2 rebuilds a run's report from results_summary on every GET /runs/{id}/report: that it
+      // is there is the seed's promise, its bytes are ACM2's to change.
+      if (REGENERATED.test(f.path)) continue;
       if (st.size !== f.bytes) {
         this.add('file_size_mismatch', `seeded file ${shown} is ${st.size} bytes, ${f.bytes} were written`, { path: shown });
         continue;

@@ -77,7 +77,7 @@ const REMEDY: Partial<Record<ProblemCode, string>> = {
   path_escape: "remove the symlink: nothing of a user's may lead out of user_<id>/",
   job_state_mismatch: 'acm2 user seed <id> (closes the job)',
   orphan: 'no master user owns it: move it out of the data dir, or restore the user in the master',
-  bad_permissions: 'acm2 backfill --user <id> (folders 0700, files 0600)',
+  bad_permissions: 'acm2 backfill --user <id> (folders 0700, files 0600); ACM2 writes new run files with its umask, so run it with umask 077',
   db_busy: 'verify the user again when it is idle: acm2 verify --user <id>',
 };
 
