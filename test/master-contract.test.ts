@@ -334,6 +334,17 @@ for (const d of DIALECTS) {
         expect(await m.countJobs()).toBe(1);
       });
 
+      it("seed versions differing only in case are two versions: a 'V1' seed never takes a queued 'v1' job", async () => {
+        const { user, job } = await m.createUser(newUser(1)); // a pending 'v1' job
+        const upper = await m.enqueueSeedJob(user.id, 'V1');
+        expect(upper.id).not.toBe(job.id);
+        expect(upper.seedVersion).toBe('V1');
+        const claimed = await m.claimJobForUser(user.id, 'w', 1000, undefined, 'V1');
+        expect(claimed?.id).toBe(upper.id);
+        expect(await m.latestJobs([user.id])).toEqual(new Map([[user.id, expect.objectContaining({ id: upper.id })]]));
+        expect((await m.claimJobForUser(user.id, 'w2', 1000, undefined, 'v1'))?.id).toBe(job.id);
+      });
+
       it('counts the jobs waiting for a retry and says when the first is due', async () => {
         const a = await m.createUser(newUser(1));
         const b = await m.createUser(newUser(2));

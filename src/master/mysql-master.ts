@@ -134,15 +134,24 @@ export class MysqlMaster implements MasterDb {
    * reused or waited on (ending it would wait for that answer).
    */
   private async query<T extends Row[] | ResultSetHeader>(sql: string, args: unknown[], on: Connection, waitMs: number): Promise<T> {
-    const c = on === this.pool ? await this.pool.getConnection().catch((e: unknown) => Promise.reject(this.wrap(e))) : on;
-    try {
-      const [res] = await c.query<T>({ sql, values: args, timeout: queryTimeoutMs() + waitMs });
-      if (c !== on) (c as PoolConnection).release();
-      return res;
-    } catch (e) {
-      if (errorCode(e) === 'PROTOCOL_SEQUENCE_TIMEOUT') c.destroy();
-      else if (c !== on) (c as PoolConnection).release();
-      throw this.wrap(e);
+    for (let attempt = 1; ; attempt++) {
+      const c = on === this.pool ? await this.pool.getConnection().catch((e: unknown) => Promise.reject(this.wrap(e))) : on;
+      try {
+        const [res] = await c.query<T>({ sql, values: args, timeout: queryTimeoutMs() + waitMs });
+        if (c !== on) (c as PoolConnection).release();
+        return res;
+      } catch (e) {
+        if (errorCode(e) === 'PROTOCOL_SEQUENCE_TIMEOUT') c.destroy();
+        else if (c !== on) (c as PoolConnection).release();
+        // A statement on its own (autocommit) that InnoDB picked as a deadlock victim was rolled
+        // back whole: run it again, as tx() does for a transaction. Inside a transaction the
+        // caller's tx() retries from the start instead.
+        if (on === this.pool && attempt < 5 && RETRYABLE_CODES.has(errorCode(e))) {
+          await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 20 * attempt)));
+          continue;
+        }
+        throw this.wrap(e);
+      }
     }
   }
 
@@ -377,14 +386,14 @@ export class MysqlMaster implements MasterDb {
    * Same choice as the SQLite master (the due job first by next_attempt_at, id), asked as two
    * index-ordered LIMIT 1 lookups so each locks only the row it returns and skips rows other claimers hold.
    */
-  private async claimIn(c: Connection, where: string, args: unknown[], workerId: string, leaseMs: number, now: number, failExhausted = false): Promise<SeedJob | undefined> {
+  private async claimIn(c: Connection, where: string, args: unknown[], workerId: string, leaseMs: number, now: number, failExhausted = false, hint = ''): Promise<SeedJob | undefined> {
     const lock = this.capabilities.skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
     const tail = `ORDER BY next_attempt_at, id LIMIT 1 ${lock}`;
     let pick: Row | undefined;
     for (;;) {
       // Whole rows: the claimed job is returned from its locked row plus the update, without reading it again.
-      const pending = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
-      const expired = await this.one(`SELECT * FROM acm2_seed_jobs WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
+      const pending = await this.one(`SELECT * FROM acm2_seed_jobs ${hint} WHERE ${where} AND status = 'pending' AND next_attempt_at <= ? ${tail}`, [...args, now], c);
+      const expired = await this.one(`SELECT * FROM acm2_seed_jobs ${hint} WHERE ${where} AND status = 'running' AND locked_until < ? ${tail}`, [...args, now], c);
       pick = [pending, expired]
         .filter((r): r is Row => r !== undefined)
         .sort((a, b) => Number(a.next_attempt_at) - Number(b.next_attempt_at) || Number(a.id) - Number(b.id))[0];
@@ -421,14 +430,21 @@ export class MysqlMaster implements MasterDb {
     const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';
     const args = seedVersion === undefined ? [userId] : [userId, seedVersion];
     return this.tx(async (c) => {
-      if (takeOver) await this.exec(`UPDATE acm2_seed_jobs SET locked_until = ? WHERE ${where} AND status = 'running'`, [now - 1, ...args], c);
+      // This user's jobs, locked through its own index first: an UPDATE by user and status could
+      // walk the queue's (status, next_attempt_at) index and lock other users' jobs, which
+      // deadlocked with drainers finishing theirs. The updates below then name rows by id.
+      const mine = await this.rows(`SELECT id, status, next_attempt_at FROM acm2_seed_jobs FORCE INDEX (ix_acm2_seed_jobs_user) WHERE ${where} FOR UPDATE`, args, c);
+      const ids = (pick: (r: Row) => boolean) => mine.filter(pick).map((r) => Number(r.id));
+      const running = ids((r) => r.status === 'running');
+      if (takeOver && running.length > 0) await this.exec(`UPDATE acm2_seed_jobs SET locked_until = ? WHERE id IN (${running.map(() => '?').join(',')})`, [now - 1, ...running], c);
       // Made in this transaction, the job is invisible to drainers until it is claimed here.
-      if (enqueue && seedVersion !== undefined && !(await this.one(`SELECT id FROM acm2_seed_jobs WHERE ${where} AND status IN ('pending','running') LIMIT 1 FOR UPDATE`, args, c))) {
+      if (enqueue && seedVersion !== undefined && !mine.some((r) => r.status === 'pending' || r.status === 'running')) {
         await this.insertJob(c, userId, seedVersion, enqueue.force ?? false, enqueue.maxAttempts ?? 5, now);
       }
       // A direct `user seed` does not wait for backoff: the operator asked for it now.
-      await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE ${where} AND status = 'pending' AND next_attempt_at > ?`, [now, ...args, now], c);
-      return this.claimIn(c, where, args, workerId, leaseMs, now);
+      const later = ids((r) => r.status === 'pending' && Number(r.next_attempt_at) > now);
+      if (later.length > 0) await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE id IN (${later.map(() => '?').join(',')})`, [now, ...later], c);
+      return this.claimIn(c, where, args, workerId, leaseMs, now, false, 'FORCE INDEX (ix_acm2_seed_jobs_user)');
     });
   }
 
