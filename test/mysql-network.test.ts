@@ -21,7 +21,9 @@ const gate = await mysqlOrSkip();
 /** A proxy to the server; `mode` changes what it does from then on. */
 function proxy(target: URL) {
   const state = {
-    mode: 'forward' as 'forward' | 'silent' | 'lose-commit-answer' | 'hold-create-commit-answer',
+    mode: 'forward' as 'forward' | 'silent' | 'lose-commit-answer' | 'hold-create-commit-answer' | 'deadlock-once',
+    /** deadlock-once: a query starting with this is answered, once, with InnoDB's deadlock error and never reaches the server */
+    deadlockOn: '',
     /** hold-create-commit-answer: called when the COMMIT after an api_keys insert has reached the server; its answer is held until release() */
     onHeld: undefined as undefined | ((release: () => void) => void),
   };
@@ -34,6 +36,13 @@ function proxy(target: URL) {
     let held: Buffer[] | undefined;
     client.on('data', (d) => {
       if (state.mode === 'silent') return;
+      if (state.mode === 'deadlock-once' && d[4] === 0x03 && d.subarray(5).toString().startsWith(state.deadlockOn)) {
+        state.mode = 'forward';
+        // ERR packet, sequence 1: 0xff, 1213 (ER_LOCK_DEADLOCK), '#40001', the message.
+        const body = Buffer.concat([Buffer.from([0xff, 0xbd, 0x04]), Buffer.from('#40001Deadlock found when trying to get lock; try restarting transaction')]);
+        client.write(Buffer.concat([Buffer.from([body.length & 0xff, (body.length >> 8) & 0xff, 0, 1]), body]));
+        return;
+      }
       upstream.write(d);
       if (state.mode === 'hold-create-commit-answer') {
         if (d.includes('INSERT INTO api_keys')) keyInserted = true;
@@ -177,6 +186,23 @@ describe.skipIf(gate.skip)('the MySQL master behind a misbehaving network', () =
       p.state.mode = 'forward';
       p.state.onHeld = undefined;
       rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a statement on its own that InnoDB picks as a deadlock victim is run again, not a crash', async () => {
+    p.state.mode = 'forward';
+    const m = await openMaster(parseMasterUrl(proxied));
+    try {
+      const { user, job } = await m.createUser(newUser(7));
+      expect((await m.claimJobForUser(user.id, 'w', 60_000))?.id).toBe(job.id);
+      p.state.deadlockOn = "UPDATE acm2_seed_jobs SET status = 'done'";
+      p.state.mode = 'deadlock-once';
+      expect(await m.finishJob(job.id, 'w', { status: 'done' })).toBe(true);
+      expect(p.state.mode).toBe('forward'); // the deadlock was answered, then the retry went through
+      expect(await m.latestJob(user.id)).toMatchObject({ status: 'done' });
+    } finally {
+      p.state.mode = 'forward';
+      await m.close().catch(() => undefined);
     }
   });
 });
