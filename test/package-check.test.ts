@@ -6,7 +6,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { freezeSeed } from '../src/core/freeze.js';
 import { PackageError, UsageError } from '../src/errors.js';
 import { generateSource } from '../src/fixtures/source.js';
@@ -204,9 +204,8 @@ describe('end to end through the built binary', () => {
   const acm2 = (args: string[], env: Record<string, string> = {}) =>
     execa('node', [bin, ...args], { reject: false, cwd: REPO, env: { NO_COLOR: '1', ...env }, extendEnv: true });
 
-  beforeAll(async () => {
-    await execa('npm', ['run', 'build'], { cwd: REPO });
-  }, 180_000);
+  // dist/ is built once by test/global-setup.ts: building it again here rewrote its files while
+  // other suites ran the CLI from them, which then failed to import a half-written module.
 
   it('seed check v1 --json exits 0 with one JSON document', async () => {
     const r = await acm2(['seed', 'check', 'v1', '--json']);
