@@ -160,6 +160,27 @@ describe('a clean fleet', () => {
     expect((await verify(f, { users: [f.victim] })).users[0]!.problems).toEqual([]);
   });
 
+  it('a DB with a hot journal that is corrupt besides (a page the journal does not hold) is db_corrupt, checked on a rolled-back copy', async () => {
+    const f = await fleet();
+    const file = userDbPath(f.world.dataDir, f.victim);
+    const { page, size } = withDb(f, (db) => ({ page: db.prepare(`SELECT rootpage FROM sqlite_master WHERE name = 'acm2_seed_state'`).pluck().get() as number, size: db.pragma('page_size', { simple: true }) as number }));
+    const r = spawnSync(process.execPath, [
+      '-e',
+      `const D = require(${JSON.stringify(require.resolve('better-sqlite3'))}); const db = new D(${JSON.stringify(file)}); db.pragma('cache_size = 1'); db.exec('BEGIN'); db.prepare("UPDATE contents SET body = body || hex(randomblob(20000))").run(); process.kill(process.pid, 'SIGKILL');`,
+    ]);
+    expect(r.signal).toBe('SIGKILL');
+    const fd = openSync(file, 'r+');
+    writeSync(fd, Buffer.alloc(64, 0xde), 0, 64, (page - 1) * size);
+    closeSync(fd);
+    const before = readFileSync(file);
+    const v = await verify(f, { users: [f.victim] });
+    expect(v.users[0]!.problems.map((p) => p.code)).toEqual(['db_corrupt']);
+    expect(v.users[0]!.problems[0]!.message).toMatch(/rolled back from its hot journal \(on a copy\), failed/);
+    // verify changed nothing: the journal is still there, the file as it was.
+    expect(existsSync(`${file}-journal`)).toBe(true);
+    expect(readFileSync(file).equals(before)).toBe(true);
+  });
+
   it('--shard i/n verifies only ids with id % n == i; --user only those named', async () => {
     const f = await fleet();
     const r0 = await verify(f, { shard: { index: 0, count: 2 } });

@@ -4,7 +4,8 @@
 
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdtempSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, type Stats } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
@@ -472,7 +473,7 @@ const SQL_NAME = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const OPEN_JOB: readonly JobStatus[] = ['pending', 'running'];
 
 /** Seeded files ACM2 itself rewrites in normal use (acm2/README: the report, on every GET of it). */
-const REGENERATED = /(^|\/)runs\/[^/]+\/reports\/report\.html$/;
+const REGENERATED = /^runs\/[^/]+\/reports\/report\.html$/;
 /** Problems whose code or severity depends on the master's seed job. */
 const JOB_DEPENDENT: ReadonlySet<ProblemCode> = new Set(['job_state_mismatch', 'not_ready', 'db_missing']);
 const CONTENT_ID_KEYS = ['generation_instructions_id', 'single_eval_instructions_id', 'pairwise_eval_instructions_id', 'eval_criteria_id', 'combine_instructions_id'];
@@ -661,9 +662,13 @@ class UserCheck {
         if (isBusy(e)) this.busy();
         else if (/^SQLITE_READONLY_(ROLLBACK|RECOVERY)/.test(String((e as { code?: unknown }).code ?? ''))) {
           // A writer died mid-transaction (ACM2 killed, a container restart): its journal is rolled
-          // back by the DB's next writer. Nothing is damaged; verify reads only, so it cannot yet.
+          // back by the DB's next writer, which verify (read-only) must not be. A copy is rolled
+          // back and checked instead: only if that is sound is it a warning to look again.
           const p = this.rel(this.dbFile);
-          this.add('db_busy', `${p} has a hot journal left by a writer that died mid-transaction; its next writer (ACM2, acm2 user seed or backfill) rolls it back: verify this user again then`, { path: p }, 'warning');
+          const copy = checkRolledBackCopy(this.dbFile, check);
+          if (copy === undefined) {
+            this.add('db_busy', `${p} has a hot journal left by a writer that died mid-transaction; its next writer (ACM2, acm2 user seed or backfill) rolls it back: verify this user again then`, { path: p }, 'warning');
+          } else this.add('db_corrupt', `${check} of ${p}, rolled back from its hot journal (on a copy), failed: ${copy}`, where);
         } else this.add('db_corrupt', `${where.path} is not a readable SQLite database: ${errMessage(e)}`, where);
         return { state: { kind: 'unreadable' }, seeded: [] };
       }
@@ -1344,6 +1349,31 @@ export function referenceSchema(): Map<string, string[]> {
     return reference;
   } finally {
     db.close();
+  }
+}
+
+/**
+ * Copy a DB and its hot journal aside, let SQLite roll the copy back (a read-write open does), and
+ * run `check` on it: undefined when sound, else what the check said. The user's files are not
+ * touched.
+ */
+function checkRolledBackCopy(dbFile: string, check: 'quick_check' | 'integrity_check'): string | undefined {
+  const dir = mkdtempSync(path.join(tmpdir(), 'acm2-verify-journal-'));
+  try {
+    const copy = path.join(dir, 'user.db');
+    copyFileSync(dbFile, copy);
+    if (existsSync(`${dbFile}-journal`)) copyFileSync(`${dbFile}-journal`, `${copy}-journal`);
+    const db = new Database(copy, { fileMustExist: true });
+    try {
+      const rows = (db.pragma(check) as Array<Record<string, string>>).map((r) => String(Object.values(r)[0]));
+      return rows.length === 1 && rows[0] === 'ok' ? undefined : rows.slice(0, 3).join('; ');
+    } finally {
+      db.close();
+    }
+  } catch (e) {
+    return errMessage(e);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
