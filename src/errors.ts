@@ -62,14 +62,19 @@ export function isAcm2Error(e: unknown): e is Acm2Error {
   return e instanceof Acm2Error;
 }
 
+/** No space left: the OS's word (ENOSPC) or SQLite's (SQLITE_FULL, "database or disk is full"). */
+export function isDiskFull(e: unknown): boolean {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  return code === 'ENOSPC' || (typeof code === 'string' && code.startsWith('SQLITE_FULL'));
+}
+
 /** Map low-level environment failures (disk full, permission) to exit 3 with one sentence. */
 export function classifyFsError(e: unknown, what: string): Acm2Error | undefined {
   const err = e as (NodeJS.ErrnoException & { dest?: string }) | undefined;
   const code = err?.code;
   // The path the system call failed on says more than `what` (a staging folder, one file).
   const where = typeof err?.path === 'string' ? `${err.path} (${what})` : what;
-  // SQLite says the same of a full disk in its own words.
-  if (code === 'ENOSPC' || code === 'SQLITE_FULL') return new UnavailableError(`disk full while writing ${where}`, 'disk_full', { cause: e });
+  if (isDiskFull(e)) return new UnavailableError(`disk full while writing ${where}`, 'disk_full', { cause: e });
   if (code === 'EACCES' || code === 'EPERM' || code === 'SQLITE_READONLY')
     return new UnavailableError(`permission denied on ${where} (${code})`, 'permission_denied', { cause: e });
   if (code === 'EROFS') return new UnavailableError(`read-only file system at ${where}`, 'read_only', { cause: e });

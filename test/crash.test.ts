@@ -31,6 +31,10 @@ afterAll(async () => {
 });
 
 const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 });
+/** A second version of the package (the same source), beside v1, which stays CURRENT. */
+const ensureV2 = () => {
+  if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+};
 const files = () => pkg.pkg.manifest.files.length;
 
 function stagingLeft(userId: number): string[] {
@@ -122,7 +126,7 @@ describe("an earlier attempt's staged build", () => {
   it('of an older version is adopted when the package has moved on: its files stay listed', async () => {
     const id = await killAt('moved-on', 'files_moved');
     const v1Map = mapOf(path.join(toolDir(world.dataDir, 'staging'), stagingLeft(id)[0]!));
-    freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    ensureV2();
     const r = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
     expect(r.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
     expect(readyButIncomplete(world.dataDir, id, files())).toEqual({ ready: true, problems: [] });
@@ -142,7 +146,7 @@ describe("an earlier attempt's staged build", () => {
     // A file of the user's own that happens to sit in one of the build's folders stays.
     const own = path.join(userRoot(world.dataDir, id), path.dirname(written[0]!), 'mine.txt');
     writeFileSync(own, 'mine');
-    if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    ensureV2();
     const r = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
     expect(r.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
     expect(build).toBeDefined();
@@ -155,7 +159,7 @@ describe("an earlier attempt's staged build", () => {
   it('killed between its link into place and dropping its staged name is the live DB, not a leftover: an upgrade after it loses no file', async () => {
     const id = await killAt('linked-then-upgrade', 'linked');
     expect(stagingLeft(id)).toHaveLength(1); // the same file as user_{id}.db, under its staged name
-    if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    ensureV2();
     const r = await seedOneUser(deps(), String(id), { seedVersion: 'v2' });
     expect(r.seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
     expect(stagingLeft(id)).toEqual([]);
@@ -226,7 +230,7 @@ describe('SIGKILL during an upgrade of a ready user', () => {
     db.close();
     const edited = path.join(userRoot(world.dataDir, id), seeded);
     writeFileSync(edited, 'my own words');
-    if (!existsSync(path.join(pkg.seedsDir, 'v2'))) freezeSeed({ sourceDb: pkg.source.dbPath, sourceFiles: pkg.source.filesDir, presetId: pkg.source.presetId, runId: pkg.source.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    ensureV2();
     const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(id), 'files_moved', 'v2']);
     expect(r.signal).toBe('SIGKILL');
 

@@ -6,16 +6,12 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { isDiskFull } from '../errors.js';
 import type { Migration } from '../migrations.js';
 import { driftRepairSql, listTables, recordBaseline, recordMigration, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 
 export type MigrateFailureCode = 'rows_vanished' | 'fk_violation' | 'quick_check' | 'migration_error' | 'locked' | 'corrupt' | 'disk_full';
 
-/** No space for the backup or the migration (the OS's word or SQLite's). */
-export function isDiskFull(e: unknown): boolean {
-  const code = (e as { code?: unknown } | undefined)?.code;
-  return code === 'ENOSPC' || code === 'SQLITE_FULL' || (typeof code === 'string' && code.startsWith('SQLITE_FULL'));
-}
 
 export interface SafeMigrateInput {
   dbPath: string;
