@@ -269,16 +269,13 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     step('migrated');
     meta = readMeta(db, userId);
     if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
-      const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
-      return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt: meta.seeded_at ?? '', durationMs: Date.now() - started };
+      return alreadyReady(db, userId, version, meta.seeded_at ?? '', started);
     }
     if (!input.force && meta && meta.seed_status !== 'ready' && meta.seed_version !== version && readyBefore(db, version)) {
       // A seed of another version stopped part way (a crash: nothing marked it failed) on a user
       // this version had made complete. Its rows and files are the user's now, edits and all, so
       // they are not rewritten (that is --force): the user is ready with this version again.
-      const seededAt = resumeReady(db, userId, version, meta.seed_version);
-      const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
-      return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt, durationMs: Date.now() - started };
+      return alreadyReady(db, userId, version, resumeReady(db, userId, version, meta.seed_version), started);
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
     const map = persistMap(db, userId, prepared, version, inherited);
@@ -368,6 +365,12 @@ function beginSeed(db: SqliteDb, userId: UserId, prepared: PreparedPackage, vers
   db.prepare(`INSERT INTO acm2_seed_state (seed_version, status, started_at) VALUES (?, 'in_progress', ?)
               ON CONFLICT(seed_version) DO UPDATE SET status = 'in_progress', started_at = excluded.started_at, finished_at = NULL, last_error = NULL`).run(version, new Date().toISOString());
   return map;
+}
+
+/** The result of a seed that found this version's rows and files in place and wrote none of them. */
+function alreadyReady(db: SqliteDb, userId: UserId, version: string, seededAt: string, started: number): SeedUserResult {
+  const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(version) as { n: number; b: number };
+  return { userId, seedVersion: version, outcome: 'already_ready', rows: countSeedRows(db, version), files: f.n, bytes: f.b, seededAt, durationMs: Date.now() - started };
 }
 
 /** This version was seeded to the end once (the tool's own record, which a later seed of another version leaves alone). */
