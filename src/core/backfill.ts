@@ -13,17 +13,9 @@ import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import {
-  ACM2_TABLES,
-  describeDrift,
-  detectSchemaDrift,
-  listTables,
-  pendingMigrations,
-  userMigrations,
-  type SchemaDrift,
-  type SqliteDb,
-} from '../userdb/user-db.js';
-import { otherOwners, seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
+import { describeDrift, detectSchemaDrift, listTables, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
+import { schemaWork } from './schema-work.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
@@ -334,30 +326,17 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
   const schemaKey = schema.map(([type, name]) => `${type} ${name}`).join('\n');
   const steps: PlanStep[] = [];
   if (tables.size === 0) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
-  // Before anything is planned on it: another user's data under this id is never adopted,
-  // migrated or marked ready as this user's.
-  const foreign = otherOwners(db, tables, userId);
-  if (foreign.length > 0) {
-    return failed(userId, 'foreign_data', `the DB holds another user's data (${foreign.join('; ')}), not user ${userId}'s: left alone; move it out of the data dir, then run: acm2 user seed ${userId}`);
-  }
-  if (!tables.has('acm2_migrations')) {
-    if (!ACM2_TABLES.some((t) => tables.has(t))) {
-      return failed(userId, 'unrecognised', `the DB holds none of ACM2's tables (${[...tables].slice(0, 4).join(', ')}…); left alone`);
+  const work = schemaWork(db, tables, userId, migrations, () => driftOf(db, schemaKey));
+  if (!work.ok) {
+    if (work.code === 'foreign_data') {
+      return failed(userId, 'foreign_data', `the DB holds another user's data (${work.owners.join('; ')}), not user ${userId}'s: left alone; move it out of the data dir, then run: acm2 user seed ${userId}`);
     }
-    const drift = detectSchemaDrift(db);
-    if (drift.unrepairable.length > 0) return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${drift.unrepairable.join('; ')}; left alone`);
-    steps.push({ kind: 'adopt', drift });
-    const rest = migrations.filter((m) => m.id > 1);
-    if (rest.length > 0) steps.push({ kind: 'migrate', migrations: rest });
-  } else {
-    // The ledger says what was applied, not what is still there: a table, column or index of
-    // migration 1 lost since (dropped by hand, a restore of part of the file) is put back.
-    const drift = driftOf(db, schemaKey);
-    if (drift.unrepairable.length > 0) return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${drift.unrepairable.join('; ')}; left alone`);
-    if (drift.missingTables.length + drift.missingColumns.length + drift.missingIndexes.length > 0) steps.push({ kind: 'repair', drift });
-    const pending = pendingMigrations(db, migrations);
-    if (pending.length > 0) steps.push({ kind: 'migrate', migrations: pending });
+    if (work.code === 'unrecognised') return failed(userId, 'unrecognised', `the DB holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…); left alone`);
+    return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${work.unrepairable.join('; ')}; left alone`);
   }
+  if (work.adopt) steps.push({ kind: 'adopt', drift: work.adopt });
+  if (work.repair) steps.push({ kind: 'repair', drift: work.repair });
+  if (work.migrations.length > 0) steps.push({ kind: 'migrate', migrations: work.migrations });
   const status = metaStatus(db, tables, userId);
   if (status === 'ready') {
     /* user_meta is fine */

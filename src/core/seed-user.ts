@@ -32,18 +32,8 @@ import type { SeedPackage } from '../seed/package.js';
 import type { UserLock } from '../master/types.js';
 import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
-import {
-  ACM2_TABLES,
-  detectSchemaDrift,
-  listTables,
-  migrateUserDb,
-  openSqlite,
-  openUserDb,
-  pendingMigrations,
-  userMigrations,
-  type SchemaDrift,
-  type SqliteDb,
-} from '../userdb/user-db.js';
+import { listTables, migrateUserDb, openSqlite, openUserDb, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { schemaWork } from './schema-work.js';
 import type { Migration } from '../migrations.js';
 import { migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
@@ -154,18 +144,18 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
       throw new Error(`cannot read ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
     if (tables.size === 0) return; // an empty file: the seed builds the schema in it
-    const foreign = otherOwners(db, tables, userId);
-    if (foreign.length > 0) {
-      throw new NeedsOperatorError(
-        `${file} holds another user's data (${foreign.join('; ')}), not user ${userId}'s: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${userId}`,
-      );
+    const work = schemaWork(db, tables, userId, userMigrations());
+    if (!work.ok) {
+      if (work.code === 'foreign_data') {
+        throw new NeedsOperatorError(
+          `${file} holds another user's data (${work.owners.join('; ')}), not user ${userId}'s: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${userId}`,
+        );
+      }
+      if (work.code === 'unrecognised') throw new Error(`${file} holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
+      throw new Error(`${file} has schema drift that needs a table rebuild (${work.unrepairable.join('; ')}); it was left alone`);
     }
-    if (!tables.has('acm2_migrations')) {
-      if (!ACM2_TABLES.some((t) => tables.has(t))) throw new Error(`${file} holds none of ACM2's tables (${[...tables].slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
-      adopt = detectSchemaDrift(db);
-      if (adopt.unrepairable.length > 0) throw new Error(`${file} has schema drift that needs a table rebuild (${adopt.unrepairable.join('; ')}); it was left alone`);
-      migrations = userMigrations().filter((m) => m.id > 1);
-    } else migrations = pendingMigrations(db);
+    adopt = work.adopt;
+    migrations = work.migrations;
   } finally {
     db.close();
   }
@@ -177,44 +167,6 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
     throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
   }
 }
-
-/** Rows of ACM2's per-user tables that name another owner (a DB copied or reused under this id). */
-export function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
-  // user_meta (one row, its owner's) decides for a DB that has one: one small statement, since
-  // backfill asks this of every user. Only a DB without it (legacy ACM2) is asked of its rows.
-  if (tables.has('user_meta')) {
-    try {
-      const owners = db.prepare(`SELECT user_id FROM user_meta LIMIT 2`).pluck().all() as unknown[];
-      if (owners.length > 0) return owners.filter((o) => String(o) !== String(userId)).map((o) => `user_meta of user ${String(o)}`);
-    } catch {
-      /* no user_id column: ask the rows */
-    }
-  }
-  const present = OWNED_TABLES.filter((t) => tables.has(t) && t !== 'user_meta');
-  if (present.length === 0) return [];
-  // One statement over the tables (backfill asks this of every user), each part two index ranges
-  // (ix_<t>_user_id), not a scan: INTEGER affinity stores ids as integers; text that is not a
-  // number sorts above every integer and is another owner too.
-  const part = (t: string) => `SELECT '${t}' AS t, user_id FROM ${t} WHERE user_id < ? OR user_id > ?`;
-  try {
-    const rows = db.prepare(present.map((t) => `SELECT * FROM (${part(t)} LIMIT 1)`).join(' UNION ALL ')).raw(true).all(...present.flatMap(() => [userId, userId])) as [string, unknown][];
-    return rows.map(([t, other]) => `${t} of user ${String(other)}`);
-  } catch {
-    // A table of this DB's ACM2 version without user_id: ask the others one by one.
-    const out: string[] = [];
-    for (const t of present) {
-      try {
-        const other = db.prepare(`${part(t)} LIMIT 1`).raw(true).get(userId, userId) as [string, unknown] | undefined;
-        if (other) out.push(`${t} of user ${String(other[1])}`);
-      } catch {
-        /* no user_id column here */
-      }
-    }
-    return out;
-  }
-}
-
-const OWNED_TABLES = ['user_meta', 'presets', 'runs', 'contents'];
 
 /** What must reach the disk before the next step: files' data and folders' entries. */
 export interface ToSync {
