@@ -316,6 +316,30 @@ describe('a seeded user whose DB lost part of its schema (an index dropped by ha
   });
 });
 
+describe('a seeded user whose DB lost a column by hand, planned after a user whose DB is whole', () => {
+  it('gets the column back: the planner does not take its schema for the whole one it saw first', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      await createUser(deps, { email: 'whole@example.com', username: 'whole' });
+      const u = await createUser(deps, { email: 'nocolumn@example.com', username: 'nocolumn' });
+      const db = new Database(userDbPath(w.dataDir, u.user.id));
+      db.exec('ALTER TABLE contents DROP COLUMN description');
+      db.close();
+      // One planner, so the whole DB's schema is seen (and remembered) first.
+      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true, concurrency: 1 });
+      expect(plan.users.find((p) => p.id === u.user.id)).toMatchObject({ action: 'migrate', steps: ['repair: add column contents.description'] });
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { concurrency: 1 });
+      expect(r.counts).toEqual({ ok: 1, migrate: 1 });
+      const after = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+      expect((after.prepare(`SELECT name FROM pragma_table_info('contents')`).pluck().all() as string[])).toContain('description');
+      after.close();
+    } finally {
+      await w.cleanup();
+    }
+  });
+});
+
 describe('a user whose seed job failed for good', () => {
   it('is seeded by backfill and its job says done again (verify agrees)', async () => {
     const w = await sqliteWorld();

@@ -319,14 +319,20 @@ function driftOf(db: SqliteDb, key: string): SchemaDrift {
 }
 
 function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPlan {
-  // One read of the schema's names gives the tables and the key of driftOf's cache (names only:
-  // reading every statement's text per user cost more than the rest of the plan).
-  const schema = db.prepare(`SELECT type, name FROM sqlite_master`).raw(true).all() as [string, string][];
-  const tables = new Set(schema.filter(([type, name]) => type === 'table' && !name.startsWith('sqlite_')).map(([, name]) => name));
-  const schemaKey = schema.map(([type, name]) => `${type} ${name}`).join('\n');
+  // One read of the schema gives the tables and the key of driftOf's cache: the whole schema's
+  // text, joined by SQLite into one string (cheaper than a row per table), so a DB that lost a
+  // column by hand is not taken for one with every column.
+  const [names, schemaKey] = db
+    .prepare(
+      `SELECT group_concat(CASE WHEN type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' THEN name END, char(10)),
+              group_concat(type || ' ' || name || ' ' || coalesce(sql, ''), char(10)) FROM sqlite_master`,
+    )
+    .raw(true)
+    .get() as [string | null, string | null];
+  const tables = new Set(names ? names.split('\n') : []);
   const steps: PlanStep[] = [];
   if (tables.size === 0) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
-  const work = schemaWork(db, tables, userId, migrations, () => driftOf(db, schemaKey));
+  const work = schemaWork(db, tables, userId, migrations, () => driftOf(db, schemaKey ?? ''));
   if (!work.ok) {
     if (work.code === 'foreign_data') {
       return failed(userId, 'foreign_data', `the DB holds another user's data (${work.owners.join('; ')}), not user ${userId}'s: left alone; move it out of the data dir, then run: acm2 user seed ${userId}`);
