@@ -25,7 +25,7 @@
 // recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
@@ -378,11 +378,71 @@ function renderFiles(prepared: PreparedPackage, map: Map<string, string>): Rende
   });
 }
 
-const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+// O_NONBLOCK: a FIFO at a seeded path must not hang the seed (a regular file ignores it).
+const REWRITE_FLAGS = constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/**
+ * Write `data` at `abs`: a new file, or an earlier seed's file rewritten in place. Anything else
+ * at that path (a symlink, a FIFO, a file with a second hard link, perhaps outside the data dir
+ * or in a backup snapshot) is never written through: a new file is renamed over the entry.
+ */
+function writeFileAt(abs: string, data: Uint8Array): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(abs, CREATE_FLAGS, 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    fd = openOwnFile(abs);
+  }
+  if (fd === undefined) return replaceEntry(abs, data);
+  try {
+    writeAll(fd, data);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** An open, emptied fd of the regular, singly-linked file at `abs`, or undefined if it is not one. */
+function openOwnFile(abs: string): number | undefined {
+  let fd: number;
+  try {
+    fd = openSync(abs, REWRITE_FLAGS);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // ELOOP: a symlink (O_NOFOLLOW); ENXIO: a FIFO nobody reads; others: a socket, a device.
+    if (code === 'ELOOP' || code === 'ENXIO' || code === 'EOPNOTSUPP' || code === 'ENODEV' || code === 'ETXTBSY') return undefined;
+    throw e;
+  }
+  const st = fstatSync(fd);
+  if (st.isFile() && st.nlink === 1) {
+    ftruncateSync(fd, 0);
+    return fd;
+  }
+  closeSync(fd);
+  return undefined;
+}
+
+function replaceEntry(abs: string, data: Uint8Array): void {
+  const tmp = `${abs}.acm2-${randomBytes(4).toString('hex')}.tmp`;
+  const fd = openSync(tmp, CREATE_FLAGS, 0o600);
+  try {
+    try {
+      writeAll(fd, data);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, abs);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
 
 /**
  * Write each file at its place under the user root (replacing a file this seed wrote before;
- * never following a symlink at the target). Folders are created 0700, files 0600.
+ * never writing through a symlink, a FIFO or a hard link at the target). Folders are created
+ * 0700, files 0600.
  */
 function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSync {
   const dirs = new Set<string>();
@@ -401,12 +461,7 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
       for (let d = dir; d.length > root.length && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
       mkdirInside(root, realRoot, dir);
     }
-    const fd = openSync(abs, WRITE_FLAGS, 0o600);
-    try {
-      writeAll(fd, f.data);
-    } finally {
-      closeSync(fd);
-    }
+    writeFileAt(abs, f.data);
     out.push(abs);
   }
   dirs.add(root);

@@ -1,0 +1,83 @@
+// Odd or hostile things on disk where the tool expects its own files: it never writes, chmods or
+// deletes through them, never hangs on them, and says what it found.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { createUser, seedOneUser } from '../src/core/users.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
+import { verifyUsers } from '../src/core/verify.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+
+let pkg: FrozenSource;
+let world: World;
+let outside: string;
+
+beforeAll(async () => {
+  pkg = frozenSource({ sourceDocs: 1 });
+  world = await sqliteWorld();
+  outside = tmpDir('acm2-outside-');
+});
+afterAll(async () => {
+  await world.cleanup();
+  pkg.cleanup();
+  rmSync(outside, { recursive: true, force: true });
+});
+
+const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
+let n = 0;
+async function readyUser(): Promise<{ id: number; runDir: string; log: string }> {
+  n++;
+  const u = await createUser(deps(), { email: `odd${n}@example.com`, username: `odd${n}` });
+  expect(u.seed?.status).toBe('ready');
+  const runs = path.join(userRoot(world.dataDir, u.user.id), 'runs');
+  const runDir = path.join(runs, readdirSync(runs)[0]!);
+  const logs = path.join(runDir, 'logs');
+  const log = path.join(logs, readdirSync(logs).find((f) => f.endsWith('.log'))!);
+  return { id: u.user.id, runDir, log };
+}
+
+describe('user seed --force over a seeded path that is no longer a plain file of its own', () => {
+  it('a hard link to a file outside the data dir: the outside file keeps its bytes and mode', async () => {
+    const u = await readyUser();
+    const seeded = readFileSync(u.log);
+    const precious = path.join(outside, 'precious.txt');
+    writeFileSync(precious, 'the operator’s own file\n', { mode: 0o644 });
+    rmSync(u.log);
+    linkSync(precious, u.log);
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed.status).toBe('ready');
+    expect(readFileSync(precious, 'utf8')).toBe('the operator’s own file\n');
+    expect(statSync(precious).mode & 0o777).toBe(0o644);
+    expect(statSync(precious).nlink).toBe(1);
+    expect(readFileSync(u.log)).toEqual(seeded);
+    expect((await verifyUsers(deps(), { users: [u.id] })).users[0]!.problems).toEqual([]);
+  });
+
+  it('a FIFO: the seed does not wait for a reader, and the file is restored', async () => {
+    const u = await readyUser();
+    const seeded = readFileSync(u.log);
+    rmSync(u.log);
+    execFileSync('mkfifo', [u.log]);
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed.status).toBe('ready');
+    expect(statSync(u.log).isFile()).toBe(true);
+    expect(readFileSync(u.log)).toEqual(seeded);
+  });
+
+  it('a symlink to a file outside: the link is replaced, its target untouched', async () => {
+    const u = await readyUser();
+    const target = path.join(outside, 'linked.txt');
+    writeFileSync(target, 'not yours\n');
+    rmSync(u.log);
+    symlinkSync(target, u.log);
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed.status).toBe('ready');
+    expect(readFileSync(target, 'utf8')).toBe('not yours\n');
+    expect(statSync(u.log).isFile()).toBe(true);
+    expect(readdirSync(path.dirname(u.log)).filter((f) => f.includes('.acm2-'))).toEqual([]);
+  });
+});
+
