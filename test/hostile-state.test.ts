@@ -8,6 +8,7 @@ import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { verifyUsers } from '../src/core/verify.js';
+import { runBackfill } from '../src/core/backfill.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
@@ -81,3 +82,62 @@ describe('user seed --force over a seeded path that is no longer a plain file of
   });
 });
 
+
+describe('user_{id}.db that is not a database file of the user’s own', () => {
+  it('a symlink to an empty file outside: user seed builds nothing there and says what to do', async () => {
+    n++;
+    const u = await createUser(deps(), { email: `odd${n}@example.com`, username: `odd${n}`, async: true });
+    const target = path.join(outside, `empty-${u.user.id}.db`);
+    writeFileSync(target, '');
+    symlinkSync(target, userDbPath(world.dataDir, u.user.id));
+    const r = await seedOneUser(deps(), String(u.user.id), {});
+    expect(r.seed.status).toBe('failed');
+    expect(r.seed.error).toMatch(/is a symlink, not the user's own database file/);
+    expect(r.seed.retry).toBeUndefined();
+    expect(statSync(target).size).toBe(0);
+    expect(readdirSync(outside).filter((f) => f.startsWith(`empty-${u.user.id}.db`))).toEqual([`empty-${u.user.id}.db`]);
+  });
+
+  it('a symlink to a ready user’s DB moved outside: --force writes nothing into it', async () => {
+    const u = await readyUser();
+    const moved = path.join(outside, `moved-${u.id}.db`);
+    execFileSync('mv', [userDbPath(world.dataDir, u.id), moved]);
+    symlinkSync(moved, userDbPath(world.dataDir, u.id));
+    const before = readFileSync(moved);
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed.status).toBe('failed');
+    expect(readFileSync(moved)).toEqual(before);
+  });
+
+  it('a FIFO: verify, user seed and the backfill plan say so at once instead of waiting for a writer', async () => {
+    n++;
+    const u = await createUser(deps(), { email: `odd${n}@example.com`, username: `odd${n}`, async: true });
+    execFileSync('mkfifo', [userDbPath(world.dataDir, u.user.id)]);
+    const v = await verifyUsers(deps(), { users: [u.user.id] });
+    expect(v.users[0]!.problems).toEqual([expect.objectContaining({ code: 'db_corrupt', message: expect.stringMatching(/is a FIFO, not a database file/) })]);
+    const r = await seedOneUser(deps(), String(u.user.id), {});
+    expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/is a FIFO/) });
+    const plan = await runBackfill({ master: world.master, dataDir: world.dataDir, pkg: pkg.pkg }, { dryRun: true, userIds: [u.user.id] });
+    expect(plan.users[0]).toMatchObject({ id: u.user.id, action: 'fail', reason: expect.stringMatching(/is a FIFO/) });
+  });
+});
+
+describe('a symlinked .acm2/staging', () => {
+  it('is refused: nothing is built or removed where it leads', async () => {
+    const w = await sqliteWorld();
+    const elsewhere = path.join(outside, 'staging-elsewhere');
+    try {
+      const d = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const u = await createUser(d, { email: 'staging@example.com', username: 'staging', async: true });
+      mkdirSync(path.join(elsewhere, `user_${u.user.id}-keep`), { recursive: true });
+      writeFileSync(path.join(elsewhere, `user_${u.user.id}-precious.txt`), 'not the tool’s\n');
+      mkdirSync(path.join(w.dataDir, '.acm2'), { recursive: true });
+      symlinkSync(elsewhere, path.join(w.dataDir, '.acm2', 'staging'));
+      const r = await seedOneUser(d, String(u.user.id), {});
+      expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/staging is a symlink/) });
+      expect(readdirSync(elsewhere).sort()).toEqual([`user_${u.user.id}-keep`, `user_${u.user.id}-precious.txt`]);
+    } finally {
+      await w.cleanup();
+    }
+  });
+});

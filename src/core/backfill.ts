@@ -12,7 +12,7 @@ import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/typ
 import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
-import { toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { describeDrift, detectSchemaDrift, listTables, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
@@ -221,6 +221,8 @@ export function planUser(ctx: PlanContext, userId: UserId): UserPlan {
 
 function planDb(ctx: PlanContext, userId: UserId): UserPlan {
   const file = userDbPath(ctx.dataDir, userId);
+  const odd = userDbEntryProblem(ctx.dataDir, userId);
+  if (odd) return failed(userId, 'unreadable', `${odd}: left alone; put the user's database file itself there or move the entry aside`);
   if (!existsSync(file)) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
   let db: SqliteDb | undefined;
   try {

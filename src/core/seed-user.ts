@@ -37,7 +37,7 @@ import { schemaWork } from './schema-work.js';
 import type { Migration } from '../migrations.js';
 import { migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
-import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { classifyFsError, NeedsOperatorError, UnavailableError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
@@ -125,8 +125,15 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
  * migrations applied with a backup and proven row counts, or the seed stops with nothing changed.
  * The seed's own migrateUserDb then finds nothing to do.
  */
+/** A symlink, FIFO or folder at user_{id}.db (or a symlinked staging folder) is never opened, seeded through or replaced. */
+function refuseOddDbEntry(dataDir: string, userId: UserId): void {
+  const odd = userDbEntryProblem(dataDir, userId) ?? toolDirProblem(dataDir, 'staging');
+  if (odd) throw new NeedsOperatorError(`${odd}: nothing was seeded through it; put the user's database file itself there or move the entry aside, then run: acm2 user seed ${userId}`);
+}
+
 async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<void> {
   const file = userDbPath(dataDir, userId);
+  refuseOddDbEntry(dataDir, userId);
   if (!existsSync(file)) return;
   let adopt: SchemaDrift | undefined;
   let migrations: Migration[];
@@ -188,6 +195,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   const version = pkg.version;
   const step = input.onStep ?? (() => undefined);
   const prepared = preparePackage(pkg);
+  refuseOddDbEntry(dataDir, userId);
 
   let leftovers = committedStaged(dataDir, userId);
   if (!existsSync(userDbPath(dataDir, userId)) && leftovers.length === 0) return yield* seedFresh(dataDir, userId, prepared, step, started);

@@ -15,7 +15,7 @@ import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
 import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
-import { resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
+import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
 /** The stable problem codes of SPEC §5, in the order a person reads them. */
 export const PROBLEM_CODES = [
@@ -591,12 +591,19 @@ class UserCheck {
     } else {
       if (st.isSymbolicLink()) {
         this.add('path_escape', `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}; the user's DB must be the file itself`, { path: this.rel(this.dbFile) });
-      } else {
+      } else if (st.isFile()) {
         this.checkMode(st, this.dbFile, 0o600);
       }
-      const r = this.checkDatabase();
-      state = r.state;
-      seeded = r.seeded;
+      // Opening a FIFO (or a symlink to one) would wait for a writer for ever.
+      const kind = entryKind(st.isSymbolicLink() ? statOrUndefined(this.dbFile) : st);
+      if (kind !== 'file') {
+        this.add('db_corrupt', `${this.rel(this.dbFile)} is ${kind}, not a database file; it was not opened`, { path: this.rel(this.dbFile) });
+        state = { kind: 'unreadable' };
+      } else {
+        const r = this.checkDatabase();
+        state = r.state;
+        seeded = r.seeded;
+      }
     }
     verifyTestHooks.afterDbRead?.(this.userId);
     this.checkTree();
@@ -1374,6 +1381,14 @@ function checkRolledBackCopy(dbFile: string, check: 'quick_check' | 'integrity_c
     return errMessage(e);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function statOrUndefined(p: string): Stats | undefined {
+  try {
+    return statSync(p);
+  } catch {
+    return undefined;
   }
 }
 

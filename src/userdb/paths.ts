@@ -1,6 +1,7 @@
 // Every per-user path is derived here from the user id, and nowhere else.
 // Anything that would resolve outside the user's root is refused.
 
+import { lstatSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 
@@ -55,4 +56,49 @@ export function userIdFromEntry(name: string): { id: UserId; kind: 'db' | 'dir' 
   const m = /^user_([1-9][0-9]{0,15})(\.db)?$/.exec(name);
   if (!m) return undefined;
   return { id: Number(m[1]), kind: m[2] ? 'db' : 'dir' };
+}
+
+/** 'file', or what the entry is instead, for a message. */
+export function entryKind(st: Stats | undefined): string {
+  if (!st) return 'a dangling symlink';
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'a folder';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isSymbolicLink()) return 'a symlink';
+  return 'a device';
+}
+
+/**
+ * Why the user's DB entry must not be opened or written through, or undefined when it is a
+ * regular file of its own (or absent). A symlink may lead outside the data dir (a seed would
+ * write there) and opening a FIFO waits for a writer for ever.
+ */
+export function userDbEntryProblem(dataDir: string, id: UserId): string | undefined {
+  const file = userDbPath(dataDir, id);
+  let st: Stats;
+  try {
+    st = lstatSync(file);
+  } catch {
+    return undefined;
+  }
+  if (st.isFile()) return undefined;
+  return `${file} is ${st.isSymbolicLink() ? 'a symlink' : entryKind(st)}, not the user's own database file`;
+}
+
+/**
+ * Why `.acm2/<sub>` must not be used, or undefined when each part is a real folder (or absent):
+ * a symlinked part would have staging's removals and renames happen wherever it leads.
+ */
+export function toolDirProblem(dataDir: string, sub: string): string | undefined {
+  for (const dir of [toolDir(dataDir), toolDir(dataDir, sub)]) {
+    let st: Stats;
+    try {
+      st = lstatSync(dir);
+    } catch {
+      return undefined;
+    }
+    if (!st.isDirectory()) return `${dir} is ${st.isSymbolicLink() ? 'a symlink' : entryKind(st)}, not a folder of the tool's own`;
+  }
+  return undefined;
 }

@@ -5,8 +5,8 @@ import Database from 'better-sqlite3';
 import { existsSync, mkdirSync, chmodSync } from 'node:fs';
 import path from 'node:path';
 import { loadMigrations, type Migration } from '../migrations.js';
-import { UsageError } from '../errors.js';
-import { userDbPath, type UserId } from './paths.js';
+import { NeedsOperatorError, UsageError } from '../errors.js';
+import { userDbEntryProblem, userDbPath, type UserId } from './paths.js';
 
 export type SqliteDb = Database.Database;
 
@@ -40,6 +40,8 @@ export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb
 }
 
 export function openUserDb(dataDir: string, id: UserId, opts: OpenUserDbOptions = {}): SqliteDb {
+  const odd = userDbEntryProblem(dataDir, id);
+  if (odd) throw new NeedsOperatorError(`${odd}: it was not opened; put the user's database file itself there or move the entry aside, then run: acm2 user seed ${id}`);
   return openSqlite(userDbPath(dataDir, id), opts);
 }
 
