@@ -245,6 +245,32 @@ describe('moving global logs through backfill', () => {
     expect(readdirSync(elsewhere)).toEqual([]);
   });
 
+  it('a log with a second hard link (to a file outside, say) is left in place and reported, never linked in or chmodded', async () => {
+    const elsewhere = fleetTmpDir('acm2-elsewhere-');
+    const secret = path.join(elsewhere, 'secret.conf');
+    writeFileSync(secret, 'password=hunter2\n', { mode: 0o644 });
+    linkSync(secret, path.join(w.logs, w.r3, 'debug.log'));
+    const r = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]]]) });
+    expect(r.skipped).toEqual([path.join(w.r3, 'debug.log')]);
+    expect(r.moved).toEqual([{ runId: w.r3, userId: 3, files: 1, bytes: expect.any(Number) }]);
+    expect(statSync(secret).mode & 0o777).toBe(0o644);
+    expect(statSync(secret).nlink).toBe(2);
+    expect(existsSync(path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3, 'logs', 'debug.log'))).toBe(false);
+  });
+
+  it("the CLI refuses a --legacy-logs inside the data dir (a user's own runs/) or holding it, moving nothing", () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });
+    const runs = path.join(userRoot(w.fleet.dataDir, 2), 'runs');
+    const before = snapshotTree(w.fleet.dataDir);
+    for (const dir of [runs, path.dirname(w.fleet.dataDir), pkg.seedsDir]) {
+      const r = cli('--legacy-logs', dir, '--json');
+      expect(r.status, r.stdout).toBe(2);
+      expect(JSON.parse(r.stdout).error.message, r.stdout).toMatch(/(is inside|holds) the (data|seeds) dir/);
+    }
+    expect(snapshotTree(w.fleet.dataDir)).toEqual(before);
+  });
+
   it('the CLI reports the moves in its JSON and refuses a --legacy-logs that is not a folder', () => {
     const cli = (...args: string[]) =>
       spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });

@@ -1,6 +1,6 @@
 // `acm2 backfill`: parse flags, run the core over the master, render; SIGINT/SIGTERM stop cleanly.
 
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { CommandCall } from './program.js';
 import { onInterrupt } from './interrupt.js';
@@ -17,6 +17,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const dryRun = Boolean(opts.dryRun);
   const legacyLogsDir = opts.legacyLogs === undefined ? undefined : path.resolve(String(opts.legacyLogs));
   if (legacyLogsDir && !(existsSync(legacyLogsDir) && statSync(legacyLogsDir).isDirectory())) throw new UsageError(`--legacy-logs '${legacyLogsDir}' is not a folder`);
+  if (legacyLogsDir) refuseOverlap(legacyLogsDir, { 'the data dir': cfg.dataDir, 'the seeds dir': cfg.seedsDir });
   const options: BackfillOptions = {
     dryRun,
     userIds: (opts.user as string[] | undefined)?.map(parseUserId),
@@ -67,4 +68,21 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
 
 function notSetUp(display: string, cause?: unknown): UsageError {
   return new UsageError(`the master at ${display} is not set up yet, so there is nothing to plan (a run without --dry-run sets it up)`, 'master_not_ready', { cause });
+}
+
+/**
+ * ACM2's old logs folder is a folder of its own: one inside the data dir (a user's runs/, say)
+ * or the seeds dir, or one holding either, would have its files moved out of a user's tree or
+ * a package into some run's logs/.
+ */
+function refuseOverlap(legacy: string, others: Record<string, string>): void {
+  const real = realpathSync(legacy);
+  for (const [what, dir] of Object.entries(others)) {
+    if (!existsSync(dir)) continue;
+    const other = realpathSync(dir);
+    const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(path.sep) ? b : b + path.sep);
+    if (inside(real, other) || inside(other, real)) {
+      throw new UsageError(`--legacy-logs '${legacy}' ${inside(real, other) ? 'is inside' : 'holds'} ${what} (${dir}): it must be ACM2's old logs folder, apart from both; nothing was moved`);
+    }
+  }
 }

@@ -185,6 +185,10 @@ function moveRun(input: MoveLegacyLogsInput, res: LegacyLogsResult, dir: string,
     const bytes = lstatSync(from).size;
     const wanted = resolveInside(root, path.join('runs', runId, 'logs', rel));
     const placed = placeFile(from, wanted, Boolean(input.dryRun), Boolean(input.forceCopy), staging, input.afterCopy);
+    if (placed === undefined) {
+      res.skipped.push(path.relative(dir, from));
+      continue;
+    }
     if (placed !== wanted) res.clashes.push({ runId, userId, existing: path.relative(root, wanted), keptAs: path.relative(root, placed) });
     move.files++;
     move.bytes += bytes;
@@ -242,13 +246,18 @@ function walk(dir: string, skipped: string[], base: string, rel = ''): string[] 
 
 /**
  * Put `from` at `wanted`, or beside it under a suffixed name when another file is there.
- * Returns where the bytes end up. An identical file already in either place means an earlier
- * run got that far: the old name is simply removed.
+ * Returns where the bytes end up, or undefined for a file left in place. An identical file
+ * already in either place means an earlier run got that far: the old name is simply removed.
  */
-function placeFile(from: string, wanted: string, dryRun: boolean, forceCopy: boolean, staging: string, afterCopy?: (from: string) => void): string {
+function placeFile(from: string, wanted: string, dryRun: boolean, forceCopy: boolean, staging: string, afterCopy?: (from: string) => void): string | undefined {
   for (let k = 0; ; k++) {
     const target = k === 0 ? wanted : suffixed(wanted, k);
     if (!existsSync(target)) {
+      // A file with another name elsewhere (a hard link: to a file outside, say) is not only a
+      // log: linking it into the user's tree would hand the user that file, and chmod would
+      // change it there too. It is left in place and reported. (An earlier run's own link,
+      // stopped before the old name went, is found as the target above.)
+      if (lstatSync(from).nlink > 1) return undefined;
       if (!dryRun) moveNoClobber(from, target, forceCopy, staging, afterCopy);
       return target;
     }
