@@ -2,7 +2,7 @@
 // Failures are findings: the report is printed, then the exit code is 1.
 
 import chalk from 'chalk';
-import { checkPackage, knownVersions, listPackages } from '../seed/package.js';
+import { checkPackage, currentState, knownVersions, listPackages } from '../seed/package.js';
 import { UsageError } from '../errors.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
@@ -16,13 +16,15 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   const unknown = args.filter((v) => !known.includes(v));
   if (unknown.length > 0) throw new UsageError(`no seed version ${unknown.map((v) => `'${v}'`).join(', ')} in ${cfg.seedsDir}`, 'unknown_version');
   const packages = versions.map((v) => checkPackage(cfg.seedsDir, v));
-  const ok = packages.every((p) => p.ok);
-  out.result({ ok, seedsDir: cfg.seedsDir, packages }, () => {
-    if (packages.length === 0) return `No seed packages in ${cfg.seedsDir}.`;
+  // Checking the whole folder checks CURRENT too: every command that relies on it would fail.
+  const currentError = args.length === 0 ? currentState(cfg.seedsDir).error : undefined;
+  const ok = packages.every((p) => p.ok) && currentError === undefined;
+  out.result(currentError === undefined ? { ok, seedsDir: cfg.seedsDir, packages } : { ok, seedsDir: cfg.seedsDir, packages, currentError }, () => {
     const paint = (s: string, good: boolean) => (out.color ? (good ? chalk.green(s) : chalk.red(s)) : s);
-    return packages
-      .map((p) => [`${p.version}  ${paint(p.ok ? 'ok' : 'FAILED', p.ok)}`, ...p.problems.map((x) => `  - ${x}`)].join('\n'))
-      .join('\n');
+    const lines = packages.map((p) => [`${p.version}  ${paint(p.ok ? 'ok' : 'FAILED', p.ok)}`, ...p.problems.map((x) => `  - ${x}`)].join('\n'));
+    if (packages.length === 0) lines.push(`No seed packages in ${cfg.seedsDir}.`);
+    if (currentError !== undefined) lines.push(`CURRENT  ${paint('FAILED', false)}\n  - ${currentError}`);
+    return lines.join('\n');
   });
   // Not FindingsError: with --json that would print a second document after the report.
   if (!ok) process.exitCode = 1;

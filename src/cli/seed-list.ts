@@ -2,7 +2,7 @@
 
 import { makeTable } from '../ui/table.js';
 import chalk from 'chalk';
-import { listPackages } from '../seed/package.js';
+import { currentState, listPackages } from '../seed/package.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
@@ -10,14 +10,19 @@ import type { CommandCall } from './program.js';
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const packages = listPackages(cfg.seedsDir);
-  out.result({ seedsDir: cfg.seedsDir, packages }, () => {
-    if (packages.length === 0) return `No seed packages in ${cfg.seedsDir}.`;
+  const current = currentState(cfg.seedsDir);
+  // Like a package's `error`: present only when CURRENT is broken, so the usual document is unchanged.
+  const doc = current.error === undefined ? { seedsDir: cfg.seedsDir, packages } : { seedsDir: cfg.seedsDir, packages, currentError: current.error };
+  out.result(doc, () => {
+    const warning = current.error === undefined ? '' : `${out.color ? chalk.yellow('warning:') : 'warning:'} CURRENT is broken: ${current.error}`;
+    if (packages.length === 0) return [`No seed packages in ${cfg.seedsDir}.`, warning].filter(Boolean).join('\n');
     const table = makeTable(['', 'version', 'rows', 'files', 'bytes', 'packageSha256', 'created'], out.color);
     for (const p of packages) {
       const mark = p.current ? (out.color ? chalk.green('*') : '*') : '';
       if (p.error) table.push([mark, p.version, { colSpan: 5, content: `unreadable: ${p.error}` }]);
       else table.push([mark, p.version, p.rows, p.files, formatBytes(p.bytes), p.packageSha256.slice(0, 16), p.createdAt]);
     }
-    return `${table.toString()}\n* = CURRENT (${cfg.seedsDir})`;
+    const legend = current.error !== undefined ? warning : current.version !== undefined ? `* = CURRENT (${cfg.seedsDir})` : `No version is CURRENT in ${cfg.seedsDir}.`;
+    return `${table.toString()}\n${legend}`;
   });
 }

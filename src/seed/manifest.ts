@@ -70,6 +70,9 @@ function isCount(v: Json): v is number {
 function isHash(v: Json): v is string {
   return typeof v === 'string' && HEX64.test(v);
 }
+function isOneOf(list: readonly string[], v: string): boolean {
+  return list.includes(v);
+}
 
 /**
  * Check the parsed manifest's shape. Returns the problems found (empty when it is a valid
@@ -92,9 +95,16 @@ export function manifestShapeProblems(m: Json, expectedVersion: string): string[
   }
   if (!isObj(m.tables)) p.push('manifest tables is missing or not an object');
   else {
-    for (const [name, t] of Object.entries(m.tables)) {
-      if (!isObj(t) || !isCount(t.rows) || !isHash(t.sha256)) p.push(`manifest tables.${name} must be {rows, sha256}`);
+    const tables = m.tables;
+    for (const [name, t] of Object.entries(tables)) {
+      // Exactly the package tables: credentials must never ride along, and a table that is not
+      // seeded has no business in a package (nor can seeding skip one it expects).
+      if (isOneOf(EXCLUDED_TABLES, name)) p.push(`manifest lists table ${name}, which holds credentials or personal state that a package must never hold`);
+      else if (!isOneOf(PACKAGE_TABLES, name)) p.push(`manifest lists table ${JSON.stringify(name)}, which is not a package table (${PACKAGE_TABLES.join(', ')})`);
+      else if (!isObj(t) || !isCount(t.rows) || !isHash(t.sha256)) p.push(`manifest tables.${name} must be {rows, sha256}`);
     }
+    const missing = PACKAGE_TABLES.filter((t) => !Object.hasOwn(tables, t));
+    if (missing.length > 0) p.push(`manifest tables lacks ${missing.join(', ')} (a package holds every one of ${PACKAGE_TABLES.join(', ')})`);
   }
   if (!isObj(m.seedDb) || !isCount(m.seedDb.bytes) || !isHash(m.seedDb.sha256)) p.push('manifest seedDb must be {bytes, sha256}');
   if (!Array.isArray(m.files)) p.push('manifest files is missing or not a list');

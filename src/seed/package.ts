@@ -7,7 +7,8 @@ import path from 'node:path';
 import { assertVersionName } from '../config.js';
 import { PackageError } from '../errors.js';
 import { resolveInside } from '../userdb/paths.js';
-import { compareStrings, dumpTable, quoteIdent, readTableExact, sha256File, tableExists, walkTree } from './canonical.js';
+import { migrateUserDb } from '../userdb/user-db.js';
+import { compareStrings, dumpTable, quoteIdent, readTableExact, sha256File, walkTree } from './canonical.js';
 import {
   computePackageSha256,
   EXCLUDED_TABLES,
@@ -156,15 +157,30 @@ export function checkPackage(seedsDir: string, version: string): PackageCheck {
   return { version, ok: problems.length === 0, problems: problems.map((p) => p.text) };
 }
 
+export interface CurrentState {
+  /** The version CURRENT names, when that version is there. */
+  version?: string;
+  /** Why CURRENT cannot be used (unreadable, not a version name, a version that is not there). */
+  error?: string;
+}
+
+/** What CURRENT points at. No CURRENT file is a state, not an error: nothing is current yet. */
+export function currentState(seedsDir: string): CurrentState {
+  if (lstatSync(path.join(seedsDir, CURRENT_FILE), { throwIfNoEntry: false }) === undefined) return {};
+  let version: string;
+  try {
+    version = readCurrent(seedsDir);
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+  if (!knownVersions(seedsDir).includes(version)) return { error: `${path.join(seedsDir, CURRENT_FILE)} names '${version}', which is not a version in ${seedsDir}` };
+  return { version };
+}
+
 /** Every version with its totals, from the manifests alone (no hashing). */
 export function listPackages(seedsDir: string): PackageListing[] {
   if (!existsSync(seedsDir)) throw new PackageError(`seed packages folder ${seedsDir} does not exist`);
-  let current: string | undefined;
-  try {
-    current = readCurrent(seedsDir);
-  } catch {
-    current = undefined;
-  }
+  const current = currentState(seedsDir).version;
   return knownVersions(seedsDir).map((version) => {
     const base = { version, current: version === current };
     try {
@@ -329,24 +345,57 @@ function inspect(seedsDir: string, version: string, stopEarly: boolean): { probl
   return { problems, manifest: problems.length === 0 ? m : undefined };
 }
 
+/**
+ * seed.db as seeding will read it: every package table a real table whose columns the user schema
+ * has (and that carries every column seeding needs), its dump matching the manifest; beside them
+ * only the excluded tables, empty, and indexes. No views, triggers or other tables, so a name
+ * cannot hide other rows and nothing runs when the package is read.
+ */
 function tableProblems(seedDb: string, tables: Record<string, ManifestTable>): string[] {
   const out: string[] = [];
   let db: Database.Database | undefined;
   try {
     db = new Database(seedDb, { readonly: true, fileMustExist: true });
-    for (const [name, want] of Object.entries(tables)) {
-      if (!tableExists(db, name)) {
+    const objects = db.prepare(`SELECT type, name, sql FROM sqlite_master`).all() as Array<{ type: string; name: string; sql: string | null }>;
+    const real = new Set<string>();
+    for (const o of objects) {
+      if (o.type === 'index') continue; // on a table judged below; reading a table never runs one
+      if (o.type !== 'table') out.push(`${SEED_DB_FILE} holds a ${o.type} ${JSON.stringify(o.name)}; a package holds only tables`);
+      else if (/^\s*CREATE\s+VIRTUAL\b/i.test(o.sql ?? '')) out.push(`${SEED_DB_FILE} table ${JSON.stringify(o.name)} is a virtual table`);
+      else if (ALLOWED_TABLES.includes(o.name)) real.add(o.name);
+      else if (!INTERNAL_TABLE.test(o.name)) out.push(`${SEED_DB_FILE} holds table ${JSON.stringify(o.name)}, which is not a package table`);
+    }
+
+    const columns = new Map<string, Array<{ name: string; hidden: number }>>();
+    const listed = db
+      .prepare(`SELECT m.name AS t, p.name AS c, p.hidden AS hidden FROM sqlite_master m JOIN pragma_table_xinfo(m.name) p WHERE m.type = 'table' AND m.name IN (${PACKAGE_TABLES.map(() => '?').join(', ')})`)
+      .all(...PACKAGE_TABLES) as Array<{ t: string; c: string; hidden: number }>;
+    for (const r of listed) columns.set(r.t, [...(columns.get(r.t) ?? []), { name: r.c, hidden: r.hidden }]);
+    const schema = userSchemaColumns();
+    for (const name of PACKAGE_TABLES) {
+      if (!real.has(name)) {
         out.push(`${SEED_DB_FILE} has no table ${name}`);
         continue;
       }
+      const want = schema.get(name);
+      const have = columns.get(name) ?? [];
+      const bad = [
+        ...have.filter((c) => c.hidden !== 0).map((c) => `${SEED_DB_FILE} table ${name} column ${JSON.stringify(c.name)} is generated or hidden`),
+        ...have.filter((c) => c.hidden === 0 && !want?.all.has(c.name)).map((c) => `${SEED_DB_FILE} table ${name} has column ${JSON.stringify(c.name)}, which the user schema lacks`),
+        ...(want?.required ?? []).filter((c) => !have.some((h) => h.name === c)).map((c) => `${SEED_DB_FILE} table ${name} lacks column ${c}, which seeding needs`),
+      ];
+      out.push(...bad);
+      const expected = tables[name];
+      if (bad.length > 0 || !expected) continue;
       const got = dumpTable(db, name);
-      if (got.rows !== want.rows) out.push(`${SEED_DB_FILE} table ${name} has ${got.rows} rows, the manifest says ${want.rows}`);
-      else if (got.sha256 !== want.sha256) out.push(`${SEED_DB_FILE} table ${name} sha256 does not match the manifest`);
+      if (got.rows !== expected.rows) out.push(`${SEED_DB_FILE} table ${name} has ${got.rows} rows, the manifest says ${expected.rows}`);
+      else if (got.sha256 !== expected.sha256) out.push(`${SEED_DB_FILE} table ${name} sha256 does not match the manifest`);
     }
-    for (const t of [...PACKAGE_TABLES, ...EXCLUDED_TABLES]) {
-      if (t in tables || !tableExists(db, t)) continue;
+    // The excluded tables are part of ACM2's schema, so seed.db has them: always empty.
+    for (const t of EXCLUDED_TABLES) {
+      if (!real.has(t)) continue;
       const n = (db.prepare(`SELECT COUNT(*) AS n FROM ${quoteIdent(t)}`).get() as { n: number }).n;
-      if (n > 0) out.push(`${SEED_DB_FILE} table ${t} holds ${n} rows the manifest does not list`);
+      if (n > 0) out.push(`${SEED_DB_FILE} table ${t} holds ${n} rows, but credentials and personal state are never in a package`);
     }
   } catch (e) {
     out.push(`${SEED_DB_FILE} cannot be read as SQLite (${(e as Error).message})`);
@@ -354,4 +403,38 @@ function tableProblems(seedDb: string, tables: Record<string, ManifestTable>): s
     db?.close();
   }
   return out;
+}
+
+const ALLOWED_TABLES: readonly string[] = [...PACKAGE_TABLES, ...EXCLUDED_TABLES];
+/** SQLite's own bookkeeping (AUTOINCREMENT, ANALYZE): only SQLite can create these names. */
+const INTERNAL_TABLE = /^sqlite_(sequence|stat[1-4])$/;
+
+interface SchemaTable {
+  all: Set<string>;
+  /** What seeding cannot do without: the primary key, NOT NULL columns without a default, user_id. */
+  required: string[];
+}
+let userSchema: Map<string, SchemaTable> | undefined;
+
+/** The package tables' columns in a fresh user DB: every user migration, applied once in memory. */
+function userSchemaColumns(): Map<string, SchemaTable> {
+  if (userSchema) return userSchema;
+  const mem = new Database(':memory:');
+  try {
+    migrateUserDb(mem);
+    const rows = mem
+      .prepare(`SELECT m.name AS t, p.name AS c, p."notnull" AS nn, p.dflt_value AS dflt, p.pk AS pk FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'`)
+      .all() as Array<{ t: string; c: string; nn: number; dflt: unknown; pk: number }>;
+    const map = new Map<string, SchemaTable>();
+    for (const r of rows) {
+      const t = map.get(r.t) ?? { all: new Set<string>(), required: [] };
+      t.all.add(r.c);
+      if (r.pk > 0 || (r.nn === 1 && r.dflt === null) || r.c === 'user_id') t.required.push(r.c);
+      map.set(r.t, t);
+    }
+    userSchema = map;
+    return map;
+  } finally {
+    mem.close();
+  }
 }
