@@ -1,21 +1,28 @@
 // diff: a fresh user equals its package; one edit is exactly one change; rows and files a user
-// created are added; two users match through their maps; v1 vs a v2 frozen from a modified
-// source shows exactly the modifications; bad arguments are usage errors (exit 2).
+// created are added; two users match through their maps (a log that is not UTF-8 too); v1 vs a
+// v2 frozen from a modified source shows exactly the modifications; symlinks and other entries
+// under a user's folder count; bad arguments and odd entries are usage errors (exit 2), a locked
+// DB or a hot journal is the environment (exit 3), never "corrupt".
 
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
-import { createUser } from '../src/core/users.js';
+import { createUser, resolveUser, userStatus } from '../src/core/users.js';
 import { freezeSeed } from '../src/core/freeze.js';
+import { generateSource } from '../src/fixtures/source.js';
 import { planDiff, runDiff, type DiffRequest, type DiffResult } from '../src/core/diff.js';
 import { renderDiff } from '../src/ui/diff.js';
-import { UsageError } from '../src/errors.js';
+import { UnavailableError, UsageError } from '../src/errors.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
+
+const require = createRequire(import.meta.url);
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const REPO = fileURLToPath(new URL('..', import.meta.url));
@@ -26,6 +33,13 @@ let ann: number;
 let ben: number;
 const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir });
 const diff = (req: DiffRequest) => runDiff(deps(), req);
+let made = 0;
+/** A fresh seeded user of its own, so a test may break it without touching the others. */
+const newUser = async (seedVersion?: string) => {
+  const name = `u${++made}x`;
+  return (await createUser({ ...deps(), lockTimeoutMs: 5000 }, { email: `${name}@example.com`, username: name, seedVersion })).user.id;
+};
+const runOf = (id: number) => withDb(id, (db) => (db.prepare(`SELECT id FROM runs`).get() as { id: string }).id);
 
 beforeAll(async () => {
   pkg = frozenSource({ sourceDocs: 2 });
@@ -101,7 +115,11 @@ describe('user vs package (through the ID map)', () => {
     expect(text).toContain(`~ ${content}  name`);
     expect(text).toContain('+ ann-own');
     expect(text).toContain(`- ${log}`);
-    expect(text).toContain("(row ids and paths are the package's; each user has its own ids for them, see acm2_id_map)");
+    // The ids and paths shown are ann's own, and the note says so.
+    expect(text).toContain(`(row ids and paths are user ${ann}'s own (its acm2_id_map pairs each with the package's); ids its map does not cover are the package's)`);
+    expect(text).not.toContain("are the package's;");
+    expect(withDb(ann, (db) => db.prepare(`SELECT count(*) FROM acm2_id_map WHERE target_id = ?`).pluck().get(content))).toBe(1);
+    expect(text).toContain(`~ runs/${run}/`);
   });
 });
 
@@ -120,6 +138,49 @@ describe('user vs user (both mapped back to package ids)', () => {
     });
     expect(target).not.toBe(source);
     expectOnlyDiff(await diff({ kind: 'users', a: String(cy), b: String(dee) }), { tables: { presets: { changed: [{ id: source, fields: ['description', 'iterations'] }] } } });
+  });
+
+  it('the note says whose ids are shown: the package’s for seeded rows, the user’s own for rows it created', async () => {
+    const a = await newUser();
+    const b = await newUser();
+    const { target, source } = withDb(b, (db) => {
+      const m = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE kind = 'presets'`).get() as { source_id: string; target_id: string };
+      db.prepare(`UPDATE presets SET description = 'changed' WHERE id = ?`).run(m.target_id);
+      db.prepare(
+        `INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES ('b-own', ?, '2026-02-01 00:00:00.000000', 'mine', 'input_document', 'x', '{}', '[]', 0)`,
+      ).run(b);
+      return { target: m.target_id, source: m.source_id };
+    });
+    const r = await diff({ kind: 'users', a: String(a), b: String(b) });
+    expectOnlyDiff(r, { tables: { presets: { changed: [{ id: source, fields: ['description'] }] }, contents: { added: ['b-own'] } } });
+    const text = renderDiff(r, { color: false });
+    expect(text).toContain(`~ ${source}  description`);
+    expect(text).not.toContain(target);
+    expect(text).toContain(
+      "(seeded rows and files are named by the package's ids (each user's own mapped back through its acm2_id_map); rows and files a user created keep that user's ids)",
+    );
+    expect(text).not.toContain("are the package's;");
+  });
+
+  it('two users seeded from a package whose log is Latin-1 (not UTF-8) and names ids are equal', async () => {
+    // A source whose run has a log in Latin-1 naming the run and a task, frozen as its own version.
+    const src = generateSource(path.join(pkg.root, 'latin1-source'), { seed: 3 });
+    const bytes = Buffer.from(`caf\u00e9 r\u00e9sum\u00e9 run ${src.runId} task ${src.taskIds[0]!}\n`, 'latin1');
+    writeFileSync(path.join(src.filesDir, 'runs', src.runId, 'logs', 'latin1.log'), bytes);
+    freezeSeed({ sourceDb: src.dbPath, sourceFiles: src.filesDir, presetId: src.presetId, runId: src.runId, version: 'v1-latin1', seedsDir: pkg.seedsDir, renderReport: true });
+    const a = await newUser('v1-latin1');
+    const b = await newUser('v1-latin1');
+    // Each user's copy names that user's own ids and is still not UTF-8.
+    const copy = readFileSync(path.join(userRoot(world.dataDir, b), 'runs', runOf(b), 'logs', 'latin1.log'));
+    expect(copy.includes(Buffer.from(src.runId))).toBe(false);
+    expect(copy.includes(Buffer.from(runOf(b)))).toBe(true);
+    expect(copy.toString('utf8')).toContain('\uFFFD');
+
+    expectEqual(await diff({ kind: 'users', a: String(a), b: String(b) }));
+    expectEqual(await diff({ kind: 'user-package', user: String(b) }));
+    // An edit to that log still shows, under the package's path.
+    writeFileSync(path.join(userRoot(world.dataDir, b), 'runs', runOf(b), 'logs', 'latin1.log'), Buffer.concat([copy, Buffer.from('\xff more\n', 'latin1')]));
+    expectOnlyDiff(await diff({ kind: 'users', a: String(a), b: String(b) }), { files: { changed: [`runs/${src.runId}/logs/latin1.log`] } });
   });
 });
 
@@ -175,6 +236,147 @@ describe('package vs package (rows matched by source id)', () => {
     const u = await diff({ kind: 'user-package', user: String(fresh), seedVersion: 'v2' });
     const targetOf = withDb(fresh, (d) => (d.prepare(`SELECT target_id FROM acm2_id_map WHERE source_id = ?`).get(edited) as { target_id: string }).target_id);
     expectOnlyDiff(u, { tables: { contents: { removed: [added], changed: [{ id: targetOf, fields: ['body'] }] } } });
+  });
+});
+
+describe('what is under the user folder, as it is', () => {
+  it('symlinks and FIFOs under the user folder show as added or changed, and are never followed', async () => {
+    const u = await newUser();
+    const other = await newUser();
+    const run = runOf(u);
+    const runDir = path.join(userRoot(world.dataDir, u), 'runs', run);
+    const log = path.join(runDir, 'logs', 'run.log');
+    symlinkSync('/etc/passwd', path.join(runDir, 'generated', 'notes.md'));
+    symlinkSync('/etc', path.join(runDir, 'logs', 'escape'));
+    // A seeded file replaced by a symlink to a copy with the same bytes is still a change.
+    writeFileSync(path.join(runDir, 'run.log.copy'), readFileSync(log));
+    unlinkSync(log);
+    symlinkSync('../run.log.copy', log);
+    expect(spawnSync('mkfifo', [path.join(runDir, 'pipe')]).status).toBe(0);
+    const added = ['generated/notes.md', 'logs/escape', 'pipe', 'run.log.copy'];
+    expectOnlyDiff(await diff({ kind: 'user-package', user: String(u) }), { files: { added: added.map((p) => `runs/${run}/${p}`), changed: [`runs/${run}/logs/run.log`] } });
+    // Against another user, through the maps: the same entries, under the package's run folder.
+    const pkgRun = withDb(u, (db) => db.prepare(`SELECT source_id FROM acm2_id_map WHERE target_id = ?`).pluck().get(run) as string);
+    expectOnlyDiff(await diff({ kind: 'users', a: String(other), b: String(u) }), { files: { added: added.map((p) => `runs/${pkgRun}/${p}`), changed: [`runs/${pkgRun}/logs/run.log`] } });
+  });
+
+  it("a user folder that is a symlink is refused, not followed (exit 2)", async () => {
+    const u = await newUser();
+    const twin = await newUser();
+    const root = userRoot(world.dataDir, u);
+    // The folder moved aside and a symlink put in its place: following it would say "no differences".
+    renameSync(root, `${root}.moved`);
+    symlinkSync(`${root}.moved`, root);
+    try {
+      await expect(diff({ kind: 'user-package', user: String(u) })).rejects.toMatchObject({ exitCode: 2, message: `user ${u}'s folder ${root} is a symlink to ${root}.moved, not a folder: diff compares only the folder itself and does not follow it` });
+      await expect(diff({ kind: 'users', a: String(twin), b: String(u) })).rejects.toBeInstanceOf(UsageError);
+    } finally {
+      unlinkSync(root);
+      renameSync(`${root}.moved`, root);
+    }
+    expectEqual(await diff({ kind: 'user-package', user: String(u) }));
+  });
+
+  it('a user folder that is a regular file is one clear usage error (exit 2), not a crash', async () => {
+    const u = await newUser();
+    const root = userRoot(world.dataDir, u);
+    renameSync(root, `${root}.moved`);
+    writeFileSync(root, 'x');
+    try {
+      const e = await diff({ kind: 'user-package', user: String(u) }).then(
+        () => undefined,
+        (x: unknown) => x,
+      );
+      expect(e).toBeInstanceOf(UsageError);
+      expect(e).toMatchObject({ exitCode: 2, message: `user ${u}'s folder ${root} is a regular file, not a folder: diff compares only the folder itself and does not follow it` });
+    } finally {
+      unlinkSync(root);
+      renameSync(`${root}.moved`, root);
+    }
+  });
+
+  it('a user DB that is a symlink or a FIFO is not opened (exit 2)', async () => {
+    const u = await newUser();
+    const twin = await newUser();
+    const file = userDbPath(world.dataDir, u);
+    renameSync(file, `${file}.moved`);
+    try {
+      // The DB moved aside and a symlink to it left in its place: read through, it would say "no differences".
+      symlinkSync(`${file}.moved`, file);
+      await expect(diff({ kind: 'user-package', user: String(u) })).rejects.toMatchObject({ exitCode: 2, code: 'db_not_file', message: `${file} is a symlink, not the user's own database file: diff did not open it` });
+      unlinkSync(file);
+      // Opening a FIFO would wait for a writer for ever.
+      expect(spawnSync('mkfifo', [file]).status).toBe(0);
+      await expect(diff({ kind: 'users', a: String(twin), b: String(u) })).rejects.toMatchObject({ exitCode: 2, code: 'db_not_file', message: `${file} is a FIFO, not the user's own database file: diff did not open it` });
+    } finally {
+      rmSync(file, { force: true });
+      renameSync(`${file}.moved`, file);
+    }
+    expectEqual(await diff({ kind: 'user-package', user: String(u) }));
+  });
+});
+
+describe('a user DB that cannot be read now', () => {
+  it('locked by another process past the wait: unavailable (exit 3, db_busy), not corrupt', async () => {
+    const u = await newUser();
+    const file = userDbPath(world.dataDir, u);
+    // ACM2 in the middle of a long write: an exclusive lock on the rollback-journal DB.
+    const holder = new Database(file);
+    holder.exec('BEGIN EXCLUSIVE');
+    holder.prepare(`UPDATE contents SET name = name`).run();
+    try {
+      const e = await runDiff({ ...deps(), busyTimeoutMs: 200 }, { kind: 'user-package', user: String(u) }).then(
+        () => undefined,
+        (x: unknown) => x,
+      );
+      expect(e).toBeInstanceOf(UnavailableError);
+      expect(e).toMatchObject({
+        exitCode: 3,
+        code: 'db_busy',
+        message: `user ${u}'s database ${file} is in use: another process held it locked for more than 0.2 s; try again when it is done`,
+      });
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
+    expectEqual(await diff({ kind: 'user-package', user: String(u) }));
+  });
+
+  it('a hot journal left by a killed writer: unavailable (exit 3), left for a read-write open such as user show to roll back', async () => {
+    const u = await newUser();
+    const file = userDbPath(world.dataDir, u);
+    // A writer killed with its transaction spilled to the file: the journal is hot.
+    const r = spawnSync(process.execPath, [
+      '-e',
+      `const D = require(${JSON.stringify(require.resolve('better-sqlite3'))}); const db = new D(${JSON.stringify(file)}); db.pragma('cache_size = 1'); db.exec('BEGIN'); db.prepare("UPDATE contents SET body = body || hex(randomblob(20000))").run(); process.kill(process.pid, 'SIGKILL');`,
+    ]);
+    expect(r.signal).toBe('SIGKILL');
+    expect(existsSync(`${file}-journal`)).toBe(true);
+    const before = readFileSync(file);
+    const e = await diff({ kind: 'user-package', user: String(u) }).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(UnavailableError);
+    expect(e).toMatchObject({
+      exitCode: 3,
+      code: 'db_hot_journal',
+      message: `user ${u}'s database ${file} has a hot journal (a writer was interrupted mid-transaction), which diff does not roll back: any read-write open does, such as 'acm2 user show ${u}'; then try again`,
+    });
+    // diff wrote nothing; what the message says to run does roll it back, and diff then reads the user.
+    expect(existsSync(`${file}-journal`)).toBe(true);
+    expect(readFileSync(file).equals(before)).toBe(true);
+    expect((await userStatus({ master: world.master, dataDir: world.dataDir }, await resolveUser(world.master, String(u)))).status).toBe('ready');
+    expect(existsSync(`${file}-journal`)).toBe(false);
+    expectEqual(await diff({ kind: 'user-package', user: String(u) }));
+  });
+
+  it('a DB that is not a database is still db_corrupt (exit 2)', async () => {
+    const u = await newUser();
+    const fd = openSync(userDbPath(world.dataDir, u), 'r+');
+    writeSync(fd, Buffer.alloc(100, 0x5a), 0, 100, 0);
+    closeSync(fd);
+    await expect(diff({ kind: 'user-package', user: String(u) })).rejects.toMatchObject({ exitCode: 2, code: 'db_corrupt' });
   });
 });
 

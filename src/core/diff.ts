@@ -1,21 +1,23 @@
 // `diff`: what differs between a user and its package (the package rendered through the user's
 // ID map), two packages (rows matched by source id) or two users (each mapped back to package ids).
-// Differences are data; only bad input (unknown version or user, wrong combination) is an error.
+// Differences are data; only bad input (unknown version or user, wrong combination, an entry that is
+// not the user's own file or folder) or a user DB that cannot be read now (locked, a hot journal) is an error.
 
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { assertVersionName } from '../config.js';
-import { UsageError } from '../errors.js';
+import { UnavailableError, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
 import { canonicalJson, walkTree } from '../seed/canonical.js';
 import { loadPackage, manifestTables, readPackageRows, type SeedPackage } from '../seed/package.js';
 import { isTemplate, preparePackage, SEED_TABLES, type Cell } from '../seed/prepared.js';
 import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
+import { isBusy, isCorrupt } from './migrate-safe.js';
 import { resolveUser } from './users.js';
 import { readMeta } from './seed-user.js';
-import { userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { entryKind, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface TableDiff {
   added: string[];
@@ -73,6 +75,8 @@ export interface DiffDeps {
   master?: MasterDb;
   dataDir: string;
   seedsDir: string;
+  /** How long to wait for a user DB another process holds locked before giving up (default 5 s). */
+  busyTimeoutMs?: number;
 }
 
 export async function runDiff(deps: DiffDeps, req: DiffRequest): Promise<DiffResult> {
@@ -112,8 +116,8 @@ export function diffPackages(seedsDir: string, a: string, b: string): DiffResult
  * are the user's. With no map for the named version, the map of the user's own version is used,
  * so ids that both versions share still line up.
  */
-export function diffUserWithPackage(deps: Pick<DiffDeps, 'dataDir' | 'seedsDir'>, userId: UserId, seedVersion?: string): DiffResult {
-  const user = openUser(deps.dataDir, userId);
+export function diffUserWithPackage(deps: Pick<DiffDeps, 'dataDir' | 'seedsDir' | 'busyTimeoutMs'>, userId: UserId, seedVersion?: string): DiffResult {
+  const user = openUser(deps.dataDir, userId, deps.busyTimeoutMs);
   try {
     const version = seedVersion ?? user.meta?.seed_version;
     if (version === undefined) throw new UsageError(`user ${userId} has no user_meta, so its seed version is unknown: give --seed-version`, 'no_seed_version');
@@ -130,22 +134,25 @@ export function diffUserWithPackage(deps: Pick<DiffDeps, 'dataDir' | 'seedsDir'>
 }
 
 /** Two users, each mapped back to package (source) ids through its own map; reported ids are source ids. */
-export function diffUsers(deps: Pick<DiffDeps, 'dataDir'>, a: UserId, b: UserId): DiffResult {
-  const ua = openUser(deps.dataDir, a);
-  const ub = openUser(deps.dataDir, b);
+export function diffUsers(deps: Pick<DiffDeps, 'dataDir' | 'busyTimeoutMs'>, a: UserId, b: UserId): DiffResult {
+  const ua = openUser(deps.dataDir, a, deps.busyTimeoutMs);
   try {
-    const side = (u: UserHandle): [DiffSide, Snapshot] => {
-      const version = u.meta?.seed_version;
-      const map = version === undefined ? undefined : u.map(version);
-      if (!version || !map) throw new UsageError(`user ${u.id} has no ID map for its seed version (${version ?? 'no user_meta'}): it cannot be matched with another user`, 'no_id_map');
-      return [{ kind: 'user', userId: u.id, seedVersion: version }, u.snapshot(reverseMap(map))];
-    };
-    const [la, sa] = side(ua);
-    const [lb, sb] = side(ub);
-    return compare(la, sa, lb, sb, [...SEED_TABLES]);
+    const ub = openUser(deps.dataDir, b, deps.busyTimeoutMs);
+    try {
+      const side = (u: UserHandle): [DiffSide, Snapshot] => {
+        const version = u.meta?.seed_version;
+        const map = version === undefined ? undefined : u.map(version);
+        if (!version || !map) throw new UsageError(`user ${u.id} has no ID map for its seed version (${version ?? 'no user_meta'}): it cannot be matched with another user`, 'no_id_map');
+        return [{ kind: 'user', userId: u.id, seedVersion: version }, u.snapshot(reverseMap(map))];
+      };
+      const [la, sa] = side(ua);
+      const [lb, sb] = side(ub);
+      return compare(la, sa, lb, sb, [...SEED_TABLES]);
+    } finally {
+      ub.close();
+    }
   } finally {
     ua.close();
-    ub.close();
   }
 }
 
@@ -222,26 +229,31 @@ interface Translator {
   text(s: string): string;
 }
 
-function openUser(dataDir: string, id: UserId): UserHandle {
+function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle {
   const file = userDbPath(dataDir, id);
+  // A symlink may lead anywhere, and opening a FIFO waits for a writer for ever: only the file itself is read.
+  const odd = userDbEntryProblem(dataDir, id);
+  if (odd) throw new UsageError(`${odd}: diff did not open it`, 'db_not_file');
   if (!existsSync(file)) throw new UsageError(`user ${id} has no database (${file} does not exist)`, 'db_missing');
-  let db: Database.Database;
+  const root = userFolder(dataDir, id);
+  let db: Database.Database | undefined;
   try {
-    db = new Database(file, { readonly: true, fileMustExist: true });
+    db = new Database(file, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs });
     // One snapshot for every read of this user (ACM2 may be writing to it meanwhile).
     db.exec('BEGIN');
     db.prepare(`SELECT count(*) FROM sqlite_master`).get();
   } catch (e) {
-    throw new UsageError(`cannot read user ${id}'s database ${file} (${(e as Error).message}); run 'acm2 verify --user ${id}'`, 'db_corrupt', { cause: e });
+    db?.close();
+    throw unreadableDb(id, file, e, busyTimeoutMs);
   }
-  const has = (t: string) => db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(t) !== undefined;
-  const root = userRoot(dataDir, id);
+  const open = db;
+  const has = (t: string) => open.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(t) !== undefined;
   return {
     id,
-    meta: has('user_meta') ? readMeta(db, id) : undefined,
+    meta: has('user_meta') ? readMeta(open, id) : undefined,
     map(version) {
       if (!has('acm2_id_map')) return undefined;
-      const rows = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
+      const rows = open.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
       return rows.length > 0 ? new Map(rows) : undefined;
     },
     snapshot(translate) {
@@ -250,7 +262,7 @@ function openUser(dataDir: string, id: UserId): UserHandle {
       for (const t of SEED_TABLES) {
         const m = new Map<string, Map<string, string>>();
         if (has(t)) {
-          const stmt = db.prepare(`SELECT * FROM ${t} ORDER BY id`).raw(true);
+          const stmt = open.prepare(`SELECT * FROM ${t} ORDER BY id`).raw(true);
           const cols = stmt.columns().map((c) => c.name);
           const idIx = cols.indexOf('id');
           for (const r of stmt.iterate() as Iterable<unknown[]>) {
@@ -261,18 +273,74 @@ function openUser(dataDir: string, id: UserId): UserHandle {
         tables.set(t, m);
       }
       const files = new Map<string, string>();
-      if (existsSync(root)) {
+      if (root !== undefined) {
         for (const e of walkTree(root)) {
-          if (e.kind !== 'file') continue;
-          const buf = readFileSync(path.join(root, ...e.rel.split('/')));
-          const text = translate ? asText(buf) : undefined;
-          files.set(translate ? translate.text(e.rel) : e.rel, sha256(text === undefined ? buf : Buffer.from(translate!.text(text), 'utf8')));
+          if (e.kind === 'dir') continue;
+          files.set(translate ? translate.text(e.rel) : e.rel, entryFingerprint(path.join(root, ...e.rel.split('/')), e.kind, translate));
         }
       }
       return { tables, files };
     },
-    close: () => db.close(),
+    close: () => open.close(),
   };
+}
+
+/**
+ * Why the user's DB could not be read, as the error to report. Only SQLite's word that the file
+ * is not a database (or is damaged) is corruption; a lock held past the wait and a hot journal
+ * are the environment, and a later run may succeed (SPEC §2: exit 3).
+ */
+function unreadableDb(id: UserId, file: string, e: unknown, busyTimeoutMs: number): Error {
+  const code = String((e as { code?: unknown }).code ?? '');
+  if (isBusy(e)) return new UnavailableError(`user ${id}'s database ${file} is in use: another process held it locked for more than ${busyTimeoutMs / 1000} s; try again when it is done`, 'db_busy', { cause: e });
+  // A writer killed mid-transaction left its journal, which only a read-write open rolls back
+  // (diff reads only, and so does not); userStatus opens read-write for exactly this.
+  if (/^SQLITE_READONLY_(ROLLBACK|RECOVERY)/.test(code) || (code === 'SQLITE_READONLY' && existsSync(`${file}-journal`))) {
+    return new UnavailableError(
+      `user ${id}'s database ${file} has a hot journal (a writer was interrupted mid-transaction), which diff does not roll back: any read-write open does, such as 'acm2 user show ${id}'; then try again`,
+      'db_hot_journal',
+      { cause: e },
+    );
+  }
+  if (isCorrupt(e)) return new UsageError(`user ${id}'s database ${file} is not a readable SQLite database (${(e as Error).message}); run 'acm2 verify --user ${id}'`, 'db_corrupt', { cause: e });
+  return new UnavailableError(`cannot read user ${id}'s database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
+}
+
+/**
+ * The user's folder, or undefined when there is none. Anything but a real folder there is
+ * refused: a symlink is never followed (it may lead out of the data dir), and a file is no tree.
+ */
+function userFolder(dataDir: string, id: UserId): string | undefined {
+  const root = userRoot(dataDir, id);
+  let st: Stats;
+  try {
+    st = lstatSync(root);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  if (st.isDirectory()) return root;
+  const what = st.isSymbolicLink() ? `a symlink to ${readlinkSync(root)}` : st.isFile() ? 'a regular file' : entryKind(st);
+  throw new UsageError(`user ${id}'s folder ${root} is ${what}, not a folder: diff compares only the folder itself and does not follow it`, 'not_a_folder');
+}
+
+/**
+ * What a user's entry is compared by: a regular file by its sha256 (as the package lists its
+ * files), other entries by what they are. A package holds only regular files, and no sha256
+ * equals "symlink -> …" or "other", so such an entry at a seeded path shows as changed.
+ */
+function entryFingerprint(abs: string, kind: 'file' | 'symlink' | 'other', translate?: Translator): string {
+  if (kind === 'symlink') {
+    const target = readlinkSync(abs);
+    return `symlink -> ${translate ? translate.text(target) : target}`;
+  }
+  if (kind === 'other') return 'other';
+  const buf = readFileSync(abs);
+  if (!translate) return sha256(buf);
+  // Back as seeding rendered it (preparePackage): UTF-8 text as UTF-8, anything else byte for
+  // byte as latin1, so the ids in a log that is not UTF-8 are mapped back too.
+  const text = asText(buf);
+  return sha256(text !== undefined ? Buffer.from(translate.text(text), 'utf8') : Buffer.from(translate.text(buf.toString('latin1')), 'latin1'));
 }
 
 /**
@@ -288,6 +356,7 @@ function reverseMap(map: Map<string, string>): Translator {
   return { text: (s) => renderLoose(tokenize(s, docs), back) };
 }
 
+/** UTF-8 text without NUL bytes, or undefined: the test preparePackage uses. */
 function asText(buf: Buffer): string | undefined {
   if (buf.includes(0)) return undefined;
   const s = buf.toString('utf8');

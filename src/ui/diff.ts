@@ -8,14 +8,28 @@ export function describeSide(s: DiffSide): string {
   return s.kind === 'package' ? `package ${s.version}` : `user ${s.userId} (${s.seedVersion})`;
 }
 
+/**
+ * Whose ids name the rows and paths shown, for the forms with a user: against a package, the
+ * package is rendered through the user's ID map, so they are the user's own (a package row the
+ * map does not cover keeps the package's); between users, each is mapped back to the package's
+ * ids, except what a user created itself, which no map names.
+ */
+function idsNote(r: DiffResult): string | undefined {
+  if (r.left.kind === 'user' && r.right.kind === 'user') {
+    return "seeded rows and files are named by the package's ids (each user's own mapped back through its acm2_id_map); rows and files a user created keep that user's ids";
+  }
+  const user = r.left.kind === 'user' ? r.left : r.right.kind === 'user' ? r.right : undefined;
+  if (!user) return undefined;
+  return `row ids and paths are user ${user.userId}'s own (its acm2_id_map pairs each with the package's); ids its map does not cover are the package's`;
+}
+
 export function renderDiff(r: DiffResult, opts: { color: boolean }): string {
   const c = new Chalk({ level: opts.color ? 1 : 0 });
   const head = `${describeSide(r.left)} vs ${describeSide(r.right)}`;
   if (r.equal) return `${head}: ${c.green('no differences')}`;
   const lines = [`${head}:`];
-  // Users are compared through their ID maps: what is shown is named by the package's ids, which
-  // are in neither user's data (each user's own ids differ).
-  if (r.left.kind === 'user' || r.right.kind === 'user') lines.push(c.gray("(row ids and paths are the package's; each user has its own ids for them, see acm2_id_map)"));
+  const note = idsNote(r);
+  if (note) lines.push(c.gray(`(${note})`));
   for (const [table, d] of Object.entries(r.tables)) {
     if (d.added.length + d.removed.length + d.changed.length === 0) continue;
     lines.push('', c.bold(`${table}: ${d.added.length} added, ${d.removed.length} removed, ${d.changed.length} changed`));
