@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { cpSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
@@ -329,5 +329,48 @@ describe('a seed that needs an operator first', () => {
     expect(doc.seed.retry).toBeUndefined();
     const shown = JSON.parse((await acm2(['user', 'show', String(c), '--json'])).stdout);
     expect(shown.job).toMatchObject({ status: 'failed', attempts: 1 });
+  });
+});
+
+describe('user seed --pending with a package that was tampered with after the users were queued', () => {
+  it('stops with exit 2 and the package named, burning no attempt; fixed, the next drain seeds them', async () => {
+    const root = tmpDir('acm2-tampered-');
+    try {
+      const seeds = path.join(root, 'seeds');
+      cpSync(pkg.seedsDir, seeds, { recursive: true });
+      const data = path.join(root, 'data');
+      const cli = async (args: string[]) => {
+        try {
+          const r = await run(process.execPath, [BIN, '--data-dir', data, '--seeds', seeds, ...args], {
+            env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_RETRY_BASE_MS: '0', ACM2_MASTER_URL: '' },
+          });
+          return { code: 0, stdout: r.stdout, stderr: r.stderr };
+        } catch (e) {
+          const x = e as { code: number; stdout: string; stderr: string };
+          return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+        }
+      };
+      for (const n of [1, 2]) expect((await cli(['user', 'create', '--email', `q${n}@example.com`, '--username', `q${n}`, '--async'])).code).toBe(0);
+      const log = path.join(seeds, 'v1', 'files', 'runs', pkg.source.runId, 'logs', 'run.log');
+      const good = readFileSync(log);
+      writeFileSync(log, Buffer.concat([good, Buffer.from('tampered\n')]));
+      for (let i = 0; i < 3; i++) {
+        const r = await cli(['user', 'seed', '--pending', '--concurrency', String(1 + (i % 2)), '--json']);
+        expect(r.code).toBe(2);
+        expect(JSON.parse(r.stdout).error.message).toMatch(/run\.log/);
+      }
+      const shown = JSON.parse((await cli(['user', 'list', '--json'])).stdout) as { users: Array<{ status: string; job: { status: string; attempts: number } }> };
+      expect(shown.users.map((u) => [u.status, u.job.status, u.job.attempts])).toEqual([
+        ['pending', 'pending', 0],
+        ['pending', 'pending', 0],
+      ]);
+      expect(existsSync(path.join(data, 'user_1.db'))).toBe(false);
+      writeFileSync(log, good);
+      const fixed = await cli(['user', 'seed', '--pending', '--concurrency', '1', '--json']);
+      expect(fixed.code, fixed.stdout).toBe(0);
+      expect(JSON.parse((await cli(['user', 'list', '--status', 'ready', '--json'])).stdout).users).toHaveLength(2);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

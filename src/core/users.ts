@@ -338,6 +338,18 @@ export async function drainQueue(
         break;
       }
       res.claimed++;
+      let pkg: SeedPackage;
+      try {
+        // loadPackage caches a checked package per process, so this hashes once per version.
+        pkg = loadPackage(deps.seedsDir, job.seedVersion);
+      } catch (e) {
+        // A missing or tampered package fails every job of its version the same way: the job
+        // waits (this try not counted) and the drain stops with the package's own error (exit
+        // 2), rather than burning every queued job's attempts and marking its users failed.
+        if (!(e instanceof UsageError)) throw e;
+        await deps.master.finishJob(job.id, worker, { status: 'pending', error: e.message, nextAttemptAt: Date.now(), notAttempted: true });
+        throw e;
+      }
       const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
       if (!lock) {
         res.skipped++;
@@ -345,8 +357,6 @@ export async function drainQueue(
         continue;
       }
       try {
-        // loadPackage caches a checked package per process, so this hashes once per version.
-        const pkg = loadPackage(deps.seedsDir, job.seedVersion);
         await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep, lock });
         if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(job.userId, job.id);
         res.done++;
