@@ -32,6 +32,7 @@ beforeAll(async () => {
   // One existing user, so duplicates and seeds have something to clash with.
   const r = await acm2(['user', 'create', '--email', 'ada@example.com', '--username', 'ada', '--wordpress-user-id', '7']);
   expect(r.code).toBe(0);
+  writeFileSync(path.join(dataDir, 'notes.txt'), 'an operator’s notes, not a database\n'.repeat(100));
   tampered = tmpDir('acm2-tampered-');
   cpSync(pkg.seedsDir, tampered, { recursive: true });
   const f = path.join(tampered, 'v1', 'files', pkg.pkg.manifest.files[0]!.path);
@@ -63,9 +64,16 @@ const CASES: Array<{ name: string; args: () => string[]; env?: Record<string, st
   { name: 'bad version name', args: () => ['user', 'seed', '1', '--seed-version', '../x'], code: 2, message: /'..\/x' is not a valid seed version name/ },
   { name: 'tampered package', args: () => ['user', 'create', '--email', 'n7@example.com', '--username', 'n7', '--seeds', tampered], code: 2, message: /seed package v1 .*(sha256|tampered)/ },
   { name: 'unknown user id', args: () => ['user', 'seed', '999'], code: 2, message: /no user with id 999/ },
+  { name: 'unknown user id to backfill', args: () => ['backfill', '--user', '999'], code: 2, message: /no user with id 999 in the master/ },
   { name: 'unknown user email', args: () => ['user', 'show', 'nobody@example.com'], code: 2, message: /no user with email 'nobody@example.com'/ },
   { name: 'non-numeric id', args: () => ['user', 'seed', 'abc'], code: 2, message: /'abc' is not a valid user id/ },
   { name: 'unreachable master', args: () => ['user', 'create', '--email', 'n8@example.com', '--username', 'n8', '--master', 'mysql://root:s3cret@127.0.0.1:1/x'], code: 3, message: /^acm2: cannot reach MySQL master at 127\.0\.0\.1:1 \(ECONNREFUSED\)$/m },
+  {
+    name: 'a --master file that is not a database',
+    args: () => ['verify', '--master', `sqlite:${path.join(dataDir, 'notes.txt')}`],
+    code: 2,
+    message: /^acm2: the master .*notes\.txt is not a SQLite database \(SQLITE_NOTADB\): check --master and --data-dir$/m,
+  },
   { name: 'malformed master url', args: () => ['user', 'list', '--master', 'postgres://x'], code: 2, message: /master URL 'postgres:\/\/x' is malformed/ },
   { name: 'user and --pending together', args: () => ['user', 'seed', '1', '--pending'], code: 2, message: /either a user or --pending/ },
   { name: 'bad --concurrency', args: () => ['user', 'seed', '--pending', '--concurrency', '0'], code: 2, message: /--concurrency '0' must be a whole number/ },

@@ -584,13 +584,13 @@ describe('MySQL master: connection failures', () => {
     beforeAll(() => gate.ready());
     const base = new URL(MYSQL_BASE_URL);
 
-    it('names the missing database', async () => {
+    it('names the missing database: a typo in --master (exit 2), not an outage', async () => {
       const u = new URL(base);
       u.pathname = '/acm2_no_such_db_x9';
       const err = await openMaster(parseMasterUrl(u.toString())).catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(UnavailableError);
-      expect((err as UnavailableError).exitCode).toBe(3);
-      expect((err as Error).message).toBe(`MySQL master at ${base.hostname}:${base.port || 3306} has no database 'acm2_no_such_db_x9' (ER_BAD_DB_ERROR)`);
+      expect(err).toBeInstanceOf(UsageError);
+      expect((err as UsageError).exitCode).toBe(2);
+      expect((err as Error).message).toBe(`MySQL master at ${base.hostname}:${base.port || 3306} has no database 'acm2_no_such_db_x9' (ER_BAD_DB_ERROR): check the database name in --master`);
     });
 
     it('names a refused login without the password', async () => {

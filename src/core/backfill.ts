@@ -529,6 +529,8 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
   const p = (usable ?? own)!;
   let lock: UserLock | undefined;
   try {
+    // Bad input is refused before anything is written (the lock's file, on the embedded master).
+    if (opts.userIds) await refuseUnknownUsers(deps.master, opts.userIds);
     // One run per progress record at a time: a second would reset the first's progress under it.
     if (!opts.dryRun) {
       lock = await tryLockNamed(deps.master, deps.dataDir, `backfill:${progressName(opts.shard)}`);
@@ -542,6 +544,13 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
     await lock?.release();
     await own?.close();
   }
+}
+
+async function refuseUnknownUsers(master: MasterDb, userIds: UserId[]): Promise<void> {
+  const ids = [...new Set(userIds)].sort((a, b) => a - b);
+  const found = new Set((await master.listUsers({ afterId: 0, limit: ids.length, ids })).map((u) => u.id));
+  const missing = ids.filter((id) => !found.has(id));
+  if (missing.length > 0) throw new UsageError(`no user with id ${missing.join(', ')} in the master`, 'unknown_user');
 }
 
 /** The planning slots of a backfill; see BackfillDeps.planners. */
@@ -583,12 +592,6 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       throw new MasterLost();
     }
   };
-
-  if (ids) {
-    const found = new Set((await master.listUsers({ afterId: 0, limit: ids.length, ids })).map((u) => u.id));
-    const missing = ids.filter((id) => !found.has(id));
-    if (missing.length > 0) throw new UsageError(`no user with id ${missing.join(', ')} in the master`, 'unknown_user');
-  }
 
   // Where to start, and what an earlier attempt of this job already did.
   let cursor = 0;

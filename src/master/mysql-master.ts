@@ -629,14 +629,15 @@ function createPool(url: MysqlUrl, connectionLimit: number): Pool {
   return pool;
 }
 
-function connectError(url: MysqlUrl, e: unknown): UnavailableError {
+function connectError(url: MysqlUrl, e: unknown): UnavailableError | UsageError {
   const code = errorCode(e);
   const where = `${url.host}:${url.port}`;
   if (code === 'ER_ACCESS_DENIED_ERROR' || code === 'ER_DBACCESS_DENIED_ERROR') {
     return new UnavailableError(`MySQL master at ${where}/${url.database} denied access to user '${url.user}' (${code})`, 'master_access_denied', { cause: e });
   }
+  // The server answered: a database name it does not have is a typo in --master, not an outage.
   if (code === 'ER_BAD_DB_ERROR') {
-    return new UnavailableError(`MySQL master at ${where} has no database '${url.database}' (${code})`, 'master_unknown_database', { cause: e });
+    return new UsageError(`MySQL master at ${where} has no database '${url.database}' (${code}): check the database name in --master`, 'master_unknown_database', { cause: e });
   }
   return new UnavailableError(`cannot reach MySQL master at ${where} (${code})`, 'master_unreachable', { cause: e });
 }

@@ -118,7 +118,10 @@ export class SqliteMaster implements MasterDb {
       this.db.pragma('busy_timeout = 15000');
       this.db.pragma('foreign_keys = ON');
     } catch (e) {
-      throw new UnavailableError(`cannot open SQLite master at ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'master_unreachable', { cause: e });
+      const code = (e as NodeJS.ErrnoException).code;
+      // A file that is not a database is a wrong --master or --data-dir, not an outage.
+      if (code === 'SQLITE_NOTADB') throw new UsageError(`the master ${file} is not a SQLite database (${code}): check --master and --data-dir`, 'not_a_master', { cause: e });
+      throw new UnavailableError(`cannot open SQLite master at ${file} (${code ?? (e as Error).message})`, 'master_unreachable', { cause: e });
     }
   }
 
