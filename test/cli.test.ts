@@ -5,6 +5,10 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { resolveConfig, parseMasterUrl } from '../src/config.js';
 import { EXIT, UnavailableError, UsageError, fromWire, isAcm2Error, toWire } from '../src/errors.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { registerUsers } from '../src/bench/fleet.js';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -95,4 +99,36 @@ describe('configuration precedence: flag > env > default', () => {
     expect(u.display).not.toContain('p@ss');
     expect(() => parseMasterUrl('mysql://h')).toThrow(/malformed/);
   });
+});
+
+describe('user list --json to a reader that falls behind', () => {
+  it('waits for the reader instead of queueing the fleet in memory: peak RSS as with a reader that keeps up', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'acm2-slow-reader-'));
+    try {
+      await registerUsers(parseMasterUrl(`sqlite:${path.join(dir, 'master.db')}`), 40_000, { seedVersion: 'v1', jobStatus: 'done' });
+      // The CLI's own peak RSS, reported by a preload at exit (no external tool needed).
+      const preload = path.join(dir, 'maxrss.cjs');
+      writeFileSync(preload, `process.on('exit', () => process.stderr.write('maxrss ' + process.resourceUsage().maxRSS + '\\n'));\n`);
+      const list = async (readerDelayS: number) => {
+        // A shell pipe whose reader reads nothing at first: a writer that ignores backpressure
+        // queues everything it produces meanwhile (16 MB of JSON: 177 MB peak against 93 MB).
+        const sh = `${JSON.stringify(process.execPath)} -r ${JSON.stringify(preload)} ${JSON.stringify(BIN)} --data-dir ${JSON.stringify(dir)} user list --json | (sleep ${readerDelayS}; cat)`;
+        const child = spawn('/bin/bash', ['-o', 'pipefail', '-c', sh], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += String(d)));
+        const chunks: Buffer[] = [];
+        child.stdout.on('data', (d: Buffer) => chunks.push(d));
+        const code = await new Promise<number | null>((r) => child.once('close', r));
+        expect(code, stderr).toBe(0);
+        const doc = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { users: Array<{ id: number }> };
+        expect(doc.users).toHaveLength(40_000);
+        return Number(/maxrss (\d+)/.exec(stderr)![1]);
+      };
+      const keepsUp = await list(0);
+      const behind = await list(4);
+      expect(behind / keepsUp, `${behind} vs ${keepsUp}`).toBeLessThan(1.3);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -5,6 +5,7 @@ import { context } from './context.js';
 import { usingMaster } from '../master/factory.js';
 import { listUserStatuses, type SeedStatus } from '../core/users.js';
 import { statusTable } from '../ui/users.js';
+import { writeStreamed } from '../ui/reporter.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -13,13 +14,13 @@ export async function run({ opts }: CommandCall): Promise<void> {
     const users = listUserStatuses({ master, dataDir: cfg.dataDir }, { status });
     if (out.json) {
       // One document, written as it streams: memory stays flat however many users there are.
-      process.stdout.write('{"users":[');
+      await writeStreamed('{"users":[');
       let first = true;
       for await (const u of users) {
-        process.stdout.write(`${first ? '' : ','}\n${JSON.stringify(u)}`);
+        await writeStreamed(`${first ? '' : ','}\n${JSON.stringify(u)}`);
         first = false;
       }
-      process.stdout.write('\n]}\n');
+      await writeStreamed('\n]}\n');
       return;
     }
     let n = 0;
@@ -27,7 +28,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     for await (const u of users) {
       table.push(u);
       if (++n % 200 === 0) {
-        out.result(null, () => table.toString());
+        if (!cfg.quiet) await writeStreamed(`${table.toString()}\n`);
         table = statusTable(out.color);
       }
     }

@@ -97,3 +97,25 @@ export function formatBytes(n: number): string {
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
+
+/**
+ * Write a chunk of a streamed result to stdout, waiting while the reader is behind: without
+ * the wait, a slow pipe (`acm2 user list --json | slow-consumer`) has every chunk queued in
+ * memory. A reader that went away (EPIPE) drops the rest, as main.ts does for every write.
+ */
+export async function writeStreamed(chunk: string): Promise<void> {
+  const out = process.stdout;
+  if (out.destroyed) return;
+  if (out.write(chunk)) return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      out.off('drain', done);
+      out.off('close', done);
+      out.off('error', done);
+      resolve();
+    };
+    out.on('drain', done);
+    out.on('close', done);
+    out.on('error', done);
+  });
+}
