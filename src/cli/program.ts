@@ -28,7 +28,11 @@ export function buildProgram(): Command {
   // With --json, stderr carries nothing unless it is a terminal (SPEC §1): commander's own usage
   // errors and the help it shows with them go into the one JSON error document instead.
   const quietErr = process.argv.includes('--json') && !process.stderr.isTTY;
-  program.configureOutput({ writeErr: (str) => (quietErr ? undefined : process.stderr.write(str)) });
+  program.configureOutput({
+    writeErr: (str) => (quietErr ? undefined : process.stderr.write(str)),
+    // Commander's usage errors read like every other error of the tool: "acm2: <sentence>".
+    outputError: (str, write) => write(str.replace(/^error: /, 'acm2: ')),
+  });
   program
     .description("Admin CLI for ACM2's per-user data: seed packages, user seeding, backfill, verify, diff.")
     // -V only: `--version` belongs to `seed freeze` (the version to cut); main.ts answers a lone `acm2 --version`.
