@@ -2,13 +2,16 @@
 // deletes through them, never hangs on them, and says what it found.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
-import { createUser, seedOneUser } from '../src/core/users.js';
+import { createUser, drainQueue, seedOneUser, userStatus } from '../src/core/users.js';
+import { renderStatus } from '../src/ui/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { runBackfill } from '../src/core/backfill.js';
+import { diffUserWithPackage } from '../src/core/diff.js';
+import { checkPackage } from '../src/seed/package.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
@@ -79,6 +82,7 @@ describe('user seed --force over a seeded path that is no longer a plain file of
     expect(readFileSync(target, 'utf8')).toBe('not yours\n');
     expect(statSync(u.log).isFile()).toBe(true);
     expect(readdirSync(path.dirname(u.log)).filter((f) => f.includes('.acm2-'))).toEqual([]);
+    expect(readdirSync(path.join(world.dataDir, '.acm2', 'staging')).filter((f) => f.startsWith(`user_${u.id}-`))).toEqual([]);
   });
 });
 
@@ -133,11 +137,78 @@ describe('a symlinked .acm2/staging', () => {
       writeFileSync(path.join(elsewhere, `user_${u.user.id}-precious.txt`), 'not the tool’s\n');
       mkdirSync(path.join(w.dataDir, '.acm2'), { recursive: true });
       symlinkSync(elsewhere, path.join(w.dataDir, '.acm2', 'staging'));
-      const r = await seedOneUser(d, String(u.user.id), {});
-      expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/staging is a symlink/) });
+      // The environment's fault, alike for every user: exit 3 before a job is claimed.
+      await expect(seedOneUser(d, String(u.user.id), {})).rejects.toMatchObject({ exitCode: 3, message: expect.stringMatching(/staging is a symlink, not a folder of the tool's own/) });
+      await expect(drainQueue(d, {})).rejects.toMatchObject({ exitCode: 3 });
+      expect(await w.master.latestJob(u.user.id)).toMatchObject({ status: 'pending', attempts: 0 });
       expect(readdirSync(elsewhere).sort()).toEqual([`user_${u.user.id}-keep`, `user_${u.user.id}-precious.txt`]);
     } finally {
       await w.cleanup();
     }
+  });
+});
+
+describe('names that are not valid UTF-8 (Linux allows any bytes)', () => {
+  it('in a user’s tree: verify reports what it cannot check, backfill does not fail the user, diff shows it', async () => {
+    const u = await readyUser();
+    const bad = Buffer.concat([Buffer.from(`${u.runDir}/`), Buffer.from([0x64, 0xe9, 0x6a, 0xe0])]);
+    mkdirSync(bad, { mode: 0o700 });
+    symlinkSync(outside, Buffer.concat([bad, Buffer.from('/escape')]));
+    const v = await verifyUsers(deps(), { users: [u.id] });
+    expect(v.users[0]!.problems).toEqual([expect.objectContaining({ code: 'path_escape', message: expect.stringMatching(/not valid UTF-8/) })]);
+    const plan = await runBackfill({ master: world.master, dataDir: world.dataDir, pkg: pkg.pkg }, { dryRun: true, userIds: [u.id] });
+    expect(plan.users[0]).toMatchObject({ id: u.id, action: 'ok' });
+    const d = diffUserWithPackage(deps(), u.id);
+    expect(d.equal).toBe(false);
+    expect(d.files.added).toEqual([expect.stringMatching(/\uFFFD/)]);
+  });
+
+  it('in a package: seed check names it (no crash), and the package is refused', () => {
+    const seeds = tmpDir('acm2-badname-seeds-');
+    try {
+      cpSync(pkg.seedsDir, seeds, { recursive: true });
+      writeFileSync(Buffer.concat([Buffer.from(path.join(seeds, 'v1', 'files') + '/'), Buffer.from([0x78, 0xff])]), 'stray\n');
+      const c = checkPackage(seeds, 'v1');
+      expect(c.ok).toBe(false);
+      expect(c.problems).toEqual([expect.stringMatching(/has a name that is not valid UTF-8/)]);
+    } finally {
+      rmSync(seeds, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('user show of a user whose DB was deleted by hand', () => {
+  it('says there is no list of seeded files and how to seed it, not "0 files listed by the unfinished seed"', async () => {
+    const u = await readyUser();
+    rmSync(userDbPath(world.dataDir, u.id));
+    const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
+    expect(s.status).toBe('missing');
+    const text = renderStatus(s);
+    expect(text).toContain(`no DB, so no list of seeded files; acm2 user seed ${u.id} seeds the user`);
+    expect(text).not.toMatch(/unfinished seed/);
+  });
+});
+
+describe('a folder where the seed writes a file', () => {
+  it('is left alone with one clear sentence, and the job fails at once (no retries burnt)', async () => {
+    const u = await readyUser();
+    rmSync(u.log);
+    mkdirSync(u.log);
+    writeFileSync(path.join(u.log, 'mine.txt'), 'the user’s\n');
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/is a folder where the seed writes a file: it was left alone; move it aside/) });
+    expect(r.seed.retry).toBeUndefined();
+    expect(readFileSync(path.join(u.log, 'mine.txt'), 'utf8')).toBe('the user’s\n');
+  });
+});
+
+describe('user show of a user_{id}.db that is a dangling symlink', () => {
+  it('says what is there instead of calling the user missing', async () => {
+    const u = await readyUser();
+    rmSync(userDbPath(world.dataDir, u.id));
+    symlinkSync(path.join(outside, 'gone.db'), userDbPath(world.dataDir, u.id));
+    const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
+    expect(s.status).toBe('failed');
+    expect(s.db).toMatchObject({ present: true, error: expect.stringMatching(/is a symlink, not the user's own database file/) });
   });
 });

@@ -333,11 +333,13 @@ describe('a seed that needs an operator first', () => {
 });
 
 describe('user seed --pending with a package that was tampered with after the users were queued', () => {
-  it('stops with exit 2 and the package named, burning no attempt; fixed, the next drain seeds them', async () => {
+  it('holds that version’s jobs back (attempts untouched, remedy named), seeds the other versions, and exits 1', async () => {
     const root = tmpDir('acm2-tampered-');
+    const v2 = frozenSource({}, 'v2');
     try {
       const seeds = path.join(root, 'seeds');
       cpSync(pkg.seedsDir, seeds, { recursive: true });
+      cpSync(path.join(v2.seedsDir, 'v2'), path.join(seeds, 'v2'), { recursive: true });
       const data = path.join(root, 'data');
       const cli = async (args: string[]) => {
         try {
@@ -350,27 +352,39 @@ describe('user seed --pending with a package that was tampered with after the us
           return { code: x.code, stdout: x.stdout, stderr: x.stderr };
         }
       };
-      for (const n of [1, 2]) expect((await cli(['user', 'create', '--email', `q${n}@example.com`, '--username', `q${n}`, '--async'])).code).toBe(0);
-      const log = path.join(seeds, 'v1', 'files', 'runs', pkg.source.runId, 'logs', 'run.log');
+      for (const n of [1, 2]) expect((await cli(['user', 'create', '--email', `q${n}@example.com`, '--username', `q${n}`, '--seed-version', 'v2', '--async'])).code).toBe(0);
+      expect((await cli(['user', 'create', '--email', 'q3@example.com', '--username', 'q3', '--seed-version', 'v1', '--async'])).code).toBe(0);
+      const log = path.join(seeds, 'v2', 'files', 'runs', v2.source.runId, 'logs', 'run.log');
       const good = readFileSync(log);
       writeFileSync(log, Buffer.concat([good, Buffer.from('tampered\n')]));
-      for (let i = 0; i < 3; i++) {
-        const r = await cli(['user', 'seed', '--pending', '--concurrency', String(1 + (i % 2)), '--json']);
-        expect(r.code).toBe(2);
-        expect(JSON.parse(r.stdout).error.message).toMatch(/run\.log/);
-      }
-      const shown = JSON.parse((await cli(['user', 'list', '--json'])).stdout) as { users: Array<{ status: string; job: { status: string; attempts: number } }> };
-      expect(shown.users.map((u) => [u.status, u.job.status, u.job.attempts])).toEqual([
-        ['pending', 'pending', 0],
-        ['pending', 'pending', 0],
+      const r = await cli(['user', 'seed', '--pending', '--concurrency', '2', '--json']);
+      expect(r.code, r.stderr).toBe(1);
+      const doc = JSON.parse(r.stdout) as { done: number; failures: Array<{ userId: number; error: string; final: boolean }> };
+      expect(doc.done).toBe(1);
+      expect(doc.failures.map((f) => [f.userId, f.final]).sort()).toEqual([
+        [1, false],
+        [2, false],
+      ]);
+      expect(doc.failures[0]!.error).toMatch(/run\.log.*the job waits with its attempts untouched: fix the package \(acm2 seed check v2\), or seed the user with another version/);
+      // The next drain does not spin on them: they wait, and it says until when.
+      const again = await cli(['user', 'seed', '--pending', '--json']);
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout)).toMatchObject({ claimed: 0, notDue: { count: 2 } });
+      const shown = JSON.parse((await cli(['user', 'list', '--json'])).stdout) as { users: Array<{ id: number; status: string; job: { status: string; attempts: number } }> };
+      expect(shown.users.map((u) => [u.id, u.status, u.job.status, u.job.attempts])).toEqual([
+        [1, 'pending', 'pending', 0],
+        [2, 'pending', 'pending', 0],
+        [3, 'ready', 'done', 1],
       ]);
       expect(existsSync(path.join(data, 'user_1.db'))).toBe(false);
       writeFileSync(log, good);
-      const fixed = await cli(['user', 'seed', '--pending', '--concurrency', '1', '--json']);
+      // Fixed: the remedy named runs the waiting job now.
+      const fixed = await cli(['user', 'seed', '1', '--json']);
       expect(fixed.code, fixed.stdout).toBe(0);
       expect(JSON.parse((await cli(['user', 'list', '--status', 'ready', '--json'])).stdout).users).toHaveLength(2);
     } finally {
       rmSync(root, { recursive: true, force: true });
+      v2.cleanup();
     }
   });
 });

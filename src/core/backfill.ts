@@ -252,12 +252,18 @@ export function loosePermissions(dataDir: string, userId: UserId): string[] {
   const stack = [root];
   while (stack.length > 0) {
     const dir = stack.pop()!;
-    const st = dir === root ? rootSt : lstatSync(dir);
+    // An entry gone, or named in bytes that are not UTF-8 (readdir's name for it names nothing):
+    // there is nothing this can tighten; verify reports such a name.
+    const st = dir === root ? rootSt : lstatOrUndefined(dir);
+    if (!st) continue;
     if (!modeOk(st.mode, 0o700)) out.push(dir);
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const abs = path.join(dir, e.name);
       if (e.isDirectory()) stack.push(abs);
-      else if (e.isFile() && !modeOk(lstatSync(abs).mode, 0o600)) out.push(abs);
+      else if (e.isFile()) {
+        const fst = lstatOrUndefined(abs);
+        if (fst && !modeOk(fst.mode, 0o600)) out.push(abs);
+      }
     }
   }
   return out.sort();
@@ -304,10 +310,9 @@ function metaStatus(db: SqliteDb, tables: Set<string>, userId: UserId): string |
 }
 
 /**
- * detectSchemaDrift, remembered per set of table and index names (per thread): a fleet's DBs share
- * a handful of schemas, and reading every table's columns per user doubled backfill's planning
- * time. A lost table or index changes the names; a column dropped by hand from a DB whose names
- * match an intact one is not seen here (verify still reports it).
+ * detectSchemaDrift, remembered per schema text (per thread): a fleet's DBs share a handful of
+ * schemas, and reading every table's columns per user doubled backfill's planning time. Any
+ * change by hand (a lost table, index or column) changes the text, so it is looked at anew.
  */
 const driftBySchema = new Map<string, SchemaDrift>();
 function driftOf(db: SqliteDb, key: string): SchemaDrift {

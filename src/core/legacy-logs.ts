@@ -21,7 +21,7 @@ import {
 import { hostname } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { resolveInside, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { resolveInside, toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface LegacyRunMove {
   runId: string;
@@ -76,6 +76,9 @@ export function listLegacyRuns(dir: string): string[] {
 /** Which of `candidates` this user's DB holds in `runs` (empty when it has no DB or no runs table). */
 export function runsOwnedBy(dataDir: string, userId: UserId, candidates: Set<string>, busyTimeoutMs = 250): string[] {
   const file = userDbPath(dataDir, userId);
+  // A symlink may lead to another DB altogether, which would not make its runs this user's.
+  const odd = userDbEntryProblem(dataDir, userId);
+  if (odd) throw new Error(odd);
   if (!existsSync(file)) return [];
   // Read-write but only read: a read-only connection would leave -wal/-shm beside a WAL DB.
   const db = new Database(file, { fileMustExist: true, timeout: busyTimeoutMs });

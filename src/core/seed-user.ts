@@ -127,8 +127,18 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
  */
 /** A symlink, FIFO or folder at user_{id}.db (or a symlinked staging folder) is never opened, seeded through or replaced. */
 function refuseOddDbEntry(dataDir: string, userId: UserId): void {
-  const odd = userDbEntryProblem(dataDir, userId) ?? toolDirProblem(dataDir, 'staging');
+  const odd = userDbEntryProblem(dataDir, userId);
   if (odd) throw new NeedsOperatorError(`${odd}: nothing was seeded through it; put the user's database file itself there or move the entry aside, then run: acm2 user seed ${userId}`);
+  refuseOddToolDir(dataDir);
+}
+
+/**
+ * Staging's removals and renames must happen in the data dir's own .acm2/staging: a symlink
+ * there (or a file) stops every seed alike, so it is the environment's fault (exit 3), not a user's.
+ */
+export function refuseOddToolDir(dataDir: string): void {
+  const odd = toolDirProblem(dataDir, 'staging');
+  if (odd) throw new UnavailableError(`${odd}: nothing was seeded; make it a plain folder of the data dir (remove the link), then run again`, 'bad_tool_dir');
 }
 
 async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<void> {
@@ -242,7 +252,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     step('map_persisted');
     const files = renderFiles(prepared, map);
 
-    const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
+    const durable = writeFiles(files, userRoot(dataDir, userId), dataDir, userId);
     step('files_staged');
     yield { ...durable, lock: true };
     step('files_moved');
@@ -395,7 +405,7 @@ const REWRITE_FLAGS = constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NO
  * at that path (a symlink, a FIFO, a file with a second hard link, perhaps outside the data dir
  * or in a backup snapshot) is never written through: a new file is renamed over the entry.
  */
-function writeFileAt(abs: string, data: Uint8Array): void {
+function writeFileAt(abs: string, data: Uint8Array, dataDir: string, userId: UserId): void {
   let fd: number | undefined;
   try {
     fd = openSync(abs, CREATE_FLAGS, 0o600);
@@ -403,7 +413,7 @@ function writeFileAt(abs: string, data: Uint8Array): void {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     fd = openOwnFile(abs);
   }
-  if (fd === undefined) return replaceEntry(abs, data);
+  if (fd === undefined) return replaceEntry(abs, data, dataDir, userId);
   try {
     writeAll(fd, data);
   } finally {
@@ -420,6 +430,8 @@ function openOwnFile(abs: string): number | undefined {
     const code = (e as NodeJS.ErrnoException).code;
     // ELOOP: a symlink (O_NOFOLLOW); ENXIO: a FIFO nobody reads; others: a socket, a device.
     if (code === 'ELOOP' || code === 'ENXIO' || code === 'EOPNOTSUPP' || code === 'ENODEV' || code === 'ETXTBSY') return undefined;
+    // A folder holds things that may be the user's: never replaced, and no retry would help.
+    if (code === 'EISDIR') throw new NeedsOperatorError(`${abs} is a folder where the seed writes a file: it was left alone; move it aside, then seed the user again`, { cause: e });
     throw e;
   }
   const st = fstatSync(fd);
@@ -431,16 +443,35 @@ function openOwnFile(abs: string): number | undefined {
   return undefined;
 }
 
-function replaceEntry(abs: string, data: Uint8Array): void {
-  const tmp = `${abs}.acm2-${randomBytes(4).toString('hex')}.tmp`;
-  const fd = openSync(tmp, CREATE_FLAGS, 0o600);
-  try {
+/**
+ * A new file renamed over the entry at `abs`. It is written in staging under the user's prefix,
+ * so a crash before the rename leaves litter the user's next seed removes (cleanStaging), not a
+ * stray file in a folder ACM2 serves; beside the target only if staging is on another file system.
+ */
+function replaceEntry(abs: string, data: Uint8Array, dataDir: string, userId: UserId): void {
+  const staging = toolDir(dataDir, 'staging');
+  mkdirSync(staging, { recursive: true, mode: 0o700 });
+  const tag = randomBytes(4).toString('hex');
+  const write = (tmp: string): void => {
+    const fd = openSync(tmp, CREATE_FLAGS, 0o600);
     try {
       writeAll(fd, data);
     } finally {
       closeSync(fd);
     }
-    renameSync(tmp, abs);
+  };
+  let tmp = path.join(staging, `user_${userId}-replace-${tag}.tmp`);
+  try {
+    write(tmp);
+    try {
+      renameSync(tmp, abs);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      rmSync(tmp, { force: true });
+      tmp = `${abs}.acm2-${tag}.tmp`;
+      write(tmp);
+      renameSync(tmp, abs);
+    }
   } catch (e) {
     rmSync(tmp, { force: true });
     throw e;
@@ -452,7 +483,7 @@ function replaceEntry(abs: string, data: Uint8Array): void {
  * never writing through a symlink, a FIFO or a hard link at the target). Folders are created
  * 0700, files 0600.
  */
-function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSync {
+function writeFiles(files: RenderedFile[], root: string, dataDir: string, userId: UserId): ToSync {
   const dirs = new Set<string>();
   if (!existsSync(root)) mkdirSync(root, { mode: 0o700 });
   // The paths are checked lexically (resolveInside); a symlinked folder on the way would still
@@ -469,7 +500,7 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string): ToSyn
       for (let d = dir; d.length > root.length && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
       mkdirInside(root, realRoot, dir);
     }
-    writeFileAt(abs, f.data);
+    writeFileAt(abs, f.data, dataDir, userId);
     out.push(abs);
   }
   dirs.add(root);
@@ -585,7 +616,7 @@ function* seedFresh(
     step('migrated');
     step('map_persisted');
 
-    const durable = writeFiles(files, userRoot(dataDir, userId), dataDir);
+    const durable = writeFiles(files, userRoot(dataDir, userId), dataDir, userId);
     step('files_staged');
     yield { ...durable, lock: true };
     step('files_moved');
@@ -678,8 +709,11 @@ function committedStaged(dataDir: string, userId: UserId): StagedBuild[] {
   for (const name of readdirSync(dir)) {
     if (!name.startsWith(prefix) || !name.endsWith('.db')) continue;
     const file = path.join(dir, name);
-    const st = statOrUndefined(file);
-    if (live && st && st.ino === live.ino && st.dev === live.dev) continue;
+    // Only a regular file can be a build (a FIFO would hang the open, a symlink lead elsewhere):
+    // anything else goes with the staging cleanup.
+    const st = lstatOrUndefined(file);
+    if (!st?.isFile()) continue;
+    if (live && st.ino === live.ino && st.dev === live.dev) continue;
     let db: SqliteDb | undefined;
     try {
       // Read-write: a hot journal left by an interrupted placeStaged is rolled back first.
@@ -782,6 +816,14 @@ function listedFiles(dataDir: string, userId: UserId): Set<string> {
     return new Set(has ? (db.prepare(`SELECT path FROM acm2_seed_files`).pluck().all() as string[]) : []);
   } finally {
     db.close();
+  }
+}
+
+function lstatOrUndefined(p: string): ReturnType<typeof lstatSync> | undefined {
+  try {
+    return lstatSync(p);
+  } catch {
+    return undefined;
   }
 }
 

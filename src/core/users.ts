@@ -9,7 +9,7 @@ import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
-import { seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
+import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
 import { openUserDb } from '../userdb/user-db.js';
@@ -124,6 +124,8 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   if (wordpressUserId !== null && (await master.findUserByWordpressId(wordpressUserId)))
     throw new UsageError(`a user with WordPress user id ${wordpressUserId} already exists`, 'duplicate_wordpress_id');
 
+  // Seeding at once would stop on a broken staging folder after the user was made: say so first.
+  if (!input.async) refuseOddToolDir(deps.dataDir);
   const key = generateApiKey(bcryptRounds());
   if (hooks.signal?.aborted) throw new FindingsError('interrupted before the user was created: nothing was changed', 'interrupted');
   hooks.onCreating?.();
@@ -242,6 +244,8 @@ const LEASE_MS = 10 * 60 * 1000;
 
 /** Seed under the user's lock, keeping the master's job in step with the outcome. */
 async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, force: boolean): Promise<SeedReport> {
+  // Every seed would fail on it alike: refused before a job is claimed (no attempt is spent).
+  refuseOddToolDir(deps.dataDir);
   const lock = await lockUser(deps.master, deps.dataDir, user.id, deps.lockTimeoutMs);
   const worker = workerName();
   try {
@@ -299,6 +303,28 @@ export interface DrainResult {
  */
 export const DRAIN_LANES = 4;
 
+/** How long a job whose package cannot be used waits before a drain looks at it again. */
+const BAD_PACKAGE_WAIT_MS = 60_000;
+const badPackages = new Map<string, { error: unknown; at: number }>();
+
+/**
+ * The checked package of a job's version. loadPackage caches a good one per process; a bad one is
+ * remembered here for a while, so a queue of its jobs is not re-hashed job by job.
+ */
+function packageFor(seedsDir: string, version: string): SeedPackage {
+  const key = `${seedsDir}\0${version}`;
+  const bad = badPackages.get(key);
+  if (bad && Date.now() - bad.at < BAD_PACKAGE_WAIT_MS / 2) throw bad.error;
+  try {
+    const pkg = loadPackage(seedsDir, version);
+    badPackages.delete(key);
+    return pkg;
+  } catch (e) {
+    badPackages.set(key, { error: e, at: Date.now() });
+    throw e;
+  }
+}
+
 /**
  * Drain due jobs on this connection until none is left (or limit is reached). A job whose user
  * is locked by another seeder is handed back at once, not waited on. `lanes` jobs are in flight
@@ -318,6 +344,8 @@ export async function drainQueue(
   },
 ): Promise<DrainResult> {
   const res: DrainResult = { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
+  // Every job would fail on it alike: refused before one is claimed.
+  refuseOddToolDir(deps.dataDir);
   const worker = opts.worker ?? workerName();
   let claiming = 0;
   let stop = false;
@@ -340,15 +368,30 @@ export async function drainQueue(
       res.claimed++;
       let pkg: SeedPackage;
       try {
-        // loadPackage caches a checked package per process, so this hashes once per version.
-        pkg = loadPackage(deps.seedsDir, job.seedVersion);
+        pkg = packageFor(deps.seedsDir, job.seedVersion);
       } catch (e) {
-        // A missing or tampered package fails every job of its version the same way: the job
-        // waits (this try not counted) and the drain stops with the package's own error (exit
-        // 2), rather than burning every queued job's attempts and marking its users failed.
-        if (!(e instanceof UsageError)) throw e;
-        await deps.master.finishJob(job.id, worker, { status: 'pending', error: e.message, nextAttemptAt: Date.now(), notAttempted: true });
-        throw e;
+        // A missing or tampered package fails every job of its version alike: the job waits, its
+        // attempts untouched (the user is not failed for a package fault), and the drain goes on
+        // with the other versions' jobs.
+        const error = e instanceof Error ? e.message : String(e);
+        if (isAcm2Error(e) && e.exitCode === 2) {
+          await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now() + BAD_PACKAGE_WAIT_MS, notAttempted: true });
+          res.retrying++;
+          res.failures.push({
+            userId: job.userId,
+            jobId: job.id,
+            error: `${error}; the job waits with its attempts untouched: fix the package (acm2 seed check ${job.seedVersion}), or seed the user with another version (acm2 user seed ${job.userId} --seed-version <v>)`,
+            final: false,
+          });
+        } else {
+          const outcome = retryOutcome(job, error, e);
+          await deps.master.finishJob(job.id, worker, outcome);
+          if (outcome.status === 'failed') res.failed++;
+          else res.retrying++;
+          res.failures.push({ userId: job.userId, jobId: job.id, error, final: outcome.status === 'failed' });
+        }
+        opts.onJob?.(res);
+        continue;
       }
       const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
       if (!lock) {
@@ -363,7 +406,7 @@ export async function drainQueue(
       } catch (e) {
         if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;
         const error = e instanceof Error ? e.message : String(e);
-        if (isAcm2Error(e) && e.code === 'disk_full') {
+        if (isAcm2Error(e) && (e.code === 'disk_full' || e.code === 'bad_tool_dir')) {
           // Every next user would fail the same way: the job waits (this try not counted) and the
           // drain stops with exit 3, rather than burning every queued job's attempts.
           await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(1), notAttempted: true });
@@ -429,7 +472,8 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
     status: 'missing',
     seedVersion: null,
     seededAt: null,
-    db: { path: dbPath, present: existsSync(dbPath), seedStatus: null },
+    // lstat: a dangling symlink there is not "no DB" (openUserDb below says what it is).
+    db: { path: dbPath, present: lstatSync(dbPath, { throwIfNoEntry: false }) !== undefined, seedStatus: null },
     root: userRoot(deps.dataDir, user.id),
     files: { count: 0, bytes: 0 },
     job: job && {

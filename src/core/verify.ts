@@ -1094,8 +1094,15 @@ class UserCheck {
         const r = dirRel ? `${dirRel}/${name}` : name;
         const abs = path.join(this.root, r);
         const est = lstatOrUndefined(abs);
-        if (!est) continue;
         const shown = this.rootRel(r);
+        if (!est) {
+          // readdir gives a name that is not UTF-8 with U+FFFD in it, and no entry has that name:
+          // what it is and where it leads cannot be checked (a vanished entry is simply gone).
+          if (name.includes('\uFFFD')) {
+            this.add('path_escape', `${shown} has a name that is not valid UTF-8, so verify cannot check what it is or where it leads; rename or remove it`, { path: shown });
+          }
+          continue;
+        }
         const hit = this.leaks?.find(name);
         if (hit) this.add('seed_id_leaked', `file name ${shown} holds package id ${hit}`, { path: shown });
         if (est.isSymbolicLink()) {

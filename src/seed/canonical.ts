@@ -109,7 +109,18 @@ export function walkTree(root: string): TreeEntry[] {
     for (const name of readdirSync(dir).sort()) {
       const rel = prefix ? `${prefix}/${name}` : name;
       const full = path.join(dir, name);
-      const st = lstatSync(full);
+      let st;
+      try {
+        st = lstatSync(full);
+      } catch (e) {
+        // A name that is not UTF-8 comes back from readdir with U+FFFD in it, and no entry has
+        // that name: it cannot be read by name, so it is something other than a file here.
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT' && name.includes('\uFFFD')) {
+          out.push({ kind: 'other', rel });
+          continue;
+        }
+        throw e;
+      }
       if (st.isSymbolicLink()) out.push({ kind: 'symlink', rel });
       else if (st.isDirectory()) {
         out.push({ kind: 'dir', rel });

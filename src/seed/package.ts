@@ -273,7 +273,7 @@ function inspect(seedsDir: string, version: string, stopEarly: boolean): { probl
   const onDisk = new Map<string, number>();
   for (const e of tree) {
     if (e.kind === 'symlink' && add('unsafe', `${e.rel} is a symlink`)) return { problems };
-    if (e.kind === 'other' && add('unsafe', `${e.rel} is not a regular file or folder`)) return { problems };
+    if (e.kind === 'other' && add('unsafe', `${e.rel} ${e.rel.includes('\uFFFD') ? 'has a name that is not valid UTF-8' : 'is not a regular file or folder'}`)) return { problems };
     const top = e.rel.split('/')[0] as string;
     if (!TOP_LEVEL.has(top) && e.rel === top && add('tampered', `unexpected ${e.rel} in the package`)) return { problems };
     if (e.kind === 'file' && e.rel.startsWith(`${FILES_DIR}/`)) onDisk.set(e.rel.slice(FILES_DIR.length + 1), e.bytes);

@@ -37,11 +37,17 @@ export function renderStatus(s: UserStatus): string {
     ['seeded at', s.seededAt ?? '-'],
     ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}`],
     // Until ready, the DB's seeded-file list is what the seed means to write, not what is there.
-    ['files', `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`],
+    ['files', filesLine(s)],
     ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}${jobDetail(s)}` : '-'],
   ];
   if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** What the seeded-file list says; without a DB there is none to read (the folder may still hold files). */
+function filesLine(s: UserStatus): string {
+  if (!s.db.present) return `${s.root} (no DB, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
+  return `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`;
 }
 
 /** Who holds a running job and until when (a dead worker's hold lasts that long), or when a pending one is due. */
