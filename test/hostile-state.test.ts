@@ -9,6 +9,7 @@ import { createUser, drainQueue, seedOneUser, userStatus } from '../src/core/use
 import { renderStatus } from '../src/ui/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { verifyUsers } from '../src/core/verify.js';
+import { lockUserFile } from '../src/core/user-lock.js';
 import { runBackfill } from '../src/core/backfill.js';
 import { diffUserWithPackage } from '../src/core/diff.js';
 import { checkPackage } from '../src/seed/package.js';
@@ -210,5 +211,32 @@ describe('user show of a user_{id}.db that is a dangling symlink', () => {
     const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
     expect(s.status).toBe('failed');
     expect(s.db).toMatchObject({ present: true, error: expect.stringMatching(/is a symlink, not the user's own database file/) });
+  });
+});
+
+describe('user create --async while a drainer elsewhere has already taken the new job', () => {
+  it('does not call that seed’s staging "from before the user existed" (exit 0, pending)', async () => {
+    let held: { release(): Promise<void> | void } | undefined;
+    n++;
+    const r = await createUser(
+      deps(),
+      { email: `raced${n}@example.com`, username: `raced${n}`, async: true },
+      {
+        // Right after the master commits: a drainer claims the job, takes the user's lock and
+        // starts its build in staging.
+        onCreated: ({ user }) => {
+          held = lockUserFile(world.dataDir, user.id, 0);
+          mkdirSync(path.join(world.dataDir, '.acm2', 'staging'), { recursive: true });
+          writeFileSync(path.join(world.dataDir, '.acm2', 'staging', `user_${user.id}-v1-0badc0de.building`), '');
+        },
+      },
+    );
+    try {
+      expect(held).toBeDefined();
+      expect(r.seed).toMatchObject({ status: 'pending' });
+      expect(await world.master.latestJob(r.user.id)).toMatchObject({ status: 'pending', lastError: null });
+    } finally {
+      await held?.release();
+    }
   });
 });

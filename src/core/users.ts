@@ -144,7 +144,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   let seed: SeedReport;
   let seedError: unknown;
   hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job.id });
-  const foreign = leftoversAt(deps.dataDir, user.id);
+  const foreign = await foreignLeftovers(deps, user.id, job.id);
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
@@ -169,6 +169,30 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     seed,
     ...(seedError === undefined ? {} : { seedError }),
   };
+}
+
+/**
+ * What the data dir held under a brand-new user's id before the user existed. The user's job is
+ * due from the moment the master committed it, so a drainer elsewhere may already be seeding it
+ * (or be done): what such a seed made is this user's own. Only while nobody has taken the job,
+ * with the user's lock held so nobody starts meanwhile, does what is there predate the user.
+ */
+async function foreignLeftovers(deps: UserDeps, id: UserId, jobId: number): Promise<string[]> {
+  const there = leftoversAt(deps.dataDir, id);
+  if (there.length === 0) return [];
+  try {
+    const lock = await tryLockUser(deps.master, deps.dataDir, id);
+    if (!lock) return []; // a seeder holds the user: its staging and files are this user's
+    try {
+      const latest = await deps.master.latestJob(id);
+      if (latest?.id !== jobId || latest.status !== 'pending' || latest.attempts > 0) return [];
+      return leftoversAt(deps.dataDir, id);
+    } finally {
+      await lock.release();
+    }
+  } catch {
+    return there; // the user exists: nothing may throw now; what was seen stays unadopted
+  }
 }
 
 /**
