@@ -359,6 +359,26 @@ for (const d of DIALECTS) {
         expect(await m.pendingNotDue(T + 100_000)).toEqual({ count: 0, nextAttemptAt: null });
       });
 
+      it('lists the jobs still leased, and ends one lease only for the worker that holds it', async () => {
+        const a = await m.createUser(newUser(1));
+        const b = await m.createUser(newUser(2));
+        const T = Date.now();
+        expect(await m.heldJobs(10, T)).toEqual([]);
+        expect((await m.claimJobForUser(a.user.id, 'wa', 60_000, T))?.id).toBe(a.job.id);
+        expect((await m.claimJobForUser(b.user.id, 'wb', 30_000, T))?.id).toBe(b.job.id);
+        expect((await m.heldJobs(10, T + 1)).map((j) => [j.id, j.lockedBy])).toEqual([
+          [b.job.id, 'wb'],
+          [a.job.id, 'wa'],
+        ]);
+        expect((await m.heldJobs(1, T + 1)).map((j) => j.id)).toEqual([b.job.id]);
+        expect(await m.heldJobs(10, T + 40_000)).toEqual([expect.objectContaining({ id: a.job.id })]);
+        expect(await m.expireLease(a.job.id, 'wb', T + 2)).toBe(false);
+        expect(await m.expireLease(a.job.id, 'wa', T + 2)).toBe(true);
+        expect((await m.heldJobs(10, T + 3)).map((j) => j.id)).toEqual([b.job.id]);
+        // Now an expired lease: the next claim takes it, as a new attempt.
+        expect(await m.claimJob('w2', 60_000, T + 4)).toMatchObject({ id: a.job.id, lockedBy: 'w2', attempts: 2 });
+      });
+
       it('backs off: a retry due later is not claimed until due, unless its user is seeded directly', async () => {
         const { user, job } = await m.createUser(newUser(1));
         const other = await m.createUser(newUser(2));

@@ -10,7 +10,7 @@ import { readyButIncomplete } from './helpers/complete.js';
 import { DIALECTS, type TestMaster } from './helpers/mysql.js';
 import { createUser } from '../src/core/users.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
-import { lockUserFile } from '../src/core/user-lock.js';
+import { lockUserFile, tryLockUser } from '../src/core/user-lock.js';
 import { readdirSync, rmSync } from 'node:fs';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -62,6 +62,29 @@ for (const dialect of DIALECTS) {
       expect(contents).toBe(pkg.source.contentIds.length);
       expect(mapped).toBe(pkg.source.contentIds.length);
       expect(readyButIncomplete(dataDir, u.user.id, pkg.pkg.manifest.files.length).problems).toEqual([]);
+    });
+
+    it('a job leased to a worker that died is taken over by the next drain at once; a live holder’s is not', async () => {
+      const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 };
+      const dead = await createUser(deps, { email: 'orphan@example.com', username: 'orphan', async: true });
+      const live = await createUser(deps, { email: 'held@example.com', username: 'held', async: true });
+      // Both claimed a minute ago with a ten-minute lease: one worker was killed (its user lock
+      // went with it); the other still holds its user's lock.
+      const T = Date.now() - 60_000;
+      const a = await tm.master.claimJobForUser(dead.user.id, 'host:999999:dead', 10 * 60_000, T);
+      const b = await tm.master.claimJobForUser(live.user.id, 'host:1:alive', 10 * 60_000, T);
+      expect(a && b).toBeTruthy();
+      const held = await tryLockUser(tm.master, dataDir, live.user.id);
+      try {
+        const r = await cli(['user', 'seed', '--pending'], dataDir, tm.url);
+        expect(r.code, JSON.stringify(r.out)).toBe(0);
+        expect(await tm.master.latestJob(dead.user.id)).toMatchObject({ id: a!.id, status: 'done' });
+        expect(readyButIncomplete(dataDir, dead.user.id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+        expect(await tm.master.latestJob(live.user.id)).toMatchObject({ id: b!.id, status: 'running', lockedBy: 'host:1:alive' });
+      } finally {
+        await held?.release();
+      }
+      expect(await tm.master.finishJob(b!.id, 'host:1:alive', { status: 'done' })).toBe(true);
     });
 
     it('4 worker processes draining 200 jobs run each exactly once', async () => {

@@ -327,6 +327,30 @@ export interface DrainResult {
  */
 export const DRAIN_LANES = 4;
 
+/** A live drainer claims a job, then takes its user's lock, within moments of each other. */
+const CLAIM_TO_LOCK_MS = 5000;
+
+/**
+ * End the leases of jobs whose worker died (kill -9, a lost host) instead of waiting out the
+ * ten minutes: every seeder holds the user's lock while its job runs (a lock file, or GET_LOCK
+ * on MySQL: either dies with its holder), so a running job whose user lock is free, claimed
+ * long enough ago, has no live worker. The claims that follow take it as an expired one.
+ */
+async function releaseOrphanedJobs(deps: UserDeps, now = Date.now()): Promise<number> {
+  let released = 0;
+  for (const j of await deps.master.heldJobs(100, now)) {
+    if (j.lockedBy === null || j.lockedUntil === null || j.lockedUntil - LEASE_MS > now - CLAIM_TO_LOCK_MS) continue;
+    const lock = await tryLockUser(deps.master, deps.dataDir, j.userId);
+    if (!lock) continue;
+    try {
+      if (await deps.master.expireLease(j.id, j.lockedBy, now)) released++;
+    } finally {
+      await lock.release();
+    }
+  }
+  return released;
+}
+
 /** How long a job whose package cannot be used waits before a drain looks at it again. */
 const BAD_PACKAGE_WAIT_MS = 60_000;
 const badPackages = new Map<string, { error: unknown; at: number }>();
@@ -370,6 +394,7 @@ export async function drainQueue(
   const res: DrainResult = { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
   // Every job would fail on it alike: refused before one is claimed.
   refuseOddToolDir(deps.dataDir);
+  await releaseOrphanedJobs(deps);
   const worker = opts.worker ?? workerName();
   let claiming = 0;
   let stop = false;

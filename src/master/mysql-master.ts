@@ -478,6 +478,14 @@ export class MysqlMaster implements MasterDb {
     const r = (await this.one(`SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM acm2_seed_jobs WHERE status = 'pending' AND next_attempt_at > ?`, [now]))!;
     return { count: Number(r.n), nextAttemptAt: r.next === null ? null : Number(r.next) };
   }
+  async heldJobs(limit: number, now = Date.now()): Promise<SeedJob[]> {
+    const rows = await this.rows(`SELECT * FROM acm2_seed_jobs WHERE status = 'running' AND locked_until >= ? ORDER BY locked_until, id LIMIT ${Math.max(0, Math.floor(limit))}`, [now]);
+    return rows.map(toJob);
+  }
+  async expireLease(jobId: number, workerId: string, now = Date.now()): Promise<boolean> {
+    const res = await this.exec(`UPDATE acm2_seed_jobs SET locked_until = ? WHERE id = ? AND locked_by = ? AND status = 'running'`, [now - 1, jobId, workerId]);
+    return res.affectedRows === 1;
+  }
   async countJobs(status?: JobStatus): Promise<number> {
     const r = status ? await this.one('SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE status = ?', [status]) : await this.one('SELECT COUNT(*) AS n FROM acm2_seed_jobs');
     return Number(r!.n);

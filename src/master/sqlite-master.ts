@@ -320,6 +320,15 @@ export class SqliteMaster implements MasterDb {
     const r = this.one(`SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM acm2_seed_jobs WHERE status = 'pending' AND next_attempt_at > ?`, now)!;
     return { count: Number(r.n), nextAttemptAt: r.next === null ? null : Number(r.next) };
   }
+  async heldJobs(limit: number, now = Date.now()) {
+    return this.db
+      .prepare(`SELECT * FROM acm2_seed_jobs WHERE status = 'running' AND locked_until >= ? ORDER BY locked_until, id LIMIT ?`)
+      .all(now, limit)
+      .map((r) => toJob(r as Row));
+  }
+  async expireLease(jobId: number, workerId: string, now = Date.now()) {
+    return this.db.prepare(`UPDATE acm2_seed_jobs SET locked_until = ? WHERE id = ? AND locked_by = ? AND status = 'running'`).run(now - 1, jobId, workerId).changes === 1;
+  }
   async countJobs(status?: JobStatus) {
     const r = status ? this.one(`SELECT COUNT(*) AS n FROM acm2_seed_jobs WHERE status = ?`, status) : this.one(`SELECT COUNT(*) AS n FROM acm2_seed_jobs`);
     return Number(r!.n);

@@ -169,6 +169,10 @@ export interface MasterDb {
   countJobs(status?: JobStatus): Promise<number>;
   /** Pending jobs not due yet (a retry's backoff), and when the first of them is. */
   pendingNotDue(now?: number): Promise<{ count: number; nextAttemptAt: number | null }>;
+  /** Running jobs whose lease has not expired, oldest first (is their worker still alive?). */
+  heldJobs(limit: number, now?: number): Promise<SeedJob[]>;
+  /** End a running job's lease now, its worker gone, so the next claim takes it; false if workerId no longer holds it. */
+  expireLease(jobId: number, workerId: string, now?: number): Promise<boolean>;
 
   /** Hold a per-user advisory lock (only when capabilities.advisoryLocks); undefined if not got within timeoutMs. */
   acquireUserLock(userId: number, timeoutMs: number): Promise<UserLock | undefined>;
