@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
+import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
@@ -68,18 +69,25 @@ for (const dialect of DIALECTS) {
       const deps = { master: tm.master, dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 30_000 };
       const dead = await createUser(deps, { email: 'orphan@example.com', username: 'orphan', async: true });
       const live = await createUser(deps, { email: 'held@example.com', username: 'held', async: true });
-      // Both claimed a minute ago with a ten-minute lease: one worker was killed (its user lock
-      // went with it); the other still holds its user's lock.
+      const justKilled = await createUser(deps, { email: 'killed@example.com', username: 'killed', async: true });
+      // Two claimed a minute ago with a ten-minute lease: one worker (on another host) was killed,
+      // its user lock gone with it; the other still holds its user's lock. The third was claimed
+      // a moment ago by a process of this host that is gone (a drain right after a kill -9).
       const T = Date.now() - 60_000;
-      const a = await tm.master.claimJobForUser(dead.user.id, 'host:999999:dead', 10 * 60_000, T);
+      const a = await tm.master.claimJobForUser(dead.user.id, 'elsewhere:999999:dead', 10 * 60_000, T);
       const b = await tm.master.claimJobForUser(live.user.id, 'host:1:alive', 10 * 60_000, T);
-      expect(a && b).toBeTruthy();
+      const gone = spawn(process.execPath, ['-e', '0']);
+      const gonePid = gone.pid!;
+      await new Promise((r) => gone.once('exit', r));
+      const c = await tm.master.claimJobForUser(justKilled.user.id, `${hostname()}:${gonePid}:x`, 10 * 60_000);
+      expect(a && b && c).toBeTruthy();
       const held = await tryLockUser(tm.master, dataDir, live.user.id);
       try {
         const r = await cli(['user', 'seed', '--pending'], dataDir, tm.url);
         expect(r.code, JSON.stringify(r.out)).toBe(0);
         expect(await tm.master.latestJob(dead.user.id)).toMatchObject({ id: a!.id, status: 'done' });
         expect(readyButIncomplete(dataDir, dead.user.id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+        expect(await tm.master.latestJob(justKilled.user.id)).toMatchObject({ id: c!.id, status: 'done' });
         expect(await tm.master.latestJob(live.user.id)).toMatchObject({ id: b!.id, status: 'running', lockedBy: 'host:1:alive' });
       } finally {
         await held?.release();

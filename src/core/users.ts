@@ -12,6 +12,7 @@ import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
+import { processAlive } from '../durable.js';
 import { openUserDb } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
@@ -339,7 +340,10 @@ const CLAIM_TO_LOCK_MS = 5000;
 async function releaseOrphanedJobs(deps: UserDeps, now = Date.now()): Promise<number> {
   let released = 0;
   for (const j of await deps.master.heldJobs(100, now)) {
-    if (j.lockedBy === null || j.lockedUntil === null || j.lockedUntil - LEASE_MS > now - CLAIM_TO_LOCK_MS) continue;
+    if (j.lockedBy === null || j.lockedUntil === null) continue;
+    // A claim younger than that may be a live drainer between its claim and its lock, unless
+    // its worker ran on this host and that process is gone (a drain right after a kill -9).
+    if (j.lockedUntil - LEASE_MS > now - CLAIM_TO_LOCK_MS && !deadHere(j.lockedBy)) continue;
     const lock = await tryLockUser(deps.master, deps.dataDir, j.userId);
     if (!lock) continue;
     try {
@@ -349,6 +353,12 @@ async function releaseOrphanedJobs(deps: UserDeps, now = Date.now()): Promise<nu
     }
   }
   return released;
+}
+
+/** Whether a worker name (`host:pid:tag`, see workerName) is a process of this host that is gone. */
+function deadHere(worker: string): boolean {
+  const [host, pid] = worker.split(':');
+  return host === hostname() && /^[1-9][0-9]*$/.test(pid ?? '') && !processAlive(Number(pid));
 }
 
 /** How long a job whose package cannot be used waits before a drain looks at it again. */
