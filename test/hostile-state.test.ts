@@ -211,6 +211,7 @@ describe('user show of a user_{id}.db that is a dangling symlink', () => {
     const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
     expect(s.status).toBe('failed');
     expect(s.db).toMatchObject({ present: true, error: expect.stringMatching(/is a symlink, not the user's own database file/) });
+    expect(renderStatus(s)).toContain('(the DB cannot be read, so its list of seeded files neither)');
   });
 });
 

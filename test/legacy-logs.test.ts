@@ -258,6 +258,16 @@ describe('moving global logs through backfill', () => {
     expect(existsSync(path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3, 'logs', 'debug.log'))).toBe(false);
   });
 
+  it('a log whose name is not valid UTF-8 is left in place and reported; the rest of its run moves (no crash, dry run too)', async () => {
+    writeFileSync(Buffer.concat([Buffer.from(path.join(w.logs, w.r3) + '/'), Buffer.from([0xfe, 0x2e, 0x6c, 0x6f, 0x67])]), 'odd name\n');
+    const dry = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]]]), dryRun: true });
+    expect(dry.skipped).toEqual([path.join(w.r3, '\uFFFD.log')]);
+    const r = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]]]) });
+    expect(r.skipped).toEqual([path.join(w.r3, '\uFFFD.log')]);
+    expect(r.moved).toEqual([{ runId: w.r3, userId: 3, files: 1, bytes: expect.any(Number) }]);
+    expect(readdirSync(path.join(w.logs, w.r3), { encoding: 'buffer' })).toEqual([Buffer.from([0xfe, 0x2e, 0x6c, 0x6f, 0x67])]);
+  });
+
   it("the CLI refuses a --legacy-logs inside the data dir (a user's own runs/) or holding it, moving nothing", () => {
     const cli = (...args: string[]) =>
       spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });

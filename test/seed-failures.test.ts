@@ -1,14 +1,15 @@
 // A seed that cannot finish: the user stays, status failed, the job retries with backoff and,
 // after its last attempt, is failed with the error kept and shown by user show / user list.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser } from '../src/core/seed-user.js';
+import { emptyDrain, FAILURES_KEPT, mergeDrain } from '../src/core/seed-pool.js';
 import Database from 'better-sqlite3';
 import bcrypt from 'bcryptjs';
 
@@ -386,5 +387,66 @@ describe('user seed --pending with a package that was tampered with after the us
       rmSync(root, { recursive: true, force: true });
       v2.cleanup();
     }
+  });
+});
+
+describe('user seed --pending on a host that cannot read the package (EACCES)', () => {
+  // Only root can run a drain as another user; CI runs as root.
+  it.skipIf(process.getuid?.() !== 0)('stops with exit 3 and the package named; no attempt is spent, no user failed', async () => {
+    const root = tmpDir('acm2-eacces-');
+    try {
+      chmodSync(root, 0o777);
+      const seeds = path.join(root, 'seeds');
+      cpSync(pkg.seedsDir, seeds, { recursive: true });
+      const data = path.join(root, 'data');
+      const NOBODY = 65534;
+      const cli = async (args: string[]) => {
+        try {
+          const r = await run(process.execPath, [BIN, '--data-dir', data, '--seeds', seeds, ...args], {
+            uid: NOBODY,
+            gid: NOBODY,
+            cwd: root,
+            env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_RETRY_BASE_MS: '0', ACM2_MASTER_URL: '', HOME: root },
+          });
+          return { code: 0, stdout: r.stdout, stderr: r.stderr };
+        } catch (e) {
+          const x = e as { code: number; stdout: string; stderr: string };
+          return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+        }
+      };
+      execFileSync('chown', ['-R', `${NOBODY}:${NOBODY}`, seeds]);
+      for (const n of [1, 2]) expect((await cli(['user', 'create', '--email', `e${n}@example.com`, '--username', `e${n}`, '--async'])).code).toBe(0);
+      // The package's seed.db now belongs to root alone.
+      execFileSync('chown', ['0:0', path.join(seeds, 'v1', 'seed.db')]);
+      chmodSync(path.join(seeds, 'v1', 'seed.db'), 0o600);
+      for (let i = 0; i < 3; i++) {
+        const r = await cli(['user', 'seed', '--pending', '--concurrency', '1', '--json']);
+        expect(r.code, r.stdout + r.stderr).toBe(3);
+        expect(JSON.parse(r.stdout).error.message).toMatch(/cannot read seed package v1 .*EACCES/);
+      }
+      const shown = JSON.parse((await cli(['user', 'list', '--json'])).stdout) as { users: Array<{ status: string; job: { status: string; attempts: number } }> };
+      expect(shown.users.map((u) => [u.status, u.job.status, u.job.attempts])).toEqual([
+        ['pending', 'pending', 0],
+        ['pending', 'pending', 0],
+      ]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a --watch drain's failure list", () => {
+  it('keeps the latest failures only, so a worker that runs for weeks does not grow without end; the counts stay exact', () => {
+    const round = (from: number, n: number) => ({
+      ...emptyDrain(),
+      claimed: n,
+      retrying: n,
+      failures: Array.from({ length: n }, (_, i) => ({ userId: from + i, jobId: from + i, error: 'seed package v2 is tampered', final: false })),
+    });
+    let total = emptyDrain();
+    for (let r = 0; r < 30; r++) total = mergeDrain(total, round(r * 100, 100));
+    expect(total).toMatchObject({ claimed: 3000, retrying: 3000 });
+    expect(total.failures).toHaveLength(FAILURES_KEPT);
+    expect(total.failures.at(-1)!.userId).toBe(2999);
   });
 });

@@ -240,7 +240,10 @@ function walk(dir: string, skipped: string[], base: string, rel = ''): string[] 
   const out: string[] = [];
   for (const e of readdirSync(path.join(dir, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
     const r = rel ? path.join(rel, e.name) : e.name;
-    if (e.isDirectory()) out.push(...walk(dir, skipped, base, r));
+    // A name that is not UTF-8 comes back with U+FFFD in it and names no entry: it cannot be
+    // moved by that name, so it stays and is reported (before any file of the run is moved).
+    if (e.name.includes('\uFFFD') && !lstatSync(path.join(dir, r), { throwIfNoEntry: false })) skipped.push(path.relative(base, path.join(dir, r)));
+    else if (e.isDirectory()) out.push(...walk(dir, skipped, base, r));
     else if (e.isFile()) out.push(r);
     else skipped.push(path.relative(base, path.join(dir, r)));
   }

@@ -40,14 +40,22 @@ export function emptyDrain(): DrainResult {
   return { claimed: 0, done: 0, retrying: 0, failed: 0, skipped: 0, failures: [] };
 }
 
+/**
+ * The failures a drain keeps to report (the latest): a --watch worker runs for weeks, and a job
+ * held back round after round (a package that cannot be used) would grow the list without end.
+ * The counts stay exact.
+ */
+export const FAILURES_KEPT = 1000;
+
 export function mergeDrain(a: DrainResult, b: DrainResult): DrainResult {
+  const failures = a.failures.length + b.failures.length > FAILURES_KEPT ? [...a.failures, ...b.failures].slice(-FAILURES_KEPT) : [...a.failures, ...b.failures];
   return {
     claimed: a.claimed + b.claimed,
     done: a.done + b.done,
     retrying: a.retrying + b.retrying,
     failed: a.failed + b.failed,
     skipped: a.skipped + b.skipped,
-    failures: [...a.failures, ...b.failures],
+    failures,
   };
 }
 

@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
-import { FindingsError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
+import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
@@ -425,37 +425,38 @@ export async function drainQueue(
         break;
       }
       res.claimed++;
-      let pkg: SeedPackage;
-      try {
-        pkg = packageFor(deps.seedsDir, job.seedVersion);
-      } catch (e) {
-        // A missing or tampered package fails every job of its version alike: the job waits, its
-        // attempts untouched (the user is not failed for a package fault), and the drain goes on
-        // with the other versions' jobs.
-        const error = e instanceof Error ? e.message : String(e);
-        if (isAcm2Error(e) && e.exitCode === 2) {
-          await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now() + BAD_PACKAGE_WAIT_MS, notAttempted: true });
-          res.retrying++;
-          res.failures.push({
-            userId: job.userId,
-            jobId: job.id,
-            error: `${error}; the job waits with its attempts untouched: fix the package (acm2 seed check ${job.seedVersion}), or seed the user with another version (acm2 user seed ${job.userId} --seed-version <v>)`,
-            final: false,
-          });
-        } else {
-          const outcome = retryOutcome(job, error, e);
-          await deps.master.finishJob(job.id, worker, outcome);
-          if (outcome.status === 'failed') res.failed++;
-          else res.retrying++;
-          res.failures.push({ userId: job.userId, jobId: job.id, error, final: outcome.status === 'failed' });
-        }
-        opts.onJob?.(res);
-        continue;
-      }
+      // The user's lock first, at once after the claim: a drain's orphan sweep counts on a live
+      // worker holding it within moments of its claim.
       const lock = await tryLockUser(deps.master, deps.dataDir, job.userId);
       if (!lock) {
         res.skipped++;
         await deps.master.finishJob(job.id, worker, { status: 'pending', error: 'user locked by another seeder', nextAttemptAt: Date.now() + 1000, notAttempted: true });
+        continue;
+      }
+      let pkg: SeedPackage;
+      try {
+        pkg = packageFor(deps.seedsDir, job.seedVersion);
+      } catch (e) {
+        await lock.release();
+        const error = e instanceof Error ? e.message : String(e);
+        if (!(isAcm2Error(e) && e.exitCode === 2)) {
+          // The package could not be read here (EACCES, EIO): this host's fault, alike for every
+          // job; the job goes back unattempted and the drain stops (exit 3), as for a full disk.
+          await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now(), notAttempted: true });
+          throw new UnavailableError(`cannot read seed package ${job.seedVersion} in ${deps.seedsDir} (${error}): nothing was seeded from it; fix its permissions or the disk, then run again`, 'package_unreadable', { cause: e });
+        }
+        // A missing or tampered package fails every job of its version alike: the job waits, its
+        // attempts untouched (the user is not failed for a package fault), and the drain goes on
+        // with the other versions' jobs.
+        await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now() + BAD_PACKAGE_WAIT_MS, notAttempted: true });
+        res.retrying++;
+        res.failures.push({
+          userId: job.userId,
+          jobId: job.id,
+          error: `${error}; the job waits with its attempts untouched: fix the package (acm2 seed check ${job.seedVersion}) or this host's --seeds, or seed the user with another version (acm2 user seed ${job.userId} --seed-version <v>)`,
+          final: false,
+        });
+        opts.onJob?.(res);
         continue;
       }
       try {

@@ -47,6 +47,7 @@ export function renderStatus(s: UserStatus): string {
 /** What the seeded-file list says; without a DB there is none to read (the folder may still hold files). */
 function filesLine(s: UserStatus): string {
   if (!s.db.present) return `${s.root} (no DB, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
+  if (s.db.error !== undefined) return `${s.root} (the DB cannot be read, so its list of seeded files neither)`;
   return `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`;
 }
 
