@@ -215,29 +215,46 @@ describe('user show of a user_{id}.db that is a dangling symlink', () => {
   });
 });
 
-describe('user create --async while a drainer elsewhere has already taken the new job', () => {
-  it('does not call that seed’s staging "from before the user existed" (exit 0, pending)', async () => {
-    let held: { release(): Promise<void> | void } | undefined;
-    n++;
-    const r = await createUser(
-      deps(),
-      { email: `raced${n}@example.com`, username: `raced${n}`, async: true },
-      {
-        // Right after the master commits: a drainer claims the job, takes the user's lock and
-        // starts its build in staging.
-        onCreated: ({ user }) => {
-          held = lockUserFile(world.dataDir, user.id, 0);
-          mkdirSync(path.join(world.dataDir, '.acm2', 'staging'), { recursive: true });
-          writeFileSync(path.join(world.dataDir, '.acm2', 'staging', `user_${user.id}-v1-0badc0de.building`), '');
-        },
-      },
-    );
+describe('user create --async with a drainer running elsewhere', () => {
+  it('the drainer cannot take the new job before create has looked at the data dir: foreign data is reported, never adopted', async () => {
+    const w = await sqliteWorld();
     try {
-      expect(held).toBeDefined();
-      expect(r.seed).toMatchObject({ status: 'pending' });
-      expect(await world.master.latestJob(r.user.id)).toMatchObject({ status: 'pending', lastError: null });
+      const d = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      // An earlier master's user 1 left its DB and files in this data dir.
+      const other = await sqliteWorld();
+      try {
+        await createUser({ ...d, master: other.master, dataDir: other.dataDir }, { email: 'alice@example.com', username: 'alice' });
+        cpSync(userDbPath(other.dataDir, 1), userDbPath(w.dataDir, 1));
+        cpSync(userRoot(other.dataDir, 1), userRoot(w.dataDir, 1), { recursive: true });
+      } finally {
+        await other.cleanup();
+      }
+      const before = readFileSync(userDbPath(w.dataDir, 1));
+      let drain: Promise<unknown> | undefined;
+      const r = await createUser(d, { email: 'bob@example.com', username: 'bob', async: true }, {
+        // The moment the master has committed bob (user 1): a drainer tries to take his job.
+        onCreated: () => {
+          drain = drainQueue(d, {});
+        },
+      });
+      await drain;
+      expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/already holds user_1\.db, user_1 from before user 1 existed/) });
+      expect(readFileSync(userDbPath(w.dataDir, 1))).toEqual(before);
+      expect(await w.master.latestJob(1)).toMatchObject({ status: 'failed' });
     } finally {
-      await held?.release();
+      await w.cleanup();
+    }
+  });
+
+  it('with nothing there, the job is due as soon as create returns, and a drain seeds it', async () => {
+    const w = await sqliteWorld();
+    try {
+      const d = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const r = await createUser(d, { email: 'carol@example.com', username: 'carol', async: true });
+      expect(r.seed).toMatchObject({ status: 'pending' });
+      expect(await drainQueue(d, {})).toMatchObject({ done: 1 });
+    } finally {
+      await w.cleanup();
     }
   });
 });

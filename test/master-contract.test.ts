@@ -359,6 +359,17 @@ for (const d of DIALECTS) {
         expect(await m.pendingNotDue(T + 100_000)).toEqual({ count: 0, nextAttemptAt: null });
       });
 
+      it('holds a new user’s job back until made due (user create looks at the data dir first)', async () => {
+        const T = Date.now();
+        const { job } = await m.createUser({ ...newUser(1), jobDueAt: T + 30_000 });
+        expect(job.nextAttemptAt).toBe(T + 30_000);
+        expect(await m.claimJob('w', 60_000, T + 1)).toBeUndefined();
+        expect(await m.makeJobDue(job.id, T + 2)).toBe(true);
+        expect(await m.makeJobDue(job.id, T + 3)).toBe(false);
+        expect(await m.claimJob('w', 60_000, T + 4)).toMatchObject({ id: job.id, attempts: 1 });
+        expect(await m.makeJobDue(job.id, T + 5)).toBe(false);
+      });
+
       it('lists the jobs still leased, and ends one lease only for the worker that holds it', async () => {
         const a = await m.createUser(newUser(1));
         const b = await m.createUser(newUser(2));

@@ -366,7 +366,7 @@ describe('user seed --pending with a package that was tampered with after the us
         [1, false],
         [2, false],
       ]);
-      expect(doc.failures[0]!.error).toMatch(/run\.log.*the job waits with its attempts untouched: fix the package \(acm2 seed check v2\), or seed the user with another version/);
+      expect(doc.failures[0]!.error).toMatch(/run\.log.*the job waits with its attempts untouched: fix the package \(acm2 seed check v2\) or this host's --seeds, or seed the user with another version/);
       // The next drain does not spin on them: they wait, and it says until when.
       const again = await cli(['user', 'seed', '--pending', '--json']);
       expect(again.code, again.stderr).toBe(0);

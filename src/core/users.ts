@@ -139,13 +139,17 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     keyName: `WordPress API Key for ${username}`,
     seedVersion: pkg.version,
     maxAttempts: 5,
+    // Not due until the data dir has been looked at below: a drainer elsewhere would otherwise
+    // take the job at once and begin a seed whose build looks like data from before the user
+    // (or adopt data that is). A create killed meanwhile leaves a job due a little later.
+    jobDueAt: Date.now() + CREATE_HOLD_MS,
   });
   // From here on the user and its key exist, and the key is shown only once: nothing may throw
   // past it. A seed stopped by the environment or a bug is reported as failed, with the cause.
   let seed: SeedReport;
   let seedError: unknown;
   hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job.id });
-  const foreign = await foreignLeftovers(deps, user.id, job.id);
+  const foreign = leftoversAt(deps.dataDir, user.id);
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
@@ -155,7 +159,14 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     if (claimed) await master.finishJob(claimed.id, worker, { status: 'failed', error });
     // No "retry" line: the retry is the last step of what the error says to do, never the first.
     seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job.id };
-  } else if (input.async) seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
+  } else if (input.async) {
+    try {
+      await master.makeJobDue(job.id);
+    } catch {
+      /* the user exists: nothing may throw now; the job falls due on its own shortly */
+    }
+    seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
+  }
   else {
     try {
       seed = await seedWithJob(deps, user, pkg, false);
@@ -170,30 +181,6 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     seed,
     ...(seedError === undefined ? {} : { seedError }),
   };
-}
-
-/**
- * What the data dir held under a brand-new user's id before the user existed. The user's job is
- * due from the moment the master committed it, so a drainer elsewhere may already be seeding it
- * (or be done): what such a seed made is this user's own. Only while nobody has taken the job,
- * with the user's lock held so nobody starts meanwhile, does what is there predate the user.
- */
-async function foreignLeftovers(deps: UserDeps, id: UserId, jobId: number): Promise<string[]> {
-  const there = leftoversAt(deps.dataDir, id);
-  if (there.length === 0) return [];
-  try {
-    const lock = await tryLockUser(deps.master, deps.dataDir, id);
-    if (!lock) return []; // a seeder holds the user: its staging and files are this user's
-    try {
-      const latest = await deps.master.latestJob(id);
-      if (latest?.id !== jobId || latest.status !== 'pending' || latest.attempts > 0) return [];
-      return leftoversAt(deps.dataDir, id);
-    } finally {
-      await lock.release();
-    }
-  } catch {
-    return there; // the user exists: nothing may throw now; what was seen stays unadopted
-  }
 }
 
 /**
@@ -327,6 +314,9 @@ export interface DrainResult {
  * large package did not move (572 MB either way).
  */
 export const DRAIN_LANES = 4;
+
+/** How long a new user's job is held back while user create looks at the data dir (see createUser). */
+const CREATE_HOLD_MS = 30_000;
 
 /** A live drainer claims a job, then takes its user's lock, within moments of each other. */
 const CLAIM_TO_LOCK_MS = 5000;

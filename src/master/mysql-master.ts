@@ -272,7 +272,7 @@ export class MysqlMaster implements MasterDb {
         const u = await this.exec('INSERT INTO users (username, email, wordpress_user_id) VALUES (?, ?, ?)', [input.username, input.email, input.wordpressUserId], c);
         const userId = Number(u.insertId);
         await this.exec('INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)', [userId, input.keyHash, input.keyPrefix, input.keyName], c);
-        const job = await this.insertJob(c, userId, input.seedVersion, false, input.maxAttempts, now);
+        const job = await this.insertJob(c, userId, input.seedVersion, false, input.maxAttempts, now, input.jobDueAt);
         const user = await this.one('SELECT * FROM users WHERE id = ?', [userId], c);
         return { user: toUser(user!), job };
       });
@@ -314,12 +314,12 @@ export class MysqlMaster implements MasterDb {
     return { user, job };
   }
 
-  private async insertJob(c: Connection, userId: number, version: string, force: boolean, maxAttempts: number, now: number): Promise<SeedJob> {
+  private async insertJob(c: Connection, userId: number, version: string, force: boolean, maxAttempts: number, now: number, dueAt = now): Promise<SeedJob> {
     const iso = new Date(now).toISOString();
     const res = await this.exec(
       `INSERT INTO acm2_seed_jobs (user_id, seed_version, status, \`force\`, attempts, max_attempts, next_attempt_at, created_at, updated_at)
        VALUES (?, ?, 'pending', ?, 0, ?, ?, ?, ?)`,
-      [userId, version, force ? 1 : 0, maxAttempts, now, iso, iso],
+      [userId, version, force ? 1 : 0, maxAttempts, dueAt, iso, iso],
       c,
     );
     return toJob((await this.one('SELECT * FROM acm2_seed_jobs WHERE id = ?', [res.insertId], c))!);
@@ -477,6 +477,10 @@ export class MysqlMaster implements MasterDb {
   async pendingNotDue(now = Date.now()): Promise<{ count: number; nextAttemptAt: number | null }> {
     const r = (await this.one(`SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM acm2_seed_jobs WHERE status = 'pending' AND next_attempt_at > ?`, [now]))!;
     return { count: Number(r.n), nextAttemptAt: r.next === null ? null : Number(r.next) };
+  }
+  async makeJobDue(jobId: number, now = Date.now()): Promise<boolean> {
+    const res = await this.exec(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE id = ? AND status = 'pending' AND next_attempt_at > ?`, [now, jobId, now]);
+    return res.affectedRows === 1;
   }
   async heldJobs(limit: number, now = Date.now()): Promise<SeedJob[]> {
     const rows = await this.rows(`SELECT * FROM acm2_seed_jobs WHERE status = 'running' AND locked_until >= ? ORDER BY locked_until, id LIMIT ${Math.max(0, Math.floor(limit))}`, [now]);

@@ -182,7 +182,7 @@ export class SqliteMaster implements MasterDb {
         this.db
           .prepare(`INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)`)
           .run(userId, input.keyHash, input.keyPrefix, input.keyName);
-        const job = this.insertJob(userId, input.seedVersion, false, input.maxAttempts, now.getTime());
+        const job = this.insertJob(userId, input.seedVersion, false, input.maxAttempts, now.getTime(), input.jobDueAt);
         return { user: toUser(this.one(`SELECT * FROM users WHERE id = ?`, userId)!), job };
       }).immediate();
     } catch (e) {
@@ -190,12 +190,12 @@ export class SqliteMaster implements MasterDb {
     }
   }
 
-  private insertJob(userId: number, version: string, force: boolean, maxAttempts: number, now: number): SeedJob {
+  private insertJob(userId: number, version: string, force: boolean, maxAttempts: number, now: number, dueAt = now): SeedJob {
     const iso = new Date(now).toISOString();
     const info = this.db
       .prepare(`INSERT INTO acm2_seed_jobs (user_id, seed_version, status, force, attempts, max_attempts, next_attempt_at, created_at, updated_at)
                 VALUES (?, ?, 'pending', ?, 0, ?, ?, ?, ?)`)
-      .run(userId, version, force ? 1 : 0, maxAttempts, now, iso, iso);
+      .run(userId, version, force ? 1 : 0, maxAttempts, dueAt, iso, iso);
     return toJob(this.one(`SELECT * FROM acm2_seed_jobs WHERE id = ?`, info.lastInsertRowid)!);
   }
 
@@ -319,6 +319,9 @@ export class SqliteMaster implements MasterDb {
   async pendingNotDue(now = Date.now()) {
     const r = this.one(`SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM acm2_seed_jobs WHERE status = 'pending' AND next_attempt_at > ?`, now)!;
     return { count: Number(r.n), nextAttemptAt: r.next === null ? null : Number(r.next) };
+  }
+  async makeJobDue(jobId: number, now = Date.now()) {
+    return this.db.prepare(`UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE id = ? AND status = 'pending' AND next_attempt_at > ?`).run(now, jobId, now).changes === 1;
   }
   async heldJobs(limit: number, now = Date.now()) {
     return this.db

@@ -38,6 +38,8 @@ export interface NewUser {
   keyName: string;
   seedVersion: string;
   maxAttempts: number;
+  /** Epoch ms when the new user's job is first due (default: now): user create holds it back while it looks at the data dir. */
+  jobDueAt?: number;
 }
 
 export interface ApiKeyRow {
@@ -169,6 +171,8 @@ export interface MasterDb {
   countJobs(status?: JobStatus): Promise<number>;
   /** Pending jobs not due yet (a retry's backoff), and when the first of them is. */
   pendingNotDue(now?: number): Promise<{ count: number; nextAttemptAt: number | null }>;
+  /** Make a pending job that is not due yet due now; false if it is not such a job (any more). */
+  makeJobDue(jobId: number, now?: number): Promise<boolean>;
   /** Running jobs whose lease has not expired, oldest first (is their worker still alive?). */
   heldJobs(limit: number, now?: number): Promise<SeedJob[]>;
   /** End a running job's lease now, its worker gone, so the next claim takes it; false if workerId no longer holds it. */
