@@ -370,6 +370,15 @@ for (const d of DIALECTS) {
         expect(await m.makeJobDue(job.id, T + 5)).toBe(false);
       });
 
+      it('claims no job of the versions a drainer was told to skip', async () => {
+        const a = await m.createUser(newUser(1));
+        const b = await m.createUser({ ...newUser(2), seedVersion: 'v2' });
+        const T = Date.now() + 1000;
+        expect(await m.claimJob('w', 60_000, T, ['v1', 'v2'])).toBeUndefined();
+        expect(await m.claimJob('w', 60_000, T, ['v1'])).toMatchObject({ id: b.job.id });
+        expect(await m.claimJob('w', 60_000, T, ['v2'])).toMatchObject({ id: a.job.id });
+      });
+
       it('lists the jobs still leased, and ends one lease only for the worker that holds it', async () => {
         const a = await m.createUser(newUser(1));
         const b = await m.createUser(newUser(2));

@@ -351,9 +351,22 @@ function deadHere(worker: string): boolean {
   return host === hostname() && /^[1-9][0-9]*$/.test(pid ?? '') && !processAlive(Number(pid));
 }
 
-/** How long a job whose package cannot be used waits before a drain looks at it again. */
-const BAD_PACKAGE_WAIT_MS = 60_000;
+/**
+ * How long this process remembers that a version's package could not be used here: its drains
+ * leave that version's jobs to other hosts meanwhile (a --watch worker looks again after it).
+ */
+const BAD_PACKAGE_RECHECK_MS = 30_000;
 const badPackages = new Map<string, { error: unknown; at: number }>();
+
+/** Versions whose package this process found it cannot use, lately: not claimed by its drains. */
+function unusableVersions(seedsDir: string, now = Date.now()): string[] {
+  const out: string[] = [];
+  for (const [key, bad] of badPackages) {
+    const [dir, version] = key.split('\0');
+    if (dir === seedsDir && version !== undefined && now - bad.at < BAD_PACKAGE_RECHECK_MS) out.push(version);
+  }
+  return out;
+}
 
 /**
  * The checked package of a job's version. loadPackage caches a good one per process; a bad one is
@@ -362,7 +375,7 @@ const badPackages = new Map<string, { error: unknown; at: number }>();
 function packageFor(seedsDir: string, version: string): SeedPackage {
   const key = `${seedsDir}\0${version}`;
   const bad = badPackages.get(key);
-  if (bad && Date.now() - bad.at < BAD_PACKAGE_WAIT_MS / 2) throw bad.error;
+  if (bad && Date.now() - bad.at < BAD_PACKAGE_RECHECK_MS) throw bad.error;
   try {
     const pkg = loadPackage(seedsDir, version);
     badPackages.delete(key);
@@ -406,7 +419,7 @@ export async function drainQueue(
       claiming++;
       let job: SeedJob | undefined;
       try {
-        job = await deps.master.claimJob(worker, LEASE_MS);
+        job = await deps.master.claimJob(worker, LEASE_MS, undefined, unusableVersions(deps.seedsDir));
       } finally {
         claiming--;
       }
@@ -435,15 +448,16 @@ export async function drainQueue(
           await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now(), notAttempted: true });
           throw new UnavailableError(`cannot read seed package ${job.seedVersion} in ${deps.seedsDir} (${error}): nothing was seeded from it; fix its permissions or the disk, then run again`, 'package_unreadable', { cause: e });
         }
-        // A missing or tampered package fails every job of its version alike: the job waits, its
-        // attempts untouched (the user is not failed for a package fault), and the drain goes on
-        // with the other versions' jobs.
-        await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now() + BAD_PACKAGE_WAIT_MS, notAttempted: true });
+        // A package missing here or tampered with fails every job of its version alike on this
+        // host: the job goes back due (another host's --seeds may hold the version intact), its
+        // attempts untouched (the user is not failed for a package fault), and this drain claims
+        // no more jobs of that version while it goes on with the others.
+        await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now(), notAttempted: true });
         res.retrying++;
         res.failures.push({
           userId: job.userId,
           jobId: job.id,
-          error: `${error}; the job waits with its attempts untouched: fix the package (acm2 seed check ${job.seedVersion}) or this host's --seeds, or seed the user with another version (acm2 user seed ${job.userId} --seed-version <v>)`,
+          error: `${error}; the job stays queued, its attempts untouched (this host leaves ${job.seedVersion}'s jobs to others for ${BAD_PACKAGE_RECHECK_MS / 1000} s): fix the package (acm2 seed check ${job.seedVersion}) or this host's --seeds, or seed the user with another version (acm2 user seed ${job.userId} --seed-version <v>)`,
           final: false,
         });
         opts.onJob?.(res);

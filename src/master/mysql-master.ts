@@ -414,8 +414,9 @@ export class MysqlMaster implements MasterDb {
     return toJob({ ...pick, ...set });
   }
 
-  async claimJob(workerId: string, leaseMs: number, now = Date.now()): Promise<SeedJob | undefined> {
-    return this.tx((c) => this.claimIn(c, '1 = 1', [], workerId, leaseMs, now, true));
+  async claimJob(workerId: string, leaseMs: number, now = Date.now(), skipVersions: readonly string[] = []): Promise<SeedJob | undefined> {
+    if (skipVersions.length === 0) return this.tx((c) => this.claimIn(c, '1 = 1', [], workerId, leaseMs, now, true));
+    return this.tx((c) => this.claimIn(c, `seed_version NOT IN (${skipVersions.map(() => '?').join(', ')})`, [...skipVersions], workerId, leaseMs, now, true));
   }
 
   async claimJobForUser(

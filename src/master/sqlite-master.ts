@@ -278,8 +278,9 @@ export class SqliteMaster implements MasterDb {
     }).immediate();
   }
 
-  async claimJob(workerId: string, leaseMs: number, now = Date.now()) {
-    return this.claimWhere('1 = 1', [], workerId, leaseMs, now, true);
+  async claimJob(workerId: string, leaseMs: number, now = Date.now(), skipVersions: readonly string[] = []) {
+    if (skipVersions.length === 0) return this.claimWhere('1 = 1', [], workerId, leaseMs, now, true);
+    return this.claimWhere(`seed_version NOT IN (${skipVersions.map(() => '?').join(', ')})`, [...skipVersions], workerId, leaseMs, now, true);
   }
   async claimJobForUser(userId: number, workerId: string, leaseMs: number, now = Date.now(), seedVersion?: string, enqueue?: { force?: boolean; maxAttempts?: number }, takeOver = false) {
     const where = seedVersion === undefined ? 'user_id = ?' : 'user_id = ? AND seed_version = ?';

@@ -143,7 +143,7 @@ export interface MasterDb {
    * Claim one due job (pending and due, or running with an expired lease) for workerId. A job
    * whose lease expired on its last attempt (its worker died every time) is failed, not run again.
    */
-  claimJob(workerId: string, leaseMs: number, now?: number): Promise<SeedJob | undefined>;
+  claimJob(workerId: string, leaseMs: number, now?: number, skipVersions?: readonly string[]): Promise<SeedJob | undefined>;
   /**
    * Claim this user's open job (if any; of that version, if given) for a direct `user seed`. With
    * `enqueue` (and a version), a job is first made if none is open, in the same transaction: no
