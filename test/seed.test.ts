@@ -1,7 +1,7 @@
 // Seeding: complete remap, isolation, every reference resolves, idempotence, force, co-existing rows.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { readFileSync, existsSync, writeFileSync, statSync, rmSync } from 'node:fs';
+import { cpSync, readFileSync, existsSync, writeFileSync, statSync, rmSync } from 'node:fs';
 import { generateSource } from '../src/fixtures/source.js';
 import { freezeSeed } from '../src/core/freeze.js';
 import path from 'node:path';
@@ -384,6 +384,45 @@ describe("the source user's folder in a path to the package's run", () => {
     } finally {
       await w.cleanup();
       rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('seeding a version the user had before, after it moved to another (CURRENT rolled back)', () => {
+  it('rewrites none of the user’s edits to that version’s rows and files without --force; --force restores them', async () => {
+    const v2 = frozenSource({ sourceDocs: 1 }, 'v2');
+    const w = await sqliteWorld();
+    const seeds = tmpDir('acm2-two-versions-');
+    try {
+      cpSync(pkg.seedsDir, seeds, { recursive: true });
+      cpSync(path.join(v2.seedsDir, 'v2'), path.join(seeds, 'v2'), { recursive: true });
+      const d = { master: w.master, dataDir: w.dataDir, seedsDir: seeds, lockTimeoutMs: 5000 };
+      const u = await createUser(d, { email: 'back@example.com', username: 'back', seedVersion: 'v1' });
+      expect(u.seed?.status).toBe('ready');
+      // The user edits a v1 content row and a v1 log.
+      const db = new Database(userDbPath(w.dataDir, u.user.id));
+      const contentId = db.prepare(`SELECT target_id FROM acm2_id_map WHERE seed_version = 'v1' AND kind = 'contents' LIMIT 1`).pluck().get() as string;
+      db.prepare(`UPDATE contents SET body = 'USER EDIT' WHERE id = ?`).run(contentId);
+      const log = db.prepare(`SELECT path FROM acm2_seed_files WHERE seed_version = 'v1' AND path LIKE '%/logs/%' LIMIT 1`).pluck().get() as string;
+      db.close();
+      writeFileSync(path.join(userRoot(w.dataDir, u.user.id), log), 'the user’s own log line\n');
+      expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v2' })).seed).toMatchObject({ status: 'ready', outcome: 'seeded' });
+      const back = await seedOneUser(d, String(u.user.id), { seedVersion: 'v1' });
+      expect(back.seed).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: 'v1' });
+      const after = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+      expect(after.prepare(`SELECT body FROM contents WHERE id = ?`).pluck().get(contentId)).toBe('USER EDIT');
+      expect(after.prepare(`SELECT seed_status || ' ' || seed_version FROM user_meta`).pluck().get()).toBe('ready v1');
+      after.close();
+      expect(readFileSync(path.join(userRoot(w.dataDir, u.user.id), log), 'utf8')).toBe('the user’s own log line\n');
+      // Asked for, --force restores them (same ids).
+      expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v1', force: true })).seed).toMatchObject({ status: 'ready', outcome: 'restored' });
+      const forced = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+      expect(forced.prepare(`SELECT body FROM contents WHERE id = ?`).pluck().get(contentId)).not.toBe('USER EDIT');
+      forced.close();
+    } finally {
+      await w.cleanup();
+      v2.cleanup();
+      rmSync(seeds, { recursive: true, force: true });
     }
   });
 });

@@ -241,10 +241,12 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
       return alreadyReady(db, userId, version, meta.seeded_at ?? '', started);
     }
-    if (!input.force && meta && meta.seed_status !== 'ready' && meta.seed_version !== version && readyBefore(db, version)) {
-      // A seed of another version stopped part way (a crash: nothing marked it failed) on a user
-      // this version had made complete. Its rows and files are the user's now, edits and all, so
-      // they are not rewritten (that is --force): the user is ready with this version again.
+    if (!input.force && meta && meta.seed_version !== version && readyBefore(db, version)) {
+      // This version made the user complete before: then a seed of another version either
+      // stopped part way (a crash: nothing marked it failed) or finished (the user moved on, and
+      // now back, as when CURRENT is rolled back). Either way this version's rows and files are
+      // the user's now, edits and all, so they are not rewritten (that is --force): the user is
+      // ready with this version again.
       return alreadyReady(db, userId, version, resumeReady(db, userId, version, meta.seed_version), started);
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
