@@ -414,6 +414,12 @@ describe('seeding a version the user had before, after it moved to another (CURR
       expect(after.prepare(`SELECT seed_status || ' ' || seed_version FROM user_meta`).pluck().get()).toBe('ready v1');
       after.close();
       expect(readFileSync(path.join(userRoot(w.dataDir, u.user.id), log), 'utf8')).toBe('the user’s own log line\n');
+      // Still on v2, damage to the v1 copy is found: it stays the user's seed.
+      expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v2' })).seed).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: 'v2' });
+      rmSync(path.join(userRoot(w.dataDir, u.user.id), log));
+      const v = await verifyUsers(d, { users: [u.user.id] });
+      expect(v.users[0]!.problems.map((p) => [p.code, p.path])).toEqual([['file_missing', `user_${u.user.id}/${log}`]]);
+      expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v1' })).seed).toMatchObject({ outcome: 'already_ready', seedVersion: 'v1' });
       // Asked for, --force restores them (same ids).
       expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v1', force: true })).seed).toMatchObject({ status: 'ready', outcome: 'restored' });
       const forced = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });

@@ -647,7 +647,17 @@ describe('renderers', () => {
     expect(text).toContain(`user ${f.victim}`);
     expect(text).toContain('user_98.db');
     // What to do, for the codes that have a remedy.
-    expect(text).toMatch(/What to do\n\s+orphan\s+no master user owns it: move it out of the data dir/);
+    expect(text).toMatch(/What to do\n(?:.*\n)*?\s+orphan\s+no master user owns it: move it out of the data dir/);
+    expect(text).toMatch(/What to do\n(?:.*\n)*?\s+foreign_user_row\s+a row names another user/);
+  });
+
+  it('human output: every error code a user can have comes with what to do, naming the version to restore', () => {
+    for (const code of PROBLEM_CODES.filter((c) => c !== 'orphan')) {
+      const one: VerifyResult = { ok: false, checked: 1, failed: 1, users: [{ id: 1, ok: false, problems: [{ code, severity: 'error', userId: 1, message: 'x' }] }], orphans: [], durationMs: 1 };
+      expect(renderVerify(one, { color: false }), code).toMatch(new RegExp(`What to do\\n\\s+${code}\\s+\\S`));
+    }
+    const missing: VerifyResult = { ok: false, checked: 1, failed: 1, users: [{ id: 1, ok: false, problems: [{ code: 'file_missing', severity: 'error', userId: 1, message: 'x' }] }], orphans: [], durationMs: 1 };
+    expect(renderVerify(missing, { color: false })).toContain('acm2 user seed <id> --force --seed-version <its version>');
   });
 
   it('human output: users only waiting for their seed are one line, and the verdict says they are warnings', () => {

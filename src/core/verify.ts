@@ -789,8 +789,14 @@ class UserCheck {
           if (v === meta?.version) mappedOfVersion.add(`${kind}\0${src}`);
         }
         if (meta?.version === 'legacy') versions = [];
-        else if (meta && (inMap.has(meta.version) || expected)) versions = [meta.version];
-        else versions = [...inMap];
+        else if (meta && (inMap.has(meta.version) || expected)) {
+          // And every other version this user was made complete with (it moved on to this one):
+          // its copy's rows and files stay the user's seed, to be found whole.
+          const earlier = tables.has('acm2_seed_state')
+            ? (db.prepare(`SELECT seed_version FROM acm2_seed_state WHERE status = 'ready' AND seed_version <> ?`).pluck().all(meta.version) as string[]).filter((v) => inMap.has(v))
+            : [];
+          versions = [meta.version, ...earlier];
+        } else versions = [...inMap];
       } else if (expected) versions = [meta!.version];
       if (sources.size > 0) this.leaks = new LeakIndex(sources);
     });
