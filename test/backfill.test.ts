@@ -340,6 +340,28 @@ describe('a seeded user whose DB lost a column by hand, planned after a user who
   });
 });
 
+describe('users complete with another version than the package backfill seeds with', () => {
+  it('are left so, and the summary says how many and what would move them', async () => {
+    const w = await sqliteWorld();
+    const v2 = frozenSource({ sourceDocs: 1 }, 'v2');
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      await createUser(deps, { email: 'old1@example.com', username: 'old1' });
+      await createUser(deps, { email: 'old2@example.com', username: 'old2' });
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: v2.pkg }, {});
+      expect(r.counts).toEqual({ ok: 2 });
+      expect(r).toMatchObject({ seedVersion: 'v2', readyWithOtherVersion: 2 });
+      expect(renderBackfill(r)).toContain("2 of them are complete with another seed version than v2 and were left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version v2 adds v2's rows and files beside theirs).");
+      const same = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      expect(same.readyWithOtherVersion).toBe(0);
+      expect(renderBackfill(same)).not.toContain('another seed version');
+    } finally {
+      await w.cleanup();
+      v2.cleanup();
+    }
+  });
+});
+
 describe('a user whose seed job failed for good', () => {
   it('is seeded by backfill and its job says done again (verify agrees)', async () => {
     const w = await sqliteWorld();

@@ -54,6 +54,8 @@ export interface UserPlan {
   action: BackfillAction;
   steps: PlanStep[];
   failure?: { code: BackfillFailureCode; reason: string };
+  /** The version user_meta says the user is ready with, when it is. */
+  seedVersion?: string;
 }
 
 export interface BackfillUserReport {
@@ -127,6 +129,10 @@ export interface BackfillResult {
   /** Users processed beyond the listed ones (see the master's backfill items for all of them). */
   usersOmitted: number;
   failures: BackfillFailure[];
+  /** The package version missing or unfinished users are seeded with. */
+  seedVersion: string;
+  /** Users of this invocation found complete with another version (left so: backfill does not move users between versions). */
+  readyWithOtherVersion: number;
   /** Why the run stopped before the end, if it did. */
   stopped?: 'interrupted' | 'max_errors' | 'disk_full';
   /** Every selected user with id ≤ cursor is done. */
@@ -289,24 +295,25 @@ function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
   return tables.has(table) ? (db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n : 0;
 }
 
-function metaStatus(db: SqliteDb, tables: Set<string>, userId: UserId): string | undefined {
+/** user_meta's status (and version, when it has the column) for this user, if it has a row. */
+function metaOf(db: SqliteDb, tables: Set<string>, userId: UserId): { status: string; version?: string } | undefined {
   if (!tables.has('user_meta')) return undefined;
-  // The usual user_meta (both columns there) in one statement; the column check only when one is missing.
+  // The usual user_meta (the columns there) in one statement; the column check only when one is missing.
   let current: Database.Statement | undefined;
   try {
-    current = db.prepare(`SELECT seed_status FROM user_meta WHERE user_id = ?`);
+    current = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`);
   } catch (e) {
     if (!/no such column/i.test(String((e as Error).message))) throw e;
   }
   if (current) {
-    const row = current.get(userId) as { seed_status: unknown } | undefined;
-    return row ? String(row.seed_status) : undefined;
+    const row = current.get(userId) as { seed_status: unknown; seed_version: unknown } | undefined;
+    return row ? { status: String(row.seed_status), version: row.seed_version == null ? undefined : String(row.seed_version) } : undefined;
   }
   const cols = new Set((db.prepare(`SELECT name FROM pragma_table_info('user_meta')`).raw(true).all() as [string][]).map((r) => r[0]));
   if (!cols.has('user_id')) return undefined;
-  if (!cols.has('seed_status')) return db.prepare(`SELECT 1 FROM user_meta WHERE user_id = ?`).get(userId) ? '' : undefined;
+  if (!cols.has('seed_status')) return db.prepare(`SELECT 1 FROM user_meta WHERE user_id = ?`).get(userId) ? { status: '' } : undefined;
   const row = db.prepare(`SELECT seed_status FROM user_meta WHERE user_id = ?`).get(userId) as { seed_status: unknown } | undefined;
-  return row ? String(row.seed_status) : undefined;
+  return row ? { status: String(row.seed_status) } : undefined;
 }
 
 /**
@@ -350,7 +357,8 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
   if (work.adopt) steps.push({ kind: 'adopt', drift: work.adopt });
   if (work.repair) steps.push({ kind: 'repair', drift: work.repair });
   if (work.migrations.length > 0) steps.push({ kind: 'migrate', migrations: work.migrations });
-  const status = metaStatus(db, tables, userId);
+  const meta = metaOf(db, tables, userId);
+  const status = meta?.status;
   if (status === 'ready') {
     /* user_meta is fine */
   } else if (status !== undefined) {
@@ -361,7 +369,7 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
   } else {
     steps.push({ kind: 'seed', beside: true });
   }
-  return { userId, action: primaryAction(steps), steps };
+  return { userId, action: primaryAction(steps), steps, ...(status === 'ready' && meta?.version !== undefined ? { seedVersion: meta.version } : {}) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,6 +640,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const counts: Partial<Record<BackfillAction, number>> = { ...savedCounts };
   const users: BackfillUserReport[] = [];
   let usersOmitted = 0;
+  let readyWithOtherVersion = 0;
   let failuresNow = 0;
   let diskFull = false;
   let stopped: BackfillResult['stopped'];
@@ -783,6 +792,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
         report = reportFromItem(prior);
       } else {
         const plan = await planFor(planner, user.id);
+        if (plan.action === 'ok' && plan.seedVersion !== undefined && plan.seedVersion !== deps.pkg.version) readyWithOtherVersion++;
         report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
       }
       // Not started because the master went away: the cursor must never move past this user.
@@ -822,7 +832,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   // Slots finish users out of order (--concurrency > 1); reports list them by id, as with one slot.
   users.sort((a, b) => a.id - b.id);
   failures.sort((a, b) => a.id - b.id);
-  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
+  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
 }
 
 async function estimateTotal(master: MasterDb, ids: number[] | undefined, opts: BackfillOptions, already: number): Promise<number> {

@@ -68,6 +68,12 @@ export function renderBackfill(r: BackfillResult, color = false): string {
   }
   summary.push([chalk.bold('total'), total]);
   out.push(summary.toString());
+  if (r.readyWithOtherVersion > 0) {
+    const n = r.readyWithOtherVersion;
+    out.push(
+      `${n} of them ${n === 1 ? 'is' : 'are'} complete with another seed version than ${r.seedVersion} and ${n === 1 ? 'was' : 'were'} left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version ${r.seedVersion} adds ${r.seedVersion}'s rows and files beside theirs).`,
+    );
+  }
 
   if (r.failures.length > 0) {
     const n = `${r.failures.length} user${r.failures.length === 1 ? '' : 's'}`;
