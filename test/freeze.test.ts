@@ -7,6 +7,8 @@ import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { freezeSeed, withSource, type FreezeInput } from '../src/core/freeze.js';
 import { UsageError } from '../src/errors.js';
 import { generateSource, safeDocId, type SourceFixture, type SourceOptions } from '../src/fixtures/source.js';
@@ -17,6 +19,8 @@ const roots: string[] = [];
 afterAll(() => {
   for (const r of roots) rmSync(r, { recursive: true, force: true });
 });
+
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 
 function tmp(prefix = 'acm2-freeze-'): string {
   const d = mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -190,6 +194,23 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     expect(r.tables.runs).toBe(1);
     expect(r.files).toBeGreaterThan(0);
     expect(existsSync(seedsDir)).toBe(false);
+    // The real freeze counts the same files and bytes, plus seed.db's; the CLI shows them apart.
+    const real = freezeSeed(input(src, seedsDir, { setCurrent: true }));
+    expect(real.seedDbBytes).toBeGreaterThan(0);
+    expect([real.files, real.bytes - real.seedDbBytes!]).toEqual([r.files, r.bytes]);
+  });
+
+  it('the CLI says the same files and bytes for --dry-run and the freeze, seed.db apart', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const cli = (...extra: string[]) =>
+      execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--no-color', ...extra], { encoding: 'utf8' });
+    const line = (out: string) => /^\d+ files, [^(\n]+/m.exec(out)?.[0].trim();
+    const dry = cli('--dry-run');
+    const real = cli();
+    expect(line(dry)).toBeDefined();
+    expect(line(real)).toBe(line(dry));
+    expect(real).toMatch(/\(and seed\.db, [\d.]+ KiB\)/);
   });
 
   it('removes staging folders left by a crashed freeze, and list/check ignore them', () => {

@@ -37,7 +37,9 @@ function render(r: FreezeResult, color: boolean): string {
   const table = makeTable(['table', 'rows'], color);
   for (const [t, n] of Object.entries(r.tables)) table.push([t, n]);
   const lines = [head, `Source: preset ${r.source.presetId}, run ${r.source.runId}`, table.toString()];
-  lines.push(`${r.files} files, ${formatBytes(r.bytes)}${r.reportRendered ? ' (reports/report.html rendered from results_summary)' : ''}`);
+  // The files' bytes, as a dry run counts them; a package's total (seed list) has seed.db's too.
+  const fileBytes = r.bytes - (r.seedDbBytes ?? 0);
+  lines.push(`${r.files} files, ${formatBytes(fileBytes)}${r.seedDbBytes !== null ? ` (and seed.db, ${formatBytes(r.seedDbBytes)})` : ''}${r.reportRendered ? ' (reports/report.html rendered from results_summary)' : ''}`);
   if (r.packageSha256) lines.push(`packageSha256 ${r.packageSha256}`);
   if (r.warnings.length > 0) lines.push(`${r.warnings.length} warning(s); run with --verbose to see them.`);
   return lines.join('\n');
