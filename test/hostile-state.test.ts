@@ -230,19 +230,48 @@ describe('user create --async with a drainer running elsewhere', () => {
         await other.cleanup();
       }
       const before = readFileSync(userDbPath(w.dataDir, 1));
-      let drain: Promise<unknown> | undefined;
-      const r = await createUser(d, { email: 'bob@example.com', username: 'bob', async: true }, {
-        // The moment the master has committed bob (user 1): a drainer tries to take his job.
-        onCreated: () => {
-          drain = drainQueue(d, {});
+      // The moment the master has committed bob (user 1), a whole drain runs before create goes
+      // on: it must find no job it may take.
+      const racing = new Proxy(w.master, {
+        get(target, prop, receiver) {
+          if (prop !== 'createUser') return Reflect.get(target, prop, receiver);
+          return async (...args: Parameters<typeof target.createUser>) => {
+            const made = await target.createUser(...args);
+            expect(await drainQueue({ ...d, master: target }, {})).toMatchObject({ claimed: 0 });
+            return made;
+          };
         },
       });
-      await drain;
+      const r = await createUser({ ...d, master: racing }, { email: 'bob@example.com', username: 'bob', async: true });
       expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/already holds user_1\.db, user_1 from before user 1 existed/) });
       expect(readFileSync(userDbPath(w.dataDir, 1))).toEqual(before);
       expect(await w.master.latestJob(1)).toMatchObject({ status: 'failed' });
     } finally {
       await w.cleanup();
+    }
+  });
+
+  it('a `user seed <id>` that took the job at once (it does not wait for the hold) is not called foreign', async () => {
+    let held: { release(): Promise<void> | void } | undefined;
+    n++;
+    const r = await createUser(
+      deps(),
+      { email: `raced${n}@example.com`, username: `raced${n}`, async: true },
+      {
+        // Right after the master commits: an operator's user seed takes the user's lock and
+        // starts its build in staging.
+        onCreated: ({ user }) => {
+          held = lockUserFile(world.dataDir, user.id, 0);
+          mkdirSync(path.join(world.dataDir, '.acm2', 'staging'), { recursive: true });
+          writeFileSync(path.join(world.dataDir, '.acm2', 'staging', `user_${user.id}-v1-0badc0de.building`), '');
+        },
+      },
+    );
+    try {
+      expect(held).toBeDefined();
+      expect(r.seed).toMatchObject({ status: 'pending' });
+    } finally {
+      await held?.release();
     }
   });
 

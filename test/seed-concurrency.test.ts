@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { DIALECTS, type TestMaster } from './helpers/mysql.js';
-import { createUser } from '../src/core/users.js';
+import { createUser, thisPidSpace } from '../src/core/users.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
 import { lockUserFile, tryLockUser } from '../src/core/user-lock.js';
 import { readdirSync, rmSync } from 'node:fs';
@@ -79,8 +79,12 @@ for (const dialect of DIALECTS) {
       const gone = spawn(process.execPath, ['-e', '0']);
       const gonePid = gone.pid!;
       await new Promise((r) => gone.once('exit', r));
-      const c = await tm.master.claimJobForUser(justKilled.user.id, `${hostname()}:${gonePid}:x`, 10 * 60_000);
-      expect(a && b && c).toBeTruthy();
+      const c = await tm.master.claimJobForUser(justKilled.user.id, `${hostname()}:${gonePid}:x:${thisPidSpace()}`, 10 * 60_000);
+      // The same host name and pid in another pid space (a container with host networking): its
+      // pid says nothing here, so a young claim of it is left alone.
+      const container = await createUser(deps, { email: 'container@example.com', username: 'container', async: true });
+      const e = await tm.master.claimJobForUser(container.user.id, `${hostname()}:${gonePid}:x:0badc0de.1`, 10 * 60_000);
+      expect(a && b && c && e).toBeTruthy();
       const held = await tryLockUser(tm.master, dataDir, live.user.id);
       try {
         const r = await cli(['user', 'seed', '--pending'], dataDir, tm.url);
@@ -88,11 +92,13 @@ for (const dialect of DIALECTS) {
         expect(await tm.master.latestJob(dead.user.id)).toMatchObject({ id: a!.id, status: 'done' });
         expect(readyButIncomplete(dataDir, dead.user.id, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
         expect(await tm.master.latestJob(justKilled.user.id)).toMatchObject({ id: c!.id, status: 'done' });
+        expect(await tm.master.latestJob(container.user.id)).toMatchObject({ id: e!.id, status: 'running' });
         expect(await tm.master.latestJob(live.user.id)).toMatchObject({ id: b!.id, status: 'running', lockedBy: 'host:1:alive' });
       } finally {
         await held?.release();
       }
       expect(await tm.master.finishJob(b!.id, 'host:1:alive', { status: 'done' })).toBe(true);
+      expect(await tm.master.finishJob(e!.id, `${hostname()}:${gonePid}:x:0badc0de.1`, { status: 'done' })).toBe(true);
     });
 
     it('4 worker processes draining 200 jobs run each exactly once', async () => {

@@ -1,7 +1,7 @@
 // User lifecycle: create (master row + API key + seed job, then seed), seed one user under
 // its lock, drain the job queue, and read a user's status from both master and user DB.
 
-import { existsSync, lstatSync, readdirSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -149,7 +149,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   let seed: SeedReport;
   let seedError: unknown;
   hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job.id });
-  const foreign = leftoversAt(deps.dataDir, user.id);
+  const foreign = await foreignLeftovers(deps, user.id, job.id);
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
@@ -181,6 +181,30 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     seed,
     ...(seedError === undefined ? {} : { seedError }),
   };
+}
+
+/**
+ * What the data dir held under a brand-new user's id before the user existed. The job is held
+ * back (not due), so no drainer has taken it; but `user seed <id>` or backfill may have (they
+ * do not wait for the hold), and what such a seed made is this user's own. So what is there
+ * counts only while the job is untouched, checked under the user's lock.
+ */
+async function foreignLeftovers(deps: UserDeps, id: UserId, jobId: number): Promise<string[]> {
+  const there = leftoversAt(deps.dataDir, id);
+  if (there.length === 0) return [];
+  try {
+    const lock = await tryLockUser(deps.master, deps.dataDir, id);
+    if (!lock) return []; // a seeder holds the user: its staging and files are this user's
+    try {
+      const latest = await deps.master.latestJob(id);
+      if (latest?.id !== jobId || latest.status !== 'pending' || latest.attempts > 0) return [];
+      return leftoversAt(deps.dataDir, id);
+    } finally {
+      await lock.release();
+    }
+  } catch {
+    return there; // the user exists: nothing may throw now; what was seen stays unadopted
+  }
 }
 
 /**
@@ -249,7 +273,25 @@ export async function seedOneUser(deps: UserDeps, ref: string, opts: { seedVersi
 }
 
 function workerName(): string {
-  return `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  const space = thisPidSpace();
+  return `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}${space ? `:${space}` : ''}`;
+}
+
+let pidSpace: string | undefined;
+/**
+ * Where this process's pid means something: the boot and the pid namespace. Containers can share
+ * a host name (host networking) and not their pids; '' where /proc does not say.
+ */
+export function thisPidSpace(): string {
+  if (pidSpace !== undefined) return pidSpace;
+  try {
+    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().slice(0, 8);
+    const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1];
+    pidSpace = boot && ns ? `${boot}.${ns}` : '';
+  } catch {
+    pidSpace = '';
+  }
+  return pidSpace;
 }
 
 const LEASE_MS = 10 * 60 * 1000;
@@ -345,10 +387,11 @@ async function releaseOrphanedJobs(deps: UserDeps, now = Date.now()): Promise<nu
   return released;
 }
 
-/** Whether a worker name (`host:pid:tag`, see workerName) is a process of this host that is gone. */
+/** Whether a worker name (`host:pid:tag:pid space`, see workerName) is a process of this pid space that is gone. */
 function deadHere(worker: string): boolean {
-  const [host, pid] = worker.split(':');
-  return host === hostname() && /^[1-9][0-9]*$/.test(pid ?? '') && !processAlive(Number(pid));
+  const [host, pid, , space] = worker.split(':');
+  const here = thisPidSpace();
+  return here !== '' && space === here && host === hostname() && /^[1-9][0-9]*$/.test(pid ?? '') && !processAlive(Number(pid));
 }
 
 /**
