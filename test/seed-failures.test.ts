@@ -424,8 +424,17 @@ describe('user seed --pending on a host that cannot read the package (EACCES)', 
       for (let i = 0; i < 3; i++) {
         const r = await cli(['user', 'seed', '--pending', '--concurrency', '1', '--json']);
         expect(r.code, r.stdout + r.stderr).toBe(3);
-        expect(JSON.parse(r.stdout).error.message).toMatch(/cannot read seed package v1 .*EACCES/);
+        expect(JSON.parse(r.stdout).error.message).toMatch(/cannot read seed package v1.*seed\.db \(EACCES\)/);
       }
+      // The manifest unreadable instead: the same, not "malformed" (exit 2 and a job held back).
+      execFileSync('chown', [`${NOBODY}:${NOBODY}`, path.join(seeds, 'v1', 'seed.db')]);
+      execFileSync('chown', ['0:0', path.join(seeds, 'v1', 'manifest.json')]);
+      chmodSync(path.join(seeds, 'v1', 'manifest.json'), 0o600);
+      const m = await cli(['user', 'seed', '--pending', '--concurrency', '1', '--json']);
+      expect(m.code, m.stdout + m.stderr).toBe(3);
+      expect(JSON.parse(m.stdout).error.message).toMatch(/cannot read seed package v1.*manifest\.json \(EACCES\)/);
+      const check = await cli(['seed', 'check', 'v1', '--json']);
+      expect(check.code).toBe(3);
       const shown = JSON.parse((await cli(['user', 'list', '--json'])).stdout) as { users: Array<{ status: string; job: { status: string; attempts: number } }> };
       expect(shown.users.map((u) => [u.status, u.job.status, u.job.attempts])).toEqual([
         ['pending', 'pending', 0],

@@ -489,7 +489,7 @@ export async function drainQueue(
           // The package could not be read here (EACCES, EIO): this host's fault, alike for every
           // job; the job goes back unattempted and the drain stops (exit 3), as for a full disk.
           await deps.master.finishJob(job.id, worker, { status: 'pending', error, nextAttemptAt: Date.now(), notAttempted: true });
-          throw new UnavailableError(`cannot read seed package ${job.seedVersion} in ${deps.seedsDir} (${error}): nothing was seeded from it; fix its permissions or the disk, then run again`, 'package_unreadable', { cause: e });
+          throw isAcm2Error(e) ? e : new UnavailableError(`cannot read seed package ${job.seedVersion} in ${deps.seedsDir} (${error}): nothing was seeded from it; fix its permissions or the disk, then run again`, 'package_unreadable', { cause: e });
         }
         // A package missing here or tampered with fails every job of its version alike on this
         // host: the job goes back due (another host's --seeds may hold the version intact), its

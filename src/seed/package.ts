@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { assertVersionName } from '../config.js';
-import { PackageError } from '../errors.js';
+import { PackageError, UnavailableError } from '../errors.js';
 import { resolveInside } from '../userdb/paths.js';
 import { migrateUserDb } from '../userdb/user-db.js';
 import { compareStrings, dumpTable, quoteIdent, readTableExact, sha256File, walkTree } from './canonical.js';
@@ -243,7 +243,24 @@ function cacheKey(dir: string): string | undefined {
  * The whole check. With stopEarly it returns at the first problem (loadPackage); otherwise it
  * collects everything it can still check.
  */
+/**
+ * inspectReadable, with a package this host cannot read (EACCES, EIO: a file system error, not
+ * a fault of the package) said as such: exit 3, the path and the errno named.
+ */
 function inspect(seedsDir: string, version: string, stopEarly: boolean): { problems: Problem[]; manifest?: Manifest } {
+  try {
+    return inspectReadable(seedsDir, version, stopEarly);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) {
+      const where = (e as NodeJS.ErrnoException).path ?? path.join(seedsDir, version);
+      throw new UnavailableError(`cannot read seed package ${version}: ${where} (${code}); check its permissions and the disk`, 'package_unreadable', { cause: e });
+    }
+    throw e;
+  }
+}
+
+function inspectReadable(seedsDir: string, version: string, stopEarly: boolean): { problems: Problem[]; manifest?: Manifest } {
   const problems: Problem[] = [];
   const add = (kind: ProblemKind, text: string) => {
     problems.push({ kind, text });
@@ -254,7 +271,10 @@ function inspect(seedsDir: string, version: string, stopEarly: boolean): { probl
   let st;
   try {
     st = lstatSync(dir);
-  } catch {
+  } catch (e) {
+    // Only a version that is not there is unknown; a folder this host cannot read is not.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
     const known = knownVersions(seedsDir);
     add('unknown', `unknown seed version '${version}' in ${seedsDir} (known: ${known.length > 0 ? known.join(', ') : 'none'})`);
     return { problems };
@@ -287,8 +307,9 @@ function inspect(seedsDir: string, version: string, stopEarly: boolean): { probl
     add(kindOf(MANIFEST_FILE) === undefined ? 'incomplete' : 'malformed', `${MANIFEST_FILE} is missing`);
     return { problems };
   }
+  const text = readFileSync(path.join(dir, MANIFEST_FILE), 'utf8'); // unreadable: see inspect
   try {
-    raw = JSON.parse(readFileSync(path.join(dir, MANIFEST_FILE), 'utf8'));
+    raw = JSON.parse(text);
   } catch (e) {
     add('malformed', `${MANIFEST_FILE} is not valid JSON (${(e as Error).message})`);
     return { problems };
