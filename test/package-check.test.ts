@@ -13,6 +13,7 @@ import { generateSource } from '../src/fixtures/source.js';
 import { buildBundled } from '../src/seed/build-bundled.js';
 import { computePackageSha256, type Manifest } from '../src/seed/manifest.js';
 import { checkPackage, clearPackageCache, loadPackage, readCurrent, resolveVersion } from '../src/seed/package.js';
+import { expectPackageRefused } from './helpers/env.js';
 
 const REPO = fileURLToPath(new URL('../', import.meta.url));
 const SHIPPED = path.join(REPO, 'seed-packages');
@@ -118,18 +119,7 @@ describe('checkPackage and loadPackage catch tampering', () => {
       const { seeds, dir } = copy();
       c.tamper(dir);
       clearPackageCache();
-      const r = checkPackage(seeds, 'v1');
-      expect(r.ok).toBe(false);
-      expect(r.problems.some((p) => c.problem.test(p)), r.problems.join('\n')).toBe(true);
-      let err: unknown;
-      try {
-        loadPackage(seeds, 'v1');
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(PackageError);
-      expect((err as PackageError).exitCode).toBe(2);
-      expect((err as PackageError).message).toMatch(/^seed package v1 is (tampered|incomplete|malformed|unsafe): /);
+      expectPackageRefused(seeds, c.problem);
     });
   }
 

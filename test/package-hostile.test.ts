@@ -15,7 +15,7 @@ import { PackageError } from '../src/errors.js';
 import { dumpTable, sha256File } from '../src/seed/canonical.js';
 import { computePackageSha256, type Manifest } from '../src/seed/manifest.js';
 import { checkPackage, clearPackageCache, currentState, listPackages, loadPackage } from '../src/seed/package.js';
-import { frozenSource, snapshotTree, sqliteWorld, tmpDir } from './helpers/env.js';
+import { expectPackageRefused, frozenSource, snapshotTree, sqliteWorld, tmpDir } from './helpers/env.js';
 
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 const base = frozenSource();
@@ -73,20 +73,7 @@ function dataSnapshot(dir: string): Record<string, string> {
 
 /** seed check fails it; loadPackage and user create refuse it (exit 2) and the master gains nothing. */
 async function expectRefused(seeds: string, problem: RegExp): Promise<void> {
-  const r = checkPackage(seeds, 'v1');
-  expect(r.ok, 'seed check passed a hostile package').toBe(false);
-  expect(r.problems.some((p) => problem.test(p)), r.problems.join('\n')).toBe(true);
-
-  let err: unknown;
-  try {
-    loadPackage(seeds, 'v1');
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(PackageError);
-  expect((err as PackageError).exitCode).toBe(2);
-  expect((err as PackageError).message).toMatch(/^seed package v1 is (tampered|malformed|unsafe): /);
-  expect((err as PackageError).message).toMatch(problem);
+  expect(expectPackageRefused(seeds, problem, /tampered|malformed|unsafe/).message).toMatch(problem);
 
   const world = await sqliteWorld();
   try {

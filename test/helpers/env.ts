@@ -7,7 +7,9 @@ import path from 'node:path';
 import { generateSource, type SourceFixture, type SourceOptions } from '../../src/fixtures/source.js';
 import { freezeSeed } from '../../src/core/freeze.js';
 import { writeCurrent } from '../../src/core/freeze.js';
-import { loadPackage, type SeedPackage } from '../../src/seed/package.js';
+import { checkPackage, loadPackage, type SeedPackage } from '../../src/seed/package.js';
+import { PackageError } from '../../src/errors.js';
+import { expect } from 'vitest';
 import { openMaster } from '../../src/master/factory.js';
 import { parseMasterUrl } from '../../src/config.js';
 import type { MasterDb } from '../../src/master/types.js';
@@ -92,4 +94,24 @@ export function snapshotTree(dir: string): Record<string, string> {
     out[rel] = statSync(abs).isFile() ? readFileSync(abs).toString('base64') : 'other';
   }
   return out;
+}
+
+/**
+ * seed check fails the package with a problem matching `problem`, and loadPackage (every command
+ * that uses it) refuses it with exit 2 and a message `seed package <v> is <kind>: …`.
+ */
+export function expectPackageRefused(seeds: string, problem: RegExp, kinds = /tampered|incomplete|malformed|unsafe/, version = 'v1'): PackageError {
+  const r = checkPackage(seeds, version);
+  expect(r.ok, 'seed check passed the package').toBe(false);
+  expect(r.problems.some((p) => problem.test(p)), r.problems.join('\n')).toBe(true);
+  let err: unknown;
+  try {
+    loadPackage(seeds, version);
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(PackageError);
+  expect((err as PackageError).exitCode).toBe(2);
+  expect((err as PackageError).message).toMatch(new RegExp(`^seed package ${version} is (${kinds.source}): `));
+  return err as PackageError;
 }
