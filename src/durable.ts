@@ -2,7 +2,7 @@
 // a commit) depends on them. Shared by freeze, seeding, migrations and the log mover.
 
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, openSync, statSync, writeSync, type Stats } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { execFileSync, spawn } from 'node:child_process';
 
@@ -216,5 +216,23 @@ export function processAlive(pid: number): boolean {
     return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** lstat, or undefined when there is nothing to look at (gone, unreadable). */
+export function lstatOrUndefined(p: string): Stats | undefined {
+  try {
+    return lstatSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+/** stat (through symlinks), or undefined when there is nothing to look at (gone, dangling, unreadable). */
+export function statOrUndefined(p: string): Stats | undefined {
+  try {
+    return statSync(p);
+  } catch {
+    return undefined;
   }
 }

@@ -2,7 +2,7 @@
 // safely, write a missing user_meta — planned per user, then applied; resumable from the master.
 
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { hostname } from 'node:os';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
@@ -12,6 +12,7 @@ import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/typ
 import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
+import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { describeDrift, detectSchemaDrift, listTables, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
@@ -273,14 +274,6 @@ export function loosePermissions(dataDir: string, userId: UserId): string[] {
     }
   }
   return out.sort();
-}
-
-function lstatOrUndefined(p: string) {
-  try {
-    return lstatSync(p);
-  } catch {
-    return undefined;
-  }
 }
 
 function tightenPermissions(paths: string[]): void {

@@ -26,7 +26,7 @@
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
 import { chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
-import { fsyncPath, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
+import { fsyncPath, lstatOrUndefined, statOrUndefined, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import type { UserLock } from '../master/types.js';
@@ -119,12 +119,6 @@ export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResul
   return r.value;
 }
 
-/**
- * A user DB that exists and is not current (ACM2 made it itself, maybe with an older schema, or
- * an older tool seeded it) is brought up to date the way backfill does it: drift repaired and
- * migrations applied with a backup and proven row counts, or the seed stops with nothing changed.
- * The seed's own migrateUserDb then finds nothing to do.
- */
 /** A symlink, FIFO or folder at user_{id}.db (or a symlinked staging folder) is never opened, seeded through or replaced. */
 function refuseOddDbEntry(dataDir: string, userId: UserId): void {
   const odd = userDbEntryProblem(dataDir, userId);
@@ -141,6 +135,12 @@ export function refuseOddToolDir(dataDir: string): void {
   if (odd) throw new UnavailableError(`${odd}: nothing was seeded; make it a plain folder of the data dir (remove the link), then run again`, 'bad_tool_dir');
 }
 
+/**
+ * A user DB that exists and is not current (ACM2 made it itself, maybe with an older schema, or
+ * an older tool seeded it) is brought up to date the way backfill does it: drift repaired and
+ * migrations applied with a backup and proven row counts, or the seed stops with nothing changed.
+ * The seed's own migrateUserDb then finds nothing to do.
+ */
 async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<void> {
   const file = userDbPath(dataDir, userId);
   refuseOddDbEntry(dataDir, userId);
@@ -818,22 +818,6 @@ function listedFiles(dataDir: string, userId: UserId): Set<string> {
     return new Set(has ? (db.prepare(`SELECT path FROM acm2_seed_files`).pluck().all() as string[]) : []);
   } finally {
     db.close();
-  }
-}
-
-function lstatOrUndefined(p: string): ReturnType<typeof lstatSync> | undefined {
-  try {
-    return lstatSync(p);
-  } catch {
-    return undefined;
-  }
-}
-
-function statOrUndefined(p: string): ReturnType<typeof statSync> | undefined {
-  try {
-    return statSync(p);
-  } catch {
-    return undefined;
   }
 }
 

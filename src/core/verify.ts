@@ -4,12 +4,13 @@
 
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, lstatSync, mkdtempSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, type Stats } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, type Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { gcEvery } from '../gc.js';
+import { lstatOrUndefined, statOrUndefined } from '../durable.js';
 import { isBusy } from './migrate-safe.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
@@ -1394,22 +1395,6 @@ function checkRolledBackCopy(dbFile: string, check: 'quick_check' | 'integrity_c
     return errMessage(e);
   } finally {
     rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-function statOrUndefined(p: string): Stats | undefined {
-  try {
-    return statSync(p);
-  } catch {
-    return undefined;
-  }
-}
-
-function lstatOrUndefined(p: string): Stats | undefined {
-  try {
-    return lstatSync(p);
-  } catch {
-    return undefined;
   }
 }
 

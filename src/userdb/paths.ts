@@ -83,7 +83,7 @@ export function userDbEntryProblem(dataDir: string, id: UserId): string | undefi
     return undefined;
   }
   if (st.isFile()) return undefined;
-  return `${file} is ${st.isSymbolicLink() ? 'a symlink' : entryKind(st)}, not the user's own database file`;
+  return `${file} is ${entryKind(st)}, not the user's own database file`;
 }
 
 /**
@@ -98,7 +98,7 @@ export function toolDirProblem(dataDir: string, sub: string): string | undefined
     } catch {
       return undefined;
     }
-    if (!st.isDirectory()) return `${dir} is ${st.isSymbolicLink() ? 'a symlink' : entryKind(st)}, not a folder of the tool's own`;
+    if (!st.isDirectory()) return `${dir} is ${entryKind(st)}, not a folder of the tool's own`;
   }
   return undefined;
 }
