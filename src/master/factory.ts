@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import type { MasterUrl } from '../config.js';
-import { UsageError } from '../errors.js';
+import { isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
 import type { MasterDb } from './types.js';
 
 export interface OpenMasterOptions {
@@ -32,7 +32,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
         }
         if (foreign.length > 0) throw notAMaster(url.display, foreign);
       }
-      master = new SqliteMaster(url.file);
+      master = embeddedDiskFull(new SqliteMaster(url.file));
       break;
     }
     case 'mysql': {
@@ -62,6 +62,32 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
     throw e;
   }
   return master;
+}
+
+/**
+ * SQLite says a full disk as SQLITE_FULL ("database or disk is full"): for the embedded master that
+ * is exit 3 naming the master file (SPEC §2), not an internal error, whichever call ran into it.
+ */
+function embeddedDiskFull(master: MasterDb): MasterDb {
+  const wrap = (e: unknown): unknown =>
+    // ENOSPC on the -shm file of WAL mode is SQLITE_IOERR_SHMSIZE.
+    (isDiskFull(e) || (e as { code?: unknown } | undefined)?.code === 'SQLITE_IOERR_SHMSIZE') && !isAcm2Error(e)
+      ? new UnavailableError(`disk full while writing the master ${master.display} (${String((e as { code?: unknown }).code)})`, 'disk_full', { cause: e })
+      : e;
+  return new Proxy(master, {
+    get(target, prop, receiver) {
+      const v: unknown = Reflect.get(target, prop, receiver);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]): unknown => {
+        try {
+          const r: unknown = (v as (...a: unknown[]) => unknown).apply(target, args);
+          return r instanceof Promise ? r.catch((e: unknown) => Promise.reject(wrap(e))) : r;
+        } catch (e) {
+          throw wrap(e);
+        }
+      };
+    },
+  });
 }
 
 /** The one sentence for a master that is not there, or not ACM2's. */
