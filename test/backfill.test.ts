@@ -576,9 +576,34 @@ describe('stopping and resuming', () => {
       expect(r.counts).toEqual({ fail: 1 });
       expect(r.failures).toEqual([expect.objectContaining({ code: 'disk_full', reason: expect.stringMatching(/^disk full while writing/) })]);
       expect(renderBackfill(r)).toContain('Stopped: the disk is full');
+      // The user the full disk stopped is not done: progress stays below it, its item says 'running'.
+      expect((await f.master.getBackfill('default'))?.cursor).toBe(0);
+      expect((await f.master.backfillItems('default')).map((i) => [i.userId, i.outcome])).toEqual([[1, 'running']]);
+      // Once there is space, --resume seeds it too (it used to replay the old failure, and could
+      // stop again on a disk that now had room), and a second --resume finds nothing left.
       const rest = await backfill(f, { resume: true });
-      expect(rest.counts).toEqual({ fail: 1, seed: 3 });
-      expect((await backfill(f)).counts).toEqual({ seed: 1, ok: 3 });
+      expect(rest.stopped).toBeUndefined();
+      expect(rest.counts).toEqual({ seed: 4 });
+      expect(rest.failures).toEqual([]);
+      const again = await backfill(f, { resume: true });
+      expect(again.resumedFinished).toMatch(/^\d{4}-/);
+      expect(again.counts).toEqual({});
+      expect((await backfill(f)).counts).toEqual({ ok: 4 });
+    } finally {
+      await f.cleanup();
+    }
+  });
+
+  it('--resume retries a user an earlier version recorded as failed on a full disk, rather than replay it', async () => {
+    const f = await buildLegacyFleet({ missing: 2 }, pkg.pkg);
+    try {
+      // What tools before this fix saved: the full-disk failure as user 2's final item, above the cursor.
+      await f.master.recordBackfillItems('default', [{ userId: 2, outcome: 'fail', reason: '[disk_full] disk full while writing user 2' }]);
+      await f.master.saveBackfill({ name: 'default', status: 'interrupted', cursor: 0, options: JSON.stringify({ users: null, shard: null, limit: null }), counts: {} });
+      const r = await backfill(f, { resume: true });
+      expect(r.stopped).toBeUndefined();
+      expect(r.counts).toEqual({ seed: 2 });
+      expect(r.failures).toEqual([]);
     } finally {
       await f.cleanup();
     }

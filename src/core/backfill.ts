@@ -740,8 +740,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       const batch: UserId[] = [];
       for (; i < upcoming.length && batch.length < PLAN_BATCH; i++) {
         const next = upcoming[i]!;
-        const prior = recordedAbove.get(next);
-        if (!early.has(next) && !(prior && prior.outcome !== 'running')) batch.push(next);
+        if (!early.has(next) && !finalItem(recordedAbove.get(next))) batch.push(next);
       }
       if (batch.length === 0) break;
       to.plan(batch).forEach((p, k) => early.set(batch[k]!, p));
@@ -781,7 +780,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       window.push(entry);
       let report: BackfillUserReport | undefined;
       const prior = recordedAbove.get(user.id);
-      if (prior && prior.outcome !== 'running') {
+      if (finalItem(prior)) {
         report = reportFromItem(prior);
       } else {
         const plan = await planFor(planner, user.id);
@@ -790,7 +789,9 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       }
       // Not started because the master went away: the cursor must never move past this user.
       if (!report) return;
-      entry.outcome = report.outcome;
+      // A user the full disk stopped is not done: the cursor stays below it, so --resume, once
+      // there is space, applies it again (its write-ahead item says what it had begun).
+      if (!stoppedByDiskFull(report)) entry.outcome = report.outcome;
       record(report);
       settle.add();
       await deps.onUser?.(report);
@@ -863,6 +864,18 @@ function isAction(s: string | null | undefined): s is BackfillAction {
   return (BACKFILL_ACTIONS as readonly string[]).includes(String(s));
 }
 
+function stoppedByDiskFull(r: BackfillUserReport): boolean {
+  return r.outcome === 'fail' && r.code === 'disk_full';
+}
+
+/**
+ * An item a resume replays as this user's outcome. Not a write-ahead 'running' item (the attempt
+ * was cut short: redo it), nor a failure on a full disk (recorded so by earlier versions: retry it).
+ */
+function finalItem(item: BackfillItem | undefined): item is BackfillItem {
+  return item !== undefined && item.outcome !== 'running' && !(item.outcome === 'fail' && parseReason(item.reason).code === 'disk_full');
+}
+
 function reportFromItem(item: BackfillItem): BackfillUserReport {
   const outcome = isAction(item.outcome) ? item.outcome : 'ok';
   const r: BackfillUserReport = { id: item.userId, action: outcome, outcome, steps: ['done by an earlier attempt of this backfill'] };
@@ -904,7 +917,8 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
         r.outcome = top;
       }
     }
-    a.queueItem({ userId: r.id, outcome: r.outcome, reason: itemReason(r) });
+    // Left 'running' (the write-ahead item): a resume redoes the user rather than replay the failure.
+    if (!stoppedByDiskFull(r)) a.queueItem({ userId: r.id, outcome: r.outcome, reason: itemReason(r) });
     return r;
   };
   if (plan.action === 'ok') return finish(planReport(plan));
