@@ -3,7 +3,7 @@
 
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
@@ -776,6 +776,33 @@ describe('end to end: the built binary', () => {
     const usage = await bin(f, 'verify', '--shard', '3/2', '--json');
     expect(usage.exitCode).toBe(2);
     expect(JSON.parse(usage.stdout)).toMatchObject({ error: { code: 'usage' } });
+  }, 60_000);
+
+  // A real full file system (a 64 KiB tmpfs): root can mount one, as in CI, which must run this.
+  const full = tmpDir('acm2-junit-full-');
+  const mounted = process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', full]).status === 0;
+  afterAll(() => {
+    if (mounted) spawnSync('umount', [full]);
+    rmSync(full, { recursive: true, force: true });
+  });
+  it.skipIf(!mounted && process.env.CI !== 'true')('--junit on a full disk: exit 3, and the earlier report is left whole (no empty file, no temp file)', async () => {
+    const f = await fleet();
+    const junit = path.join(full, 'verify.xml');
+    writeFileSync(junit, '<testsuites/>\n');
+    // Fill the file system to the last block.
+    const fd = openSync(path.join(full, 'filler'), 'w');
+    try {
+      for (;;) writeSync(fd, Buffer.alloc(4096));
+    } catch (e) {
+      expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    } finally {
+      closeSync(fd);
+    }
+    const r = await bin(f, 'verify', '--junit', junit);
+    expect(r.exitCode, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/disk full while writing .*verify\.xml/);
+    expect(readFileSync(junit, 'utf8')).toBe('<testsuites/>\n');
+    expect(readdirSync(full).sort()).toEqual(['filler', 'verify.xml']);
   }, 60_000);
 
   it('replacing worker threads as they age (here after every user) changes no verdict', async () => {

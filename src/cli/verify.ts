@@ -1,6 +1,6 @@
 // `acm2 verify`: parse flags, verify the users, print the result (and a JUnit file); exit 1 on problems.
 
-import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
@@ -31,7 +31,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   );
   if (junit) {
     try {
-      writeFileSync(junit, renderJunit(r));
+      writeReport(junit, renderJunit(r));
     } catch (e) {
       throw classifyFsError(e, junit) ?? new UsageError(`cannot write the JUnit report ${junit} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, 'usage', { cause: e });
     }
@@ -39,6 +39,30 @@ export async function run({ opts }: CommandCall): Promise<void> {
   out.result(r, () => renderVerify(r, { color: out.color }));
   // Not FindingsError: with --json that would print a second document after the result.
   if (!r.ok) process.exitCode = EXIT.findings;
+}
+
+/**
+ * Written whole or not at all: a new file beside the report, renamed over it. A write cut short
+ * (a full disk) leaves the earlier report as it was, not an empty or half one a CI job would read.
+ */
+function writeReport(file: string, text: string): void {
+  let target = path.resolve(file);
+  let mode: number | undefined;
+  try {
+    target = realpathSync(file); // through a symlink to the report, as writing it did
+    mode = statSync(target).mode & 0o7777;
+  } catch {
+    /* a new report */
+  }
+  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.tmp`);
+  try {
+    writeFileSync(tmp, text, { flag: 'wx' });
+    if (mode !== undefined) chmodSync(tmp, mode);
+    renameSync(tmp, target);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
 }
 
 /** The report file can be written: its folder exists and is writable, and it is not a folder itself. */

@@ -278,7 +278,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
-    throw classifyFsError(e, `user ${userId}'s data`) ?? e;
+    throw classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
   } finally {
     db?.close();
   }
@@ -662,7 +662,7 @@ function* seedFresh(
         /* a leftover .building is removed by the next attempt; the original error is what matters */
       }
     }
-    throw classifyFsError(e, `user ${userId}'s data`) ?? e;
+    throw classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
   }
 }
 
