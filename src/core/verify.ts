@@ -432,6 +432,11 @@ function problem(code: ProblemCode, userId: number, message: string, where: { ta
   return p;
 }
 
+/** A path as one word of a shell command an operator can paste. */
+function shellWord(p: string): string {
+  return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
+}
+
 function rel(dataDir: string, abs: string): string {
   return path.relative(dataDir, abs).split(path.sep).join('/');
 }
@@ -466,6 +471,8 @@ type DbState = { kind: 'absent' } | { kind: 'unreadable' } | { kind: 'read'; met
 
 interface SeededFile {
   path: string;
+  /** The seed version that wrote it (a user can hold several), named in its problems. */
+  version: string;
   bytes: number;
   sha256: string;
 }
@@ -591,7 +598,13 @@ class UserCheck {
       }
     } else {
       if (st.isSymbolicLink()) {
-        this.add('path_escape', `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}; the user's DB must be the file itself`, { path: this.rel(this.dbFile) });
+        // The link is how the user's data is reached: deleting it (then seeding) leaves that data behind.
+        const target = resolveLink(this.dbFile);
+        this.add(
+          'path_escape',
+          `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}; the user's DB must be the file itself: while ACM2 is not using it, move the file it points to into its place (mv ${shellWord(target)} ${shellWord(this.dbFile)}), with its -wal or -journal file if it has one; do not just delete the link`,
+          { path: this.rel(this.dbFile) },
+        );
       } else if (st.isFile()) {
         this.checkMode(st, this.dbFile, 0o600);
       }
@@ -807,7 +820,7 @@ class UserCheck {
       // Every package row has its entry in the map (checkSeedRows then finds its row).
       for (const [table, ids] of expected.rows) {
         for (const src of ids) {
-          if (!mappedOfVersion.has(`${table}\0${src}`)) this.add('seed_row_missing', `package ${table} row ${src} has no entry in acm2_id_map, so this user's copy of it cannot be found`, { table });
+          if (!mappedOfVersion.has(`${table}\0${src}`)) this.add('seed_row_missing', `package ${meta!.version} ${table} row ${src} has no entry in acm2_id_map, so this user's copy of it cannot be found`, { table });
         }
       }
     }
@@ -827,12 +840,12 @@ class UserCheck {
         const rows = db
           .prepare(`SELECT path, bytes, sha256, seed_version AS v, source_path AS src FROM acm2_seed_files WHERE seed_version IN (${versions.map(() => '?').join(',')}) ORDER BY path`)
           .all(...versions) as Array<SeededFile & { v: string; src: string }>;
-        seeded = rows.map(({ path: p, bytes, sha256 }) => ({ path: p, bytes, sha256 }));
+        seeded = rows.map(({ path: p, bytes, sha256, v }) => ({ path: p, bytes, sha256, version: v }));
         if (expected) {
           // Every package file is in the seeded-file list (checkSeededFiles then finds it on disk).
           const listed = new Set(rows.filter((r) => r.v === meta!.version).map((r) => r.src));
           for (const f of expected.files) {
-            if (!listed.has(f)) this.add('file_missing', `package file ${f} is not in acm2_seed_files, so this user's copy of it cannot be found`, { table: 'acm2_seed_files', path: f });
+            if (!listed.has(f)) this.add('file_missing', `package ${meta!.version} file ${f} is not in acm2_seed_files, so this user's copy of it cannot be found`, { table: 'acm2_seed_files', path: f });
           }
         }
       });
@@ -883,15 +896,15 @@ class UserCheck {
     const sql = kinds
       .map(
         (kind, k) =>
-          `SELECT ${k} AS k, m.target_id AS id, m.source_id AS src FROM acm2_id_map m
+          `SELECT ${k} AS k, m.target_id AS id, m.source_id AS src, m.seed_version AS v FROM acm2_id_map m
            WHERE m.seed_version IN (${inVersions}) AND m.kind = '${kind}'
              AND NOT EXISTS (SELECT 1 FROM ${SQL_NAME(kind)} r WHERE r.id = m.target_id)`,
       )
       .join(' UNION ALL ');
-    const missing = db.prepare(`${sql} ORDER BY k, id`).all(Object.fromEntries(versions.map((v, i) => [`v${i}`, v]))) as { k: number; id: string; src: string }[];
+    const missing = db.prepare(`${sql} ORDER BY k, id`).all(Object.fromEntries(versions.map((v, i) => [`v${i}`, v]))) as { k: number; id: string; src: string; v: string }[];
     for (const m of missing) {
       const kind = kinds[m.k]!;
-      this.add('seed_row_missing', `seeded ${kind} row ${m.id} (package id ${m.src}) is gone`, { table: kind, rowId: m.id });
+      this.add('seed_row_missing', `seeded ${kind} row ${m.id} (seed ${m.v}, package id ${m.src}) is gone`, { table: kind, rowId: m.id });
     }
   }
 
@@ -1077,7 +1090,7 @@ class UserCheck {
     const rootRel = this.rel(this.root);
     if (st.isSymbolicLink()) {
       this.escaped.add('');
-      this.add('path_escape', `${rootRel} is a symlink to ${readlinkSafe(this.root)}; the user's files must live in the folder itself`, { path: rootRel });
+      this.add('path_escape', `${rootRel} is a symlink to ${readlinkSafe(this.root)}; the user's files must live in the folder itself: remove the link and move the folder it points to into its place (rm ${shellWord(this.root)} && mv ${shellWord(resolveLink(this.root))} ${shellWord(this.root)}), do not just delete the link`, { path: rootRel });
       return;
     }
     if (!st.isDirectory()) {
@@ -1159,26 +1172,26 @@ class UserCheck {
           real = realpathSync(abs);
           st = statSync(real);
         } catch {
-          this.add('file_missing', `seeded file ${shown} is missing`, { path: shown });
+          this.add('file_missing', `seeded file ${shown} (seed ${f.version}) is missing`, { path: shown });
           continue;
         }
       }
       // A symlink that leaves the root was reported by the tree walk; never read through it.
       if (!realRoot || !isInside(realRoot, real)) continue;
       if (!st.isFile()) {
-        this.add('file_missing', `seeded file ${shown} is not a regular file`, { path: shown });
+        this.add('file_missing', `seeded file ${shown} (seed ${f.version}) is not a regular file`, { path: shown });
         continue;
       }
       // ACM2 rebuilds a run's report from results_summary on every GET /runs/{id}/report: that it
       // is there is the seed's promise, its bytes are ACM2's to change.
       if (REGENERATED.test(f.path)) continue;
       if (st.size !== f.bytes) {
-        this.add('file_size_mismatch', `seeded file ${shown} is ${st.size} bytes, ${f.bytes} were written`, { path: shown });
+        this.add('file_size_mismatch', `seeded file ${shown} (seed ${f.version}) is ${st.size} bytes, ${f.bytes} were written`, { path: shown });
         continue;
       }
       if (this.ctx.deep) {
         const sha = createHash('sha256').update(readFileSync(real)).digest('hex');
-        if (sha !== f.sha256) this.add('file_hash_mismatch', `seeded file ${shown} has sha256 ${sha.slice(0, 12)}…, ${f.sha256.slice(0, 12)}… was written`, { path: shown });
+        if (sha !== f.sha256) this.add('file_hash_mismatch', `seeded file ${shown} (seed ${f.version}) has sha256 ${sha.slice(0, 12)}…, ${f.sha256.slice(0, 12)}… was written`, { path: shown });
       }
     }
   }
@@ -1210,15 +1223,21 @@ class UserCheck {
     const meta = state.kind === 'read' ? state.meta : undefined;
     const ready = meta?.status === 'ready';
     const name = `master seed job #${job.id} (${job.seedVersion})`;
+    // A user ready with another version than its job's: a plain `acm2 user seed <id>` finds the
+    // user ready (at CURRENT) and leaves that job as it is; seeding the job's version closes it.
+    const other = ready && meta!.version !== job.seedVersion;
+    const seedCmd = (version?: string) => `\`acm2 user seed ${this.userId}${version ? ` --seed-version ${version}` : ''}\``;
     if (job.status === 'done') {
       if (state.kind === 'absent') this.add('job_state_mismatch', `${name} is done but the user has no database`);
       else if (!meta) this.add('job_state_mismatch', `${name} is done but the user DB has no user_meta row`, { table: 'user_meta' });
       else if (!ready) this.add('job_state_mismatch', `${name} is done but user_meta.seed_status is '${meta.status}'`, { table: 'user_meta' });
-      else if (meta.version !== job.seedVersion) this.add('job_state_mismatch', `${name} is done but the user DB is ready with version '${meta.version}'`, { table: 'user_meta' });
+      else if (other) this.add('job_state_mismatch', `${name} is done but the user DB is ready with version '${meta.version}'; ${seedCmd(job.seedVersion)} seeds ${job.seedVersion} and closes it`, { table: 'user_meta' });
     } else if (job.status === 'failed' && ready) {
-      this.add('job_state_mismatch', `${name} failed${job.lastError ? ` (${job.lastError})` : ''} but the user DB is ready with '${meta!.version}'; \`acm2 user seed ${this.userId}\` closes it`, { table: 'user_meta' });
+      const finish = other ? ` (${seedCmd(job.seedVersion)} instead seeds ${job.seedVersion} and closes it)` : '';
+      this.add('job_state_mismatch', `${name} failed${job.lastError ? ` (${job.lastError})` : ''} but the user DB is ready with '${meta!.version}'; ${seedCmd()} closes it${finish}`, { table: 'user_meta' });
     } else if (job.status === 'running' && ready && job.lockedUntil !== null && job.lockedUntil < this.ctx.now) {
-      this.add('job_state_mismatch', `${name} is still marked running with a lease that expired at ${new Date(job.lockedUntil).toISOString()}, but the user DB is ready; \`acm2 user seed ${this.userId}\` closes it`, {
+      const tail = other ? `ready with '${meta!.version}'; ${seedCmd(job.seedVersion)} seeds ${job.seedVersion} and closes it` : `ready; ${seedCmd()} closes it`;
+      this.add('job_state_mismatch', `${name} is still marked running with a lease that expired at ${new Date(job.lockedUntil).toISOString()}, but the user DB is ${tail}`, {
         table: 'user_meta',
       });
     }

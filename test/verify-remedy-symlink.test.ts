@@ -1,0 +1,65 @@
+// path_escape for the user's DB or folder being a symlink (moved to another volume, say): the
+// link is the way to the user's data. Following verify's words must keep that data, not delete
+// the link and reseed a fresh user over it.
+
+import Database from 'better-sqlite3';
+import { execSync } from 'node:child_process';
+import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { createUser } from '../src/core/users.js';
+import { verifyUsers } from '../src/core/verify.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+
+let pkg: FrozenSource;
+const worlds: World[] = [];
+beforeAll(() => {
+  pkg = frozenSource({ sourceDocs: 1 });
+});
+afterAll(async () => {
+  for (const w of worlds) await w.cleanup();
+  pkg.cleanup();
+});
+
+/** The shell command in the message, in parentheses after "(mv " or "(rm ". */
+function command(message: string): string {
+  const m = /\(((?:rm|mv) [^)]*)\)/.exec(message);
+  expect(m, message).not.toBeNull();
+  return m![1]!;
+}
+
+describe('path_escape: the user DB or folder itself is a symlink', () => {
+  it('the command verify names puts the data back in place, and verify is then clean with the user\'s own row and file kept', async () => {
+    const world = await sqliteWorld();
+    worlds.push(world);
+    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const id = (await createUser(deps, { email: 'ann@example.com', username: 'ann' })).user.id;
+    const db = new Database(userDbPath(world.dataDir, id));
+    db.prepare(`INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES ('00000000-0000-4000-8000-0000000000aa', ?, '2026-01-01', 'MINE', 'input_document', 'mine', '{}', '[]', 0)`).run(id);
+    db.close();
+    mkdirSync(path.join(userRoot(world.dataDir, id), 'notes'), { mode: 0o700 });
+    writeFileSync(path.join(userRoot(world.dataDir, id), 'notes', 'mine.txt'), 'keep', { mode: 0o600 });
+
+    // Ops moved both to another volume and linked them back.
+    // A volume path a shell would split: the printed command must quote it.
+    const vol = path.join(tmpDir('acm2-vol-'), "ops' volume");
+    mkdirSync(vol);
+    renameSync(userDbPath(world.dataDir, id), path.join(vol, 'user.db'));
+    symlinkSync(path.join(vol, 'user.db'), userDbPath(world.dataDir, id));
+    renameSync(userRoot(world.dataDir, id), path.join(vol, 'tree'));
+    symlinkSync(path.join(vol, 'tree'), userRoot(world.dataDir, id));
+
+    const problems = (await verifyUsers(deps, { users: [id] })).users[0]!.problems;
+    expect(problems.map((p) => p.code)).toEqual(['path_escape', 'path_escape']);
+    for (const p of problems) execSync(command(p.message));
+
+    expect((await verifyUsers(deps, { users: [id] })).users[0]!.problems).toEqual([]);
+    const check = new Database(userDbPath(world.dataDir, id), { readonly: true });
+    expect(check.prepare(`SELECT name FROM contents WHERE id = '00000000-0000-4000-8000-0000000000aa'`).get()).toEqual({ name: 'MINE' });
+    check.close();
+    expect(existsSync(path.join(userRoot(world.dataDir, id), 'notes', 'mine.txt'))).toBe(true);
+  });
+});
