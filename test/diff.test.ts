@@ -378,6 +378,17 @@ describe('a user DB that cannot be read now', () => {
     closeSync(fd);
     await expect(diff({ kind: 'user-package', user: String(u) })).rejects.toMatchObject({ exitCode: 2, code: 'db_corrupt' });
   });
+
+  it('a DB damaged past its first page is db_corrupt (exit 2) in every form, not an internal error', async () => {
+    const u = await newUser();
+    const file = userDbPath(world.dataDir, u);
+    // Page 1 (the schema) stays sound, so the DB opens; the table pages after it are garbage.
+    const fd = openSync(file, 'r+');
+    writeSync(fd, Buffer.alloc(16384, 0x67), 0, 16384, 4096);
+    closeSync(fd);
+    await expect(diff({ kind: 'user-package', user: String(u) })).rejects.toMatchObject({ exitCode: 2, code: 'db_corrupt' });
+    await expect(diff({ kind: 'users', a: String(ann), b: String(u) })).rejects.toMatchObject({ exitCode: 2, code: 'db_corrupt' });
+  });
 });
 
 describe('arguments', () => {

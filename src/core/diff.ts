@@ -247,10 +247,26 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
     throw unreadableDb(id, file, e, busyTimeoutMs);
   }
   const open = db;
+  // Damage past the first pages shows only when a read reaches it: every read of this DB reports
+  // it as the user's DB being unreadable (db_corrupt: exit 2), as opening it does, never as a bug.
+  const reading = <T>(fn: () => T): T => {
+    try {
+      return fn();
+    } catch (e) {
+      throw isCorrupt(e) || isBusy(e) ? unreadableDb(id, file, e, busyTimeoutMs) : e;
+    }
+  };
   const has = (t: string) => open.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(t) !== undefined;
-  return {
+  let meta: ReturnType<typeof readMeta>;
+  try {
+    meta = reading(() => (has('user_meta') ? readMeta(open, id) : undefined));
+  } catch (e) {
+    open.close();
+    throw e;
+  }
+  const handle: UserHandle = {
     id,
-    meta: has('user_meta') ? readMeta(open, id) : undefined,
+    meta,
     map(version) {
       if (!has('acm2_id_map')) return undefined;
       const rows = open.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
@@ -283,6 +299,7 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
     },
     close: () => open.close(),
   };
+  return { ...handle, map: (version) => reading(() => handle.map(version)), snapshot: (translate) => reading(() => handle.snapshot(translate)) };
 }
 
 /**
