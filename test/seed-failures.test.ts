@@ -210,14 +210,14 @@ describe('failed seeds', () => {
     expect(after.code, after.stderr).toBe(0);
   });
 
-  it('user create whose seed the environment stops (exit 3) still shows the API key it made', async () => {
+  it('user create whose seed the environment stops exits 1 (the user exists: not exit 3) and shows the API key it made', async () => {
     // The next user's lock, held by another process before the user exists: the create's seed times out.
     const last = JSON.parse((await acm2(['user', 'list', '--json'])).stdout).users.at(-1) as { id: number } | undefined;
     const next = (last?.id ?? 0) + 1;
     const holder = await holdUserLock(next);
     const c = await acm2(['user', 'create', '--email', 'k@example.com', '--username', 'k', '--lock-timeout', '1', '--json']);
     await holder.kill();
-    expect(c.code, c.stderr).toBe(3);
+    expect(c.code, c.stderr).toBe(1);
     const doc = JSON.parse(c.stdout);
     expect(doc.user).toMatchObject({ id: next, seedStatus: 'failed' });
     expect(doc.apiKey).toMatch(/^acm2_/);

@@ -34,8 +34,10 @@ export async function run({ opts }: CommandCall): Promise<void> {
   }
   const { seedError, ...shown } = result;
   show(shown);
-  // Exit 1 for a failed seed; 3 or 70 when the environment or a bug stopped it (the key is shown either way).
-  if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? seedError.exitCode : EXIT.internal;
+  // Exit 1 for a failed seed, whatever stopped it (SPEC): the user and its key exist, so this is
+  // not exit 3's "nothing half-done", and a script that retried the create on 3 would get
+  // duplicate_email and lose the key. 70 only for a bug. The key is shown either way.
+  if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? EXIT.findings : EXIT.internal;
   else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
 }
 
