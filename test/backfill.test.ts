@@ -594,6 +594,27 @@ describe('stopping and resuming', () => {
     }
   });
 
+  it('a DB the tool seeded that lost its user_meta row gets its seed version back, not legacy', async () => {
+    const f = await buildLegacyFleet({ missing: 1 }, pkg.pkg);
+    try {
+      expect((await backfill(f)).counts).toEqual({ seed: 1 });
+      const file = userDbPath(f.dataDir, 1);
+      const db = new Database(file);
+      db.prepare(`DELETE FROM user_meta`).run();
+      db.close();
+      // It has a preset and a run, as a legacy DB has, but also the tool's record of a whole seed.
+      const r = await backfill(f);
+      expect(r.users[0]).toMatchObject({ id: 1, action: 'seed', outcome: 'seed' });
+      const check = new Database(file, { readonly: true });
+      expect(check.prepare(`SELECT seed_status, seed_version FROM user_meta`).all()).toEqual([{ seed_status: 'ready', seed_version: pkg.pkg.version }]);
+      check.close();
+      const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir }, { users: [1] });
+      expect(v.users[0]!.problems).toEqual([]);
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('--resume retries a user an earlier version recorded as failed on a full disk, rather than replay it', async () => {
     const f = await buildLegacyFleet({ missing: 2 }, pkg.pkg);
     try {

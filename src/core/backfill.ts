@@ -288,6 +288,11 @@ function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
   return tables.has(table) ? (db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n : 0;
 }
 
+/** The tool's ledger of seeds names at least one: the DB was seeded (or begun) by the tool. */
+function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
+  return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
+}
+
 /** user_meta's status (and version, when it has the column) for this user, if it has a row. */
 function metaOf(db: SqliteDb, tables: Set<string>, userId: UserId): { status: string; version?: string } | undefined {
   if (!tables.has('user_meta')) return undefined;
@@ -354,8 +359,9 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
   const status = meta?.status;
   if (status === 'ready') {
     /* user_meta is fine */
-  } else if (status !== undefined) {
-    // A seed that never finished (in_progress/failed): finish it.
+  } else if (status !== undefined || seededByTool(db, tables)) {
+    // A seed that never finished (in_progress/failed): finish it. Or a DB the tool seeded whose
+    // user_meta row is gone: not a legacy DB, so the seed (finding itself whole) writes it back.
     steps.push({ kind: 'seed', beside: false });
   } else if (rowCount(db, tables, 'presets') > 0 && rowCount(db, tables, 'runs') > 0) {
     steps.push({ kind: 'meta_legacy' });
