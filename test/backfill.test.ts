@@ -13,7 +13,7 @@ import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
-import { renderBackfill } from '../src/ui/backfill.js';
+import { backfillJson, renderBackfill } from '../src/ui/backfill.js';
 import { tryLockNamed } from '../src/core/user-lock.js';
 import { countRows, migrateSafely } from '../src/core/migrate-safe.js';
 import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
@@ -576,6 +576,8 @@ describe('stopping and resuming', () => {
       expect(r.counts).toEqual({ fail: 1 });
       expect(r.failures).toEqual([expect.objectContaining({ code: 'disk_full', reason: expect.stringMatching(/^disk full while writing/) })]);
       expect(renderBackfill(r)).toContain('Stopped: the disk is full');
+      // --json: exit 3, so the document carries `error` as every error does, beside the summary.
+      expect(backfillJson(r)).toMatchObject({ stopped: 'disk_full', error: { code: 'disk_full', message: expect.stringMatching(/^the disk is full \(user 1: disk full while writing .*--resume/) } });
       // The user the full disk stopped is not done: progress stays below it, its item says 'running'.
       expect((await f.master.getBackfill('default'))?.cursor).toBe(0);
       expect((await f.master.backfillItems('default')).map((i) => [i.userId, i.outcome])).toEqual([[1, 'running']]);
@@ -588,6 +590,7 @@ describe('stopping and resuming', () => {
       const again = await backfill(f, { resume: true });
       expect(again.resumedFinished).toMatch(/^\d{4}-/);
       expect(again.counts).toEqual({});
+      expect(backfillJson(rest)).not.toHaveProperty('error');
       expect((await backfill(f)).counts).toEqual({ ok: 4 });
     } finally {
       await f.cleanup();

@@ -41,7 +41,15 @@ export function backfillJson(r: BackfillResult): unknown {
     progress: { name: r.name, cursor: r.cursor },
     legacyLogs: r.legacyLogs ?? null,
     durationMs: r.durationMs,
+    // Stopped by a full disk, it exits 3 like any error: a script that reads `error` whenever the
+    // exit code is 2 or more finds it here too, beside the summary of what was done.
+    ...(r.stopped === 'disk_full' ? { error: { code: 'disk_full', message: diskFullMessage(r) } } : {}),
   };
+}
+
+function diskFullMessage(r: BackfillResult): string {
+  const f = r.failures.find((x) => x.code === 'disk_full');
+  return `the disk is full${f ? ` (user ${f.id}: ${f.reason})` : ''}; free space, then run 'acm2 backfill --resume'`;
 }
 
 export function renderBackfill(r: BackfillResult, color = false): string {
@@ -82,7 +90,7 @@ export function renderBackfill(r: BackfillResult, color = false): string {
   }
   if (r.legacyLogs) out.push(renderLegacyLogs(r.legacyLogs));
   if (r.stopped === 'interrupted') out.push(chalk.yellow(`Interrupted: users in flight finished and progress is saved. Run 'acm2 backfill --resume' to continue.`));
-  if (r.stopped === 'disk_full') out.push(chalk.red(`Stopped: the disk is full, so every next user would fail the same way. Free space, then run 'acm2 backfill --resume'; the users that failed on it are retried by a backfill without --resume.`));
+  if (r.stopped === 'disk_full') out.push(chalk.red(`Stopped: the disk is full, so every next user would fail the same way. Free space, then run 'acm2 backfill --resume': it goes on from the user the full disk stopped.`));
   if (r.stopped === 'max_errors') out.push(chalk.yellow(`Stopped early: --max-errors reached. Run 'acm2 backfill --resume' to go on with the users not reached yet; the failed ones are retried by a backfill without --resume, once their cause is fixed.`));
   out.push(`${r.dryRun ? 'Planned' : 'Done'} in ${(r.durationMs / 1000).toFixed(1)} s.`);
   return out.join('\n');
