@@ -62,10 +62,13 @@ export function isAcm2Error(e: unknown): e is Acm2Error {
   return e instanceof Acm2Error;
 }
 
-/** No space left: the OS's word (ENOSPC) or SQLite's (SQLITE_FULL, "database or disk is full"). */
+/**
+ * No space left: the OS's word (ENOSPC) or SQLite's (SQLITE_FULL, "database or disk is full";
+ * SQLITE_IOERR_SHMSIZE, a WAL DB's -shm file that cannot grow, "disk I/O error").
+ */
 export function isDiskFull(e: unknown): boolean {
   const code = (e as { code?: unknown } | undefined)?.code;
-  return code === 'ENOSPC' || (typeof code === 'string' && code.startsWith('SQLITE_FULL'));
+  return code === 'ENOSPC' || code === 'SQLITE_IOERR_SHMSIZE' || (typeof code === 'string' && code.startsWith('SQLITE_FULL'));
 }
 
 /** Map low-level environment failures (disk full, permission) to exit 3 with one sentence. */

@@ -1,14 +1,14 @@
 // A seed that cannot finish: the user stays, status failed, the job retries with backoff and,
 // after its last attempt, is failed with the error kept and shown by user show / user list.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
-import { seedUser } from '../src/core/seed-user.js';
+import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
 import { emptyDrain, FAILURES_KEPT, mergeDrain } from '../src/core/seed-pool.js';
 import Database from 'better-sqlite3';
 import bcrypt from 'bcryptjs';
@@ -89,6 +89,44 @@ describe('a failed seed of a new version', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a full disk under an existing user DB (a real 4 MiB tmpfs: root can mount one, as in CI, which must run this)', () => {
+  const mnt = tmpDir('acm2-full-db-');
+  const mounted = process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]).status === 0;
+  afterAll(() => {
+    if (mounted) spawnSync('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  });
+  it.skipIf(!mounted && process.env.CI !== 'true')('opening a WAL-mode user DB (its -shm file cannot be made) is disk_full, exit 3, and changes nothing', async () => {
+    const dir = path.join(mnt, 'data');
+    mkdirSync(dir);
+    seedUser({ dataDir: dir, userId: 1, pkg: pkg.pkg });
+    // ACM2 keeps its DBs in WAL mode: opening one read-write creates its -shm file.
+    const wal = new Database(userDbPath(dir, 1));
+    wal.pragma('journal_mode = WAL');
+    wal.close();
+    const before = snapshotTree(dir);
+    const filler = path.join(mnt, 'filler');
+    try {
+      writeFileSync(filler, Buffer.alloc(8 << 20));
+    } catch (e) {
+      expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    }
+    await expect(seedUserAsync({ dataDir: dir, userId: 1, pkg: pkg.pkg, force: true })).rejects.toMatchObject({
+      exitCode: 3,
+      code: 'disk_full',
+      message: expect.stringMatching(/^disk full while opening .*user_1\.db before seeding/),
+    });
+    rmSync(filler);
+    // Nothing of the user's changed. SQLite may leave its (empty) -wal/-shm beside the DB, which
+    // its next open uses or removes.
+    const after = snapshotTree(dir);
+    const sqliteOwn = Object.keys(after).filter((k) => !(k in before));
+    expect(sqliteOwn.every((k) => /user_1\.db-(wal|shm)$/.test(k)), sqliteOwn.join(', ')).toBe(true);
+    for (const k of sqliteOwn) delete after[k];
+    expect(after).toEqual(before);
   });
 });
 

@@ -38,7 +38,7 @@ import type { Migration } from '../migrations.js';
 import { migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { classifyFsError, NeedsOperatorError, UnavailableError } from '../errors.js';
+import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, UnavailableError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
 
@@ -142,6 +142,19 @@ export function refuseOddToolDir(dataDir: string): void {
  * The seed's own migrateUserDb then finds nothing to do.
  */
 async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<void> {
+  try {
+    await migrateExisting(dataDir, userId);
+  } catch (e) {
+    // Opening the DB read-write can write (a hot journal rolled back, a WAL DB's -shm created).
+    const cause = (e as { cause?: unknown }).cause ?? e;
+    if (!isAcm2Error(e) && isDiskFull(cause)) {
+      throw new UnavailableError(`disk full while opening ${userDbPath(dataDir, userId)} before seeding (${String((cause as { code?: unknown }).code)})`, 'disk_full', { cause });
+    }
+    throw e;
+  }
+}
+
+async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
   const file = userDbPath(dataDir, userId);
   refuseOddDbEntry(dataDir, userId);
   if (!existsSync(file)) return;

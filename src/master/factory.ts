@@ -70,8 +70,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
  */
 function embeddedDiskFull(master: MasterDb): MasterDb {
   const wrap = (e: unknown): unknown =>
-    // ENOSPC on the -shm file of WAL mode is SQLITE_IOERR_SHMSIZE.
-    (isDiskFull(e) || (e as { code?: unknown } | undefined)?.code === 'SQLITE_IOERR_SHMSIZE') && !isAcm2Error(e)
+    isDiskFull(e) && !isAcm2Error(e)
       ? new UnavailableError(`disk full while writing the master ${master.display} (${String((e as { code?: unknown }).code)})`, 'disk_full', { cause: e })
       : e;
   return new Proxy(master, {

@@ -121,8 +121,8 @@ export class SqliteMaster implements MasterDb {
       const code = (e as NodeJS.ErrnoException).code;
       // A file that is not a database is a wrong --master or --data-dir, not an outage.
       if (code === 'SQLITE_NOTADB') throw new UsageError(`the master ${file} is not a SQLite database (${code}): check --master and --data-dir`, 'not_a_master', { cause: e });
-      // ENOSPC on its -shm file is SQLITE_IOERR_SHMSIZE: the disk is full, not the master gone.
-      if (isDiskFull(e) || code === 'SQLITE_IOERR_SHMSIZE')
+      // ENOSPC (on its -shm file: SQLITE_IOERR_SHMSIZE): the disk is full, not the master gone.
+      if (isDiskFull(e))
         throw new UnavailableError(`disk full: cannot open the SQLite master at ${file} (${code})`, 'disk_full', { cause: e });
       throw new UnavailableError(`cannot open SQLite master at ${file} (${code ?? (e as Error).message})`, 'master_unreachable', { cause: e });
     }
