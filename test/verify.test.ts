@@ -694,6 +694,11 @@ describe('renderers', () => {
     const orphans = doc.children.find((c) => c.attrs.name === 'acm2 verify: data dir')!;
     expect(orphans.children[0]!.children[0]!.name).toBe('failure');
     expect(orphans.children[0]!.children[0]!.text).toContain('user_98.db');
+    // With --user no orphan scan ran: that testcase is skipped, not reported as passed.
+    const only = parseXml(renderJunit({ ...r, orphans: [] }, { orphanScan: false }));
+    const dataDir = only.children.find((c) => c.attrs.name === 'acm2 verify: data dir')!;
+    expect(dataDir.attrs).toMatchObject({ tests: '1', failures: '0', skipped: '1' });
+    expect(dataDir.children[0]!.children.map((x) => x.name)).toEqual(['skipped']);
   });
 });
 

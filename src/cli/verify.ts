@@ -31,7 +31,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   );
   if (junit) {
     try {
-      writeReport(junit, renderJunit(r));
+      writeReport(junit, renderJunit(r, { orphanScan: users.length === 0 }));
     } catch (e) {
       throw classifyFsError(e, junit) ?? new UsageError(`cannot write the JUnit report ${junit} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, 'usage', { cause: e });
     }

@@ -94,16 +94,20 @@ function problemLine(p: Problem, c: ChalkInstance): string {
  * JUnit XML: a suite with one testcase per user (a failure element listing its problems) and a
  * suite with one testcase for the data dir's orphans, so a dashboard shows both.
  */
-export function renderJunit(r: VerifyResult): string {
+export function renderJunit(r: VerifyResult, opts: { orphanScan?: boolean } = {}): string {
   const secs = (r.durationMs / 1000).toFixed(3);
+  // With --user no orphan scan runs: the data dir's testcase is skipped, not passed.
+  const scanned = opts.orphanScan ?? true;
   const usersSuite = [
     `  <testsuite name="acm2 verify: users" tests="${r.users.length}" failures="${r.failed}" errors="0" skipped="0" time="${secs}">`,
     ...r.users.map((u) => testcase('acm2.verify.users', `user ${u.id}`, u.problems)),
     '  </testsuite>',
   ];
   const orphanSuite = [
-    `  <testsuite name="acm2 verify: data dir" tests="1" failures="${r.orphans.length > 0 ? 1 : 0}" errors="0" skipped="0" time="0">`,
-    testcase('acm2.verify.datadir', 'orphans', r.orphans),
+    `  <testsuite name="acm2 verify: data dir" tests="1" failures="${r.orphans.length > 0 ? 1 : 0}" errors="0" skipped="${scanned ? 0 : 1}" time="0">`,
+    scanned
+      ? testcase('acm2.verify.datadir', 'orphans', r.orphans)
+      : `    <testcase classname="acm2.verify.datadir" name="orphans"><skipped message="not scanned: only the users given with --user were checked"/></testcase>`,
     '  </testsuite>',
   ];
   return [
