@@ -145,6 +145,8 @@ describe('checkPackage and loadPackage catch tampering', () => {
 
   it('an unknown version names the known ones', () => {
     expect(() => loadPackage(goldenSeeds, 'v9')).toThrow(/^unknown seed version 'v9' in .* \(known: v1\)$/);
+    // The code `acm2 seed check v9` gives too, for scripts: every command says it the same way.
+    expect(() => loadPackage(goldenSeeds, 'v9')).toThrow(expect.objectContaining({ code: 'unknown_version', exitCode: 2 }));
     expect(checkPackage(goldenSeeds, 'v9').ok).toBe(false);
     expect(() => loadPackage(goldenSeeds, '../v1')).toThrow(UsageError);
   });

@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { assertVersionName } from '../config.js';
-import { PackageError, UnavailableError } from '../errors.js';
+import { PackageError, UnavailableError, UsageError } from '../errors.js';
 import { resolveInside } from '../userdb/paths.js';
 import { migrateUserDb } from '../userdb/user-db.js';
 import { compareStrings, dumpTable, quoteIdent, readTableExact, sha256File, walkTree } from './canonical.js';
@@ -134,7 +134,8 @@ export function loadPackage(seedsDir: string, version: string): SeedPackage {
   const { problems, manifest } = inspect(seedsDir, version, true);
   const first = problems[0];
   if (first || !manifest) {
-    if (first?.kind === 'unknown') throw new PackageError(first.text);
+    // The same code as `acm2 seed check` gives a version that is not there.
+    if (first?.kind === 'unknown') throw new UsageError(first.text, 'unknown_version');
     // Stops at the first problem: `acm2 seed check` lists them all.
     throw new PackageError(`seed package ${version} is ${first?.kind ?? 'malformed'}: ${first?.text ?? 'no manifest'}`);
   }
