@@ -11,7 +11,9 @@ import { openMaster } from '../src/master/factory.js';
 import { mysqlLockName, supportsSkipLocked } from '../src/master/mysql-master.js';
 import type { MasterDb, NewUser, SeedJob } from '../src/master/types.js';
 import { loadMigrations } from '../src/migrations.js';
-import { DIALECTS, MYSQL_BASE_URL, mysqlOrSkip, type TestMaster } from './helpers/mysql.js';
+import { createMysqlTestDb, DIALECTS, MYSQL_BASE_URL, mysqlOrSkip, type TestMaster } from './helpers/mysql.js';
+import mysql from 'mysql2/promise';
+import { randomBytes } from 'node:crypto';
 
 const gate = await mysqlOrSkip();
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -642,6 +644,43 @@ describe('MySQL master: connection failures', () => {
       expect((err as UnavailableError).exitCode).toBe(3);
       expect((err as Error).message).toMatch(/^MySQL master at .+ denied access to user 'acm2_nobody' \(ER_ACCESS_DENIED_ERROR\)$/);
       expect((err as Error).message).not.toContain('hunter2pw');
+    });
+
+    it('a read-only account (verify in CI) opens a master that is set up, writing nothing; it is told plainly what it may not do', async () => {
+      const db = await createMysqlTestDb();
+      const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
+      const user = `acm2_ro_${randomBytes(4).toString('hex')}`;
+      const dbName = new URL(db.url).pathname.slice(1);
+      try {
+        const setUp = await openMaster(parseMasterUrl(db.url));
+        await setUp.close();
+        await admin.query(`CREATE USER '${user}'@'%' IDENTIFIED BY 'ro-pw'`);
+        await admin.query(`CREATE USER '${user}'@'localhost' IDENTIFIED BY 'ro-pw'`);
+        await admin.query(`GRANT SELECT ON \`${dbName}\`.* TO '${user}'@'%'`);
+        await admin.query(`GRANT SELECT ON \`${dbName}\`.* TO '${user}'@'localhost'`);
+        const ro = new URL(db.url);
+        ro.username = user;
+        ro.password = 'ro-pw';
+        // Up to date: no migration to apply, no CREATE TABLE IF NOT EXISTS (denied to it even so).
+        const m = await openMaster(parseMasterUrl(ro.toString()));
+        try {
+          expect(await m.countUsers()).toBe(0);
+          const err = await m.createUser({ username: 'x', email: 'x@example.com', wordpressUserId: null, keyHash: 'h', keyPrefix: 'acm2_abc', keyName: 'default', seedVersion: 'v1' }).catch((e: unknown) => e);
+          expect(err).toMatchObject({ exitCode: 3, code: 'master_access_denied', message: expect.stringMatching(new RegExp(`refused user '${user}' a statement acm2 needs: INSERT command denied`)) });
+        } finally {
+          await m.close();
+        }
+        // A migration this tool has and the master lacks: it may not apply it, and says so.
+        const last = loadMigrations('master/mysql').at(-1)!;
+        await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [last.id]);
+        const refused = await openMaster(parseMasterUrl(ro.toString())).catch((e: unknown) => e);
+        expect(refused).toMatchObject({ exitCode: 3, code: 'master_access_denied', message: expect.stringContaining(`needs the tool's migration ${last.name}, which user '${user}' may not apply`) });
+      } finally {
+        await admin.query(`DROP USER IF EXISTS '${user}'@'%'`).catch(() => undefined);
+        await admin.query(`DROP USER IF EXISTS '${user}'@'localhost'`).catch(() => undefined);
+        await admin.end();
+        await db.drop();
+      }
     });
   });
 });

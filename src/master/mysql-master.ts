@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import mysql from 'mysql2/promise';
 import type { Connection, Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
 import type { MasterUrl } from '../config.js';
-import { UnavailableError, UsageError } from '../errors.js';
+import { isAcm2Error, UnavailableError, UsageError } from '../errors.js';
 import { loadMigrations, splitStatements } from '../migrations.js';
 import { duplicateMessage, toApiKey, toBackfill, toJob, toUser } from './sqlite-master.js';
 import type {
@@ -58,6 +58,8 @@ const UNREACHABLE_CODES = new Set([
   'ER_CON_COUNT_ERROR',
 ]);
 const RETRYABLE_CODES = new Set(['ER_LOCK_DEADLOCK', 'ER_LOCK_WAIT_TIMEOUT']);
+/** The account may not run a statement the tool needs (a read-only CI account, a narrow grant). */
+const DENIED_CODES = new Set(['ER_TABLEACCESS_DENIED_ERROR', 'ER_COLUMNACCESS_DENIED_ERROR', 'ER_DBACCESS_DENIED_ERROR', 'ER_SPECIFIC_ACCESS_DENIED_ERROR', 'ER_PROCACCESS_DENIED_ERROR']);
 
 function errorCode(e: unknown): string {
   const err = e as { code?: unknown; errors?: Array<{ code?: unknown }> } | undefined;
@@ -124,6 +126,9 @@ export class MysqlMaster implements MasterDb {
     const code = errorCode(e);
     if (UNREACHABLE_CODES.has(code)) {
       return new UnavailableError(`cannot reach MySQL master at ${this.url.host}:${this.url.port} (${code})`, 'master_unreachable', { cause: e });
+    }
+    if (DENIED_CODES.has(code)) {
+      return new UnavailableError(`MySQL master ${this.display} refused user '${this.url.user}' a statement acm2 needs: ${(e as Error).message} (${code}); grant it, or use an account that has it`, 'master_access_denied', { cause: e });
     }
     return e;
   }
@@ -201,6 +206,41 @@ export class MysqlMaster implements MasterDb {
   // ---- migrations ------------------------------------------------------------------------------
 
   async migrate(): Promise<string[]> {
+    // Up to date: nothing to write, and no lock to take. A read-only account (verify in CI) gets
+    // this far; one that must apply a migration needs the grants to.
+    const pending = await this.pendingMigrations();
+    if (pending.length === 0) return [];
+    try {
+      return await this.applyMigrations();
+    } catch (e) {
+      if (isAcm2Error(e) && e.code === 'master_access_denied') {
+        throw new UnavailableError(
+          `MySQL master ${this.display} needs the tool's migration${pending.length > 1 ? 's' : ''} ${pending.join(', ')}, which user '${this.url.user}' may not apply (${errorCode(e.cause)}); ` +
+            `run acm2 once with an account that may create and alter tables (acm2 backfill, or acm2 user create), then again with this one`,
+          'master_access_denied',
+          { cause: e.cause },
+        );
+      }
+      throw e;
+    }
+  }
+
+  /** The names of the master migrations this database lacks (all of them before the first). */
+  private async pendingMigrations(): Promise<string[]> {
+    let ledger: Map<number, string>;
+    try {
+      ledger = new Map((await this.rows('SELECT id, checksum FROM acm2_master_migrations')).map((r) => [Number(r.id), String(r.checksum)]));
+    } catch (e) {
+      if (errorCode(e) !== 'ER_NO_SUCH_TABLE') throw e;
+      ledger = new Map();
+    }
+    // A checksum that differs is not "pending": the locked pass below refuses it.
+    return loadMigrations('master/mysql')
+      .filter((m) => ledger.get(m.id) !== m.checksum)
+      .map((m) => m.name);
+  }
+
+  private async applyMigrations(): Promise<string[]> {
     // DDL is not transactional on MySQL: one process at a time, every statement safe to rerun,
     // and the ledger row written only after the migration's statements all ran.
     const c = await this.connection();
