@@ -6,7 +6,8 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { hostname } from 'node:os';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
@@ -16,6 +17,7 @@ import Ajv2020 from 'ajv/dist/2020.js';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { DIALECTS } from './helpers/mysql.js';
 import { createUser } from '../src/core/users.js';
+import { thisPidSpace } from '../src/core/worker-name.js';
 import { LeakIndex, PROBLEM_CODES, verifyTestHooks, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
 import { renderJunit, renderVerify } from '../src/ui/verify.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
@@ -581,6 +583,26 @@ for (const dialect of DIALECTS) {
     });
   });
 }
+
+describe('a seed job whose seeder was killed', () => {
+  it('not_ready says the process that claimed the job is gone and what to run, not only that it is running', async () => {
+    const f = await fleet();
+    const deps = { ...f.deps, lockTimeoutMs: 5000 };
+    const queued = await createUser(deps, { email: 'dan@example.com', username: 'dan', async: true });
+    const alive = await createUser(deps, { email: 'eve@example.com', username: 'eve', async: true });
+    // A drainer of this host claimed dan's job and was killed (its pid is gone); eve's is at work.
+    const gone = spawn(process.execPath, ['-e', '0']);
+    await new Promise((r) => gone.once('exit', r));
+    expect(await f.world.master.claimJobForUser(queued.user.id, `${hostname()}:${gone.pid}:x:${thisPidSpace()}`, 10 * 60_000)).toBeTruthy();
+    expect(await f.world.master.claimJobForUser(alive.user.id, `${hostname()}:${process.pid}:x:${thisPidSpace()}`, 10 * 60_000)).toBeTruthy();
+    const r = await verifyUsers(f.deps, { users: [queued.user.id, alive.user.id] });
+    const [dead, live] = r.users.map((u) => u.problems);
+    expect(dead).toEqual([
+      expect.objectContaining({ code: 'not_ready', severity: 'warning', message: expect.stringMatching(/is running, but the process that claimed it on this host is gone .*acm2 user seed --pending takes it over at once, or run acm2 user seed \d+$/) }),
+    ]);
+    expect(live).toEqual([expect.objectContaining({ code: 'not_ready', message: expect.stringMatching(/seed job #\d+ \(v1\) is running$/) })]);
+  });
+});
 
 describe('LeakIndex', () => {
   it('finds package UUIDs and doc-id heads, and nothing else', () => {

@@ -1,10 +1,8 @@
 // User lifecycle: create (master row + API key + seed job, then seed), seed one user under
 // its lock, drain the job queue, and read a user's status from both master and user DB.
 
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { hostname } from 'node:os';
-import { randomBytes } from 'node:crypto';
 import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
@@ -12,7 +10,7 @@ import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
-import { processAlive } from '../durable.js';
+import { deadHere, workerName } from './worker-name.js';
 import { openUserDb } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
@@ -272,28 +270,6 @@ export async function seedOneUser(deps: UserDeps, ref: string, opts: { seedVersi
   return { user, seed: await seedWithJob(deps, user, pkg, Boolean(opts.force)) };
 }
 
-function workerName(): string {
-  const space = thisPidSpace();
-  return `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}${space ? `:${space}` : ''}`;
-}
-
-let pidSpace: string | undefined;
-/**
- * Where this process's pid means something: the boot and the pid namespace. Containers can share
- * a host name (host networking) and not their pids; '' where /proc does not say.
- */
-export function thisPidSpace(): string {
-  if (pidSpace !== undefined) return pidSpace;
-  try {
-    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().slice(0, 8);
-    const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1];
-    pidSpace = boot && ns ? `${boot}.${ns}` : '';
-  } catch {
-    pidSpace = '';
-  }
-  return pidSpace;
-}
-
 const LEASE_MS = 10 * 60 * 1000;
 
 /** Seed under the user's lock, keeping the master's job in step with the outcome. */
@@ -387,12 +363,6 @@ async function releaseOrphanedJobs(deps: UserDeps, now = Date.now()): Promise<nu
   return released;
 }
 
-/** Whether a worker name (`host:pid:tag:pid space`, see workerName) is a process of this pid space that is gone. */
-function deadHere(worker: string): boolean {
-  const [host, pid, , space] = worker.split(':');
-  const here = thisPidSpace();
-  return here !== '' && space === here && host === hostname() && /^[1-9][0-9]*$/.test(pid ?? '') && !processAlive(Number(pid));
-}
 
 /**
  * How long this process remembers that a version's package could not be used here: its drains

@@ -12,6 +12,7 @@ import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { gcEvery } from '../gc.js';
 import { lstatOrUndefined, statOrUndefined } from '../durable.js';
 import { isBusy } from './migrate-safe.js';
+import { deadHere } from './worker-name.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
@@ -112,6 +113,8 @@ export interface JobView {
   seedVersion: string;
   lockedUntil: number | null;
   lastError: string | null;
+  /** Running, claimed by a process of this host that is gone (killed): nothing works on it now. */
+  seederGone?: true;
 }
 
 /** Everything a per-user check needs besides the user id and its job. */
@@ -127,7 +130,16 @@ export interface CheckContext {
 }
 
 export function jobView(job: SeedJob | undefined): JobView | undefined {
-  return job && { id: job.id, status: job.status, seedVersion: job.seedVersion, lockedUntil: job.lockedUntil, lastError: job.lastError };
+  if (!job) return undefined;
+  const v: JobView = { id: job.id, status: job.status, seedVersion: job.seedVersion, lockedUntil: job.lockedUntil, lastError: job.lastError };
+  if (job.status === 'running' && job.lockedBy && deadHere(job.lockedBy)) v.seederGone = true;
+  return v;
+}
+
+/** "seed job #N (v) is running", and what to do when its seeder is gone: its lease alone ends in minutes. */
+function openJobText(job: JobView, userId: UserId): string {
+  const text = `seed job #${job.id} (${job.seedVersion}) is ${job.status}`;
+  return job.seederGone ? `${text}, but the process that claimed it on this host is gone (killed?): the next acm2 user seed --pending takes it over at once, or run acm2 user seed ${userId}` : text;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,7 +604,7 @@ class UserCheck {
     if (!st) {
       state = { kind: 'absent' };
       if (this.job && OPEN_JOB.includes(this.job.status)) {
-        this.add('not_ready', `not seeded yet: seed job #${this.job.id} (${this.job.seedVersion}) is ${this.job.status}`, { path: this.rel(this.dbFile) }, 'warning');
+        this.add('not_ready', `not seeded yet: ${openJobText(this.job, this.userId)}`, { path: this.rel(this.dbFile) }, 'warning');
       } else {
         this.add('db_missing', `${this.rel(this.dbFile)} does not exist`, { path: this.rel(this.dbFile) });
       }
@@ -772,7 +784,7 @@ class UserCheck {
     }
     if (meta && meta.status !== 'ready') {
       const open = this.job && OPEN_JOB.includes(this.job.status);
-      const tail = open ? ` (seed job #${this.job!.id} is ${this.job!.status})` : this.job?.lastError ? ` (last error: ${this.job.lastError})` : '';
+      const tail = open ? ` (${openJobText(this.job!, this.userId)})` : this.job?.lastError ? ` (last error: ${this.job.lastError})` : '';
       this.add('not_ready', `user_meta.seed_status is '${meta.status}'${tail}: ACM2 answers 425`, { table: 'user_meta' }, open ? 'warning' : 'error');
     }
     if (meta && meta.version !== 'legacy' && !this.ctx.knownVersions.includes(meta.version)) {
