@@ -71,12 +71,21 @@ export function isDiskFull(e: unknown): boolean {
   return code === 'ENOSPC' || code === 'SQLITE_IOERR_SHMSIZE' || (typeof code === 'string' && code.startsWith('SQLITE_FULL'));
 }
 
+/**
+ * SQLite could not write because the file, its folder or its file system is read-only
+ * (SQLITE_READONLY and its extended codes, e.g. SQLITE_READONLY_DIRECTORY, SQLITE_READONLY_DBMOVED).
+ */
+export function isReadOnly(e: unknown): boolean {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  return code === 'EROFS' || (typeof code === 'string' && code.startsWith('SQLITE_READONLY'));
+}
+
 /** Map low-level environment failures (disk full, permission) to exit 3 with one sentence. */
 export function classifyFsError(e: unknown, what: string): Acm2Error | undefined {
   const err = e as (NodeJS.ErrnoException & { dest?: string }) | undefined;
   const code = err?.code;
   // The path the system call failed on says more than `what` (a staging folder, one file).
-  const where = typeof err?.path === 'string' ? `${err.path} (${what})` : what;
+  const where = typeof err?.path === 'string' && err.path !== what ? `${err.path} (${what})` : what;
   if (isDiskFull(e)) return new UnavailableError(`disk full while writing ${where}`, 'disk_full', { cause: e });
   if (code === 'EACCES' || code === 'EPERM' || code === 'SQLITE_READONLY')
     return new UnavailableError(`permission denied on ${where} (${code})`, 'permission_denied', { cause: e });

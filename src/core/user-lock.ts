@@ -3,11 +3,11 @@
 // when the holder dies, so a crash never leaves a stale lock behind.
 
 import Database from 'better-sqlite3';
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import type { MasterDb, UserLock } from '../master/types.js';
 import { toolDir, type UserId } from '../userdb/paths.js';
-import { UnavailableError } from '../errors.js';
+import { classifyFsError, UnavailableError } from '../errors.js';
 import { isBusy } from './migrate-safe.js';
 
 export async function lockUser(master: MasterDb, dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock> {
@@ -54,11 +54,21 @@ export async function tryLockNamed(master: MasterDb, dataDir: string, key: strin
 
 function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | undefined {
   const dir = toolDir(dataDir, 'locks');
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const file = path.join(dir, `${name}.lock`);
-  // Made 0600 like every file the tool writes (SQLite would make it 0644 under the usual umask).
-  closeSync(openSync(file, constants.O_CREAT | constants.O_WRONLY, 0o600));
-  const db = new Database(file);
+  let db: Database.Database;
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    // Made 0600 like every file the tool writes (SQLite would make it 0644 under the usual umask).
+    closeSync(openSync(file, constants.O_CREAT | constants.O_WRONLY, 0o600));
+    db = new Database(file);
+  } catch (e) {
+    // A data dir on a read-only mount or snapshot, or one this user may not write: exit 3.
+    const known = classifyFsError(e, `the lock ${name} in ${dir}`);
+    if (known) throw known;
+    // Node's recursive mkdir says ENOENT, not EROFS, for a folder it cannot create on a read-only mount.
+    if (!writable(dataDir)) throw new UnavailableError(`cannot create the lock ${file}: the data dir ${dataDir} is read-only here (${(e as NodeJS.ErrnoException).code})`, 'read_only', { cause: e });
+    throw e;
+  }
   const deadline = Date.now() + Math.max(0, timeoutMs);
   const waitAtMost = () => db.pragma(`busy_timeout = ${Math.max(0, Math.round(deadline - Date.now()))}`);
   try {
@@ -88,4 +98,13 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
       if (!db.open || !db.inTransaction) throw new UnavailableError(`the lock ${name} is no longer held`, 'lock_lost');
     },
   };
+}
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import type { MasterUrl } from '../config.js';
-import { isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
+import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
 import type { MasterDb } from './types.js';
 
 export interface OpenMasterOptions {
@@ -69,10 +69,15 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
  * is exit 3 naming the master file (SPEC §2), not an internal error, whichever call ran into it.
  */
 function embeddedDiskFull(master: MasterDb): MasterDb {
-  const wrap = (e: unknown): unknown =>
-    isDiskFull(e) && !isAcm2Error(e)
-      ? new UnavailableError(`disk full while writing the master ${master.display} (${String((e as { code?: unknown }).code)})`, 'disk_full', { cause: e })
-      : e;
+  const wrap = (e: unknown): unknown => {
+    if (isAcm2Error(e)) return e;
+    const code = String((e as { code?: unknown }).code);
+    if (isDiskFull(e)) return new UnavailableError(`disk full while writing the master ${master.display} (${code})`, 'disk_full', { cause: e });
+    // A master on a read-only mount or snapshot, or a file this user may not write: SQLite opened
+    // it read-only, and the first write (a migration, a new user, a job claim) is refused.
+    if (isReadOnly(e)) return new UnavailableError(`the master ${master.display} is read-only here (${code}): run this command where the master can be written`, 'read_only', { cause: e });
+    return e;
+  };
   return new Proxy(master, {
     get(target, prop, receiver) {
       const v: unknown = Reflect.get(target, prop, receiver);
