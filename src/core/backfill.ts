@@ -14,7 +14,7 @@ import type { ProgressSink } from '../ui/reporter.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { describeDrift, detectSchemaDrift, listTables, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { describeDrift, detectSchemaDrift, listTables, openForReading, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
@@ -235,7 +235,7 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
   try {
     // Opened read-write but only read: a read-only connection to a WAL DB leaves -wal/-shm
     // files behind, while the last read-write connection removes them on close.
-    db = new Database(file, { fileMustExist: true, timeout: ctx.busyTimeoutMs });
+    db = openForReading(file, { readonly: false, timeout: ctx.busyTimeoutMs });
     return planOpen(db, userId, ctx.migrations);
   } catch (e) {
     const c = classify(e);

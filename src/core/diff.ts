@@ -17,6 +17,7 @@ import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
 import { isBusy, isCorrupt } from './migrate-safe.js';
 import { resolveUser } from './users.js';
 import { readMeta } from './seed-user.js';
+import { openForReading } from '../userdb/user-db.js';
 import { entryKind, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface TableDiff {
@@ -238,7 +239,7 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
   const root = userFolder(dataDir, id);
   let db: Database.Database | undefined;
   try {
-    db = new Database(file, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs });
+    db = openForReading(file, { timeout: busyTimeoutMs });
     // One snapshot for every read of this user (ACM2 may be writing to it meanwhile).
     db.exec('BEGIN');
     db.prepare(`SELECT count(*) FROM sqlite_master`).get();

@@ -569,7 +569,7 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
   if (out.db.present) {
     try {
       // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
-      const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs });
+      const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs, forReading: true });
       try {
         const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
         out.db.seedStatus = meta?.seed_status ?? null;

@@ -16,7 +16,7 @@ import { deadHere } from './worker-name.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
-import { ACM2_TABLES, pendingMigrations, userMigrations } from '../userdb/user-db.js';
+import { ACM2_TABLES, openForReading, pendingMigrations, userMigrations } from '../userdb/user-db.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
 /** The stable problem codes of SPEC §5, in the order a person reads them. */
@@ -648,7 +648,7 @@ class UserCheck {
     if (then?.status !== 'ready' || !this.problems.some((p) => FILE_CODES.has(p.code))) return;
     let now: { seed_status: string; seeded_at: string | null } | undefined;
     try {
-      const db = new Database(this.dbFile, { readonly: true, fileMustExist: true, timeout: this.ctx.busyTimeoutMs });
+      const db = openForReading(this.dbFile, { timeout: this.ctx.busyTimeoutMs });
       try {
         now = db.prepare(`SELECT seed_status, seeded_at FROM user_meta WHERE user_id = ?`).get(this.userId) as typeof now;
       } finally {
@@ -675,7 +675,7 @@ class UserCheck {
     const where = { path: this.rel(this.dbFile) };
     let db: Database.Database;
     try {
-      db = new Database(this.dbFile, { readonly: true, fileMustExist: true, timeout: this.ctx.busyTimeoutMs });
+      db = openForReading(this.dbFile, { timeout: this.ctx.busyTimeoutMs });
       // Reads through a memory map: half the system time of a read() per page, over a fleet.
       // Safe with SQLite writers: none can shrink the file while this read transaction holds its lock.
       db.pragma('mmap_size = 268435456');

@@ -2,7 +2,8 @@
 // Migrations are ordered and checksummed; the ledger lives in the DB itself.
 
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, chmodSync } from 'node:fs';
+import { accessSync, chmodSync, closeSync, constants, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadMigrations, type Migration } from '../migrations.js';
 import { NeedsOperatorError, UsageError } from '../errors.js';
@@ -25,6 +26,8 @@ export interface OpenUserDbOptions {
   readonly?: boolean;
   /** Milliseconds to wait on a locked DB. */
   busyTimeoutMs?: number;
+  /** Only read (never written through this connection): see openForReading. */
+  forReading?: boolean;
 }
 
 export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb {
@@ -33,10 +36,66 @@ export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb
   if (!exists) {
     mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   }
-  const db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: !opts.create });
+  const db =
+    opts.forReading && exists
+      ? openForReading(file, { readonly: opts.readonly ?? false, timeout: opts.busyTimeoutMs ?? 5000 })
+      : new Database(file, { readonly: opts.readonly ?? false, fileMustExist: !opts.create });
   db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
   if (!exists) chmodSync(file, 0o600);
   return db;
+}
+
+/**
+ * Open an existing DB that will only be read. SQLite cannot open a WAL DB whose -shm file is not
+ * there in a folder it may not write (a read-only mount or backup snapshot, a data dir of another
+ * uid): it would have to create the -shm, and says SQLITE_CANTOPEN, "unable to open database
+ * file", although the DB is sound. Such a DB is read from a private copy of the file and its -wal
+ * in the temp folder (removed on close): the same content, and nothing written beside it.
+ */
+export function openForReading(file: string, opts: { readonly?: boolean; timeout?: number } = {}): SqliteDb {
+  const readonly = opts.readonly ?? true;
+  if (!needsPrivateCopy(file)) return new Database(file, { readonly, fileMustExist: true, timeout: opts.timeout });
+  const dir = mkdtempSync(path.join(tmpdir(), 'acm2-read-'));
+  try {
+    const copy = path.join(dir, path.basename(file));
+    copyFileSync(file, copy);
+    if (existsSync(`${file}-wal`)) copyFileSync(`${file}-wal`, `${copy}-wal`);
+    const db = new Database(copy, { readonly, fileMustExist: true, timeout: opts.timeout });
+    const close = db.close.bind(db);
+    db.close = () => {
+      try {
+        return close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+    return db;
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
+function needsPrivateCopy(file: string): boolean {
+  if (existsSync(`${file}-shm`)) return false;
+  try {
+    accessSync(path.dirname(file), constants.W_OK);
+    return false;
+  } catch {
+    /* read-only here */
+  }
+  const head = Buffer.alloc(20);
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, 'r');
+    if (readSync(fd, head, 0, 20, 0) < 20) return false;
+  } catch {
+    return false; // opening it in place says what is wrong
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  return head.toString('latin1', 0, 16) === 'SQLite format 3\0' && head[18] === 2 && head[19] === 2;
 }
 
 export function openUserDb(dataDir: string, id: UserId, opts: OpenUserDbOptions = {}): SqliteDb {
