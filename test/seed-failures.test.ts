@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, frozenSource, snapshotTree, tmpDir, withTmpfs, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
 import { emptyDrain, FAILURES_KEPT, mergeDrain } from '../src/core/seed-pool.js';
@@ -93,13 +93,8 @@ describe('a failed seed of a new version', () => {
 });
 
 describe('a full disk under an existing user DB (a real 4 MiB tmpfs: root can mount one, as in CI, which must run this)', () => {
-  const mnt = tmpDir('acm2-full-db-');
-  const mounted = process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]).status === 0;
-  afterAll(() => {
-    if (mounted) spawnSync('umount', [mnt]);
-    rmSync(mnt, { recursive: true, force: true });
-  });
-  it.skipIf(!mounted && process.env.CI !== 'true')('opening a WAL-mode user DB (its -shm file cannot be made) is disk_full, exit 3, and changes nothing', async () => {
+  it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('opening a WAL-mode user DB (its -shm file cannot be made) is disk_full, exit 3, and changes nothing', () =>
+    withTmpfs('4m', async (mnt) => {
     const dir = path.join(mnt, 'data');
     mkdirSync(dir);
     seedUser({ dataDir: dir, userId: 1, pkg: pkg.pkg });
@@ -127,7 +122,31 @@ describe('a full disk under an existing user DB (a real 4 MiB tmpfs: root can mo
     expect(sqliteOwn.every((k) => /user_1\.db-(wal|shm)$/.test(k)), sqliteOwn.join(', ')).toBe(true);
     for (const k of sqliteOwn) delete after[k];
     expect(after).toEqual(before);
-  });
+    }));
+});
+
+describe('a full disk when a seed takes up an earlier attempt\'s staged build (a real 4 MiB tmpfs)', () => {
+  it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('is disk_full (exit 3), not a seed failure, and the build stays for the next attempt', () =>
+    withTmpfs('4m', async (mnt) => {
+    const dir = path.join(mnt, 'data');
+    mkdirSync(dir);
+    seedUser({ dataDir: dir, userId: 1, pkg: pkg.pkg });
+    // What a seed stopped after naming its build leaves: the whole build in staging, no user DB.
+    const staged = path.join(dir, '.acm2', 'staging', `user_1-${pkg.pkg.version}-0badf00d.db`);
+    mkdirSync(path.dirname(staged), { recursive: true });
+    cpSync(userDbPath(dir, 1), staged);
+    rmSync(userDbPath(dir, 1));
+    const filler = path.join(mnt, 'filler');
+    try {
+      writeFileSync(filler, Buffer.alloc(8 << 20));
+    } catch (e) {
+      expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    }
+    await expect(seedUserAsync({ dataDir: dir, userId: 1, pkg: pkg.pkg })).rejects.toMatchObject({ exitCode: 3, code: 'disk_full' });
+    expect(existsSync(staged)).toBe(true);
+    rmSync(filler);
+    await expect(seedUserAsync({ dataDir: dir, userId: 1, pkg: pkg.pkg })).resolves.toMatchObject({ userId: 1 });
+    }));
 });
 
 describe('symlinked folders under a user root', () => {

@@ -14,7 +14,7 @@ const require = createRequire(import.meta.url);
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import Ajv2020 from 'ajv/dist/2020.js';
-import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, frozenSource, sqliteWorld, tmpDir, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
 import { DIALECTS } from './helpers/mysql.js';
 import { createUser } from '../src/core/users.js';
 import { thisPidSpace } from '../src/core/worker-name.js';
@@ -806,30 +806,26 @@ describe('end to end: the built binary', () => {
   }, 60_000);
 
   // A real full file system (a 64 KiB tmpfs): root can mount one, as in CI, which must run this.
-  const full = tmpDir('acm2-junit-full-');
-  const mounted = process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', full]).status === 0;
-  afterAll(() => {
-    if (mounted) spawnSync('umount', [full]);
-    rmSync(full, { recursive: true, force: true });
-  });
-  it.skipIf(!mounted && process.env.CI !== 'true')('--junit on a full disk: exit 3, and the earlier report is left whole (no empty file, no temp file)', async () => {
+  it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('--junit on a full disk: exit 3, and the earlier report is left whole (no empty file, no temp file)', async () => {
     const f = await fleet();
-    const junit = path.join(full, 'verify.xml');
-    writeFileSync(junit, '<testsuites/>\n');
-    // Fill the file system to the last block.
-    const fd = openSync(path.join(full, 'filler'), 'w');
-    try {
-      for (;;) writeSync(fd, Buffer.alloc(4096));
-    } catch (e) {
-      expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
-    } finally {
-      closeSync(fd);
-    }
-    const r = await bin(f, 'verify', '--junit', junit);
-    expect(r.exitCode, r.stderr).toBe(3);
-    expect(r.stderr).toMatch(/disk full while writing .*verify\.xml/);
-    expect(readFileSync(junit, 'utf8')).toBe('<testsuites/>\n');
-    expect(readdirSync(full).sort()).toEqual(['filler', 'verify.xml']);
+    await withTmpfs('64k', async (full) => {
+      const junit = path.join(full, 'verify.xml');
+      writeFileSync(junit, '<testsuites/>\n');
+      // Fill the file system to the last block.
+      const fd = openSync(path.join(full, 'filler'), 'w');
+      try {
+        for (;;) writeSync(fd, Buffer.alloc(4096));
+      } catch (e) {
+        expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      } finally {
+        closeSync(fd);
+      }
+      const r = await bin(f, 'verify', '--junit', junit);
+      expect(r.exitCode, r.stderr).toBe(3);
+      expect(r.stderr).toMatch(/disk full while writing .*verify\.xml/);
+      expect(readFileSync(junit, 'utf8')).toBe('<testsuites/>\n');
+      expect(readdirSync(full).sort()).toEqual(['filler', 'verify.xml']);
+    });
   }, 60_000);
 
   it('replacing worker threads as they age (here after every user) changes no verdict', async () => {

@@ -82,6 +82,26 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
  */
 export function seedUserWith(input: SeedUserInput, sync: (t: ToSync) => void): SeedUserResult {
   if (input.lock) throw new Error('seedUserWith cannot ask a lock: use seedUserAsync');
+  try {
+    return driveSync(input, sync);
+  } catch (e) {
+    throw asDiskFull(e, input);
+  }
+}
+
+/**
+ * A full disk met anywhere in a seed is disk_full (exit 3), whichever step met it: the steps the
+ * seed's own error handling covers say so already, but taking up an earlier attempt's staged build
+ * (a hot journal rolled back, user_meta marked) writes before them. A drain and backfill stop and
+ * retry on disk_full; any other failure would spend the job's attempt, or fail the user for good.
+ */
+function asDiskFull(e: unknown, input: Pick<SeedUserInput, 'dataDir' | 'userId'>): unknown {
+  if (isAcm2Error(e)) return e;
+  const cause = isDiskFull(e) ? e : (e as { cause?: unknown } | undefined)?.cause;
+  return cause !== undefined && isDiskFull(cause) ? (classifyFsError(cause, `user ${input.userId}'s data in ${input.dataDir}`) ?? e) : e;
+}
+
+function driveSync(input: SeedUserInput, sync: (t: ToSync) => void): SeedUserResult {
   const steps = seedSteps(input);
   let r = steps.next();
   while (!r.done) {
@@ -101,6 +121,14 @@ export function seedUserWith(input: SeedUserInput, sync: (t: ToSync) => void): S
  * pool instead of one after another (the journal commits them as a group).
  */
 export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResult> {
+  try {
+    return await driveAsync(input);
+  } catch (e) {
+    throw asDiskFull(e, input);
+  }
+}
+
+async function driveAsync(input: SeedUserInput): Promise<SeedUserResult> {
   await migrateExistingSafely(input.dataDir, input.userId);
   const steps = seedSteps(input);
   let r = steps.next();

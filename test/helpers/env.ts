@@ -3,6 +3,7 @@
 
 import { mkdtempSync, rmSync, readdirSync, statSync, readFileSync, lstatSync } from 'node:fs';
 import os from 'node:os';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { generateSource, type SourceFixture, type SourceOptions } from '../../src/fixtures/source.js';
 import { freezeSeed } from '../../src/core/freeze.js';
@@ -16,6 +17,35 @@ import type { MasterDb } from '../../src/master/types.js';
 
 export function tmpDir(prefix = 'acm2-test-'): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/**
+ * A real small file system (tmpfs), for full-disk tests: root can mount one, as in CI. Mounted
+ * inside the test that uses it and unmounted when it ends, so a filtered run (`vitest -t`), which
+ * skips a suite's hooks, leaves no mount behind.
+ */
+export const CAN_MOUNT_TMPFS: boolean = (() => {
+  if (process.getuid?.() !== 0) return false;
+  const probe = tmpDir('acm2-tmpfs-probe-');
+  try {
+    if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]).status !== 0) return false;
+    spawnSync('umount', [probe]);
+    return true;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+})();
+
+/** Runs fn with a fresh tmpfs of this size mounted at a temp folder; unmounts and removes it after. */
+export async function withTmpfs<T>(size: string, fn: (dir: string) => T | Promise<T>): Promise<T> {
+  const dir = tmpDir('acm2-tmpfs-');
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]).status !== 0) throw new Error(`cannot mount a tmpfs at ${dir}`);
+  try {
+    return await fn(dir);
+  } finally {
+    spawnSync('umount', [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 export interface FrozenSource {
