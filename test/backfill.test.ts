@@ -672,6 +672,24 @@ describe('stopping and resuming', () => {
     }
   }, 60_000);
 
+  it('a statement the master refuses (a grant missing) is reported as that, not as the master lost', async () => {
+    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    try {
+      const denied = new UnavailableError("MySQL master mysql://ci@db:3306/m refused user 'ci' a statement acm2 needs: INSERT command denied (ER_TABLEACCESS_DENIED_ERROR); grant it, or use an account that has it", 'master_access_denied');
+      const narrow = new Proxy(f.master, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => (prop === 'recordBackfillItem' ? Promise.reject(denied) : (v as (...a: unknown[]) => unknown).apply(target, args));
+        },
+      }) as MasterDb;
+      const err = await runBackfill({ ...deps(f), master: narrow }, {}).catch((e: unknown) => e);
+      expect(err).toBe(denied);
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('the master going away mid-run: exit 3 with a clear message, and --resume completes later', async () => {
     const f = await buildLegacyFleet(mix, pkg.pkg);
     try {

@@ -675,6 +675,32 @@ describe('MySQL master: connection failures', () => {
         await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [last.id]);
         const refused = await openMaster(parseMasterUrl(ro.toString())).catch((e: unknown) => e);
         expect(refused).toMatchObject({ exitCode: 3, code: 'master_access_denied', message: expect.stringContaining(`needs the tool's migration ${last.name}, which user '${user}' may not apply`) });
+        // A migration applied with another checksum is no pending one: the same refusal (exit 2)
+        // as for an account that may apply migrations, not a request for more grants.
+        const sums = loadMigrations('master/mysql');
+        await admin.query(`INSERT INTO \`${dbName}\`.acm2_master_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)`, [last.id, last.name, last.checksum, new Date().toISOString()]);
+        await admin.query(`UPDATE \`${dbName}\`.acm2_master_migrations SET checksum = ? WHERE id = ?`, ['0'.repeat(64), sums[0]!.id]);
+        for (const url of [ro.toString(), db.url]) {
+          const changed = await openMaster(parseMasterUrl(url)).catch((e: unknown) => e);
+          expect(changed).toMatchObject({ exitCode: 2, code: 'migration_checksum' });
+        }
+        await admin.query(`UPDATE \`${dbName}\`.acm2_master_migrations SET checksum = ? WHERE id = ?`, [sums[0]!.checksum, sums[0]!.id]);
+        // An INSERT refused inside createUser's transaction rolled it back: no "was it created?"
+        // question about an outage that never happened.
+        await admin.query(`REVOKE SELECT ON \`${dbName}\`.* FROM '${user}'@'%'`);
+        await admin.query(`REVOKE SELECT ON \`${dbName}\`.* FROM '${user}'@'localhost'`);
+        for (const host of ['%', 'localhost']) {
+          for (const t of ['users', 'acm2_master_migrations']) await admin.query(`GRANT SELECT ON \`${dbName}\`.${t} TO '${user}'@'${host}'`);
+          await admin.query(`GRANT INSERT ON \`${dbName}\`.users TO '${user}'@'${host}'`);
+        }
+        const narrow = await openMaster(parseMasterUrl(ro.toString()));
+        try {
+          const err = await narrow.createUser({ username: 'y', email: 'y@example.com', wordpressUserId: null, keyHash: 'h2', keyPrefix: 'acm2_abd', keyName: 'default', seedVersion: 'v1', maxAttempts: 5 }).catch((e: unknown) => e);
+          expect(err).toMatchObject({ exitCode: 3, code: 'master_access_denied', message: expect.stringContaining('INSERT command denied') });
+          expect((err as Error).message).not.toMatch(/unknown/);
+        } finally {
+          await narrow.close();
+        }
       } finally {
         await admin.query(`DROP USER IF EXISTS '${user}'@'%'`).catch(() => undefined);
         await admin.query(`DROP USER IF EXISTS '${user}'@'localhost'`).catch(() => undefined);

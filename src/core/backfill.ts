@@ -1,10 +1,9 @@
 // Backfill: bring every existing user up to date — seed a missing DB, adopt and migrate DBs
 // safely, write a missing user_meta — planned per user, then applied; resumable from the master.
 
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { hostname } from 'node:os';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type { Migration } from '../migrations.js';
@@ -17,6 +16,7 @@ import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '
 import { describeDrift, detectSchemaDrift, listTables, openForReading, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
+import { workerName } from './worker-name.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
@@ -592,7 +592,8 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const selection = JSON.stringify({ users: opts.userIds ? [...opts.userIds].sort((a, b) => a - b) : null, shard: opts.shard ?? null, limit: opts.limit ?? null });
   const ids = opts.userIds && [...new Set(opts.userIds)].sort((a, b) => a - b);
   const inShard = (id: number) => !opts.shard || id % opts.shard.count === opts.shard.index;
-  const worker = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  // Named as every seeder is: a job it claims and dies with is seen as its at once (worker-name.ts).
+  const worker = workerName();
 
   let lost: unknown;
   const m = async <T>(fn: () => Promise<T>): Promise<T> => {
@@ -816,6 +817,8 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
 
   if (lost) {
     await save('interrupted', true);
+    // The master answered, and refused (a grant missing, a migration it needs): that, as it is.
+    if (isAcm2Error(lost) && lost.code !== 'master_unreachable') throw lost;
     throw new UnavailableError(
       `lost the master ${master.display} mid-run (${lost instanceof Error ? lost.message : String(lost)}); users in flight finished or rolled back; ` +
         `progress is saved up to user ${cursor} where the master allowed it: run 'acm2 backfill --resume' once it is back`,

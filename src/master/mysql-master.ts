@@ -234,10 +234,11 @@ export class MysqlMaster implements MasterDb {
       if (errorCode(e) !== 'ER_NO_SUCH_TABLE') throw e;
       ledger = new Map();
     }
-    // A checksum that differs is not "pending": the locked pass below refuses it.
-    return loadMigrations('master/mysql')
-      .filter((m) => ledger.get(m.id) !== m.checksum)
-      .map((m) => m.name);
+    // A checksum that differs is not "pending" (no account could apply it): refused as the locked pass would.
+    const all = loadMigrations('master/mysql');
+    const changed = all.find((m) => ledger.has(m.id) && ledger.get(m.id) !== m.checksum);
+    if (changed) throw new UsageError(`master migration ${changed.name} was applied with a different checksum`, 'migration_checksum');
+    return all.filter((m) => !ledger.has(m.id)).map((m) => m.name);
   }
 
   private async applyMigrations(): Promise<string[]> {
@@ -319,7 +320,8 @@ export class MysqlMaster implements MasterDb {
     } catch (e) {
       const duplicate = duplicateMessage(duplicateKeyOnly(e), input);
       if (duplicate) throw duplicate;
-      if (e instanceof UnavailableError) return this.createdAnyway(input, e);
+      // Only a connection that died may have committed; a refused statement rolled back.
+      if (e instanceof UnavailableError && e.code === 'master_unreachable') return this.createdAnyway(input, e);
       throw e;
     }
   }
