@@ -3,7 +3,7 @@
 
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
@@ -826,6 +826,27 @@ describe('end to end: the built binary', () => {
       expect(readFileSync(junit, 'utf8')).toBe('<testsuites/>\n');
       expect(readdirSync(full).sort()).toEqual(['filler', 'verify.xml']);
     });
+  }, 60_000);
+
+  it('--junit through a symlink writes the file it points to (made if new) and leaves the link a link', async () => {
+    const f = await fleet();
+    const dir = tmpDir('acm2-junit-link-');
+    try {
+      mkdirSync(path.join(dir, 'out'));
+      mkdirSync(path.join(dir, 'ci'));
+      const link = path.join(dir, 'ci', 'report.xml');
+      symlinkSync('../out/report.xml', link);
+      for (let run = 0; run < 2; run++) {
+        const r = await bin(f, 'verify', '--junit', link);
+        expect(r.exitCode, r.stderr).toBe(0);
+        expect(lstatSync(link).isSymbolicLink()).toBe(true);
+        expect(parseXml(readFileSync(path.join(dir, 'out', 'report.xml'), 'utf8')).children[0]!.attrs).toMatchObject({ tests: '3', failures: '0' });
+        expect(readdirSync(path.join(dir, 'ci'))).toEqual(['report.xml']);
+        expect(readdirSync(path.join(dir, 'out'))).toEqual(['report.xml']);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 60_000);
 
   it('replacing worker threads as they age (here after every user) changes no verdict', async () => {

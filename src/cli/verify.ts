@@ -1,6 +1,6 @@
 // `acm2 verify`: parse flags, verify the users, print the result (and a JUnit file); exit 1 on problems.
 
-import { accessSync, chmodSync, constants, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
@@ -46,10 +46,9 @@ export async function run({ opts }: CommandCall): Promise<void> {
  * (a full disk) leaves the earlier report as it was, not an empty or half one a CI job would read.
  */
 function writeReport(file: string, text: string): void {
-  let target = path.resolve(file);
+  const target = reportTarget(file);
   let mode: number | undefined;
   try {
-    target = realpathSync(file); // through a symlink to the report, as writing it did
     mode = statSync(target).mode & 0o7777;
   } catch {
     /* a new report */
@@ -65,9 +64,32 @@ function writeReport(file: string, text: string): void {
   }
 }
 
+/**
+ * Where the report really goes: through a symlink to it, even one whose file is not there yet, as
+ * writing it did. The new report is made in that file's folder and renamed over it, never over the link.
+ */
+function reportTarget(file: string): string {
+  let p = path.resolve(file);
+  for (let hops = 0; hops < 40; hops++) {
+    let link: string;
+    try {
+      link = readlinkSync(p);
+    } catch {
+      break; // not a symlink, or not there: the report itself
+    }
+    p = path.resolve(path.dirname(p), link);
+  }
+  try {
+    return path.join(realpathSync(path.dirname(p)), path.basename(p));
+  } catch {
+    return p;
+  }
+}
+
 /** The report file can be written: its folder exists and is writable, and it is not a folder itself. */
 function checkWritable(file: string): void {
-  const dir = path.dirname(path.resolve(file));
+  // The folder the report is written in (beside its real file): a symlink's own folder is not it.
+  const dir = path.dirname(reportTarget(file));
   let reason: string | undefined;
   try {
     if (!statSync(dir).isDirectory()) reason = `${dir} is not a folder`;
