@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
@@ -17,7 +17,7 @@ import { backfillJson, renderBackfill } from '../src/ui/backfill.js';
 import { tryLockNamed } from '../src/core/user-lock.js';
 import { countRows, migrateSafely } from '../src/core/migrate-safe.js';
 import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
-import { toolDir, userDbPath } from '../src/userdb/paths.js';
+import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
 import { UnavailableError } from '../src/errors.js';
 import type { MasterDb } from '../src/master/types.js';
 import type { Migration } from '../src/migrations.js';
@@ -604,15 +604,23 @@ describe('stopping and resuming', () => {
       const file = userDbPath(f.dataDir, 1);
       const db = new Database(file);
       db.prepare(`DELETE FROM user_meta`).run();
+      // The user's own edits to seeded rows and files are theirs: putting user_meta back keeps them.
+      db.prepare(`UPDATE presets SET name = 'renamed by the user'`).run();
       db.close();
+      const doc = readdirSync(userRoot(f.dataDir, 1), { recursive: true, withFileTypes: true }).find((e) => e.isFile() && e.name.endsWith('.md'))!;
+      const docPath = path.join(doc.parentPath, doc.name);
+      writeFileSync(docPath, 'edited by the user\n');
       // It has a preset and a run, as a legacy DB has, but also the tool's record of a whole seed.
       const r = await backfill(f);
       expect(r.users[0]).toMatchObject({ id: 1, action: 'seed', outcome: 'seed' });
       const check = new Database(file, { readonly: true });
       expect(check.prepare(`SELECT seed_status, seed_version FROM user_meta`).all()).toEqual([{ seed_status: 'ready', seed_version: pkg.pkg.version }]);
+      expect(check.prepare(`SELECT name FROM presets`).pluck().all()).toEqual(['renamed by the user']);
       check.close();
+      expect(readFileSync(docPath, 'utf8')).toBe('edited by the user\n');
       const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir }, { users: [1] });
-      expect(v.users[0]!.problems).toEqual([]);
+      // Only the user's own edit of a seeded file is left to see.
+      expect(v.users[0]!.problems.map((p) => p.code)).toEqual(['file_size_mismatch']);
     } finally {
       await f.cleanup();
     }

@@ -290,6 +290,19 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       // ready with this version again.
       return alreadyReady(db, userId, version, resumeReady(db, userId, version, meta.seed_version), started);
     }
+    if (!input.force && !meta && readyBefore(db, version)) {
+      // The tool seeded this version to the end and only user_meta's row is gone (deleted, or a DB
+      // restored without it): the row comes back, ready with it. The seeded rows and files are the
+      // user's now, edits and all: rewriting them is --force's to do, never a plain seed's.
+      const open = db;
+      const seededAt = open.transaction(() => {
+        const done = (open.prepare(`SELECT finished_at FROM acm2_seed_state WHERE seed_version = ?`).get(version) as { finished_at: string | null } | undefined)?.finished_at;
+        const at = done && !Number.isNaN(Date.parse(done)) ? sqlNow(new Date(done)) : sqlNow();
+        setMeta(open, userId, 'ready', version, at);
+        return at;
+      }).immediate();
+      return alreadyReady(open, userId, version, seededAt, started);
+    }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
     const map = persistMap(db, userId, prepared, version, inherited);
     step('map_persisted');
