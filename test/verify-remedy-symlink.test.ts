@@ -63,3 +63,26 @@ describe('path_escape: the user DB or folder itself is a symlink', () => {
     expect(existsSync(path.join(userRoot(world.dataDir, id), 'notes', 'mine.txt'))).toBe(true);
   });
 });
+
+describe('path_escape: the user DB or folder is a symlink to another user\'s', () => {
+  it('the command verify names leaves the other user\'s data where it is', async () => {
+    const world = await sqliteWorld();
+    worlds.push(world);
+    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const ann = (await createUser(deps, { email: 'ann2@example.com', username: 'ann2' })).user.id;
+    const bob = (await createUser(deps, { email: 'bob2@example.com', username: 'bob2' })).user.id;
+    // Someone "shared" bob's data with ann by linking it.
+    const annDb = userDbPath(world.dataDir, ann);
+    renameSync(annDb, path.join(tmpDir('acm2-aside-'), 'ann.db'));
+    symlinkSync(path.basename(userDbPath(world.dataDir, bob)), annDb);
+    const annRoot = userRoot(world.dataDir, ann);
+    renameSync(annRoot, path.join(tmpDir('acm2-aside-'), 'ann'));
+    symlinkSync(path.basename(userRoot(world.dataDir, bob)), annRoot);
+
+    const problems = (await verifyUsers(deps, { users: [ann] })).users[0]!.problems.filter((p) => p.code === 'path_escape');
+    expect(problems).toHaveLength(2);
+    for (const p of problems) execSync(command(p.message));
+
+    expect((await verifyUsers(deps, { users: [bob] })).users[0]!.problems).toEqual([]);
+  });
+});

@@ -612,9 +612,12 @@ class UserCheck {
       if (st.isSymbolicLink()) {
         // The link is how the user's data is reached: deleting it (then seeding) leaves that data behind.
         const target = resolveLink(this.dbFile);
+        const held = this.heldInDataDir(target);
         this.add(
           'path_escape',
-          `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}; the user's DB must be the file itself: while ACM2 is not using it, move the file it points to into its place (mv ${shellWord(target)} ${shellWord(this.dbFile)}), with its -wal or -journal file if it has one; do not just delete the link`,
+          held !== undefined
+            ? `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}, which is ${held} in the data dir, not this user's: remove the link (rm ${shellWord(this.dbFile)}), never move what it points to, then acm2 user seed ${this.userId}`
+            : `${this.rel(this.dbFile)} is a symlink to ${readlinkSafe(this.dbFile)}; the user's DB must be the file itself: while ACM2 is not using it, move the file it points to into its place (mv ${shellWord(target)} ${shellWord(this.dbFile)}), with its -wal or -journal file if it has one; do not just delete the link`,
           { path: this.rel(this.dbFile) },
         );
       } else if (st.isFile()) {
@@ -1093,6 +1096,24 @@ class UserCheck {
   // --- files ----------------------------------------------------------------------------------
 
   /**
+   * What a link of this user's leads to when that is inside the data dir (another user's DB or
+   * folder, the master, the tool's own files): someone else's, so moving it would take it from them.
+   */
+  private heldInDataDir(target: string): string | undefined {
+    let dir: string;
+    try {
+      dir = realpathSync(this.ctx.dataDir);
+    } catch {
+      dir = path.resolve(this.ctx.dataDir);
+    }
+    const r = path.relative(dir, target);
+    if (r === '' || r.startsWith('..') || path.isAbsolute(r)) return undefined;
+    const shown = r.split(path.sep).join('/');
+    // Inside this user's own folder it is the user's data: moving it into place is right.
+    return shown.startsWith(`${path.basename(this.root)}/`) ? undefined : shown;
+  }
+
+  /**
    * Everything under user_{id}/: nothing may resolve outside it, folders are 0700 and files
    * 0600, no file name holds a package id (and, with --deep, no text file does).
    */
@@ -1102,7 +1123,15 @@ class UserCheck {
     const rootRel = this.rel(this.root);
     if (st.isSymbolicLink()) {
       this.escaped.add('');
-      this.add('path_escape', `${rootRel} is a symlink to ${readlinkSafe(this.root)}; the user's files must live in the folder itself: remove the link and move the folder it points to into its place (rm ${shellWord(this.root)} && mv ${shellWord(resolveLink(this.root))} ${shellWord(this.root)}), do not just delete the link`, { path: rootRel });
+      const target = resolveLink(this.root);
+      const held = this.heldInDataDir(target);
+      this.add(
+        'path_escape',
+        held !== undefined
+          ? `${rootRel} is a symlink to ${readlinkSafe(this.root)}, which is ${held} in the data dir, not this user's: remove the link (rm ${shellWord(this.root)}), never move what it points to, then acm2 user seed ${this.userId}`
+          : `${rootRel} is a symlink to ${readlinkSafe(this.root)}; the user's files must live in the folder itself: remove the link and move the folder it points to into its place (rm ${shellWord(this.root)} && mv ${shellWord(target)} ${shellWord(this.root)}), do not just delete the link`,
+        { path: rootRel },
+      );
       return;
     }
     if (!st.isDirectory()) {
