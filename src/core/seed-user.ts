@@ -35,7 +35,7 @@ import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js'
 import { listTables, migrateUserDb, openSqlite, openUserDb, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
 import type { Migration } from '../migrations.js';
-import { migrateSafely } from './migrate-safe.js';
+import { isBusy, migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, UnavailableError } from '../errors.js';
@@ -222,6 +222,7 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
   if (!res.ok) {
     const f = res.failure!;
     if (f.code === 'disk_full') throw new UnavailableError(`disk full while migrating ${file} before seeding (${f.message})`, 'disk_full');
+    if (f.code === 'locked') throw busyDb(Object.assign(new Error(f.message), { code: 'SQLITE_BUSY' }), dataDir, userId, 1000)!;
     throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
   }
 }
@@ -332,10 +333,26 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
-    throw classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
+    throw busyDb(e, dataDir, userId) ?? classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
   } finally {
     db?.close();
   }
+}
+
+/** How long a seed waits for a user DB another process (ACM2) holds locked (openSqlite's default). */
+const DB_BUSY_WAIT_MS = 5000;
+
+/**
+ * The user's DB held locked past the wait (ACM2 in a long write): the environment, not a failed
+ * seed (SPEC §2: exit 3), named in one sentence. Nothing the seed committed is half-done.
+ */
+function busyDb(e: unknown, dataDir: string, userId: UserId, waitMs = DB_BUSY_WAIT_MS): UnavailableError | undefined {
+  if (!isBusy(e)) return undefined;
+  return new UnavailableError(
+    `user ${userId}'s database ${userDbPath(dataDir, userId)} is locked by another process (ACM2?) for more than ${waitMs / 1000} s: nothing was seeded; run it again when the DB is free`,
+    'db_busy',
+    { cause: e },
+  );
 }
 
 interface MetaRow {
