@@ -291,9 +291,11 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
       }
       const files = new Map<string, string>();
       if (root !== undefined) {
-        for (const e of walkTree(root)) {
+        for (const e of walkTree(root, { live: true })) {
           if (e.kind === 'dir') continue;
-          files.set(translate ? translate.text(e.rel) : e.rel, entryFingerprint(path.join(root, ...e.rel.split('/')), e.kind, translate));
+          // ACM2 may remove a file (a run deleted) between the walk and this read: it is gone.
+          const print = entryFingerprint(path.join(root, ...e.rel.split('/')), e.kind, translate);
+          if (print !== undefined) files.set(translate ? translate.text(e.rel) : e.rel, print);
         }
       }
       return { tables, files };
@@ -347,13 +349,19 @@ function userFolder(dataDir: string, id: UserId): string | undefined {
  * files), other entries by what they are. A package holds only regular files, and no sha256
  * equals "symlink -> …" or "other", so such an entry at a seeded path shows as changed.
  */
-function entryFingerprint(abs: string, kind: 'file' | 'symlink' | 'other', translate?: Translator): string {
-  if (kind === 'symlink') {
-    const target = readlinkSync(abs);
-    return `symlink -> ${translate ? translate.text(target) : target}`;
-  }
+function entryFingerprint(abs: string, kind: 'file' | 'symlink' | 'other', translate?: Translator): string | undefined {
   if (kind === 'other') return 'other';
-  const buf = readFileSync(abs);
+  let target: string | undefined;
+  let buf: Buffer;
+  try {
+    if (kind === 'symlink') target = readlinkSync(abs);
+    else buf = readFileSync(abs);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  if (target !== undefined) return `symlink -> ${translate ? translate.text(target) : target}`;
+  buf = buf!;
   if (!translate) return sha256(buf);
   // Back as seeding rendered it (preparePackage): UTF-8 text as UTF-8, anything else byte for
   // byte as latin1, so the ids in a log that is not UTF-8 are mapped back too.

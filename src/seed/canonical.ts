@@ -103,10 +103,20 @@ export type TreeEntry =
  * Everything under root (root itself excluded), never following symlinks, sorted by '/'-joined
  * relative path so every listing of the same tree is identical.
  */
-export function walkTree(root: string): TreeEntry[] {
+export function walkTree(root: string, opts: { live?: boolean } = {}): TreeEntry[] {
   const out: TreeEntry[] = [];
+  // A live tree (a user's folder while ACM2 serves it): an entry removed while it is walked is
+  // simply not there, not an error.
+  const gone = (e: unknown) => opts.live === true && (e as NodeJS.ErrnoException).code === 'ENOENT';
   const visit = (dir: string, prefix: string) => {
-    for (const name of readdirSync(dir).sort()) {
+    let names: string[];
+    try {
+      names = readdirSync(dir).sort();
+    } catch (e) {
+      if (gone(e) && dir !== root) return;
+      throw e;
+    }
+    for (const name of names) {
       const rel = prefix ? `${prefix}/${name}` : name;
       const full = path.join(dir, name);
       let st;
@@ -119,6 +129,7 @@ export function walkTree(root: string): TreeEntry[] {
           out.push({ kind: 'other', rel });
           continue;
         }
+        if (gone(e)) continue;
         throw e;
       }
       if (st.isSymbolicLink()) out.push({ kind: 'symlink', rel });
