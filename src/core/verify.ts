@@ -1148,6 +1148,8 @@ class UserCheck {
       try {
         names = readdirSync(dirAbs).sort().reverse();
       } catch (e) {
+        // A folder removed since the walk saw it (ACM2 deleting a run) is simply gone.
+        if (dirRel !== '' && (e as NodeJS.ErrnoException).code === 'ENOENT') continue;
         this.add('bad_permissions', `cannot read ${this.rel(dirAbs)}: ${errMessage(e)}`, { path: this.rel(dirAbs) });
         continue;
       }
