@@ -9,6 +9,8 @@ import path from 'node:path';
 import { CAN_MOUNT_TMPFS, frozenSource, snapshotTree, tmpDir, withTmpfs, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
+import { createAcm2Db } from '../src/fixtures/source.js';
+import { readyButIncomplete } from './helpers/complete.js';
 import { emptyDrain, FAILURES_KEPT, mergeDrain } from '../src/core/seed-pool.js';
 import Database from 'better-sqlite3';
 import bcrypt from 'bcryptjs';
@@ -147,6 +149,34 @@ describe('a full disk when a seed takes up an earlier attempt\'s staged build (a
     rmSync(filler);
     await expect(seedUserAsync({ dataDir: dir, userId: 1, pkg: pkg.pkg })).resolves.toMatchObject({ userId: 1 });
     }));
+});
+
+describe('ACM2 creating the user DB while a fresh seed builds it (its first request, the key being out)', () => {
+  it('the seed goes on into that DB at once: ready and complete, no EEXIST, nothing left in staging', async () => {
+    const dir = tmpDir('acm2-raced-');
+    try {
+      const target = userDbPath(dir, 9);
+      let created = 0;
+      const r = await seedUserAsync({
+        dataDir: dir,
+        userId: 9,
+        pkg: pkg.pkg,
+        // Just before the seed links its build into place: ACM2's create_all makes an empty DB.
+        onStep: (s) => {
+          if (s === 'files_moved' && !existsSync(target)) {
+            createAcm2Db(target).close();
+            created++;
+          }
+        },
+      });
+      expect(created).toBe(1);
+      expect(r.outcome).toBe('seeded');
+      expect(readyButIncomplete(dir, 9, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+      expect(readdirSync(path.join(dir, '.acm2', 'staging'))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('symlinked folders under a user root', () => {

@@ -82,12 +82,23 @@ export function seedUser(input: SeedUserInput): SeedUserResult {
  */
 export function seedUserWith(input: SeedUserInput, sync: (t: ToSync) => void): SeedUserResult {
   if (input.lock) throw new Error('seedUserWith cannot ask a lock: use seedUserAsync');
-  try {
-    return driveSync(input, sync);
-  } catch (e) {
-    throw asDiskFull(e, input);
+  for (let go = 1; ; go++) {
+    try {
+      return driveSync(input, sync);
+    } catch (e) {
+      if (e instanceof RacedToTarget && go === 1) continue;
+      throw asDiskFull(e, input);
+    }
   }
 }
+
+/**
+ * A fresh user's DB appeared while its seed built it in staging: ACM2 creates an empty one on the
+ * user's first request (its key is out from `user create --async` on). The whole build waits in
+ * staging, and the seed goes again at once: it now finds the DB and takes its build's map into
+ * it, as it does for any build left beside a DB. Not a failure (it used to be a raw EEXIST, exit 1).
+ */
+class RacedToTarget extends Error {}
 
 /**
  * A full disk met anywhere in a seed is disk_full (exit 3), whichever step met it: the steps the
@@ -121,10 +132,13 @@ function driveSync(input: SeedUserInput, sync: (t: ToSync) => void): SeedUserRes
  * pool instead of one after another (the journal commits them as a group).
  */
 export async function seedUserAsync(input: SeedUserInput): Promise<SeedUserResult> {
-  try {
-    return await driveAsync(input);
-  } catch (e) {
-    throw asDiskFull(e, input);
+  for (let go = 1; ; go++) {
+    try {
+      return await driveAsync(input);
+    } catch (e) {
+      if (e instanceof RacedToTarget && go === 1) continue;
+      throw asDiskFull(e, input);
+    }
   }
 }
 
@@ -694,7 +708,12 @@ function* seedFresh(
     yield { ...durable, lock: true };
     step('files_moved');
 
-    linkSync(staged, target);
+    try {
+      linkSync(staged, target);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new RacedToTarget(`${target} was created while user ${userId}'s seed built it (ACM2's first request?)`, { cause: e });
+      throw e;
+    }
     linked = true;
     step('linked');
     yield { files: [], dirs: [path.dirname(target)] };
@@ -717,6 +736,7 @@ function* seedFresh(
   } catch (e) {
     // Once linked the DB is ready with its files durable (only the link's own durability failed):
     // nothing more is written to it.
+    if (e instanceof RacedToTarget) throw e; // the build stays in staging for the seed's second go
     if (named && !linked) {
       // Files it names may be half written: in place, failed, so the user and ACM2 see why, and
       // a retry takes the existing-DB path with this map. If that fails too, the `.db` stays in
