@@ -3,7 +3,7 @@
 
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
@@ -583,6 +583,49 @@ for (const dialect of DIALECTS) {
     });
   });
 }
+
+describe('a run ACM2 deletes while verify checks the user', () => {
+  /** A run of the user's own: the seeded run copied under a new id, its folder with it. */
+  function ownRun(f: Fleet): { id: string; dir: string } {
+    const id = randomUUID();
+    const seeded = runDir(f);
+    withDb(f, (db) => {
+      const row = one<Record<string, unknown>>(db, `SELECT * FROM runs WHERE id = ?`, path.basename(seeded));
+      const cols = Object.keys(row);
+      db.prepare(`INSERT INTO runs (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`).run(...cols.map((c) => (c === 'id' ? id : row[c])));
+    });
+    const dir = path.join(userRoot(f.world.dataDir, f.victim), 'runs', id);
+    cpSync(seeded, dir, { recursive: true });
+    return { id, dir };
+  }
+
+  it('its docs, gone with it between the DB read and the file check, are no unresolved_reference; a doc gone from a run still there is', async () => {
+    const f = await fleet();
+    const run = ownRun(f);
+    expect((await verify(f)).ok).toBe(true);
+    try {
+      // ACM2 deletes the run: its row, then its folder, after verify read the DB.
+      verifyTestHooks.afterDbRead = (id) => {
+        if (id !== f.victim) return;
+        withDb(f, (db) => db.prepare(`DELETE FROM runs WHERE id = ?`).run(run.id));
+        rmSync(run.dir, { recursive: true, force: true });
+      };
+      expect((await verify(f)).users.flatMap((u) => u.problems)).toEqual([]);
+      // A doc file lost from a run that stays: reported, as ever.
+      const again = ownRun(f);
+      const gen = path.join(again.dir, 'generated');
+      const doc = readdirSync(gen).find((n) => n.endsWith('.md') && !n.startsWith('combined.'))!;
+      verifyTestHooks.afterDbRead = (id) => {
+        if (id === f.victim) rmSync(path.join(gen, doc), { force: true });
+      };
+      const r = await verify(f);
+      expectOnly(r, f, ['unresolved_reference']);
+      expect(r.users.find((u) => u.id === f.victim)!.problems[0]).toMatchObject({ rowId: again.id, path: expect.stringContaining(doc) });
+    } finally {
+      verifyTestHooks.afterDbRead = undefined;
+    }
+  });
+});
 
 describe('a seed job whose seeder was killed', () => {
   it('not_ready says the process that claimed the job is gone and what to run, not only that it is running', async () => {

@@ -575,6 +575,8 @@ class UserCheck {
   private readonly escaped = new Set<string>();
   /** Regular files the tree walk found (relative to the user root, no symlink on the way), with their lstat. */
   private readonly walked = new Map<string, Stats>();
+  /** Generated docs results_summary names by file only: looked for once the DB snapshot is closed. */
+  private readonly summaryDocs: Array<{ runId: string; doc: string; file: string }> = [];
 
   constructor(
     private readonly ctx: CheckContext,
@@ -636,6 +638,7 @@ class UserCheck {
     }
     verifyTestHooks.afterDbRead?.(this.userId);
     this.checkTree();
+    this.checkSummaryDocs();
     this.checkSeededFiles(seeded);
     if (state.kind === 'read') this.seedRanMeanwhile(state.meta);
     this.checkJob(state);
@@ -1086,10 +1089,34 @@ class UserCheck {
     }
     const genDir = path.join(this.root, 'runs', runId, 'generated');
     for (const d of [...docs].sort()) {
-      if (known.has(d)) continue;
-      const file = path.join(genDir, `${safeDocId(d)}.md`);
-      if (isFile(file)) continue;
-      this.add('unresolved_reference', `results_summary names doc '${d}' but ${this.rel(file)} does not exist`, { table: 'runs', rowId: runId, path: this.rel(file) });
+      if (!known.has(d)) this.summaryDocs.push({ runId, doc: d, file: path.join(genDir, `${safeDocId(d)}.md`) });
+    }
+  }
+
+  /**
+   * The generated docs results_summary names, on disk. Looked for after the DB's snapshot is
+   * closed, like every file: ACM2 deletes a run's row, then its folder, and a run the snapshot
+   * still held may be gone from disk by now. A doc found missing is reported only if its run is
+   * still in the DB when asked again.
+   */
+  private checkSummaryDocs(): void {
+    const missing = this.summaryDocs.filter((x) => !isFile(x.file));
+    if (missing.length === 0) return;
+    const runs = [...new Set(missing.map((x) => x.runId))];
+    let still: Set<string> | undefined;
+    try {
+      const db = openForReading(this.dbFile, { timeout: this.ctx.busyTimeoutMs });
+      try {
+        still = new Set(db.prepare(`SELECT id FROM runs WHERE id IN (${runs.map(() => '?').join(',')})`).pluck().all(...runs) as string[]);
+      } finally {
+        db.close();
+      }
+    } catch {
+      still = undefined; // as read before: the run was there
+    }
+    for (const x of missing) {
+      if (still && !still.has(x.runId)) continue;
+      this.add('unresolved_reference', `results_summary names doc '${x.doc}' but ${this.rel(x.file)} does not exist`, { table: 'runs', rowId: x.runId, path: this.rel(x.file) });
     }
   }
 
