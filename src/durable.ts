@@ -2,7 +2,7 @@
 // a commit) depends on them. Shared by freeze, seeding, migrations and the log mover.
 
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, lstatSync, openSync, statSync, writeSync, type Stats } from 'node:fs';
+import { accessSync, closeSync, constants, fsyncSync, lstatSync, openSync, statSync, writeSync, type Stats } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { execFileSync, spawn } from 'node:child_process';
 
@@ -234,5 +234,15 @@ export function statOrUndefined(p: string): Stats | undefined {
     return statSync(p);
   } catch {
     return undefined;
+  }
+}
+
+/** Whether this process may write in that folder (false on a read-only mount, or without the permission). */
+export function canWrite(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
   }
 }

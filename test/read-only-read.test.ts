@@ -4,9 +4,8 @@
 // original, not db_corrupt; user show/list and diff must read the DB as well.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { chmodSync, existsSync, rmSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
-import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { existsSync } from 'node:fs';
+import { frozenSource, readOnlyView, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, userStatus } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { userDbPath } from '../src/userdb/paths.js';
@@ -22,21 +21,6 @@ afterAll(async () => {
   for (const w of worlds) await w.cleanup();
   pkg.cleanup();
 });
-
-/** A read-only view of dir: a read-only bind mount as root, the folder made 0500 otherwise. */
-function readOnlyView(dir: string): { path: string; undo(): void } | undefined {
-  if (process.getuid?.() === 0) {
-    const view = tmpDir('acm2-ro-view-');
-    const ok = spawnSync('mount', ['--bind', dir, view]).status === 0 && spawnSync('mount', ['-o', 'remount,ro,bind', view]).status === 0;
-    if (!ok) {
-      spawnSync('umount', [view]);
-      return undefined;
-    }
-    return { path: view, undo: () => (spawnSync('umount', [view]), rmSync(view, { recursive: true, force: true })) };
-  }
-  chmodSync(dir, 0o500);
-  return { path: dir, undo: () => chmodSync(dir, 0o700) };
-}
 
 describe('read commands on a read-only data dir', () => {
   it('verify and user show read WAL user DBs without their -shm file: same verdicts as on the writable original', async () => {

@@ -1,11 +1,10 @@
 // Write commands where nothing may be written (a read-only mount or snapshot of the data dir, a
 // master file SQLite opened read-only): exit 3 naming the place (SPEC §2), never exit 70.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type Database from 'better-sqlite3';
-import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, readOnlyView, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { lockUserFile } from '../src/core/user-lock.js';
 import { isAcm2Error } from '../src/errors.js';
@@ -22,21 +21,6 @@ afterAll(async () => {
   for (const w of worlds) await w.cleanup();
   pkg.cleanup();
 });
-
-/** A read-only view of dir: a read-only bind mount as root, the folder made 0500 otherwise. */
-function readOnlyView(dir: string): { path: string; undo(): void } | undefined {
-  if (process.getuid?.() === 0) {
-    const view = tmpDir('acm2-ro-view-');
-    const ok = spawnSync('mount', ['--bind', dir, view]).status === 0 && spawnSync('mount', ['-o', 'remount,ro,bind', view]).status === 0;
-    if (!ok) {
-      spawnSync('umount', [view]);
-      return undefined;
-    }
-    return { path: view, undo: () => (spawnSync('umount', [view]), rmSync(view, { recursive: true, force: true })) };
-  }
-  chmodSync(dir, 0o500);
-  return { path: dir, undo: () => chmodSync(dir, 0o700) };
-}
 
 describe('write commands on read-only places', () => {
   it('a write to a master SQLite opened read-only is exit 3 (read_only) naming the master, not an internal error', async () => {

@@ -3,8 +3,9 @@
 // when the holder dies, so a crash never leaves a stale lock behind.
 
 import Database from 'better-sqlite3';
-import { accessSync, closeSync, constants, mkdirSync, openSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
+import { canWrite } from '../durable.js';
 import type { MasterDb, UserLock } from '../master/types.js';
 import { toolDir, type UserId } from '../userdb/paths.js';
 import { classifyFsError, UnavailableError } from '../errors.js';
@@ -66,7 +67,7 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
     const known = classifyFsError(e, `the lock ${name} in ${dir}`);
     if (known) throw known;
     // Node's recursive mkdir says ENOENT, not EROFS, for a folder it cannot create on a read-only mount.
-    if (!writable(dataDir)) throw new UnavailableError(`cannot create the lock ${file}: the data dir ${dataDir} is read-only here (${(e as NodeJS.ErrnoException).code})`, 'read_only', { cause: e });
+    if (!canWrite(dataDir)) throw new UnavailableError(`cannot create the lock ${file}: the data dir ${dataDir} is read-only here (${(e as NodeJS.ErrnoException).code})`, 'read_only', { cause: e });
     throw e;
   }
   const deadline = Date.now() + Math.max(0, timeoutMs);
@@ -98,13 +99,4 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
       if (!db.open || !db.inTransaction) throw new UnavailableError(`the lock ${name} is no longer held`, 'lock_lost');
     },
   };
-}
-
-function writable(dir: string): boolean {
-  try {
-    accessSync(dir, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }

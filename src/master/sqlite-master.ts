@@ -2,8 +2,9 @@
 // Writers serialise with BEGIN IMMEDIATE; WAL lets readers (list, verify) run beside them.
 
 import Database from 'better-sqlite3';
-import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
+import { canWrite } from '../durable.js';
 import { loadMigrations } from '../migrations.js';
 import { isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
 import type {
@@ -97,15 +98,6 @@ export function foreignTablesIn(file: string): string[] {
   }
 }
 
-function writable(dir: string): boolean {
-  try {
-    accessSync(dir, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export class SqliteMaster implements MasterDb {
   readonly dialect = 'sqlite' as const;
   readonly capabilities = { skipLocked: false, advisoryLocks: false };
@@ -135,7 +127,7 @@ export class SqliteMaster implements MasterDb {
         throw new UnavailableError(`disk full: cannot open the SQLite master at ${file} (${code})`, 'disk_full', { cause: e });
       // A WAL master in a folder SQLite may not write (a read-only mount or snapshot, another
       // user's folder) cannot be opened without its -shm file, which SQLite cannot create there.
-      if ((code === 'SQLITE_CANTOPEN' || isReadOnly(e)) && !writable(path.dirname(file)))
+      if ((code === 'SQLITE_CANTOPEN' || isReadOnly(e)) && !canWrite(path.dirname(file)))
         throw new UnavailableError(
           `cannot open SQLite master at ${file} (${code}): its folder is read-only here and SQLite cannot open a WAL database there without its -shm file; run this where the data dir can be written, or on a copy`,
           'read_only',

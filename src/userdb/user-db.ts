@@ -2,9 +2,10 @@
 // Migrations are ordered and checksummed; the ledger lives in the DB itself.
 
 import Database from 'better-sqlite3';
-import { accessSync, chmodSync, closeSync, constants, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { canWrite } from '../durable.js';
 import { loadMigrations, type Migration } from '../migrations.js';
 import { NeedsOperatorError, UsageError } from '../errors.js';
 import { userDbEntryProblem, userDbPath, type UserId } from './paths.js';
@@ -78,13 +79,7 @@ export function openForReading(file: string, opts: { readonly?: boolean; timeout
 
 /** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
 function needsPrivateCopy(file: string): boolean {
-  if (existsSync(`${file}-shm`)) return false;
-  try {
-    accessSync(path.dirname(file), constants.W_OK);
-    return false;
-  } catch {
-    /* read-only here */
-  }
+  if (existsSync(`${file}-shm`) || canWrite(path.dirname(file))) return false;
   const head = Buffer.alloc(20);
   let fd: number | undefined;
   try {

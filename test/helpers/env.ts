@@ -1,7 +1,7 @@
 // A seeded world for tests: a generated ACM2 source frozen into a temp seeds dir, a data dir,
 // and a master. Packages are frozen once per options per test file.
 
-import { mkdtempSync, rmSync, readdirSync, statSync, readFileSync, lstatSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, readdirSync, statSync, readFileSync, lstatSync } from 'node:fs';
 import os from 'node:os';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
@@ -46,6 +46,21 @@ export async function withTmpfs<T>(size: string, fn: (dir: string) => T | Promis
     spawnSync('umount', [dir]);
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** A read-only view of dir: a read-only bind mount as root, the folder made 0500 otherwise. */
+export function readOnlyView(dir: string): { path: string; undo(): void } | undefined {
+  if (process.getuid?.() === 0) {
+    const view = tmpDir('acm2-ro-view-');
+    const ok = spawnSync('mount', ['--bind', dir, view]).status === 0 && spawnSync('mount', ['-o', 'remount,ro,bind', view]).status === 0;
+    if (!ok) {
+      spawnSync('umount', [view]);
+      return undefined;
+    }
+    return { path: view, undo: () => (spawnSync('umount', [view]), rmSync(view, { recursive: true, force: true })) };
+  }
+  chmodSync(dir, 0o500);
+  return { path: dir, undo: () => chmodSync(dir, 0o700) };
 }
 
 export interface FrozenSource {
