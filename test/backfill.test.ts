@@ -641,6 +641,29 @@ describe('stopping and resuming', () => {
     }
   });
 
+  it('--resume retries a user 212fe2d and earlier stopped on a full disk, whose cursor they moved past it', async () => {
+    const f = await buildLegacyFleet({ missing: 4 }, pkg.pkg);
+    try {
+      // What 212fe2d saved when the disk filled at user 2: user 1 done, user 2 a final failure, and
+      // the cursor at 2 (users 3 and 4 not reached).
+      await backfill(f, { userIds: [1] });
+      await f.master.resetBackfill('default');
+      await f.master.recordBackfillItems('default', [
+        { userId: 1, outcome: 'seed', reason: null },
+        { userId: 2, outcome: 'fail', reason: "[disk_full] disk full while writing user 2's data" },
+      ]);
+      await f.master.saveBackfill({ name: 'default', status: 'interrupted', cursor: 2, options: JSON.stringify({ users: null, shard: null, limit: null }), counts: { seed: 1, fail: 1 } });
+      const r = await backfill(f, { resume: true });
+      expect(r.stopped).toBeUndefined();
+      expect(r.failures).toEqual([]);
+      expect(r.counts).toEqual({ seed: 4 });
+      expect(existsSync(path.join(f.dataDir, 'user_2.db'))).toBe(true);
+      expect((await backfill(f)).counts).toEqual({ ok: 4 });
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('--resume of a backfill that had finished says so, goes over only users added since, and counts only them', async () => {
     const f = await buildLegacyFleet({ legacy: 2, corrupt: 1 }, pkg.pkg);
     try {
@@ -693,6 +716,29 @@ describe('stopping and resuming', () => {
       }) as MasterDb;
       const err = await runBackfill({ ...deps(f), master: narrow }, {}).catch((e: unknown) => e);
       expect(err).toBe(denied);
+    } finally {
+      await f.cleanup();
+    }
+  });
+
+  it('an embedded master whose disk fills at the last save is disk_full naming the master, not a lost master', async () => {
+    const f = await buildLegacyFleet({ missing: 2 }, pkg.pkg);
+    try {
+      const full = new UnavailableError(`disk full while writing the master ${f.master.display} (SQLITE_FULL)`, 'disk_full');
+      const filling = new Proxy(f.master, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            if (prop === 'saveBackfill' && (args[0] as { status: string }).status !== 'running') return Promise.reject(full);
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      }) as MasterDb;
+      const err = await runBackfill({ ...deps(f), master: filling }, {}).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UnavailableError);
+      expect((err as UnavailableError).code).toBe('disk_full');
+      expect((err as Error).message).toContain('disk full while writing the master');
     } finally {
       await f.cleanup();
     }

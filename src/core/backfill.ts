@@ -625,7 +625,21 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       if (p.status === 'done') resumedFinished = p.updatedAt;
       else {
         Object.assign(savedCounts, p.counts);
-        for (const item of await master.backfillItems(name)) {
+        const items = await master.backfillItems(name);
+        // Earlier versions recorded a user the full disk stopped as a final failure and moved the
+        // cursor past it: take the cursor back below the first such user, so this resume retries it
+        // (the items between are replayed, and counted again, as for any user above the cursor).
+        const stuck = items.filter((i) => i.userId <= cursor && diskFullItem(i)).map((i) => i.userId);
+        if (stuck.length > 0) {
+          cursor = Math.min(...stuck) - 1;
+          for (const item of items) {
+            if (item.userId <= cursor || item.userId > p.cursor || !isAction(item.outcome)) continue;
+            const n = (savedCounts[item.outcome] ?? 0) - 1;
+            if (n > 0) savedCounts[item.outcome] = n;
+            else delete savedCounts[item.outcome];
+          }
+        }
+        for (const item of items) {
           if (item.userId > cursor) recordedAbove.set(item.userId, item);
           else if (item.outcome === 'fail') failures.push(itemFailure(item));
         }
@@ -827,7 +841,11 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
     );
   }
   await save(stopped ? 'interrupted' : 'done', true);
-  if (lost) throw new UnavailableError(`lost the master ${master.display} while saving progress; run 'acm2 backfill --resume' once it is back`, 'master_unreachable', { cause: lost });
+  if (lost) {
+    // The master answered, and refused the save (its disk full, read-only): that, as it is.
+    if (isAcm2Error(lost) && lost.code !== 'master_unreachable') throw lost;
+    throw new UnavailableError(`lost the master ${master.display} while saving progress; run 'acm2 backfill --resume' once it is back`, 'master_unreachable', { cause: lost });
+  }
 
   let legacyLogs: LegacyLogsResult | undefined;
   if (opts.legacyLogsDir && !stopped) legacyLogs = await legacyLogsPass(deps, ctx, opts.legacyLogsDir, ids, inShard, batchSize, dryRun);
@@ -882,7 +900,12 @@ function stoppedByDiskFull(r: BackfillUserReport): boolean {
  * was cut short: redo it), nor a failure on a full disk (recorded so by earlier versions: retry it).
  */
 function finalItem(item: BackfillItem | undefined): item is BackfillItem {
-  return item !== undefined && item.outcome !== 'running' && !(item.outcome === 'fail' && parseReason(item.reason).code === 'disk_full');
+  return item !== undefined && item.outcome !== 'running' && !diskFullItem(item);
+}
+
+/** A failure on a full disk, as earlier versions recorded it (final, with the cursor past it). */
+function diskFullItem(item: BackfillItem): boolean {
+  return item.outcome === 'fail' && parseReason(item.reason).code === 'disk_full';
 }
 
 function reportFromItem(item: BackfillItem): BackfillUserReport {
