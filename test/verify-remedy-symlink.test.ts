@@ -86,3 +86,31 @@ describe('path_escape: the user DB or folder is a symlink to another user\'s', (
     expect((await verifyUsers(deps, { users: [bob] })).users[0]!.problems).toEqual([]);
   });
 });
+
+describe('path_escape: the user DB or folder is a symlink to the user\'s own data elsewhere in the data dir', () => {
+  it('a DB restored beside its name and a renamed folder are moved into place, not abandoned for a fresh seed', async () => {
+    const world = await sqliteWorld();
+    worlds.push(world);
+    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const id = (await createUser(deps, { email: 'cat@example.com', username: 'cat' })).user.id;
+    const db = new Database(userDbPath(world.dataDir, id));
+    db.prepare(`INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES ('00000000-0000-4000-8000-0000000000bb', ?, '2026-01-01', 'MINE', 'input_document', 'mine', '{}', '[]', 0)`).run(id);
+    db.close();
+    // Ops restored the DB beside its name and renamed the folder, then linked both back.
+    const dbFile = userDbPath(world.dataDir, id);
+    renameSync(dbFile, `${dbFile}.restored`);
+    symlinkSync(`${path.basename(dbFile)}.restored`, dbFile);
+    const root = userRoot(world.dataDir, id);
+    renameSync(root, `${root}.old`);
+    symlinkSync(`${path.basename(root)}.old`, root);
+
+    const problems = (await verifyUsers(deps, { users: [id] })).users[0]!.problems;
+    expect(problems.map((p) => p.code)).toEqual(['path_escape', 'path_escape']);
+    for (const p of problems) expect(p.message).not.toMatch(/not this user's/);
+    for (const p of problems) execSync(command(p.message));
+    expect((await verifyUsers(deps, { users: [id] })).users[0]!.problems).toEqual([]);
+    const check = new Database(dbFile, { readonly: true });
+    expect(check.prepare(`SELECT name FROM contents WHERE id = '00000000-0000-4000-8000-0000000000bb'`).get()).toEqual({ name: 'MINE' });
+    check.close();
+  });
+});

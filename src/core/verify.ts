@@ -1136,8 +1136,14 @@ class UserCheck {
     const r = path.relative(dir, target);
     if (r === '' || r.startsWith('..') || path.isAbsolute(r)) return undefined;
     const shown = r.split(path.sep).join('/');
-    // Inside this user's own folder it is the user's data: moving it into place is right.
-    return shown.startsWith(`${path.basename(this.root)}/`) ? undefined : shown;
+    // Only what is recognisably someone else's is held: another user's DB (or its -wal/-journal)
+    // or folder, the master, the tool's own folder. Anything else (the user's own DB restored
+    // beside it as user_1.db.restored, its folder renamed user_1.old) is this user's data:
+    // moving it into place is right, as for a link out of the data dir.
+    const head = shown.split('/')[0]!;
+    if (head === '.acm2' || /^master\.db(-wal|-shm|-journal)?$/.test(head)) return shown;
+    const owner = userIdFromEntry(head.replace(/-(wal|shm|journal)$/, ''));
+    return owner !== undefined && owner.id !== this.userId ? shown : undefined;
   }
 
   /**
