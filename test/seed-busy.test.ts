@@ -30,8 +30,8 @@ afterAll(async () => {
 });
 
 /** ACM2 in a long write: WAL, BEGIN IMMEDIATE held for `ms`. Resolves once held. */
-function holdWrite(file: string, ms: number): Promise<() => void> {
-  const script = `const D = require('better-sqlite3'); const d = new D(process.argv[1]); d.pragma('journal_mode = WAL'); d.exec('BEGIN IMMEDIATE'); process.stdout.write('held\\n'); setTimeout(() => { d.exec('ROLLBACK'); d.close(); }, ${ms});`;
+function holdWrite(file: string, ms: number, how: { wal: boolean; begin: string } = { wal: true, begin: 'BEGIN IMMEDIATE' }): Promise<() => void> {
+  const script = `const D = require('better-sqlite3'); const d = new D(process.argv[1]); ${how.wal ? "d.pragma('journal_mode = WAL');" : ''} d.exec('${how.begin}'); process.stdout.write('held\\n'); setTimeout(() => { d.exec('ROLLBACK'); d.close(); }, ${ms});`;
   const child = spawn(process.execPath, ['-e', script, file], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     child.stdout!.once('data', () => resolve(() => child.kill('SIGKILL')));
@@ -57,6 +57,21 @@ describe('user seed of a DB ACM2 holds locked', () => {
       expect(db.prepare(`SELECT seed_status FROM user_meta WHERE user_id = ?`).pluck().get(ann)).toBe('ready');
     } finally {
       db.close();
+    }
+  }, 60_000);
+
+  it('a rollback-journal DB held exclusively (readers blocked too) is exit 3 db_busy as well', async () => {
+    const bob = (await createUser({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, { email: 'bob@example.com', username: 'bob' })).user.id;
+    const file = userDbPath(world.dataDir, bob);
+    const release = await holdWrite(file, 9000, { wal: false, begin: 'BEGIN EXCLUSIVE' });
+    try {
+      const r = await execa('node', [path.join(REPO, 'bin', 'acm2.js'), 'user', 'seed', String(bob), '--force', '--json', '--data-dir', world.dataDir, '--master', world.masterUrl, '--seeds', pkg.seedsDir], { reject: false });
+      expect(r.exitCode).toBe(3);
+      const doc = JSON.parse(r.stdout) as { error: { code: string; message: string } };
+      expect(doc.error.code).toBe('db_busy');
+      expect(doc.error.message).toContain(file);
+    } finally {
+      release();
     }
   }, 60_000);
 });

@@ -10,7 +10,7 @@ import { CAN_MOUNT_TMPFS, frozenSource, snapshotTree, tmpDir, withTmpfs, type Fr
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
-import { readyButIncomplete } from './helpers/complete.js';
+import { readyButIncomplete, unlistedFiles } from './helpers/complete.js';
 import { emptyDrain, FAILURES_KEPT, mergeDrain } from '../src/core/seed-pool.js';
 import Database from 'better-sqlite3';
 import bcrypt from 'bcryptjs';
@@ -177,6 +177,45 @@ describe('ACM2 creating the user DB while a fresh seed builds it (its first requ
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('ACM2 creating the user DB and writing to it while a fresh seed builds it', () => {
+  it('a second go that finds the new DB busy keeps the build: the next seed reuses its ids, no second copy of the files', async () => {
+    const dir = tmpDir('acm2-raced-busy-');
+    let holder: Database.Database | undefined;
+    try {
+      const target = userDbPath(dir, 9);
+      let created = 0;
+      const err = await seedUserAsync({
+        dataDir: dir,
+        userId: 9,
+        pkg: pkg.pkg,
+        onStep: (s) => {
+          if (s === 'files_moved' && !existsSync(target)) {
+            createAcm2Db(target).close();
+            created++;
+          } else if (s === 'migrated' && created === 1 && !holder) {
+            // ACM2 goes on writing to the DB it created: the seed's second go meets it busy.
+            holder = new Database(target);
+            holder.exec('BEGIN IMMEDIATE');
+            holder.exec('CREATE TABLE acm2_probe (a)');
+          }
+        },
+      }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'db_busy' });
+      holder!.exec('ROLLBACK');
+      holder!.close();
+      holder = undefined;
+      const r = await seedUserAsync({ dataDir: dir, userId: 9, pkg: pkg.pkg });
+      expect(r.outcome).toBe('seeded');
+      expect(readyButIncomplete(dir, 9, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+      expect(unlistedFiles(dir, 9)).toEqual([]);
+      expect(readdirSync(path.join(dir, '.acm2', 'staging'))).toEqual([]);
+    } finally {
+      holder?.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });
 
 describe('symlinked folders under a user root', () => {

@@ -189,6 +189,9 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
   } catch (e) {
     // Opening the DB read-write can write (a hot journal rolled back, a WAL DB's -shm created).
     const cause = (e as { cause?: unknown }).cause ?? e;
+    // A DB held locked past the wait while its schema is read (a rollback-journal DB ACM2 is
+    // writing): the environment, exit 3, as when it is met later in the seed.
+    if (!isAcm2Error(e) && isBusy(cause)) throw busyDb(cause, dataDir, userId)!;
     if (!isAcm2Error(e) && isDiskFull(cause)) {
       throw new UnavailableError(`disk full while opening ${userDbPath(dataDir, userId)} before seeding (${String((cause as { code?: unknown }).code)})`, 'disk_full', { cause });
     }
@@ -286,7 +289,15 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     const keep = listedFiles(dataDir, userId);
     for (const l of others) removeBuildFiles(dataDir, userId, l.files.filter((f) => !keep.has(f.path)));
   }
-  cleanStaging(dataDir, userId);
+  // A build whose map this seed takes up stays in staging until that map is in the DB: removed
+  // before, a failure (the DB ACM2 just created being busy) or a crash in between would leave its
+  // files on disk named by no map, and the next seed would write a second copy under new ids.
+  let staged = inherited.length > 0;
+  const dropStaged = () => {
+    if (staged) cleanStaging(dataDir, userId);
+    staged = false;
+  };
+  if (!staged) cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   let meta: MetaRow | undefined;
   try {
@@ -295,6 +306,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     step('migrated');
     meta = readMeta(db, userId);
     if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
+      dropStaged();
       return alreadyReady(db, userId, version, meta.seeded_at ?? '', started);
     }
     if (!input.force && meta && meta.seed_version !== version && readyBefore(db, version)) {
@@ -303,6 +315,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       // now back, as when CURRENT is rolled back). Either way this version's rows and files are
       // the user's now, edits and all, so they are not rewritten (that is --force): the user is
       // ready with this version again.
+      dropStaged();
       return alreadyReady(db, userId, version, resumeReady(db, userId, version, meta.seed_version), started);
     }
     if (!input.force && !meta && readyBefore(db, version)) {
@@ -316,10 +329,12 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
         setMeta(open, userId, 'ready', version, at);
         return at;
       }).immediate();
+      dropStaged();
       return alreadyReady(open, userId, version, seededAt, started);
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
     const map = persistMap(db, userId, prepared, version, inherited);
+    dropStaged();
     step('map_persisted');
     const files = renderFiles(prepared, map);
 
