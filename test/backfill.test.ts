@@ -716,6 +716,8 @@ describe('stopping and resuming', () => {
       }) as MasterDb;
       const err = await runBackfill({ ...deps(f), master: narrow }, {}).catch((e: unknown) => e);
       expect(err).toBe(denied);
+      // The master still answers the statements it allows: the progress was saved for --resume.
+      expect(await f.master.getBackfill('default')).toMatchObject({ status: 'interrupted', cursor: 0 });
     } finally {
       await f.cleanup();
     }

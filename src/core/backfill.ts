@@ -596,8 +596,11 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const worker = workerName();
 
   let lost: unknown;
+  // A master that went away is not asked again; one that refused a statement (a grant missing, its
+  // disk full) still answers: the users in flight finish and the progress is saved.
+  const unreachable = () => lost !== undefined && !(isAcm2Error(lost) && lost.code !== 'master_unreachable');
   const m = async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (lost) throw new MasterLost();
+    if (unreachable()) throw new MasterLost();
     try {
       return await fn();
     } catch (e) {
