@@ -4,13 +4,17 @@
 // original, not db_corrupt; user show/list and diff must read the DB as well.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { existsSync } from 'node:fs';
-import { frozenSource, readOnlyView, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { existsSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { frozenSource, readOnlyView, snapshotTree, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, userStatus } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { userDbPath } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 
 let pkg: FrozenSource;
 const worlds: World[] = [];
@@ -58,4 +62,49 @@ describe('read commands on a read-only data dir', () => {
       view.undo();
     }
   });
+
+  it('the built CLI with the default master in that data dir: read commands work, write commands exit 3, nothing changes', async () => {
+    const dataDir = tmpDir('acm2-ro-cli-');
+    const cli = (dir: string, ...args: string[]) =>
+      execa('node', [BIN, '--data-dir', dir, '--seeds', pkg.seedsDir, ...args], { reject: false, env: { ACM2_BCRYPT_ROUNDS: '4' } });
+    try {
+      for (const n of ['ann', 'ben']) expect((await cli(dataDir, 'user', 'create', '--email', `${n}@example.com`, '--username', n)).exitCode).toBe(0);
+      for (const id of [1, 2]) {
+        const db = new Database(userDbPath(dataDir, id));
+        db.pragma('journal_mode = WAL');
+        db.close();
+      }
+      // The master is WAL too, and no process has it open: no -shm beside it.
+      expect(existsSync(path.join(dataDir, 'master.db-shm'))).toBe(false);
+      const before = snapshotTree(dataDir);
+      const view = readOnlyView(dataDir);
+      if (!view) return expect(process.env.CI).not.toBe('true');
+      try {
+        const v = await cli(view.path, 'verify', '--json');
+        expect(v.exitCode, v.stderr).toBe(0);
+        expect(JSON.parse(v.stdout)).toMatchObject({ ok: true, checked: 2 });
+        for (const args of [['user', 'list', '--json'], ['user', 'show', '1'], ['diff', '--user', '2'], ['backfill', '--dry-run']]) {
+          const r = await cli(view.path, ...args);
+          expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+        }
+        // A temp folder that cannot hold the private copies is the environment (exit 3), not
+        // every user's DB corrupt; with two threads as with one.
+        for (const threads of ['1', '2']) {
+          const noTmp = await execa('node', [BIN, '--data-dir', view.path, '--seeds', pkg.seedsDir, 'verify', '--concurrency', threads], { reject: false, env: { TMPDIR: view.path } });
+          expect(noTmp.exitCode, noTmp.stderr).toBe(3);
+          expect(noTmp.stderr).toMatch(/into the temp folder .* \(EROFS\); set TMPDIR to a folder with room/);
+        }
+        const create = await cli(view.path, 'user', 'create', '--email', 'cat@example.com', '--username', 'cat');
+        expect(create.exitCode).toBe(3);
+        expect(create.stderr).toMatch(/master\.db is read-only here/);
+        expect((await cli(view.path, 'user', 'seed', '1', '--force')).exitCode).toBe(3);
+      } finally {
+        view.undo();
+      }
+      expect(snapshotTree(dataDir)).toEqual(before);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
+

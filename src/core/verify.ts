@@ -13,6 +13,7 @@ import { gcEvery } from '../gc.js';
 import { lstatOrUndefined, statOrUndefined } from '../durable.js';
 import { isBusy } from './migrate-safe.js';
 import { deadHere } from './worker-name.js';
+import { fromWire, isAcm2Error, toWire, type WireError } from '../errors.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
@@ -381,7 +382,7 @@ class CheckerPool {
 
 interface WorkerReply {
   problems?: Problem[][];
-  error?: string;
+  error?: WireError;
 }
 
 function workerChecker(ctx: CheckContext): Checker {
@@ -396,7 +397,7 @@ function workerChecker(ctx: CheckContext): Checker {
   w.on('message', (m: WorkerReply) => {
     const p = pending;
     pending = undefined;
-    if (m.error !== undefined) p?.reject(new Error(m.error));
+    if (m.error !== undefined) p?.reject(fromWire(m.error));
     else p?.resolve(m.problems ?? []);
   });
   w.on('error', fail);
@@ -427,7 +428,7 @@ if (!isMainThread && parentPort && (workerData as { acm2VerifyWorker?: CheckCont
     try {
       port.postMessage({ problems: checkBatch(ctx, users, tick) } satisfies WorkerReply);
     } catch (e) {
-      port.postMessage({ error: e instanceof Error ? (e.stack ?? e.message) : String(e) } satisfies WorkerReply);
+      port.postMessage({ error: toWire(e) } satisfies WorkerReply);
     }
   });
 }
@@ -689,6 +690,8 @@ class UserCheck {
       // a run and its new tasks look like a dangling reference (close() ends it).
       db.exec('BEGIN');
     } catch (e) {
+      // The environment, not the DB (a private copy the temp folder cannot hold): verify stops, exit 3.
+      if (isAcm2Error(e)) throw e;
       this.add('db_corrupt', `cannot open ${where.path}: ${errMessage(e)}`, where);
       return { state: { kind: 'unreadable' }, seeded: [] };
     }

@@ -5,8 +5,9 @@ import Database from 'better-sqlite3';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import { canWrite } from '../durable.js';
+import { openForReading } from '../userdb/user-db.js';
 import { loadMigrations } from '../migrations.js';
-import { isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
+import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
 import type {
   ApiKeyRow,
   BackfillItem,
@@ -107,18 +108,26 @@ export class SqliteMaster implements MasterDb {
   constructor(readonly file: string) {
     this.display = `sqlite:${file}`;
     try {
-      mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-      // It holds e-mail addresses and key hashes: created 0600 like every file in the data dir
-      // (SQLite gives its -wal and -shm files the same mode). An existing file keeps its mode.
-      if (!existsSync(file)) closeSync(openSync(file, 'wx', 0o600));
-      this.db = new Database(file);
-      this.db.pragma('journal_mode = WAL');
-      // WAL with NORMAL never corrupts; a power cut may lose the last job updates, which the
-      // user DB (the truth for readiness) and the lease expiry make good on the next run.
-      this.db.pragma('synchronous = NORMAL');
+      if (existsSync(file) && !canWrite(path.dirname(file))) {
+        // A read-only place (a mount or backup snapshot of the data dir, a CI user without write
+        // access): opened read-only, so the read commands work and a write is refused (exit 3,
+        // read_only). A WAL master without its -shm is read from a private copy (openForReading).
+        this.db = openForReading(file, { readonly: true, timeout: 15000 });
+      } else {
+        mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+        // It holds e-mail addresses and key hashes: created 0600 like every file in the data dir
+        // (SQLite gives its -wal and -shm files the same mode). An existing file keeps its mode.
+        if (!existsSync(file)) closeSync(openSync(file, 'wx', 0o600));
+        this.db = new Database(file);
+        this.db.pragma('journal_mode = WAL');
+        // WAL with NORMAL never corrupts; a power cut may lose the last job updates, which the
+        // user DB (the truth for readiness) and the lease expiry make good on the next run.
+        this.db.pragma('synchronous = NORMAL');
+      }
       this.db.pragma('busy_timeout = 15000');
       this.db.pragma('foreign_keys = ON');
     } catch (e) {
+      if (isAcm2Error(e)) throw e; // said already (a private copy the temp folder cannot hold)
       const code = (e as NodeJS.ErrnoException).code;
       // A file that is not a database is a wrong --master or --data-dir, not an outage.
       if (code === 'SQLITE_NOTADB') throw new UsageError(`the master ${file} is not a SQLite database (${code}): check --master and --data-dir`, 'not_a_master', { cause: e });
@@ -139,6 +148,8 @@ export class SqliteMaster implements MasterDb {
 
   async migrate(): Promise<string[]> {
     const db = this.db;
+    // Up to date: nothing to write (a master opened read-only gets this far; see the constructor).
+    if (this.pendingMigrations().length === 0) return [];
     db.exec(`CREATE TABLE IF NOT EXISTS acm2_master_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)`);
     const applied: string[] = [];
     for (const m of loadMigrations('master/sqlite')) {
@@ -155,6 +166,15 @@ export class SqliteMaster implements MasterDb {
       if (done) applied.push(m.name);
     }
     return applied;
+  }
+
+  /** Master migrations not in the ledger, or applied with another checksum (the locked pass refuses those). */
+  private pendingMigrations(): string[] {
+    const has = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'acm2_master_migrations'`).get();
+    const ledger = new Map(has ? (this.db.prepare(`SELECT id, checksum FROM acm2_master_migrations`).raw(true).all() as [number, string][]) : []);
+    return loadMigrations('master/sqlite')
+      .filter((m) => ledger.get(m.id) !== m.checksum)
+      .map((m) => m.name);
   }
 
   private one(sql: string, ...args: unknown[]): Row | undefined {

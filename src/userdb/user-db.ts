@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { canWrite } from '../durable.js';
 import { loadMigrations, type Migration } from '../migrations.js';
-import { NeedsOperatorError, UsageError } from '../errors.js';
+import { isDiskFull, NeedsOperatorError, UnavailableError, UsageError } from '../errors.js';
 import { userDbEntryProblem, userDbPath, type UserId } from './paths.js';
 
 export type SqliteDb = Database.Database;
@@ -56,7 +56,12 @@ export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb
 export function openForReading(file: string, opts: { readonly?: boolean; timeout?: number } = {}): SqliteDb {
   const readonly = opts.readonly ?? true;
   if (!needsPrivateCopy(file)) return new Database(file, { readonly, fileMustExist: true, timeout: opts.timeout });
-  const dir = mkdtempSync(path.join(tmpdir(), 'acm2-read-'));
+  let dir: string;
+  try {
+    dir = mkdtempSync(path.join(tmpdir(), 'acm2-read-'));
+  } catch (e) {
+    throw tempFolderProblem(e, file);
+  }
   try {
     const copy = path.join(dir, path.basename(file));
     copyFileSync(file, copy);
@@ -73,8 +78,20 @@ export function openForReading(file: string, opts: { readonly?: boolean; timeout
     return db;
   } catch (e) {
     rmSync(dir, { recursive: true, force: true });
-    throw e;
+    // Only writing the copy fails so (reading the DB does not): the temp folder's problem.
+    const code = (e as NodeJS.ErrnoException).code;
+    throw code === 'EROFS' || isDiskFull(e) ? tempFolderProblem(e, file) : e;
   }
+}
+
+/** The temp folder cannot hold a private copy: the environment (exit 3), not the user's DB. */
+function tempFolderProblem(e: unknown, file: string): UnavailableError {
+  const code = String((e as NodeJS.ErrnoException).code ?? (e as Error).message);
+  return new UnavailableError(
+    `cannot copy ${file} to read it (SQLite cannot open it in place: its folder is read-only here) into the temp folder ${tmpdir()} (${code}); set TMPDIR to a folder with room`,
+    isDiskFull(e) ? 'disk_full' : 'read_only',
+    { cause: e },
+  );
 }
 
 /** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
