@@ -4,7 +4,10 @@
 // original, not db_corrupt; user show/list and diff must read the DB as well.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { openForReading } from '../src/userdb/user-db.js';
+import { thisPidSpace } from '../src/core/worker-name.js';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -106,5 +109,37 @@ describe('read commands on a read-only data dir', () => {
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  it('private copies a killed process left are removed by the next one that makes a copy; others are left alone', async () => {
+    const w = await sqliteWorld();
+    worlds.push(w);
+    const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, { email: 'dee@example.com', username: 'dee' });
+    const wal = new Database(userDbPath(w.dataDir, user.id));
+    wal.pragma('journal_mode = WAL');
+    wal.close();
+    const tmp = tmpDir('acm2-tmpdir-');
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    const gone = spawn(process.execPath, ['-e', '0']);
+    await new Promise((r) => gone.once('exit', r));
+    const space = thisPidSpace() || 'x';
+    const dead = path.join(tmp, `acm2-read-${gone.pid}.${space}-aaaaaa`);
+    const live = path.join(tmp, `acm2-read-${process.ppid}.${space}-bbbbbb`);
+    const elsewhere = path.join(tmp, `acm2-read-${gone.pid}.0badc0de.1-cccccc`);
+    for (const d of [dead, live, elsewhere]) mkdirSync(d);
+    const view = readOnlyView(w.dataDir);
+    try {
+      if (!view) return expect(process.env.CI).not.toBe('true');
+      try {
+        openForReading(userDbPath(view.path, user.id)).close();
+      } finally {
+        view.undo();
+      }
+      expect(readdirSync(tmp).sort()).toEqual([path.basename(live), path.basename(elsewhere)].sort());
+    } finally {
+      process.env.TMPDIR = saved;
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
 });
 

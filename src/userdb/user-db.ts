@@ -2,10 +2,11 @@
 // Migrations are ordered and checksummed; the ledger lives in the DB itself.
 
 import Database from 'better-sqlite3';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { canWrite } from '../durable.js';
+import { canWrite, processAlive } from '../durable.js';
+import { thisPidSpace } from '../core/worker-name.js';
 import { loadMigrations, type Migration } from '../migrations.js';
 import { isDiskFull, NeedsOperatorError, UnavailableError, UsageError } from '../errors.js';
 import { userDbEntryProblem, userDbPath, type UserId } from './paths.js';
@@ -55,10 +56,12 @@ export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb
  */
 export function openForReading(file: string, opts: { readonly?: boolean; timeout?: number } = {}): SqliteDb {
   const readonly = opts.readonly ?? true;
-  if (!needsPrivateCopy(file)) return new Database(file, { readonly, fileMustExist: true, timeout: opts.timeout });
+  const timeout = opts.timeout ?? 5000; // better-sqlite3 refuses `timeout: undefined`
+  if (!needsPrivateCopy(file)) return new Database(file, { readonly, fileMustExist: true, timeout });
+  sweepDeadCopies();
   let dir: string;
   try {
-    dir = mkdtempSync(path.join(tmpdir(), 'acm2-read-'));
+    dir = mkdtempSync(path.join(tmpdir(), `${COPY_PREFIX}${process.pid}.${thisPidSpace() || 'x'}-`));
   } catch (e) {
     throw tempFolderProblem(e, file);
   }
@@ -66,7 +69,7 @@ export function openForReading(file: string, opts: { readonly?: boolean; timeout
     const copy = path.join(dir, path.basename(file));
     copyFileSync(file, copy);
     if (existsSync(`${file}-wal`)) copyFileSync(`${file}-wal`, `${copy}-wal`);
-    const db = new Database(copy, { readonly, fileMustExist: true, timeout: opts.timeout });
+    const db = new Database(copy, { readonly, fileMustExist: true, timeout });
     const close = db.close.bind(db);
     db.close = () => {
       try {
@@ -81,6 +84,33 @@ export function openForReading(file: string, opts: { readonly?: boolean; timeout
     // Only writing the copy fails so (reading the DB does not): the temp folder's problem.
     const code = (e as NodeJS.ErrnoException).code;
     throw code === 'EROFS' || isDiskFull(e) ? tempFolderProblem(e, file) : e;
+  }
+}
+
+const COPY_PREFIX = 'acm2-read-';
+/** Temp folders swept by this process (once each). */
+const sweptIn = new Set<string>();
+
+/**
+ * Private copies a process left when it was killed (SIGINT, kill -9: a copy is removed on close,
+ * which never came): removed by the next process that makes one. Each is named after its process's
+ * pid and pid space, and only those of a pid of this pid space that is gone are touched.
+ */
+function sweepDeadCopies(): void {
+  const tmp = tmpdir();
+  if (sweptIn.has(tmp)) return;
+  sweptIn.add(tmp);
+  let names: string[];
+  try {
+    names = readdirSync(tmp);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    // Only this pid space's (a container sharing /tmp has pids of its own).
+    const [, pid, space] = /^acm2-read-(\d+)\.([^-]+)-/.exec(name) ?? [];
+    if (pid === undefined || space !== (thisPidSpace() || 'x') || Number(pid) === process.pid || processAlive(Number(pid))) continue;
+    rmSync(path.join(tmp, name), { recursive: true, force: true });
   }
 }
 
