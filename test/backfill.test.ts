@@ -723,6 +723,40 @@ describe('stopping and resuming', () => {
     }
   });
 
+  it('a master that refuses a statement and then goes away is reported as gone, and not asked again', async () => {
+    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    try {
+      const denied = new UnavailableError("MySQL master refused user 'ci' a statement acm2 needs (ER_TABLEACCESS_DENIED_ERROR)", 'master_access_denied');
+      const gone = new UnavailableError('cannot reach MySQL master at db:3306 (ECONNRESET)', 'master_unreachable');
+      let refused = false;
+      let callsAfterGone = 0;
+      const flaky = new Proxy(f.master, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            if (prop === 'close') return (v as (...a: unknown[]) => unknown).apply(target, args);
+            if (refused) {
+              callsAfterGone++;
+              return Promise.reject(gone);
+            }
+            if (prop === 'recordBackfillItem') {
+              refused = true;
+              return Promise.reject(denied);
+            }
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      }) as MasterDb;
+      const err = await runBackfill({ ...deps(f), master: flaky }, {}).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'master_unreachable', message: expect.stringMatching(/lost the master .*ECONNRESET/) });
+      // The save after the refusal found the master gone; nothing asked it again after that.
+      expect(callsAfterGone).toBe(1);
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('an embedded master whose disk fills at the last save is disk_full naming the master, not a lost master', async () => {
     const f = await buildLegacyFleet({ missing: 2 }, pkg.pkg);
     try {

@@ -598,13 +598,15 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   let lost: unknown;
   // A master that went away is not asked again; one that refused a statement (a grant missing, its
   // disk full) still answers: the users in flight finish and the progress is saved.
-  const unreachable = () => lost !== undefined && !(isAcm2Error(lost) && lost.code !== 'master_unreachable');
+  const refusal = (e: unknown) => isAcm2Error(e) && e.code !== 'master_unreachable';
+  const unreachable = () => lost !== undefined && !refusal(lost);
   const m = async <T>(fn: () => Promise<T>): Promise<T> => {
     if (unreachable()) throw new MasterLost();
     try {
       return await fn();
     } catch (e) {
-      lost ??= e;
+      // The first error is the one to report, unless the master went away after refusing one.
+      if (lost === undefined || (refusal(lost) && !refusal(e))) lost = e;
       throw new MasterLost();
     }
   };

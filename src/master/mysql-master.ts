@@ -279,7 +279,7 @@ export class MysqlMaster implements MasterDb {
         }
         return applied;
       } finally {
-        await c.query('SELECT RELEASE_LOCK(?)', [lock]).catch(() => undefined);
+        await c.query({ sql: 'SELECT RELEASE_LOCK(?)', values: [lock], timeout: queryTimeoutMs() }).catch(() => undefined);
       }
     } finally {
       c.release();
@@ -588,7 +588,9 @@ export class MysqlMaster implements MasterDb {
         released = true;
         this.heldLocks.delete(c);
         try {
-          await c.query('SELECT RELEASE_LOCK(?)', [name]);
+          // Given the statement timeout like every other: a master that stops answering without
+          // closing the connection (a network cut) must not hold a run at its end for ever.
+          await c.query({ sql: 'SELECT RELEASE_LOCK(?)', values: [name], timeout: queryTimeoutMs() });
           c.release();
         } catch {
           // A connection that cannot say RELEASE_LOCK is dropped, which frees the lock server-side.
