@@ -4,7 +4,7 @@
 
 import Database from 'better-sqlite3';
 import { execSync } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
@@ -19,8 +19,16 @@ const worlds: World[] = [];
 beforeAll(() => {
   pkg = frozenSource({ sourceDocs: 1 });
 });
+/** Folders outside the data dir (another volume, a place data was moved aside): removed after. */
+const scratchDirs: string[] = [];
+function scratch(prefix: string): string {
+  const d = tmpDir(prefix);
+  scratchDirs.push(d);
+  return d;
+}
 afterAll(async () => {
   for (const w of worlds) await w.cleanup();
+  for (const d of scratchDirs) rmSync(d, { recursive: true, force: true });
   pkg.cleanup();
 });
 
@@ -45,7 +53,7 @@ describe('path_escape: the user DB or folder itself is a symlink', () => {
 
     // Ops moved both to another volume and linked them back.
     // A volume path a shell would split: the printed command must quote it.
-    const vol = path.join(tmpDir('acm2-vol-'), "ops' volume");
+    const vol = path.join(scratch('acm2-vol-'), "ops' volume");
     mkdirSync(vol);
     renameSync(userDbPath(world.dataDir, id), path.join(vol, 'user.db'));
     symlinkSync(path.join(vol, 'user.db'), userDbPath(world.dataDir, id));
@@ -73,10 +81,10 @@ describe('path_escape: the user DB or folder is a symlink to another user\'s', (
     const bob = (await createUser(deps, { email: 'bob2@example.com', username: 'bob2' })).user.id;
     // Someone "shared" bob's data with ann by linking it.
     const annDb = userDbPath(world.dataDir, ann);
-    renameSync(annDb, path.join(tmpDir('acm2-aside-'), 'ann.db'));
+    renameSync(annDb, path.join(scratch('acm2-aside-'), 'ann.db'));
     symlinkSync(path.basename(userDbPath(world.dataDir, bob)), annDb);
     const annRoot = userRoot(world.dataDir, ann);
-    renameSync(annRoot, path.join(tmpDir('acm2-aside-'), 'ann'));
+    renameSync(annRoot, path.join(scratch('acm2-aside-'), 'ann'));
     symlinkSync(path.basename(userRoot(world.dataDir, bob)), annRoot);
 
     const problems = (await verifyUsers(deps, { users: [ann] })).users[0]!.problems.filter((p) => p.code === 'path_escape');

@@ -373,6 +373,7 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     unlinkSync(file);
     symlinkSync(outside, file);
     expectOnly(await verify(f, { deep: true }), f, ['path_escape']);
+    rmSync(path.dirname(outside), { recursive: true, force: true });
   });
 
   it('meta_missing: user_meta row removed (the master job still says done)', async () => {
