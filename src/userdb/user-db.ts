@@ -124,9 +124,24 @@ function tempFolderProblem(e: unknown, file: string): UnavailableError {
   );
 }
 
+/**
+ * Whether a folder may be written, asked once per folder per process: every user DB of a fleet is
+ * in the data dir, and an access() per user was a measurable share of backfill's planning.
+ * A data dir that turns read-only mid-run is then met as a failed open, as before this check.
+ */
+const writableFolders = new Map<string, boolean>();
+function folderWritable(dir: string): boolean {
+  let ok = writableFolders.get(dir);
+  if (ok === undefined) {
+    if (writableFolders.size >= 64) writableFolders.clear();
+    writableFolders.set(dir, (ok = canWrite(dir)));
+  }
+  return ok;
+}
+
 /** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
 function needsPrivateCopy(file: string): boolean {
-  if (existsSync(`${file}-shm`) || canWrite(path.dirname(file))) return false;
+  if (folderWritable(path.dirname(file)) || existsSync(`${file}-shm`)) return false;
   const head = Buffer.alloc(20);
   let fd: number | undefined;
   try {
