@@ -246,6 +246,7 @@ export class MysqlMaster implements MasterDb {
     // and the ledger row written only after the migration's statements all ran.
     const c = await this.connection();
     const lock = mysqlLockName('acm2_migrate:', this.url.database);
+    let healthy = true;
     try {
       const got = await this.one('SELECT GET_LOCK(?, ?) AS got', [lock, MIGRATE_LOCK_SECONDS], c, MIGRATE_LOCK_SECONDS * 1000);
       if (Number(got?.got) !== 1) {
@@ -279,10 +280,16 @@ export class MysqlMaster implements MasterDb {
         }
         return applied;
       } finally {
-        await c.query({ sql: 'SELECT RELEASE_LOCK(?)', values: [lock], timeout: queryTimeoutMs() }).catch(() => undefined);
+        // One that cannot say RELEASE_LOCK (timed out: its answer may still come) is dropped, which
+        // frees the lock server-side; back in the pool it would hold the lock, and the statement
+        // given it next would wait behind the unanswered one with no timeout of its own.
+        await c.query({ sql: 'SELECT RELEASE_LOCK(?)', values: [lock], timeout: queryTimeoutMs() }).catch(() => {
+          healthy = false;
+        });
       }
     } finally {
-      c.release();
+      if (healthy) c.release();
+      else c.destroy();
     }
   }
 
