@@ -606,7 +606,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       return await fn();
     } catch (e) {
       // The first error is the one to report, unless the master went away after refusing one.
-      if (lost === undefined || (refusal(lost) && !refusal(e))) lost = e;
+      if (lost === undefined || (refusal(lost) && isAcm2Error(e) && e.code === 'master_unreachable')) lost = e;
       throw new MasterLost();
     }
   };

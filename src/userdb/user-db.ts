@@ -98,7 +98,8 @@ const sweptIn = new Set<string>();
  */
 function sweepDeadCopies(): void {
   const tmp = tmpdir();
-  if (sweptIn.has(tmp)) return;
+  // Where /proc does not say which pid space this is, a pid elsewhere cannot be told dead: no sweep.
+  if (sweptIn.has(tmp) || thisPidSpace() === '') return;
   sweptIn.add(tmp);
   let names: string[];
   try {
@@ -109,8 +110,13 @@ function sweepDeadCopies(): void {
   for (const name of names) {
     // Only this pid space's (a container sharing /tmp has pids of its own).
     const [, pid, space] = /^acm2-read-(\d+)\.([^-]+)-/.exec(name) ?? [];
-    if (pid === undefined || space !== (thisPidSpace() || 'x') || Number(pid) === process.pid || processAlive(Number(pid))) continue;
-    rmSync(path.join(tmp, name), { recursive: true, force: true });
+    if (pid === undefined || space !== thisPidSpace() || Number(pid) === process.pid || processAlive(Number(pid))) continue;
+    try {
+      rmSync(path.join(tmp, name), { recursive: true, force: true });
+    } catch {
+      // Another user's (a shared /tmp: its 0700 folder, the sticky bit): theirs to remove. This
+      // process's read goes on; failing it would say the DB, or the master, cannot be opened.
+    }
   }
 }
 
