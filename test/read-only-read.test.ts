@@ -5,13 +5,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { openForReading } from '../src/userdb/user-db.js';
 import { thisPidSpace } from '../src/core/worker-name.js';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { frozenSource, readOnlyView, snapshotTree, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, frozenSource, readOnlyView, snapshotTree, sqliteWorld, tmpDir, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, userStatus } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { userDbPath } from '../src/userdb/paths.js';
@@ -137,9 +137,33 @@ describe('read commands on a read-only data dir', () => {
       }
       expect(readdirSync(tmp).sort()).toEqual([path.basename(live), path.basename(elsewhere)].sort());
     } finally {
-      process.env.TMPDIR = saved;
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
       rmSync(tmp, { recursive: true, force: true });
     }
   });
+
+  it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('a data dir that turns read-only while a process runs: verify asks again and reads a copy, not db_corrupt', () =>
+    withTmpfs('16m', async (mnt) => {
+      const w = await sqliteWorld();
+      worlds.push(w);
+      const deps = { master: w.master, dataDir: path.join(mnt, 'data'), seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const { user } = await createUser(deps, { email: 'eve@example.com', username: 'eve' });
+      const wal = new Database(userDbPath(deps.dataDir, user.id));
+      wal.pragma('journal_mode = WAL');
+      wal.close();
+      // This process learns the data dir is writable (it is asked once per folder per process).
+      expect((await verifyUsers(deps, { users: [user.id], concurrency: 1 })).ok).toBe(true);
+      for (const f of ['-wal', '-shm']) rmSync(`${userDbPath(deps.dataDir, user.id)}${f}`, { force: true });
+      // Then the file system is remounted read-only (as after disk errors).
+      expect(spawnSync('mount', ['-o', 'remount,ro', mnt]).status).toBe(0);
+      try {
+        const r = await verifyUsers(deps, { users: [user.id], concurrency: 1 });
+        expect(r.users[0]!.problems).toEqual([]);
+      } finally {
+        spawnSync('mount', ['-o', 'remount,rw', mnt]);
+      }
+    }),
+  );
 });
 

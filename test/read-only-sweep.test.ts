@@ -50,7 +50,8 @@ describe('sweeping dead private copies', () => {
       }
       expect(readdirSync(tmp)).toEqual([path.basename(notMine)]);
     } finally {
-      process.env.TMPDIR = saved;
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
       rmSync(tmp, { recursive: true, force: true });
       rmSync(dir, { recursive: true, force: true });
     }

@@ -17,7 +17,7 @@ import { fromWire, isAcm2Error, toWire, type WireError } from '../errors.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
-import { ACM2_TABLES, openForReading, pendingMigrations, userMigrations } from '../userdb/user-db.js';
+import { ACM2_TABLES, forgetWritable, openForReading, pendingMigrations, userMigrations } from '../userdb/user-db.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
 /** The stable problem codes of SPEC §5, in the order a person reads them. */
@@ -679,6 +679,11 @@ class UserCheck {
   // --- the database ---------------------------------------------------------------------------
 
   private checkDatabase(): { state: DbState; seeded: SeededFile[] } {
+    return this.readDatabase(false) ?? this.readDatabase(true)!;
+  }
+
+  /** The DB's checks; undefined when it is to be opened again (see the SQLITE_CANTOPEN case). */
+  private readDatabase(again: boolean): { state: DbState; seeded: SeededFile[] } | undefined {
     const where = { path: this.rel(this.dbFile) };
     let db: Database.Database;
     try {
@@ -701,6 +706,11 @@ class UserCheck {
       try {
         verdict = (db.pragma(check) as Array<Record<string, string>>).map((r) => String(Object.values(r)[0]));
       } catch (e) {
+        if (!again && (e as { code?: unknown }).code === 'SQLITE_CANTOPEN' && forgetWritable(path.dirname(this.dbFile))) {
+          // The data dir was writable when this process last asked, and is not now (a remount):
+          // a WAL DB without its -shm cannot be read in place. Asked again, it is read from a copy.
+          return undefined;
+        }
         if (isBusy(e)) this.busy();
         else if (/^SQLITE_READONLY_(ROLLBACK|RECOVERY)/.test(String((e as { code?: unknown }).code ?? ''))) {
           // A writer died mid-transaction (ACM2 killed, a container restart): its journal is rolled

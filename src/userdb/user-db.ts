@@ -145,6 +145,16 @@ function folderWritable(dir: string): boolean {
   return ok;
 }
 
+/**
+ * Forget what this process knew of a folder: true when it had called it writable. A read that
+ * failed as a read-only place fails (SQLITE_CANTOPEN) then asks again, and may use a copy.
+ */
+export function forgetWritable(dir: string): boolean {
+  const was = writableFolders.get(dir) === true;
+  writableFolders.delete(dir);
+  return was;
+}
+
 /** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
 function needsPrivateCopy(file: string): boolean {
   if (folderWritable(path.dirname(file)) || existsSync(`${file}-shm`)) return false;
