@@ -32,7 +32,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
         }
         if (foreign.length > 0) throw notAMaster(url.display, foreign);
       }
-      master = embeddedDiskFull(new SqliteMaster(url.file));
+      master = embeddedMasterErrors(new SqliteMaster(url.file));
       break;
     }
     case 'mysql': {
@@ -65,10 +65,11 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
 }
 
 /**
- * SQLite says a full disk as SQLITE_FULL ("database or disk is full"): for the embedded master that
- * is exit 3 naming the master file (SPEC §2), not an internal error, whichever call ran into it.
+ * The embedded master's environment failures, whichever call ran into them: a full disk (SQLite's
+ * SQLITE_FULL, "database or disk is full") or a master this process may only read is exit 3
+ * naming the master file (SPEC §2), not an internal error.
  */
-function embeddedDiskFull(master: MasterDb): MasterDb {
+function embeddedMasterErrors(master: MasterDb): MasterDb {
   const wrap = (e: unknown): unknown => {
     if (isAcm2Error(e)) return e;
     const code = String((e as { code?: unknown }).code);
