@@ -70,6 +70,14 @@ export function openForReading(file: string, opts: { readonly?: boolean; timeout
     copyFileSync(file, copy);
     if (existsSync(`${file}-wal`)) copyFileSync(`${file}-wal`, `${copy}-wal`);
     const db = new Database(copy, { readonly, fileMustExist: true, timeout });
+    try {
+      // SQLite makes the copy's -shm (32 KiB, in the temp folder) at the first read, not at open:
+      // read now, so a temp folder that holds the copy but not its -shm is said as what it is.
+      db.pragma('schema_version', { simple: true });
+    } catch (e) {
+      db.close();
+      throw e;
+    }
     const close = db.close.bind(db);
     db.close = () => {
       try {
