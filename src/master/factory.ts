@@ -77,6 +77,10 @@ function embeddedMasterErrors(master: MasterDb): MasterDb {
     // A master on a read-only mount or snapshot, or a file this user may not write: SQLite opened
     // it read-only, and the first write (a migration, a new user, a job claim) is refused.
     if (isReadOnly(e)) return new UnavailableError(`the master ${master.display} is read-only here (${code}): run this command where the master can be written`, 'read_only', { cause: e });
+    // The disk under the master failed a read or write (EIO: SQLITE_IOERR_READ, _WRITE, _FSYNC…),
+    // or SQLite could no longer open a file it needs (its -wal, -shm or journal): the environment.
+    if (code.startsWith('SQLITE_IOERR') || code === 'SQLITE_CANTOPEN' || code === 'SQLITE_PROTOCOL')
+      return new UnavailableError(`I/O error on the master ${master.display} (${code}): check the disk it is on, then run again`, 'master_io_error', { cause: e });
     return e;
   };
   return new Proxy(master, {
