@@ -90,6 +90,12 @@ export function classifyFsError(e: unknown, what: string): Acm2Error | undefined
   if (code === 'EACCES' || code === 'EPERM' || code === 'SQLITE_READONLY')
     return new UnavailableError(`permission denied on ${where} (${code})`, 'permission_denied', { cause: e });
   if (code === 'EROFS') return new UnavailableError(`read-only file system at ${where}`, 'read_only', { cause: e });
+  // The disk failed a read or write (EIO; SQLite says SQLITE_IOERR_READ, _WRITE, _FSYNC…).
+  if (code === 'EIO' || (typeof code === 'string' && code.startsWith('SQLITE_IOERR')))
+    return new UnavailableError(`I/O error at ${where} (${code}): check the disk it is on, then run again`, 'io_error', { cause: e });
+  if (code === 'EMFILE' || code === 'ENFILE')
+    return new UnavailableError(`too many open files at ${where} (${code}): raise the limit (ulimit -n), then run again`, 'too_many_open_files', { cause: e });
+  if (code === 'ENAMETOOLONG') return new UnavailableError(`path too long: ${where} (${code})`, 'path_too_long', { cause: e });
   return undefined;
 }
 

@@ -1,7 +1,7 @@
 // The one place that catches errors and sets the exit code (SPEC §2).
 
 import { buildProgram } from './cli/program.js';
-import { EXIT, isAcm2Error } from './errors.js';
+import { classifyFsError, EXIT, isAcm2Error } from './errors.js';
 import { TOOL_VERSION } from './config.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -47,6 +47,9 @@ function helpFor(argv: string[]): string {
   return `${path.join(' ')} needs one of: ${subs()}`;
 }
 
+/** Error codes that are the machine's state wherever they come from: never a bug of acm2's. */
+const SYSTEM_LIMITS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EIO', 'ENOSPC', 'EROFS', 'ENAMETOOLONG']);
+
 function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]): number {
   // commander signals help/version and its own usage errors through exceptions with exitCode.
   const ce = e as { code?: string; exitCode?: number; message?: string };
@@ -63,6 +66,10 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
     if (verbose && e.stack) process.stderr.write(`${e.stack}\n`);
     return e.exitCode;
   }
+  // The system refused what any code needs (loading a module, opening any file): the
+  // environment, exit 3, not a bug of ours.
+  const sys = SYSTEM_LIMITS.has(String((e as { code?: unknown } | undefined)?.code)) ? classifyFsError(e, 'acm2') : undefined;
+  if (sys) return reportError(sys, json, verbose, argv);
   const err = e instanceof Error ? e : new Error(String(e));
   const message = `internal error: ${err.message} (this is a bug, please report it)`;
   if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'internal', message } })}\n`);

@@ -3,13 +3,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { tmpDir } from './helpers/env.js';
 import { redactUrl } from '../src/config.js';
 import { classifyFsError } from '../src/errors.js';
+import { lockUserFile } from '../src/core/user-lock.js';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -195,5 +196,28 @@ describe('environment failures', () => {
     const full = classifyFsError(Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' }), "user 2's data");
     expect(full?.message).toBe("disk full while writing user 2's data");
     expect(full).toMatchObject({ code: 'disk_full', exitCode: 3 });
+    // A failing disk, the open-file limit, a path too long: the machine's state, exit 3.
+    expect(classifyFsError(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }), "user 2's data")).toMatchObject({ code: 'io_error', exitCode: 3, message: "I/O error at user 2's data (EIO): check the disk it is on, then run again" });
+    expect(classifyFsError(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_FSYNC' }), 'x')).toMatchObject({ code: 'io_error', exitCode: 3 });
+    expect(classifyFsError(Object.assign(new Error('too many open files'), { code: 'EMFILE' }), 'x')).toMatchObject({ code: 'too_many_open_files', exitCode: 3 });
+    expect(classifyFsError(Object.assign(new Error('name too long'), { code: 'ENAMETOOLONG' }), 'x')).toMatchObject({ code: 'path_too_long', exitCode: 3 });
+  });
+
+  it('the open-file limit met while loading a command is exit 3 in one sentence, not an internal error', async () => {
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      execFile('bash', ['-c', `ulimit -n 24; exec "${process.execPath}" "${BIN}" --data-dir /nonexistent-acm2-dir seed list`], (e, _o, stderr) => resolve({ code: e ? ((e as { code?: number }).code ?? null) : 0, stderr }));
+    });
+    expect(r.code, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/^acm2: too many open files at .* \(EMFILE\): raise the limit \(ulimit -n\)/);
+  });
+
+  it('a lock file whose path is longer than SQLite opens is exit 3 naming it, not an internal error', () => {
+    const long = path.join(tmpDir('acm2-long-'), 'a'.repeat(200), 'b'.repeat(200), 'c'.repeat(200));
+    mkdirSync(long, { recursive: true });
+    try {
+      expect(() => lockUserFile(long, 1, 0)).toThrow(expect.objectContaining({ exitCode: 3, code: 'lock_unavailable', message: expect.stringMatching(/use a shorter --data-dir/) }));
+    } finally {
+      rmSync(path.dirname(path.dirname(path.dirname(long))), { recursive: true, force: true });
+    }
   });
 });

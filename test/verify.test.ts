@@ -157,6 +157,15 @@ describe('a clean fleet', () => {
     const v = await verify(f, { users: [f.victim] });
     expect(v.users[0]!.problems.map((p) => [p.code, p.severity])).toEqual([['db_busy', 'warning']]);
     expect(v.users[0]!.problems[0]!.message).toMatch(/hot journal left by a writer that died mid-transaction/);
+    // A temp folder that cannot hold the rolled-back copy is the environment (exit 3), not a bug.
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = path.join(f.world.dataDir, 'no-such-folder');
+    try {
+      await expect(verify(f, { users: [f.victim] })).rejects.toMatchObject({ exitCode: 3, message: expect.stringMatching(/into the temp folder .*no-such-folder \(ENOENT\); set TMPDIR/) });
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+    }
     // Its next writer rolls it back, and the user is ok again.
     withDb(f, (db) => db.prepare('SELECT COUNT(*) FROM contents').get());
     expect((await verify(f, { users: [f.victim] })).users[0]!.problems).toEqual([]);

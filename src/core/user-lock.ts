@@ -68,6 +68,10 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
     if (known) throw known;
     // Node's recursive mkdir says ENOENT, not EROFS, for a folder it cannot create on a read-only mount.
     if (!canWrite(dataDir)) throw new UnavailableError(`cannot create the lock ${file}: the data dir ${dataDir} is read-only here (${(e as NodeJS.ErrnoException).code})`, 'read_only', { cause: e });
+    // SQLite cannot open a path longer than its limit (~512 bytes), which the OS took.
+    if ((e as { code?: unknown }).code === 'SQLITE_CANTOPEN') {
+      throw new UnavailableError(`cannot open the lock file ${file} (SQLITE_CANTOPEN${file.length > 500 ? `: its path is ${file.length} characters, more than SQLite opens; use a shorter --data-dir` : ''})`, 'lock_unavailable', { cause: e });
+    }
     throw e;
   }
   const deadline = Date.now() + Math.max(0, timeoutMs);

@@ -13,11 +13,11 @@ import { gcEvery } from '../gc.js';
 import { lstatOrUndefined, statOrUndefined } from '../durable.js';
 import { isBusy } from './migrate-safe.js';
 import { deadHere } from './worker-name.js';
-import { fromWire, isAcm2Error, toWire, type WireError } from '../errors.js';
+import { fromWire, isAcm2Error, isDiskFull, toWire, type WireError } from '../errors.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
-import { ACM2_TABLES, forgetWritable, openForReading, pendingMigrations, userMigrations } from '../userdb/user-db.js';
+import { ACM2_TABLES, forgetWritable, openForReading, pendingMigrations, tempFolderProblem, userMigrations } from '../userdb/user-db.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
 /** The stable problem codes of SPEC §5, in the order a person reads them. */
@@ -1487,7 +1487,12 @@ export function referenceSchema(): Map<string, string[]> {
  * touched.
  */
 function checkRolledBackCopy(dbFile: string, check: 'quick_check' | 'integrity_check'): string | undefined {
-  const dir = mkdtempSync(path.join(tmpdir(), 'acm2-verify-journal-'));
+  let dir: string;
+  try {
+    dir = mkdtempSync(path.join(tmpdir(), 'acm2-verify-journal-'));
+  } catch (e) {
+    throw tempFolderProblem(e, dbFile);
+  }
   try {
     const copy = path.join(dir, 'user.db');
     copyFileSync(dbFile, copy);
@@ -1500,6 +1505,9 @@ function checkRolledBackCopy(dbFile: string, check: 'quick_check' | 'integrity_c
       db.close();
     }
   } catch (e) {
+    // Writing the copy failed (the temp folder, not the DB): the environment, as above.
+    const code = (e as { code?: unknown }).code;
+    if (code === 'EROFS' || isDiskFull(e)) throw tempFolderProblem(e, dbFile);
     return errMessage(e);
   } finally {
     rmSync(dir, { recursive: true, force: true });

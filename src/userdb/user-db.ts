@@ -129,10 +129,10 @@ function sweepDeadCopies(): void {
 }
 
 /** The temp folder cannot hold a private copy: the environment (exit 3), not the user's DB. */
-function tempFolderProblem(e: unknown, file: string): UnavailableError {
+export function tempFolderProblem(e: unknown, file: string): UnavailableError {
   const code = String((e as NodeJS.ErrnoException).code ?? (e as Error).message);
   return new UnavailableError(
-    `cannot copy ${file} to read it (SQLite cannot open it in place: its folder is read-only here) into the temp folder ${tmpdir()} (${code}); set TMPDIR to a folder with room`,
+    `cannot copy ${file} to read it into the temp folder ${tmpdir()} (${code}); set TMPDIR to a folder with room`,
     isDiskFull(e) ? 'disk_full' : 'read_only',
     { cause: e },
   );
