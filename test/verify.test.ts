@@ -881,6 +881,20 @@ describe('end to end: the built binary', () => {
     });
   }, 60_000);
 
+  it('--junit with a legal name near the 255-byte limit writes the report (its temp file is not named after it)', async () => {
+    const f = await fleet();
+    const dir = tmpDir('acm2-junit-long-');
+    try {
+      const junit = path.join(dir, `${'r'.repeat(245)}.xml`);
+      const r = await bin(f, 'verify', '--junit', junit);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(parseXml(readFileSync(junit, 'utf8')).children[0]!.attrs).toMatchObject({ tests: '3' });
+      expect(readdirSync(dir)).toEqual([path.basename(junit)]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
   it('--junit through a symlink writes the file it points to (made if new) and leaves the link a link', async () => {
     const f = await fleet();
     const dir = tmpDir('acm2-junit-link-');

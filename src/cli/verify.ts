@@ -1,6 +1,7 @@
 // `acm2 verify`: parse flags, verify the users, print the result (and a JUnit file); exit 1 on problems.
 
 import { accessSync, chmodSync, constants, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
@@ -53,7 +54,9 @@ function writeReport(file: string, text: string): void {
   } catch {
     /* a new report */
   }
-  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.tmp`);
+  // A name of our own, not the report's with more added: a report name near the file system's
+  // 255-byte limit is the user's to choose, and its temp file must not be the one refused.
+  const tmp = path.join(path.dirname(target), `.acm2-junit.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   try {
     writeFileSync(tmp, text, { flag: 'wx' });
     if (mode !== undefined) chmodSync(tmp, mode);
