@@ -95,7 +95,9 @@ export function classifyFsError(e: unknown, what: string): Acm2Error | undefined
     return new UnavailableError(`I/O error at ${where} (${code}): check the disk it is on, then run again`, 'io_error', { cause: e });
   if (code === 'EMFILE' || code === 'ENFILE')
     return new UnavailableError(`too many open files at ${where} (${code}): raise the limit (ulimit -n), then run again`, 'too_many_open_files', { cause: e });
-  if (code === 'ENAMETOOLONG') return new UnavailableError(`path too long: ${where} (${code})`, 'path_too_long', { cause: e });
+  // A path longer than the file system takes comes from what was given (a data dir, a report
+  // name), not the machine's state: bad input, exit 2.
+  if (code === 'ENAMETOOLONG') return new UsageError(`path too long: ${where} (${code}); give a shorter one`, 'path_too_long', { cause: e });
   return undefined;
 }
 

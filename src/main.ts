@@ -48,7 +48,7 @@ function helpFor(argv: string[]): string {
 }
 
 /** Error codes that are the machine's state wherever they come from: never a bug of acm2's. */
-const SYSTEM_LIMITS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EIO', 'ENOSPC', 'EROFS', 'ENAMETOOLONG']);
+const SYSTEM_LIMITS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EIO', 'ENOSPC', 'EROFS']);
 
 function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]): number {
   // commander signals help/version and its own usage errors through exceptions with exitCode.

@@ -196,11 +196,12 @@ describe('environment failures', () => {
     const full = classifyFsError(Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' }), "user 2's data");
     expect(full?.message).toBe("disk full while writing user 2's data");
     expect(full).toMatchObject({ code: 'disk_full', exitCode: 3 });
-    // A failing disk, the open-file limit, a path too long: the machine's state, exit 3.
+    // A failing disk, the open-file limit: the machine's state, exit 3.
     expect(classifyFsError(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }), "user 2's data")).toMatchObject({ code: 'io_error', exitCode: 3, message: "I/O error at user 2's data (EIO): check the disk it is on, then run again" });
     expect(classifyFsError(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_FSYNC' }), 'x')).toMatchObject({ code: 'io_error', exitCode: 3 });
     expect(classifyFsError(Object.assign(new Error('too many open files'), { code: 'EMFILE' }), 'x')).toMatchObject({ code: 'too_many_open_files', exitCode: 3 });
-    expect(classifyFsError(Object.assign(new Error('name too long'), { code: 'ENAMETOOLONG' }), 'x')).toMatchObject({ code: 'path_too_long', exitCode: 3 });
+    // A path too long is what was given, not the machine: exit 2.
+    expect(classifyFsError(Object.assign(new Error('name too long'), { code: 'ENAMETOOLONG' }), 'x')).toMatchObject({ code: 'path_too_long', exitCode: 2 });
   });
 
   it('the open-file limit met while loading a command is exit 3 in one sentence, not an internal error', async () => {
