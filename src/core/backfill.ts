@@ -606,7 +606,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       return await fn();
     } catch (e) {
       // The first error is the one to report, unless the master went away after refusing one.
-      if (lost === undefined || (refusal(lost) && isAcm2Error(e) && e.code === 'master_unreachable')) lost = e;
+      if (lost === undefined || (refusal(lost) && isAcm2Error(e) && !refusal(e))) lost = e;
       throw new MasterLost();
     }
   };
@@ -837,7 +837,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   if (lost) {
     await save('interrupted', true);
     // The master answered, and refused (a grant missing, a migration it needs): that, as it is.
-    if (isAcm2Error(lost) && lost.code !== 'master_unreachable') throw lost;
+    if (refusal(lost)) throw lost;
     throw new UnavailableError(
       `lost the master ${master.display} mid-run (${lost instanceof Error ? lost.message : String(lost)}); users in flight finished or rolled back; ` +
         `progress is saved up to user ${cursor} where the master allowed it: run 'acm2 backfill --resume' once it is back`,
@@ -848,7 +848,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   await save(stopped ? 'interrupted' : 'done', true);
   if (lost) {
     // The master answered, and refused the save (its disk full, read-only): that, as it is.
-    if (isAcm2Error(lost) && lost.code !== 'master_unreachable') throw lost;
+    if (refusal(lost)) throw lost;
     throw new UnavailableError(`lost the master ${master.display} while saving progress; run 'acm2 backfill --resume' once it is back`, 'master_unreachable', { cause: lost });
   }
 

@@ -651,19 +651,25 @@ class UserCheck {
    * rewrites them, and what looked wrong may be that seed at work. When user_meta no longer says
    * what the snapshot said, the file problems are not reported; a warning says to look again.
    */
-  private seedRanMeanwhile(then: Meta | undefined): void {
-    if (then?.status !== 'ready' || !this.problems.some((p) => FILE_CODES.has(p.code))) return;
-    let now: { seed_status: string; seeded_at: string | null } | undefined;
+  /** A short second read of the user's DB, after its snapshot closed; undefined when it cannot be read. */
+  private reread<T>(fn: (db: Database.Database) => T): T | undefined {
     try {
       const db = openForReading(this.dbFile, { timeout: this.ctx.busyTimeoutMs });
       try {
-        now = db.prepare(`SELECT seed_status, seeded_at FROM user_meta WHERE user_id = ?`).get(this.userId) as typeof now;
+        return fn(db);
       } finally {
         db.close();
       }
     } catch {
-      return; // as read before: the file problems stand
+      return undefined;
     }
+  }
+
+  private seedRanMeanwhile(then: Meta | undefined): void {
+    if (then?.status !== 'ready' || !this.problems.some((p) => FILE_CODES.has(p.code))) return;
+    const read = this.reread((db) => ({ now: db.prepare(`SELECT seed_status, seeded_at FROM user_meta WHERE user_id = ?`).get(this.userId) as { seed_status: string; seeded_at: string | null } | undefined }));
+    if (!read) return; // as read before: the file problems stand
+    const { now } = read;
     if (now && now.seed_status === then.status && (now.seeded_at === null ? null : String(now.seeded_at)) === then.seededAt) return;
     const kept = this.problems.filter((p) => !FILE_CODES.has(p.code));
     this.problems.length = 0;
@@ -1116,17 +1122,8 @@ class UserCheck {
     const missing = this.summaryDocs.filter((x) => !isFile(x.file));
     if (missing.length === 0) return;
     const runs = [...new Set(missing.map((x) => x.runId))];
-    let still: Set<string> | undefined;
-    try {
-      const db = openForReading(this.dbFile, { timeout: this.ctx.busyTimeoutMs });
-      try {
-        still = new Set(db.prepare(`SELECT id FROM runs WHERE id IN (${runs.map(() => '?').join(',')})`).pluck().all(...runs) as string[]);
-      } finally {
-        db.close();
-      }
-    } catch {
-      still = undefined; // as read before: the run was there
-    }
+    // Unreadable now: as read before, the run was there.
+    const still = this.reread((db) => new Set(db.prepare(`SELECT id FROM runs WHERE id IN (${runs.map(() => '?').join(',')})`).pluck().all(...runs) as string[]));
     for (const x of missing) {
       if (still && !still.has(x.runId)) continue;
       this.add('unresolved_reference', `results_summary names doc '${x.doc}' but ${this.rel(x.file)} does not exist`, { table: 'runs', rowId: x.runId, path: this.rel(x.file) });

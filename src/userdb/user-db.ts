@@ -96,6 +96,8 @@ export function openForReading(file: string, opts: { readonly?: boolean; timeout
 }
 
 const COPY_PREFIX = 'acm2-read-';
+/** A copy's folder name: the prefix, its process's pid and pid space, mkdtemp's suffix. */
+const COPY_NAME = new RegExp(`^${COPY_PREFIX}(\\d+)\\.([^-]+)-`);
 /** Temp folders swept by this process (once each). */
 const sweptIn = new Set<string>();
 
@@ -117,7 +119,7 @@ function sweepDeadCopies(): void {
   }
   for (const name of names) {
     // Only this pid space's (a container sharing /tmp has pids of its own).
-    const [, pid, space] = /^acm2-read-(\d+)\.([^-]+)-/.exec(name) ?? [];
+    const [, pid, space] = COPY_NAME.exec(name) ?? [];
     if (pid === undefined || space !== thisPidSpace() || Number(pid) === process.pid || processAlive(Number(pid))) continue;
     try {
       rmSync(path.join(tmp, name), { recursive: true, force: true });
