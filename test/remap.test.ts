@@ -81,4 +81,21 @@ describe('remapper', () => {
   it('finds quoted doc ids in JSON text', () => {
     expect(findDocIds(JSON.stringify({ a: D1, [D2]: 1 }))).toEqual([D1, D2]);
   });
+
+  it('finds an id right after an escape that ends in a letter or digit: JSON \\n \\t \\u201c, URL %2F %22', () => {
+    // json.dumps (ensure_ascii) of a traceback line or a curly-quoted mention, and a URL-encoded path.
+    const json = JSON.stringify({ errors: [`Traceback (most recent call last):\n${S}\n\t${RUN}`], note: `\u201c${D1}\u201d` }).replace(/\u201c|\u201d/g, (c) => `\\u${c.charCodeAt(0).toString(16)}`);
+    const url = `GET /api/files?path=runs%2F${RUN}%2Fgenerated%2F${D1}.md&q=%22${S}%22`;
+    const { t, map } = mapFor(`${json} ${url}`, [D1]);
+    expect(t.toks.filter((x) => x === S)).toHaveLength(2);
+    expect(t.toks.filter((x) => x === RUN)).toHaveLength(2);
+    expect(t.toks.filter((x) => x === D1)).toHaveLength(2);
+    const out = render(t, map);
+    for (const id of [S, RUN, D1]) expect(out).not.toContain(id);
+    expect(JSON.parse(out.slice(0, json.length))).toBeTypeOf('object');
+    // JSON kept as a string inside JSON doubles the backslash: still an escape. A plain letter is no boundary.
+    const inner = JSON.stringify({ raw_response: JSON.stringify({ note: `see\n${S}` }) });
+    expect(mapFor(inner, []).t.toks).toEqual([S]);
+    expect(mapFor(`n${S} x${RUN} %2${S} \\u20${S}`, [D1]).t.toks).toEqual([]);
+  });
 });

@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { cpSync, readFileSync, existsSync, writeFileSync, statSync, rmSync } from 'node:fs';
-import { generateSource } from '../src/fixtures/source.js';
+import { generateSource, pyJsonDumps, pyJsonLoads } from '../src/fixtures/source.js';
 import { freezeSeed } from '../src/core/freeze.js';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -344,6 +344,62 @@ describe('UUID-shaped text that is no identifier of the package', () => {
       const after = new Database(userDbPath(w.dataDir, 1), { readonly: true });
       expect(after.prepare(`SELECT COUNT(*) FROM acm2_id_map WHERE source_id = ?`).pluck().get(FOREIGN)).toBe(0);
       after.close();
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('an id right after an escape ending in a letter or digit (JSON \n, \u201c; URL %2F, %22)', () => {
+  it('is remapped in rows and files, and verify --deep finds one put back', async () => {
+    const root = tmpDir('acm2-escaped-id-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      const S = source.sourceDocIds[0]!;
+      const R = source.runId;
+      const D = source.docIds.find((d) => !d.startsWith('combined.'))!;
+      const db = new Database(source.dbPath);
+      const row = db.prepare(`SELECT results_summary FROM runs WHERE id = ?`).get(R) as { results_summary: string };
+      // ACM2 keeps traceback.format_exc() in results_summary.errors, written by json.dumps (ASCII-escaped).
+      const summary = pyJsonLoads(row.results_summary) as Record<string, unknown>;
+      summary.errors = [`Traceback (most recent call last):\n${S}\n\t${D} failed`, `Winner \u201c${D}\u201d of ${R}`];
+      db.prepare(`UPDATE runs SET results_summary = ? WHERE id = ?`).run(pyJsonDumps(summary), R);
+      db.prepare(`UPDATE contents SET body = body || ? WHERE id = ?`).run(`\n[report](/api/files?path=runs%2F${R}%2Freports%2Freport.html&src=%22${S}%22)`, S);
+      db.close();
+      const runDir = path.join(source.filesDir, 'runs', R);
+      writeFileSync(path.join(runDir, 'logs', 'run.log'), `${readFileSync(path.join(runDir, 'logs', 'run.log'), 'utf8')}GET /api/files?path=runs%2F${R}%2Fgenerated%2F${encodeURIComponent(safeDocId(D))}.md 200\n`);
+      writeFileSync(path.join(runDir, 'logs', 'events.jsonl'), `${JSON.stringify({ msg: `done\n${S}` })}\n`);
+      const seedsDir = path.join(root, 'seeds');
+      freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: R, version: 'v9', seedsDir, setCurrent: true });
+      const ids = [...source.contentIds, source.presetId, R, ...source.taskIds, ...source.artifactIds, ...source.docIds];
+      const users: number[] = [];
+      for (const who of ['a', 'b']) {
+        const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: `${who}@example.com`, username: who });
+        expect(u.seed.status).toBe('ready');
+        users.push(u.user.id);
+        const udb = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+        const rows = ['contents', 'presets', 'runs', 'tasks', 'artifacts'].map((t) => JSON.stringify(udb.prepare(`SELECT * FROM ${t}`).all()));
+        const errors = (JSON.parse(udb.prepare(`SELECT results_summary FROM runs`).pluck().get() as string) as { errors: string[] }).errors;
+        udb.close();
+        const uroot = userRoot(w.dataDir, u.user.id);
+        const files = walkFiles(uroot);
+        const text = [...rows, files.join('\n'), ...files.map((f) => readFileSync(path.join(uroot, f), 'utf8'))].join('\n');
+        for (const id of ids) expect(text, id).not.toContain(id);
+        expect(errors[0]).toMatch(/^Traceback \(most recent call last\):\n[0-9a-f-]{36}\n\t[0-9a-f]{8}\.[0-9a-f]{4}\.fpf\.1\.openai_o4-mini failed$/);
+      }
+      const clean = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(clean.users.flatMap((x) => x.problems)).toEqual([]);
+      // One put back after a newline escape (rows) and after %2F (a text file): verify says so.
+      const udb = new Database(userDbPath(w.dataDir, users[0]!));
+      udb.prepare(`UPDATE runs SET results_summary = replace(results_summary, '"errors": [', ?)`).run(`"errors": ["x\\n${S}", `);
+      const run = udb.prepare(`SELECT id FROM runs`).pluck().get() as string;
+      udb.close();
+      writeFileSync(path.join(userRoot(w.dataDir, users[0]!), 'runs', run, 'logs', 'note.txt'), `GET /x?path=runs%2F${R}\n`, { mode: 0o600 });
+      const leaked = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      const problems = leaked.users.find((x) => x.id === users[0])!.problems;
+      expect(problems.filter((p) => p.code === 'seed_id_leaked').map((p) => p.table ?? p.path)).toEqual(['runs', expect.stringMatching(/logs\/note\.txt$/)]);
     } finally {
       await w.cleanup();
       rmSync(root, { recursive: true, force: true });

@@ -667,6 +667,16 @@ describe('LeakIndex', () => {
     expect(idx.find('673307e8.ffff.fpf.1.openai_o4-mini and 11111111-2222-3333-4444-555555555555')).toBeUndefined();
   });
 
+  it('finds an id right after a JSON or URL escape (\\n, \\t, \\u201c, %2F), doubled ones too (JSON inside JSON)', () => {
+    const idx = new LeakIndex(['9490e0ef-b200-46fb-8c2c-21f2673307e8', '673307e8.4a48.fpf.1.openai_o4-mini', 'combined.673307e8.2b47.openai_gpt-5']);
+    expect(idx.find('{"errors": ["Traceback:\\n9490e0ef-b200-46fb-8c2c-21f2673307e8"]}')).toBe('9490e0ef-b200-46fb-8c2c-21f2673307e8');
+    expect(idx.find('"done\\t673307e8.4a48.fpf.1.openai_o4-mini"')).toBe('673307e8.4a48.');
+    expect(idx.find('"\\u201ccombined.673307e8.2b47.openai_gpt-5\\u201d"')).toBe('combined.673307e8.2b47.');
+    expect(idx.find('?path=runs%2F9490e0ef-b200-46fb-8c2c-21f2673307e8%2Fx')).toBe('9490e0ef-b200-46fb-8c2c-21f2673307e8');
+    expect(idx.find('"raw_response": "{\\"note\\": \\"see\\\\n673307e8.4a48.fpf.1.openai_o4-mini\\"}"')).toBe('673307e8.4a48.');
+    expect(idx.find('n9490e0ef-b200-46fb-8c2c-21f2673307e8 %2G673307e8.4a48. \\u20x673307e8.4a48. \\x673307e8.4a48.')).toBeUndefined();
+  });
+
   it('finds exactly what the look-behind regexes it replaced find, on 20,000 random near-miss strings', () => {
     const uuids = ['9490e0ef-b200-46fb-8c2c-21f2673307e8', 'abcdef01-2345-6789-abcd-ef0123456789'];
     const docs = ['673307e8.4a48.fpf.1.openai_o4-mini', 'combined.673307e8.2b47.openai_gpt-5', 'deadbeef.0001.x'];
@@ -675,9 +685,11 @@ describe('LeakIndex', () => {
     const uuidSet = new Set(uuids);
     const heads = new Set(docs.map((d) => /^((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.)/.exec(d)![1]!));
     const reference = (text: string): string | undefined => {
-      const U = /(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9A-Za-z])/g;
+      // A boundary: no letter or digit before, or the end of a JSON escape or a URL %XX.
+      const B = String.raw`(?:(?<![0-9A-Za-z])|(?<=\\(?:[nrtbf]|u[0-9A-Fa-f]{4})|%[0-9A-Fa-f]{2}))`;
+      const U = new RegExp(`${B}[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9A-Za-z])`, 'g');
       for (let m = U.exec(text); m; m = U.exec(text)) if (uuidSet.has(m[0].toLowerCase())) return m[0];
-      const H = /(?<![0-9A-Za-z])(?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\./g;
+      const H = new RegExp(`${B}(?:combined\\.)?[0-9a-f]{8}\\.[0-9a-f]{4}\\.`, 'g');
       for (let m = H.exec(text); m; m = H.exec(text)) {
         if (heads.has(m[0])) return m[0];
         const bare = m[0].startsWith('combined.') ? m[0].slice('combined.'.length) : undefined;
@@ -689,7 +701,7 @@ describe('LeakIndex', () => {
     const pieces = [
       ...uuids, ...uuids.map((u) => u.toUpperCase()), '9490e0ef-b200-46fb-8c2c-21f2673307e', '11111111-2222-3333-4444-555555555555',
       '673307e8.4a48.', '673307e8.4a48', 'combined.', 'combined.673307e8.2b47.', '673307e8.2b47.', 'deadbeef.0001.', 'DEADBEEF.0001.', 'eadbeef.0001.',
-      '-', '.', 'a', 'Z', '0', ' ', '_', '/', '"', 'x-', 'é',
+      '-', '.', 'a', 'Z', '0', ' ', '_', '/', '"', 'x-', 'é', '\\', '\\n', '\\u201c', '\\u00E9', '%2F', '%2', '%',
     ];
     let found = 0;
     for (let i = 0; i < 20_000; i++) {

@@ -16,7 +16,7 @@ import { deadHere } from './worker-name.js';
 import { fromWire, isAcm2Error, isDiskFull, toWire, type WireError } from '../errors.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
-import { isDocId, isUuid, safeDocId } from '../seed/remap.js';
+import { idMayStartAt, isDocId, isUuid, safeDocId } from '../seed/remap.js';
 import { ACM2_TABLES, forgetWritable, openForReading, pendingMigrations, tempFolderProblem, userMigrations } from '../userdb/user-db.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
@@ -1352,7 +1352,8 @@ export class LeakIndex {
    * The first package identifier in text, or undefined. A hand-written scan rather than a regex:
    * it jumps between '-' (UUIDs) and '.' (doc-id heads) with indexOf and checks the shape around
    * each, which is ~10× faster than two look-behind regexes over every text cell (verify's top cost).
-   * Same matches as `(?<![0-9A-Za-z])UUID(?![0-9A-Za-z])` and `(?<![0-9A-Za-z])(combined\.)?H8\.H4\.`.
+   * Same matches as `(?<![0-9A-Za-z])UUID(?![0-9A-Za-z])` and `(?<![0-9A-Za-z])(combined\.)?H8\.H4\.`,
+   * where an escape ending right before the id (`\n`, `\u201c`, `%2F`) counts as a boundary, as for the remapper.
    */
   find(text: string): string | undefined {
     if (this.uuids.size > 0 && text.length >= 36) {
@@ -1368,7 +1369,7 @@ export class LeakIndex {
           hexRun(text, p + 6, 4, true) &&
           hexRun(text, p + 11, 4, true) &&
           hexRun(text, p + 16, 12, true) &&
-          !alnumAt(text, s - 1) &&
+          idMayStartAt(text, s) &&
           !alnumAt(text, s + 36)
         ) {
           const id = text.slice(s, s + 36);
@@ -1380,9 +1381,9 @@ export class LeakIndex {
       // A head is 8 lowercase hex, '.', 4 lowercase hex, '.': look at each '.' 8 characters in.
       for (let p = text.indexOf('.', 8); p !== -1; p = text.indexOf('.', p + 1)) {
         const s = p - 8;
-        if (text.charCodeAt(p + 5) !== 46 || !hexRun(text, s, 8, false) || !hexRun(text, p + 1, 4, false) || alnumAt(text, s - 1)) continue;
+        if (text.charCodeAt(p + 5) !== 46 || !hexRun(text, s, 8, false) || !hexRun(text, p + 1, 4, false) || !idMayStartAt(text, s)) continue;
         const bare = text.slice(s, p + 6);
-        if (s >= 9 && text.startsWith('combined.', s - 9) && !alnumAt(text, s - 10)) {
+        if (s >= 9 && text.startsWith('combined.', s - 9) && idMayStartAt(text, s - 9)) {
           const full = `combined.${bare}`;
           if (this.heads.has(full)) return full;
         }

@@ -15,9 +15,51 @@ const DOC_TAIL_SRC = "[^\\s\"'<>()\\[\\]{},;`|*]*";
  */
 const USER_DIR_SRC = `(user_[0-9]+)(?=[/\\\\]runs[/\\\\](${UUID_RE_SRC})(?![0-9A-Za-z]))`;
 
-/** One regex for candidate tokens; boundaries keep it from matching inside longer hex runs. */
-const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC})`, 'g');
+const TOKEN_SRC = `(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC})`;
+/** One regex for candidate tokens; the look-behind keeps them from starting inside a longer word or hex run. */
+const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])${TOKEN_SRC}`, 'g');
+/**
+ * Candidates right after an escape ending in a letter or digit (see idMayStartAt), which TOKEN_RE's
+ * look-behind does not let start. Found by a second, separate scan: folding the escapes into
+ * TOKEN_RE's look-behind (an alternation) made tokenising a large package twice as slow.
+ */
+const AFTER_ESCAPE_RE = /(?:\\(?:[nrtbf]|u[0-9A-Fa-f]{4})|%[0-9A-Fa-f]{2})(?=[0-9A-Fa-fu])/g;
+const TOKEN_AT_RE = new RegExp(TOKEN_SRC, 'y');
 const USER_DIR_RE = /^user_[0-9]+$/;
+
+const isAlnum = (c: number) => (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122);
+const isHex = (c: number) => (c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102);
+
+/**
+ * May an identifier start at text[at]? At the start, after a character that is not a letter or
+ * digit, or after an escape whose last character is one: JSON text (ACM2 stores json.dumps with
+ * ensure_ascii) writes a newline, a tab or a curly quote before an id as `\n`, `\t`, `\u201c`
+ * (also doubled, `\\n`, in JSON kept as a string inside JSON: a judge's raw_response); a URL writes
+ * a '/' or a quote before one as `%2F`, `%22`. The character the escape stands for is the real
+ * neighbour, so the id is a whole token.
+ */
+export function idMayStartAt(text: string, at: number): boolean {
+  if (at === 0 || !isAlnum(text.charCodeAt(at - 1))) return true;
+  if (at >= 3 && text.charCodeAt(at - 3) === 37 && isHex(text.charCodeAt(at - 2)) && isHex(text.charCodeAt(at - 1))) return true;
+  if (at >= 2 && text.charCodeAt(at - 2) === 92 && 'nrtbf'.includes(text[at - 1]!)) return true;
+  if (at < 6 || text.charCodeAt(at - 6) !== 92 || text.charCodeAt(at - 5) !== 117) return false;
+  for (let i = at - 4; i < at; i++) if (!isHex(text.charCodeAt(i))) return false;
+  return true;
+}
+
+/** Token candidates that start right after an escape, in order (TOKEN_RE's groups). */
+function afterEscapes(text: string): RegExpExecArray[] {
+  const out: RegExpExecArray[] = [];
+  AFTER_ESCAPE_RE.lastIndex = 0;
+  for (let m = AFTER_ESCAPE_RE.exec(text); m; m = AFTER_ESCAPE_RE.exec(text)) {
+    const at = m.index + m[0].length;
+    if (!idMayStartAt(text, at)) continue;
+    TOKEN_AT_RE.lastIndex = at;
+    const t = TOKEN_AT_RE.exec(text);
+    if (t) out.push(t);
+  }
+  return out;
+}
 
 /** A `user_{id}` folder token (see USER_DIR_SRC). */
 export function isUserDir(s: string): boolean {
@@ -101,12 +143,18 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
   const lits: string[] = [];
   const toks: string[] = [];
   let last = 0;
-  TOKEN_RE.lastIndex = 0;
-  for (let m = TOKEN_RE.exec(text); m; m = TOKEN_RE.exec(text)) {
+  const escaped = afterEscapes(text);
+  let e = 0;
+  for (let from = 0; ; ) {
+    TOKEN_RE.lastIndex = from;
+    let m = TOKEN_RE.exec(text);
+    while (e < escaped.length && escaped[e]!.index < from) e++;
+    if (e < escaped.length && (!m || escaped[e]!.index < m.index)) m = escaped[e]!;
+    if (!m) break;
     let tok: string | undefined;
     if (m[1]) {
       if (uuids && !uuids.has(m[1].toLowerCase())) {
-        TOKEN_RE.lastIndex = m.index + m[1].length;
+        from = m.index + m[1].length;
         continue;
       }
       tok = m[1];
@@ -114,13 +162,13 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
     else if (m[3] && (!uuids || uuids.has(m[4]!.toLowerCase()))) tok = m[3];
     if (!tok) {
       // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
-      TOKEN_RE.lastIndex = m.index + 1;
+      from = m.index + 1;
       continue;
     }
     lits.push(text.slice(last, m.index));
     toks.push(tok);
     last = m.index + tok.length;
-    TOKEN_RE.lastIndex = last;
+    from = last;
   }
   lits.push(text.slice(last));
   return { lits, toks };
