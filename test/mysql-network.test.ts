@@ -179,7 +179,7 @@ describe.skipIf(gate.skip)('the MySQL master behind a misbehaving network', () =
       let stderr = '';
       let stdout = '';
       const child = spawn(process.execPath, [BIN, 'user', 'create', '--master', proxied, '--data-dir', dataDir, '--email', 'held@example.com', '--username', 'held', '--no-color'], {
-        env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MYSQL_QUERY_TIMEOUT_MS: '20000' },
+        env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MYSQL_QUERY_TIMEOUT_MS: '20000', ACM2_PAIR_DATA_DIR: dataDir },
       });
       child.stdout.on('data', (d) => (stdout += d));
       child.stderr.on('data', (d) => (stderr += d));

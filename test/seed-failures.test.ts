@@ -292,27 +292,38 @@ describe('failed seeds', () => {
     // delete, or a data dir from another master).
     const other = tmpDir('acm2-other-');
     try {
-      seedUser({ dataDir: other, userId: 1, pkg: pkg.pkg });
+      seedUser({ dataDir: other, userId: 2, pkg: pkg.pkg });
       const dir = tmpDir('acm2-reused-');
       try {
-        const cli = (args: string[]) => run(process.execPath, [BIN, '--data-dir', dir, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '' } }).then((r) => ({ code: 0, stdout: r.stdout }), (e: { code: number; stdout: string }) => ({ code: e.code, stdout: e.stdout }));
-        cpSync(userDbPath(other, 1), userDbPath(dir, 1));
-        cpSync(userRoot(other, 1), userRoot(dir, 1), { recursive: true });
+        const cli = (args: string[], env: Record<string, string> = {}) =>
+          run(process.execPath, [BIN, '--data-dir', dir, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '', ACM2_PAIR_DATA_DIR: '', ...env } }).then(
+            (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+            (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+          );
+        cpSync(userDbPath(other, 2), userDbPath(dir, 2));
+        cpSync(userRoot(other, 2), userRoot(dir, 2), { recursive: true });
         const before = snapshotTree(dir);
+        // A new master for a data dir that holds user DBs is refused before anything is made.
+        const refused = await cli(['user', 'create', '--email', 'first@example.com', '--username', 'first']);
+        expect(refused.code).toBe(2);
+        expect(refused.stderr).toMatch(/^acm2: the master sqlite:.*master\.db does not exist yet, but the data dir .* already holds user DBs \(user_2\.db…\)/m);
+        expect(snapshotTree(dir)).toEqual(before);
+        // Paired on purpose, the master's first user is 1; its second one meets user_2.db.
+        expect((await cli(['user', 'create', '--email', 'first@example.com', '--username', 'first'], { ACM2_PAIR_DATA_DIR: dir })).code).toBe(0);
         const c = await cli(['user', 'create', '--email', 'new@example.com', '--username', 'new', '--json']);
         expect(c.code).toBe(1);
         const doc = JSON.parse(c.stdout);
-        expect(doc.user).toMatchObject({ id: 1, seedStatus: 'failed' });
+        expect(doc.user).toMatchObject({ id: 2, seedStatus: 'failed' });
         expect(doc.apiKey).toMatch(/^acm2_/);
         expect(doc.seed).toMatchObject({ status: 'failed' });
         // Retrying is the last step of what the error says to do, so no bare "retry" is offered.
         expect(doc.seed.retry).toBeUndefined();
-        expect(doc.seed.error).toMatch(/move it out of the data dir, then run: acm2 user seed 1$/);
-        expect(doc.seed.error).toMatch(/already holds user_1\.db, user_1 from before user 1 existed/);
+        expect(doc.seed.error).toMatch(/move it out of the data dir, then run: acm2 user seed 2$/);
+        expect(doc.seed.error).toMatch(/already holds user_2\.db, user_2 from before user 2 existed/);
         const after = snapshotTree(dir);
         for (const [rel, sha] of Object.entries(before)) expect(after[rel], rel).toBe(sha);
         // The job is failed, not queued: no drain picks the leftovers up.
-        const shown = JSON.parse((await cli(['user', 'show', '1', '--json'])).stdout);
+        const shown = JSON.parse((await cli(['user', 'show', '2', '--json'])).stdout);
         expect(shown.job).toMatchObject({ status: 'failed' });
         expect(shown.job.lastError).toMatch(/not this user's data/);
       } finally {

@@ -28,6 +28,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
   try {
     result = await usingMaster(cfg.master, (master) =>
       createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input, signals.hooks),
+      { pairWith: { dataDir: cfg.dataDir, write: true } },
     );
   } finally {
     signals.dispose();

@@ -21,7 +21,8 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     const limit = intOption(opts, 'limit');
     // Each drainer opens its own connection (and would set a master up): check the master is one
     // first. The drainers apply the migrations; this check need not.
-    await (await openMaster(cfg.master, { create: false, migrate: false })).close();
+    // The data dir must be this master's (paired on first use) before any job is claimed.
+    await (await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true } })).close();
     const progress = out.progress();
     const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
     progress.start('seeding');
@@ -58,7 +59,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
       seedVersion: cfg.seedVersion,
       force: Boolean(opts.force),
     }),
-    { create: false },
+    { create: false, pairWith: { dataDir: cfg.dataDir, write: true } },
   );
   out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(r.seed, r.user.id));
   if (r.seed.status === 'failed') process.exitCode = EXIT.findings;

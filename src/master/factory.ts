@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import type { MasterUrl } from '../config.js';
 import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
 import type { MasterDb } from './types.js';
+import { checkPairing, refuseNewMasterFor } from '../core/pairing.js';
 
 export interface OpenMasterOptions {
   /** Apply the tool's pending master migrations (default true). */
@@ -14,6 +15,11 @@ export interface OpenMasterOptions {
    * master that verify then reports as zero users, all ok.
    */
   create?: boolean;
+  /**
+   * The data dir the command works on: refused (exit 2, nothing written) when it is not this
+   * master's, and paired with it on first use when write (see core/pairing.ts).
+   */
+  pairWith?: { dataDir: string; write: boolean };
 }
 
 export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): Promise<MasterDb> {
@@ -21,6 +27,8 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
   switch (url.kind) {
     case 'sqlite': {
       if (opts.create === false && !existsSync(url.file)) throw masterMissing(url.display, 'does not exist');
+      // A new embedded master for a data dir that already has one (a mistyped master path).
+      if (opts.pairWith && !existsSync(url.file)) refuseNewMasterFor(opts.pairWith.dataDir, url.display);
       const { SqliteMaster, foreignTablesIn } = await import('./sqlite-master.js');
       // Checked before the master is opened: opening it read-write would already change the file.
       if (opts.migrate !== false && existsSync(url.file)) {
@@ -55,8 +63,11 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
     if (opts.migrate !== false && !ours) {
       const foreign = await master.foreignTables();
       if (foreign.length > 0) throw notAMaster(master.display, foreign);
+      // An empty database (a mistyped name) for a data dir that already has a master.
+      if (opts.pairWith) refuseNewMasterFor(opts.pairWith.dataDir, master.display, 'has no ACM2 tables yet');
     }
     if (opts.migrate !== false) await master.migrate();
+    if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write });
   } catch (e) {
     await master.close().catch(() => undefined);
     throw e;

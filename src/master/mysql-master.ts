@@ -12,6 +12,7 @@ import type {
   ApiKeyRow,
   BackfillItem,
   BackfillProgress,
+  DataDirPairing,
   JobOutcome,
   JobStatus,
   MasterCapabilities,
@@ -651,6 +652,19 @@ export class MysqlMaster implements MasterDb {
       await this.exec('DELETE FROM acm2_backfill_items WHERE name = ?', [name], c);
       await this.exec('DELETE FROM acm2_backfill_runs WHERE name = ?', [name], c);
     });
+  }
+
+  async pairedDataDir(): Promise<DataDirPairing | undefined> {
+    const r = await this.one('SELECT * FROM acm2_data_dir WHERE slot = 1');
+    return r && { id: String(r.data_dir_id), path: String(r.data_dir_path), pairedAt: String(r.paired_at) };
+  }
+  async pairDataDir(p: { id: string; path: string }, replace = false): Promise<DataDirPairing> {
+    await this.exec(
+      `INSERT INTO acm2_data_dir (slot, data_dir_id, data_dir_path, paired_at) VALUES (1, ?, ?, ?)
+       ON DUPLICATE KEY UPDATE ${replace ? 'data_dir_id = VALUES(data_dir_id), data_dir_path = VALUES(data_dir_path), paired_at = VALUES(paired_at)' : 'slot = slot'}`,
+      [p.id, p.path, new Date().toISOString()],
+    );
+    return (await this.pairedDataDir())!;
   }
 
   async close(): Promise<void> {

@@ -416,6 +416,18 @@ export class SqliteMaster implements MasterDb {
     })();
   }
 
+  async pairedDataDir() {
+    const r = this.one(`SELECT * FROM acm2_data_dir WHERE slot = 1`);
+    return r && { id: String(r.data_dir_id), path: String(r.data_dir_path), pairedAt: String(r.paired_at) };
+  }
+  async pairDataDir(p: { id: string; path: string }, replace = false) {
+    this.db
+      .prepare(`INSERT INTO acm2_data_dir (slot, data_dir_id, data_dir_path, paired_at) VALUES (1, ?, ?, ?)
+                ON CONFLICT(slot) DO ${replace ? 'UPDATE SET data_dir_id = excluded.data_dir_id, data_dir_path = excluded.data_dir_path, paired_at = excluded.paired_at' : 'NOTHING'}`)
+      .run(p.id, p.path, new Date().toISOString());
+    return (await this.pairedDataDir())!;
+  }
+
   async close() {
     this.db.close();
   }

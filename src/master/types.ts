@@ -102,6 +102,14 @@ export interface BackfillItem {
   reason: string | null;
 }
 
+export interface DataDirPairing {
+  /** The id stamped in <data-dir>/.acm2/data-dir.json. */
+  id: string;
+  /** Where that data dir was when it was paired (for the message; the id decides). */
+  path: string;
+  pairedAt: string;
+}
+
 export interface MasterCapabilities {
   /** SELECT … FOR UPDATE SKIP LOCKED for claiming jobs. */
   skipLocked: boolean;
@@ -190,6 +198,15 @@ export interface MasterDb {
   recordBackfillItems(name: string, items: readonly BackfillItem[]): Promise<void>;
   backfillItems(name: string): Promise<BackfillItem[]>;
   resetBackfill(name: string): Promise<void>;
+
+  /** The data dir this master belongs with (acm2_data_dir), if it was paired with one. */
+  pairedDataDir(): Promise<DataDirPairing | undefined>;
+  /**
+   * Pair the master with a data dir: only when it has none (two first uses at once keep the first),
+   * or, with replace, whatever it had (an operator moving the master to another data dir on purpose).
+   * Returns the pairing now recorded.
+   */
+  pairDataDir(p: Omit<DataDirPairing, 'pairedAt'>, replace?: boolean): Promise<DataDirPairing>;
 
   close(): Promise<void>;
 }

@@ -1,0 +1,156 @@
+// A master and its data dir know each other. On first use the data dir gets an id of its own
+// (<data-dir>/.acm2/data-dir.json) and the master records it (acm2_data_dir); every command that
+// writes refuses, before it writes anything, a data dir that is not the master's: a mistyped or
+// cwd-relative --data-dir beside ACM2_MASTER_URL would otherwise get a fresh DB for every user of
+// the fleet (and the master would record them seeded), and a staging master against production's
+// data dir would seed its user 7 beside another person's user_7.db.
+
+import { randomUUID } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import type { MasterDb } from '../master/types.js';
+import { UsageError } from '../errors.js';
+import { toolDir } from '../userdb/paths.js';
+
+/** Set to the data dir's path to pair it with the master on purpose (a master moved to new files). */
+export const PAIR_ENV = 'ACM2_PAIR_DATA_DIR';
+
+const STAMP = 'data-dir.json';
+
+export function stampPath(dataDir: string): string {
+  return toolDir(dataDir, STAMP);
+}
+
+/** The data dir's id, if it was ever used by a writing command of this tool. */
+export function readDataDirId(dataDir: string): string | undefined {
+  const file = stampPath(dataDir);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw e;
+  }
+  let id: unknown;
+  try {
+    id = (JSON.parse(text) as { id?: unknown }).id;
+  } catch {
+    /* said below */
+  }
+  if (typeof id !== 'string' || !/^[A-Za-z0-9-]{8,64}$/.test(id)) throw new UsageError(`${file} is not the tool's data dir stamp (expected {"id": "…"}): put it back as it was, or move it aside`, 'bad_data_dir_stamp');
+  return id;
+}
+
+/**
+ * Write the stamp unless one is there (a concurrent first use wins), or over it (replace): the id
+ * now in it.
+ */
+function stampDataDir(dataDir: string, id: string, replace = false): string {
+  const file = stampPath(dataDir);
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeSync(fd, `${JSON.stringify({ id, createdAt: new Date().toISOString() })}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  if (replace) {
+    renameSync(tmp, file);
+    return readDataDirId(dataDir)!;
+  }
+  try {
+    linkSync(tmp, file); // never replaces a stamp another process wrote meanwhile
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  } finally {
+    unlinkSync(tmp);
+  }
+  return readDataDirId(dataDir)!;
+}
+
+const USER_DB = /^user_\d+\.db$/;
+
+/** A user DB in the data dir (the first found), if it holds any. */
+function someUserDb(dataDir: string): string | undefined {
+  try {
+    return readdirSync(dataDir).find((n) => USER_DB.test(n));
+  } catch {
+    return undefined;
+  }
+}
+
+const fix = `check --data-dir (ACM2_DATA_DIR) and --master (ACM2_MASTER_URL)`;
+const onPurpose = (dataDir: string) => `; to pair them on purpose, run again with ${PAIR_ENV}=${dataDir}`;
+
+/**
+ * Before a new master is set up (the embedded file created, or ACM2's tables put into an empty
+ * MySQL database): a data dir already used with a master, or holding user DBs, is not a new
+ * master's (a mistyped master path or database name): refused, nothing written.
+ */
+export function refuseNewMasterFor(dataDir: string, display: string, what = 'does not exist yet'): void {
+  if (process.env[PAIR_ENV] && path.resolve(process.env[PAIR_ENV]) === path.resolve(dataDir)) return;
+  const stamped = readDataDirId(dataDir) !== undefined;
+  const db = stamped ? undefined : someUserDb(dataDir);
+  if (!stamped && !db) return;
+  throw new UsageError(
+    `the master ${display} ${what}, but the data dir ${dataDir} ${stamped ? 'belongs to another master' : `already holds user DBs (${db}…)`}: ` +
+      `a new master would give its users ids that are other people's here; ${fix}; nothing was written`,
+    'data_dir_not_paired',
+  );
+}
+
+/**
+ * Refuse (exit 2, nothing written) a data dir that is not this master's; pair them on first use
+ * (write: false only checks, for a dry run or an account that may not write).
+ */
+export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean }): Promise<void> {
+  const dir = path.resolve(dataDir);
+  const stamp = readDataDirId(dir);
+  let rec;
+  try {
+    rec = await master.pairedDataDir();
+  } catch (e) {
+    // Only looking (a dry run) at a master a real run has not brought up to date: nothing to compare.
+    if (!opts.write) return;
+    throw e;
+  }
+  if (rec && stamp === rec.id) return;
+  const forced = Boolean(process.env[PAIR_ENV]) && path.resolve(process.env[PAIR_ENV]!) === dir;
+  if (!forced) {
+    if (rec) {
+      throw new UsageError(
+        `the data dir ${dir} is not the one the master ${master.display} belongs with (${rec.path}${existsSync(rec.path) ? '' : ', not found on this host'}): ${fix}${onPurpose(dir)}; nothing was written`,
+        'data_dir_not_paired',
+      );
+    }
+    if (stamp) {
+      throw new UsageError(`the data dir ${dir} belongs to another master than ${master.display}: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+    }
+    // Neither was paired (a first use, or both from before pairing existed): pair them, unless
+    // the two plainly do not go together.
+    // Users the tool seeded (a done job) must have their DBs here; queued ones need not yet.
+    const users = await master.countUsers();
+    const seeded = users > 0 ? await master.countJobs('done') : 0;
+    const db = someUserDb(dir);
+    if (seeded > 0 && !db) {
+      throw new UsageError(
+        `the master ${master.display} has ${seeded} seeded user${seeded === 1 ? '' : 's'} but the data dir ${dir} holds none of their DBs: ${fix}${onPurpose(dir)}; nothing was written`,
+        'data_dir_not_paired',
+      );
+    }
+    if (users === 0 && db) {
+      throw new UsageError(`the data dir ${dir} holds user DBs (${db}…) but the master ${master.display} has no users: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+    }
+  }
+  if (!opts.write) return;
+  // Forced: this data dir gets a new id, so that neither another data dir with this master's old
+  // id nor another master this one was stamped for accepts the pair any more.
+  const id = forced ? stampDataDir(dir, randomUUID(), true) : stampDataDir(dir, stamp ?? randomUUID());
+  const now = await master.pairDataDir({ id, path: dir }, forced);
+  if (now.id !== id) {
+    // Another data dir was paired with this master a moment ago.
+    throw new UsageError(`the data dir ${dir} is not the one the master ${master.display} belongs with (${now.path}): ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+  }
+}

@@ -1,0 +1,108 @@
+// A master and its data dir are paired on first use: a writing command run with a data dir that
+// is not its master's (a mistyped or cwd-relative --data-dir beside ACM2_MASTER_URL, a staging
+// master against production's files, a mistyped master path) is refused with exit 2 before it
+// writes anything, instead of seeding a fresh DB for every user in the wrong place, or another
+// person's user 7 beside user_7.db. Runs the built binary.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+
+let pkg: FrozenSource;
+
+async function acm2(args: string[], env: Record<string, string> = {}) {
+  try {
+    const r = await run(process.execPath, [BIN, '--seeds', pkg.seedsDir, ...args], {
+      env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '', ACM2_DATA_DIR: '', ACM2_PAIR_DATA_DIR: '', ...env },
+    });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+/** A fleet: an embedded master in its data dir, with `n` seeded users. */
+async function fleet(n: number): Promise<{ dataDir: string; master: string }> {
+  const dataDir = path.join(tmpDir('acm2-pair-'), 'data');
+  for (let i = 1; i <= n; i++) {
+    const r = await acm2(['--data-dir', dataDir, 'user', 'create', '--email', `u${i}@example.com`, '--username', `u${i}`]);
+    expect(r.code).toBe(0);
+  }
+  return { dataDir, master: `sqlite:${path.join(dataDir, 'master.db')}` };
+}
+
+beforeAll(() => {
+  pkg = frozenSource();
+});
+
+describe('a data dir that is not the master’s', () => {
+  let a: { dataDir: string; master: string };
+  beforeAll(async () => {
+    a = await fleet(3);
+  });
+
+  for (const cmd of [['backfill'], ['backfill', '--dry-run'], ['user', 'seed', '--pending'], ['user', 'seed', '2'], ['user', 'create', '--email', 'n@example.com', '--username', 'n']]) {
+    it(`${cmd.join(' ')} with a mistyped --data-dir beside the master's URL: exit 2, nothing made`, async () => {
+      const typo = path.join(path.dirname(a.dataDir), 'dta');
+      const before = snapshotTree(a.dataDir);
+      const r = await acm2(['--data-dir', typo, ...cmd], { ACM2_MASTER_URL: a.master });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^acm2: the data dir .*dta is not the one the master sqlite:.*master\.db belongs with \(.*data\).*nothing was written$/m);
+      expect(existsSync(typo)).toBe(false);
+      expect(snapshotTree(a.dataDir)).toEqual(before);
+    });
+  }
+
+  it('another fleet’s master against this data dir (user ids that are other people): exit 2, nothing changed', async () => {
+    const b = await fleet(4);
+    const before = snapshotTree(a.dataDir);
+    for (const cmd of [['backfill'], ['user', 'seed', '2', '--force'], ['user', 'seed', '--pending']]) {
+      const r = await acm2(['--data-dir', a.dataDir, '--master', b.master, ...cmd]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/is not the one the master .* belongs with/);
+    }
+    expect(snapshotTree(a.dataDir)).toEqual(before);
+    expect(existsSync(path.join(a.dataDir, 'user_4.db'))).toBe(false);
+  });
+
+  it('user create with a mistyped embedded master path makes no new master beside the fleet', async () => {
+    const before = snapshotTree(a.dataDir);
+    const r = await acm2(['--data-dir', a.dataDir, '--master', `sqlite:${path.join(a.dataDir, 'mastr.db')}`, 'user', 'create', '--email', 'x@example.com', '--username', 'x']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^acm2: the master sqlite:.*mastr\.db does not exist yet, but the data dir .* belongs to another master/m);
+    expect(snapshotTree(a.dataDir)).toEqual(before);
+  });
+});
+
+describe('pairing on first use', () => {
+  it('a fleet from before pairing is paired by its first writing command; an empty folder for a master with users is not', async () => {
+    const f = await fleet(2);
+    // As a tool without pairing left it: no stamp, no record.
+    rmSync(path.join(f.dataDir, '.acm2', 'data-dir.json'));
+    const db = new Database(path.join(f.dataDir, 'master.db'));
+    db.exec('DELETE FROM acm2_data_dir');
+    db.close();
+    const empty = tmpDir('acm2-pair-empty-');
+    const r1 = await acm2(['--data-dir', empty, '--master', f.master, 'backfill']);
+    expect(r1.code).toBe(2);
+    expect(r1.stderr).toMatch(/the master .* has 2 seeded users but the data dir .* holds none of their DBs/);
+    expect(readdirSync(empty)).toEqual([]);
+    expect((await acm2(['--data-dir', f.dataDir, 'backfill'])).code).toBe(0);
+    expect(existsSync(path.join(f.dataDir, '.acm2', 'data-dir.json'))).toBe(true);
+    // Paired now: the empty folder is refused as another data dir, unless the operator names it.
+    expect((await acm2(['--data-dir', empty, '--master', f.master, 'backfill', '--dry-run'])).code).toBe(2);
+    const r2 = await acm2(['--data-dir', empty, '--master', f.master, 'backfill'], { ACM2_PAIR_DATA_DIR: empty });
+    expect(r2.code).toBe(0);
+    expect(readdirSync(empty).filter((n) => n.endsWith('.db')).sort()).toEqual(['user_1.db', 'user_2.db']);
+    // …and the master now belongs with that one.
+    expect((await acm2(['--data-dir', f.dataDir, 'backfill'])).code).toBe(2);
+  });
+});
