@@ -266,6 +266,90 @@ for (const d of DIALECTS) {
         expect(await m.listUsers({ afterId: 0, limit: 10, ids: [] })).toEqual([]);
       });
 
+      describe('an API key user create has not shown yet', () => {
+        const fresh = (i: number, userId: number, oldKeyId: number) => ({
+          userId,
+          oldKeyId,
+          keyHash: `$2b$10$fresh${i}`,
+          keyPrefix: `acm2_f${String(i).padStart(6, '0')}`,
+          keyName: `WordPress API Key for user${i}`,
+          issuedBy: `host:${1000 + i}:abcdef`,
+        });
+
+        it('is marked undelivered in the create transaction, and the mark goes once it was shown', async () => {
+          const { user, keyId } = await m.createUser(newUser(1, { issuedBy: 'host:42:abcdef' }));
+          const keys = await m.apiKeysFor(user.id);
+          expect(keyId).toBe(keys[0]!.id);
+          expect(await m.undeliveredKey(user.id)).toEqual({
+            userId: user.id,
+            apiKeyId: keyId,
+            keyPrefix: 'acm2_k000001',
+            issuedBy: 'host:42:abcdef',
+            createdAt: expect.stringMatching(/^\d{4}-/),
+            lastUsedAt: null,
+            revokedAt: null,
+          });
+          expect(await m.keyDelivered(keyId)).toBe(true);
+          expect(await m.keyDelivered(keyId)).toBe(false);
+          expect(await m.undeliveredKey(user.id)).toBeUndefined();
+          // A refused create leaves no mark behind.
+          await m.createUser(newUser(2, { email: 'user1@example.com' })).catch(() => undefined);
+          expect(await t.count('acm2_undelivered_keys')).toBe(0);
+        });
+
+        it('is revoked (never deleted) and replaced in one step; ACM2’s own keys of the user are not touched', async () => {
+          const { user, keyId } = await m.createUser(newUser(1));
+          // A key ACM2 itself made for the user, beside the tool's.
+          await t.query(`INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)`, [user.id, '$2b$10$acm2own', 'acm2_own0001', 'made by ACM2']);
+          const { keyId: newId } = await m.reissueKey(fresh(1, user.id, keyId));
+          const keys = await m.apiKeysFor(user.id);
+          expect(keys.map((k) => [k.id, k.keyPrefix, k.revokedAt === null])).toEqual([
+            [keyId, 'acm2_k000001', false],
+            [expect.any(Number), 'acm2_own0001', true],
+            [newId, 'acm2_f000001', true],
+          ]);
+          expect(keys[2]).toMatchObject({ keyHash: '$2b$10$fresh1', name: 'WordPress API Key for user1' });
+          expect(Math.abs(Date.parse(keys[0]!.revokedAt!) - Date.now())).toBeLessThan(120_000);
+          expect(await m.undeliveredKey(user.id)).toMatchObject({ apiKeyId: newId, issuedBy: 'host:1001:abcdef', revokedAt: null });
+        });
+
+        it('is replaced once only: a rerun that saw the old mark is refused and changes nothing', async () => {
+          const { user, keyId } = await m.createUser(newUser(1));
+          await m.reissueKey(fresh(1, user.id, keyId));
+          const before = await m.apiKeysFor(user.id);
+          const err = await m.reissueKey(fresh(2, user.id, keyId)).catch((e: unknown) => e);
+          expect(err).toBeInstanceOf(UnavailableError);
+          expect((err as UnavailableError).code).toBe('key_reissued');
+          expect(await m.apiKeysFor(user.id)).toEqual(before);
+          // A key marked delivered is never reissued either.
+          await m.keyDelivered(before[1]!.id);
+          expect(await m.reissueKey(fresh(3, user.id, before[1]!.id)).catch((e: unknown) => (e as UnavailableError).code)).toBe('key_reissued');
+          expect(await m.apiKeysFor(user.id)).toEqual(before);
+        });
+
+        it('two reruns at once on separate connections: exactly one issues a key', async () => {
+          const { user, keyId } = await m.createUser(newUser(1));
+          const others = await Promise.all([t.another(), t.another(), t.another()]);
+          const results = await Promise.allSettled([m, ...others].map((x, i) => x.reissueKey(fresh(10 + i, user.id, keyId))));
+          expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+          for (const r of results) if (r.status === 'rejected') expect((r.reason as UnavailableError).code).toBe('key_reissued');
+          const live = (await m.apiKeysFor(user.id)).filter((k) => k.revokedAt === null);
+          expect(live).toHaveLength(1);
+          expect((await m.undeliveredKey(user.id))?.apiKeyId).toBe(live[0]!.id);
+          expect(await t.count('api_keys')).toBe(2);
+        });
+
+        it('is not replaced once ACM2 has accepted it: someone holds it', async () => {
+          const { user, keyId } = await m.createUser(newUser(1));
+          await t.query(`UPDATE api_keys SET last_used_at = CURRENT_TIMESTAMP WHERE id = ?`, [keyId]);
+          expect((await m.undeliveredKey(user.id))?.lastUsedAt).not.toBeNull();
+          const err = await m.reissueKey(fresh(1, user.id, keyId)).catch((e: unknown) => e);
+          expect(err).toBeInstanceOf(UsageError);
+          expect((err as UsageError).code).toBe('duplicate_email');
+          expect((await m.apiKeysFor(user.id)).map((k) => k.revokedAt)).toEqual([null]);
+        });
+      });
+
       it('has an empty master with max id 0', async () => {
         expect(await m.countUsers()).toBe(0);
         expect(await m.maxUserId()).toBe(0);

@@ -1,11 +1,14 @@
-// `acm2 user create`: validate, create master rows in one transaction, seed (or queue).
+// `acm2 user create`: validate, create master rows in one transaction, seed (or queue), and show
+// the API key once, marking it delivered in the master only after stdout has taken it.
 
 import type { CommandCall } from './program.js';
 import { context } from './context.js';
 import { usingMaster } from '../master/factory.js';
+import type { MasterDb } from '../master/types.js';
 import { checkCreateInput, createUser, type CreateHooks, type CreateUserResult } from '../core/users.js';
-import { renderCreate } from '../ui/users.js';
+import { renderCreate, type ShownCreate } from '../ui/users.js';
 import { EXIT, isAcm2Error } from '../errors.js';
+import type { Config } from '../config.js';
 import type { Reporter } from '../ui/reporter.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
@@ -18,28 +21,70 @@ export async function run({ opts }: CommandCall): Promise<void> {
     seedVersion: cfg.seedVersion,
     async: Boolean(opts.async),
   });
-  const show = (result: Omit<CreateUserResult, 'seedError'>) => {
-    out.result(result, () => renderCreate(result));
-    // The key exists nowhere else and is shown once: --quiet keeps the rest quiet, not the key.
-    if (cfg.quiet && !cfg.json) process.stdout.write(`${result.apiKey}\n`);
-  };
-  const signals = guardKey(out, show);
-  let result: CreateUserResult;
+  await usingMaster(cfg.master, async (master) => {
+    const deliver = (result: ShownCreate, keyId: number) => deliverKey(cfg, master, result, keyId);
+    const signals = guardKey(out, deliver);
+    let result: CreateUserResult;
+    try {
+      result = await createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input, signals.hooks);
+    } finally {
+      signals.dispose();
+    }
+    // A second signal is showing the key already, and exits once it has: not shown twice.
+    if (signals.leaving()) return new Promise<never>(() => undefined);
+    const { seedError, keyId, ...shown } = result;
+    // Exit 1 for a failed seed, whatever stopped it (SPEC): the user and its key exist, so this is
+    // not exit 3's "nothing half-done". 70 only for a bug. The key is shown either way.
+    if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? EXIT.findings : EXIT.internal;
+    else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
+    if (!(await deliver(shown, keyId))) process.exitCode = EXIT.unavailable;
+  }, { pairWith: { dataDir: cfg.dataDir, write: true } });
+}
+
+/**
+ * Show the result (the key in it) once, then record in the master that the key was delivered.
+ * Delivered means stdout took the bytes: the write's callback came back without an error, so the
+ * terminal, file or pipe holds them (what a reader does with them after is beyond any tool). A
+ * write that fails (the terminal or the reader gone: EPIPE, EIO) leaves the key marked undelivered,
+ * and the same create run again revokes it and shows a new one. False then (exit 3: run it again).
+ * A kill between the write and the mark errs the same safe way: the key shown is replaced by a
+ * rerun, never left beside a second usable one.
+ */
+async function deliverKey(cfg: Config, master: MasterDb, result: ShownCreate, keyId: number): Promise<boolean> {
+  const doc = { user: result.user, apiKey: result.apiKey, resumed: result.resumed, seed: result.seed };
+  // --json: the key is inside the one document; --quiet keeps the rest quiet, not the key.
+  const text = cfg.json ? `${JSON.stringify(doc, null, 2)}\n` : cfg.quiet ? `${result.apiKey}\n` : `${renderCreate(result)}\n`;
   try {
-    result = await usingMaster(cfg.master, (master) =>
-      createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input, signals.hooks),
-      { pairWith: { dataDir: cfg.dataDir, write: true } },
+    await writeStdout(text);
+  } catch (e) {
+    process.stderr.write(
+      `acm2: the API key of user ${result.user.id} could not be written to stdout (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}), so nobody has it: ` +
+        `run this same acm2 user create again to revoke it and get a new one\n`,
     );
-  } finally {
-    signals.dispose();
+    return false;
   }
-  const { seedError, ...shown } = result;
-  show(shown);
-  // Exit 1 for a failed seed, whatever stopped it (SPEC): the user and its key exist, so this is
-  // not exit 3's "nothing half-done", and a script that retried the create on 3 would get
-  // duplicate_email and lose the key. 70 only for a bug. The key is shown either way.
-  if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? EXIT.findings : EXIT.internal;
-  else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
+  try {
+    await master.keyDelivered(keyId);
+  } catch (e) {
+    // Shown, but not recorded: harmless unless the create is run again, which would replace it.
+    process.stderr.write(
+      `acm2: user ${result.user.id}'s API key was shown, but the master could not record that (${(e as Error).message}): ` +
+        `do not run this create again, or it revokes that key and shows a new one\n`,
+    );
+  }
+  return true;
+}
+
+/** Resolves once stdout has taken text (its write callback), rejects if it cannot. */
+function writeStdout(text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const out = process.stdout;
+    if (out.destroyed || !out.writable) {
+      reject(Object.assign(new Error('stdout is closed'), { code: 'ERR_STREAM_DESTROYED' }));
+      return;
+    }
+    out.write(text, (e) => (e ? reject(e) : resolve()));
+  });
 }
 
 /**
@@ -48,20 +93,32 @@ export async function run({ opts }: CommandCall): Promise<void> {
  * its API key, shown only once, must not be lost with the process: the first signal lets the seed
  * finish and the key be shown as usual; a second one shows the key as soon as the user exists,
  * with the seed as interrupted (it is crash-safe, and `acm2 user seed <id>` finishes it), and exits.
+ * A third one while that key is being shown exits at once (the key then counts as undelivered:
+ * the same create run again replaces it).
  */
-function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) => void): { hooks: CreateHooks; dispose(): void } {
+function guardKey(out: Reporter, deliver: (r: ShownCreate, keyId: number) => Promise<boolean>): { hooks: CreateHooks; dispose(): void; leaving(): boolean } {
   const ac = new AbortController();
   let creating = false;
   let made: Parameters<NonNullable<CreateHooks['onCreated']>>[0] | undefined;
   let leaveWith: NodeJS.Signals | undefined;
+  let leaving = false;
   const leave = (sig: NodeJS.Signals) => {
+    const code = sig === 'SIGINT' ? 130 : 143;
+    if (leaving) process.exit(code);
+    leaving = true;
     const m = made!;
-    show({
-      user: { ...m.user, seedStatus: 'failed' },
-      apiKey: m.apiKey,
-      seed: { status: 'failed', seedVersion: m.user.seedVersion, error: `interrupted (${sig}) before the seed finished; it is safe to run again`, jobId: m.jobId, retry: `acm2 user seed ${m.user.id}` },
-    });
-    process.exit(sig === 'SIGINT' ? 130 : 143);
+    void deliver(
+      {
+        user: { ...m.user, seedStatus: 'failed' },
+        apiKey: m.apiKey,
+        resumed: m.resumed,
+        seed: { status: 'failed', seedVersion: m.user.seedVersion, error: `interrupted (${sig}) before the seed finished; it is safe to run again`, jobId: m.jobId, retry: `acm2 user seed ${m.user.id}` },
+        ...(m.revokedKeyPrefix === undefined ? {} : { revokedKeyPrefix: m.revokedKeyPrefix }),
+      },
+      m.keyId,
+    )
+      .catch(() => undefined)
+      .finally(() => process.exit(code));
   };
   const handler = (sig: NodeJS.Signals) => {
     const again = ac.signal.aborted;
@@ -89,6 +146,8 @@ function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) 
     leave(sig);
   };
   const dispose = () => {
+    // Not while the key is being shown and the process is about to exit: a further signal must still reach leave.
+    if (leaving) return;
     process.off('SIGINT', handler);
     process.off('SIGTERM', handler);
   };
@@ -102,5 +161,5 @@ function guardKey(out: Reporter, show: (r: Omit<CreateUserResult, 'seedError'>) 
       if (leaveWith) leave(leaveWith);
     },
   };
-  return { hooks, dispose };
+  return { hooks, dispose, leaving: () => leaving };
 }

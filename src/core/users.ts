@@ -3,14 +3,14 @@
 
 import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import type { MasterDb, MasterUser, SeedJob } from '../master/types.js';
+import type { MasterDb, MasterUser, SeedJob, UndeliveredKey } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
-import { deadHere, workerName } from './worker-name.js';
+import { aliveHere, deadHere, workerName } from './worker-name.js';
 import { openUserDb } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
@@ -40,7 +40,16 @@ export interface SeedReport {
 export interface CreateUserResult {
   user: { id: number; username: string; email: string; seedStatus: SeedStatus; seedVersion: string };
   apiKey: string;
+  /**
+   * This run took over a user an earlier run of the same create made and was stopped before it
+   * showed the key: that key was revoked and apiKey issued in its place.
+   */
+  resumed: boolean;
   seed: SeedReport;
+  /** apiKey's api_keys row: marked undelivered until the caller has shown the key (MasterDb.keyDelivered). Not in the JSON. */
+  keyId: number;
+  /** resumed: the prefix of the key revoked (not secret: the master keeps it). Not in the JSON. */
+  revokedKeyPrefix?: string;
   /**
    * Why seeding stopped, when it was the environment (disk full, the master gone) or a bug rather
    * than the seed itself: the user and its key exist by then, so this is reported beside the key
@@ -110,7 +119,7 @@ export interface CreateHooks {
   /** Called just before the master rows are written: from here the user may exist before createUser returns. */
   onCreating?: () => void;
   /** Called once the user and its key exist, before the seed: the key is shown once, so a caller stopped mid-seed can still show it. */
-  onCreated?: (made: { user: CreateUserResult['user']; apiKey: string; jobId: number }) => void;
+  onCreated?: (made: { user: CreateUserResult['user']; apiKey: string; jobId: number | undefined; keyId: number; resumed: boolean; revokedKeyPrefix?: string }) => void;
 }
 
 export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreateInput, hooks: CreateHooks = {}): Promise<CreateUserResult> {
@@ -118,36 +127,60 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   const input = 'pkg' in raw ? raw : checkCreateInput(deps.seedsDir, raw);
   const { email, username, wordpressUserId, pkg } = input;
   const { master } = deps;
-  if (await master.findUserByEmail(email)) throw new UsageError(`a user with email '${email}' already exists`, 'duplicate_email');
-  if (await master.findUserByUsername(username)) throw new UsageError(`a user with username '${username}' already exists`, 'duplicate_username');
-  if (wordpressUserId !== null && (await master.findUserByWordpressId(wordpressUserId)))
-    throw new UsageError(`a user with WordPress user id ${wordpressUserId} already exists`, 'duplicate_wordpress_id');
+  const resume = await interruptedCreate(master, input);
+  if (!resume) {
+    const byName = await master.findUserByUsername(username);
+    if (byName) throw new UsageError(`a user with username '${username}' already exists${await interruptedNote(master, byName)}`, 'duplicate_username');
+    const byWp = wordpressUserId === null ? undefined : await master.findUserByWordpressId(wordpressUserId);
+    if (byWp) throw new UsageError(`a user with WordPress user id ${wordpressUserId} already exists${await interruptedNote(master, byWp)}`, 'duplicate_wordpress_id');
+  }
 
   // Seeding at once would stop on a broken staging folder after the user was made: say so first.
   if (!input.async) refuseOddToolDir(deps.dataDir);
   const key = generateApiKey(bcryptRounds());
   if (hooks.signal?.aborted) throw new FindingsError('interrupted before the user was created: nothing was changed', 'interrupted');
   hooks.onCreating?.();
-  const { user, job } = await master.createUser({
-    username,
-    email,
-    wordpressUserId,
-    keyHash: key.hash,
-    keyPrefix: key.prefix,
-    keyName: `WordPress API Key for ${username}`,
-    seedVersion: pkg.version,
-    maxAttempts: 5,
-    // Not due until the data dir has been looked at below: a drainer elsewhere would otherwise
-    // take the job at once and begin a seed whose build looks like data from before the user
-    // (or adopt data that is). A create killed meanwhile leaves a job due a little later.
-    jobDueAt: Date.now() + CREATE_HOLD_MS,
-  });
+  const issuedBy = workerName();
+  let user: MasterUser;
+  let job: SeedJob | undefined;
+  let keyId: number;
+  if (resume) {
+    // The same create again, after one that made the user and was stopped before it showed the
+    // key: that key (which nobody saw) is revoked and a new one issued, in one transaction.
+    user = resume.user;
+    ({ keyId } = await master.reissueKey({
+      userId: user.id,
+      oldKeyId: resume.key.apiKeyId,
+      keyHash: key.hash,
+      keyPrefix: key.prefix,
+      keyName: `WordPress API Key for ${username}`,
+      issuedBy,
+    }));
+    job = await master.latestJob(user.id).catch(() => undefined);
+  } else {
+    ({ user, job, keyId } = await master.createUser({
+      username,
+      email,
+      wordpressUserId,
+      keyHash: key.hash,
+      keyPrefix: key.prefix,
+      keyName: `WordPress API Key for ${username}`,
+      seedVersion: pkg.version,
+      maxAttempts: 5,
+      // Not due until the data dir has been looked at below: a drainer elsewhere would otherwise
+      // take the job at once and begin a seed whose build looks like data from before the user
+      // (or adopt data that is). A create killed meanwhile leaves a job due a little later.
+      jobDueAt: Date.now() + CREATE_HOLD_MS,
+      issuedBy,
+    }));
+  }
   // From here on the user and its key exist, and the key is shown only once: nothing may throw
   // past it. A seed stopped by the environment or a bug is reported as failed, with the cause.
   let seed: SeedReport;
   let seedError: unknown;
-  hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job.id });
-  const foreign = await foreignLeftovers(deps, user.id, job.id);
+  hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job?.id, keyId, resumed: resume !== undefined, ...(resume ? { revokedKeyPrefix: resume.key.keyPrefix } : {}) });
+  // A rerun counts what is there as someone else's only while the first run's job is untouched, as the first run would have.
+  const foreign = job ? await foreignLeftovers(deps, user.id, job.id) : [];
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
@@ -156,29 +189,89 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
     const claimed = await master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version);
     if (claimed) await master.finishJob(claimed.id, worker, { status: 'failed', error });
     // No "retry" line: the retry is the last step of what the error says to do, never the first.
-    seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job.id };
+    seed = { status: 'failed', seedVersion: pkg.version, error, jobId: job?.id };
   } else if (input.async) {
-    try {
-      await master.makeJobDue(job.id);
-    } catch {
-      /* the user exists: nothing may throw now; the job falls due on its own shortly */
-    }
-    seed = { status: 'pending', seedVersion: pkg.version, jobId: job.id };
+    seed = await queueAfterCreate(deps, user, pkg, resume ? undefined : job);
   }
   else {
     try {
+      // A rerun goes on from wherever the first run's seed stopped (or finds it ready).
       seed = await seedWithJob(deps, user, pkg, false);
     } catch (e) {
       seedError = e;
-      seed = { status: 'failed', seedVersion: pkg.version, error: e instanceof Error ? e.message : String(e), jobId: job.id, retry: `acm2 user seed ${user.id}` };
+      seed = { status: 'failed', seedVersion: pkg.version, error: e instanceof Error ? e.message : String(e), jobId: job?.id, retry: `acm2 user seed ${user.id}` };
     }
   }
   return {
     user: { id: user.id, username: user.username, email: user.email, seedStatus: seed.status, seedVersion: pkg.version },
     apiKey: key.key,
+    resumed: resume !== undefined,
     seed,
+    keyId,
+    ...(resume ? { revokedKeyPrefix: resume.key.keyPrefix } : {}),
     ...(seedError === undefined ? {} : { seedError }),
   };
+}
+
+/**
+ * `--async`: the new user's job, held back, made due now. A rerun's: this version's open job
+ * (the first run's, or one made now), unless the first run's seed already made the user ready.
+ */
+async function queueAfterCreate(deps: UserDeps, user: MasterUser, pkg: SeedPackage, made: SeedJob | undefined): Promise<SeedReport> {
+  // The user exists: nothing may throw now; a job not made due falls due on its own shortly.
+  let job = made;
+  try {
+    if (!job) {
+      if (readyAt(deps.dataDir, user.id, pkg.version) && (await deps.master.latestJob(user.id))?.status !== 'failed') {
+        return { status: 'ready', seedVersion: pkg.version, jobId: (await deps.master.latestJob(user.id))?.id };
+      }
+      job = await deps.master.enqueueSeedJob(user.id, pkg.version, { maxAttempts: 5 });
+    }
+    await deps.master.makeJobDue(job.id);
+  } catch (e) {
+    if (!job) return { status: 'failed', seedVersion: pkg.version, error: e instanceof Error ? e.message : String(e), retry: `acm2 user seed ${user.id}` };
+  }
+  return { status: 'pending', seedVersion: pkg.version, jobId: job.id };
+}
+
+/**
+ * The user this create would make, already made by an earlier run of the same create that was
+ * stopped before it showed the API key: same email, username and WordPress id, and its key still
+ * marked undelivered (and never used). Any other user with this email is duplicate_email, with
+ * what the interrupted create was if that is what it is. A create of it still running on this
+ * host is waited for, not raced (exit 3).
+ */
+async function interruptedCreate(master: MasterDb, input: CheckedCreateInput): Promise<{ user: MasterUser; key: UndeliveredKey } | undefined> {
+  const existing = await master.findUserByEmail(input.email);
+  if (!existing) return undefined;
+  const key = await master.undeliveredKey(existing.id);
+  const same = existing.email === input.email && existing.username === input.username && existing.wordpressUserId === input.wordpressUserId;
+  if (!key || key.lastUsedAt !== null || !same) {
+    throw new UsageError(`a user with email '${input.email}' already exists${key && key.lastUsedAt === null ? interruptedSentence(existing) : ''}`, 'duplicate_email');
+  }
+  const pid = aliveHere(key.issuedBy);
+  if (pid !== undefined) {
+    throw new UnavailableError(
+      `user ${existing.id} ('${existing.email}') is being created by acm2 process ${pid} on this host, which has not shown its API key yet: wait for it (or stop it), then run this again if it showed none; nothing was changed`,
+      'create_in_progress',
+    );
+  }
+  return { user: existing, key };
+}
+
+/** What to say of an existing user whose create was stopped before it showed the key ('' if it was not). */
+async function interruptedNote(master: MasterDb, user: MasterUser): Promise<string> {
+  const key = await master.undeliveredKey(user.id).catch(() => undefined);
+  return key && key.lastUsedAt === null ? interruptedSentence(user) : '';
+}
+
+function interruptedSentence(u: MasterUser): string {
+  const wp = u.wordpressUserId === null ? '' : ` --wordpress-user-id ${u.wordpressUserId}`;
+  return (
+    ` (user ${u.id}, made by an acm2 user create that was stopped before it showed the API key, with username '${u.username}'` +
+    `${u.wordpressUserId === null ? ' and no WordPress user id' : ` and WordPress user id ${u.wordpressUserId}`}): ` +
+    `to give it a new key, run that create again with the same fields: acm2 user create --email ${u.email} --username ${u.username}${wp}`
+  );
 }
 
 /**

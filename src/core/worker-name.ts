@@ -35,3 +35,15 @@ export function deadHere(worker: string): boolean {
   const here = thisPidSpace();
   return here !== '' && space === here && host === hostname() && /^[1-9][0-9]*$/.test(pid ?? '') && !processAlive(Number(pid));
 }
+
+/**
+ * The pid of the process a worker name names, if it is another process of this pid space that
+ * is still running (a pid reused since is taken for it: the caller errs on the side of waiting).
+ */
+export function aliveHere(worker: string): number | undefined {
+  const [host, pid, , space] = worker.split(':');
+  const here = thisPidSpace();
+  if (here === '' || space !== here || host !== hostname() || !/^[1-9][0-9]*$/.test(pid ?? '')) return undefined;
+  const n = Number(pid);
+  return n !== process.pid && processAlive(n) ? n : undefined;
+}

@@ -7,7 +7,7 @@ import type { Connection, Pool, PoolConnection, ResultSetHeader, RowDataPacket }
 import type { MasterUrl } from '../config.js';
 import { isAcm2Error, UnavailableError, UsageError } from '../errors.js';
 import { loadMigrations, splitStatements } from '../migrations.js';
-import { duplicateMessage, toApiKey, toBackfill, toJob, toUser } from './sqlite-master.js';
+import { duplicateMessage, keyUsedSince, reissuedElsewhere, toApiKey, toBackfill, toJob, toUndelivered, toUser, UNDELIVERED_SQL } from './sqlite-master.js';
 import type {
   ApiKeyRow,
   BackfillItem,
@@ -19,7 +19,9 @@ import type {
   MasterDb,
   MasterUser,
   NewUser,
+  ReissuedKey,
   SeedJob,
+  UndeliveredKey,
   UserLock,
 } from './types.js';
 import { leaseExpiredError, notAttempted, supersededError } from './types.js';
@@ -314,16 +316,20 @@ export class MysqlMaster implements MasterDb {
     return r && toUser(r);
   }
 
-  async createUser(input: NewUser): Promise<{ user: MasterUser; job: SeedJob }> {
+  async createUser(input: NewUser): Promise<{ user: MasterUser; job: SeedJob; keyId: number }> {
     const now = Date.now();
     try {
       return await this.tx(async (c) => {
         const u = await this.exec('INSERT INTO users (username, email, wordpress_user_id) VALUES (?, ?, ?)', [input.username, input.email, input.wordpressUserId], c);
         const userId = Number(u.insertId);
-        await this.exec('INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)', [userId, input.keyHash, input.keyPrefix, input.keyName], c);
+        const k = await this.exec('INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)', [userId, input.keyHash, input.keyPrefix, input.keyName], c);
+        const keyId = Number(k.insertId);
+        // REPLACE: a marker naming this brand-new user id or key id is a stale one, of a user ACM2
+        // deleted (InnoDB may hand its ids out again after a restart), and goes.
+        await this.exec('REPLACE INTO acm2_undelivered_keys (api_key_id, user_id, issued_by, created_at) VALUES (?, ?, ?, ?)', [keyId, userId, input.issuedBy ?? '', new Date(now).toISOString()], c);
         const job = await this.insertJob(c, userId, input.seedVersion, false, input.maxAttempts, now, input.jobDueAt);
         const user = await this.one('SELECT * FROM users WHERE id = ?', [userId], c);
-        return { user: toUser(user!), job };
+        return { user: toUser(user!), job, keyId };
       });
     } catch (e) {
       const duplicate = duplicateMessage(duplicateKeyOnly(e), input);
@@ -340,19 +346,19 @@ export class MysqlMaster implements MasterDb {
    * if nothing had happened, so its key is shown. Not created: the original error. Unknown
    * (still unreachable): an error that says so and how to find out.
    */
-  private async createdAnyway(input: NewUser, lost: UnavailableError): Promise<{ user: MasterUser; job: SeedJob }> {
+  private async createdAnyway(input: NewUser, lost: UnavailableError): Promise<{ user: MasterUser; job: SeedJob; keyId: number }> {
     let found: Row | undefined;
     try {
       // A connection of its own: the pool's may share the fate of the one that died.
       const c = await mysql.createConnection({ host: this.url.host, port: this.url.port, user: this.url.user, password: this.url.password, database: this.url.database, connectTimeout: CONNECT_TIMEOUT_MS });
       try {
-        found = await this.one('SELECT user_id FROM api_keys WHERE key_hash = ?', [input.keyHash], c);
+        found = await this.one('SELECT id, user_id FROM api_keys WHERE key_hash = ?', [input.keyHash], c);
       } finally {
         c.destroy();
       }
     } catch {
       throw new UnavailableError(
-        `${lost.message}; whether user '${input.email}' was created before that is unknown: once the master answers, run acm2 user show ${input.email} (if it exists, its API key was never shown: make it a new one)`,
+        `${lost.message}; whether user '${input.email}' was created before that is unknown: once the master answers, run this same acm2 user create again (if the user was made, its key was never shown, and the rerun shows a new one)`,
         'master_unreachable',
         { cause: lost },
       );
@@ -361,7 +367,31 @@ export class MysqlMaster implements MasterDb {
     const user = await this.getUser(Number(found.user_id));
     const job = await this.latestJob(Number(found.user_id));
     if (!user || !job) throw lost;
-    return { user, job };
+    return { user, job, keyId: Number(found.id) };
+  }
+
+  async undeliveredKey(userId: number): Promise<UndeliveredKey | undefined> {
+    const r = await this.one(UNDELIVERED_SQL, [userId]);
+    return r && toUndelivered(r);
+  }
+
+  async reissueKey(input: ReissuedKey): Promise<{ keyId: number }> {
+    return this.tx(async (c) => {
+      // The marker's row, locked: a second rerun at once waits here, then finds it moved.
+      const marked = await this.one('SELECT api_key_id FROM acm2_undelivered_keys WHERE user_id = ? FOR UPDATE', [input.userId], c);
+      if (!marked || Number(marked.api_key_id) !== input.oldKeyId) throw reissuedElsewhere(input.userId);
+      const old = await this.one('SELECT key_prefix, last_used_at FROM api_keys WHERE id = ? AND user_id = ? FOR UPDATE', [input.oldKeyId, input.userId], c);
+      if (old && old.last_used_at != null) throw keyUsedSince(input.userId, String(old.key_prefix));
+      await this.exec('UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE id = ? AND user_id = ? AND revoked_at IS NULL', [input.oldKeyId, input.userId], c);
+      const k = await this.exec('INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)', [input.userId, input.keyHash, input.keyPrefix, input.keyName], c);
+      const keyId = Number(k.insertId);
+      await this.exec('UPDATE acm2_undelivered_keys SET api_key_id = ?, issued_by = ?, created_at = ? WHERE user_id = ?', [keyId, input.issuedBy, new Date().toISOString(), input.userId], c);
+      return { keyId };
+    });
+  }
+
+  async keyDelivered(keyId: number): Promise<boolean> {
+    return (await this.exec('DELETE FROM acm2_undelivered_keys WHERE api_key_id = ?', [keyId])).affectedRows === 1;
   }
 
   private async insertJob(c: Connection, userId: number, version: string, force: boolean, maxAttempts: number, now: number, dueAt = now): Promise<SeedJob> {

@@ -17,7 +17,9 @@ import type {
   MasterDb,
   MasterUser,
   NewUser,
+  ReissuedKey,
   SeedJob,
+  UndeliveredKey,
   UserLock,
 } from './types.js';
 import { leaseExpiredError, notAttempted, supersededError } from './types.js';
@@ -57,7 +59,7 @@ export function toApiKey(r: Row): ApiKeyRow {
     id: Number(r.id),
     userId: Number(r.user_id),
     keyHash: String(r.key_hash),
-    keyPrefix: String(r.key_prefix),
+    keyPrefix: r.key_prefix == null ? '' : String(r.key_prefix),
     name: r.name == null ? null : String(r.name),
     revokedAt: toIso(r.revoked_at),
   };
@@ -70,6 +72,38 @@ export function toIso(v: unknown): string | null {
   // SQLite CURRENT_TIMESTAMP is 'YYYY-MM-DD HH:MM:SS' in UTC.
   if (/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/.test(s)) return `${s.replace(' ', 'T')}.000Z`;
   return s;
+}
+
+export function toUndelivered(r: Row): UndeliveredKey {
+  return {
+    userId: Number(r.user_id),
+    apiKeyId: Number(r.api_key_id),
+    keyPrefix: r.key_prefix == null ? '' : String(r.key_prefix),
+    issuedBy: String(r.issued_by),
+    createdAt: String(r.created_at),
+    lastUsedAt: toIso(r.last_used_at),
+    revokedAt: toIso(r.revoked_at),
+  };
+}
+
+/** The marker with its key (none if ACM2 removed that row: then there is nothing to revoke). */
+export const UNDELIVERED_SQL = `SELECT u.api_key_id, u.user_id, u.issued_by, u.created_at, k.key_prefix, k.last_used_at, k.revoked_at
+  FROM acm2_undelivered_keys u LEFT JOIN api_keys k ON k.id = u.api_key_id AND k.user_id = u.user_id WHERE u.user_id = ?`;
+
+/** reissueKey found the marker naming another key than the caller saw: another rerun replaced it meanwhile. */
+export function reissuedElsewhere(userId: number): UnavailableError {
+  return new UnavailableError(
+    `another acm2 user create for user ${userId} issued it a new API key just now, which that run shows: nothing was changed here; if that run was stopped too, run this one again`,
+    'key_reissued',
+  );
+}
+
+/** reissueKey found the undelivered key used since: it reached someone after all, and is not replaced. */
+export function keyUsedSince(userId: number, prefix: string): UsageError {
+  return new UsageError(
+    `user ${userId}'s API key ${prefix}… was never shown by acm2 user create, but ACM2 has accepted it since, so someone holds it: it is not replaced; a user with this email already exists`,
+    'duplicate_email',
+  );
 }
 
 export function duplicateMessage(e: unknown, input: NewUser): UsageError | undefined {
@@ -211,15 +245,47 @@ export class SqliteMaster implements MasterDb {
           .prepare(`INSERT INTO users (username, email, wordpress_user_id) VALUES (?, ?, ?)`)
           .run(input.username, input.email, input.wordpressUserId);
         const userId = Number(info.lastInsertRowid);
+        const keyId = Number(
+          this.db.prepare(`INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)`).run(userId, input.keyHash, input.keyPrefix, input.keyName).lastInsertRowid,
+        );
+        // REPLACE: a marker naming this brand-new user id or key id is a stale one, of a user ACM2
+        // deleted (its ids reused), and goes.
         this.db
-          .prepare(`INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)`)
-          .run(userId, input.keyHash, input.keyPrefix, input.keyName);
+          .prepare(`REPLACE INTO acm2_undelivered_keys (api_key_id, user_id, issued_by, created_at) VALUES (?, ?, ?, ?)`)
+          .run(keyId, userId, input.issuedBy ?? '', now.toISOString());
         const job = this.insertJob(userId, input.seedVersion, false, input.maxAttempts, now.getTime(), input.jobDueAt);
-        return { user: toUser(this.one(`SELECT * FROM users WHERE id = ?`, userId)!), job };
+        return { user: toUser(this.one(`SELECT * FROM users WHERE id = ?`, userId)!), job, keyId };
       }).immediate();
     } catch (e) {
       throw duplicateMessage(e, input) ?? e;
     }
+  }
+
+  async undeliveredKey(userId: number) {
+    const r = this.one(UNDELIVERED_SQL, userId);
+    return r && toUndelivered(r);
+  }
+
+  async reissueKey(input: ReissuedKey) {
+    // BEGIN IMMEDIATE: the write lock is taken before the marker is read, so two reruns at once
+    // run one after the other, and the second finds the marker moved.
+    return this.db.transaction(() => {
+      const marked = this.one(UNDELIVERED_SQL, input.userId);
+      if (!marked || Number(marked.api_key_id) !== input.oldKeyId) throw reissuedElsewhere(input.userId);
+      if (marked.last_used_at != null) throw keyUsedSince(input.userId, String(marked.key_prefix));
+      this.db.prepare(`UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE id = ? AND user_id = ? AND revoked_at IS NULL`).run(input.oldKeyId, input.userId);
+      const keyId = Number(
+        this.db.prepare(`INSERT INTO api_keys (user_id, key_hash, key_prefix, name) VALUES (?, ?, ?, ?)`).run(input.userId, input.keyHash, input.keyPrefix, input.keyName).lastInsertRowid,
+      );
+      this.db
+        .prepare(`UPDATE acm2_undelivered_keys SET api_key_id = ?, issued_by = ?, created_at = ? WHERE user_id = ?`)
+        .run(keyId, input.issuedBy, new Date().toISOString(), input.userId);
+      return { keyId };
+    }).immediate();
+  }
+
+  async keyDelivered(keyId: number) {
+    return this.db.prepare(`DELETE FROM acm2_undelivered_keys WHERE api_key_id = ?`).run(keyId).changes === 1;
   }
 
   private insertJob(userId: number, version: string, force: boolean, maxAttempts: number, now: number, dueAt = now): SeedJob {

@@ -40,6 +40,35 @@ export interface NewUser {
   maxAttempts: number;
   /** Epoch ms when the new user's job is first due (default: now): user create holds it back while it looks at the data dir. */
   jobDueAt?: number;
+  /** Who makes it (a workerName): kept with the undelivered-key marker, so a rerun can tell a create still running here. */
+  issuedBy?: string;
+}
+
+/**
+ * An API key `user create` made and has not shown yet (acm2_undelivered_keys): the create
+ * committed, then stopped before the key reached stdout. Joined with its api_keys row.
+ */
+export interface UndeliveredKey {
+  userId: number;
+  apiKeyId: number;
+  keyPrefix: string;
+  /** The workerName of the process that made it. */
+  issuedBy: string;
+  createdAt: string;
+  /** Set: ACM2 has authenticated with it since, so it did reach someone. */
+  lastUsedAt: string | null;
+  revokedAt: string | null;
+}
+
+/** A fresh key for a user whose undelivered key it replaces (see MasterDb.reissueKey). */
+export interface ReissuedKey {
+  userId: number;
+  /** The undelivered key the caller saw: refused if the marker names another one by now. */
+  oldKeyId: number;
+  keyHash: string;
+  keyPrefix: string;
+  keyName: string;
+  issuedBy: string;
 }
 
 export interface ApiKeyRow {
@@ -130,8 +159,22 @@ export interface MasterDb {
   findUserByEmail(email: string): Promise<MasterUser | undefined>;
   findUserByUsername(username: string): Promise<MasterUser | undefined>;
   findUserByWordpressId(wpId: number): Promise<MasterUser | undefined>;
-  /** users row + api_keys row + seed job, in one transaction. */
-  createUser(input: NewUser): Promise<{ user: MasterUser; job: SeedJob }>;
+  /**
+   * users row + api_keys row + seed job, in one transaction, with the key marked undelivered
+   * (acm2_undelivered_keys) until keyDelivered(keyId) says it was shown.
+   */
+  createUser(input: NewUser): Promise<{ user: MasterUser; job: SeedJob; keyId: number }>;
+  /** The user's key that `user create` made and never showed, if any. */
+  undeliveredKey(userId: number): Promise<UndeliveredKey | undefined>;
+  /**
+   * In one transaction, under a lock on the user's marker: revoke the undelivered key (revoked_at,
+   * never a delete), add the new one and mark it undelivered in its place. Refused, changing
+   * nothing, if the marker no longer names oldKeyId (another rerun replaced it: UnavailableError
+   * key_reissued) or the old key has been used since (UsageError duplicate_email: it was delivered).
+   */
+  reissueKey(input: ReissuedKey): Promise<{ keyId: number }>;
+  /** The key has been shown: drop its marker. False if it was not marked (any more). */
+  keyDelivered(keyId: number): Promise<boolean>;
   /** Keyset page: users with id > afterId, ascending, at most limit; optionally only these ids. */
   listUsers(opts: { afterId: number; limit: number; ids?: number[] }): Promise<MasterUser[]>;
   countUsers(): Promise<number>;

@@ -14,9 +14,14 @@ export function renderSeed(seed: SeedReport, userId: number): string {
   return `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
 }
 
-export function renderCreate(r: CreateUserResult): string {
+/** What `user create` shows: the result without what only the process needs (see CreateUserResult). */
+export type ShownCreate = Omit<CreateUserResult, 'seedError' | 'keyId'>;
+
+export function renderCreate(r: ShownCreate): string {
   return [
-    `Created user ${r.user.id} (${r.user.username}, ${r.user.email}).`,
+    r.resumed
+      ? `User ${r.user.id} (${r.user.username}, ${r.user.email}) was made by an earlier run of this create that stopped before it showed the API key: that key${r.revokedKeyPrefix ? ` (${r.revokedKeyPrefix}…)` : ''} is revoked and a new one issued.`
+      : `Created user ${r.user.id} (${r.user.username}, ${r.user.email}).`,
     `API key (shown once, store it now): ${chalk.bold(r.apiKey)}`,
     renderSeed(r.seed, r.user.id),
   ].join('\n');

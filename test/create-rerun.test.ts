@@ -1,0 +1,200 @@
+// `user create` killed after its master transaction committed but before it showed the API key:
+// the same create run again converges (SPEC §6.2). It revokes the key nobody saw (never deletes
+// it, never touches a key ACM2 made), issues one new key, goes on with the seed and shows the key;
+// in the end each user has exactly one usable key made by the tool, and it is the one shown.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { readyButIncomplete } from './helpers/complete.js';
+import { checkApiKey } from '../src/core/api-key.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+const CHILD = fileURLToPath(new URL('./helpers/crash-create.mjs', import.meta.url));
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+
+let pkg: FrozenSource;
+let world: World;
+beforeAll(async () => {
+  // Big enough that the seed is most of a create, so random kills land between commit and key.
+  pkg = frozenSource({ models: ['openai:o4-mini', 'google:gemini-2.5-flash', 'anthropic:claude-sonnet-4', 'openrouter:meta-llama/llama-3'], sourceDocs: 3, docBytes: 30_000, contents: 40 });
+  world = await sqliteWorld();
+});
+afterAll(async () => {
+  await world.cleanup();
+  pkg.cleanup();
+});
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+const where = () => ['--data-dir', world.dataDir, '--master', world.masterUrl, '--seeds', pkg.seedsDir];
+const fields = (n: string) => ['--email', `${n}@example.com`, '--username', n];
+
+function create(args: string[], opts: { closeStdout?: boolean } = {}): Promise<Run> {
+  const child = spawn(process.execPath, [BIN, 'user', 'create', ...args, ...where(), '--json'], { env: { ...process.env, NO_COLOR: '1' } });
+  let stdout = '';
+  let stderr = '';
+  if (opts.closeStdout) child.stdout.destroy();
+  else child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** Kill a create at `point` (see helpers/crash-create.mjs). */
+function killedAt(point: string, n: string, extra: string[] = []): void {
+  const r = spawnSync(process.execPath, [CHILD, point, world.dataDir, world.masterUrl, pkg.seedsDir, `${n}@example.com`, n, ...extra], { env: process.env });
+  expect(r.signal, r.stderr?.toString()).toBe('SIGKILL');
+}
+
+async function userId(n: string): Promise<number> {
+  return (await world.master.findUserByEmail(`${n}@example.com`))!.id;
+}
+
+/** Exactly one usable key, and it is the one shown; every other key of the user kept, revoked. */
+async function oneUsableKey(id: number, shown: string, keys: number): Promise<void> {
+  const all = await world.master.apiKeysFor(id);
+  expect(all).toHaveLength(keys);
+  const live = all.filter((k) => k.revokedAt === null);
+  expect(live).toHaveLength(1);
+  expect(checkApiKey(shown, live[0]!.keyHash)).toBe(true);
+  expect(live[0]!.keyPrefix).toBe(shown.slice(0, 12));
+  expect(await world.master.undeliveredKey(id)).toBeUndefined();
+}
+
+const files = () => pkg.pkg.manifest.files.length;
+
+describe('the same user create again, after one killed before it showed the key', () => {
+  it('killed once the user was committed: the rerun revokes the unseen key, issues one, seeds, and shows it once', async () => {
+    killedAt('created', 'kc');
+    const id = await userId('kc');
+    const [unseen] = await world.master.apiKeysFor(id);
+    expect(await world.master.undeliveredKey(id)).toMatchObject({ apiKeyId: unseen!.id });
+
+    const r = await create(fields('kc'));
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc).toMatchObject({ user: { id, username: 'kc', email: 'kc@example.com', seedStatus: 'ready' }, resumed: true, seed: { status: 'ready' } });
+    await oneUsableKey(id, doc.apiKey, 2);
+    expect((await world.master.apiKeysFor(id))[0]).toMatchObject({ id: unseen!.id, revokedAt: expect.any(String) });
+    expect(readyButIncomplete(world.dataDir, id, files())).toEqual({ ready: true, problems: [] });
+
+    // Delivered now: never issued again.
+    const again = await create(fields('kc'));
+    expect(again.code).toBe(2);
+    expect(JSON.parse(again.stdout).error).toMatchObject({ code: 'duplicate_email', message: "a user with email 'kc@example.com' already exists" });
+    await oneUsableKey(id, doc.apiKey, 2);
+  });
+
+  it('killed mid-seed: the rerun finishes the seed from where it stopped', async () => {
+    killedAt('files_staged', 'ks');
+    const id = await userId('ks');
+    expect(readyButIncomplete(world.dataDir, id, files()).ready).toBe(false);
+    const r = await create(fields('ks'));
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc).toMatchObject({ resumed: true, seed: { status: 'ready' } });
+    await oneUsableKey(id, doc.apiKey, 2);
+    expect(readyButIncomplete(world.dataDir, id, files())).toEqual({ ready: true, problems: [] });
+    expect(await world.master.latestJob(id)).toMatchObject({ status: 'done', lockedBy: null });
+  });
+
+  it('killed right after stdout took the key, before the master recorded it: the rerun replaces that key, never leaves two usable', async () => {
+    killedAt('shown', 'kw');
+    const id = await userId('kw');
+    const r = await create(fields('kw'));
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.resumed).toBe(true);
+    await oneUsableKey(id, doc.apiKey, 2);
+  });
+
+  it('--async: the rerun issues the key and queues (or reports) the seed', async () => {
+    killedAt('created', 'ka', ['--async']);
+    const id = await userId('ka');
+    const r = await create([...fields('ka'), '--async']);
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc).toMatchObject({ resumed: true, user: { id, seedStatus: 'pending' }, seed: { status: 'pending' } });
+    await oneUsableKey(id, doc.apiKey, 2);
+    // The first run's job, due now rather than held back, and not duplicated.
+    expect(await world.master.countJobs()).toBeGreaterThan(0);
+    const job = await world.master.latestJob(id);
+    expect(job).toMatchObject({ id: doc.seed.jobId, status: 'pending' });
+    expect(job!.nextAttemptAt).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('other fields for that email: duplicate_email, saying what the interrupted create was and how to finish it', async () => {
+    killedAt('created', 'kf');
+    const id = await userId('kf');
+    for (const other of [['--email', 'kf@example.com', '--username', 'kf2'], [...fields('kf'), '--wordpress-user-id', '9']]) {
+      const r = await create(other);
+      expect(r.code).toBe(2);
+      const err = JSON.parse(r.stdout).error;
+      expect(err.code).toBe('duplicate_email');
+      expect(err.message).toBe(
+        `a user with email 'kf@example.com' already exists (user ${id}, made by an acm2 user create that was stopped before it showed the API key, with username 'kf' and no WordPress user id): ` +
+          'to give it a new key, run that create again with the same fields: acm2 user create --email kf@example.com --username kf',
+      );
+    }
+    expect((await world.master.apiKeysFor(id)).map((k) => k.revokedAt)).toEqual([null]);
+  });
+
+  it('two reruns at once: one shows a key, the other changes nothing', async () => {
+    killedAt('created', 'k2');
+    const id = await userId('k2');
+    const runs = await Promise.all([create(fields('k2')), create(fields('k2'))]);
+    const won = runs.filter((r) => r.code === 0);
+    expect(won, runs.map((r) => r.stdout + r.stderr).join('\n')).toHaveLength(1);
+    const lost = runs.find((r) => r.code !== 0)!;
+    // Refused while the other holds the key (exit 3), or after it showed it (exit 2).
+    expect(['create_in_progress', 'key_reissued', 'duplicate_email']).toContain(JSON.parse(lost.stdout).error.code);
+    await oneUsableKey(id, JSON.parse(won[0]!.stdout).apiKey, 2);
+  });
+
+  it('a stdout that cannot take the key (reader gone): exit 3, the key counts as never shown, and a rerun replaces it', async () => {
+    const r = await create(fields('kp'), { closeStdout: true });
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/could not be written to stdout \(EPIPE\), so nobody has it: run this same acm2 user create again/);
+    const id = await userId('kp');
+    expect(await world.master.undeliveredKey(id)).toBeDefined();
+    const again = await create(fields('kp'));
+    expect(again.code, again.stderr).toBe(0);
+    await oneUsableKey(id, JSON.parse(again.stdout).apiKey, 2);
+  });
+
+  it('SIGKILL at random instants, then reruns until one succeeds: one usable key per user, the one shown', async () => {
+    // Kills spread over the second half of a whole create, timed on this machine as it is loaded
+    // now: that is where the commit, the seed and the key are.
+    const started = Date.now();
+    expect((await create(fields('timed'))).code).toBe(0);
+    const whole = Date.now() - started;
+    let resumed = 0;
+    // At least 6 kills, and more (up to 16) until one has landed between the commit and the key.
+    for (let i = 0; i < 16 && (i < 6 || resumed === 0); i++) {
+      const n = `rnd${i}`;
+      const child = spawn(process.execPath, [BIN, 'user', 'create', ...fields(n), ...where(), '--json'], { stdio: 'ignore' });
+      const exited = new Promise((r) => child.once('exit', r));
+      await new Promise((r) => setTimeout(r, Math.floor(whole * (0.4 + Math.random() * 0.55))));
+      child.kill('SIGKILL');
+      await exited;
+      const r = await create(fields(n));
+      if (r.code === 2) {
+        // The first run finished and showed its key before the kill: nothing to converge.
+        expect(JSON.parse(r.stdout).error.code).toBe('duplicate_email');
+        expect(await world.master.undeliveredKey(await userId(n))).toBeUndefined();
+        continue;
+      }
+      expect(r.code, r.stderr).toBe(0);
+      const doc = JSON.parse(r.stdout);
+      if (doc.resumed) resumed++;
+      await oneUsableKey(doc.user.id, doc.apiKey, doc.resumed ? 2 : 1);
+      expect(readyButIncomplete(world.dataDir, doc.user.id, files())).toEqual({ ready: true, problems: [] });
+    }
+    // Some kills must land between the commit and the key, or this proves nothing.
+    expect(resumed).toBeGreaterThan(0);
+  });
+});
