@@ -596,9 +596,11 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const worker = workerName();
 
   let lost: unknown;
-  // A master that went away is not asked again; one that refused a statement (a grant missing, its
-  // disk full) still answers: the users in flight finish and the progress is saved.
-  const refusal = (e: unknown) => isAcm2Error(e) && e.code !== 'master_unreachable';
+  // A master that went away is not asked again, nor is a corrupt one (more writes into a damaged
+  // file can only make it worse); one that refused a statement (a grant missing, its disk full, its
+  // write lock held past the wait by another process) still answers: the users in flight finish
+  // and the progress is saved.
+  const refusal = (e: unknown) => isAcm2Error(e) && e.code !== 'master_unreachable' && e.code !== 'master_corrupt';
   const unreachable = () => lost !== undefined && !refusal(lost);
   const m = async <T>(fn: () => Promise<T>): Promise<T> => {
     if (unreachable()) throw new MasterLost();
@@ -692,6 +694,8 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   };
   let lastSave = Date.now();
   let saving: Promise<void> = Promise.resolve();
+  /** The cursor of the last progress record the master took (what --resume starts after). */
+  let savedCursor: number | undefined = dryRun ? undefined : cursor;
   const save = (status: 'running' | 'done' | 'interrupted', force = false): Promise<void> => {
     if (dryRun) return Promise.resolve();
     const now = Date.now();
@@ -703,6 +707,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
       .then(async () => {
         if (items.length > 0) await m(() => master.recordBackfillItems(name, items));
         await m(() => master.saveBackfill(snapshot));
+        savedCursor = snapshot.cursor;
       })
       .catch(() => undefined);
     return saving;
@@ -836,21 +841,10 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
 
   if (lost) {
     await save('interrupted', true);
-    // The master answered, and refused (a grant missing, a migration it needs): that, as it is.
-    if (refusal(lost)) throw lost;
-    throw new UnavailableError(
-      `lost the master ${master.display} mid-run (${lost instanceof Error ? lost.message : String(lost)}); users in flight finished or rolled back; ` +
-        `progress is saved up to user ${cursor} where the master allowed it: run 'acm2 backfill --resume' once it is back`,
-      'master_unreachable',
-      { cause: lost },
-    );
+    throw stoppedByMaster(master, lost, savedCursor, 'mid-run');
   }
   await save(stopped ? 'interrupted' : 'done', true);
-  if (lost) {
-    // The master answered, and refused the save (its disk full, read-only): that, as it is.
-    if (refusal(lost)) throw lost;
-    throw new UnavailableError(`lost the master ${master.display} while saving progress; run 'acm2 backfill --resume' once it is back`, 'master_unreachable', { cause: lost });
-  }
+  if (lost) throw stoppedByMaster(master, lost, savedCursor, 'while saving progress');
 
   let legacyLogs: LegacyLogsResult | undefined;
   if (opts.legacyLogsDir && !stopped) legacyLogs = await legacyLogsPass(deps, ctx, opts.legacyLogsDir, ids, inShard, batchSize, dryRun);
@@ -859,6 +853,39 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   users.sort((a, b) => a.id - b.id);
   failures.sort((a, b) => a.id - b.id);
   return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
+}
+
+/**
+ * The one error a backfill stopped by its master ends with. A refusal (a grant missing, its disk
+ * full) is thrown as it is; a master locked past the wait, or corrupt, says so, with where
+ * --resume will start; anything else is the master lost.
+ */
+function stoppedByMaster(master: MasterDb, lost: unknown, savedCursor: number | undefined, when: 'mid-run' | 'while saving progress'): unknown {
+  const code = String((isAcm2Error(lost) ? (lost.cause as { code?: unknown } | undefined)?.code : undefined) ?? (isAcm2Error(lost) ? lost.code : ''));
+  const saved = savedCursor === undefined ? 'no progress saved' : `progress is saved up to user ${savedCursor}`;
+  if (isAcm2Error(lost) && lost.code === 'master_busy')
+    return new UnavailableError(
+      `the master ${master.display} stayed locked by another process past the wait (${code}) ${when}, so the backfill stopped with the users in flight finished or rolled back and ${saved}: let that process finish, or stop it, then run 'acm2 backfill --resume'`,
+      'master_busy',
+      { cause: lost },
+    );
+  if (isAcm2Error(lost) && lost.code === 'master_corrupt')
+    return new UnavailableError(
+      `the master ${master.display} is corrupt (${code}) ${when}, so the backfill stopped with the users in flight finished or rolled back and wrote nothing more to it (${saved}): restore it from a backup, then run 'acm2 backfill --resume'`,
+      'master_corrupt',
+      { cause: lost },
+    );
+  // The master answered, and refused (a grant missing, its disk full, read-only): that, as it is.
+  if (isAcm2Error(lost) && lost.code !== 'master_unreachable') return lost;
+  const why = lost instanceof Error ? lost.message : String(lost);
+  if (when === 'while saving progress')
+    return new UnavailableError(`lost the master ${master.display} while saving progress (${why}); run 'acm2 backfill --resume' once it is back`, 'master_unreachable', { cause: lost });
+  return new UnavailableError(
+    `lost the master ${master.display} mid-run (${why}); users in flight finished or rolled back; ` +
+      `${saved}: run 'acm2 backfill --resume' once it is back`,
+    'master_unreachable',
+    { cause: lost },
+  );
 }
 
 async function estimateTotal(master: MasterDb, ids: number[] | undefined, opts: BackfillOptions, already: number): Promise<number> {

@@ -77,8 +77,9 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
 
 /**
  * The embedded master's environment failures, whichever call ran into them: a full disk (SQLite's
- * SQLITE_FULL, "database or disk is full") or a master this process may only read is exit 3
- * naming the master file (SPEC §2), not an internal error.
+ * SQLITE_FULL, "database or disk is full"), a master this process may only read, one another
+ * process keeps locked past the busy wait, or a corrupt master file is exit 3 naming the master
+ * file (SPEC §2), not an internal error.
  */
 function embeddedMasterErrors(master: MasterDb): MasterDb {
   const wrap = (e: unknown): unknown => {
@@ -92,6 +93,18 @@ function embeddedMasterErrors(master: MasterDb): MasterDb {
     // or SQLite could no longer open a file it needs (its -wal, -shm or journal): the environment.
     if (code.startsWith('SQLITE_IOERR') || code === 'SQLITE_CANTOPEN' || code === 'SQLITE_PROTOCOL')
       return new UnavailableError(`I/O error on the master ${master.display} (${code}): check the disk it is on, then run again`, 'master_io_error', { cause: e });
+    // Another process (ACM2, a second acm2, an sqlite3 shell) held the master's write lock for
+    // longer than SQLite's busy wait: the lock held past the wait (SPEC §2), not a bug of ours.
+    if (/^SQLITE_(BUSY|LOCKED)/.test(code))
+      return new UnavailableError(
+        `the master ${master.display} stayed locked by another process past the ${busyWait(master)} wait (${code}): let that process finish, or stop it, then run again`,
+        'master_busy',
+        { cause: e },
+      );
+    // The file went bad under us (a disk fault, a copy made mid-write): the master must be
+    // restored, and nothing this tool could do with it would help.
+    if (/^SQLITE_(CORRUPT|NOTADB)/.test(code))
+      return new UnavailableError(`the master ${master.display} is corrupt (${code}: ${(e as Error).message}): restore it from a backup, then run again`, 'master_corrupt', { cause: e });
     return e;
   };
   return new Proxy(master, {
@@ -108,6 +121,12 @@ function embeddedMasterErrors(master: MasterDb): MasterDb {
       };
     },
   });
+}
+
+/** The embedded master's busy wait, as a person reads it ('15 s'). */
+function busyWait(master: MasterDb): string {
+  const ms = (master as { busyTimeoutMs?: unknown }).busyTimeoutMs;
+  return typeof ms === 'number' ? `${Math.round(ms / 100) / 10} s` : 'busy';
 }
 
 /** The one sentence for a master that is not there, or not ACM2's. */

@@ -137,6 +137,8 @@ export class SqliteMaster implements MasterDb {
   readonly dialect = 'sqlite' as const;
   readonly capabilities = { skipLocked: false, advisoryLocks: false };
   readonly display: string;
+  /** How long a statement waits on another process's write lock before SQLITE_BUSY. */
+  readonly busyTimeoutMs = 15000;
   private db: Database.Database;
 
   constructor(readonly file: string) {
@@ -146,7 +148,7 @@ export class SqliteMaster implements MasterDb {
         // A read-only place (a mount or backup snapshot of the data dir, a CI user without write
         // access): opened read-only, so the read commands work and a write is refused (exit 3,
         // read_only). A WAL master without its -shm is read from a private copy (openForReading).
-        this.db = openForReading(file, { readonly: true, timeout: 15000 });
+        this.db = openForReading(file, { readonly: true, timeout: this.busyTimeoutMs });
       } else {
         mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
         // It holds e-mail addresses and key hashes: created 0600 like every file in the data dir
@@ -158,7 +160,7 @@ export class SqliteMaster implements MasterDb {
         // user DB (the truth for readiness) and the lease expiry make good on the next run.
         this.db.pragma('synchronous = NORMAL');
       }
-      this.db.pragma('busy_timeout = 15000');
+      this.db.pragma(`busy_timeout = ${this.busyTimeoutMs}`);
       this.db.pragma('foreign_keys = ON');
     } catch (e) {
       if (isAcm2Error(e)) throw e; // said already (a private copy the temp folder cannot hold)
