@@ -13,7 +13,7 @@ import type { ProgressSink } from '../ui/reporter.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { describeDrift, detectSchemaDrift, listTables, openForReading, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
@@ -231,17 +231,21 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
   const odd = userDbEntryProblem(ctx.dataDir, userId);
   if (odd) return failed(userId, 'unreadable', `${odd}: left alone; put the user's database file itself there or move the entry aside`);
   if (!existsSync(file)) return { userId, action: 'seed', steps: [{ kind: 'seed', beside: false }] };
-  let db: SqliteDb | undefined;
   try {
-    // Opened read-write but only read: a read-only connection to a WAL DB leaves -wal/-shm
-    // files behind, while the last read-write connection removes them on close.
-    db = openForReading(file, { readonly: false, timeout: ctx.busyTimeoutMs });
-    return planOpen(db, userId, ctx.migrations);
+    // A data dir that turned read-only since this process last asked is read from a copy.
+    return readAgainIfReadOnly(file, () => {
+      // Opened read-write but only read: a read-only connection to a WAL DB leaves -wal/-shm
+      // files behind, while the last read-write connection removes them on close.
+      const db = openForReading(file, { readonly: false, timeout: ctx.busyTimeoutMs });
+      try {
+        return planOpen(db, userId, ctx.migrations);
+      } finally {
+        db.close();
+      }
+    });
   } catch (e) {
     const c = classify(e);
     return failed(userId, c.code, c.reason);
-  } finally {
-    db?.close();
   }
 }
 

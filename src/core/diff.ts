@@ -17,7 +17,7 @@ import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
 import { isBusy, isCorrupt } from './migrate-safe.js';
 import { resolveUser } from './users.js';
 import { readMeta } from './seed-user.js';
-import { openForReading } from '../userdb/user-db.js';
+import { openForReading, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { entryKind, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface TableDiff {
@@ -237,17 +237,24 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
   if (odd) throw new UsageError(`${odd}: diff did not open it`, 'db_not_file');
   if (!existsSync(file)) throw new UsageError(`user ${id} has no database (${file} does not exist)`, 'db_missing');
   const root = userFolder(dataDir, id);
-  let db: Database.Database | undefined;
+  let open: Database.Database;
   try {
-    db = openForReading(file, { timeout: busyTimeoutMs });
-    // One snapshot for every read of this user (ACM2 may be writing to it meanwhile).
-    db.exec('BEGIN');
-    db.prepare(`SELECT count(*) FROM sqlite_master`).get();
+    // A data dir that turned read-only since this process last asked is read from a copy.
+    open = readAgainIfReadOnly(file, () => {
+      const db = openForReading(file, { timeout: busyTimeoutMs });
+      try {
+        // One snapshot for every read of this user (ACM2 may be writing to it meanwhile).
+        db.exec('BEGIN');
+        db.prepare(`SELECT count(*) FROM sqlite_master`).get();
+        return db;
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+    });
   } catch (e) {
-    db?.close();
     throw unreadableDb(id, file, e, busyTimeoutMs);
   }
-  const open = db;
   // Damage past the first pages shows only when a read reaches it: every read of this DB reports
   // it as the user's DB being unreadable (db_corrupt: exit 2), as opening it does, never as a bug.
   const reading = <T>(fn: () => T): T => {

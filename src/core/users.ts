@@ -11,7 +11,7 @@ import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type Se
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
-import { openUserDb } from '../userdb/user-db.js';
+import { openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
@@ -661,24 +661,27 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
   let dbState: DbRead = 'read';
   if (out.db.present) {
     try {
-      // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
-      const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs, forReading: true });
-      try {
-        const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
-        out.db.seedStatus = meta?.seed_status ?? null;
-        out.seedVersion = meta?.seed_version ?? null;
-        out.seededAt = meta?.seeded_at ?? null;
-        if (hasTable(db, 'acm2_seed_files') && meta) {
-          const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes),0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(meta.seed_version) as { n: number; b: number };
-          out.files = { count: f.n, bytes: f.b };
+      // A data dir that turned read-only since this process last asked is read from a copy.
+      readAgainIfReadOnly(dbPath, () => {
+        // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
+        const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs, forReading: true });
+        try {
+          const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
+          out.db.seedStatus = meta?.seed_status ?? null;
+          out.seedVersion = meta?.seed_version ?? null;
+          out.seededAt = meta?.seeded_at ?? null;
+          if (hasTable(db, 'acm2_seed_files') && meta) {
+            const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes),0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(meta.seed_version) as { n: number; b: number };
+            out.files = { count: f.n, bytes: f.b };
+          }
+          if (hasTable(db, 'acm2_seed_state') && meta) {
+            const s = db.prepare(`SELECT last_error FROM acm2_seed_state WHERE seed_version = ?`).get(meta.seed_version) as { last_error: string | null } | undefined;
+            out.lastError = s?.last_error ?? out.lastError;
+          }
+        } finally {
+          db.close();
         }
-        if (hasTable(db, 'acm2_seed_state') && meta) {
-          const s = db.prepare(`SELECT last_error FROM acm2_seed_state WHERE seed_version = ?`).get(meta.seed_version) as { last_error: string | null } | undefined;
-          out.lastError = s?.last_error ?? out.lastError;
-        }
-      } finally {
-        db.close();
-      }
+      });
     } catch (e) {
       out.db.error = e instanceof Error ? e.message : String(e);
       dbState = isBusy(e) ? 'busy' : 'unreadable';

@@ -17,7 +17,7 @@ import { fromWire, isAcm2Error, isDiskFull, toWire, type WireError } from '../er
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { idMayStartAt, isDocId, isUuid, safeDocId } from '../seed/remap.js';
-import { ACM2_TABLES, forgetWritable, openForReading, pendingMigrations, tempFolderProblem, userMigrations } from '../userdb/user-db.js';
+import { ACM2_TABLES, openForReading, pendingMigrations, tempFolderProblem, turnedReadOnly, userMigrations } from '../userdb/user-db.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
 /** The stable problem codes of SPEC §5, in the order a person reads them. */
@@ -712,7 +712,7 @@ class UserCheck {
       try {
         verdict = (db.pragma(check) as Array<Record<string, string>>).map((r) => String(Object.values(r)[0]));
       } catch (e) {
-        if (!again && (e as { code?: unknown }).code === 'SQLITE_CANTOPEN' && forgetWritable(path.dirname(this.dbFile))) {
+        if (!again && turnedReadOnly(e, this.dbFile)) {
           // The data dir was writable when this process last asked, and is not now (a remount):
           // a WAL DB without its -shm cannot be read in place. Asked again, it is read from a copy.
           return undefined;

@@ -165,6 +165,30 @@ export function forgetWritable(dir: string): boolean {
   return was;
 }
 
+/**
+ * Whether a read of `file` failed because its folder turned read-only since this process last
+ * asked (a remount after disk errors): a WAL DB without its -shm cannot be read in place there, and
+ * SQLite says SQLITE_CANTOPEN at the first read. The folder is then forgotten, so the next
+ * openForReading asks again and reads a private copy. Costs nothing on a read that worked.
+ */
+export function turnedReadOnly(e: unknown, file: string): boolean {
+  return (e as { code?: unknown } | undefined)?.code === 'SQLITE_CANTOPEN' && forgetWritable(path.dirname(file));
+}
+
+/**
+ * Run a read of `file` (open with openForReading, read, close: all inside `read`), once more if
+ * its folder turned read-only meanwhile (see turnedReadOnly). Every reader of user DBs in a
+ * long-lived process goes through this, so none reports a sound DB unreadable after a remount.
+ */
+export function readAgainIfReadOnly<T>(file: string, read: () => T): T {
+  try {
+    return read();
+  } catch (e) {
+    if (!turnedReadOnly(e, file)) throw e;
+    return read();
+  }
+}
+
 /** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
 function needsPrivateCopy(file: string): boolean {
   if (folderWritable(path.dirname(file)) || existsSync(`${file}-shm`)) return false;
