@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { parseMasterUrl } from '../src/config.js';
+import { parseMasterUrl, TOOL_VERSION } from '../src/config.js';
 import { UnavailableError, UsageError } from '../src/errors.js';
 import { openMaster } from '../src/master/factory.js';
 import { mysqlLockName, supportsSkipLocked } from '../src/master/mysql-master.js';
@@ -176,6 +176,26 @@ for (const d of DIALECTS) {
         const err = await m.migrate().catch((e: unknown) => e);
         expect(err).toBeInstanceOf(UsageError);
         expect((err as UsageError).code).toBe('migration_checksum');
+      });
+
+      it('refuses a master a newer acm2 migrated, for every command, read or write: exit 3 naming the master and the migration, nothing written', async () => {
+        // Version skew: a newer acm2 on another host applied its next migration; this older one
+        // does not know what it changed and must neither write nor read in the old format.
+        const known = loadMigrations(`master/${d.name}`);
+        const id = known.length + 1;
+        const future = `${String(id).padStart(4, '0')}_from_a_newer_acm2`;
+        await t.query('INSERT INTO acm2_master_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)', [id, future, 'f'.repeat(64), new Date().toISOString()]);
+        const ledger = await t.query('SELECT id, name, checksum FROM acm2_master_migrations ORDER BY id');
+        const sentence = `the master ${m.display} has migration ${future}, which this acm2 (${TOOL_VERSION}) does not know: a newer acm2 applied it, so nothing was changed; upgrade acm2 on this host to the newer version, then run again`;
+        const url = parseMasterUrl(t.url);
+        // user create / backfill (migrate), verify / user list (read), backfill --dry-run (no migrations).
+        for (const opts of [{}, { create: false }, { create: false, migrate: false }]) {
+          const err = await openMaster(url, opts).catch((e: unknown) => e);
+          expect(err, JSON.stringify(opts)).toBeInstanceOf(UnavailableError);
+          expect(err).toMatchObject({ exitCode: 3, code: 'master_newer', message: sentence });
+        }
+        await expect(m.migrate()).rejects.toMatchObject({ exitCode: 3, code: 'master_newer' });
+        expect(await t.query('SELECT id, name, checksum FROM acm2_master_migrations ORDER BY id')).toEqual(ledger);
       });
 
       it("keeps ACM2's users and api_keys columns", async () => {

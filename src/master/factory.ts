@@ -66,7 +66,10 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
       // An empty database (a mistyped name) for a data dir that already has a master.
       if (opts.pairWith) refuseNewMasterFor(opts.pairWith.dataDir, master.display, 'has no ACM2 tables yet');
     }
+    // A master a newer acm2 migrated is refused by every command, read or write, before it uses
+    // it: this tool does not know what the newer one changed (migrate() says it too).
     if (opts.migrate !== false) await master.migrate();
+    else await master.checkMigrations();
     if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write });
   } catch (e) {
     await master.close().catch(() => undefined);

@@ -6,8 +6,8 @@ import mysql from 'mysql2/promise';
 import type { Connection, Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
 import type { MasterUrl } from '../config.js';
 import { isAcm2Error, UnavailableError, UsageError } from '../errors.js';
-import { loadMigrations, splitStatements } from '../migrations.js';
-import { duplicateMessage, keyUsedSince, reissuedElsewhere, toApiKey, toBackfill, toJob, toUndelivered, toUser, UNDELIVERED_SQL } from './sqlite-master.js';
+import { loadMigrations, splitStatements, type LedgerRow } from '../migrations.js';
+import { duplicateMessage, keyUsedSince, masterLedgerVerdict, reissuedElsewhere, toApiKey, toBackfill, toJob, toUndelivered, toUser, UNDELIVERED_SQL } from './sqlite-master.js';
 import type {
   ApiKeyRow,
   BackfillItem,
@@ -211,7 +211,7 @@ export class MysqlMaster implements MasterDb {
   async migrate(): Promise<string[]> {
     // Up to date: nothing to write, and no lock to take. A read-only account (verify in CI) gets
     // this far; one that must apply a migration needs the grants to.
-    const pending = await this.pendingMigrations();
+    const pending = await this.checkMigrations();
     if (pending.length === 0) return [];
     try {
       return await this.applyMigrations();
@@ -228,20 +228,20 @@ export class MysqlMaster implements MasterDb {
     }
   }
 
-  /** The names of the master migrations this database lacks (all of them before the first). */
-  private async pendingMigrations(): Promise<string[]> {
-    let ledger: Map<number, string>;
+  async checkMigrations(): Promise<string[]> {
+    let ledger: LedgerRow[];
     try {
-      ledger = new Map((await this.rows('SELECT id, checksum FROM acm2_master_migrations')).map((r) => [Number(r.id), String(r.checksum)]));
+      ledger = await this.ledger();
     } catch (e) {
       if (errorCode(e) !== 'ER_NO_SUCH_TABLE') throw e;
-      ledger = new Map();
+      ledger = [];
     }
     // A checksum that differs is not "pending" (no account could apply it): refused as the locked pass would.
-    const all = loadMigrations('master/mysql');
-    const changed = all.find((m) => ledger.has(m.id) && ledger.get(m.id) !== m.checksum);
-    if (changed) throw new UsageError(`master migration ${changed.name} was applied with a different checksum`, 'migration_checksum');
-    return all.filter((m) => !ledger.has(m.id)).map((m) => m.name);
+    return masterLedgerVerdict(this.display, loadMigrations('master/mysql'), ledger);
+  }
+
+  private async ledger(on: Connection = this.pool): Promise<LedgerRow[]> {
+    return (await this.rows('SELECT id, name, checksum FROM acm2_master_migrations', [], on)).map((r) => ({ id: Number(r.id), name: String(r.name), checksum: String(r.checksum) }));
   }
 
   private async applyMigrations(): Promise<string[]> {
@@ -269,14 +269,11 @@ export class MysqlMaster implements MasterDb {
           [],
           c,
         );
-        const ledger = new Map((await this.rows('SELECT id, checksum FROM acm2_master_migrations', [], c)).map((r) => [Number(r.id), String(r.checksum)]));
+        // Read again under the lock: another host may have migrated meanwhile, a newer acm2 too.
+        const todo = new Set(masterLedgerVerdict(this.display, loadMigrations('master/mysql'), await this.ledger(c)));
         const applied: string[] = [];
         for (const m of loadMigrations('master/mysql')) {
-          const sum = ledger.get(m.id);
-          if (sum !== undefined) {
-            if (sum !== m.checksum) throw new UsageError(`master migration ${m.name} was applied with a different checksum`, 'migration_checksum');
-            continue;
-          }
+          if (!todo.has(m.name)) continue;
           for (const stmt of splitStatements(m.sql)) await this.exec(stmt, [], c);
           await this.exec('INSERT INTO acm2_master_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)', [m.id, m.name, m.checksum, new Date().toISOString()], c);
           applied.push(m.name);

@@ -6,7 +6,7 @@ import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import { canWrite } from '../durable.js';
 import { openForReading } from '../userdb/user-db.js';
-import { loadMigrations } from '../migrations.js';
+import { checkLedger, loadMigrations, newerToolError, type LedgerRow, type Migration } from '../migrations.js';
 import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
 import type {
   ApiKeyRow,
@@ -115,6 +115,15 @@ export function duplicateMessage(e: unknown, input: NewUser): UsageError | undef
   return new UsageError(`the new user clashes with an existing one (${msg})`, 'duplicate');
 }
 
+/** See MasterDb.checkMigrations: the names to apply, or the refusal, for both masters alike. */
+export function masterLedgerVerdict(display: string, all: readonly Migration[], ledger: readonly LedgerRow[]): string[] {
+  const c = checkLedger(all, ledger);
+  // Newer first: a newer acm2's ledger is no tampering, and the remedy is to upgrade this one.
+  if (c.unknown.length > 0) throw newerToolError(`the master ${display}`, c.unknown, 'master_newer');
+  if (c.changed) throw new UsageError(`master migration ${c.changed.name} was applied with a different checksum`, 'migration_checksum');
+  return c.pending.map((m) => m.name);
+}
+
 /** See MasterDb.foreignTables. */
 export function foreignSqliteTables(db: Database.Database): string[] {
   return (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name`).pluck().all() as string[]).filter(
@@ -185,7 +194,7 @@ export class SqliteMaster implements MasterDb {
   async migrate(): Promise<string[]> {
     const db = this.db;
     // Up to date: nothing to write (a master opened read-only gets this far; see the constructor).
-    if (this.pendingMigrations().length === 0) return [];
+    if ((await this.checkMigrations()).length === 0) return [];
     db.exec(`CREATE TABLE IF NOT EXISTS acm2_master_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)`);
     const applied: string[] = [];
     for (const m of loadMigrations('master/sqlite')) {
@@ -204,13 +213,10 @@ export class SqliteMaster implements MasterDb {
     return applied;
   }
 
-  /** Master migrations not in the ledger, or applied with another checksum (the locked pass refuses those). */
-  private pendingMigrations(): string[] {
+  async checkMigrations(): Promise<string[]> {
     const has = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'acm2_master_migrations'`).get();
-    const ledger = new Map(has ? (this.db.prepare(`SELECT id, checksum FROM acm2_master_migrations`).raw(true).all() as [number, string][]) : []);
-    return loadMigrations('master/sqlite')
-      .filter((m) => ledger.get(m.id) !== m.checksum)
-      .map((m) => m.name);
+    const ledger = has ? (this.db.prepare(`SELECT id, name, checksum FROM acm2_master_migrations`).all() as LedgerRow[]) : [];
+    return masterLedgerVerdict(this.display, loadMigrations('master/sqlite'), ledger);
   }
 
   private one(sql: string, ...args: unknown[]): Row | undefined {

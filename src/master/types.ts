@@ -154,6 +154,12 @@ export interface MasterDb {
 
   /** Apply pending master migrations (ordered, checksummed, each once). Returns names applied. */
   migrate(): Promise<string[]>;
+  /**
+   * The master migrations this tool has and the master lacks, read without writing. Throws for a
+   * master this tool must not use: one a newer acm2 migrated (a migration it does not know: exit 3,
+   * master_newer) or one with a migration applied with another checksum (exit 2).
+   */
+  checkMigrations(): Promise<string[]>;
 
   getUser(id: number): Promise<MasterUser | undefined>;
   findUserByEmail(email: string): Promise<MasterUser | undefined>;
