@@ -73,15 +73,15 @@ export function checkLedger(all: readonly Migration[], ledger: Iterable<LedgerRo
  * one upgraded first): this tool does not know its format, so it must neither write nor judge it.
  * Exit 3: the command and its input are right, and the same command works once acm2 is upgraded.
  */
-export function newerToolError(place: string, unknown: readonly LedgerRow[], code: 'master_newer' | 'schema_newer'): UnavailableError {
-  return new UnavailableError(`${place} ${newerToolReason(unknown)}`, code);
+export function newerToolError(place: string, unknown: readonly LedgerRow[], code: 'master_newer' | 'schema_newer', what?: string): UnavailableError {
+  return new UnavailableError(`${place} ${newerToolReason(unknown, what)}`, code);
 }
 
-/** "has migration …, which this acm2 … does not know: …; upgrade acm2 …": newerToolError's words after the place. */
-export function newerToolReason(unknown: readonly LedgerRow[]): string {
+/** "has migration …, which this acm2 … does not know: …, so <what>; upgrade acm2 …": newerToolError's words after the place. */
+export function newerToolReason(unknown: readonly LedgerRow[], what = 'nothing was changed'): string {
   const names = unknown.map((r) => r.name).join(', ');
   const s = unknown.length > 1 ? 's' : '';
-  return `has migration${s} ${names}, which this acm2 (${TOOL_VERSION}) does not know: a newer acm2 applied ${s ? 'them' : 'it'}, so nothing was changed; upgrade acm2 on this host to the newer version, then run again`;
+  return `has migration${s} ${names}, which this acm2 (${TOOL_VERSION}) does not know: a newer acm2 applied ${s ? 'them' : 'it'}, so ${what}; upgrade acm2 on this host to the newer version, then run again`;
 }
 
 /** Split a .sql file into statements (our files hold no semicolons inside literals). */

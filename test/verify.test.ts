@@ -21,7 +21,8 @@ import { thisPidSpace } from '../src/core/worker-name.js';
 import { LeakIndex, PROBLEM_CODES, verifyTestHooks, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
 import { renderJunit, renderVerify } from '../src/ui/verify.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
-import { SHIPPED_SEEDS_DIR } from '../src/config.js';
+import { userMigrations } from '../src/userdb/user-db.js';
+import { SHIPPED_SEEDS_DIR, TOOL_VERSION } from '../src/config.js';
 import { Prng } from '../src/fixtures/prng.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -428,6 +429,29 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     const f = await fleet();
     withDb(f, (db) => db.exec(`DELETE FROM acm2_migrations WHERE id = 2`));
     expectOnly(await verify(f), f, ['schema_outdated']);
+  });
+
+  it('schema_newer: a newer acm2 migrated the DB (version skew): reported as such, not as outdated, and nothing else of it is judged', async () => {
+    const f = await fleet();
+    const next = userMigrations().length + 1;
+    const name = `${String(next).padStart(4, '0')}_from_a_newer_acm2`;
+    withDb(f, (db) => {
+      db.prepare(`INSERT INTO acm2_migrations (id, name, checksum, applied_at) VALUES (?, ?, ?, ?)`).run(next, name, 'f'.repeat(64), new Date().toISOString());
+      // What that newer migration did is unknown to this tool: here it replaced an index, which
+      // this tool alone would call schema_outdated and send to a backfill it must not run.
+      db.exec(`DROP INDEX ix_user_meta_user_id`);
+    });
+    const r = await verify(f);
+    expectOnly(r, f, ['schema_newer']);
+    expect(r.users.find((u) => u.id === f.victim)!.problems).toEqual([
+      {
+        code: 'schema_newer',
+        severity: 'error',
+        userId: f.victim,
+        path: `user_${f.victim}.db`,
+        message: `user_${f.victim}.db has migration ${name}, which this acm2 (${TOOL_VERSION}) does not know: a newer acm2 applied it, so this acm2 did not check the DB's contents; upgrade acm2 on this host to the newer version, then run again`,
+      },
+    ]);
   });
 
   it('seed_version_unknown: user_meta names a version no package has', async () => {

@@ -6,7 +6,7 @@ import { chmodSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import type { Migration } from '../migrations.js';
+import { newerToolReason, type Migration } from '../migrations.js';
 import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/types.js';
 import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
@@ -238,7 +238,7 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
       // files behind, while the last read-write connection removes them on close.
       const db = openForReading(file, { readonly: false, timeout: ctx.busyTimeoutMs });
       try {
-        return planOpen(db, userId, ctx.migrations);
+        return planOpen(db, userId, ctx.migrations, file);
       } finally {
         db.close();
       }
@@ -334,7 +334,7 @@ function driftOf(db: SqliteDb, key: string): SchemaDrift {
   return drift;
 }
 
-function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPlan {
+function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: string): UserPlan {
   // One read of the schema gives the tables and the key of driftOf's cache: the whole schema's
   // text, joined by SQLite into one string (cheaper than a row per table), so a DB that lost a
   // column by hand is not taken for one with every column.
@@ -353,6 +353,8 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[]): UserPl
     if (work.code === 'foreign_data') {
       return failed(userId, 'foreign_data', `the DB holds another user's data (${work.owners.join('; ')}), not user ${userId}'s: left alone; move it out of the data dir, then run: acm2 user seed ${userId}`);
     }
+    // This host's acm2 is the one out of date, not the user's data: left alone, to an upgraded acm2.
+    if (work.code === 'schema_newer') return failed(userId, 'schema_newer', `${file} ${newerToolReason(work.unknown)}`);
     if (work.code === 'unrecognised') return failed(userId, 'unrecognised', `the DB holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…); left alone`);
     return failed(userId, 'schema_unrepairable', `schema drift needs a table rebuild: ${work.unrepairable.join('; ')}; left alone`);
   }

@@ -17,7 +17,8 @@ import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
 import { isBusy, isCorrupt } from './migrate-safe.js';
 import { resolveUser } from './users.js';
 import { readMeta } from './seed-user.js';
-import { openForReading, readAgainIfReadOnly } from '../userdb/user-db.js';
+import { newerMigrations, openForReading, readAgainIfReadOnly } from '../userdb/user-db.js';
+import { newerToolError } from '../migrations.js';
 import { entryKind, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface TableDiff {
@@ -254,6 +255,13 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
     });
   } catch (e) {
     throw unreadableDb(id, file, e, busyTimeoutMs);
+  }
+  // A DB a newer acm2 migrated may keep its ID map or seeded rows in a form this tool does not
+  // know: compared the old way, it would show differences that are not there (or hide some).
+  const newer = newerMigrations(open);
+  if (newer.length > 0) {
+    open.close();
+    throw newerToolError(`user ${id}'s database ${file}`, newer, 'schema_newer', 'this acm2 did not compare it');
   }
   // Damage past the first pages shows only when a read reaches it: every read of this DB reports
   // it as the user's DB being unreadable (db_corrupt: exit 2), as opening it does, never as a bug.

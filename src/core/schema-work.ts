@@ -2,14 +2,16 @@
 // not ACM2's, drift only a table rebuild could mend), or adopted and migrated. One decision for
 // backfill's planner and for a seed of an existing DB, which word it each in their own way.
 
-import type { Migration } from '../migrations.js';
-import { ACM2_TABLES, detectSchemaDrift, pendingMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { checkLedger, type LedgerRow, type Migration } from '../migrations.js';
+import { ACM2_TABLES, detectSchemaDrift, ledgerVerdict, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import type { UserId } from '../userdb/paths.js';
 
 export type SchemaWork =
   | { ok: false; code: 'foreign_data'; owners: string[] }
   | { ok: false; code: 'unrecognised'; tables: string[] }
   | { ok: false; code: 'schema_unrepairable'; unrepairable: string[] }
+  /** A newer acm2 migrated it (its ledger names migrations this tool does not ship): not this tool's to touch. */
+  | { ok: false; code: 'schema_newer'; unknown: LedgerRow[] }
   | {
       ok: true;
       /** A DB ACM2 made itself (no ledger): repair this drift and record migration 1 as applied. */
@@ -33,6 +35,11 @@ export function schemaWork(db: SqliteDb, tables: Set<string>, userId: UserId, mi
     if (drift.unrepairable.length > 0) return { ok: false, code: 'schema_unrepairable', unrepairable: drift.unrepairable };
     return { ok: true, adopt: drift, migrations: migrations.filter((m) => m.id > 1) };
   }
+  // The ledger is read once here, before anything else is decided about a DB that has it: a DB a
+  // newer acm2 migrated is neither repaired nor migrated by this one, whatever else it looks like.
+  const ledger = db.prepare(`SELECT id, name, checksum FROM acm2_migrations`).all() as LedgerRow[];
+  const unknown = checkLedger(migrations, ledger).unknown;
+  if (unknown.length > 0) return { ok: false, code: 'schema_newer', unknown };
   let repair: SchemaDrift | undefined;
   if (ledgerDrift) {
     // The ledger says what was applied, not what is still there: a table, column or index of
@@ -41,7 +48,7 @@ export function schemaWork(db: SqliteDb, tables: Set<string>, userId: UserId, mi
     if (drift.unrepairable.length > 0) return { ok: false, code: 'schema_unrepairable', unrepairable: drift.unrepairable };
     if (drift.missingTables.length + drift.missingColumns.length + drift.missingIndexes.length > 0) repair = drift;
   }
-  return { ok: true, ...(repair ? { repair } : {}), migrations: pendingMigrations(db, migrations) };
+  return { ok: true, ...(repair ? { repair } : {}), migrations: ledgerVerdict(db.name, migrations, ledger) };
 }
 
 /** Rows of ACM2's per-user tables that name another owner (a DB copied or reused under this id). */

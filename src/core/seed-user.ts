@@ -34,7 +34,7 @@ import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
 import { listTables, migrateUserDb, openSqlite, openUserDb, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
-import type { Migration } from '../migrations.js';
+import { newerToolError, type Migration } from '../migrations.js';
 import { isBusy, migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -226,6 +226,7 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
           `${file} holds another user's data (${work.owners.join('; ')}), not user ${userId}'s: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${userId}`,
         );
       }
+      if (work.code === 'schema_newer') throw newerToolError(`the user DB ${file}`, work.unknown, 'schema_newer');
       if (work.code === 'unrecognised') throw new Error(`${file} holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
       throw new Error(`${file} has schema drift that needs a table rebuild (${work.unrepairable.join('; ')}); it was left alone`);
     }

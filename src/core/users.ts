@@ -3,15 +3,16 @@
 
 import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import type { MasterDb, MasterUser, SeedJob, UndeliveredKey } from '../master/types.js';
+import type { JobOutcome, MasterDb, MasterUser, SeedJob, UndeliveredKey } from '../master/types.js';
 import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
+import { newerToolError } from '../migrations.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
-import { openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
+import { newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
@@ -338,6 +339,27 @@ function readyAt(dataDir: string, id: UserId, version: string): boolean {
   }
 }
 
+/**
+ * A DB a newer acm2 migrated is refused (exit 3) before a job is made or claimed for it, so a
+ * refused seed leaves nothing queued behind. A DB that cannot be read at once (held locked) is
+ * left to the seed, which waits for it and checks again.
+ */
+function refuseNewerSchema(dataDir: string, id: UserId): void {
+  if (!existsSync(userDbPath(dataDir, id))) return;
+  let newer: ReturnType<typeof newerMigrations>;
+  try {
+    const db = openUserDb(dataDir, id, { readonly: true, busyTimeoutMs: 0 });
+    try {
+      newer = newerMigrations(db);
+    } finally {
+      db.close();
+    }
+  } catch {
+    return;
+  }
+  if (newer.length > 0) throw newerToolError(`the user DB ${userDbPath(dataDir, id)}`, newer, 'schema_newer');
+}
+
 /** An id or an email, resolved against the master. */
 export async function resolveUser(master: MasterDb, ref: string): Promise<MasterUser> {
   if (ref.includes('@')) {
@@ -378,6 +400,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     // A user ready at this version whose last job failed (a worker died on its last attempt
     // after the seed had finished) gets a job too, which this run closes: otherwise the master
     // would say failed for ever. We hold the lock: a job marked running has no live seeder.
+    refuseNewerSchema(deps.dataDir, user.id);
     const ready = !force && readyAt(deps.dataDir, user.id, pkg.version);
     const enqueue = !ready || (await deps.master.latestJob(user.id))?.status === 'failed' ? { force } : undefined;
     const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
@@ -401,7 +424,18 @@ export function backoffMs(attempts: number): number {
   return Math.min(base * 2 ** Math.max(0, attempts - 1), 60 * 60 * 1000);
 }
 
-function retryOutcome(job: SeedJob, error: string, e?: unknown) {
+/** How long a job whose user DB a newer acm2 migrated waits before this (older) acm2 looks at it again. */
+const NEWER_SCHEMA_RECHECK_MS = 60_000;
+
+/** The user's DB was migrated by a newer acm2: this host's tool is out of date, not the user. */
+function newerSchema(e: unknown): boolean {
+  return isAcm2Error(e) && e.code === 'schema_newer';
+}
+
+function retryOutcome(job: SeedJob, error: string, e?: unknown): JobOutcome {
+  // Not this user's fault and no attempt of theirs: the job waits, its attempt given back, for an
+  // upgraded acm2 (on this host or another) rather than failing the user after a few tries.
+  if (newerSchema(e)) return { status: 'pending', error, nextAttemptAt: Date.now() + NEWER_SCHEMA_RECHECK_MS, notAttempted: true };
   // A seed that needs an operator first fails now: retrying it would only burn the attempts.
   return job.attempts >= job.maxAttempts || needsOperator(e)
     ? ({ status: 'failed', error } as const)
@@ -586,7 +620,12 @@ export async function drainQueue(
         await deps.master.finishJob(job.id, worker, outcome);
         if (outcome.status === 'failed') res.failed++;
         else res.retrying++;
-        res.failures.push({ userId: job.userId, jobId: job.id, error, final: outcome.status === 'failed' });
+        res.failures.push({
+          userId: job.userId,
+          jobId: job.id,
+          error: newerSchema(e) ? `${error}; the job stays queued, its attempts untouched, for an upgraded acm2 (this one looks at it again in ${NEWER_SCHEMA_RECHECK_MS / 1000} s)` : error,
+          final: outcome.status === 'failed',
+        });
       } finally {
         await lock.release();
       }
@@ -614,7 +653,8 @@ export interface UserStatus {
   status: SeedStatus;
   seedVersion: string | null;
   seededAt: string | null;
-  db: { path: string; present: boolean; seedStatus: string | null; error?: string };
+  /** newerMigrations: what a newer acm2 applied to the DB (this one does not know them: it may not seed it). */
+  db: { path: string; present: boolean; seedStatus: string | null; error?: string; newerMigrations?: string[] };
   root: string;
   files: { count: number; bytes: number };
   job: {
@@ -666,6 +706,8 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
         // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
         const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs, forReading: true });
         try {
+          const newer = newerMigrations(db);
+          if (newer.length > 0) out.db.newerMigrations = newer.map((m) => m.name);
           const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
           out.db.seedStatus = meta?.seed_status ?? null;
           out.seedVersion = meta?.seed_version ?? null;

@@ -17,7 +17,8 @@ import { fromWire, isAcm2Error, isDiskFull, toWire, type WireError } from '../er
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { idMayStartAt, isDocId, isUuid, safeDocId } from '../seed/remap.js';
-import { ACM2_TABLES, openForReading, pendingMigrations, tempFolderProblem, turnedReadOnly, userMigrations } from '../userdb/user-db.js';
+import { ACM2_TABLES, ledgerVerdict, openForReading, tempFolderProblem, turnedReadOnly, userMigrations, type AppliedMigration } from '../userdb/user-db.js';
+import { checkLedger, newerToolReason } from '../migrations.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
 /** The stable problem codes of SPEC §5, in the order a person reads them. */
@@ -27,6 +28,7 @@ export const PROBLEM_CODES = [
   'db_corrupt',
   'db_busy',
   'schema_outdated',
+  'schema_newer',
   'meta_missing',
   'not_ready',
   'seed_version_unknown',
@@ -794,7 +796,19 @@ class UserCheck {
       return c;
     };
     const columns = (t: string) => columnsOf(t).set;
-    this.guard('the schema', () => this.checkSchema(db, tables, columns));
+    // The tool's migration ledger, read once for both questions: is the DB newer than this tool, and what is pending.
+    let ledger: AppliedMigration[] = [];
+    if (tables.has('acm2_migrations') && !this.guard('acm2_migrations', () => (ledger = db.prepare(`SELECT id, name, checksum FROM acm2_migrations`).all() as AppliedMigration[]))) {
+      return { state: { kind: 'unreadable' }, seeded: [] };
+    }
+    const newer = checkLedger(userMigrations(), ledger).unknown;
+    if (newer.length > 0) {
+      // A newer acm2 migrated it: what this tool would check there may have changed meaning, so
+      // nothing more of the DB is judged (nor the master's job against it), only reported.
+      this.add('schema_newer', `${this.rel(this.dbFile)} ${newerToolReason(newer, "this acm2 did not check the DB's contents")}`, { path: this.rel(this.dbFile) });
+      return { state: { kind: 'unreadable' }, seeded: [] };
+    }
+    this.guard('the schema', () => this.checkSchema(tables, columns, ledger));
 
     let meta: Meta | undefined;
     const metaRead = this.guard('user_meta', () => {
@@ -891,10 +905,10 @@ class UserCheck {
   }
 
   /** Pending migrations, and every table/column migrations/user/* create (extra columns are fine). */
-  private checkSchema(db: Database.Database, tables: Set<string>, columns: (t: string) => Set<string>): void {
+  private checkSchema(tables: Set<string>, columns: (t: string) => Set<string>, ledger: readonly AppliedMigration[]): void {
     const where = { path: this.rel(this.dbFile) };
     try {
-      const pending = pendingMigrations(db);
+      const pending = ledgerVerdict(where.path, userMigrations(), ledger);
       if (pending.length > 0) {
         this.schemaBroken = true;
         this.add('schema_outdated', `migration${pending.length > 1 ? 's' : ''} ${pending.map((m) => m.name).join(', ')} not applied`, where);

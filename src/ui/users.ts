@@ -40,13 +40,18 @@ export function renderStatus(s: UserStatus): string {
     ['status', (STATUS_COLOR[s.status] ?? String)(s.status)],
     ['seed version', s.seedVersion ?? '-'],
     ['seeded at', s.seededAt ?? '-'],
-    ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}`],
+    ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}${s.db.newerMigrations ? ` (${newerNote(s.db.newerMigrations)})` : ''}`],
     // Until ready, the DB's seeded-file list is what the seed means to write, not what is there.
     ['files', filesLine(s)],
     ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}${jobDetail(s)}` : '-'],
   ];
   if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** A DB a newer acm2 migrated: shown as it is read, and what this host's acm2 needs to work on it. */
+function newerNote(names: string[]): string {
+  return `migrated by a newer acm2 (${names.join(', ')}): upgrade acm2 here to seed or verify it`;
 }
 
 /** What the seeded-file list says; without a DB there is none to read (the folder may still hold files). */
@@ -68,7 +73,7 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
   const t = makeTable(['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], color);
   return {
     push: (s) =>
-      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.files.count, (s.lastError ?? '').slice(0, 60)]),
+      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.files.count, (s.lastError ?? (s.db.newerMigrations ? newerNote(s.db.newerMigrations) : '')).slice(0, 60)]),
     toString: () => t.toString(),
   };
 }

@@ -66,6 +66,7 @@ const REMEDY: Partial<Record<ProblemCode, string>> = {
   db_missing: 'acm2 user seed <id> (the package again, with new ids)',
   db_corrupt: 'restore user_<id>.db from a backup (migration backups: .acm2/backups/user_<id>/), or move it aside, then acm2 user seed <id>',
   schema_outdated: 'acm2 backfill --user <id> (migrates and repairs the schema, with a backup)',
+  schema_newer: 'upgrade acm2 on this host to the version that migrated the DB (a newer acm2 applied a migration this one does not know), then acm2 verify --user <id>',
   meta_missing: "acm2 user seed <id> for a user the tool seeded; acm2 backfill --user <id> for an ACM2 DB never seeded (marks it ready as 'legacy')",
   not_ready: 'acm2 user seed <id>, or let the queue run: acm2 user seed --pending (after a stopped backfill: acm2 backfill --resume)',
   seed_version_unknown: 'acm2 seed check <version>, then put the package back in the seeds dir',

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { canWrite, processAlive } from '../durable.js';
 import { thisPidSpace } from '../core/worker-name.js';
-import { loadMigrations, type Migration } from '../migrations.js';
+import { checkLedger, loadMigrations, newerToolError, type Migration } from '../migrations.js';
 import { isDiskFull, NeedsOperatorError, UnavailableError, UsageError } from '../errors.js';
 import { userDbEntryProblem, userDbPath, type UserId } from './paths.js';
 
@@ -223,15 +223,34 @@ export function appliedMigrations(db: SqliteDb): AppliedMigration[] {
   return db.prepare(`SELECT id, name, checksum FROM acm2_migrations ORDER BY id`).all() as AppliedMigration[];
 }
 
-/** Migrations not yet applied; `all` defaults to the shipped list (tests may pass another). */
+/**
+ * Migrations not yet applied; `all` defaults to the shipped list (tests may pass another). Throws
+ * for a DB a newer acm2 migrated (exit 3, schema_newer) or one applied with another checksum.
+ */
 export function pendingMigrations(db: SqliteDb, all: Migration[] = userMigrations()): Migration[] {
-  const applied = appliedMigrations(db);
-  for (const a of applied) {
-    const m = all.find((x) => x.id === a.id);
-    if (!m) throw new UsageError(`user DB has migration ${a.name} that this tool does not know (newer tool?)`, 'schema_newer');
-    if (m.checksum !== a.checksum) throw new UsageError(`user DB migration ${a.name} was applied with a different checksum`, 'migration_checksum');
+  return ledgerVerdict(db.name, all, appliedMigrations(db));
+}
+
+/** pendingMigrations for a ledger already read (schemaWork reads it with the table list). */
+export function ledgerVerdict(file: string, all: Migration[], ledger: readonly AppliedMigration[]): Migration[] {
+  const c = checkLedger(all, ledger);
+  if (c.unknown.length > 0) throw newerToolError(`the user DB ${file}`, c.unknown, 'schema_newer');
+  if (c.changed) throw new UsageError(`user DB migration ${c.changed.name} was applied with a different checksum`, 'migration_checksum');
+  return c.pending;
+}
+
+/**
+ * The ledger rows a newer acm2 wrote (migrations this tool does not ship), in one read; none for a
+ * DB without a ledger or one that cannot be read (what reads it next says what is wrong).
+ */
+export function newerMigrations(db: SqliteDb, all: Migration[] = userMigrations()): AppliedMigration[] {
+  let ledger: AppliedMigration[];
+  try {
+    ledger = db.prepare(`SELECT id, name, checksum FROM acm2_migrations`).all() as AppliedMigration[];
+  } catch {
+    return [];
   }
-  return all.filter((m) => !applied.some((a) => a.id === m.id));
+  return checkLedger(all, ledger).unknown;
 }
 
 /** Apply every pending migration, each in its own transaction with its ledger row. */
