@@ -10,7 +10,7 @@ import { UnavailableError, UsageError } from '../src/errors.js';
 import { openMaster } from '../src/master/factory.js';
 import { mysqlLockName, supportsSkipLocked } from '../src/master/mysql-master.js';
 import type { MasterDb, NewUser, SeedJob } from '../src/master/types.js';
-import { loadMigrations } from '../src/migrations.js';
+import { loadMigrations, splitStatements } from '../src/migrations.js';
 import { createMysqlTestDb, DIALECTS, MYSQL_BASE_URL, mysqlOrSkip, type TestMaster } from './helpers/mysql.js';
 import mysql from 'mysql2/promise';
 import { randomBytes } from 'node:crypto';
@@ -129,6 +129,48 @@ for (const d of DIALECTS) {
           await (await openMaster(parseMasterUrl(fresh.url), { create: false })).close();
         } finally {
           await fresh.cleanup();
+        }
+      });
+
+      it("a read command leaves a master the tool never set up (ACM2's users and api_keys only) as it is, reading no jobs and no backfill there", async () => {
+        const fresh = await d.open({ migrate: false });
+        try {
+          // ACM2's own master, as ACM2 made it: its two tables and a user, none of the tool's.
+          for (const stmt of splitStatements(loadMigrations(`master/${d.name}`)[0]!.sql)) await fresh.query(stmt);
+          await fresh.query(`INSERT INTO users (username, email) VALUES ('ann', 'ann@example.com')`);
+          const listTables = () =>
+            fresh.query(d.name === 'mysql' ? 'SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY t' : "SELECT name AS t FROM sqlite_master WHERE type = 'table' ORDER BY t");
+          const before = await listTables();
+          const r = await openMaster(parseMasterUrl(fresh.url), { create: false, readOnly: true });
+          try {
+            const [ann] = await r.listUsers({ afterId: 0, limit: 10 });
+            expect(ann).toMatchObject({ username: 'ann' });
+            expect(await r.countUsers()).toBe(1);
+            expect(await r.latestJob(ann!.id)).toBeUndefined();
+            expect(await r.latestJobs([ann!.id])).toEqual(new Map());
+            expect(await r.countJobs()).toBe(0);
+            expect(await r.pendingNotDue()).toEqual({ count: 0, nextAttemptAt: null });
+            expect(await r.heldJobs(10)).toEqual([]);
+            expect(await r.getBackfill('default')).toBeUndefined();
+            expect(await r.backfillItems('default')).toEqual([]);
+            expect(await r.pairedDataDir()).toBeUndefined();
+          } finally {
+            await r.close();
+          }
+          expect(await listTables()).toEqual(before);
+        } finally {
+          await fresh.cleanup();
+        }
+      });
+
+      it('a read command on a master the tool set up reads its jobs as they are', async () => {
+        const { user, job } = await m.createUser(newUser(1));
+        const r = await openMaster(parseMasterUrl(t.url), { create: false, readOnly: true });
+        try {
+          expect(await r.latestJob(user.id)).toEqual(job);
+          expect(await r.countJobs()).toBe(1);
+        } finally {
+          await r.close();
         }
       });
 

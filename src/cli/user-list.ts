@@ -33,5 +33,5 @@ export async function run({ opts }: CommandCall): Promise<void> {
       }
     }
     if (n % 200 !== 0 || n === 0) out.result(null, () => (n === 0 ? 'No users.' : table.toString()));
-  }, { create: false });
+  }, { create: false, readOnly: true });
 }

@@ -28,7 +28,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     cfg.master,
     (master) =>
       verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
-    { create: false },
+    { create: false, readOnly: true },
   );
   if (junit) {
     try {

@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import type { MasterUrl } from '../config.js';
 import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
+import { loadMigrations } from '../migrations.js';
 import type { MasterDb } from './types.js';
 import { checkPairing, refuseNewMasterFor } from '../core/pairing.js';
 
@@ -20,6 +21,12 @@ export interface OpenMasterOptions {
    * master's, and paired with it on first use when write (see core/pairing.ts).
    */
   pairWith?: { dataDir: string; write: boolean };
+  /**
+   * The command only reads (user list, user show, verify, diff): a master the tool never set up
+   * (ACM2's users and api_keys only, no ledger) is left as it is and reads as having no seed jobs,
+   * no backfill progress and no paired data dir, instead of getting the tool's tables.
+   */
+  readOnly?: boolean;
 }
 
 export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): Promise<MasterDb> {
@@ -68,8 +75,13 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
     }
     // A master a newer acm2 migrated is refused by every command, read or write, before it uses
     // it: this tool does not know what the newer one changed (migrate() says it too).
-    if (opts.migrate !== false) await master.migrate();
-    else await master.checkMigrations();
+    // One read of the ledger decides (the usual case, nothing pending, costs nothing more).
+    const pending = await master.checkMigrations();
+    // A read command on a master the tool never set up: nothing of the tool's to read, and no
+    // reason to create it. A master the tool set up but older is migrated as before: this tool's
+    // reads may need what the pending migrations add.
+    if (opts.readOnly && pending.length > 0 && pending.length === loadMigrations(`master/${master.dialect}`).length) master = withoutToolTables(master);
+    else if (opts.migrate !== false && pending.length > 0) await master.migrate();
     if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write });
   } catch (e) {
     await master.close().catch(() => undefined);
@@ -130,6 +142,26 @@ function embeddedMasterErrors(master: MasterDb): MasterDb {
 function busyWait(master: MasterDb): string {
   const ms = (master as { busyTimeoutMs?: unknown }).busyTimeoutMs;
   return typeof ms === 'number' ? `${Math.round(ms / 100) / 10} s` : 'busy';
+}
+
+/** What the tool's master tables hold before the tool first ran there: nothing. */
+const NO_TOOL_TABLES: Pick<MasterDb, 'latestJob' | 'latestJobs' | 'countJobs' | 'pendingNotDue' | 'heldJobs' | 'getBackfill' | 'backfillItems' | 'pairedDataDir' | 'undeliveredKey'> = {
+  latestJob: async () => undefined,
+  latestJobs: async () => new Map(),
+  countJobs: async () => 0,
+  pendingNotDue: async () => ({ count: 0, nextAttemptAt: null }),
+  heldJobs: async () => [],
+  getBackfill: async () => undefined,
+  backfillItems: async () => [],
+  pairedDataDir: async () => undefined,
+  undeliveredKey: async () => undefined,
+};
+
+/** A master the tool never set up, read as if its tables were there and empty (read commands only). */
+function withoutToolTables(master: MasterDb): MasterDb {
+  return new Proxy(master, {
+    get: (target, prop, receiver): unknown => (Object.hasOwn(NO_TOOL_TABLES, prop) ? NO_TOOL_TABLES[prop as keyof typeof NO_TOOL_TABLES] : Reflect.get(target, prop, receiver)),
+  });
 }
 
 /** The one sentence for a master that is not there, or not ACM2's. */
