@@ -13,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MasterUrl } from '../config.js';
 import { openMaster } from '../master/factory.js';
+import { checkPairing, readDataDirId } from '../core/pairing.js';
 
 export type MysqlUrl = Extract<MasterUrl, { kind: 'mysql' }>;
 
@@ -81,7 +82,7 @@ function fakeKeyHash(): string {
  * own openMaster first; rows go in with multi-row INSERTs, and the counts are checked back
  * through the MasterDb API so the bench sees what the tool sees.
  */
-export async function registerUsers(url: MasterUrl, n: number, opts: { seedVersion: string; jobStatus: 'pending' | 'done' }): Promise<void> {
+export async function registerUsers(url: MasterUrl, n: number, opts: { seedVersion: string; jobStatus: 'pending' | 'done'; dataDir?: string }): Promise<void> {
   const master = await openMaster(url);
   await master.close();
   const now = Date.now();
@@ -136,6 +137,13 @@ export async function registerUsers(url: MasterUrl, n: number, opts: { seedVersi
     const users = await check.countUsers();
     const jobs = await check.countJobs(opts.jobStatus);
     if (users !== n || jobs !== n) throw new Error(`registering ${n} users in ${url.display}: master now has ${users} users and ${jobs} ${opts.jobStatus} jobs`);
+    // One fleet is measured with two masters (embedded and MySQL) that hold the same users: both
+    // are paired with its data dir, as the tool pairs a master on first use (core/pairing.ts).
+    if (opts.dataDir) {
+      const stamp = readDataDirId(opts.dataDir);
+      if (stamp) await check.pairDataDir({ id: stamp, path: path.resolve(opts.dataDir) });
+      else await checkPairing(check, opts.dataDir, { write: true });
+    }
   } finally {
     await check.close();
   }

@@ -372,12 +372,12 @@ async function buildFleet(root: string, sizesList: number[], mysql: MysqlUrl | u
     await together([0, 1].map((i) => () => runOk(process.execPath, [FLEET_SCRIPT, 'clone', path.join(tmpl, 'user_1.db'), path.join(tmpl, 'user_1'), dir, String(n), String(i), '2'])));
     const list: FleetMaster[] = [];
     const sqlite = parseMasterUrl(`sqlite:${path.join(dir, 'master.db')}`);
-    await registerUsers(sqlite, n, { seedVersion: 'v1', jobStatus: 'done' });
+    await registerUsers(sqlite, n, { seedVersion: 'v1', jobStatus: 'done', dataDir: dir });
     list.push({ label: 'embedded', url: sqlite });
     if (mysql) {
       const url = mysqlUrl(mysql, `${mysql.database}_${process.pid}_f${n}`);
       await recreateDatabase(url);
-      await registerUsers(url, n, { seedVersion: 'v1', jobStatus: 'done' });
+      await registerUsers(url, n, { seedVersion: 'v1', jobStatus: 'done', dataDir: dir });
       list.push({ label: 'MySQL', url });
     }
     dirs.set(n, dir);
