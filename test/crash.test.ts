@@ -252,6 +252,40 @@ describe('SIGKILL during an upgrade of a ready user', () => {
   });
 });
 
+describe('SIGKILL during user seed --force over a user who edited seeded rows and files', () => {
+  for (const step of ['backed_up', 'map_persisted', 'files_staged', 'files_moved']) {
+    it(`killed after '${step}': the backup of the edits is already whole; --force again converges`, async () => {
+      const u = await createUser(deps(), { email: `force-${step}@example.com`, username: `force-${step.replace('_', '-')}` });
+      const id = u.user.id;
+      const db = new Database(userDbPath(world.dataDir, id));
+      expect(db.prepare(`UPDATE presets SET name = 'my own preset'`).run().changes).toBe(1);
+      const seeded = db.prepare(`SELECT path FROM acm2_seed_files WHERE path LIKE '%/generated/%' ORDER BY path LIMIT 1`).pluck().get() as string;
+      db.close();
+      writeFileSync(path.join(userRoot(world.dataDir, id), seeded), 'my own words');
+      const r = spawnSync(process.execPath, [CHILD, world.dataDir, world.masterUrl, pkg.seedsDir, String(id), step, '', 'force']);
+      expect(r.signal).toBe('SIGKILL');
+      // Every overwrite comes after the backup: it is whole (no .partial), with the edits in it.
+      const dir = toolDir(world.dataDir, 'backups', `user_${id}`);
+      const kept = readdirSync(dir);
+      expect(kept).toEqual([expect.stringMatching(new RegExp(`^user_${id}-force-\\d{8}T\\d{6}Z-[0-9a-f]{6}$`))]);
+      const backup = new Database(path.join(dir, kept[0]!, `user_${id}.db`), { readonly: true });
+      try {
+        expect(backup.prepare(`SELECT name FROM presets`).pluck().all()).toEqual(['my own preset']);
+      } finally {
+        backup.close();
+      }
+      expect(readFileSync(path.join(dir, kept[0]!, `user_${id}`, seeded), 'utf8')).toBe('my own words');
+      // The operator's --force again converges: ready and complete, the rows and files at the package state.
+      const again = await seedOneUser(deps(), String(id), { force: true });
+      expect(again.seed.status).toBe('ready');
+      expect(readyButIncomplete(world.dataDir, id, files())).toEqual({ ready: true, problems: [] });
+      expect(stagingLeft(id)).toEqual([]);
+      expect(unlistedFiles(world.dataDir, id)).toEqual([]);
+      expect(readdirSync(dir).filter((n) => n.endsWith('.partial'))).toEqual([]);
+    });
+  }
+});
+
 describe('SIGKILL at random instants', () => {
   it('never leaves a user ready but incomplete, and every rerun converges', async () => {
     const kills = 12;

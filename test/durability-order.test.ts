@@ -6,11 +6,12 @@
 //  - a file under the user root exists only once the staged DB whose map names it is durable,
 //    under its name (otherwise a power cut could leave that file orphaned, its ids forgotten);
 //  - a DB that says `ready` in place only has files and folders that are durable;
-//  - a seed reports done only once its DB's name in the data dir is durable.
+//  - a seed reports done only once its DB's name in the data dir is durable;
+//  - --force's backup of what it overwrites is durable, data and names, before it writes anything.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { frozenSource, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
 import { seedUserWith, type SeedStep, type ToSync } from '../src/core/seed-user.js';
@@ -32,13 +33,15 @@ const hash = (file: string) => createHash('sha256').update(readFileSync(file)).d
 /** What a power cut would leave, as far as the seed's barriers made it durable. */
 class DiskModel {
   private data = new Map<number, string>(); // inode -> content hash when synced
-  private entries = new Map<string, Set<string>>(); // folder -> its names when synced
+  // A folder's fsync makes its entries durable, whatever it is called later (a folder written as
+  // `.partial`, synced, then renamed keeps them): keyed by inode, as the data.
+  private entries = new Map<number, Set<string>>(); // folder inode -> its names when synced
 
   /** What was there before the seed started counts as durable (an earlier seed made it so). */
   constructor(top: string) {
     const walk = (dir: string) => {
       const names = readdirSync(dir);
-      this.entries.set(dir, new Set(names));
+      this.entries.set(lstatSync(dir).ino, new Set(names));
       for (const n of names) {
         const p = path.join(dir, n);
         const st = lstatSync(p);
@@ -51,7 +54,7 @@ class DiskModel {
 
   sync(t: ToSync): void {
     for (const f of t.files) this.data.set(lstatSync(f).ino, hash(f));
-    for (const d of t.dirs) this.entries.set(d, new Set(readdirSync(d)));
+    for (const d of t.dirs) this.entries.set(lstatSync(d).ino, new Set(readdirSync(d)));
   }
 
   /** The file's current contents are durable (synced since they last changed). */
@@ -62,7 +65,7 @@ class DiskModel {
   /** The path's name is durable in its folder, and so is every folder's up to `top`. */
   nameDurable(p: string, top: string): boolean {
     for (let cur = p; cur !== top; cur = path.dirname(cur)) {
-      if (!this.entries.get(path.dirname(cur))?.has(path.basename(cur))) return false;
+      if (!this.entries.get(lstatSync(path.dirname(cur)).ino)?.has(path.basename(cur))) return false;
     }
     return true;
   }
@@ -109,6 +112,14 @@ function seedRecorded(userId: number, opts: { force?: boolean; skip?: number; da
       force: opts.force,
       onStep: (s: SeedStep) => {
         check(`step '${s}'`);
+        if (s !== 'migrated') {
+          const backups = toolDir(dataDir, 'backups', `user_${userId}`);
+          const whole = existsSync(backups) ? readdirSync(backups).filter((n) => !n.endsWith('.partial')) : [];
+          for (const f of whole.flatMap((n) => walkFiles(path.join(backups, n)).map((rel) => path.join(backups, n, rel)))) {
+            if (!disk.dataDurable(f)) violations.push(`step '${s}': the backup's ${path.relative(backups, f)} is not durable`);
+            if (!disk.nameDurable(f, top)) violations.push(`step '${s}': the name of the backup's ${path.relative(backups, f)} (or a folder above it) is not durable`);
+          }
+        }
         if (s === 'committed' && !disk.nameDurable(target, top)) violations.push(`step 'committed': the DB's name in the data dir is not durable`);
       },
     },
@@ -142,6 +153,32 @@ describe('durability barriers, checked against a model of a power cut', () => {
       // lockUserFile makes .acm2/locks before the seed; nothing syncs the data dir for it.
       const r = seedRecorded(1, { dataDir: fresh, before: () => mkdirSync(toolDir(fresh, 'locks'), { recursive: true }) });
       expect(r.violations).toEqual([]);
+    } finally {
+      rmSync(fresh, { recursive: true, force: true });
+    }
+  });
+
+  it("--force over a user's edits: its backup is durable before the first overwrite, and each of its barriers is needed", () => {
+    const fresh = tmpDir('acm2-durable-order-');
+    try {
+      const edit = () => {
+        const db = new Database(userDbPath(fresh, 1));
+        db.prepare(`UPDATE presets SET name = 'tuned' WHERE user_id = 1`).run();
+        const doc = db.prepare(`SELECT path FROM acm2_seed_files ORDER BY path LIMIT 1`).pluck().get() as string;
+        db.close();
+        writeFileSync(path.join(userRoot(fresh, 1), doc), 'edited');
+      };
+      seedRecorded(1, { dataDir: fresh });
+      edit();
+      const r = seedRecorded(1, { dataDir: fresh, force: true });
+      expect(r.result.backup).toMatchObject({ rows: 1, files: 1 });
+      expect(r.violations).toEqual([]);
+      // The backup's barriers come right after the first (the lock's): its data, then its name.
+      for (const skip of [2, 3]) {
+        edit();
+        const broken = seedRecorded(1, { dataDir: fresh, force: true, skip });
+        expect(broken.violations.filter((v) => v.includes("the backup's")).length, `barrier ${skip} left out`).toBeGreaterThan(0);
+      }
     } finally {
       rmSync(fresh, { recursive: true, force: true });
     }

@@ -110,10 +110,15 @@ export function isCorrupt(e: unknown): boolean {
 }
 
 
-function backupName(dir: string, label: string, now: Date): string {
+/** `<dir>/<label>-<UTC stamp>-<random>` (the caller adds `.db`); makes `dir`. Every backup the tool keeps is named so. */
+export function backupStem(dir: string, label: string, now: Date): string {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
-  return path.join(dir, `${label}-${stamp}-${randomBytes(3).toString('hex')}.db`);
+  return path.join(dir, `${label}-${stamp}-${randomBytes(3).toString('hex')}`);
+}
+
+function backupName(dir: string, label: string, now: Date): string {
+  return `${backupStem(dir, label, now)}.db`;
 }
 
 /** Make a finished copy durable and give it its final name (a crash leaves only `.partial`). */
@@ -266,8 +271,8 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
   }
 }
 
-/** Remove half-written backups left by a crash (never a finished one). */
+/** Remove half-written backups left by a crash (never a finished one): files, and --force's folders. */
 export function cleanPartialBackups(dir: string, label: string): void {
   if (!existsSync(dir)) return;
-  for (const name of readdirSync(dir)) if (name.startsWith(`${label}-`) && name.endsWith('.partial')) rmSync(path.join(dir, name), { force: true });
+  for (const name of readdirSync(dir)) if (name.startsWith(`${label}-`) && name.endsWith('.partial')) rmSync(path.join(dir, name), { recursive: true, force: true });
 }

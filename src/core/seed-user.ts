@@ -26,16 +26,16 @@
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
 import { chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
-import { fsyncPath, lstatOrUndefined, statOrUndefined, syncFiles, syncFilesAsync, writeAll } from '../durable.js';
+import { fsyncPath, lstatOrUndefined, statOrUndefined, syncFiles, syncFilesAsync, writeAll, writeFileDurable } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import type { UserLock } from '../master/types.js';
-import { preparePackage, isTemplate, type PreparedPackage, type Cell } from '../seed/prepared.js';
+import { preparePackage, isTemplate, type PreparedPackage, type PreparedTable, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
 import { listTables, migrateUserDb, openSqlite, openUserDb, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
 import { newerToolError, type Migration } from '../migrations.js';
-import { isBusy, migrateSafely } from './migrate-safe.js';
+import { backupStem, cleanPartialBackups, isBusy, migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, UnavailableError } from '../errors.js';
@@ -51,6 +51,20 @@ export interface SeedUserResult {
   bytes: number;
   seededAt: string;
   durationMs: number;
+  /**
+   * --force only: the backup kept of what it was about to overwrite (absent when the user's seeded
+   * rows and files were already at the package state, so nothing was overwritten).
+   */
+  backup?: ForceBackup;
+}
+
+export interface ForceBackup {
+  /** The backup folder: `user_{id}.db` (the whole DB), `user_{id}/…` (the files) and `manifest.json`. */
+  path: string;
+  /** Seeded rows the user had changed (present and different from the package's). */
+  rows: number;
+  /** Seeded files whose bytes differed from the package's rendering. */
+  files: number;
 }
 
 export interface SeedUserInput {
@@ -69,7 +83,7 @@ export interface SeedUserInput {
   lock?: UserLock;
 }
 
-export type SeedStep = 'db_staged' | 'migrated' | 'map_persisted' | 'files_staged' | 'files_moved' | 'linked' | 'committed';
+export type SeedStep = 'db_staged' | 'migrated' | 'backed_up' | 'map_persisted' | 'files_staged' | 'files_moved' | 'linked' | 'committed';
 
 /** Seed one user. The caller holds the user's lock. */
 export function seedUser(input: SeedUserInput): SeedUserResult {
@@ -301,6 +315,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   if (!staged) cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   let meta: MetaRow | undefined;
+  // Until --force's backup is whole, nothing of the user's is changed: a failure then (a full
+  // disk) leaves the user as it was, not marked failed.
+  let backingUp = false;
   try {
     db = openUserDb(dataDir, userId);
     migrateUserDb(db);
@@ -334,6 +351,15 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       return alreadyReady(open, userId, version, seededAt, started);
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
+    let backup: ForceBackup | undefined;
+    if (input.force) {
+      // --force rewrites the seeded rows and files the user may have edited: what it would
+      // overwrite is kept first, whole and durable, before the first write below.
+      backingUp = true;
+      backup = yield* backupBeforeForce(db, dataDir, userId, prepared, version, inherited);
+      backingUp = false;
+      step('backed_up');
+    }
     const map = persistMap(db, userId, prepared, version, inherited);
     dropStaged();
     step('map_persisted');
@@ -356,10 +382,11 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       bytes: files.reduce((a, w) => a + w.bytes, 0),
       seededAt,
       durationMs: Date.now() - started,
+      ...(backup ? { backup } : {}),
     };
   } catch (e) {
     try {
-      if (db) markFailed(db, userId, version, e, meta);
+      if (db && !backingUp) markFailed(db, userId, version, e, meta);
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
@@ -398,6 +425,154 @@ export function readMeta(db: SqliteDb, userId: UserId): MetaRow | undefined {
 
 function countSeedRows(db: SqliteDb, version: string): number {
   return (db.prepare(`SELECT COUNT(*) AS n FROM acm2_id_map WHERE seed_version = ? AND kind IN ('contents','documents','presets','runs','tasks','artifacts')`).get(version) as { n: number }).n;
+}
+
+/**
+ * Before --force writes anything: the seeded rows the user changed (present, and not what the
+ * package renders to) and the seeded files whose bytes differ from the package's rendering. When
+ * there is any, a backup folder under `.acm2/backups/user_{id}/` (migrate-safe's place and naming,
+ * `user_{id}-force-<stamp>-<random>`) gets a consistent copy of the whole DB (VACUUM INTO) and a
+ * copy of each such file at its path under `user_{id}/`, plus manifest.json naming them. It is
+ * written as `.partial`, made durable, then renamed and the rename made durable: whole before the
+ * first overwrite, and a crash leaves only a `.partial` the next backup removes. Rows the user
+ * deleted and files that are gone are only added back: nothing of theirs is lost, so no backup.
+ */
+function* backupBeforeForce(
+  db: SqliteDb,
+  dataDir: string,
+  userId: UserId,
+  prepared: PreparedPackage,
+  version: string,
+  inherited: MapEntry[],
+): Generator<ToSync, ForceBackup | undefined, void> {
+  // The map the seed is about to use (as beginSeed makes it): this version's entries, an earlier
+  // attempt's, and fresh ids for anything new (which name no row or file yet: nothing to differ).
+  const map = new Map(db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][]);
+  for (const e of inherited) if (!map.has(e.source)) map.set(e.source, e.target);
+  for (const e of extendMap(map, prepared.kinds.keys(), (t) => prepared.kinds.get(t) ?? 'uuid', userId)) map.set(e.source, e.target);
+  const rows = changedRows(db, userId, prepared, map);
+  const root = userRoot(dataDir, userId);
+  const files = changedFiles(root, renderFiles(prepared, map));
+  if (rows.length === 0 && files.length === 0) return undefined;
+
+  const label = `user_${userId}`;
+  const dir = toolDir(dataDir, 'backups', label);
+  let partial: string | undefined;
+  let renamed = false;
+  try {
+    cleanPartialBackups(dir, label);
+    const made = mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const final = backupStem(dir, `${label}-force`, new Date());
+    partial = `${final}.partial`;
+    mkdirSync(partial, { mode: 0o700 });
+    const dbCopy = path.join(partial, `${label}.db`);
+    // A consistent snapshot however ACM2 journals (WAL or not), in one read transaction.
+    db.prepare(`VACUUM INTO ?`).run(dbCopy);
+    chmodSync(dbCopy, 0o600);
+    const written = [dbCopy];
+    const dirs = new Set<string>([partial]);
+    const filesRoot = path.join(partial, label);
+    for (const f of files) {
+      const dest = resolveInside(filesRoot, f.path);
+      for (let d = path.dirname(dest); d.startsWith(partial + path.sep) && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
+      mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
+      copyFileSync(f.abs, dest, constants.COPYFILE_EXCL);
+      chmodSync(dest, 0o600);
+      written.push(dest);
+    }
+    const manifest = {
+      userId,
+      seedVersion: version,
+      createdAt: new Date().toISOString(),
+      why: `acm2 user seed ${userId} --force restored these seeded rows and files to the package state; ${label}.db is the whole DB before it, ${label}/ holds the files as they were`,
+      rows: rows.map((r) => ({ table: r.table, id: r.id })),
+      files: files.map((f) => f.path),
+    };
+    const manifestPath = path.join(partial, 'manifest.json');
+    writeFileDurable(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600, fsync: false });
+    written.push(manifestPath);
+    yield { files: written, dirs: [...dirs].sort((a, b) => b.length - a.length) };
+    renameSync(partial, final);
+    renamed = true;
+    // The rename, and the backup folders' own names when this made them, must survive a power cut.
+    const naming = [dir];
+    if (made !== undefined) for (let d = dir, top = path.resolve(dataDir); d !== top && d !== path.dirname(d); ) naming.push((d = path.dirname(d)));
+    yield { files: [], dirs: naming };
+    return { path: final, rows: rows.length, files: files.length };
+  } catch (e) {
+    if (partial !== undefined && !renamed) {
+      try {
+        rmSync(partial, { recursive: true, force: true });
+      } catch {
+        /* the next backup's cleanPartialBackups removes it */
+      }
+    }
+    const cause = (e as { cause?: unknown } | undefined)?.cause;
+    if (isDiskFull(e) || (cause !== undefined && isDiskFull(cause))) {
+      throw new UnavailableError(
+        `disk full while keeping a backup of user ${userId}'s edited seeded rows and files in ${dir} before --force: nothing was changed; free some space, then run again`,
+        'disk_full',
+        { cause: e },
+      );
+    }
+    throw busyDb(e, dataDir, userId) ?? classifyFsError(e, `the backup of user ${userId} in ${dir}`) ?? e;
+  }
+}
+
+function sameCell(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (Buffer.isBuffer(a) && Buffer.isBuffer(b)) return a.equals(b);
+  return (typeof a === 'number' || typeof a === 'bigint') && (typeof b === 'number' || typeof b === 'bigint') && Number(a) === Number(b);
+}
+
+/** Seeded rows present in the DB that the seed's INSERT OR REPLACE would change. */
+function changedRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map: Map<string, string>): Array<{ table: string; id: unknown }> {
+  const out: Array<{ table: string; id: unknown }> = [];
+  for (const t of prepared.tables) {
+    if (t.rows.length === 0) continue;
+    const q = (c: string) => `"${c.replace(/"/g, '""')}"`;
+    // REPLACE deletes and inserts: a column the package does not have (added by a later schema)
+    // goes back to its default, so any existing row of such a table counts as changed.
+    const extra = (db.prepare(`SELECT name FROM pragma_table_info(?)`).pluck().all(t.name) as string[]).some((c) => !t.columns.includes(c));
+    const get = t.idIndex < 0 ? undefined : db.prepare(`SELECT ${t.columns.map(q).join(', ')} FROM ${q(t.name)} WHERE ${q('id')} = ?`).raw(true);
+    for (const r of t.rows) {
+      const want = renderRow(t, r, userId, map);
+      if (!get) {
+        out.push({ table: t.name, id: null });
+        continue;
+      }
+      const have = get.get(want[t.idIndex]) as unknown[] | undefined;
+      if (!have) continue; // deleted: only added back
+      if (extra || have.some((v, i) => !sameCell(v, want[i]))) out.push({ table: t.name, id: want[t.idIndex] });
+    }
+  }
+  return out;
+}
+
+/**
+ * Seeded files the seed would overwrite with other bytes: regular files under the user's own
+ * root (a symlink, FIFO or folder there is never read, and --force never writes through one).
+ */
+function changedFiles(root: string, rendered: RenderedFile[]): Array<{ path: string; abs: string }> {
+  const out: Array<{ path: string; abs: string }> = [];
+  const rootSt = lstatOrUndefined(root);
+  if (!rootSt?.isDirectory()) return out;
+  const realRoot = realpathSync(root);
+  for (const f of rendered) {
+    const abs = resolveInside(root, f.path);
+    const st = lstatOrUndefined(abs);
+    if (!st?.isFile()) continue;
+    let dir: string;
+    try {
+      dir = realpathSync(path.dirname(abs));
+    } catch {
+      continue;
+    }
+    if (dir !== realRoot && !dir.startsWith(realRoot + path.sep)) continue;
+    if (st.size === f.bytes && Buffer.from(f.data).equals(readFileSync(abs))) continue;
+    out.push({ path: f.path, abs });
+  }
+  return out;
 }
 
 /** ACM2's DATETIME text form: 'YYYY-MM-DD HH:MM:SS.ffffff'. */
@@ -872,6 +1047,11 @@ function countRows(prepared: PreparedPackage): number {
   return prepared.tables.reduce((n, t) => n + t.rows.length, 0);
 }
 
+/** A package row with this user's identifiers and user_id, as the seed writes it. */
+function renderRow(t: PreparedTable, r: Cell[], userId: UserId, map: Map<string, string>): unknown[] {
+  return r.map((v: Cell, i) => (i === t.userIdIndex ? userId : isTemplate(v) ? render(v, map) : v));
+}
+
 /** Insert rows with multi-row INSERTs (one statement per chunk instead of one per row). */
 function insertMany(db: SqliteDb, table: string, columns: string[], rows: unknown[][], verb = 'INSERT'): void {
   if (rows.length === 0) return;
@@ -892,7 +1072,7 @@ function insertRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map
   let n = 0;
   for (const t of prepared.tables) {
     if (t.rows.length === 0) continue;
-    const rows = t.rows.map((r) => r.map((v: Cell, i) => (i === t.userIdIndex ? userId : isTemplate(v) ? render(v, map) : v)));
+    const rows = t.rows.map((r) => renderRow(t, r, userId, map));
     insertMany(db, t.name, t.columns, rows, verb);
     n += rows.length;
   }

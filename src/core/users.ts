@@ -36,6 +36,8 @@ export interface SeedReport {
   jobId?: number;
   error?: string;
   retry?: string;
+  /** --force: the folder holding what it overwrote (the DB, and the edited seeded files); absent when nothing differed. */
+  backup?: string;
 }
 
 export interface CreateUserResult {
@@ -407,7 +409,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);
-      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id };
+      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id, ...(r.backup ? { backup: r.backup.path } : {}) };
     } catch (e) {
       const error = e instanceof Error ? e.message : String(e);
       if (job) await deps.master.finishJob(job.id, worker, retryOutcome(job, error, e));

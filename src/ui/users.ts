@@ -11,7 +11,8 @@ export function renderSeed(seed: SeedReport, userId: number): string {
   if (seed.status === 'failed') return chalk.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}${seed.retry ? `\nRetry with: ${seed.retry}` : ''}`);
   if (seed.outcome === 'already_ready') return `User ${userId} is already ready with ${seed.seedVersion}; nothing to do.`;
   const verb = seed.outcome === 'restored' ? 'Restored' : 'Seeded';
-  return `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
+  const line = `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
+  return seed.backup ? `${line}\nWhat --force overwrote (the DB, and the seeded files that differed) is kept in ${seed.backup}` : line;
 }
 
 /** What `user create` shows: the result without what only the process needs (see CreateUserResult). */

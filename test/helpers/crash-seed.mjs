@@ -1,10 +1,10 @@
 // Child process for crash tests: seeds one user and SIGKILLs itself at the named step.
-// argv: dataDir masterUrl seedsDir userId step [seedVersion]
+// argv: dataDir masterUrl seedsDir userId step [seedVersion ('' for CURRENT)] ['force']
 import { openMaster } from '../../dist/master/factory.js';
 import { parseMasterUrl } from '../../dist/config.js';
 import { seedOneUser } from '../../dist/core/users.js';
 
-const [dataDir, masterUrl, seedsDir, userId, crashAt, seedVersion] = process.argv.slice(2);
+const [dataDir, masterUrl, seedsDir, userId, crashAt, seedVersion, force] = process.argv.slice(2);
 const master = await openMaster(parseMasterUrl(masterUrl));
 await seedOneUser(
   {
@@ -17,6 +17,6 @@ await seedOneUser(
     },
   },
   userId,
-  seedVersion ? { seedVersion } : {},
+  { ...(seedVersion ? { seedVersion } : {}), ...(force === 'force' ? { force: true } : {}) },
 );
 await master.close();
