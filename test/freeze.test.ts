@@ -213,6 +213,30 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     expect(real).toMatch(/\(and seed\.db, [\d.]+ KiB\)/);
   });
 
+  it('refuses (exit 2, one sentence, nothing written) a seeds dir that is, is inside or holds the data dir', () => {
+    const src = source();
+    const root = tmp();
+    const data = path.join(root, 'data');
+    mkdirSync(path.join(data, 'user_1'), { recursive: true });
+    for (const [seedsDir, dataDir, says] of [
+      [data, data, 'is'],
+      [path.join(data, 'seeds'), data, 'is inside'],
+      [root, data, 'holds'],
+    ] as const) {
+      mkdirSync(seedsDir, { recursive: true });
+      const before = readdirSync(seedsDir).sort();
+      let err: { status: number; stderr: string; stdout: string } | undefined;
+      try {
+        execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', dataDir, '--no-color'], { encoding: 'utf8', stdio: 'pipe' });
+      } catch (e) {
+        err = e as typeof err;
+      }
+      expect(err?.status).toBe(2);
+      expect(err!.stderr.trim()).toBe(`acm2: --seeds '${seedsDir}' ${says} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
+      expect(readdirSync(seedsDir).sort()).toEqual(before);
+    }
+  });
+
   it('removes staging folders left by a crashed freeze, and list/check ignore them', () => {
     const src = source();
     const seedsDir = path.join(tmp(), 'seeds');

@@ -5,11 +5,15 @@ import { freezeSeed, type FreezeResult } from '../core/freeze.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
+import { existsSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { UsageError } from '../errors.js';
 
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
+  refuseNested(cfg.seedsDir, cfg.dataDir);
   const result = freezeSeed(
     {
       sourceDb: str(opts.source),
@@ -26,6 +30,20 @@ export async function run({ opts }: CommandCall): Promise<void> {
   );
   for (const w of result.warnings) out.verbose(`warning: ${w}`);
   out.result(result, () => render(result, out.color));
+}
+
+/**
+ * The seeds dir and the data dir are folders of their own: a version folder frozen into a data dir
+ * (--seeds pointed at it) or a data dir inside the packages would mix packages with users' data.
+ */
+function refuseNested(seeds: string, dataDir: string): void {
+  if (!existsSync(seeds) || !existsSync(dataDir)) return;
+  const a = realpathSync(seeds);
+  const b = realpathSync(dataDir);
+  const inside = (x: string, y: string) => x === y || x.startsWith(y.endsWith(path.sep) ? y : y + path.sep);
+  if (inside(a, b) || inside(b, a)) {
+    throw new UsageError(`--seeds '${seeds}' ${a === b ? 'is' : inside(a, b) ? 'is inside' : 'holds'} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
+  }
 }
 
 function render(r: FreezeResult, color: boolean): string {
