@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { checkApiKey } from '../src/core/api-key.js';
+import Database from 'better-sqlite3';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const CHILD = fileURLToPath(new URL('./helpers/crash-create.mjs', import.meta.url));
@@ -141,6 +142,52 @@ describe('the same user create again, after one killed before it showed the key'
       );
     }
     expect((await world.master.apiKeysFor(id)).map((k) => k.revokedAt)).toEqual([null]);
+  });
+
+  it('the first create still seeding on another host: the rerun refuses (exit 3) and revokes nothing', async () => {
+    // What another host's live create leaves in the master: its marker, and its seed job leased
+    // to it. Neither names a process of this host, so neither can be seen to be gone from here.
+    killedAt('files_staged', 'kh');
+    const id = await userId('kh');
+    const elsewhere = 'otherhost:4242:abcdef:0badc0de.4026531836';
+    const db = new Database(world.masterUrl.slice('sqlite:'.length));
+    db.prepare('UPDATE acm2_undelivered_keys SET issued_by = ? WHERE user_id = ?').run(elsewhere, id);
+    db.prepare('UPDATE acm2_seed_jobs SET locked_by = ?, locked_until = ? WHERE user_id = ?').run(elsewhere, Date.now() + 600_000, id);
+    db.close();
+    const [first] = await world.master.apiKeysFor(id);
+
+    const r = await create(fields('kh'));
+    expect(r.code, r.stdout + r.stderr).toBe(3);
+    const err = JSON.parse(r.stdout).error;
+    expect(err.code).toBe('create_in_progress');
+    expect(err.message).toMatch(/otherhost/);
+    // The key that run is about to show is still the usable one, and still the one marked.
+    expect(await world.master.apiKeysFor(id)).toEqual([first]);
+    expect(first!.revokedAt).toBeNull();
+    expect(await world.master.undeliveredKey(id)).toMatchObject({ apiKeyId: first!.id });
+
+    // Once that lease is over (the other host's create is gone), the rerun takes over as usual.
+    const db2 = new Database(world.masterUrl.slice('sqlite:'.length));
+    db2.prepare('UPDATE acm2_seed_jobs SET locked_until = ? WHERE user_id = ?').run(Date.now() - 1, id);
+    db2.close();
+    const again = await create(fields('kh'));
+    expect(again.code, again.stderr).toBe(0);
+    await oneUsableKey(id, JSON.parse(again.stdout).apiKey, 2);
+  });
+
+  it('its key replaced by another run of the same create meanwhile: the first run shows no revoked key, it says so (exit 3)', async () => {
+    const r = spawnSync(process.execPath, [CHILD, 'reissued', world.dataDir, world.masterUrl, pkg.seedsDir, 'kr@example.com', 'kr'], { env: process.env });
+    expect(r.status, r.stderr.toString()).toBe(3);
+    const out = r.stdout.toString();
+    expect(JSON.parse(out).error).toMatchObject({ code: 'key_reissued', message: expect.stringMatching(/replaced by another acm2 user create/) });
+    const id = await userId('kr');
+    const keys = await world.master.apiKeysFor(id);
+    // This run's key revoked, the other run's the one usable.
+    expect(keys.map((k) => k.revokedAt === null)).toEqual([false, true]);
+    expect(keys[1]!.keyPrefix).toBe('acm2_elsewh');
+    // No key of this user is in what it printed; the other run's key is still the one marked.
+    for (const k of keys) expect(out).not.toContain(k.keyPrefix);
+    expect(await world.master.undeliveredKey(id)).toMatchObject({ keyPrefix: 'acm2_elsewh' });
   });
 
   it('two reruns at once: one shows a key, the other changes nothing', async () => {

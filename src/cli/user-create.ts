@@ -54,6 +54,17 @@ async function deliverKey(cfg: Config, master: MasterDb, result: ShownCreate, ke
   const doc = { user: result.user, apiKey: result.apiKey, resumed: result.resumed, seed: result.seed };
   // --json: the key is inside the one document; --quiet keeps the rest quiet, not the key.
   const text = cfg.json ? `${JSON.stringify(doc, null, 2)}\n` : cfg.quiet ? `${result.apiKey}\n` : `${renderCreate(result)}\n`;
+  // Another run of this create (on a host that could not see this one) revoked this key and
+  // issued its own meanwhile: showing this one would hand out a key ACM2 refuses. Said instead,
+  // as this command's one document. Unknown (the master not answering): shown, as before.
+  const marked = await master.undeliveredKey(result.user.id).catch(() => undefined);
+  const replaced = marked !== undefined && marked.apiKeyId !== keyId;
+  if (replaced) {
+    const message = `user ${result.user.id}'s API key was replaced by another acm2 user create of the same user while this one ran, and that run shows the new key: the key this run made is revoked, so it is not shown`;
+    if (cfg.json) await writeStdout(`${JSON.stringify({ error: { code: 'key_reissued', message } })}\n`).catch(() => undefined);
+    else process.stderr.write(`acm2: ${message}\n`);
+    return false;
+  }
   try {
     await writeStdout(text);
   } catch (e) {

@@ -259,7 +259,37 @@ async function interruptedCreate(master: MasterDb, input: CheckedCreateInput): P
       'create_in_progress',
     );
   }
+  // Made on another host (or container): whether that create is gone cannot be seen from here,
+  // and revoking the key of one still seeding would have it show a revoked key. Its job says if
+  // it may still be at work: held back (it is looking at the data dir) or leased (it is seeding).
+  if (!deadHere(key.issuedBy)) {
+    const busy = await createStillAtWork(master, existing.id, key.issuedBy);
+    if (busy) {
+      throw new UnavailableError(
+        `user ${existing.id} ('${existing.email}') may still be being created by acm2 ${busy.who}, which has not shown its API key yet: ` +
+          `run this again after ${new Date(busy.until).toISOString()} if that run showed no key (or run it on that host once it is stopped); nothing was changed`,
+        'create_in_progress',
+      );
+    }
+  }
   return { user: existing, key };
+}
+
+/**
+ * The first run's job as a create still running elsewhere leaves it: held back and never tried
+ * (the create is looking at the data dir), or running under a lease whose holder is not known to
+ * be gone (the create is seeding). Until when, and by whom; undefined once neither holds.
+ */
+async function createStillAtWork(master: MasterDb, userId: number, issuedBy: string): Promise<{ who: string; until: number } | undefined> {
+  const job = await master.latestJob(userId);
+  if (!job) return undefined;
+  const now = Date.now();
+  const where = (w: string) => `(${w.split(':')[0] || 'unknown host'}, worker ${w})`;
+  if (job.status === 'running' && job.lockedBy !== null && (job.lockedUntil ?? 0) > now && !deadHere(job.lockedBy)) {
+    return { who: where(job.lockedBy), until: job.lockedUntil! };
+  }
+  if (job.status === 'pending' && job.attempts === 0 && job.nextAttemptAt > now) return { who: where(issuedBy), until: job.nextAttemptAt };
+  return undefined;
 }
 
 /** What to say of an existing user whose create was stopped before it showed the key ('' if it was not). */

@@ -3,6 +3,8 @@
 //   created       the master rows are committed, the key not shown yet (as any kill before the print)
 //   <seed step>   mid-seed ('files_staged', …: see SeedStep)
 //   shown         the built CLI, killed as soon as stdout has taken the key, before the master records that
+//   reissued      the built CLI, not killed: as its seed begins, another run of the same create (on a
+//                 host that cannot see this one) revokes its key and issues one of its own
 import { openMaster } from '../../dist/master/factory.js';
 import { parseMasterUrl } from '../../dist/config.js';
 import { createUser } from '../../dist/core/users.js';
@@ -19,6 +21,22 @@ if (point === 'shown') {
       if (!e && String(chunk).includes('acm2_')) die();
       done?.(e);
     });
+  };
+  process.argv = [process.argv[0], 'acm2', 'user', 'create', '--email', email, '--username', username, '--data-dir', dataDir, '--master', masterUrl, '--seeds', seedsDir, '--json', ...rest];
+  await import('../../dist/main.js');
+} else if (point === 'reissued') {
+  const { SqliteMaster } = await import('../../dist/master/sqlite-master.js');
+  const claim = SqliteMaster.prototype.claimJobForUser;
+  let done = false;
+  SqliteMaster.prototype.claimJobForUser = async function (userId, ...more) {
+    if (!done) {
+      done = true;
+      const other = await openMaster(parseMasterUrl(masterUrl));
+      const marked = await other.undeliveredKey(userId);
+      await other.reissueKey({ userId, oldKeyId: marked.apiKeyId, keyHash: 'x', keyPrefix: 'acm2_elsewh', keyName: 'elsewhere', issuedBy: 'otherhost:1:aaaaaa:0' });
+      await other.close();
+    }
+    return claim.call(this, userId, ...more);
   };
   process.argv = [process.argv[0], 'acm2', 'user', 'create', '--email', email, '--username', username, '--data-dir', dataDir, '--master', masterUrl, '--seeds', seedsDir, '--json', ...rest];
   await import('../../dist/main.js');
