@@ -1,0 +1,124 @@
+// A read command never changes the master, nor needs to: on a master the previous acm2 set up
+// (every migration but the one that adds acm2_undelivered_keys, which only user create reads),
+// user list, user show and verify read it as it is, where it is read-only too (a snapshot of the
+// data dir, a SELECT-only MySQL account in CI), and add nothing to it. A write command migrates it.
+
+import Database from 'better-sqlite3';
+import mysql from 'mysql2/promise';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openMaster } from '../src/master/factory.js';
+import { parseMasterUrl } from '../src/config.js';
+import { loadMigrations } from '../src/migrations.js';
+import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
+import { createMysqlTestDb, mysqlOrSkip } from './helpers/mysql.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+const gate = await mysqlOrSkip();
+let pkg: FrozenSource;
+const dirs: string[] = [];
+
+beforeAll(() => {
+  pkg = frozenSource();
+});
+afterAll(() => {
+  pkg.cleanup();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+async function acm2(dataDir: string, master: string, args: string[]) {
+  try {
+    const r = await run(process.execPath, [BIN, '--data-dir', dataDir, '--master', master, '--seeds', pkg.seedsDir, ...args, '--json'], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4' } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+/** The read commands, as CI and an operator run them: each answers, none refuses the master. */
+async function readsWork(dataDir: string, master: string): Promise<void> {
+  const list = await acm2(dataDir, master, ['user', 'list']);
+  expect(list.code, list.stdout + list.stderr).toBe(0);
+  expect(JSON.parse(list.stdout)).toMatchObject({ users: [{ id: 1, username: 'ann', status: 'pending' }] });
+  const show = await acm2(dataDir, master, ['user', 'show', 'ann@example.com']);
+  expect(show.code, show.stdout + show.stderr).toBe(0);
+  expect(JSON.parse(show.stdout)).toMatchObject({ id: 1, status: 'pending', job: { status: 'pending' } });
+  const verify = await acm2(dataDir, master, ['verify']);
+  // Findings about the user (not seeded yet), not an error about the master.
+  expect(verify.code, verify.stdout + verify.stderr).toBe(1);
+  expect(JSON.parse(verify.stdout)).toMatchObject({ checked: 1, users: [{ id: 1 }] });
+}
+
+const LAST = 'acm2_undelivered_keys';
+
+describe('read commands on a master the previous acm2 set up', () => {
+  it('embedded: read as it is, nothing added to it; user create then migrates it', async () => {
+    const dataDir = tmpDir('acm2-behind-');
+    dirs.push(dataDir);
+    const url = `sqlite:${path.join(dataDir, 'master.db')}`;
+    expect((await acm2(dataDir, url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann', '--async'])).code).toBe(0);
+    const last = loadMigrations('master/sqlite').at(-1)!;
+    expect(last.name).toMatch(new RegExp(`^\\d{4}_${LAST}$`));
+    const db = new Database(path.join(dataDir, 'master.db'));
+    db.exec(`DROP TABLE ${LAST}`);
+    db.prepare('DELETE FROM acm2_master_migrations WHERE id = ?').run(last.id);
+    db.close();
+    const schema = () => {
+      const d = new Database(path.join(dataDir, 'master.db'), { readonly: true });
+      try {
+        return [d.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all(), d.prepare('SELECT id FROM acm2_master_migrations ORDER BY id').pluck().all()];
+      } finally {
+        d.close();
+      }
+    };
+    const before = schema();
+    await readsWork(dataDir, url);
+    expect(schema()).toEqual(before);
+    expect((await acm2(dataDir, url, ['user', 'create', '--email', 'ben@example.com', '--username', 'ben', '--async'])).code).toBe(0);
+    expect(schema()[1]).toContain(last.id);
+  });
+
+  describe.skipIf(gate.skip)('MySQL', () => {
+    beforeAll(() => gate.ready());
+
+    it('a SELECT-only account (verify in CI) reads it; it is not told to find an account that may migrate', async () => {
+      const db = await createMysqlTestDb();
+      const base = new URL(db.url);
+      const dbName = base.pathname.slice(1);
+      const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
+      const user = `acm2_ro_${randomBytes(4).toString('hex')}`;
+      const dataDir = tmpDir('acm2-behind-my-');
+      dirs.push(dataDir);
+      try {
+        expect((await acm2(dataDir, db.url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann', '--async'])).code).toBe(0);
+        const last = loadMigrations('master/mysql').at(-1)!;
+        expect(last.name).toMatch(new RegExp(`^\\d{4}_${LAST}$`));
+        await admin.query(`DROP TABLE \`${dbName}\`.${LAST}`);
+        await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [last.id]);
+        for (const host of ['%', 'localhost']) {
+          await admin.query(`CREATE USER '${user}'@'${host}' IDENTIFIED BY 'ro-pw'`);
+          await admin.query(`GRANT SELECT ON \`${dbName}\`.* TO '${user}'@'${host}'`);
+        }
+        const ro = new URL(db.url);
+        ro.username = user;
+        ro.password = 'ro-pw';
+        await readsWork(dataDir, ro.toString());
+        // Still behind: nothing was applied (nor could be), and a writing open still asks for the grants.
+        const refused = await openMaster(parseMasterUrl(ro.toString())).catch((e: unknown) => e);
+        expect(refused).toMatchObject({ exitCode: 3, code: 'master_access_denied' });
+      } finally {
+        await admin.query(`DROP USER IF EXISTS '${user}'@'%'`).catch(() => undefined);
+        await admin.query(`DROP USER IF EXISTS '${user}'@'localhost'`).catch(() => undefined);
+        await admin.end();
+        await db.drop();
+      }
+    });
+  });
+});
