@@ -171,7 +171,11 @@ function withoutToolTables(master: MasterDb): MasterDb {
  * Master migrations (by name without their number, which differs per dialect) that add only what
  * no read command reads, with the reads of it that answer "nothing" until it is applied.
  */
-const READS_NEED_NOT: ReadonlyMap<string, Partial<MasterDb>> = new Map([['acm2_undelivered_keys', { undeliveredKey: async () => undefined }]]);
+const READS_NEED_NOT: ReadonlyMap<string, Partial<MasterDb>> = new Map<string, Partial<MasterDb>>([
+  // Pairing is checked by the write commands only.
+  ['acm2_data_dir', { pairedDataDir: async () => undefined }],
+  ['acm2_undelivered_keys', { undeliveredKey: async () => undefined }],
+]);
 
 /** A master behind by only READS_NEED_NOT migrations, read as if their tables were there and empty (read commands only). */
 function withoutTables(master: MasterDb, pending: readonly string[]): MasterDb {
