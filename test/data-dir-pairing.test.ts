@@ -106,3 +106,21 @@ describe('pairing on first use', () => {
     expect((await acm2(['--data-dir', f.dataDir, 'backfill'])).code).toBe(2);
   });
 });
+
+describe('an upgraded fleet whose users ACM2 made (no seed jobs)', () => {
+  it('a cwd-relative or mistyped empty data dir is refused, not paired and seeded for every user', async () => {
+    const f = await fleet(2);
+    // As ACM2 left it before this tool: users and their DBs, no seed job, no pairing.
+    rmSync(path.join(f.dataDir, '.acm2', 'data-dir.json'));
+    const db = new Database(path.join(f.dataDir, 'master.db'));
+    db.exec('DELETE FROM acm2_data_dir; DELETE FROM acm2_seed_jobs');
+    db.close();
+    const cron = tmpDir('acm2-pair-cron-');
+    const r = await acm2(['--data-dir', path.join(cron, 'data'), '--master', f.master, 'backfill']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^acm2: the master .* has 2 users but the data dir .*data holds none of their DBs: .*nothing was written$/m);
+    expect(readdirSync(cron)).toEqual([]);
+    // The fleet's own data dir is still the one the master pairs with.
+    expect((await acm2(['--data-dir', f.dataDir, 'backfill'])).code).toBe(0);
+  });
+});

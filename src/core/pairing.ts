@@ -130,13 +130,17 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
     }
     // Neither was paired (a first use, or both from before pairing existed): pair them, unless
     // the two plainly do not go together.
-    // Users the tool seeded (a done job) must have their DBs here; queued ones need not yet.
+    // Users the tool seeded (a done job) must have their DBs here; queued ones need not yet. Users
+    // with no job at all (a fleet ACM2 made before this tool: its DBs are ACM2's) must have theirs
+    // here too: an empty data dir beside them is a mistyped or cwd-relative one, not a first use.
     const users = await master.countUsers();
     const seeded = users > 0 ? await master.countJobs('done') : 0;
+    const jobless = users > 0 && seeded === 0 ? users - (await master.countJobs()) : 0;
     const db = someUserDb(dir);
-    if (seeded > 0 && !db) {
+    if ((seeded > 0 || jobless > 0) && !db) {
+      const n = seeded > 0 ? seeded : users;
       throw new UsageError(
-        `the master ${master.display} has ${seeded} seeded user${seeded === 1 ? '' : 's'} but the data dir ${dir} holds none of their DBs: ${fix}${onPurpose(dir)}; nothing was written`,
+        `the master ${master.display} has ${n} ${seeded > 0 ? 'seeded ' : ''}user${n === 1 ? '' : 's'} but the data dir ${dir} holds none of their DBs: ${fix}${onPurpose(dir)}; nothing was written`,
         'data_dir_not_paired',
       );
     }
