@@ -23,6 +23,11 @@ export function stampPath(dataDir: string): string {
 
 /** The data dir's id, if it was ever used by a writing command of this tool. */
 export function readDataDirId(dataDir: string): string | undefined {
+  return readStamp(dataDir)?.id;
+}
+
+/** The stamp: the data dir's id, and the master it was written for (stamps from before: none). */
+function readStamp(dataDir: string): { id: string; master?: string } | undefined {
   const file = stampPath(dataDir);
   let text: string;
   try {
@@ -32,26 +37,27 @@ export function readDataDirId(dataDir: string): string | undefined {
     throw e;
   }
   let id: unknown;
+  let master: unknown;
   try {
-    id = (JSON.parse(text) as { id?: unknown }).id;
+    ({ id, master } = JSON.parse(text) as { id?: unknown; master?: unknown });
   } catch {
     /* said below */
   }
   if (typeof id !== 'string' || !/^[A-Za-z0-9-]{8,64}$/.test(id)) throw new UsageError(`${file} is not the tool's data dir stamp (expected {"id": "…"}): put it back as it was, or move it aside`, 'bad_data_dir_stamp');
-  return id;
+  return typeof master === 'string' ? { id, master } : { id };
 }
 
 /**
  * Write the stamp unless one is there (a concurrent first use wins), or over it (replace): the id
  * now in it.
  */
-function stampDataDir(dataDir: string, id: string, replace = false): string {
+function stampDataDir(dataDir: string, id: string, master: string, replace = false): string {
   const file = stampPath(dataDir);
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
   const fd = openSync(tmp, 'wx', 0o600);
   try {
-    writeSync(fd, `${JSON.stringify({ id, createdAt: new Date().toISOString() })}\n`);
+    writeSync(fd, `${JSON.stringify({ id, master, createdAt: new Date().toISOString() })}\n`);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
@@ -68,6 +74,11 @@ function stampDataDir(dataDir: string, id: string, replace = false): string {
     unlinkSync(tmp);
   }
   return readDataDirId(dataDir)!;
+}
+
+/** The master, whichever account opens it: its URL without the user (a password is never in it). */
+function masterOf(master: MasterDb): string {
+  return master.display.replace(/^mysql:\/\/[^@/]*@/, 'mysql://');
 }
 
 const USER_DB = /^user_\d+\.db$/;
@@ -107,7 +118,12 @@ export function refuseNewMasterFor(dataDir: string, display: string, what = 'doe
  */
 export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean }): Promise<void> {
   const dir = path.resolve(dataDir);
-  const stamp = readDataDirId(dir);
+  const stamped = readStamp(dir);
+  // The stamp is written before the master's record: one written for this very master that the
+  // master never recorded is a pairing cut short (kill -9, an account that may not write
+  // acm2_data_dir, the master restored from before it), finished below, not another master's.
+  const unfinished = stamped !== undefined && stamped.master === masterOf(master);
+  const stamp = stamped?.id;
   let rec;
   try {
     rec = await master.pairedDataDir();
@@ -125,7 +141,7 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
         'data_dir_not_paired',
       );
     }
-    if (stamp) {
+    if (stamp && !unfinished) {
       throw new UsageError(`the data dir ${dir} belongs to another master than ${master.display}: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
     }
     // Neither was paired (a first use, or both from before pairing existed): pair them, unless
@@ -151,7 +167,7 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
   if (!opts.write) return;
   // Forced: this data dir gets a new id, so that neither another data dir with this master's old
   // id nor another master this one was stamped for accepts the pair any more.
-  const id = forced ? stampDataDir(dir, randomUUID(), true) : stampDataDir(dir, stamp ?? randomUUID());
+  const id = forced ? stampDataDir(dir, randomUUID(), masterOf(master), true) : stampDataDir(dir, stamp ?? randomUUID(), masterOf(master));
   const now = await master.pairDataDir({ id, path: dir }, forced);
   if (now.id !== id) {
     // Another data dir was paired with this master a moment ago.
