@@ -37,13 +37,22 @@ export async function run({ opts }: CommandCall): Promise<void> {
  * (--seeds pointed at it) or a data dir inside the packages would mix packages with users' data.
  */
 function refuseNested(seeds: string, dataDir: string): void {
-  if (!existsSync(seeds) || !existsSync(dataDir)) return;
-  const a = realpathSync(seeds);
+  if (!existsSync(dataDir)) return;
+  // Freeze makes a missing seeds dir: compared where it would be made.
+  const a = realOrPlanned(seeds);
   const b = realpathSync(dataDir);
   const inside = (x: string, y: string) => x === y || x.startsWith(y.endsWith(path.sep) ? y : y + path.sep);
   if (inside(a, b) || inside(b, a)) {
     throw new UsageError(`--seeds '${seeds}' ${a === b ? 'is' : inside(a, b) ? 'is inside' : 'holds'} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
   }
+}
+
+/** The real path of a folder, or where it would be made: its nearest existing parent's real path, plus the rest. */
+function realOrPlanned(dir: string): string {
+  const abs = path.resolve(dir);
+  let base = abs;
+  while (!existsSync(base) && path.dirname(base) !== base) base = path.dirname(base);
+  return path.join(realpathSync(base), path.relative(base, abs));
 }
 
 function render(r: FreezeResult, color: boolean): string {
