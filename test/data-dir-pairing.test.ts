@@ -73,6 +73,15 @@ describe('a data dir that is not the master’s', () => {
     expect(existsSync(path.join(a.dataDir, 'user_4.db'))).toBe(false);
   });
 
+  it('names the lost stamp instead of calling the folder "not the one" it is (an unmounted or restored data dir)', async () => {
+    const f = await fleet(1);
+    rmSync(path.join(f.dataDir, '.acm2', 'data-dir.json'));
+    const r = await acm2(['--data-dir', f.dataDir, 'user', 'seed', '1']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^acm2: the data dir .*data is where the master sqlite:.*master\.db was paired, but it has lost its stamp \(.*data-dir\.json\), .*ACM2_PAIR_DATA_DIR=.*data; nothing was written$/m);
+    expect(r.stderr).not.toMatch(/is not the one/);
+  });
+
   it('user create with a mistyped embedded master path makes no new master beside the fleet', async () => {
     const before = snapshotTree(a.dataDir);
     const r = await acm2(['--data-dir', a.dataDir, '--master', `sqlite:${path.join(a.dataDir, 'mastr.db')}`, 'user', 'create', '--email', 'x@example.com', '--username', 'x']);

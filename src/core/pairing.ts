@@ -135,6 +135,15 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
   if (rec && stamp === rec.id) return;
   const forced = Boolean(process.env[PAIR_ENV]) && path.resolve(process.env[PAIR_ENV]!) === dir;
   if (!forced) {
+    if (rec && path.resolve(rec.path) === dir) {
+      // The very folder the master was paired with, without its stamp (or with another): an empty
+      // or unmounted mount point, or files restored or copied from elsewhere. "Not the one (same
+      // path)" would read as a contradiction.
+      throw new UsageError(
+        `the data dir ${dir} is where the master ${master.display} was paired, but ${stamp ? 'its stamp is another data dir’s' : 'it has lost its stamp'} (${stampPath(dir)}), as an unmounted or emptied folder, or files restored from before the pairing or copied from another fleet would be: check that the fleet's files are there${onPurpose(dir)}; nothing was written`,
+        'data_dir_not_paired',
+      );
+    }
     if (rec) {
       throw new UsageError(
         `the data dir ${dir} is not the one the master ${master.display} belongs with (${rec.path}${existsSync(rec.path) ? '' : ', not found on this host'}): ${fix}${onPurpose(dir)}; nothing was written`,
