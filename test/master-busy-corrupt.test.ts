@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, type FrozenSource } from './helpers/env.js';
 import { buildLegacyFleet, cleanupTemplates, type Fleet } from './helpers/legacy-fleet.js';
 import { runBackfill } from '../src/core/backfill.js';
-import { createUser, drainQueue } from '../src/core/users.js';
+import { createUser, drainQueue, userStatus } from '../src/core/users.js';
 import { isAcm2Error } from '../src/errors.js';
 import type { MasterDb } from '../src/master/types.js';
 
@@ -201,6 +201,61 @@ describe('embedded master corrupt', () => {
         expect(last, cmd.join(' ')).toContain(masterFile(f));
       }
     } finally {
+      await f.cleanup();
+    }
+  }, 60_000);
+});
+
+describe('user seed --pending: the master locked past the wait once the user is seeded', () => {
+  function job(f: Fleet): { id: number; status: string; attempts: number; last_error: string | null; locked_by: string | null } {
+    const db = new Database(masterFile(f), { readonly: true });
+    try {
+      return db.prepare(`SELECT id, status, attempts, last_error, locked_by FROM acm2_seed_jobs ORDER BY id DESC LIMIT 1`).get() as ReturnType<typeof job>;
+    } finally {
+      db.close();
+    }
+  }
+
+  it('stops with exit 3 master_busy, never records the seeded user as a failed attempt, and the next run marks the job done', async () => {
+    const f = await buildLegacyFleet({}, pkg.pkg);
+    let holder: Awaited<ReturnType<typeof holdMaster>> | undefined;
+    try {
+      const deps = { master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const { user } = await createUser(deps, { email: 'ann@example.com', username: 'ann', async: true });
+      shortWait(f.master);
+      // Another process takes the master's write lock as the drain is about to mark the job done,
+      // and lets go as soon as the drain has met it once (a long ACM2 write).
+      const watched = new Proxy(f.master, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return async (...args: unknown[]) => {
+            if (prop === 'finishJob' && (args[2] as { status: string }).status === 'done' && !holder) holder = await holdMaster(masterFile(f));
+            try {
+              return await (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+            } catch (e) {
+              holder?.release();
+              throw e;
+            }
+          };
+        },
+      }) as MasterDb;
+      const err = await drainQueue({ ...deps, master: watched }, { lanes: 1 }).catch((e: unknown) => e);
+      expect(holder, 'the lock was never taken').toBeDefined();
+      expect(isAcm2Error(err) && [err.exitCode, err.code], JSON.stringify(err)).toEqual([3, 'master_busy']);
+      expect((err as Error).message).toContain(masterFile(f));
+      // The seed itself worked: the job is not failed, nor an attempt burned with the master's error.
+      const held = job(f);
+      expect(held).toMatchObject({ status: 'running', attempts: 1, last_error: null });
+      expect((await userStatus(deps, (await f.master.getUser(user.id))!)).db.seedStatus).toBe('ready');
+
+      // The next run (the worker gone: its lease expired) closes the job without a failure.
+      await f.master.expireLease(held.id, held.locked_by!);
+      const r = await drainQueue(deps, { lanes: 1 });
+      expect(r).toMatchObject({ claimed: 1, done: 1, failed: 0, retrying: 0, failures: [] });
+      expect(job(f)).toMatchObject({ status: 'done', last_error: null });
+    } finally {
+      holder?.release();
       await f.cleanup();
     }
   }, 60_000);

@@ -436,11 +436,17 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     const ready = !force && readyAt(deps.dataDir, user.id, pkg.version);
     const enqueue = !ready || (await deps.master.latestJob(user.id))?.status === 'failed' ? { force } : undefined;
     const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
+    let seeded = false;
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
+      seeded = true;
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);
       return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id, ...(r.backup ? { backup: r.backup.path } : {}) };
     } catch (e) {
+      // The seed worked and the master failed to take it (locked past the wait, gone, corrupt):
+      // not an attempt of the user's. The job stays claimed until its lease ends; the next run
+      // finds the user ready and closes it.
+      if (seeded || masterStopped(e)) throw e;
       const error = e instanceof Error ? e.message : String(e);
       if (job) await deps.master.finishJob(job.id, worker, retryOutcome(job, error, e));
       if (isAcm2Error(e) && e.exitCode === 3) throw e;
@@ -449,6 +455,11 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
   } finally {
     await lock.release();
   }
+}
+
+/** The master locked past the wait, gone or corrupt: nothing to record a job's outcome in. */
+function masterStopped(e: unknown): boolean {
+  return isAcm2Error(e) && e.exitCode === 3 && (e.code === 'master_unreachable' || e.code === 'master_busy' || e.code === 'master_corrupt');
 }
 
 export function backoffMs(attempts: number): number {
@@ -635,12 +646,16 @@ export async function drainQueue(
         opts.onJob?.(res);
         continue;
       }
+      let seeded = false;
       try {
         await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep, lock });
+        seeded = true;
         if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(job.userId, job.id);
         res.done++;
       } catch (e) {
-        if (isAcm2Error(e) && e.exitCode === 3 && e.code === 'master_unreachable') throw e;
+        // The user is seeded and only the master's record of it failed (see seedWithJob), or the
+        // master stopped answering: no attempt is spent, and the drain stops (exit 3).
+        if (seeded || masterStopped(e)) throw e;
         const error = e instanceof Error ? e.message : String(e);
         if (isAcm2Error(e) && (e.code === 'disk_full' || e.code === 'bad_tool_dir')) {
           // Every next user would fail the same way: the job waits (this try not counted) and the
