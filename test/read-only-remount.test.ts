@@ -4,7 +4,7 @@
 // read the sound WAL DB from a copy, never report it unreadable until the next process.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { CAN_MOUNT_TMPFS, frozenSource, sqliteWorld, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
@@ -13,6 +13,7 @@ import { planUser } from '../src/core/backfill.js';
 import { diffUserWithPackage } from '../src/core/diff.js';
 import { forgetWritable, userMigrations } from '../src/userdb/user-db.js';
 import { userDbPath } from '../src/userdb/paths.js';
+import { isAcm2Error } from '../src/errors.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
@@ -76,6 +77,37 @@ describe('a data dir remounted read-only mid-process', () => {
         expect(s.db.error).toBeUndefined();
         expect(s).toMatchObject({ status: 'ready', db: { seedStatus: 'ready' } });
       });
+    }),
+  );
+});
+
+describe('a data dir remounted read-only mid-process, the temp folder on the same file system', () => {
+  it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('user show says the temp folder cannot hold the copy (exit 3 naming it), never that the sound user DB failed', () =>
+    withTmpfs('16m', async (mnt) => {
+      const w = await sqliteWorld();
+      worlds.push(w);
+      const deps: UserDeps = { master: w.master, dataDir: path.join(mnt, 'data'), seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const { user } = await createUser(deps, { email: 'eve@example.com', username: 'eve' });
+      const wal = new Database(userDbPath(deps.dataDir, user.id));
+      wal.pragma('journal_mode = WAL');
+      wal.close();
+      const tmp = path.join(mnt, 'tmp');
+      mkdirSync(tmp);
+      const saved = process.env.TMPDIR;
+      process.env.TMPDIR = tmp;
+      try {
+        const show = async () => userStatus(deps, (await w.master.getUser(user.id))!);
+        expect(await show()).toMatchObject({ status: 'ready' });
+        await remountedAfter(mnt, deps, user.id, show, async () => {
+          const err = await show().catch((e: unknown) => e);
+          expect(isAcm2Error(err) && [err.exitCode, err.code], JSON.stringify(err)).toEqual([3, 'read_only']);
+          expect((err as Error).message).toContain(tmp);
+          expect((err as Error).message).toContain('TMPDIR');
+        });
+      } finally {
+        if (saved === undefined) delete process.env.TMPDIR;
+        else process.env.TMPDIR = saved;
+      }
     }),
   );
 });

@@ -12,7 +12,7 @@ import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type Se
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
-import { newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
+import { isTempFolderProblem, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
@@ -772,6 +772,10 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
         }
       });
     } catch (e) {
+      // The temp folder cannot hold the copy a read-only data dir is read from (the same file
+      // system remounted read-only, a full TMPDIR): the environment (exit 3), not this user's DB,
+      // which is sound; reported as the user failed, every user of a list would say so.
+      if (isTempFolderProblem(e)) throw e;
       out.db.error = e instanceof Error ? e.message : String(e);
       dbState = isBusy(e) ? 'busy' : 'unreadable';
     }

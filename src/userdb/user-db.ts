@@ -130,14 +130,23 @@ function sweepDeadCopies(): void {
   }
 }
 
+const tempFolderProblems = new WeakSet<object>();
+
 /** The temp folder cannot hold a private copy: the environment (exit 3), not the user's DB. */
 export function tempFolderProblem(e: unknown, file: string): UnavailableError {
   const code = String((e as NodeJS.ErrnoException).code ?? (e as Error).message);
-  return new UnavailableError(
+  const err = new UnavailableError(
     `cannot copy ${file} to read it into the temp folder ${tmpdir()} (${code}); set TMPDIR to a folder with room`,
     isDiskFull(e) ? 'disk_full' : 'read_only',
     { cause: e },
   );
+  tempFolderProblems.add(err);
+  return err;
+}
+
+/** Whether e is tempFolderProblem's: a fault of this host's temp folder, alike for every DB read. */
+export function isTempFolderProblem(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && tempFolderProblems.has(e);
 }
 
 /**
