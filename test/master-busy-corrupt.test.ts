@@ -153,6 +153,35 @@ describe('embedded master locked past the wait', () => {
       await f.cleanup();
     }
   }, 60_000);
+
+  it('user seed --pending, the master held from its first claim: waits out the busy wait once, not once per lane', async () => {
+    const f = await buildLegacyFleet({}, pkg.pkg);
+    try {
+      const deps = { master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      for (const u of ['ann', 'bob']) await createUser(deps, { email: `${u}@example.com`, username: u, async: true });
+      const holder = await holdMaster(masterFile(f));
+      try {
+        shortWait(f.master);
+        let claims = 0;
+        const counted = new Proxy(f.master, {
+          get(target, prop, receiver) {
+            const v = Reflect.get(target, prop, receiver) as unknown;
+            if (prop === 'claimJob') claims++;
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+          },
+        }) as MasterDb;
+        const err = await drainQueue({ ...deps, master: counted }, { lanes: 4 }).catch((e: unknown) => e);
+        expect(isAcm2Error(err) && [err.exitCode, err.code]).toEqual([3, 'master_busy']);
+        // The embedded master blocks the thread for the whole wait: a lane per wait would make the
+        // operator sit through four of them (a minute) under a message that says one.
+        expect(claims).toBe(1);
+      } finally {
+        holder.release();
+      }
+    } finally {
+      await f.cleanup();
+    }
+  }, 60_000);
 });
 
 describe('embedded master corrupt', () => {

@@ -595,6 +595,10 @@ export async function drainQueue(
   let claiming = 0;
   let stop = false;
   const lane = async (): Promise<void> => {
+    // One lane at a time to its first claim: the embedded master blocks the thread for its whole
+    // busy wait, so lanes started together would each sit through it (four waits, one message)
+    // before the first one's failure could stop the others.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     while (!stop) {
       // Count a claim in flight at once, so two lanes never overshoot --limit together.
       if (opts.limit !== undefined && res.claimed + claiming >= opts.limit) break;
