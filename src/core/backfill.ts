@@ -205,6 +205,8 @@ function classify(e: unknown): { code: BackfillFailureCode; reason: string } {
   if (isBusy(e)) return { code: 'locked', reason: `the DB is locked by another process (${msg})` };
   if (isCorrupt(e)) return { code: 'corrupt', reason: `the DB is corrupt (${msg})` };
   if (isAcm2Error(e) && (e.code === 'schema_newer' || e.code === 'migration_checksum')) return { code: 'schema_newer', reason: msg };
+  // A full disk under the read (a private copy in TMPDIR: the data dir is read-only) stops the run as any full disk does.
+  if (isAcm2Error(e) && e.code === 'disk_full') return { code: 'disk_full', reason: msg };
   const errno = (e as NodeJS.ErrnoException).code;
   if (errno && /^E[A-Z]+$/.test(errno)) return { code: 'error', reason: `${msg}` };
   if (String(errno ?? '').startsWith('SQLITE_')) return { code: 'unreadable', reason: msg };
