@@ -253,6 +253,22 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     expect(readdirSync(data)).toEqual(['user_1']);
   });
 
+  it('refuses a seeds dir inside a data dir that does not exist yet (freeze would make both there)', () => {
+    const src = source();
+    const root = tmp();
+    const data = path.join(root, 'data'); // the default ./data before any user create
+    const seedsDir = path.join(data, 'seeds');
+    let err: { status: number; stderr: string } | undefined;
+    try {
+      execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', data, '--no-color'], { encoding: 'utf8', stdio: 'pipe' });
+    } catch (e) {
+      err = e as typeof err;
+    }
+    expect(err?.status).toBe(2);
+    expect(err!.stderr.trim()).toBe(`acm2: --seeds '${seedsDir}' is inside the data dir (${data}): the seed packages must be a folder apart from it; nothing was frozen`);
+    expect(existsSync(data)).toBe(false);
+  });
+
   it('removes staging folders left by a crashed freeze, and list/check ignore them', () => {
     const src = source();
     const seedsDir = path.join(tmp(), 'seeds');

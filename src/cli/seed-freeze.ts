@@ -37,10 +37,10 @@ export async function run({ opts }: CommandCall): Promise<void> {
  * (--seeds pointed at it) or a data dir inside the packages would mix packages with users' data.
  */
 function refuseNested(seeds: string, dataDir: string): void {
-  if (!existsSync(dataDir)) return;
-  // Freeze makes a missing seeds dir: compared where it would be made.
+  // Freeze makes a missing seeds dir, and the first writing command a missing data dir (the
+  // default ./data too): each is compared where it is, or would be made.
   const a = realOrPlanned(seeds);
-  const b = realpathSync(dataDir);
+  const b = realOrPlanned(dataDir);
   const inside = (x: string, y: string) => x === y || x.startsWith(y.endsWith(path.sep) ? y : y + path.sep);
   if (inside(a, b) || inside(b, a)) {
     throw new UsageError(`--seeds '${seeds}' ${a === b ? 'is' : inside(a, b) ? 'is inside' : 'holds'} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
