@@ -107,7 +107,7 @@ Examples:
     .command('seed [user]')
     .description("seed one user (id or email) from a package, or drain the job queue with --pending")
     .option('--seed-version <v>', 'seed version (env SEED_VERSION; default: CURRENT)')
-    .option('--force', "restore the seeded rows and files to the package state (same ids), touching nothing else")
+    .option('--force', "restore the seeded rows and files to the package state (same ids), touching nothing else; what it overwrites is backed up under <data-dir>/.acm2/backups/")
     .option('--pending', 'drain the seed job queue')
     .option('--limit <n>', 'with --pending: at most n jobs')
     .option('--concurrency <n>', 'with --pending: parallel workers on this host (default: cores)')
