@@ -180,6 +180,8 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
   const now = await master.pairDataDir({ id, path: dir }, forced);
   if (now.id !== id) {
     // Another data dir was paired with this master a moment ago.
-    throw new UsageError(`the data dir ${dir} is not the one the master ${master.display} belongs with (${now.path}): ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+    // The stamp written just above (when there was none) stays: say so rather than "nothing".
+    const wrote = stamp === undefined || forced ? `nothing was written but this data dir's stamp (${stampPath(dir)})` : 'nothing was written';
+    throw new UsageError(`the data dir ${dir} is not the one the master ${master.display} belongs with (${now.path}): ${fix}${onPurpose(dir)}; ${wrote}`, 'data_dir_not_paired');
   }
 }
