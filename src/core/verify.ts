@@ -1383,7 +1383,7 @@ export class LeakIndex {
           hexRun(text, p + 6, 4, true) &&
           hexRun(text, p + 11, 4, true) &&
           hexRun(text, p + 16, 12, true) &&
-          idMayStartAt(text, s) &&
+          (!alnumAt(text, s - 1) || idMayStartAt(text, s)) &&
           !alnumAt(text, s + 36)
         ) {
           const id = text.slice(s, s + 36);
@@ -1395,9 +1395,9 @@ export class LeakIndex {
       // A head is 8 lowercase hex, '.', 4 lowercase hex, '.': look at each '.' 8 characters in.
       for (let p = text.indexOf('.', 8); p !== -1; p = text.indexOf('.', p + 1)) {
         const s = p - 8;
-        if (text.charCodeAt(p + 5) !== 46 || !hexRun(text, s, 8, false) || !hexRun(text, p + 1, 4, false) || !idMayStartAt(text, s)) continue;
+        if (text.charCodeAt(p + 5) !== 46 || !hexRun(text, s, 8, false) || !hexRun(text, p + 1, 4, false) || (alnumAt(text, s - 1) && !idMayStartAt(text, s))) continue;
         const bare = text.slice(s, p + 6);
-        if (s >= 9 && text.startsWith('combined.', s - 9) && idMayStartAt(text, s - 9)) {
+        if (s >= 9 && text.startsWith('combined.', s - 9) && (!alnumAt(text, s - 10) || idMayStartAt(text, s - 9))) {
           const full = `combined.${bare}`;
           if (this.heads.has(full)) return full;
         }
