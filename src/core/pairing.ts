@@ -119,10 +119,13 @@ export function refuseNewMasterFor(dataDir: string, display: string, what = 'doe
 export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean }): Promise<void> {
   const dir = path.resolve(dataDir);
   const stamped = readStamp(dir);
-  // The stamp is written before the master's record: one written for this very master that the
-  // master never recorded is a pairing cut short (kill -9, an account that may not write
-  // acm2_data_dir, the master restored from before it), finished below, not another master's.
-  const unfinished = stamped !== undefined && stamped.master === masterOf(master);
+  // The stamp is written before the master's record. One written for a master at this very URL
+  // that the master never recorded may be a pairing cut short (kill -9, an account that may not
+  // write acm2_data_dir, the master restored from before it), but a URL is not a master: another
+  // server behind the same host name or tunnel, or another file put at the same path, answers to
+  // it too (a staging master against production's data dir). It is refused like any other
+  // master's, with a message that names the case and its remedy (pairing on purpose).
+  const sameUrl = stamped !== undefined && stamped.master === masterOf(master);
   const stamp = stamped?.id;
   let rec;
   try {
@@ -150,7 +153,13 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
         'data_dir_not_paired',
       );
     }
-    if (stamp && !unfinished) {
+    if (stamp && sameUrl) {
+      throw new UsageError(
+        `the data dir ${dir} was stamped for a master at ${master.display}, which never recorded the pairing: a pairing cut short (killed, or an account that may not write acm2_data_dir), the master restored from before it, or another master at the same address; ${fix}${onPurpose(dir)}; nothing was written`,
+        'data_dir_not_paired',
+      );
+    }
+    if (stamp) {
       throw new UsageError(`the data dir ${dir} belongs to another master than ${master.display}: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
     }
     // Neither was paired (a first use, or both from before pairing existed): pair them, unless
