@@ -4,6 +4,7 @@
 // behind the same host name or tunnel, another file at the same path): refused, never paired
 // silently; pairing on purpose (ACM2_PAIR_DATA_DIR) finishes it.
 import { afterEach, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { parseMasterUrl } from '../src/config.js';
@@ -12,12 +13,23 @@ import type { MasterDb } from '../src/master/types.js';
 import { checkPairing, readDataDirId } from '../src/core/pairing.js';
 import { tmpDir } from './helpers/env.js';
 
-const dying = (m: MasterDb): MasterDb =>
+const refusing = (m: MasterDb): MasterDb =>
   Object.assign(Object.create(m) as MasterDb, {
     pairDataDir: async () => {
-      throw new Error('killed between the stamp and the master row');
+      throw new Error('INSERT command denied to user for table acm2_data_dir');
     },
   });
+
+/** A pairing cut short after the stamp (kill -9 before the master's row, or the master restored from before it). */
+async function cutShort(master: MasterDb, file: string, dataDir: string): Promise<void> {
+  await checkPairing(master, dataDir, { write: true });
+  const db = new Database(file);
+  try {
+    db.exec('DELETE FROM acm2_data_dir');
+  } finally {
+    db.close();
+  }
+}
 
 afterEach(() => {
   delete process.env.ACM2_PAIR_DATA_DIR;
@@ -29,7 +41,7 @@ describe('a pairing cut short after the stamp', () => {
     const master = await openMaster(parseMasterUrl(`sqlite:${path.join(dataDir, 'master.db')}`));
     const other = await openMaster(parseMasterUrl(`sqlite:${path.join(tmpDir('acm2-pair-other-'), 'master.db')}`));
     try {
-      await expect(checkPairing(dying(master), dataDir, { write: true })).rejects.toThrow(/killed/);
+      await cutShort(master, path.join(dataDir, 'master.db'), dataDir);
       expect(readDataDirId(dataDir)).toBeDefined();
       expect(await master.pairedDataDir()).toBeUndefined();
 
@@ -56,7 +68,7 @@ describe('a pairing cut short after the stamp', () => {
     const file = path.join(root, 'master.db');
     // Production's master stamps the data dir; its row is lost (cut short, or restored from before).
     const prod = await openMaster(parseMasterUrl(`sqlite:${file}`));
-    await expect(checkPairing(dying(prod), dataDir, { write: true })).rejects.toThrow(/killed/);
+    await cutShort(prod, file, dataDir);
     await prod.close();
     const stamp = readDataDirId(dataDir);
     // Another master (staging) now answers at the very same URL.
@@ -68,6 +80,20 @@ describe('a pairing cut short after the stamp', () => {
       expect(readDataDirId(dataDir)).toBe(stamp);
     } finally {
       await staging.close();
+    }
+  });
+
+  it('a master that will not record the pairing (an account that may not write) takes back the stamp it made', async () => {
+    const dataDir = path.join(tmpDir('acm2-pair-refused-'), 'data');
+    const master = await openMaster(parseMasterUrl(`sqlite:${path.join(dataDir, 'master.db')}`));
+    try {
+      await expect(checkPairing(refusing(master), dataDir, { write: true })).rejects.toThrow(/denied/);
+      expect(readDataDirId(dataDir)).toBeUndefined();
+      // The next command, with an account that may write, pairs them as a first use.
+      await checkPairing(master, dataDir, { write: true });
+      expect((await master.pairedDataDir())?.id).toBe(readDataDirId(dataDir));
+    } finally {
+      await master.close();
     }
   });
 });

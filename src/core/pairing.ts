@@ -6,7 +6,7 @@
 // data dir would seed its user 7 beside another person's user_7.db.
 
 import { randomUUID } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { MasterDb } from '../master/types.js';
 import { UsageError } from '../errors.js';
@@ -185,8 +185,18 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
   if (!opts.write) return;
   // Forced: this data dir gets a new id, so that neither another data dir with this master's old
   // id nor another master this one was stamped for accepts the pair any more.
-  const id = forced ? stampDataDir(dir, randomUUID(), masterOf(master), true) : stampDataDir(dir, stamp ?? randomUUID(), masterOf(master));
-  const now = await master.pairDataDir({ id, path: dir }, forced);
+  const fresh = randomUUID();
+  const id = forced ? stampDataDir(dir, fresh, masterOf(master), true) : stampDataDir(dir, stamp ?? fresh, masterOf(master));
+  let now;
+  try {
+    now = await master.pairDataDir({ id, path: dir }, forced);
+  } catch (e) {
+    // The master would not record it (an account that may not write acm2_data_dir, the master
+    // lost): the stamp this call made is taken back, so the next command, with an account that
+    // may write, pairs them as a first use rather than refusing a pairing cut short.
+    if (!forced && stamp === undefined && id === fresh) rmSync(stampPath(dir), { force: true });
+    throw e;
+  }
   if (now.id !== id) {
     // Another data dir was paired with this master a moment ago.
     // The stamp written just above (when there was none) stays: say so rather than "nothing".
