@@ -29,58 +29,52 @@ function walWithoutShm(dir: string): { file: string; copyBytes: number } {
   return { file, copyBytes: statSync(file).size + statSync(`${file}-wal`).size };
 }
 
+/**
+ * A read-only view of a data dir holding that DB, and TMPDIR on a tmpfs with room for the DB's
+ * private copy and a little more, not for its 32 KiB -shm: `fn` gets the view's path.
+ */
+async function withTmpTooSmallForShm(prefix: string, fn: (dataDir: string) => void): Promise<void> {
+  const dir = tmpDir(prefix);
+  try {
+    const { copyBytes } = walWithoutShm(dir);
+    const view = readOnlyView(dir)!;
+    const saved = process.env.TMPDIR;
+    try {
+      await withTmpfs(`${Math.ceil((copyBytes + 20_000) / 4096) * 4}k`, (tmp) => {
+        process.env.TMPDIR = tmp;
+        fn(view.path);
+      });
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+      view.undo();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe.skipIf(!CAN_MOUNT_TMPFS)('private read copy in a temp folder too small for its -shm', () => {
   it('is a temp-folder problem naming TMPDIR, thrown by openForReading', async () => {
-    const dir = tmpDir('acm2-shm-src-');
-    try {
-      const { copyBytes } = walWithoutShm(dir);
-      const view = readOnlyView(dir)!;
-      const saved = process.env.TMPDIR;
+    await withTmpTooSmallForShm('acm2-shm-src-', (dataDir) => {
+      let err: unknown;
       try {
-        // Room for the copy and a little more, not for a 32 KiB -shm.
-        await withTmpfs(`${Math.ceil((copyBytes + 20_000) / 4096) * 4}k`, (tmp) => {
-          process.env.TMPDIR = tmp;
-          let err: unknown;
-          try {
-            openForReading(path.join(view.path, 'user_1.db')).close();
-          } catch (e) {
-            err = e;
-          }
-          expect(err).toBeDefined();
-          expect((err as Error).message).toMatch(/into the temp folder .*set TMPDIR to a folder with room/);
-          expect((err as { code?: string }).code).toBe('disk_full');
-        });
-      } finally {
-        if (saved === undefined) delete process.env.TMPDIR;
-        else process.env.TMPDIR = saved;
-        view.undo();
+        openForReading(path.join(dataDir, 'user_1.db')).close();
+      } catch (e) {
+        err = e;
       }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+      expect(err).toBeDefined();
+      expect((err as Error).message).toMatch(/into the temp folder .*set TMPDIR to a folder with room/);
+      expect((err as { code?: string }).code).toBe('disk_full');
+    });
   });
 
   it("stops backfill's planning as disk_full (exit 3), not as one failed user after another", async () => {
-    const dir = tmpDir('acm2-shm-plan-');
-    try {
-      const { copyBytes } = walWithoutShm(dir);
-      const view = readOnlyView(dir)!;
-      const saved = process.env.TMPDIR;
-      try {
-        await withTmpfs(`${Math.ceil((copyBytes + 20_000) / 4096) * 4}k`, (tmp) => {
-          process.env.TMPDIR = tmp;
-          const plan = planUser({ dataDir: view.path, busyTimeoutMs: 250, migrations: userMigrations() }, 1);
-          expect(plan.action).toBe('fail');
-          expect(plan.failure?.code).toBe('disk_full');
-          expect(plan.failure?.reason).toMatch(/set TMPDIR to a folder with room/);
-        });
-      } finally {
-        if (saved === undefined) delete process.env.TMPDIR;
-        else process.env.TMPDIR = saved;
-        view.undo();
-      }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    await withTmpTooSmallForShm('acm2-shm-plan-', (dataDir) => {
+      const plan = planUser({ dataDir, busyTimeoutMs: 250, migrations: userMigrations() }, 1);
+      expect(plan.action).toBe('fail');
+      expect(plan.failure?.code).toBe('disk_full');
+      expect(plan.failure?.reason).toMatch(/set TMPDIR to a folder with room/);
+    });
   });
 });
