@@ -7,7 +7,7 @@ import { onInterrupt } from './interrupt.js';
 import { concurrencyOption, context, intOption, shardOption, type Ctx } from './context.js';
 import { openMaster } from '../master/factory.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
-import { parseUserId } from '../userdb/paths.js';
+import { folderOverlap, parseUserId } from '../userdb/paths.js';
 import { runBackfill, startPlanners, type BackfillOptions, type BackfillPlanners } from '../core/backfill.js';
 import { backfillJson, renderBackfill } from '../ui/backfill.js';
 import { EXIT, UsageError } from '../errors.js';
@@ -79,10 +79,8 @@ function refuseOverlap(legacy: string, others: Record<string, string>): void {
   const real = realpathSync(legacy);
   for (const [what, dir] of Object.entries(others)) {
     if (!existsSync(dir)) continue;
-    const other = realpathSync(dir);
-    const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(path.sep) ? b : b + path.sep);
-    if (inside(real, other) || inside(other, real)) {
-      throw new UsageError(`--legacy-logs '${legacy}' ${inside(real, other) ? 'is inside' : 'holds'} ${what} (${dir}): it must be ACM2's old logs folder, apart from both; nothing was moved`);
-    }
+    const how = folderOverlap(real, realpathSync(dir));
+    // The same folder reads as inside it, as it always has.
+    if (how) throw new UsageError(`--legacy-logs '${legacy}' ${how === 'holds' ? 'holds' : 'is inside'} ${what} (${dir}): it must be ACM2's old logs folder, apart from both; nothing was moved`);
   }
 }

@@ -8,6 +8,7 @@ import type { CommandCall } from './program.js';
 import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
+import { folderOverlap } from '../userdb/paths.js';
 
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
 
@@ -39,12 +40,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
 function refuseNested(seeds: string, dataDir: string): void {
   // Freeze makes a missing seeds dir, and the first writing command a missing data dir (the
   // default ./data too): each is compared where it is, or would be made.
-  const a = realOrPlanned(seeds);
-  const b = realOrPlanned(dataDir);
-  const inside = (x: string, y: string) => x === y || x.startsWith(y.endsWith(path.sep) ? y : y + path.sep);
-  if (inside(a, b) || inside(b, a)) {
-    throw new UsageError(`--seeds '${seeds}' ${a === b ? 'is' : inside(a, b) ? 'is inside' : 'holds'} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
-  }
+  const how = folderOverlap(realOrPlanned(seeds), realOrPlanned(dataDir));
+  if (how) throw new UsageError(`--seeds '${seeds}' ${how} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
 }
 
 /** The real path of a folder, or where it would be made: its nearest existing parent's real path, plus the rest. */

@@ -41,6 +41,18 @@ export function resolveUnderUser(dataDir: string, id: UserId, rel: string): stri
   return resolveInside(userRoot(dataDir, id), rel);
 }
 
+/**
+ * How folder a lies to folder b, both absolute and resolved the same way (real paths): the same
+ * folder, inside it, holding it, or undefined when they are apart.
+ */
+export function folderOverlap(a: string, b: string): 'is' | 'is inside' | 'holds' | undefined {
+  const inside = (x: string, y: string) => x === y || x.startsWith(y.endsWith(path.sep) ? y : y + path.sep);
+  if (a === b) return 'is';
+  if (inside(a, b)) return 'is inside';
+  if (inside(b, a)) return 'holds';
+  return undefined;
+}
+
 export function resolveInside(root: string, rel: string): string {
   if (path.isAbsolute(rel) || rel.split(/[\\/]/).some((seg) => seg === '..') || rel.includes('\0')) {
     throw new UsageError(`path '${rel}' would leave ${root}`, 'path_escape');
