@@ -80,10 +80,13 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
     // A read command on a master the tool never set up: nothing of the tool's to read, and no
     // reason to create it. A master the tool set up but older is migrated as before: this tool's
     // reads may need what the pending migrations add.
-    if (opts.readOnly && pending.length > 0 && pending.length === loadMigrations(`master/${master.dialect}`).length) master = withoutToolTables(master);
+    const bare = pending.map((name) => name.replace(/^\d{4}_/, ''));
+    if (opts.readOnly && pending.length > 0 && pending.length === loadMigrations(`master/${master.dialect}`).length) master = answeringEmpty(master, NO_TOOL_TABLES);
     // A read command on a master that lacks only tables no read command reads (a master the
     // previous acm2 set up, read from a snapshot or with a SELECT-only account): read as it is.
-    else if (opts.readOnly && pending.length > 0 && pending.every((name) => READS_NEED_NOT.has(name.replace(/^\d{4}_/, '')))) master = withoutTables(master, pending);
+    else if (opts.readOnly && pending.length > 0 && bare.every((name) => READS_NEED_NOT.has(name))) {
+      master = answeringEmpty(master, Object.assign({}, ...bare.map((name) => READS_NEED_NOT.get(name))) as Partial<MasterDb>);
+    }
     else if (opts.migrate !== false && pending.length > 0) await master.migrate();
     if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write });
   } catch (e) {
@@ -160,10 +163,14 @@ const NO_TOOL_TABLES: Pick<MasterDb, 'latestJob' | 'latestJobs' | 'countJobs' | 
   undeliveredKey: async () => undefined,
 };
 
-/** A master the tool never set up, read as if its tables were there and empty (read commands only). */
-function withoutToolTables(master: MasterDb): MasterDb {
+/**
+ * A master without some of the tool's tables (never set up by the tool, or behind only by
+ * READS_NEED_NOT migrations), read as if they were there and empty: `answers` replace the reads
+ * of them (read commands only).
+ */
+function answeringEmpty(master: MasterDb, answers: Partial<MasterDb>): MasterDb {
   return new Proxy(master, {
-    get: (target, prop, receiver): unknown => (Object.hasOwn(NO_TOOL_TABLES, prop) ? NO_TOOL_TABLES[prop as keyof typeof NO_TOOL_TABLES] : Reflect.get(target, prop, receiver)),
+    get: (target, prop, receiver): unknown => (Object.hasOwn(answers, prop) ? answers[prop as keyof MasterDb] : Reflect.get(target, prop, receiver)),
   });
 }
 
@@ -176,14 +183,6 @@ const READS_NEED_NOT: ReadonlyMap<string, Partial<MasterDb>> = new Map<string, P
   ['acm2_data_dir', { pairedDataDir: async () => undefined }],
   ['acm2_undelivered_keys', { undeliveredKey: async () => undefined }],
 ]);
-
-/** A master behind by only READS_NEED_NOT migrations, read as if their tables were there and empty (read commands only). */
-function withoutTables(master: MasterDb, pending: readonly string[]): MasterDb {
-  const empty: Partial<MasterDb> = Object.assign({}, ...pending.map((name) => READS_NEED_NOT.get(name.replace(/^\d{4}_/, ''))));
-  return new Proxy(master, {
-    get: (target, prop, receiver): unknown => (Object.hasOwn(empty, prop) ? empty[prop as keyof MasterDb] : Reflect.get(target, prop, receiver)),
-  });
-}
 
 /** The one sentence for a master that is not there, or not ACM2's. */
 export function masterMissing(display: string, what: string): UsageError {
