@@ -32,6 +32,7 @@ import type { SeedPackage } from '../seed/package.js';
 import type { UserLock } from '../master/types.js';
 import { preparePackage, isTemplate, type PreparedPackage, type PreparedTable, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
+import { quoteIdent } from '../seed/canonical.js';
 import { listTables, migrateUserDb, openSqlite, openUserDb, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
 import { newerToolError, type Migration } from '../migrations.js';
@@ -530,11 +531,10 @@ function changedRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, ma
   const out: Array<{ table: string; id: unknown }> = [];
   for (const t of prepared.tables) {
     if (t.rows.length === 0) continue;
-    const q = (c: string) => `"${c.replace(/"/g, '""')}"`;
     // REPLACE deletes and inserts: a column the package does not have (added by a later schema)
     // goes back to its default, so any existing row of such a table counts as changed.
     const extra = (db.prepare(`SELECT name FROM pragma_table_info(?)`).pluck().all(t.name) as string[]).some((c) => !t.columns.includes(c));
-    const get = t.idIndex < 0 ? undefined : db.prepare(`SELECT ${t.columns.map(q).join(', ')} FROM ${q(t.name)} WHERE ${q('id')} = ?`).raw(true);
+    const get = t.idIndex < 0 ? undefined : db.prepare(`SELECT ${t.columns.map(quoteIdent).join(', ')} FROM ${quoteIdent(t.name)} WHERE "id" = ?`).raw(true);
     for (const r of t.rows) {
       const want = renderRow(t, r, userId, map);
       if (!get) {
