@@ -225,8 +225,9 @@ async function queueAfterCreate(deps: UserDeps, user: MasterUser, pkg: SeedPacka
   let job = made;
   try {
     if (!job) {
-      if (readyAt(deps.dataDir, user.id, pkg.version) && (await deps.master.latestJob(user.id))?.status !== 'failed') {
-        return { status: 'ready', seedVersion: pkg.version, jobId: (await deps.master.latestJob(user.id))?.id };
+      if (readyAt(deps.dataDir, user.id, pkg.version)) {
+        const latest = await deps.master.latestJob(user.id);
+        if (latest?.status !== 'failed') return { status: 'ready', seedVersion: pkg.version, jobId: latest?.id };
       }
       job = await deps.master.enqueueSeedJob(user.id, pkg.version, { maxAttempts: 5 });
     }
