@@ -37,6 +37,16 @@ function input(src: SourceFixture, seedsDir: string, extra: Partial<FreezeInput>
 }
 
 /** ACM2 never turns foreign keys on; better-sqlite3 does by default. */
+/** `acm2 seed freeze` of src as v1 into seedsDir beside dataDir, expected to fail: its error (status, stderr). */
+function freezeRefused(src: SourceFixture, seedsDir: string, dataDir: string): { status: number; stderr: string; stdout: string } | undefined {
+  try {
+    execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', dataDir, '--no-color'], { encoding: 'utf8', stdio: 'pipe' });
+  } catch (e) {
+    return e as { status: number; stderr: string; stdout: string };
+  }
+  return undefined;
+}
+
 function openSource(src: SourceFixture): Database.Database {
   const db = new Database(src.dbPath);
   db.pragma('foreign_keys = OFF');
@@ -225,12 +235,7 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     ] as const) {
       mkdirSync(seedsDir, { recursive: true });
       const before = readdirSync(seedsDir).sort();
-      let err: { status: number; stderr: string; stdout: string } | undefined;
-      try {
-        execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', dataDir, '--no-color'], { encoding: 'utf8', stdio: 'pipe' });
-      } catch (e) {
-        err = e as typeof err;
-      }
+      const err = freezeRefused(src, seedsDir, dataDir);
       expect(err?.status).toBe(2);
       expect(err!.stderr.trim()).toBe(`acm2: --seeds '${seedsDir}' ${says} the data dir (${dataDir}): the seed packages must be a folder apart from it; nothing was frozen`);
       expect(readdirSync(seedsDir).sort()).toEqual(before);
@@ -242,12 +247,7 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     const data = path.join(tmp(), 'data');
     mkdirSync(path.join(data, 'user_1'), { recursive: true });
     const seedsDir = path.join(data, 'seeds');
-    let err: { status: number; stderr: string } | undefined;
-    try {
-      execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', data, '--no-color'], { encoding: 'utf8', stdio: 'pipe' });
-    } catch (e) {
-      err = e as typeof err;
-    }
+    const err = freezeRefused(src, seedsDir, data);
     expect(err?.status).toBe(2);
     expect(err!.stderr.trim()).toBe(`acm2: --seeds '${seedsDir}' is inside the data dir (${data}): the seed packages must be a folder apart from it; nothing was frozen`);
     expect(readdirSync(data)).toEqual(['user_1']);
@@ -258,12 +258,7 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     const root = tmp();
     const data = path.join(root, 'data'); // the default ./data before any user create
     const seedsDir = path.join(data, 'seeds');
-    let err: { status: number; stderr: string } | undefined;
-    try {
-      execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', data, '--no-color'], { encoding: 'utf8', stdio: 'pipe' });
-    } catch (e) {
-      err = e as typeof err;
-    }
+    const err = freezeRefused(src, seedsDir, data);
     expect(err?.status).toBe(2);
     expect(err!.stderr.trim()).toBe(`acm2: --seeds '${seedsDir}' is inside the data dir (${data}): the seed packages must be a folder apart from it; nothing was frozen`);
     expect(existsSync(data)).toBe(false);
