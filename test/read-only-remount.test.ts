@@ -27,6 +27,18 @@ afterAll(async () => {
   pkg.cleanup();
 });
 
+/** A ready user seeded into <mnt>/data whose DB ACM2 has since put in WAL mode (closed cleanly). */
+async function walUserOn(mnt: string): Promise<{ w: World; deps: UserDeps; user: { id: number } }> {
+  const w = await sqliteWorld();
+  worlds.push(w);
+  const deps: UserDeps = { master: w.master, dataDir: path.join(mnt, 'data'), seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+  const { user } = await createUser(deps, { email: 'eve@example.com', username: 'eve' });
+  const wal = new Database(userDbPath(deps.dataDir, user.id));
+  wal.pragma('journal_mode = WAL');
+  wal.close();
+  return { w, deps, user };
+}
+
 /**
  * The user's DB as ACM2 leaves it (WAL, closed cleanly: no -wal, no -shm), after `read` ran in a
  * process that was told the data dir is writable; then the file system goes read-only.
@@ -48,13 +60,7 @@ async function remountedAfter(mnt: string, deps: UserDeps, id: number, read: () 
 describe('a data dir remounted read-only mid-process', () => {
   it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('backfill planning, diff and user show ask again and read a copy, not an unreadable DB', () =>
     withTmpfs('16m', async (mnt) => {
-      const w = await sqliteWorld();
-      worlds.push(w);
-      const deps: UserDeps = { master: w.master, dataDir: path.join(mnt, 'data'), seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
-      const { user } = await createUser(deps, { email: 'eve@example.com', username: 'eve' });
-      const wal = new Database(userDbPath(deps.dataDir, user.id));
-      wal.pragma('journal_mode = WAL');
-      wal.close();
+      const { w, deps, user } = await walUserOn(mnt);
       const ctx = { dataDir: deps.dataDir, busyTimeoutMs: 250, migrations: userMigrations() };
       const plan = () => planUser(ctx, user.id);
       const diff = () => diffUserWithPackage(deps, user.id);
@@ -84,13 +90,7 @@ describe('a data dir remounted read-only mid-process', () => {
 describe('a data dir remounted read-only mid-process, the temp folder on the same file system', () => {
   it.skipIf(!CAN_MOUNT_TMPFS && process.env.CI !== 'true')('user show says the temp folder cannot hold the copy (exit 3 naming it), never that the sound user DB failed', () =>
     withTmpfs('16m', async (mnt) => {
-      const w = await sqliteWorld();
-      worlds.push(w);
-      const deps: UserDeps = { master: w.master, dataDir: path.join(mnt, 'data'), seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
-      const { user } = await createUser(deps, { email: 'eve@example.com', username: 'eve' });
-      const wal = new Database(userDbPath(deps.dataDir, user.id));
-      wal.pragma('journal_mode = WAL');
-      wal.close();
+      const { w, deps, user } = await walUserOn(mnt);
       const tmp = path.join(mnt, 'tmp');
       mkdirSync(tmp);
       const saved = process.env.TMPDIR;
