@@ -67,26 +67,35 @@ const newerMigrations = (dialect: string) => {
 /** The data dir as the previous acm2 left it: no pairing stamp. */
 const unstamp = (dataDir: string) => rmSync(path.join(dataDir, '.acm2', 'data-dir.json'));
 
+/** The embedded master and its data dir as the previous acm2 left them; the migrations it lacked. */
+function setBackEmbedded(dataDir: string) {
+  const newer = newerMigrations('sqlite');
+  const db = new Database(path.join(dataDir, 'master.db'));
+  for (const t of NEWER) db.exec(`DROP TABLE ${t}`);
+  for (const m of newer) db.prepare('DELETE FROM acm2_master_migrations WHERE id = ?').run(m.id);
+  db.close();
+  unstamp(dataDir);
+  return newer;
+}
+
+/** The embedded master's tables and applied migrations. */
+function embeddedSchema(dataDir: string): unknown[][] {
+  const d = new Database(path.join(dataDir, 'master.db'), { readonly: true });
+  try {
+    return [d.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all(), d.prepare('SELECT id FROM acm2_master_migrations ORDER BY id').pluck().all()];
+  } finally {
+    d.close();
+  }
+}
+
 describe('read commands on a master the previous acm2 set up', () => {
   it('embedded: read as it is, nothing added to it; user create then migrates it', async () => {
     const dataDir = tmpDir('acm2-behind-');
     dirs.push(dataDir);
     const url = `sqlite:${path.join(dataDir, 'master.db')}`;
     expect((await acm2(dataDir, url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann', '--async'])).code).toBe(0);
-    const newer = newerMigrations('sqlite');
-    const db = new Database(path.join(dataDir, 'master.db'));
-    for (const t of NEWER) db.exec(`DROP TABLE ${t}`);
-    for (const m of newer) db.prepare('DELETE FROM acm2_master_migrations WHERE id = ?').run(m.id);
-    db.close();
-    unstamp(dataDir);
-    const schema = () => {
-      const d = new Database(path.join(dataDir, 'master.db'), { readonly: true });
-      try {
-        return [d.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all(), d.prepare('SELECT id FROM acm2_master_migrations ORDER BY id').pluck().all()];
-      } finally {
-        d.close();
-      }
-    };
+    const newer = setBackEmbedded(dataDir);
+    const schema = () => embeddedSchema(dataDir);
     const before = schema();
     await readsWork(dataDir, url);
     expect(schema()).toEqual(before);
@@ -125,6 +134,65 @@ describe('read commands on a master the previous acm2 set up', () => {
       } finally {
         await admin.query(`DROP USER IF EXISTS '${user}'@'%'`).catch(() => undefined);
         await admin.query(`DROP USER IF EXISTS '${user}'@'localhost'`).catch(() => undefined);
+        await admin.end();
+        await db.drop();
+      }
+    });
+  });
+});
+
+// A write command given a data dir that is not the master's refuses before it migrates the master,
+// not after: "nothing was written" holds for the master too, and a mistyped --data-dir given to a
+// new acm2 does not leave production's master migrated past what the release still running there
+// accepts (it refuses a master a newer acm2 migrated: master_newer).
+describe('a write command with a data dir that is not the master\'s, on a master the previous acm2 set up', () => {
+  const refusedUnchanged = async (dataDir: string, master: string, schema: () => Promise<unknown>) => {
+    const before = await schema();
+    const wrong = tmpDir('acm2-behind-wrong-');
+    dirs.push(wrong);
+    for (const args of [['backfill'], ['user', 'create', '--email', 'cy@example.com', '--username', 'cy'], ['user', 'seed', '--pending']]) {
+      const r = await acm2(wrong, master, args);
+      expect(r.code, r.stdout + r.stderr).toBe(2);
+      expect(JSON.parse(r.stdout)).toMatchObject({ error: { code: 'data_dir_not_paired', message: expect.stringContaining('nothing was written') } });
+    }
+    expect(await schema()).toEqual(before);
+    // Its own data dir: migrated and paired as before.
+    const ok = await acm2(dataDir, master, ['backfill']);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    expect(await schema()).not.toEqual(before);
+  };
+
+  it('embedded: refused with the master left as it was', async () => {
+    const dataDir = tmpDir('acm2-behind-w-');
+    dirs.push(dataDir);
+    const url = `sqlite:${path.join(dataDir, 'master.db')}`;
+    expect((await acm2(dataDir, url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann'])).code).toBe(0);
+    setBackEmbedded(dataDir);
+    await refusedUnchanged(dataDir, url, async () => embeddedSchema(dataDir));
+  });
+
+  describe.skipIf(gate.skip)('MySQL', () => {
+    beforeAll(() => gate.ready());
+
+    it('refused with the master left as it was', async () => {
+      const db = await createMysqlTestDb();
+      const base = new URL(db.url);
+      const dbName = base.pathname.slice(1);
+      const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
+      const dataDir = tmpDir('acm2-behind-my-w-');
+      dirs.push(dataDir);
+      try {
+        expect((await acm2(dataDir, db.url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann'])).code).toBe(0);
+        for (const t of NEWER) await admin.query(`DROP TABLE \`${dbName}\`.${t}`);
+        for (const m of newerMigrations('mysql')) await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [m.id]);
+        unstamp(dataDir);
+        const schema = async () => {
+          const [tables] = await admin.query(`SELECT table_name AS t FROM information_schema.tables WHERE table_schema = ? ORDER BY t`, [dbName]);
+          const [ids] = await admin.query(`SELECT id FROM \`${dbName}\`.acm2_master_migrations ORDER BY id`);
+          return [tables, ids];
+        };
+        await refusedUnchanged(dataDir, db.url, schema);
+      } finally {
         await admin.end();
         await db.drop();
       }

@@ -77,17 +77,17 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
     // it: this tool does not know what the newer one changed (migrate() says it too).
     // One read of the ledger decides (the usual case, nothing pending, costs nothing more).
     const pending = await master.checkMigrations();
-    // A read command on a master the tool never set up: nothing of the tool's to read, and no
-    // reason to create it. A master the tool set up but older is migrated as before: this tool's
-    // reads may need what the pending migrations add.
-    const bare = pending.map((name) => name.replace(/^\d{4}_/, ''));
-    if (opts.readOnly && pending.length > 0 && pending.length === loadMigrations(`master/${master.dialect}`).length) master = answeringEmpty(master, NO_TOOL_TABLES);
-    // A read command on a master that lacks only tables no read command reads (a master the
+    // A read command on a master the tool never set up (nothing of the tool's to read, and no
+    // reason to create it), or one that lacks only tables no read command reads (a master the
     // previous acm2 set up, read from a snapshot or with a SELECT-only account): read as it is.
-    else if (opts.readOnly && pending.length > 0 && bare.every((name) => READS_NEED_NOT.has(name))) {
-      master = answeringEmpty(master, Object.assign({}, ...bare.map((name) => READS_NEED_NOT.get(name))) as Partial<MasterDb>);
+    // A master the tool set up but older is migrated as before: this tool's reads may need what
+    // the pending migrations add.
+    const before = pending.length > 0 ? readsBefore(master, pending) : undefined;
+    if (opts.readOnly && before?.all) master = answeringEmpty(master, before.answers);
+    else if (opts.migrate !== false && before) {
+      if (opts.pairWith && ours) await refuseUnpairedBeforeMigrating(answeringEmpty(master, before.answers), opts.pairWith.dataDir);
+      await master.migrate();
     }
-    else if (opts.migrate !== false && pending.length > 0) await master.migrate();
     if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write });
   } catch (e) {
     await master.close().catch(() => undefined);
@@ -164,6 +164,16 @@ const NO_TOOL_TABLES: Pick<MasterDb, 'latestJob' | 'latestJobs' | 'countJobs' | 
 };
 
 /**
+ * The reads of what `pending` master migrations add, answered as they will be once applied
+ * (nothing), and whether every pending migration is one the read commands can go without (all).
+ */
+function readsBefore(master: MasterDb, pending: string[]): { answers: Partial<MasterDb>; all: boolean } {
+  if (pending.length === loadMigrations(`master/${master.dialect}`).length) return { answers: NO_TOOL_TABLES, all: true };
+  const known = pending.map((name) => READS_NEED_NOT.get(name.replace(/^\d{4}_/, '')));
+  return { answers: Object.assign({}, ...known) as Partial<MasterDb>, all: known.every((a) => a !== undefined) };
+}
+
+/**
  * A master without some of the tool's tables (never set up by the tool, or behind only by
  * READS_NEED_NOT migrations), read as if they were there and empty: `answers` replace the reads
  * of them (read commands only).
@@ -183,6 +193,22 @@ const READS_NEED_NOT: ReadonlyMap<string, Partial<MasterDb>> = new Map<string, P
   ['acm2_data_dir', { pairedDataDir: async () => undefined }],
   ['acm2_undelivered_keys', { undeliveredKey: async () => undefined }],
 ]);
+
+/**
+ * A data dir that is not this master's is refused before the master is migrated, not after, so
+ * that "nothing was written" holds for the master too: a mistyped --data-dir given to a new acm2
+ * would otherwise leave production's master migrated past what the release still running there
+ * accepts (it refuses a master a newer acm2 migrated). `asIfMigrated` reads the tables the pending
+ * migrations add as empty, as they are once applied. Only a refusal counts here: a read this master cannot
+ * answer before its migrations is left to the check after them, which also pairs the two.
+ */
+async function refuseUnpairedBeforeMigrating(asIfMigrated: MasterDb, dataDir: string): Promise<void> {
+  try {
+    await checkPairing(asIfMigrated, dataDir, { write: false });
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+  }
+}
 
 /** The one sentence for a master that is not there, or not ACM2's. */
 export function masterMissing(display: string, what: string): UsageError {
