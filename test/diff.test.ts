@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
-import { createUser, resolveUser, userStatus } from '../src/core/users.js';
+import { createUser, resolveUser, seedOneUser, userStatus } from '../src/core/users.js';
 import { freezeSeed } from '../src/core/freeze.js';
 import { generateSource } from '../src/fixtures/source.js';
 import { planDiff, runDiff, type DiffRequest, type DiffResult } from '../src/core/diff.js';
@@ -157,7 +157,7 @@ describe('user vs user (both mapped back to package ids)', () => {
     expect(text).toContain(`~ ${source}  description`);
     expect(text).not.toContain(target);
     expect(text).toContain(
-      "(seeded rows and files are named by the package's ids (each user's own mapped back through its acm2_id_map); rows and files a user created keep that user's ids)",
+      "(seeded rows and files are named by the package's ids (each user's own mapped back through its acm2_id_map; those of a user's seed of another version than its current one as '<version>:<id>'); rows and files a user created keep that user's ids)",
     );
     expect(text).not.toContain("are the package's;");
   });
@@ -236,6 +236,35 @@ describe('package vs package (rows matched by source id)', () => {
     const u = await diff({ kind: 'user-package', user: String(fresh), seedVersion: 'v2' });
     const targetOf = withDb(fresh, (d) => (d.prepare(`SELECT target_id FROM acm2_id_map WHERE source_id = ?`).get(edited) as { target_id: string }).target_id);
     expectOnlyDiff(u, { tables: { contents: { removed: [added], changed: [{ id: targetOf, fields: ['body'] }] } } });
+  });
+});
+
+describe('a user seeded from two versions (versions are additive)', () => {
+  it('two users seeded alike from v1 and then another version are equal; against one package, the other version’s rows and files are left out and counted, not shown as the user’s own', async () => {
+    const src = pkg.source;
+    freezeSeed({ sourceDb: src.dbPath, sourceFiles: src.filesDir, presetId: src.presetId, runId: src.runId, version: 'vb', seedsDir: pkg.seedsDir, renderReport: true });
+    const d = { ...deps(), lockTimeoutMs: 5000 };
+    const x = await newUser('v1');
+    const y = await newUser('v1');
+    for (const u of [x, y]) expect((await seedOneUser(d, String(u), { seedVersion: 'vb' })).seed.status).toBe('ready');
+    const v1Rows = Object.values(pkg.pkg.manifest.tables).reduce((n, t) => n + t.rows, 0);
+    const v1Files = pkg.pkg.manifest.files.length;
+
+    expectEqual(await diff({ kind: 'users', a: String(x), b: String(y) }));
+    const r = await diff({ kind: 'user-package', user: String(x) });
+    expectEqual(r);
+    expect(r.otherVersions).toEqual({ v1: { rows: v1Rows, files: v1Files } });
+    expect(renderDiff(r, { color: false })).toContain(`(left out, as not user ${x}'s own: ${v1Rows} rows and ${v1Files} files its seed of v1 made (acm2 diff --user ${x} --seed-version v1 compares them))`);
+
+    // An edit to x's copy of a v1 row is that row's change, under its version's name between users.
+    const { source, target } = withDb(x, (db) => {
+      const m = db.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = 'v1' AND kind = 'contents' ORDER BY source_id LIMIT 1`).get() as { source_id: string; target_id: string };
+      db.prepare(`UPDATE contents SET name = 'edited v1 copy' WHERE id = ?`).run(m.target_id);
+      return { source: m.source_id, target: m.target_id };
+    });
+    expectOnlyDiff(await diff({ kind: 'users', a: String(y), b: String(x) }), { tables: { contents: { changed: [{ id: `v1:${source}`, fields: ['name'] }] } } });
+    expectOnlyDiff(await diff({ kind: 'user-package', user: String(x), seedVersion: 'v1' }), { tables: { contents: { changed: [{ id: target, fields: ['name'] }] } } });
+    expectEqual(await diff({ kind: 'user-package', user: String(x) }));
   });
 });
 

@@ -42,6 +42,12 @@ export interface DiffResult {
   right: DiffSide;
   tables: Record<string, TableDiff>;
   files: FilesDiff;
+  /**
+   * User vs package: the rows and files the user's seeds of other versions made (versions are
+   * additive), which are that version's and not the user's own: left out of the comparison,
+   * counted here per version (`diff --user <id> --seed-version <v>` compares them). Absent when none.
+   */
+  otherVersions?: Record<string, { rows: number; files: number }>;
 }
 
 export type DiffRequest =
@@ -125,11 +131,18 @@ export function diffUserWithPackage(deps: Pick<DiffDeps, 'dataDir' | 'seedsDir' 
     if (version === undefined) throw new UsageError(`user ${userId} has no user_meta, so its seed version is unknown: give --seed-version`, 'no_seed_version');
     if (version === 'legacy') throw new UsageError(`user ${userId} is a legacy user (not seeded from a package): give --seed-version to compare it with one`, 'no_seed_version');
     const pkg = loadPackage(deps.seedsDir, version);
-    const map = user.map(version) ?? (user.meta ? user.map(user.meta.seed_version) : undefined);
+    const maps = user.maps();
+    const mapVersion = maps.has(version) ? version : user.meta?.seed_version;
+    const map = mapVersion === undefined ? undefined : maps.get(mapVersion);
     if (!map) throw new UsageError(`user ${userId} has no ID map for ${version}${user.meta ? ` or ${user.meta.seed_version}` : ''}: it was not seeded from a package`, 'no_id_map');
     const left = renderedPackageSnapshot(pkg, map);
-    const right = user.snapshot();
-    return compare({ kind: 'package', version }, left, { kind: 'user', userId, seedVersion: user.meta?.seed_version ?? version }, right, [...SEED_TABLES]);
+    // What the user's seeds of other versions made is theirs, not rows or files the user created:
+    // left out here (each is compared with its own version), and counted.
+    const others = otherVersionsOf(user, maps, mapVersion!);
+    const right = user.snapshot(undefined, others);
+    const r = compare({ kind: 'package', version }, left, { kind: 'user', userId, seedVersion: user.meta?.seed_version ?? version }, right, [...SEED_TABLES]);
+    const counted = Object.entries(others.counts).filter(([, c]) => c.rows + c.files > 0);
+    return counted.length > 0 ? { ...r, otherVersions: Object.fromEntries(counted) } : r;
   } finally {
     user.close();
   }
@@ -143,9 +156,13 @@ export function diffUsers(deps: Pick<DiffDeps, 'dataDir' | 'busyTimeoutMs'>, a: 
     try {
       const side = (u: UserHandle): [DiffSide, Snapshot] => {
         const version = u.meta?.seed_version;
-        const map = version === undefined ? undefined : u.map(version);
+        const maps = u.maps();
+        const map = version === undefined ? undefined : maps.get(version);
         if (!version || !map) throw new UsageError(`user ${u.id} has no ID map for its seed version (${version ?? 'no user_meta'}): it cannot be matched with another user`, 'no_id_map');
-        return [{ kind: 'user', userId: u.id, seedVersion: version }, u.snapshot(reverseMap(map))];
+        // The user's seeds of other versions (versions are additive) are mapped back too, each
+        // under its version's name, so two users with the same seeds match on all of them.
+        const others = [...maps].filter(([v]) => v !== version);
+        return [{ kind: 'user', userId: u.id, seedVersion: version }, u.snapshot(reverseMap(map, others))];
       };
       const [la, sa] = side(ua);
       const [lb, sb] = side(ub);
@@ -220,11 +237,46 @@ function renderedPackageSnapshot(pkg: SeedPackage, map: ReadonlyMap<string, stri
 interface UserHandle {
   id: UserId;
   meta: ReturnType<typeof readMeta>;
-  /** source id -> this user's id for one seed version, or undefined when the user has none. */
-  map(version: string): Map<string, string> | undefined;
-  /** The user's seed tables and files; with a translator, every identifier it knows is rewritten. */
-  snapshot(translate?: Translator): Snapshot;
+  /** Every seed version the user has an ID map for: version -> (source id -> this user's id). */
+  maps(): Map<string, Map<string, string>>;
+  /** Every seed version's list of seeded files: version -> paths under the user's folder. */
+  seededFiles(): Map<string, Set<string>>;
+  /**
+   * The user's seed tables and files; with a translator, every identifier it knows is rewritten;
+   * rows and files `skip` names are left out (and counted in it).
+   */
+  snapshot(translate?: Translator, skip?: Skip): Snapshot;
   close(): void;
+}
+
+/** Rows (by the user's id) and files (by path) to leave out of a snapshot, with what each leaving out counts to. */
+interface Skip {
+  rows: Map<string, string>;
+  files: Map<string, string>;
+  counts: Record<string, { rows: number; files: number }>;
+}
+
+/**
+ * The rows and files the user's seeds of versions other than `version` made and `version`'s did
+ * not: the targets of their ID maps (rows) and their seeded-file lists (files).
+ */
+function otherVersionsOf(user: UserHandle, maps: Map<string, Map<string, string>>, version: string): Skip {
+  const own = maps.get(version)!;
+  const ownTargets = new Set(own.values());
+  const files = user.seededFiles();
+  const ownFiles = files.get(version) ?? new Set<string>();
+  const skip: Skip = { rows: new Map(), files: new Map(), counts: {} };
+  for (const [v, m] of maps) {
+    if (v === version) continue;
+    skip.counts[v] = { rows: 0, files: 0 };
+    for (const t of m.values()) if (!ownTargets.has(t) && !skip.rows.has(t)) skip.rows.set(t, v);
+  }
+  for (const [v, paths] of files) {
+    if (v === version) continue;
+    skip.counts[v] ??= { rows: 0, files: 0 };
+    for (const p of paths) if (!ownFiles.has(p) && !skip.files.has(p)) skip.files.set(p, v);
+  }
+  return skip;
 }
 
 interface Translator {
@@ -283,12 +335,27 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
   const handle: UserHandle = {
     id,
     meta,
-    map(version) {
-      if (!has('acm2_id_map')) return undefined;
-      const rows = open.prepare(`SELECT source_id, target_id FROM acm2_id_map WHERE seed_version = ?`).raw(true).all(version) as [string, string][];
-      return rows.length > 0 ? new Map(rows) : undefined;
+    maps() {
+      const out = new Map<string, Map<string, string>>();
+      if (!has('acm2_id_map')) return out;
+      for (const [v, s, t] of open.prepare(`SELECT seed_version, source_id, target_id FROM acm2_id_map ORDER BY seed_version`).raw(true).iterate() as Iterable<[string, string, string]>) {
+        let m = out.get(v);
+        if (!m) out.set(v, (m = new Map()));
+        m.set(s, t);
+      }
+      return out;
     },
-    snapshot(translate) {
+    seededFiles() {
+      const out = new Map<string, Set<string>>();
+      if (!has('acm2_seed_files')) return out;
+      for (const [v, p] of open.prepare(`SELECT seed_version, path FROM acm2_seed_files`).raw(true).iterate() as Iterable<[string, string]>) {
+        let s = out.get(v);
+        if (!s) out.set(v, (s = new Set()));
+        s.add(p);
+      }
+      return out;
+    },
+    snapshot(translate, skip) {
       const tr = (v: unknown) => (translate && typeof v === 'string' ? translate.text(v) : v);
       const tables = new Map<string, Map<string, Map<string, string>>>();
       for (const t of SEED_TABLES) {
@@ -298,6 +365,11 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
           const cols = stmt.columns().map((c) => c.name);
           const idIx = cols.indexOf('id');
           for (const r of stmt.iterate() as Iterable<unknown[]>) {
+            const other = skip?.rows.get(String(r[idIx]));
+            if (other !== undefined) {
+              skip!.counts[other]!.rows++;
+              continue;
+            }
             const values = r.map(tr);
             m.set(String(values[idIx]), rowOf(cols, values, id));
           }
@@ -308,6 +380,11 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
       if (root !== undefined) {
         for (const e of walkTree(root, { live: true })) {
           if (e.kind === 'dir') continue;
+          const other = skip?.files.get(e.rel);
+          if (other !== undefined) {
+            skip!.counts[other]!.files++;
+            continue;
+          }
           // ACM2 may remove a file (a run deleted) between the walk and this read: it is gone.
           const print = entryFingerprint(path.join(root, ...e.rel.split('/')), e.kind, translate);
           if (print !== undefined) files.set(translate ? translate.text(e.rel) : e.rel, print);
@@ -317,7 +394,12 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
     },
     close: () => open.close(),
   };
-  return { ...handle, map: (version) => reading(() => handle.map(version)), snapshot: (translate) => reading(() => handle.snapshot(translate)) };
+  return {
+    ...handle,
+    maps: () => reading(() => handle.maps()),
+    seededFiles: () => reading(() => handle.seededFiles()),
+    snapshot: (translate, skip) => reading(() => handle.snapshot(translate, skip)),
+  };
 }
 
 /**
@@ -387,13 +469,17 @@ function entryFingerprint(abs: string, kind: 'file' | 'symlink' | 'other', trans
 /**
  * This user's ids back to package ids: UUIDs by value, doc ids (and their safe forms) by head. A
  * package id found in the user's data as it is (never remapped) becomes a marker, so it cannot
- * pass for the other user's correctly mapped copy of it.
+ * pass for the other user's correctly mapped copy of it. The ids of the user's seeds of `others`
+ * versions go back to their package ids named with their version (`v1:<id>`): each version's
+ * copy is a row of its own, and a package's ids are shared by every version frozen from its source.
  */
-function reverseMap(map: Map<string, string>): Translator {
+function reverseMap(map: Map<string, string>, others: Array<[string, Map<string, string>]> = []): Translator {
   const back = new Map<string, string>();
   for (const [s, t] of map) back.set(t, s);
-  for (const s of map.keys()) if (!back.has(s)) back.set(s, `<package id ${s} left unmapped>`);
-  const docs = new DocIndex([...map.values(), ...map.keys()].filter((t) => !isUuid(t)));
+  for (const [v, m] of others) for (const [s, t] of m) if (!back.has(t)) back.set(t, `${v}:${s}`);
+  const all = [map, ...others.map(([, m]) => m)];
+  for (const m of all) for (const s of m.keys()) if (!back.has(s)) back.set(s, `<package id ${s} left unmapped>`);
+  const docs = new DocIndex(all.flatMap((m) => [...m.values(), ...m.keys()]).filter((t) => !isUuid(t)));
   return { text: (s) => renderLoose(tokenize(s, docs), back) };
 }
 
