@@ -3,6 +3,7 @@
 import { buildProgram } from './cli/program.js';
 import { classifyFsError, EXIT, isAcm2Error } from './errors.js';
 import { TOOL_VERSION } from './config.js';
+import { jsonErrorDocument } from './ui/reporter.js';
 
 async function main(argv: string[]): Promise<number> {
   if (argv.length === 3 && argv[2] === '--version') {
@@ -57,11 +58,11 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
     if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' || ce.exitCode === 0) return EXIT.ok;
     // A command group run without its subcommand shows its help and says only "(outputHelp)".
     const message = ce.code === 'commander.help' ? helpFor(argv) : (ce.message ?? 'usage error').replace(/^error: /, '');
-    if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'usage', message } })}\n`);
+    if (json) process.stdout.write(jsonErrorDocument({ code: 'usage', message }));
     return EXIT.usage;
   }
   if (isAcm2Error(e)) {
-    if (json) process.stdout.write(`${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`);
+    if (json) process.stdout.write(jsonErrorDocument({ code: e.code, message: e.message }));
     else process.stderr.write(`acm2: ${e.message}\n`);
     if (verbose && e.stack) process.stderr.write(`${e.stack}\n`);
     return e.exitCode;
@@ -72,7 +73,7 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
   if (sys) return reportError(sys, json, verbose, argv);
   const err = e instanceof Error ? e : new Error(String(e));
   const message = `internal error: ${err.message} (this is a bug, please report it)`;
-  if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'internal', message } })}\n`);
+  if (json) process.stdout.write(jsonErrorDocument({ code: 'internal', message }));
   else process.stderr.write(`acm2: ${message}\n`);
   if (verbose && err.stack) process.stderr.write(`${err.stack}\n`);
   return EXIT.internal;

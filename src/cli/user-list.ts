@@ -5,7 +5,7 @@ import { context } from './context.js';
 import { usingMaster } from '../master/factory.js';
 import { listUserStatuses, type SeedStatus } from '../core/users.js';
 import { statusTable } from '../ui/users.js';
-import { writeStreamed } from '../ui/reporter.js';
+import { streamedDocument, writeStreamed } from '../ui/reporter.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -15,11 +15,15 @@ export async function run({ opts }: CommandCall): Promise<void> {
     if (out.json) {
       // One document, written as it streams: memory stays flat however many users there are.
       await writeStreamed('{"users":[');
+      // An error half way (the master gone, a temp folder full) ends this document with it,
+      // beside the users listed so far, rather than writing a second one after a torn first.
+      streamedDocument((error) => `\n],"error":${error}}\n`);
       let first = true;
       for await (const u of users) {
         await writeStreamed(`${first ? '' : ','}\n${JSON.stringify(u)}`);
         first = false;
       }
+      streamedDocument(undefined);
       await writeStreamed('\n]}\n');
       return;
     }

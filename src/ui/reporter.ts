@@ -119,3 +119,21 @@ export async function writeStreamed(chunk: string): Promise<void> {
     out.on('error', done);
   });
 }
+
+/**
+ * A streamed JSON document that is open on stdout: how to end it when an error stops the stream
+ * half way, so that stdout still holds one JSON document (SPEC: errors too), with the error in it.
+ */
+let openDocument: ((errorJson: string) => string) | undefined;
+
+/** Mark a streamed document open (close: its ending around an error's JSON) or, with undefined, complete. */
+export function streamedDocument(close: ((errorJson: string) => string) | undefined): void {
+  openDocument = close;
+}
+
+/** The error document for --json: `{"error":…}`, or the end of a streamed document left open, holding the error. */
+export function jsonErrorDocument(error: { code: string; message: string }): string {
+  const close = openDocument;
+  openDocument = undefined;
+  return close ? close(JSON.stringify(error)) : `${JSON.stringify({ error })}\n`;
+}
