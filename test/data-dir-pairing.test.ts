@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
@@ -60,6 +60,29 @@ describe('a data dir that is not the master’s', () => {
       expect(snapshotTree(a.dataDir)).toEqual(before);
     });
   }
+
+  it('read commands with a mistyped --data-dir beside the master’s URL: exit 2 naming the data dir, not every user missing', async () => {
+    const typo = path.join(path.dirname(a.dataDir), 'dta');
+    for (const cmd of [['user', 'list'], ['user', 'show', '2'], ['diff', '--user', '2'], ['verify']]) {
+      const r = await acm2(['--data-dir', typo, ...cmd], { ACM2_MASTER_URL: a.master });
+      expect(r.code, `${cmd.join(' ')}: ${r.stdout}`).toBe(2);
+      expect(r.stderr).toMatch(/^acm2: the data dir .*dta is not the one the master sqlite:.*master\.db belongs with \(.*data\)/m);
+      expect(existsSync(typo)).toBe(false);
+    }
+    // The fleet's own data dir, and a copy of it elsewhere (a backup snapshot, which keeps its stamp), read as before.
+    const copy = path.join(tmpDir('acm2-pair-copy-'), 'data');
+    cpSync(a.dataDir, copy, { recursive: true });
+    // A copy of the users' DBs and files without the tool's own folder (no stamp) reads too.
+    const bare = path.join(tmpDir('acm2-pair-bare-'), 'data');
+    cpSync(a.dataDir, bare, { recursive: true, filter: (src) => path.basename(src) !== '.acm2' });
+    expect(existsSync(path.join(bare, '.acm2'))).toBe(false);
+    for (const dir of [a.dataDir, copy, bare]) {
+      const show = await acm2(['--data-dir', dir, 'user', 'show', '2', '--json'], { ACM2_MASTER_URL: a.master });
+      expect(show.code).toBe(0);
+      expect(JSON.parse(show.stdout)).toMatchObject({ id: 2, status: 'ready' });
+      expect((await acm2(['--data-dir', dir, 'diff', '--user', '2'], { ACM2_MASTER_URL: a.master })).code).toBe(0);
+    }
+  });
 
   it('another fleet’s master against this data dir (user ids that are other people): exit 2, nothing changed', async () => {
     const b = await fleet(4);

@@ -28,7 +28,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     cfg.master,
     (master) =>
       verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
-    { create: false, readOnly: true },
+    { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true } },
   );
   if (junit) {
     try {

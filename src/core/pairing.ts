@@ -114,9 +114,11 @@ export function refuseNewMasterFor(dataDir: string, display: string, what = 'doe
 
 /**
  * Refuse (exit 2, nothing written) a data dir that is not this master's; pair them on first use
- * (write: false only checks, for a dry run or an account that may not write).
+ * (write: false only checks, for a dry run or an account that may not write). read: a command
+ * that only reads (user list, user show, diff, verify) is refused only what the master's own
+ * record of its data dir rules out, and never the guesses a first pairing makes.
  */
-export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean }): Promise<void> {
+export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean; read?: boolean }): Promise<void> {
   const dir = path.resolve(dataDir);
   const stamped = readStamp(dir);
   // The stamp is written before the master's record. One written for a master at this very URL
@@ -136,6 +138,13 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
     throw e;
   }
   if (rec && stamp === rec.id) return;
+  // A read of a master that records no data dir (never paired: a fleet from before pairing, a
+  // master ACM2 alone made) has nothing certain to compare with.
+  if (opts.read && !rec) return;
+  // Nor does a read of a copy of the fleet's DBs made without the tool's own folder (.acm2/, where
+  // the stamp is: a verify box fed by an rsync of the users' files): not the mistyped or emptied
+  // folder this guards against, which holds no user DBs.
+  if (opts.read && stamp === undefined && someUserDb(dir)) return;
   const forced = Boolean(process.env[PAIR_ENV]) && path.resolve(process.env[PAIR_ENV]!) === dir;
   if (!forced) {
     if (rec && path.resolve(rec.path) === dir) {

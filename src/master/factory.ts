@@ -20,7 +20,7 @@ export interface OpenMasterOptions {
    * The data dir the command works on: refused (exit 2, nothing written) when it is not this
    * master's, and paired with it on first use when write (see core/pairing.ts).
    */
-  pairWith?: { dataDir: string; write: boolean };
+  pairWith?: { dataDir: string; write: boolean; read?: boolean };
   /**
    * The command only reads (user list, user show, verify, diff): a master the tool never set up
    * (ACM2's users and api_keys only, no ledger) is left as it is and reads as having no seed jobs,
@@ -88,7 +88,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
       if (opts.pairWith && ours) await refuseUnpairedBeforeMigrating(answeringEmpty(master, before.answers), opts.pairWith.dataDir);
       await master.migrate();
     }
-    if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write });
+    if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write, read: opts.pairWith.read });
   } catch (e) {
     await master.close().catch(() => undefined);
     throw e;
