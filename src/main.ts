@@ -81,12 +81,22 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
 
 // A reader that goes away (`acm2 verify --json | head`) must not crash the tool with a stack
 // trace, nor stop a batch half way: the rest of the output is dropped, the work finishes, and
-// the exit code is the one the work earned.
-for (const stream of [process.stdout, process.stderr]) {
-  stream.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_DESTROYED') throw e;
-  });
-}
+// the exit code is the one the work earned. A stdout the system cannot write (a full disk under
+// `> report.json`, an I/O error) loses the output the operator asked for: the work still finishes,
+// then one sentence on stderr and exit 3, never a crash whose exit 1 reads as "verify found
+// problems". stderr has nowhere to report its own failure: what it loses is dropped.
+let stdoutFailed: NodeJS.ErrnoException | undefined;
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_DESTROYED') stdoutFailed ??= e;
+});
+process.stderr.on('error', () => undefined);
+// On exit, as a write's error event may come after main has returned.
+process.on('exit', (code) => {
+  if (!stdoutFailed || (code !== EXIT.ok && code !== EXIT.findings)) return;
+  const why = classifyFsError(stdoutFailed, 'stdout')?.message ?? `cannot write to stdout (${stdoutFailed.code ?? stdoutFailed.message})`;
+  process.stderr.write(`acm2: ${why}: the output was lost; the work itself finished (exit ${code} before this), run it again with stdout where it can be written\n`);
+  process.exitCode = EXIT.unavailable;
+});
 
 const code = await main(process.argv);
 process.exitCode = code;

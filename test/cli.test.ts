@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { resolveConfig, parseMasterUrl } from '../src/config.js';
 import { EXIT, UnavailableError, UsageError, fromWire, isAcm2Error, toWire } from '../src/errors.js';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { registerUsers } from '../src/bench/fleet.js';
@@ -77,6 +77,26 @@ describe('a reader that goes away', () => {
     const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
     expect(stderr).toBe('');
     expect(code).toBe(0);
+  });
+
+  // /dev/full answers every write with ENOSPC, as a file on a full disk does (`acm2 verify > report`).
+  it.skipIf(!existsSync('/dev/full'))('a stdout on a full disk: one sentence and exit 3, no stack trace, never exit 1 ("findings")', async () => {
+    const full = openSync('/dev/full', 'w');
+    try {
+      for (const args of [['seed', 'list'], ['--json', 'seed', 'list']]) {
+        const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', full, 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+        expect(stderr).toBe('acm2: disk full while writing stdout: the output was lost; the work itself finished (exit 0 before this), run it again with stdout where it can be written\n');
+        expect(code).toBe(3);
+      }
+      // A stderr that cannot be written loses its message, not the exit code: a usage error stays 2.
+      const child = spawn(process.execPath, [BIN, 'no-such-command'], { stdio: ['ignore', 'pipe', full] });
+      expect(await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)))).toBe(2);
+    } finally {
+      closeSync(full);
+    }
   });
 });
 
