@@ -35,12 +35,16 @@ interface Run {
 const where = () => ['--data-dir', world.dataDir, '--master', world.masterUrl, '--seeds', pkg.seedsDir];
 const fields = (n: string) => ['--email', `${n}@example.com`, '--username', n];
 
-function create(args: string[], opts: { closeStdout?: boolean } = {}): Promise<Run> {
-  const child = spawn(process.execPath, [BIN, 'user', 'create', ...args, ...where(), '--json'], { env: { ...process.env, NO_COLOR: '1' } });
+function create(args: string[], opts: { closeStdout?: boolean; devNullStdout?: boolean } = {}): Promise<Run> {
+  const child = spawn(process.execPath, [BIN, 'user', 'create', ...args, ...where(), '--json'], {
+    env: { ...process.env, NO_COLOR: '1' },
+    // 'ignore' is /dev/null, which is also what Node gives a process started with stdout closed.
+    stdio: ['pipe', opts.devNullStdout ? 'ignore' : 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
-  if (opts.closeStdout) child.stdout.destroy();
-  else child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  if (opts.closeStdout) child.stdout!.destroy();
+  else child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
 }
@@ -213,6 +217,19 @@ describe('the same user create again, after one killed before it showed the key'
     await oneUsableKey(id, JSON.parse(again.stdout).apiKey, 2);
   });
 
+  it('a stdout that is /dev/null (closed, or discarded by a cron line): nothing is created, exit 2, and the create can be run as it should', async () => {
+    // Every write to /dev/null succeeds: a key written there would count as shown, and the rerun
+    // meant to replace a key nobody has would answer duplicate_email.
+    const r = await create(fields('kn'), { devNullStdout: true });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^acm2: stdout is \/dev\/null \(closed or discarded\), so the new user's API key, shown only once, would reach nobody: nothing was created/);
+    expect(await world.master.findUserByEmail('kn@example.com')).toBeUndefined();
+    const again = await create(fields('kn'));
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout).resumed).toBe(false);
+    await oneUsableKey(JSON.parse(again.stdout).user.id, JSON.parse(again.stdout).apiKey, 1);
+  });
+
   it('SIGKILL at random instants, then reruns until one succeeds: one usable key per user, the one shown', async () => {
     // Kills at random instants after the commit (seen in the master, not guessed from a timing
     // that a loaded CI box does not keep): that is where the seed and the key are. The first kill
@@ -224,7 +241,9 @@ describe('the same user create again, after one killed before it showed the key'
     // At least 6 kills, and more (up to 16) until one has landed between the commit and the key.
     for (let i = 0; i < 16 && (i < 6 || resumed === 0); i++) {
       const n = `rnd${i}`;
-      const child = spawn(process.execPath, [BIN, 'user', 'create', ...fields(n), ...where(), '--json'], { stdio: 'ignore' });
+      // stdout a pipe nobody reads from (not /dev/null, which user create refuses).
+      const child = spawn(process.execPath, [BIN, 'user', 'create', ...fields(n), ...where(), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      child.stdout.resume();
       let gone = false;
       const exited = new Promise((r) => child.once('exit', () => r((gone = true))));
       while (!gone && !(await world.master.findUserByEmail(`${n}@example.com`))) await new Promise((r) => setTimeout(r, 2));

@@ -7,7 +7,8 @@ import { usingMaster } from '../master/factory.js';
 import type { MasterDb } from '../master/types.js';
 import { checkCreateInput, createUser, type CreateHooks, type CreateUserResult } from '../core/users.js';
 import { renderCreate, type ShownCreate } from '../ui/users.js';
-import { EXIT, isAcm2Error } from '../errors.js';
+import { fstatSync, statSync } from 'node:fs';
+import { EXIT, UsageError, isAcm2Error } from '../errors.js';
 import type { Config } from '../config.js';
 import type { Reporter } from '../ui/reporter.js';
 
@@ -21,6 +22,12 @@ export async function run({ opts }: CommandCall): Promise<void> {
     seedVersion: cfg.seedVersion,
     async: Boolean(opts.async),
   });
+  if (stdoutGoesNowhere()) {
+    const message = `stdout is /dev/null (closed or discarded), so the new user's API key, shown only once, would reach nobody: nothing was created; send stdout to a terminal, a file or a pipe`;
+    // With --json the error document would go to /dev/null too: said where it can be seen.
+    if (cfg.json) process.stderr.write(`acm2: ${message}\n`);
+    throw new UsageError(message, 'stdout_discarded');
+  }
   await usingMaster(cfg.master, async (master) => {
     const deliver = (result: ShownCreate, keyId: number) => deliverKey(cfg, master, result, keyId);
     const signals = guardKey(out, deliver);
@@ -84,6 +91,20 @@ async function deliverKey(cfg: Config, master: MasterDb, result: ShownCreate, ke
     );
   }
   return true;
+}
+
+/**
+ * stdout is /dev/null: closed when acm2 started (`>&-`, a daemon's or cron's missing stdout, which
+ * Node opens on /dev/null) or sent there. Every write to it succeeds, so a key written there would
+ * count as delivered, and the same create run again could not replace it (duplicate_email).
+ */
+function stdoutGoesNowhere(): boolean {
+  try {
+    const out = fstatSync(1);
+    return out.isCharacterDevice() && out.rdev === statSync('/dev/null').rdev;
+  } catch {
+    return false;
+  }
 }
 
 /** Resolves once stdout has taken text (its write callback), rejects if it cannot. */
