@@ -703,6 +703,35 @@ describe('stopping and resuming', () => {
     }
   }, 60_000);
 
+  it('stopped at once between a seed and closing its job (a second Ctrl-C, a lost SSH session): --resume closes that job', async () => {
+    const w = await sqliteWorld();
+    try {
+      const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: 'cut@example.com', username: 'cut', async: true });
+      // The backfill's seed of the user commits, and the process dies before the master hears of it.
+      const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
+      const script = `
+        const { openMaster } = await import(${dist('master/factory.js')});
+        const { parseMasterUrl } = await import(${dist('config.js')});
+        const { loadPackage } = await import(${dist('seed/package.js')});
+        const { runBackfill } = await import(${dist('core/backfill.js')});
+        const [url, dataDir, seedsDir] = process.argv.slice(1);
+        const master = await openMaster(parseMasterUrl(url));
+        await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
+      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, pkg.seedsDir], { encoding: 'utf8' });
+      expect(killed.signal, killed.stderr).toBe('SIGKILL');
+      expect(directCheck(w.dataDir, user.id).status).toBe('ready');
+      expect((await w.master.latestJob(user.id))?.status).toBe('running');
+
+      const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg, saveEveryMs: 50 }, { resume: true });
+      expect(resumed.users).toMatchObject([{ id: user.id, outcome: 'seed', steps: ['done by an earlier attempt of this backfill'] }]);
+      // Not left running (user show and list: pending) until a drain comes by after its lease, and
+      // verify then failing the fleet with job_state_mismatch.
+      expect(await w.master.latestJob(user.id)).toMatchObject({ status: 'done', lockedBy: null });
+    } finally {
+      await w.cleanup();
+    }
+  }, 60_000);
+
   it('a statement the master refuses (a grant missing) is reported as that, not as the master lost', async () => {
     const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
     try {

@@ -18,7 +18,7 @@ import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
-import { backoffMs } from './users.js';
+import { backoffMs, readyAt } from './users.js';
 import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
 import { listLegacyRuns, moveLegacyLogs, runsOwnedBy, type LegacyLogsResult } from './legacy-logs.js';
 
@@ -993,7 +993,9 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
     if (!stoppedByDiskFull(r)) a.queueItem({ userId: r.id, outcome: r.outcome, reason: itemReason(r) });
     return r;
   };
-  if (plan.action === 'ok') return finish(planReport(plan));
+  // A user an earlier attempt worked on (and seeded) may still have the seed job it claimed marked
+  // running, killed between the seed's commit and the job's close: closed under the user's lock below.
+  if (plan.action === 'ok' && !earlier) return finish(planReport(plan));
   if (plan.action === 'fail') return finish(planReport(plan));
 
   try {
@@ -1022,7 +1024,7 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
     if (still === null) return undefined;
     if (!still) return finish({ id: plan.userId, action: 'ok', outcome: 'ok', steps: ['deleted from the master during the backfill: left alone'] });
     // Decide again under the lock: another process may have changed the user meanwhile.
-    report = await execute(a, planUser(ctx, plan.userId), lock);
+    report = await execute(a, planUser(ctx, plan.userId), lock, earlier);
   } catch (e) {
     report = failReport(plan, classify(e));
   } finally {
@@ -1035,9 +1037,10 @@ function failReport(plan: UserPlan, f: { code: BackfillFailureCode; reason: stri
   return { ...planReport(plan), outcome: 'fail', code: f.code, reason: f.reason };
 }
 
-async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock): Promise<BackfillUserReport> {
+async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: BackfillAction): Promise<BackfillUserReport> {
   const { ctx } = a;
   const r = planReport(plan);
+  if (plan.action === 'ok' && earlier) await closeSeededJob(a, plan.userId);
   if (plan.action === 'fail' || plan.action === 'ok') return r;
   const id = plan.userId;
   const adopt = plan.steps.find((s): s is Extract<PlanStep, { kind: 'adopt' | 'repair' }> => s.kind === 'adopt' || s.kind === 'repair');
@@ -1116,6 +1119,21 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
       if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(userId, job.id);
     }).catch(() => undefined);
   return undefined;
+}
+
+/**
+ * An earlier attempt of this backfill seeded the user and was stopped at once (a second Ctrl-C, a
+ * lost SSH session, kill -9) before it closed the seed job it had claimed: the job would stay
+ * running, the user pending in the master, until a drain came by after its lease, and verify would
+ * then report it. We hold the user's lock, so no live seeder has it: it is closed now.
+ */
+async function closeSeededJob(a: ApplyDeps, userId: UserId): Promise<void> {
+  const { deps, m, worker } = a;
+  if (!readyAt(deps.dataDir, userId, deps.pkg.version)) return;
+  await m(async () => {
+    const job = await deps.master.claimJobForUser(userId, worker, LEASE_MS, undefined, deps.pkg.version, undefined, true);
+    if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(userId, job.id);
+  }).catch(() => undefined); // the master gone: the job stays as it was, for the next run
 }
 
 // ---------------------------------------------------------------------------------------------

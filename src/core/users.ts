@@ -357,7 +357,7 @@ function leftoversAt(dataDir: string, id: UserId): string[] {
 }
 
 /** Whether the user's DB says ready at this version (false when it cannot be read: the seed will say why). */
-function readyAt(dataDir: string, id: UserId, version: string): boolean {
+export function readyAt(dataDir: string, id: UserId, version: string): boolean {
   if (!existsSync(userDbPath(dataDir, id))) return false;
   try {
     const db = openUserDb(dataDir, id, { readonly: true });
