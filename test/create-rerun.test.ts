@@ -3,7 +3,10 @@
 // it, never touches a key ACM2 made), issues one new key, goes on with the seed and shows the key;
 // in the end each user has exactly one usable key made by the tool, and it is the one shown.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
@@ -228,6 +231,55 @@ describe('the same user create again, after one killed before it showed the key'
     expect(again.code, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout).resumed).toBe(false);
     await oneUsableKey(JSON.parse(again.stdout).user.id, JSON.parse(again.stdout).apiKey, 1);
+  });
+
+  it('a first SIGTERM while the key waits for stdout (a slow reader): the key is still shown and recorded, exit 0', async () => {
+    // stdout is a FIFO whose buffer is full (the reader is behind): the key's write waits there.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'acm2-slow-stdout-'));
+    const fifo = path.join(dir, 'stdout');
+    execFileSync('mkfifo', [fifo]);
+    const rfd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    const wfd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    try {
+      let junk = 0;
+      for (let size = 65536; size >= 1; ) {
+        try {
+          junk += writeSync(wfd, Buffer.alloc(size, 0x20));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+          size >>= 1;
+        }
+      }
+      const child = spawn(process.execPath, [BIN, 'user', 'create', ...fields('kterm'), ...where(), '--json', '--async'], { stdio: ['ignore', wfd, 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      for (let i = 0; i < 2000 && !(await world.master.findUserByEmail('kterm@example.com')); i++) await new Promise((r) => setTimeout(r, 5));
+      const id = await userId('kterm');
+      await new Promise((r) => setTimeout(r, 500)); // past the commit, into showing the key
+      // The first signal must not cost the key (README: it lets the create finish and shows the key).
+      child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 100));
+      let out = Buffer.alloc(0);
+      const buf = Buffer.alloc(1 << 16);
+      for (let gone = false, until = Date.now() + 20_000; !gone && Date.now() < until; ) {
+        try {
+          out = Buffer.concat([out, buf.subarray(0, readSync(rfd, buf))]);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+          gone = child.exitCode !== null || child.signalCode !== null;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+      const code = await exited;
+      expect({ code, signal: child.signalCode }, stderr).toEqual({ code: 0, signal: null });
+      const doc = JSON.parse(out.subarray(junk).toString('utf8'));
+      await oneUsableKey(id, doc.apiKey, 1);
+    } finally {
+      closeSync(rfd);
+      closeSync(wfd);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('SIGKILL at random instants, then reruns until one succeeds: one usable key per user, the one shown', async () => {

@@ -34,17 +34,26 @@ export async function run({ opts }: CommandCall): Promise<void> {
     let result: CreateUserResult;
     try {
       result = await createUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, input, signals.hooks);
-    } finally {
+    } catch (e) {
       signals.dispose();
+      throw e;
     }
     // A second signal is showing the key already, and exits once it has: not shown twice.
     if (signals.leaving()) return new Promise<never>(() => undefined);
-    const { seedError, keyId, ...shown } = result;
-    // Exit 1 for a failed seed, whatever stopped it (SPEC): the user and its key exist, so this is
-    // not exit 3's "nothing half-done". 70 only for a bug. The key is shown either way.
-    if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? EXIT.findings : EXIT.internal;
-    else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
-    if (!(await deliver(shown, keyId))) process.exitCode = EXIT.unavailable;
+    // Still guarded while the key is shown and recorded as shown: a signal's default action there
+    // would kill the process with the key unshown, or shown and still marked undelivered (a rerun
+    // meant to finish the create would then revoke the key the operator has).
+    signals.delivering();
+    try {
+      const { seedError, keyId, ...shown } = result;
+      // Exit 1 for a failed seed, whatever stopped it (SPEC): the user and its key exist, so this is
+      // not exit 3's "nothing half-done". 70 only for a bug. The key is shown either way.
+      if (seedError !== undefined) process.exitCode = isAcm2Error(seedError) ? EXIT.findings : EXIT.internal;
+      else if (result.seed.status === 'failed') process.exitCode = EXIT.findings;
+      if (!(await deliver(shown, keyId))) process.exitCode = EXIT.unavailable;
+    } finally {
+      signals.dispose();
+    }
   }, { pairWith: { dataDir: cfg.dataDir, write: true } });
 }
 
@@ -126,11 +135,18 @@ function writeStdout(text: string): Promise<void> {
  * finish and the key be shown as usual; a second one shows the key as soon as the user exists,
  * with the seed as interrupted (it is crash-safe, and `acm2 user seed <id>` finishes it), and exits.
  * A third one while that key is being shown exits at once (the key then counts as undelivered:
- * the same create run again replaces it).
+ * the same create run again replaces it). While the command shows the key itself (a slow reader,
+ * a master slow to record it), a signal waits for that; another one exits at once.
  */
-function guardKey(out: Reporter, deliver: (r: ShownCreate, keyId: number) => Promise<boolean>): { hooks: CreateHooks; dispose(): void; leaving(): boolean } {
+function guardKey(
+  out: Reporter,
+  deliver: (r: ShownCreate, keyId: number) => Promise<boolean>,
+): { hooks: CreateHooks; dispose(): void; leaving(): boolean; delivering(): void } {
   const ac = new AbortController();
   let creating = false;
+  // Set once the key is being shown by the command itself: signals then only wait for that.
+  let delivering = false;
+  let signalsWhileDelivering = 0;
   let made: Parameters<NonNullable<CreateHooks['onCreated']>>[0] | undefined;
   let leaveWith: NodeJS.Signals | undefined;
   let leaving = false;
@@ -153,6 +169,11 @@ function guardKey(out: Reporter, deliver: (r: ShownCreate, keyId: number) => Pro
       .finally(() => process.exit(code));
   };
   const handler = (sig: NodeJS.Signals) => {
+    if (delivering) {
+      if (signalsWhileDelivering++ > 0) process.exit(sig === 'SIGINT' ? 130 : 143);
+      out.log(`\nInterrupted (${sig}): showing the API key and recording it as shown, then stopping (${sig === 'SIGINT' ? 'Ctrl-C' : sig} again to stop at once)…`);
+      return;
+    }
     const again = ac.signal.aborted;
     ac.abort();
     const key = sig === 'SIGINT' ? 'Ctrl-C' : sig;
@@ -193,5 +214,5 @@ function guardKey(out: Reporter, deliver: (r: ShownCreate, keyId: number) => Pro
       if (leaveWith) leave(leaveWith);
     },
   };
-  return { hooks, dispose, leaving: () => leaving };
+  return { hooks, dispose, leaving: () => leaving, delivering: () => void (delivering = true) };
 }
