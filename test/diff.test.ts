@@ -6,7 +6,7 @@
 
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -450,6 +450,20 @@ describe('arguments', () => {
     await expect(diff({ kind: 'user-package', user: '4242' })).rejects.toMatchObject({ exitCode: 2, code: 'unknown_user' });
     await expect(diff({ kind: 'user-package', user: String(ben), seedVersion: 'nope' })).rejects.toMatchObject({ exitCode: 2 });
     await expect(diff({ kind: 'users', a: String(ben), b: 'nobody@example.com' })).rejects.toMatchObject({ exitCode: 2, code: 'unknown_user' });
+  });
+
+  it('an id the master lacks whose DB is in the data dir is named an orphan, not just unknown', async () => {
+    const orphan = 4343;
+    copyFileSync(path.join(world.dataDir, `user_${ben}.db`), path.join(world.dataDir, `user_${orphan}.db`));
+    try {
+      const e = (await diff({ kind: 'user-package', user: String(orphan) }).catch((x: unknown) => x)) as Error;
+      expect(e).toMatchObject({ exitCode: 2, code: 'unknown_user' });
+      expect(e.message).toBe(`no user with id ${orphan} in the master, but ${path.join(world.dataDir, `user_${orphan}.db`)} is there: an orphan (no master user owns it; acm2 verify lists orphans, and nothing in acm2 removes them)`);
+    } finally {
+      rmSync(path.join(world.dataDir, `user_${orphan}.db`));
+    }
+    // An id with nothing of its own here stays plainly unknown.
+    await expect(diff({ kind: 'user-package', user: '4242' })).rejects.toThrow(/^no user with id 4242 in the master$/);
   });
 });
 

@@ -104,7 +104,7 @@ export async function runDiff(deps: DiffDeps, req: DiffRequest): Promise<DiffRes
 
 async function userOf(deps: DiffDeps, ref: string): Promise<UserId> {
   if (!deps.master) throw new Error('diff: a user form needs the master');
-  return (await resolveUser(deps.master, ref)).id;
+  return (await resolveUser(deps.master, ref, deps.dataDir)).id;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -393,8 +393,12 @@ function refuseNewerSchema(dataDir: string, id: UserId): void {
   if (newer.length > 0) throw newerToolError(`the user DB ${userDbPath(dataDir, id)}`, newer, 'schema_newer');
 }
 
-/** An id or an email, resolved against the master. */
-export async function resolveUser(master: MasterDb, ref: string): Promise<MasterUser> {
+/**
+ * An id or an email, resolved against the master. With the data dir, an id the master lacks whose
+ * DB or folder is there says so: an orphan (a user deleted from the master, a master restored from
+ * before the user) is not "no such user" to an operator looking at user_{id}.db.
+ */
+export async function resolveUser(master: MasterDb, ref: string, dataDir?: string): Promise<MasterUser> {
   if (ref.includes('@')) {
     const u = await master.findUserByEmail(ref.trim());
     if (!u) throw new UsageError(`no user with email '${ref}' in the master`, 'unknown_user');
@@ -402,8 +406,22 @@ export async function resolveUser(master: MasterDb, ref: string): Promise<Master
   }
   const id = parseUserId(ref);
   const u = await master.getUser(id);
-  if (!u) throw new UsageError(`no user with id ${id} in the master`, 'unknown_user');
+  if (!u) throw new UsageError(`no user with id ${id} in the master${dataDir === undefined ? '' : orphanNote(dataDir, id)}`, 'unknown_user');
   return u;
+}
+
+/** "; <its DB> is there without a master user…" when the data dir holds the id's DB or folder. */
+function orphanNote(dataDir: string, id: UserId): string {
+  const there = [userDbPath(dataDir, id), userRoot(dataDir, id)].filter((p) => {
+    try {
+      lstatSync(p);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  if (there.length === 0) return '';
+  return `, but ${there.join(' and ')} ${there.length === 1 ? 'is' : 'are'} there: an orphan (no master user owns ${there.length === 1 ? 'it' : 'them'}; acm2 verify lists orphans, and nothing in acm2 removes them)`;
 }
 
 /** A user reference is an email or a positive integer id; anything else is refused up front. */
@@ -414,7 +432,7 @@ export function checkUserRef(ref: string): string {
 
 export async function seedOneUser(deps: UserDeps, ref: string, opts: { seedVersion?: string; force?: boolean }): Promise<{ user: MasterUser; seed: SeedReport }> {
   const pkg = loadPackage(deps.seedsDir, resolveVersion(deps.seedsDir, opts.seedVersion));
-  const user = await resolveUser(deps.master, checkUserRef(ref));
+  const user = await resolveUser(deps.master, checkUserRef(ref), deps.dataDir);
   return { user, seed: await seedWithJob(deps, user, pkg, Boolean(opts.force)) };
 }
 
