@@ -24,6 +24,8 @@ function proxy(target: URL) {
     mode: 'forward' as 'forward' | 'silent' | 'lose-commit-answer' | 'hold-create-commit-answer' | 'deadlock-once',
     /** deadlock-once: a query starting with this is answered, once, with InnoDB's deadlock error and never reaches the server */
     deadlockOn: '',
+    /** In forward mode, a query starting with this turns the proxy silent (it and all after it are dropped). */
+    silentOn: '',
     /** hold-create-commit-answer: called when the COMMIT after an api_keys insert has reached the server; its answer is held until release() */
     onHeld: undefined as undefined | ((release: () => void) => void),
   };
@@ -35,6 +37,7 @@ function proxy(target: URL) {
     let keyInserted = false;
     let held: Buffer[] | undefined;
     client.on('data', (d) => {
+      if (state.silentOn && d[4] === 0x03 && d.subarray(5).toString().startsWith(state.silentOn)) state.mode = 'silent';
       if (state.mode === 'silent') return;
       if (state.mode === 'deadlock-once' && d[4] === 0x03 && d.subarray(5).toString().startsWith(state.deadlockOn)) {
         state.mode = 'forward';
@@ -134,6 +137,42 @@ describe.skipIf(gate.skip)('the MySQL master behind a misbehaving network', () =
       await m.close().catch(() => undefined);
     }
   });
+
+  it('a process whose master stopped answering exits once it has closed the master, not when TCP gives up', async () => {
+    // Connections the master left idle when it went silent get their QUIT, which is never
+    // answered: their sockets used to keep the process alive, exit 3 said, for ~15 minutes.
+    const dist = (f: string) => new URL(`../dist/${f}`, import.meta.url).href;
+    const script = `
+      const { openMaster } = await import(${JSON.stringify(dist('master/factory.js'))});
+      const { parseMasterUrl } = await import(${JSON.stringify(dist('config.js'))});
+      const m = await openMaster(parseMasterUrl(process.argv[1]));
+      await Promise.all([1, 2, 3, 4].map(() => m.countUsers()));
+      await (await m.acquireUserLock(4343, 0)).release();
+      const err = await m.getUser(434343).then(() => undefined, (e) => e);
+      await m.close();
+      process.stdout.write(String(err?.code) + '\\n');`;
+    p.state.mode = 'forward';
+    p.state.silentOn = 'SELECT * FROM users WHERE id = 434343';
+    try {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script, proxied], { env: { ...process.env, ACM2_MYSQL_QUERY_TIMEOUT_MS: '1000' } });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d) => (stdout += d));
+      child.stderr.on('data', (d) => (stderr += d));
+      let closedAt = 0;
+      child.stdout.once('data', () => (closedAt = Date.now()));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const code = await exited;
+      clearTimeout(timer);
+      expect(stdout.trim(), stderr).toBe('master_unreachable');
+      expect(code).toBe(0);
+      expect(Date.now() - closedAt).toBeLessThan(5_000);
+    } finally {
+      p.state.silentOn = '';
+      p.state.mode = 'forward';
+    }
+  }, 30_000);
 
   it('releasing a user lock on a master that stopped answering gives up within the query timeout', async () => {
     p.state.mode = 'forward';

@@ -700,9 +700,26 @@ export class MysqlMaster implements MasterDb {
     // Dropping a lock's connection frees its GET_LOCK on the server.
     for (const c of this.heldLocks) c.destroy();
     this.heldLocks.clear();
-    await Promise.all([this.pool.end(), this.lockPool?.end()].map((p) => p?.catch(() => undefined)));
+    const pools = [this.pool, this.lockPool].filter((p): p is Pool => p !== undefined);
+    await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+    // end() only writes each connection's QUIT: a master that stopped answering (a network cut)
+    // never closes its side, and the socket would keep this process alive, its exit 3 already
+    // said, for the kernel's ~15 minutes of TCP retries. Such a socket no longer holds the process
+    // and is dropped shortly (the server has its QUIT, or never hears from it again).
+    for (const p of pools) {
+      for (const conn of openConnections.get(p) ?? []) {
+        conn.stream?.unref?.();
+        setTimeout(() => conn.destroy(), QUIT_GRACE_MS).unref();
+      }
+    }
   }
 }
+
+/** A pool's connections whose socket is still open (see close). */
+type RawConnection = { stream?: { unref?(): void; once(ev: 'close', fn: () => void): void }; destroy(): void };
+const openConnections = new WeakMap<Pool, Set<RawConnection>>();
+/** How long a closed master's connection may wait for the server to answer its QUIT before it is dropped. */
+const QUIT_GRACE_MS = 2000;
 
 function createPool(url: MysqlUrl, connectionLimit: number): Pool {
   const pool = mysql.createPool({
@@ -725,7 +742,12 @@ function createPool(url: MysqlUrl, connectionLimit: number): Pool {
     timezone: 'Z',
     charset: 'utf8mb4_unicode_ci',
   });
+  const open = new Set<RawConnection>();
+  openConnections.set(pool, open);
   pool.pool.on('connection', (conn) => {
+    const tracked = conn as unknown as RawConnection;
+    open.add(tracked);
+    tracked.stream?.once('close', () => open.delete(tracked));
     // Queued ahead of the first query on every new connection.
     conn.query(`SET time_zone = '+00:00'`, () => undefined);
     // No gap locks: claimers and enqueuers lock only the rows they read.
