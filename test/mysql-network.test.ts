@@ -8,7 +8,7 @@ import { parseMasterUrl } from '../src/config.js';
 import { openMaster } from '../src/master/factory.js';
 import type { NewUser } from '../src/master/types.js';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,9 @@ function proxy(target: URL) {
     deadlockOn: '',
     /** In forward mode, a query starting with this turns the proxy silent (it and all after it are dropped). */
     silentOn: '',
+    /** The next lockWaitTimes queries starting with lockWaitOn are answered with InnoDB's lock wait timeout, never reaching the server. */
+    lockWaitOn: '',
+    lockWaitTimes: 0,
     /** hold-create-commit-answer: called when the COMMIT after an api_keys insert has reached the server; its answer is held until release() */
     onHeld: undefined as undefined | ((release: () => void) => void),
   };
@@ -39,6 +42,13 @@ function proxy(target: URL) {
     client.on('data', (d) => {
       if (state.silentOn && d[4] === 0x03 && d.subarray(5).toString().startsWith(state.silentOn)) state.mode = 'silent';
       if (state.mode === 'silent') return;
+      if (state.lockWaitTimes > 0 && d[4] === 0x03 && d.subarray(5).toString().startsWith(state.lockWaitOn)) {
+        state.lockWaitTimes--;
+        // ERR packet, sequence 1: 0xff, 1205 (ER_LOCK_WAIT_TIMEOUT), '#HY000', the message.
+        const body = Buffer.concat([Buffer.from([0xff, 0xb5, 0x04]), Buffer.from('#HY000Lock wait timeout exceeded; try restarting transaction')]);
+        client.write(Buffer.concat([Buffer.from([body.length & 0xff, (body.length >> 8) & 0xff, 0, 1]), body]));
+        return;
+      }
       if (state.mode === 'deadlock-once' && d[4] === 0x03 && d.subarray(5).toString().startsWith(state.deadlockOn)) {
         state.mode = 'forward';
         // ERR packet, sequence 1: 0xff, 1213 (ER_LOCK_DEADLOCK), '#40001', the message.
@@ -261,4 +271,69 @@ describe.skipIf(gate.skip)('the MySQL master behind a misbehaving network', () =
       await m.close().catch(() => undefined);
     }
   });
+  it('a row another transaction keeps locked through every retry is exit 3 (master_busy), not an internal error; nothing is changed', async () => {
+    p.state.mode = 'forward';
+    const m = await openMaster(parseMasterUrl(proxied));
+    try {
+      const { user, job } = await m.createUser(newUser(8));
+      expect((await m.claimJobForUser(user.id, 'w', 60_000))?.id).toBe(job.id);
+      // A statement on its own: run again four times, then given up.
+      p.state.lockWaitOn = "UPDATE acm2_seed_jobs SET status = 'done'";
+      p.state.lockWaitTimes = 5;
+      const err = (await m.finishJob(job.id, 'w', { status: 'done' }).then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as { code?: string; exitCode?: number; message?: string } | undefined;
+      expect(p.state.lockWaitTimes).toBe(0);
+      expect(err?.exitCode).toBe(3);
+      expect(err?.code).toBe('master_busy');
+      expect(err?.message).toMatch(/held rows acm2 needs, through 5 tries \(ER_LOCK_WAIT_TIMEOUT\)/);
+      expect(await m.latestJob(user.id)).toMatchObject({ status: 'running', lockedBy: 'w' });
+    } finally {
+      p.state.lockWaitTimes = 0;
+      await m.close().catch(() => undefined);
+    }
+  });
+
+  it('acm2 user seed whose job stays locked by another transaction exits 3 in one sentence, its job and data dir untouched', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'acm2-net-busy-'));
+    const cli = (args: string[]) =>
+      new Promise<{ code: number | null; out: Record<string, any> }>((resolve) => {
+        const child = spawn(process.execPath, [BIN, ...args, '--master', proxied, '--data-dir', dataDir, '--json'], {
+          // The database is shared with the tests above, which paired it with their own data dirs.
+          env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_PAIR_DATA_DIR: dataDir },
+        });
+        let stdout = '';
+        child.stdout.on('data', (d) => (stdout += d));
+        child.once('exit', (code) => resolve({ code, out: JSON.parse(stdout || '{}') as Record<string, any> }));
+      });
+    try {
+      p.state.mode = 'forward';
+      const created = await cli(['user', 'create', '--email', 'busy@example.com', '--username', 'busy', '--async']);
+      expect(created.code).toBe(0);
+      const id = created.out.user.id as number;
+      // The transaction that claims the user's job waits on its rows every time (the first
+      // statement of claimJobForUser): five transactions, then exit 3.
+      p.state.lockWaitOn = 'SELECT id, status, next_attempt_at FROM acm2_seed_jobs FORCE INDEX';
+      p.state.lockWaitTimes = 5;
+      const r = await cli(['user', 'seed', String(id)]);
+      expect(p.state.lockWaitTimes).toBe(0);
+      expect(r.code).toBe(3);
+      expect(r.out.error.code).toBe('master_busy');
+      expect(r.out.error.message).toMatch(/^another transaction on MySQL master .* held rows acm2 needs, through 5 tries \(ER_LOCK_WAIT_TIMEOUT\)/);
+      const c = await mysql.createConnection(db.url);
+      const [jobs] = (await c.query('SELECT status, attempts, locked_by FROM acm2_seed_jobs WHERE user_id = ?', [id])) as unknown as [Record<string, unknown>[]];
+      await c.end();
+      expect(jobs).toEqual([{ status: 'pending', attempts: 0, locked_by: null }]);
+      expect(existsSync(path.join(dataDir, `user_${id}.db`))).toBe(false);
+      expect(existsSync(path.join(dataDir, `user_${id}`))).toBe(false);
+      // Once the rows are free, the same command seeds the user.
+      const again = await cli(['user', 'seed', String(id)]);
+      expect(again.code).toBe(0);
+      expect(again.out.seed.status).toBe('ready');
+    } finally {
+      p.state.lockWaitTimes = 0;
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

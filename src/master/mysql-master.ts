@@ -61,6 +61,8 @@ const UNREACHABLE_CODES = new Set([
   'ER_CON_COUNT_ERROR',
 ]);
 const RETRYABLE_CODES = new Set(['ER_LOCK_DEADLOCK', 'ER_LOCK_WAIT_TIMEOUT']);
+/** How often a statement or transaction that lost a deadlock or timed out waiting for a row lock is run. */
+const LOCK_TRIES = 5;
 /** The account may not run a statement the tool needs (a read-only CI account, a narrow grant). */
 const DENIED_CODES = new Set(['ER_TABLEACCESS_DENIED_ERROR', 'ER_COLUMNACCESS_DENIED_ERROR', 'ER_DBACCESS_DENIED_ERROR', 'ER_SPECIFIC_ACCESS_DENIED_ERROR', 'ER_PROCACCESS_DENIED_ERROR']);
 
@@ -124,9 +126,20 @@ export class MysqlMaster implements MasterDb {
 
   // ---- plumbing -------------------------------------------------------------------------------
 
-  /** Turn "the server went away" into exit 3 with one sentence; everything else stays as it is. */
-  private wrap(e: unknown): unknown {
+  /**
+   * Turn "the server went away" into exit 3 with one sentence; everything else stays as it is.
+   * retried: the statement (or its transaction) was already run again as often as it will be, so a
+   * lock wait timeout or deadlock is the answer (inside a transaction tx() retries it first).
+   */
+  private wrap(e: unknown, retried = true): unknown {
     const code = errorCode(e);
+    if (retried && RETRYABLE_CODES.has(code)) {
+      return new UnavailableError(
+        `another transaction on MySQL master ${this.display} held rows acm2 needs, through ${LOCK_TRIES} tries (${code}): nothing was changed by this statement; let that transaction finish or end it (SHOW ENGINE INNODB STATUS names it), then run again`,
+        'master_busy',
+        { cause: e },
+      );
+    }
     if (UNREACHABLE_CODES.has(code)) {
       return new UnavailableError(`cannot reach MySQL master at ${this.url.host}:${this.url.port} (${code})`, 'master_unreachable', { cause: e });
     }
@@ -154,11 +167,11 @@ export class MysqlMaster implements MasterDb {
         // A statement on its own (autocommit) that InnoDB picked as a deadlock victim was rolled
         // back whole: run it again, as tx() does for a transaction. Inside a transaction the
         // caller's tx() retries from the start instead.
-        if (on === this.pool && attempt < 5 && RETRYABLE_CODES.has(errorCode(e))) {
+        if (on === this.pool && attempt < LOCK_TRIES && RETRYABLE_CODES.has(errorCode(e))) {
           await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 20 * attempt)));
           continue;
         }
-        throw this.wrap(e);
+        throw this.wrap(e, on === this.pool);
       }
     }
   }
@@ -197,8 +210,8 @@ export class MysqlMaster implements MasterDb {
         await c.query('ROLLBACK').catch(() => {
           healthy = false;
         });
-        if (attempt < 5 && RETRYABLE_CODES.has(errorCode(e))) continue;
-        throw e;
+        if (attempt < LOCK_TRIES && RETRYABLE_CODES.has(errorCode(e))) continue;
+        throw this.wrap(e);
       } finally {
         if (healthy) c.release();
         else c.destroy();
