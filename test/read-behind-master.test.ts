@@ -78,6 +78,30 @@ function setBackEmbedded(dataDir: string) {
   return newer;
 }
 
+/**
+ * A MySQL master with user ann (created with `createArgs`) and its data dir, as the previous acm2
+ * left them; an admin connection to it. The caller ends the connection and drops the database.
+ */
+async function setBackMysql(createArgs: string[]) {
+  const db = await createMysqlTestDb();
+  const base = new URL(db.url);
+  const dbName = base.pathname.slice(1);
+  const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
+  const dataDir = tmpDir('acm2-behind-my-');
+  dirs.push(dataDir);
+  try {
+    expect((await acm2(dataDir, db.url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann', ...createArgs])).code).toBe(0);
+    for (const t of NEWER) await admin.query(`DROP TABLE \`${dbName}\`.${t}`);
+    for (const m of newerMigrations('mysql')) await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [m.id]);
+    unstamp(dataDir);
+  } catch (e) {
+    await admin.end();
+    await db.drop();
+    throw e;
+  }
+  return { db, dbName, admin, dataDir };
+}
+
 /** The embedded master's tables and applied migrations. */
 function embeddedSchema(dataDir: string): unknown[][] {
   const d = new Database(path.join(dataDir, 'master.db'), { readonly: true });
@@ -107,19 +131,9 @@ describe('read commands on a master the previous acm2 set up', () => {
     beforeAll(() => gate.ready());
 
     it('a SELECT-only account (verify in CI) reads it; it is not told to find an account that may migrate', async () => {
-      const db = await createMysqlTestDb();
-      const base = new URL(db.url);
-      const dbName = base.pathname.slice(1);
-      const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
+      const { db, dbName, admin, dataDir } = await setBackMysql(['--async']);
       const user = `acm2_ro_${randomBytes(4).toString('hex')}`;
-      const dataDir = tmpDir('acm2-behind-my-');
-      dirs.push(dataDir);
       try {
-        expect((await acm2(dataDir, db.url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann', '--async'])).code).toBe(0);
-        const newer = newerMigrations('mysql');
-        for (const t of NEWER) await admin.query(`DROP TABLE \`${dbName}\`.${t}`);
-        for (const m of newer) await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [m.id]);
-        unstamp(dataDir);
         for (const host of ['%', 'localhost']) {
           await admin.query(`CREATE USER '${user}'@'${host}' IDENTIFIED BY 'ro-pw'`);
           await admin.query(`GRANT SELECT ON \`${dbName}\`.* TO '${user}'@'${host}'`);
@@ -175,17 +189,8 @@ describe('a write command with a data dir that is not the master\'s, on a master
     beforeAll(() => gate.ready());
 
     it('refused with the master left as it was', async () => {
-      const db = await createMysqlTestDb();
-      const base = new URL(db.url);
-      const dbName = base.pathname.slice(1);
-      const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
-      const dataDir = tmpDir('acm2-behind-my-w-');
-      dirs.push(dataDir);
+      const { db, dbName, admin, dataDir } = await setBackMysql([]);
       try {
-        expect((await acm2(dataDir, db.url, ['user', 'create', '--email', 'ann@example.com', '--username', 'ann'])).code).toBe(0);
-        for (const t of NEWER) await admin.query(`DROP TABLE \`${dbName}\`.${t}`);
-        for (const m of newerMigrations('mysql')) await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [m.id]);
-        unstamp(dataDir);
         const schema = async () => {
           const [tables] = await admin.query(`SELECT table_name AS t FROM information_schema.tables WHERE table_schema = ? ORDER BY t`, [dbName]);
           const [ids] = await admin.query(`SELECT id FROM \`${dbName}\`.acm2_master_migrations ORDER BY id`);
