@@ -54,13 +54,18 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   if (drainOnly.length > 0) throw new UsageError(`${drainOnly.map((k) => `--${k}`).join(', ')} ${drainOnly.length > 1 ? 'apply' : 'applies'} to --pending, not to one user`);
   checkUserRef(args[0]!);
   loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));
+  // As for a batch, the first Ctrl-C or SIGTERM lets what is in flight finish: one user's seed,
+  // which then closes its job. Dying at once would leave the job running for whoever takes it
+  // over next, an unattended `user seed --pending` included, which would then do an interrupted
+  // --force later, out of the operator's sight. A second signal stops at once (crash-safe).
+  const interrupt = onInterrupt(out, `finishing the seed of user ${args[0]!} and closing its job`);
   const r = await usingMaster(cfg.master, (master) =>
     seedOneUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, args[0]!, {
       seedVersion: cfg.seedVersion,
       force: Boolean(opts.force),
     }),
     { create: false, pairWith: { dataDir: cfg.dataDir, write: true } },
-  );
+  ).finally(() => interrupt.dispose());
   out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(r.seed, r.user.id));
   if (r.seed.status === 'failed') process.exitCode = EXIT.findings;
 }
