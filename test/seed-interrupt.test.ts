@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openMaster } from '../src/master/factory.js';
 import { parseMasterUrl } from '../src/config.js';
+import { lockUser } from '../src/core/user-lock.js';
 import { frozenSource, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
 
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -41,6 +42,27 @@ function underWay(dataDir: string): boolean {
 }
 
 describe('user seed <id> interrupted', () => {
+  it('a signal while it waits for the user\'s lock (another seeder holds it) stops at once, nothing made or claimed', async () => {
+    const dataDir = path.join(tmpDir('acm2-seed-int-'), 'data');
+    const made = acm2(dataDir, ['user', 'create', '--email', 'ben@example.com', '--username', 'ben']);
+    expect((await made.done).code).toBe(0);
+    const id = (JSON.parse(made.stdout()) as { user: { id: number } }).user.id;
+    const master = await openMaster(parseMasterUrl(`sqlite:${path.join(dataDir, 'master.db')}`));
+    const held = await lockUser(master, dataDir, id, 1000);
+    try {
+      const before = await master.latestJob(id);
+      const force = acm2(dataDir, ['user', 'seed', String(id), '--force']);
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(force.child.exitCode).toBeNull(); // still waiting for the lock
+      force.child.kill('SIGINT');
+      expect(await force.done).toEqual({ code: null, signal: 'SIGINT' });
+      expect(await master.latestJob(id)).toEqual(before);
+    } finally {
+      await held.release();
+      await master.close();
+    }
+  });
+
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     it(`a first ${sig} during --force lets the seed finish and close its job: none is left running for a later drain`, async () => {
       const dataDir = path.join(tmpDir('acm2-seed-int-'), 'data');

@@ -14,10 +14,11 @@ export interface Interrupt {
   dispose(): void;
 }
 
-export function onInterrupt(out: Reporter, finishing: string): Interrupt {
+/** atOnce: whether a first signal stops at once too (nothing is in flight yet that should finish). */
+export function onInterrupt(out: Reporter, finishing: string, atOnce: () => boolean = () => false): Interrupt {
   const ac = new AbortController();
   const handler = (sig: NodeJS.Signals) => {
-    if (ac.signal.aborted) {
+    if (ac.signal.aborted || atOnce()) {
       // Second signal: leave with the default action of that signal.
       dispose();
       process.kill(process.pid, sig);

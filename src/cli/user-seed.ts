@@ -57,10 +57,13 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   // As for a batch, the first Ctrl-C or SIGTERM lets what is in flight finish: one user's seed,
   // which then closes its job. Dying at once would leave the job running for whoever takes it
   // over next, an unattended `user seed --pending` included, which would then do an interrupted
-  // --force later, out of the operator's sight. A second signal stops at once (crash-safe).
-  const interrupt = onInterrupt(out, `finishing the seed of user ${args[0]!} and closing its job`);
+  // --force later, out of the operator's sight. Until the seed holds the user's lock and makes
+  // its job (the wait for another seeder's lock included), nothing is in flight: a signal stops at
+  // once, as a second one always does (crash-safe).
+  let committing = false;
+  const interrupt = onInterrupt(out, `finishing the seed of user ${args[0]!} and closing its job`, () => !committing);
   const r = await usingMaster(cfg.master, (master) =>
-    seedOneUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs }, args[0]!, {
+    seedOneUser({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir, lockTimeoutMs: cfg.lockTimeoutMs, onCommitting: () => (committing = true) }, args[0]!, {
       seedVersion: cfg.seedVersion,
       force: Boolean(opts.force),
     }),

@@ -21,6 +21,8 @@ export interface UserDeps {
   seedsDir: string;
   lockTimeoutMs: number;
   onStep?: (step: SeedStep) => void;
+  /** `user seed <id>` holds the user's lock and is about to make or claim its job: from here on it finishes. */
+  onCommitting?: () => void;
 }
 
 export type SeedStatus = 'ready' | 'pending' | 'in_progress' | 'failed' | 'missing';
@@ -454,6 +456,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     refuseNewerSchema(deps.dataDir, user.id);
     const ready = !force && readyAt(deps.dataDir, user.id, pkg.version);
     const enqueue = !ready || (await deps.master.latestJob(user.id))?.status === 'failed' ? { force } : undefined;
+    deps.onCommitting?.();
     const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
     let seeded = false;
     try {
