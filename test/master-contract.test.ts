@@ -1,7 +1,9 @@
 // The MasterDb contract: one suite body, run against the embedded SQLite master and against MySQL,
 // so both behave the same for migrations, users, the job queue, locks and backfill progress.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -854,6 +856,63 @@ describe('MySQL master: connection failures', () => {
         await db.drop();
       }
     });
+    it('an account at its connection limit (MAX_USER_CONNECTIONS) is exit 3 saying what to do, at connect and mid-run; a drain stops there and a rerun with room converges', async () => {
+      const db = await createMysqlTestDb();
+      const admin = await mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) });
+      const user = `acm2_lim_${randomBytes(4).toString('hex')}`;
+      const dbName = new URL(db.url).pathname.slice(1);
+      const held: mysql.Connection[] = [];
+      const dataDir = mkdtempSync(path.join(tmpdir(), 'acm2-limit-'));
+      try {
+        for (const host of ['%', 'localhost']) {
+          await admin.query(`CREATE USER '${user}'@'${host}' IDENTIFIED BY 'lim-pw' WITH MAX_USER_CONNECTIONS 2`);
+          await admin.query(`GRANT ALL ON \`${dbName}\`.* TO '${user}'@'${host}'`);
+        }
+        const lim = new URL(db.url);
+        lim.username = user;
+        lim.password = 'lim-pw';
+        const connectAs = () => mysql.createConnection({ host: base.hostname, port: Number(base.port || 3306), user, password: 'lim-pw', database: dbName });
+        const limitSentence = new RegExp(`^MySQL master at .+ refused user '${user}' another connection or statement \\(ER_USER_LIMIT_REACHED: .*\\); run acm2 with a lower --concurrency or fewer acm2 processes at once, or raise the limit, then run again$`);
+        // Set up, with one user queued, by an account without the limit.
+        const cli = (url: string, args: string[]) =>
+          new Promise<{ code: number; out: Record<string, any> }>((resolve) => {
+            execFile(process.execPath, [path.join(REPO, 'bin/acm2.js'), ...args, '--master', url, '--data-dir', dataDir, '--json'], { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4' } }, (err, stdout) =>
+              resolve({ code: err ? Number((err as { code?: unknown }).code) : 0, out: JSON.parse(stdout || '{}') as Record<string, any> }),
+            );
+          });
+        expect((await cli(db.url, ['user', 'create', '--email', 'lim@example.com', '--username', 'lim', '--async'])).code).toBe(0);
+
+        // Both connections taken elsewhere: refused at connect.
+        held.push(await connectAs(), await connectAs());
+        const atConnect = await openMaster(parseMasterUrl(lim.toString())).catch((e: unknown) => e);
+        expect(atConnect).toMatchObject({ exitCode: 3, code: 'master_connection_limit', message: expect.stringMatching(limitSentence) });
+        expect((atConnect as Error).message).not.toContain('lim-pw');
+        // One left: the master opens on it, and the second connection a statement needs is refused.
+        await held.pop()!.end();
+        const m = await openMaster(parseMasterUrl(lim.toString()));
+        try {
+          const err = await Promise.all([m.countUsers(), m.countUsers(), m.countUsers()]).catch((e: unknown) => e);
+          expect(err).toMatchObject({ exitCode: 3, code: 'master_connection_limit', message: expect.stringMatching(limitSentence) });
+        } finally {
+          await m.close();
+        }
+        // A drain (work and lock connections of its own) stops with exit 3, the job not done.
+        const drain = await cli(lim.toString(), ['user', 'seed', '--pending', '--concurrency', '1']);
+        expect(drain.code).toBe(3);
+        expect(drain.out.error).toMatchObject({ code: 'master_connection_limit', message: expect.stringMatching(limitSentence) });
+        const [jobs] = (await admin.query(`SELECT status FROM \`${dbName}\`.acm2_seed_jobs`)) as unknown as [Array<{ status: string }>];
+        expect(jobs.map((j) => j.status)).not.toContain('done');
+        await held.pop()!.end();
+        const again = await cli(db.url, ['user', 'seed', '--pending']);
+        expect(again).toMatchObject({ code: 0, out: { done: 1 } });
+      } finally {
+        for (const c of held) await c.end().catch(() => undefined);
+        for (const host of ['%', 'localhost']) await admin.query(`DROP USER IF EXISTS '${user}'@'${host}'`).catch(() => undefined);
+        await admin.end();
+        await db.drop();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    }, 60_000);
   });
 });
 

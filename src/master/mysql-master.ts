@@ -58,8 +58,12 @@ const UNREACHABLE_CODES = new Set([
   'PROTOCOL_CONNECTION_LOST',
   'PROTOCOL_SEQUENCE_TIMEOUT',
   'ER_SERVER_SHUTDOWN',
-  'ER_CON_COUNT_ERROR',
 ]);
+/**
+ * The server answered and would not give the account another connection (max_connections, the
+ * account's MAX_USER_CONNECTIONS or max_user_connections) or run more for it (its hourly limits).
+ */
+const LIMIT_CODES = new Set(['ER_CON_COUNT_ERROR', 'ER_TOO_MANY_USER_CONNECTIONS', 'ER_USER_LIMIT_REACHED']);
 const RETRYABLE_CODES = new Set(['ER_LOCK_DEADLOCK', 'ER_LOCK_WAIT_TIMEOUT']);
 /** How often a statement or transaction that lost a deadlock or timed out waiting for a row lock is run. */
 const LOCK_TRIES = 5;
@@ -143,6 +147,7 @@ export class MysqlMaster implements MasterDb {
     if (UNREACHABLE_CODES.has(code)) {
       return new UnavailableError(`cannot reach MySQL master at ${this.url.host}:${this.url.port} (${code})`, 'master_unreachable', { cause: e });
     }
+    if (LIMIT_CODES.has(code)) return limitError(this.url, e);
     if (DENIED_CODES.has(code)) {
       return new UnavailableError(`MySQL master ${this.display} refused user '${this.url.user}' a statement acm2 needs: ${(e as Error).message} (${code}); grant it, or use an account that has it`, 'master_access_denied', { cause: e });
     }
@@ -775,11 +780,23 @@ function connectError(url: MysqlUrl, e: unknown): UnavailableError | UsageError 
   if (code === 'ER_ACCESS_DENIED_ERROR' || code === 'ER_DBACCESS_DENIED_ERROR') {
     return new UnavailableError(`MySQL master at ${where}/${url.database} denied access to user '${url.user}' (${code})`, 'master_access_denied', { cause: e });
   }
+  if (LIMIT_CODES.has(code)) return limitError(url, e);
   // The server answered: a database name it does not have is a typo in --master, not an outage.
   if (code === 'ER_BAD_DB_ERROR') {
     return new UsageError(`MySQL master at ${where} has no database '${url.database}' (${code}): check the database name in --master`, 'master_unknown_database', { cause: e });
   }
   return new UnavailableError(`cannot reach MySQL master at ${where} (${code})`, 'master_unreachable', { cause: e });
+}
+
+/** The master reached a connection (or hourly) limit for this account: exit 3, with what to do. */
+function limitError(url: MysqlUrl, e: unknown): UnavailableError {
+  const said = e instanceof Error && e.message ? `: ${e.message.replace(/\.$/, '')}` : '';
+  return new UnavailableError(
+    `MySQL master at ${url.host}:${url.port} refused user '${url.user}' another connection or statement (${errorCode(e)}${said}); ` +
+      `run acm2 with a lower --concurrency or fewer acm2 processes at once, or raise the limit, then run again`,
+    'master_connection_limit',
+    { cause: e },
+  );
 }
 
 /**
