@@ -860,6 +860,18 @@ describe('selection and limits', () => {
     await expect(backfill(fleet, { userIds: [999] })).rejects.toThrow(/no user with id 999/);
   });
 
+  it('a --user run while a full backfill is stopped leaves the progress its --resume continues from', async () => {
+    const r = await backfill(fleet, { maxErrors: 1 });
+    expect(r.stopped).toBe('max_errors');
+    const saved = await fleet.master.getBackfill('default');
+    const one = await backfill(fleet, { userIds: [fleet.users[fleet.users.length - 1]!.id] });
+    expect(one.name).toBe('default-users');
+    expect(await fleet.master.getBackfill('default')).toEqual(saved);
+    const rest = await backfill(fleet, { resume: true });
+    expect(rest).toMatchObject({ name: 'default', resumed: true });
+    expect(Object.values(rest.counts).reduce((a, n) => a + (n ?? 0), 0)).toBe(fleet.users.length);
+  });
+
   it('--max-errors stops early and --resume goes on from there', async () => {
     const r = await backfill(fleet, { maxErrors: 1 });
     expect(r.stopped).toBe('max_errors');
@@ -907,7 +919,9 @@ describe('selection and limits', () => {
 
   it('a resume with other options is refused', async () => {
     await backfill(fleet, { maxErrors: 1, userIds: [1, 2, 3] });
-    await expect(backfill(fleet, { resume: true })).rejects.toThrow(/other options/);
+    await expect(backfill(fleet, { resume: true, userIds: [1, 2] })).rejects.toThrow(/other options/);
+    await backfill(fleet, { maxErrors: 1 });
+    await expect(backfill(fleet, { resume: true, limit: 5 })).rejects.toThrow(/other options/);
   });
 
   it('a second backfill of the same shard while one runs is refused (exit 3) and leaves its progress alone; other shards and dry runs go ahead', async () => {

@@ -112,6 +112,9 @@ describe('the command line, as an operator types it', () => {
     const v = await acm2(['verify', '--user', '1', '--shard', '0/2']);
     expect(v.code).toBe(2);
     expect(v.stderr.trim()).toBe('acm2: give either --user or --shard, not both');
+    const b = await acm2(['backfill', '--user', '1', '--shard', '0/2']);
+    expect(b.code).toBe(2);
+    expect(b.stderr.trim()).toBe('acm2: give either --user or --shard, not both');
     const pending = await acm2(['user', 'seed', '--pending', '--seed-version', 'doesnotexist']);
     expect(pending.code).toBe(2);
     expect(pending.stderr.trim()).toBe('acm2: --seed-version applies to one user, not to --pending: each queued job carries its own version');

@@ -18,6 +18,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
   const legacyLogsDir = opts.legacyLogs === undefined ? undefined : path.resolve(String(opts.legacyLogs));
   if (legacyLogsDir && !(existsSync(legacyLogsDir) && statSync(legacyLogsDir).isDirectory())) throw new UsageError(`--legacy-logs '${legacyLogsDir}' is not a folder`);
   if (legacyLogsDir) refuseOverlap(legacyLogsDir, { 'the data dir': cfg.dataDir, 'the seeds dir': cfg.seedsDir });
+  // As verify: a named user outside the shard would be skipped without a word.
+  if (opts.shard !== undefined && (opts.user as string[] | undefined)?.length) throw new UsageError('give either --user or --shard, not both');
   const options: BackfillOptions = {
     dryRun,
     userIds: (opts.user as string[] | undefined)?.map(parseUserId),

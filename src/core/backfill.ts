@@ -118,7 +118,7 @@ export interface BackfillDeps {
 
 export interface BackfillResult {
   dryRun: boolean;
-  /** Name of the progress record in the master: 'default', or 'shard-i-of-n'. */
+  /** Name of the progress record in the master: 'default', or 'shard-i-of-n'; with --user, '-users' added. */
   name: string;
   resumed: boolean;
   /** --resume of a backfill that had finished (when): only users added since were gone over, and counts are theirs. */
@@ -146,8 +146,13 @@ export interface BackfillResult {
 export const USERS_LISTED = 1000;
 const LEASE_MS = 10 * 60 * 1000;
 
-export function progressName(shard?: { index: number; count: number }): string {
-  return shard ? `shard-${shard.index}-of-${shard.count}` : 'default';
+/**
+ * The progress record: one per shard, and one beside it for runs over named users (--user), so
+ * that putting a few users right while a full backfill is stopped does not replace the progress
+ * its --resume continues from.
+ */
+export function progressName(shard?: { index: number; count: number }, named = false): string {
+  return (shard ? `shard-${shard.index}-of-${shard.count}` : 'default') + (named ? '-users' : '');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,7 +600,7 @@ export function startPlanners(deps: Pick<BackfillDeps, 'dataDir' | 'busyTimeoutM
 async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: PlanContext, planners: readonly Planner[], started: number): Promise<BackfillResult> {
   const { master } = deps;
   const dryRun = Boolean(opts.dryRun);
-  const name = progressName(opts.shard);
+  const name = progressName(opts.shard, opts.userIds !== undefined);
   const batchSize = Math.max(1, opts.batchSize ?? 500);
   const selection = JSON.stringify({ users: opts.userIds ? [...opts.userIds].sort((a, b) => a - b) : null, shard: opts.shard ?? null, limit: opts.limit ?? null });
   const ids = opts.userIds && [...new Set(opts.userIds)].sort((a, b) => a - b);
