@@ -2,7 +2,7 @@
 // deletes through them, never hangs on them, and says what it found.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { cpSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, drainQueue, seedOneUser, userStatus } from '../src/core/users.js';
@@ -186,6 +186,28 @@ describe('user show of a user whose DB was deleted by hand', () => {
     expect(s.status).toBe('missing');
     const text = renderStatus(s);
     expect(text).toContain(`no DB, so no list of seeded files; acm2 user seed ${u.id} seeds the user`);
+    expect(text).not.toMatch(/unfinished seed/);
+  });
+});
+
+describe('user show of a user_{id}.db that is not this user\'s', () => {
+  it('a copy of another user\'s DB: failed, naming the owner and the remedy, not "missing"', async () => {
+    const a = await readyUser();
+    const b = await readyUser();
+    copyFileSync(userDbPath(world.dataDir, a.id), userDbPath(world.dataDir, b.id));
+    const s = await userStatus(deps(), (await world.master.getUser(b.id))!);
+    expect(s.status).toBe('failed');
+    expect(s.db.error).toBe(`the DB holds another user's data (user_meta of user ${a.id}), not user ${b.id}'s: move it out of the data dir, then run: acm2 user seed ${b.id}`);
+    expect(s.lastError).toBe(s.db.error);
+  });
+
+  it('an empty DB (0 bytes): no user_meta, said so, not "0 files listed by the unfinished seed"', async () => {
+    n++;
+    const b = await createUser(deps(), { email: `odd${n}@example.com`, username: `odd${n}`, async: true });
+    writeFileSync(userDbPath(world.dataDir, b.user.id), '');
+    const s = await userStatus(deps(), (await world.master.getUser(b.user.id))!);
+    const text = renderStatus(s);
+    expect(text).toContain(`the DB has no user_meta of this user, so no list of seeded files`);
     expect(text).not.toMatch(/unfinished seed/);
   });
 });

@@ -52,7 +52,7 @@ export function schemaWork(db: SqliteDb, tables: Set<string>, userId: UserId, mi
 }
 
 /** Rows of ACM2's per-user tables that name another owner (a DB copied or reused under this id). */
-function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
+export function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): string[] {
   // user_meta (one row, its owner's) decides for a DB that has one: one small statement, since
   // backfill asks this of every user. Only a DB without it (legacy ACM2) is asked of its rows.
   if (tables.has('user_meta')) {

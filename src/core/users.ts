@@ -11,6 +11,7 @@ import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
+import { otherOwners } from './schema-work.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
 import { isTempFolderProblem, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -782,6 +783,10 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
           const newer = newerMigrations(db);
           if (newer.length > 0) out.db.newerMigrations = newer.map((m) => m.name);
           const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
+          // A copy of another user's DB put at this user's path (or an id reused): it serves
+          // another person's data as this user's, and no seed or backfill will touch it.
+          const owners = meta ? [] : otherOwners(db, tableNames(db), user.id);
+          if (owners.length > 0) throw new ForeignDb(`the DB holds another user's data (${owners.join('; ')}), not user ${user.id}'s: move it out of the data dir, then run: acm2 user seed ${user.id}`);
           out.db.seedStatus = meta?.seed_status ?? null;
           out.seedVersion = meta?.seed_version ?? null;
           out.seededAt = meta?.seeded_at ?? null;
@@ -804,6 +809,7 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
       if (isTempFolderProblem(e)) throw e;
       out.db.error = e instanceof Error ? e.message : String(e);
       dbState = isBusy(e) ? 'busy' : 'unreadable';
+      if (e instanceof ForeignDb) out.lastError = e.message;
     }
   }
   // A pending job that has been tried and failed is a failed seed waiting for its retry (SPEC:
@@ -813,6 +819,13 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
   if (dbState === 'unreadable' && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
   return out;
+}
+
+/** The user's DB is another user's (user show, user list): it serves nobody as this user. */
+class ForeignDb extends Error {}
+
+function tableNames(db: import('better-sqlite3').Database): Set<string> {
+  return new Set(db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).pluck().all() as string[]);
 }
 
 /** How reading the user's DB went: read (or absent), unreadable (corrupt, not a DB), or busy (locked by another process). */

@@ -59,6 +59,7 @@ function newerNote(names: string[]): string {
 function filesLine(s: UserStatus): string {
   if (!s.db.present) return `${s.root} (no DB, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
   if (s.db.error !== undefined) return `${s.root} (the DB cannot be read, so its list of seeded files neither)`;
+  if (s.db.seedStatus === null) return `${s.root} (the DB has no user_meta of this user, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
   return `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`;
 }
 
