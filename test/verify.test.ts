@@ -16,7 +16,7 @@ import { execa } from 'execa';
 import Ajv2020 from 'ajv/dist/2020.js';
 import { CAN_MOUNT_TMPFS, frozenSource, sqliteWorld, tmpDir, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
 import { DIALECTS } from './helpers/mysql.js';
-import { createUser } from '../src/core/users.js';
+import { createUser, seedOneUser } from '../src/core/users.js';
 import { thisPidSpace } from '../src/core/worker-name.js';
 import { LeakIndex, PROBLEM_CODES, verifyTestHooks, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
 import { renderJunit, renderVerify } from '../src/ui/verify.js';
@@ -227,6 +227,30 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     const r = await verify(f);
     expectOnly(r, f, ['foreign_user_row']);
     expect(r.users.find((u) => u.id === f.victim)!.problems).toEqual([expect.objectContaining({ code: 'foreign_user_row', table: 'contents', rowId: id })]);
+  });
+
+  it("foreign_user_row on a seeded row names its seed and the --force that puts it back (ACM2 cannot show the row to fix it); on the user's own row, not", async () => {
+    const f = await fleet();
+    const own = randomUUID();
+    const seeded = withDb(f, (db) => {
+      const c = one<{ id: string }>(db, `SELECT id FROM contents ORDER BY id LIMIT 1`);
+      db.prepare(`UPDATE contents SET user_id = 999 WHERE id = ?`).run(c.id);
+      // A row ACM2 wrote (not the seed), copied in from user 999's DB.
+      db.prepare(`INSERT INTO contents (id, user_id, created_at, name, content_type, body, variables, tags, is_deleted) VALUES (?, 999, '2026-01-21 09:00:00.000000', 'copied', 'input_document', 'x', '{}', '[]', 0)`).run(own);
+      return c.id;
+    });
+    const r = await verify(f);
+    expectOnly(r, f, ['foreign_user_row']);
+    const problems = r.users.find((u) => u.id === f.victim)!.problems;
+    const onSeeded = problems.find((p) => p.rowId === seeded)!;
+    const onOwn = problems.find((p) => p.rowId === own)!;
+    expect(onSeeded.message).toContain(`it is a seeded row (seed v1): acm2 user seed ${f.victim} --force --seed-version v1 puts it back`);
+    expect(onOwn.message).not.toContain('seeded row');
+    expect(renderVerify(r, { color: false })).toMatch(/foreign_user_row\s+a row names another user, so ACM2 cannot show it \(nor fix it\): one the seed wrote .* is put back by acm2 user seed <id> --force --seed-version <its version>/);
+    // The command the message names clears the seeded row's problem, and leaves the other row alone.
+    await seedOneUser({ ...f.deps, lockTimeoutMs: 5000 }, String(f.victim), { force: true, seedVersion: 'v1' });
+    const after = (await verify(f)).users.find((u) => u.id === f.victim)!.problems;
+    expect(after.map((p) => [p.code, p.rowId])).toEqual([['foreign_user_row', own]]);
   });
 
   it('file_missing: a seeded log deleted', async () => {

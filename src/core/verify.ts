@@ -572,6 +572,8 @@ class UserCheck {
   private readonly root: string;
   private schemaBroken = false;
   private leaks?: LeakIndex;
+  /** The seed version that wrote each of ACM2's rows the ID map names (`table\0id`): its remedy is a --force of that version. */
+  private readonly seededRows = new Map<string, string>();
   /** Index names the DB has (from the table list). */
   private readonly indexes = new Set<string>();
   /** Paths (relative to the user root) already reported as escaping: never read through them. */
@@ -845,8 +847,9 @@ class UserCheck {
       const sources = new Set<string>(expected?.ids);
       if (tables.has('acm2_id_map')) {
         const inMap = new Set<string>();
-        for (const [v, src, kind] of db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string]>) {
+        for (const [v, src, kind, target] of db.prepare(`SELECT seed_version, source_id, kind, target_id FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string, string]>) {
           inMap.add(v);
+          if (kind !== 'doc' && kind !== 'uuid' && !this.seededRows.has(`${kind}\0${target}`)) this.seededRows.set(`${kind}\0${target}`, v);
           // 'uuid' entries are no package ids: a capitals form of one (found through its row's
           // id anyway), or UUID-shaped text an older tool remapped, which a reseed now keeps as is.
           if (kind !== 'uuid') sources.add(src);
@@ -997,12 +1000,21 @@ class UserCheck {
         for (const o of owned) {
           const owner = o.owner === null ? 'NULL' : String(o.owner);
           pass.owned.push(
-            problem('foreign_user_row', this.userId, `${t} row ${String(o.id)} has user_id ${owner}, not ${this.userId}: ACM2 does not show it to this user`, { table: t, rowId: String(o.id) }),
+            problem('foreign_user_row', this.userId, `${t} row ${String(o.id)} has user_id ${owner}, not ${this.userId}: ACM2 does not show it to this user${this.seededTail(t, o.id)}`, { table: t, rowId: String(o.id) }),
           );
         }
       });
     }
     return pass;
+  }
+
+  /**
+   * For a row the seed wrote: which seed, and the command that puts it back. ACM2 cannot show a
+   * row scoped to another user, so it cannot be fixed there; the seed's --force restores it.
+   */
+  private seededTail(table: string, id: unknown): string {
+    const v = this.seededRows.get(`${table}\0${String(id)}`);
+    return v === undefined ? '' : `; it is a seeded row (seed ${v}): acm2 user seed ${this.userId} --force --seed-version ${v} puts it back`;
   }
 
   private checkForeignKeys(db: Database.Database, tables: Set<string>, columns: (t: string) => Set<string>): void {
