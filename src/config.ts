@@ -74,6 +74,11 @@ export function assertVersionName(v: string): string {
   if (!VERSION_RE.test(v) || v === '.' || v === '..') {
     throw new UsageError(`'${v}' is not a valid seed version name (letters, digits, '.', '_', '-'; at most 64; not starting with a symbol)`, 'bad_version');
   }
+  // The seeds folder's CURRENT file has this name (in any case, on a case-insensitive file
+  // system): a version folder there would leave no place for CURRENT.
+  if (v.toUpperCase() === 'CURRENT') {
+    throw new UsageError(`'${v}' is not a valid seed version name: the seeds folder's CURRENT file has that name`, 'bad_version');
+  }
   return v;
 }
 

@@ -324,6 +324,17 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     for (const v of ['../x', '.hidden', 'a/b', 'x'.repeat(65)]) expectRefused(() => freezeSeed(input(src, seedsDir, { version: v })), seedsDir, v, 'not a valid seed version name');
   });
 
+  it("'CURRENT' as a version name: refused before the version folder takes CURRENT's place", () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    for (const v of ['CURRENT', 'current']) {
+      expectRefused(() => freezeSeed(input(src, seedsDir, { version: v })), seedsDir, v, 'not a valid seed version name', "CURRENT file");
+    }
+    // The version frozen next can still be made CURRENT.
+    freezeSeed(input(src, seedsDir, { setCurrent: true }));
+    expect(readCurrent(seedsDir)).toBe('v1');
+  });
+
   it('a missing preset, a missing run', () => {
     const src = source();
     const seedsDir = path.join(tmp(), 'seeds');
