@@ -7,10 +7,10 @@ import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { freezeSeed, withSource, type FreezeInput } from '../src/core/freeze.js';
-import { UsageError } from '../src/errors.js';
+import { UnavailableError, UsageError } from '../src/errors.js';
 import { generateSource, safeDocId, type SourceFixture, type SourceOptions } from '../src/fixtures/source.js';
 import { dumpTable, sha256File } from '../src/seed/canonical.js';
 import { checkPackage, listPackages, loadPackage, readCurrent, readPackageRows } from '../src/seed/package.js';
@@ -150,6 +150,52 @@ describe('freezeSeed: a source ACM2 is writing to', () => {
     });
     w.close();
     expect(after).toBe(before);
+  });
+});
+
+describe('freezeSeed: a source DB it cannot read now', () => {
+  /** freezeSeed's error, expected to be exit 3 with nothing in the seeds dir. */
+  const unavailable = (fn: () => unknown, seedsDir: string): UnavailableError => {
+    let err: unknown;
+    try {
+      fn();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as UnavailableError).exitCode).toBe(3);
+    expect(existsSync(seedsDir) ? readdirSync(seedsDir) : []).toEqual([]);
+    return err as UnavailableError;
+  };
+
+  it('a writer holding its lock past the wait: exit 3, in use, nothing frozen; then it freezes', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const w = openSource(src); // rollback journal: an exclusive lock keeps readers out
+    w.exec('BEGIN EXCLUSIVE');
+    w.exec("UPDATE runs SET title = 'mid-write'");
+    const err = unavailable(() => freezeSeed(input(src, seedsDir, { sourceBusyTimeoutMs: 100 })), seedsDir);
+    expect(err.code).toBe('source_busy');
+    expect(err.message).toMatch(/is in use: another process held it locked for more than 0\.1 s/);
+    w.exec('ROLLBACK');
+    w.close();
+    expect(freezeSeed(input(src, seedsDir)).packageSha256).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('a hot journal left by a killed writer: exit 3 saying so, the source left as it is', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    // A writer killed (kill -9) in the middle of a transaction that had written pages.
+    const writer = `const D = require('better-sqlite3'); const db = new D(${JSON.stringify(src.dbPath)}); db.pragma('cache_size = 1');
+      db.exec('BEGIN'); db.exec("UPDATE contents SET body = body || hex(randomblob(4000))"); process.kill(process.pid, 'SIGKILL');`;
+    spawnSync(process.execPath, ['-e', writer], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
+    expect(existsSync(`${src.dbPath}-journal`)).toBe(true);
+    const before = readFileSync(src.dbPath);
+    const err = unavailable(() => freezeSeed(input(src, seedsDir)), seedsDir);
+    expect(err.code).toBe('source_hot_journal');
+    expect(err.message).toMatch(/has a hot journal/);
+    expect(readFileSync(src.dbPath).equals(before)).toBe(true);
+    expect(existsSync(`${src.dbPath}-journal`)).toBe(true);
   });
 });
 

@@ -7,7 +7,8 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
-import { classifyFsError, UsageError } from '../errors.js';
+import { classifyFsError, isDiskFull, UnavailableError, UsageError } from '../errors.js';
+import { isBusy } from './migrate-safe.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
 import { fsyncPath, processAlive, writeFileDurable } from '../durable.js';
@@ -28,6 +29,8 @@ export interface FreezeInput {
   dryRun?: boolean;
   /** createdAt of the manifest (default: now). */
   now?: Date;
+  /** How long to wait for a writer's lock on the source DB (default SOURCE_BUSY_TIMEOUT_MS). */
+  sourceBusyTimeoutMs?: number;
   /** Recorded in the manifest (default: this tool); rebuilding an old package passes its own. */
   tool?: { name: string; version: string };
 }
@@ -84,7 +87,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   if (input.dryRun && existsSync(dir)) throw versionExists(version, seedsDir);
   if (!existsSync(sourceDb)) throw new UsageError(`source database ${sourceDb} does not exist`, 'db_missing');
 
-  const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }));
+  const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }), input.sourceBusyTimeoutMs);
   if (sel.gaps.length > 0) throw new UsageError(`cannot freeze ${version}: ${sel.gaps.join('; ')}`, 'freeze_incomplete');
 
   const tables = Object.fromEntries(PACKAGE_TABLES.map((t) => [t, sel.rows[t].length]));
@@ -162,24 +165,49 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
  * sees the same snapshot, so ACM2 writing to its DB meanwhile cannot give the package a run
  * without its tasks or a preset without its contents.
  */
-export function withSource<T>(file: string, fn: (db: Database.Database) => T): T {
+export function withSource<T>(file: string, fn: (db: Database.Database) => T, busyTimeoutMs = SOURCE_BUSY_TIMEOUT_MS): T {
   let db: Database.Database;
   try {
     db = new Database(file, { readonly: true, fileMustExist: true });
-    db.pragma('busy_timeout = 5000');
+    db.pragma(`busy_timeout = ${busyTimeoutMs}`);
   } catch (e) {
-    throw new UsageError(`cannot open source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
+    throw sourceDbError(file, 'open', e, busyTimeoutMs);
   }
   try {
     return db.transaction(() => fn(db)).deferred();
   } catch (e) {
-    if ((e as { code?: string }).code?.startsWith('SQLITE_')) {
-      throw new UsageError(`cannot read source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
-    }
+    if ((e as { code?: string }).code?.startsWith('SQLITE_')) throw sourceDbError(file, 'read', e, busyTimeoutMs);
     throw e;
   } finally {
     db.close();
   }
+}
+
+/** How long the freeze waits for a writer's lock on the source DB. */
+export const SOURCE_BUSY_TIMEOUT_MS = 5000;
+
+/**
+ * Why the source DB could not be read. A lock held past the wait and a hot journal are the
+ * moment's state, not bad input (exit 3: run it again later); only a file SQLite cannot read as a
+ * database is exit 2.
+ */
+function sourceDbError(file: string, what: 'open' | 'read', e: unknown, busyTimeoutMs: number): Error {
+  const code = String((e as { code?: unknown }).code ?? '');
+  if (isBusy(e)) {
+    return new UnavailableError(`source database ${file} is in use: another process held it locked for more than ${busyTimeoutMs / 1000} s; nothing was frozen, try again when it is done`, 'source_busy', { cause: e });
+  }
+  // A writer killed mid-transaction left its journal, which only a read-write open rolls back;
+  // the freeze never writes to the source.
+  if (/^SQLITE_READONLY_(ROLLBACK|RECOVERY)/.test(code) || (code.startsWith('SQLITE_READONLY') && existsSync(`${file}-journal`))) {
+    return new UnavailableError(
+      `source database ${file} has a hot journal (a writer was interrupted mid-transaction), which seed freeze does not roll back (it never writes to the source): let ACM2 open it, or run sqlite3 ${file} 'PRAGMA quick_check', then freeze again`,
+      'source_hot_journal',
+      { cause: e },
+    );
+  }
+  const env = code.startsWith('SQLITE_IOERR') || isDiskFull(e) ? classifyFsError(e, file) : undefined;
+  if (env) return env;
+  return new UsageError(`cannot ${what} source database ${file} (${(e as Error).message})`, 'db_unreadable', { cause: e });
 }
 
 function runForReport(sel: FreezeSelection) {
