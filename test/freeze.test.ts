@@ -9,10 +9,11 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { freezeSeed, withSource, type FreezeInput } from '../src/core/freeze.js';
+import { freezeSeed, withSource, type FreezeInput, type FreezeResult } from '../src/core/freeze.js';
 import { UnavailableError, UsageError } from '../src/errors.js';
 import { generateSource, safeDocId, type SourceFixture, type SourceOptions } from '../src/fixtures/source.js';
 import { dumpTable, sha256File } from '../src/seed/canonical.js';
+import { readOnlyView } from './helpers/env.js';
 import { checkPackage, listPackages, loadPackage, readCurrent, readPackageRows } from '../src/seed/package.js';
 
 const roots: string[] = [];
@@ -196,6 +197,29 @@ describe('freezeSeed: a source DB it cannot read now', () => {
     expect(err.message).toMatch(/has a hot journal/);
     expect(readFileSync(src.dbPath).equals(before)).toBe(true);
     expect(existsSync(`${src.dbPath}-journal`)).toBe(true);
+  });
+});
+
+describe('freezeSeed: a source on a read-only mount', () => {
+  it.runIf(process.getuid?.() === 0)('reads a WAL source that has no -shm there, and freezes what the writable source gives', () => {
+    const src = source();
+    const w = openSource(src);
+    w.pragma('journal_mode = WAL'); // as ACM2 keeps its DBs; closing removes the -wal and -shm
+    w.close();
+    expect(existsSync(`${src.dbPath}-shm`)).toBe(false);
+    const now = new Date('2026-01-01T00:00:00Z');
+    const seedsDir = path.join(tmp(), 'seeds');
+    const view = readOnlyView(path.dirname(src.dbPath));
+    expect(view).toBeDefined();
+    let got: FreezeResult;
+    try {
+      const ro = (p: string) => path.join(view!.path, path.relative(path.dirname(src.dbPath), p));
+      got = freezeSeed({ ...input(src, seedsDir, { now }), sourceDb: ro(src.dbPath), sourceFiles: ro(src.filesDir) });
+    } finally {
+      view!.undo();
+    }
+    expect(checkPackage(seedsDir, 'v1').ok).toBe(true);
+    expect(got.packageSha256).toBe(freezeSeed(input(src, path.join(tmp(), 'seeds'), { now })).packageSha256);
   });
 });
 

@@ -7,7 +7,8 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
-import { classifyFsError, isDiskFull, UnavailableError, UsageError } from '../errors.js';
+import { classifyFsError, isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
+import { openForReading } from '../userdb/user-db.js';
 import { isBusy } from './migrate-safe.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
@@ -168,9 +169,12 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
 export function withSource<T>(file: string, fn: (db: Database.Database) => T, busyTimeoutMs = SOURCE_BUSY_TIMEOUT_MS): T {
   let db: Database.Database;
   try {
-    db = new Database(file, { readonly: true, fileMustExist: true });
+    // A WAL source without its -shm where it cannot be written (a read-only mount, a backup
+    // snapshot) is read from a private copy: SQLite could not open it in place.
+    db = openForReading(file, { readonly: true, timeout: busyTimeoutMs });
     db.pragma(`busy_timeout = ${busyTimeoutMs}`);
   } catch (e) {
+    if (isAcm2Error(e)) throw e; // the temp folder cannot hold the copy: said already
     throw sourceDbError(file, 'open', e, busyTimeoutMs);
   }
   try {
