@@ -2,7 +2,7 @@
 // leaving neither a version folder nor a staging folder behind.
 
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
@@ -151,6 +151,54 @@ describe('freezeSeed: a source ACM2 is writing to', () => {
     });
     w.close();
     expect(after).toBe(before);
+  });
+});
+
+describe('freezeSeed: a run folder ACM2 changes while it is copied', () => {
+  it('a log rotated away and a temp report renamed over report.html after the listing: frozen again, from the tree as it is then', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const run = runDir(src);
+    writeFileSync(path.join(run, 'logs', 'run.log.1'), 'rotated\n');
+    writeFileSync(path.join(run, 'reports', 'report.html.tmp'), '<html>the new report</html>');
+    let ticks = 0;
+    const acm2 = {
+      start() {},
+      tick() {
+        if (ticks++ > 0) return; // after the first file is copied
+        unlinkSync(path.join(run, 'logs', 'run.log.1'));
+        renameSync(path.join(run, 'reports', 'report.html.tmp'), path.join(run, 'reports', 'report.html'));
+      },
+      done() {},
+    };
+    const r = freezeSeed(input(src, seedsDir), acm2);
+    expect(checkPackage(seedsDir, 'v1').ok).toBe(true);
+    const pkg = loadPackage(seedsDir, 'v1');
+    const paths = pkg.manifest.files.map((f) => f.path.slice(`runs/${src.runId}/`.length));
+    expect(paths).not.toContain('logs/run.log.1');
+    expect(paths).not.toContain('reports/report.html.tmp');
+    expect(readFileSync(path.join(pkg.filesDir, 'runs', src.runId, 'reports', 'report.html'), 'utf8')).toBe('<html>the new report</html>');
+    expect(r.files).toBe(pkg.manifest.files.length);
+    expect(readdirSync(seedsDir)).toEqual(['v1']);
+  });
+
+  it('a log written to during every copy: exit 3 naming it, nothing published, no staging left', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const log = path.join(runDir(src), 'logs', 'run.log');
+    let n = 0;
+    const acm2 = { start() {}, tick: () => appendFileSync(log, `line ${n++}\n`), done() {} };
+    let err: unknown;
+    try {
+      freezeSeed(input(src, seedsDir), acm2);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as UnavailableError).exitCode).toBe(3);
+    expect((err as UnavailableError).code).toBe('source_changing');
+    expect((err as UnavailableError).message).toMatch(/kept changing while it was frozen \(3 tries; last, runs\/[^ ]+\/logs\/run\.log was written to while it was copied\)/);
+    expect(readdirSync(seedsDir)).toEqual([]);
   });
 });
 

@@ -11,7 +11,7 @@ import { classifyFsError, isAcm2Error, isDiskFull, UnavailableError, UsageError 
 import { openForReading } from '../userdb/user-db.js';
 import { isBusy } from './migrate-safe.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
-import { copyRunTree, fsyncTree, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
+import { copyRunTree, fsyncTree, RunTreeChanged, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
 import { fsyncPath, processAlive, writeFileDurable } from '../durable.js';
 import { computePackageSha256, PACKAGE_TABLES, SCHEMA_VERSION, unsafePathReason, type Manifest, type ManifestFile } from '../seed/manifest.js';
 import { checkPackage, CURRENT_FILE, FILES_DIR, MANIFEST_FILE, SEED_DB_FILE } from '../seed/package.js';
@@ -65,6 +65,8 @@ export interface FreezeResult {
 const STAGING_RE = /^\.staging-([^@]+)-(\d+)-([0-9a-f]+)(?:@(.+))?$/;
 const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+(?:@(.+))?$`);
 const STALE_ELSEWHERE_MS = 60 * 60 * 1000;
+/** Freezes of a run folder that changed while it was copied, before giving up (exit 3). */
+const FREEZE_ATTEMPTS = 3;
 
 /** Check the input, select, and either describe (dry run) or write the package. */
 export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentProgress): FreezeResult {
@@ -88,77 +90,100 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   if (input.dryRun && existsSync(dir)) throw versionExists(version, seedsDir);
   if (!existsSync(sourceDb)) throw new UsageError(`source database ${sourceDb} does not exist`, 'db_missing');
 
-  const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }), input.sourceBusyTimeoutMs);
-  if (sel.gaps.length > 0) throw new UsageError(`cannot freeze ${version}: ${sel.gaps.join('; ')}`, 'freeze_incomplete');
-
-  const tables = Object.fromEntries(PACKAGE_TABLES.map((t) => [t, sel.rows[t].length]));
-  const report = sel.renderReport ? renderRunReport(runForReport(sel)) : undefined;
-  const plan: FreezeResult = {
-    version,
-    dryRun: Boolean(input.dryRun),
-    dir,
-    source: { db: sourceDb, files: sourceFiles, presetId, runId },
-    tables,
-    rows: Object.values(tables).reduce((a, b) => a + b, 0),
-    files: sel.files.length + (report !== undefined ? 1 : 0),
-    bytes: sel.files.reduce((n, f) => n + f.bytes, 0) + (report !== undefined ? Buffer.byteLength(report) : 0),
-    reportRendered: report !== undefined,
-    current: false,
-    packageSha256: null,
-    seedDbBytes: null,
-    warnings: sel.warnings,
-    removedStaging: [],
-    unchanged: false,
-  };
-  if (input.dryRun) return plan;
-
-  try {
-    mkdirSync(seedsDir, { recursive: true, mode: 0o755 });
-  } catch (e) {
-    throw classifyFsError(e, seedsDir) ?? e;
-  }
-  const removedStaging = removeStaleStaging(seedsDir);
-  const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}@${hostname()}`);
-  let manifest: Manifest;
-  try {
-    mkdirSync(staging, { mode: 0o755 });
-    manifest = buildPackage(staging, sel, sourceFiles, report, {
-      version,
-      createdAt: (input.now ?? new Date()).toISOString(),
-      tool: input.tool ?? { name: TOOL_NAME, version: TOOL_VERSION },
-      progress,
-    });
-    if (existsSync(dir)) {
-      if (!sameIntactPackage(seedsDir, version, manifest.packageSha256)) throw versionExists(version, seedsDir);
-      rmSync(staging, { recursive: true, force: true });
-      if (input.setCurrent) writeCurrent(seedsDir, version);
-      return { ...plan, files: manifest.files.length, bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes, current: Boolean(input.setCurrent), packageSha256: manifest.packageSha256, seedDbBytes: manifest.seedDb.bytes, removedStaging, unchanged: true };
-    }
-    fsyncTree(staging);
+  const runRel = `runs/${runId}/`;
+  const removedEarlier: string[] = [];
+  // The run folder has no snapshot: a file that changed while it was copied (ACM2 rewriting a
+  // report, appending to a log, removing one) makes the freeze start again from a new snapshot of
+  // the DB and a new listing, so the package holds the rows and files of one moment.
+  for (let attempt = 1; ; attempt++) {
     try {
-      renameSync(staging, dir);
+      return freezeOnce();
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST' || code === 'ENOTEMPTY') {
-        throw new UsageError(`seed version '${version}' appeared in ${seedsDir} while freezing; it was not overwritten`, 'version_exists', { cause: e });
+      if (!(e instanceof RunTreeChanged)) throw e;
+      if (attempt >= FREEZE_ATTEMPTS) {
+        throw new UnavailableError(
+          `the run folder ${path.join(sourceFiles, runRel)} kept changing while it was frozen (${attempt} tries; last, ${runRel}${e.rel} ${e.why} while it was copied); nothing was frozen: try again when the run is idle`,
+          'source_changing',
+          { cause: e },
+        );
       }
-      throw e;
     }
-    fsyncPath(seedsDir);
-  } catch (e) {
-    rmSync(staging, { recursive: true, force: true });
-    throw classifyFsError(e, staging) ?? e;
   }
-  if (input.setCurrent) writeCurrent(seedsDir, version);
-  return {
-    ...plan,
-    files: manifest.files.length,
-    bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes,
-    current: Boolean(input.setCurrent),
-    packageSha256: manifest.packageSha256,
-    seedDbBytes: manifest.seedDb.bytes,
-    removedStaging,
-  };
+
+  function freezeOnce(): FreezeResult {
+    const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }), input.sourceBusyTimeoutMs);
+    if (sel.gaps.length > 0) throw new UsageError(`cannot freeze ${version}: ${sel.gaps.join('; ')}`, 'freeze_incomplete');
+
+    const tables = Object.fromEntries(PACKAGE_TABLES.map((t) => [t, sel.rows[t].length]));
+    const report = sel.renderReport ? renderRunReport(runForReport(sel)) : undefined;
+    const plan: FreezeResult = {
+      version,
+      dryRun: Boolean(input.dryRun),
+      dir,
+      source: { db: sourceDb, files: sourceFiles, presetId, runId },
+      tables,
+      rows: Object.values(tables).reduce((a, b) => a + b, 0),
+      files: sel.files.length + (report !== undefined ? 1 : 0),
+      bytes: sel.files.reduce((n, f) => n + f.bytes, 0) + (report !== undefined ? Buffer.byteLength(report) : 0),
+      reportRendered: report !== undefined,
+      current: false,
+      packageSha256: null,
+      seedDbBytes: null,
+      warnings: sel.warnings,
+      removedStaging: [],
+      unchanged: false,
+    };
+    if (input.dryRun) return plan;
+
+    try {
+      mkdirSync(seedsDir, { recursive: true, mode: 0o755 });
+    } catch (e) {
+      throw classifyFsError(e, seedsDir) ?? e;
+    }
+    removedEarlier.push(...removeStaleStaging(seedsDir));
+    const removedStaging = [...removedEarlier];
+    const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}@${hostname()}`);
+    let manifest: Manifest;
+    try {
+      mkdirSync(staging, { mode: 0o755 });
+      manifest = buildPackage(staging, sel, sourceFiles, report, {
+        version,
+        createdAt: (input.now ?? new Date()).toISOString(),
+        tool: input.tool ?? { name: TOOL_NAME, version: TOOL_VERSION },
+        progress,
+      });
+      if (existsSync(dir)) {
+        if (!sameIntactPackage(seedsDir, version, manifest.packageSha256)) throw versionExists(version, seedsDir);
+        rmSync(staging, { recursive: true, force: true });
+        if (input.setCurrent) writeCurrent(seedsDir, version);
+        return { ...plan, files: manifest.files.length, bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes, current: Boolean(input.setCurrent), packageSha256: manifest.packageSha256, seedDbBytes: manifest.seedDb.bytes, removedStaging, unchanged: true };
+      }
+      fsyncTree(staging);
+      try {
+        renameSync(staging, dir);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EEXIST' || code === 'ENOTEMPTY') {
+          throw new UsageError(`seed version '${version}' appeared in ${seedsDir} while freezing; it was not overwritten`, 'version_exists', { cause: e });
+        }
+        throw e;
+      }
+      fsyncPath(seedsDir);
+    } catch (e) {
+      rmSync(staging, { recursive: true, force: true });
+      throw classifyFsError(e, staging) ?? e;
+    }
+    if (input.setCurrent) writeCurrent(seedsDir, version);
+    return {
+      ...plan,
+      files: manifest.files.length,
+      bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes,
+      current: Boolean(input.setCurrent),
+      packageSha256: manifest.packageSha256,
+      seedDbBytes: manifest.seedDb.bytes,
+      removedStaging,
+    };
+  }
 }
 
 /**

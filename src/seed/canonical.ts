@@ -94,7 +94,7 @@ export function dumpTable(db: Database.Database, table: string): { rows: number;
 }
 
 export type TreeEntry =
-  | { kind: 'file'; rel: string; bytes: number }
+  | { kind: 'file'; rel: string; bytes: number; mtimeMs: number; ino: number }
   | { kind: 'dir'; rel: string }
   | { kind: 'symlink'; rel: string }
   | { kind: 'other'; rel: string };
@@ -136,7 +136,7 @@ export function walkTree(root: string, opts: { live?: boolean } = {}): TreeEntry
       else if (st.isDirectory()) {
         out.push({ kind: 'dir', rel });
         visit(full, rel);
-      } else if (st.isFile()) out.push({ kind: 'file', rel, bytes: st.size });
+      } else if (st.isFile()) out.push({ kind: 'file', rel, bytes: st.size, mtimeMs: st.mtimeMs, ino: st.ino });
       else out.push({ kind: 'other', rel });
     }
   };

@@ -2,7 +2,7 @@
 // and how its parts are written: seed.db in primary-key order, the run tree with hashes, fsyncs.
 
 import Database from 'better-sqlite3';
-import { lstatSync, mkdirSync, readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fsyncPath, writeFileDurable } from '../durable.js';
 import { loadMigrations } from '../migrations.js';
@@ -30,6 +30,22 @@ export interface RunFile {
   /** Relative to the run folder, '/' separators. */
   rel: string;
   bytes: number;
+  /** What the listing saw: the copy must read the file in this state. */
+  mtimeMs: number;
+  ino: number;
+}
+
+/**
+ * A file of the run folder changed between the listing and the end of its copy (rewritten,
+ * appended to, removed, renamed over): the package would not hold the tree of one moment.
+ */
+export class RunTreeChanged extends Error {
+  constructor(
+    readonly rel: string,
+    readonly why: string,
+  ) {
+    super(`${rel} ${why} while it was being frozen`);
+  }
 }
 
 export interface FreezeSelection {
@@ -259,12 +275,13 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
   else if (runDirKind === 'symlink') gap(`${runRel} is a symlink`);
   else if (runDirKind !== 'dir') gap(`${runRel} is missing from ${opts.sourceFiles}`);
   else {
-    for (const e of walkTree(runDir)) {
+    // Live: ACM2 may remove a file (a rotated log, a temp report renamed) while it is listed.
+    for (const e of walkTree(runDir, { live: true })) {
       if (e.kind === 'symlink') gap(`${runRel}${e.rel} is a symlink`);
       else if (e.kind === 'other') gap(`${runRel}${e.rel} is not a regular file or folder`);
       else if (unsafePathReason(`${runRel}${e.rel}`) !== undefined) gap(`${runRel}${e.rel} cannot be a package path: it ${unsafePathReason(`${runRel}${e.rel}`)}`);
       else if (e.kind === 'dir') dirs.push(e.rel);
-      else files.push({ rel: e.rel, bytes: e.bytes });
+      else files.push({ rel: e.rel, bytes: e.bytes, mtimeMs: e.mtimeMs, ino: e.ino });
     }
     reportExists = files.some((f) => f.rel === 'reports/report.html');
   }
@@ -369,12 +386,42 @@ export function copyRunTree(sel: FreezeSelection, sourceFiles: string, filesDir:
   progress.start('copying run files', sel.files.length);
   for (const f of sel.files) {
     const parts = f.rel.split('/');
-    const h = writeFileDurable(path.join(dstRun, ...parts), readFileSync(path.join(srcRun, ...parts)));
+    const h = writeFileDurable(path.join(dstRun, ...parts), readUnchanged(path.join(srcRun, ...parts), f));
     out.push({ path: `runs/${sel.runId}/${f.rel}`, bytes: h.bytes, sha256: h.sha256 });
     progress.tick(1, f.rel);
   }
   progress.done();
   return out;
+}
+
+/**
+ * The bytes of a run file, provided it is still the file the listing saw and nothing wrote to it
+ * while it was read; RunTreeChanged otherwise. Never follows a symlink or blocks on a FIFO put in
+ * its place since the listing.
+ */
+function readUnchanged(file: string, f: RunFile): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new RunTreeChanged(f.rel, 'was removed');
+    if (code === 'ELOOP') throw new RunTreeChanged(f.rel, 'was replaced by a symlink');
+    throw e;
+  }
+  try {
+    const before = fstatSync(fd);
+    if (!before.isFile() || before.ino !== f.ino) throw new RunTreeChanged(f.rel, 'was replaced');
+    if (before.size !== f.bytes || before.mtimeMs !== f.mtimeMs) throw new RunTreeChanged(f.rel, 'was written to');
+    const buf = readFileSync(fd);
+    const after = fstatSync(fd);
+    if (buf.length !== before.size || after.size !== before.size || after.mtimeMs !== before.mtimeMs || after.ctimeMs !== before.ctimeMs) {
+      throw new RunTreeChanged(f.rel, 'was written to');
+    }
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** fsync every folder under root (deepest first) and root itself. */
