@@ -2,7 +2,7 @@
 // leaving neither a version folder nor a staging folder behind.
 
 import Database from 'better-sqlite3';
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
@@ -245,6 +245,41 @@ describe('freezeSeed: a source DB it cannot read now', () => {
     expect(err.message).toMatch(/has a hot journal/);
     expect(readFileSync(src.dbPath).equals(before)).toBe(true);
     expect(existsSync(`${src.dbPath}-journal`)).toBe(true);
+  });
+});
+
+describe('seed freeze by a user that may not read all of the source', () => {
+  // Only root can run the CLI as another user; CI runs as root.
+  it.runIf(process.getuid?.() === 0)('a run subfolder or the source DB it cannot read: exit 3 naming it, not a bug or bad input', () => {
+    const root = tmp('acm2-freeze-eacces-');
+    chmodSync(root, 0o777);
+    const src = generateSource(path.join(root, 'source'), {});
+    const seedsDir = path.join(root, 'seeds');
+    const NOBODY = 65534;
+    const freeze = () => {
+      try {
+        execFileSync(process.execPath, [BIN, 'seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', path.join(root, 'data'), '--json'], { encoding: 'utf8', stdio: 'pipe', uid: NOBODY, gid: NOBODY, cwd: root });
+      } catch (e) {
+        const x = e as { status: number; stdout: string };
+        return { status: x.status, error: (JSON.parse(x.stdout) as { error: { code: string; message: string } }).error };
+      }
+      return { status: 0, error: undefined };
+    };
+    const extra = path.join(runDir(src), 'extra');
+    mkdirSync(extra);
+    writeFileSync(path.join(extra, 'notes.txt'), 'x');
+    chmodSync(extra, 0o700); // root's alone
+    const dir = freeze();
+    expect(dir.status).toBe(3);
+    expect(dir.error).toMatchObject({ code: 'permission_denied', message: expect.stringContaining(`permission denied on ${extra}`) });
+    chmodSync(extra, 0o755);
+    chmodSync(src.dbPath, 0o600);
+    const db = freeze();
+    expect(db.status).toBe(3);
+    expect(db.error).toMatchObject({ code: 'permission_denied', message: expect.stringContaining(`permission denied on source database ${src.dbPath}`) });
+    expect(existsSync(path.join(seedsDir, 'v1'))).toBe(false);
+    chmodSync(src.dbPath, 0o644);
+    expect(freeze().status).toBe(0);
   });
 });
 

@@ -3,7 +3,7 @@
 
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
@@ -111,7 +111,13 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   }
 
   function freezeOnce(): FreezeResult {
-    const sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }), input.sourceBusyTimeoutMs);
+    let sel: FreezeSelection;
+    try {
+      sel = withSource(sourceDb, (db) => selectForFreeze(db, { sourceFiles, presetId, runId, renderReport: Boolean(input.renderReport) }), input.sourceBusyTimeoutMs);
+    } catch (e) {
+      // Listing the run folder failed (a folder this user may not read): the environment.
+      throw (isAcm2Error(e) ? undefined : classifyFsError(e, path.join(sourceFiles, runRel))) ?? e;
+    }
     if (sel.gaps.length > 0) throw new UsageError(`cannot freeze ${version}: ${sel.gaps.join('; ')}`, 'freeze_incomplete');
 
     const tables = Object.fromEntries(PACKAGE_TABLES.map((t) => [t, sel.rows[t].length]));
@@ -212,6 +218,15 @@ export function withSource<T>(file: string, fn: (db: Database.Database) => T, bu
   }
 }
 
+function canRead(file: string): boolean {
+  try {
+    accessSync(file, constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** How long the freeze waits for a writer's lock on the source DB. */
 export const SOURCE_BUSY_TIMEOUT_MS = 5000;
 
@@ -233,6 +248,10 @@ function sourceDbError(file: string, what: 'open' | 'read', e: unknown, busyTime
       'source_hot_journal',
       { cause: e },
     );
+  }
+  // SQLite says only "unable to open database file" for a source this user may not read.
+  if (code === 'SQLITE_CANTOPEN' && !canRead(file)) {
+    return new UnavailableError(`permission denied on source database ${file} (EACCES): run seed freeze as a user that may read it`, 'permission_denied', { cause: e });
   }
   const env = code.startsWith('SQLITE_IOERR') || isDiskFull(e) ? classifyFsError(e, file) : undefined;
   if (env) return env;
