@@ -543,6 +543,14 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     expectRefused(() => freezeSeed({ ...input(src, seedsDir), setCurrent: true }), seedsDir, 'v1', `runs/${src.runId}/logs/fpf_a\\b.log cannot be a package path: it contains a backslash`);
   });
 
+  it('a file whose name is not UTF-8: refused, saying so (not "not a regular file")', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    writeFileSync(Buffer.concat([Buffer.from(`${runDir(src)}/logs/`), Buffer.from([0x72, 0xe9, 0x73, 0x75, 0x6d, 0xe9, 0x2e, 0x6c, 0x6f, 0x67])]), 'latin-1 name\n');
+    const err = expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', /logs\/r\uFFFDsum\uFFFD\.log has a name that is not valid UTF-8/);
+    expect(err.message).not.toMatch(/not a regular file/);
+  });
+
   it('a symlink in the source tree', () => {
     const src = source();
     symlinkSync('/etc/passwd', path.join(runDir(src), 'logs', 'passwd.log'));

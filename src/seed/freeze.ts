@@ -278,7 +278,8 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
     // Live: ACM2 may remove a file (a rotated log, a temp report renamed) while it is listed.
     for (const e of walkTree(runDir, { live: true })) {
       if (e.kind === 'symlink') gap(`${runRel}${e.rel} is a symlink`);
-      else if (e.kind === 'other') gap(`${runRel}${e.rel} is not a regular file or folder`);
+      // walkTree cannot look at a name that is not UTF-8 (it is read back with U+FFFD in it).
+      else if (e.kind === 'other') gap(`${runRel}${e.rel} ${e.rel.includes('\uFFFD') ? 'has a name that is not valid UTF-8: rename it' : 'is not a regular file or folder'}`);
       else if (unsafePathReason(`${runRel}${e.rel}`) !== undefined) gap(`${runRel}${e.rel} cannot be a package path: it ${unsafePathReason(`${runRel}${e.rel}`)}`);
       else if (e.kind === 'dir') dirs.push(e.rel);
       else files.push({ rel: e.rel, bytes: e.bytes, mtimeMs: e.mtimeMs, ino: e.ino });
