@@ -2,7 +2,7 @@
 // leaving neither a version folder nor a staging folder behind.
 
 import Database from 'better-sqlite3';
-import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statfsSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +13,7 @@ import { freezeSeed, withSource, type FreezeInput, type FreezeResult } from '../
 import { UnavailableError, UsageError } from '../src/errors.js';
 import { generateSource, safeDocId, type SourceFixture, type SourceOptions } from '../src/fixtures/source.js';
 import { dumpTable, sha256File } from '../src/seed/canonical.js';
-import { readOnlyView } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, readOnlyView, withTmpfs } from './helpers/env.js';
 import { checkPackage, listPackages, loadPackage, readCurrent, readPackageRows } from '../src/seed/package.js';
 
 const roots: string[] = [];
@@ -199,6 +199,32 @@ describe('freezeSeed: a run folder ACM2 changes while it is copied', () => {
     expect((err as UnavailableError).code).toBe('source_changing');
     expect((err as UnavailableError).message).toMatch(/kept changing while it was frozen \(3 tries; last, runs\/[^ ]+\/logs\/run\.log was written to while it was copied\)/);
     expect(readdirSync(seedsDir)).toEqual([]);
+  });
+});
+
+describe('freezeSeed --set-current on a seeds dir with room for the package but not for CURRENT', () => {
+  it.runIf(CAN_MOUNT_TMPFS)('exit 3 saying the version was published and CURRENT was not moved, and how to finish', async () => {
+    const src = source();
+    // How many inodes a freeze with --set-current uses; one fewer leaves CURRENT no room.
+    const used = await withTmpfs('4m', (dir) => {
+      freezeSeed(input(src, path.join(dir, 'seeds'), { setCurrent: true }));
+      const st = statfsSync(dir);
+      return st.files - st.ffree;
+    });
+    await withTmpfs(`4m,nr_inodes=${used - 1}`, (dir) => {
+      const seedsDir = path.join(dir, 'seeds');
+      let err: unknown;
+      try {
+        freezeSeed(input(src, seedsDir, { setCurrent: true }));
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(UnavailableError);
+      expect((err as UnavailableError).code).toBe('disk_full');
+      expect((err as UnavailableError).message).toMatch(/^seed version v1 was frozen into .*\/seeds\/v1, but CURRENT was not moved to it \(disk full while writing .*\): once that is fixed, run the same freeze again/);
+      expect(checkPackage(seedsDir, 'v1').ok).toBe(true);
+      expect(readdirSync(seedsDir)).toEqual(['v1']);
+    });
   });
 });
 

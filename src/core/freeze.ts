@@ -161,7 +161,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
       if (existsSync(dir)) {
         if (!sameIntactPackage(seedsDir, version, manifest.packageSha256)) throw versionExists(version, seedsDir);
         rmSync(staging, { recursive: true, force: true });
-        if (input.setCurrent) writeCurrent(seedsDir, version);
+        if (input.setCurrent) moveCurrent(seedsDir, version, dir);
         return { ...plan, files: manifest.files.length, bytes: manifest.files.reduce((n, f) => n + f.bytes, 0) + manifest.seedDb.bytes, current: Boolean(input.setCurrent), packageSha256: manifest.packageSha256, seedDbBytes: manifest.seedDb.bytes, removedStaging, unchanged: true };
       }
       fsyncTree(staging);
@@ -179,7 +179,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
       rmSync(staging, { recursive: true, force: true });
       throw classifyFsError(e, staging) ?? e;
     }
-    if (input.setCurrent) writeCurrent(seedsDir, version);
+    if (input.setCurrent) moveCurrent(seedsDir, version, dir);
     return {
       ...plan,
       files: manifest.files.length,
@@ -380,6 +380,24 @@ function isDead(full: string, pid: number, host: string | undefined): boolean {
   }
 }
 
+
+/**
+ * CURRENT := version once the version is published. A failure here is not "nothing frozen": the
+ * package is in place and only CURRENT still names the old version, which the sentence says,
+ * with how to finish.
+ */
+function moveCurrent(seedsDir: string, version: string, dir: string): void {
+  try {
+    writeCurrent(seedsDir, version);
+  } catch (e) {
+    if (!isAcm2Error(e)) throw e;
+    throw new UnavailableError(
+      `seed version ${version} was frozen into ${dir}, but CURRENT was not moved to it (${e.message}): once that is fixed, run the same freeze again (it finds ${version} unchanged and moves CURRENT) or write ${version} into ${path.join(seedsDir, CURRENT_FILE)}`,
+      e.code,
+      { cause: e },
+    );
+  }
+}
 
 /** CURRENT := version, through a temp file and rename so readers never see a partial line. */
 export function writeCurrent(seedsDir: string, version: string): void {
