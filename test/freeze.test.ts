@@ -604,6 +604,18 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     expect(readdirSync(seedsDir)).toEqual(['v1']);
   });
 
+  it('an existing version folder that is no intact package (a copy cut short): not overwritten, and the refusal says what is wrong with it', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    const first = freezeSeed(input(src, seedsDir));
+    unlinkSync(path.join(first.dir, 'manifest.json')); // an rsync of it killed before its last file
+    for (const dryRun of [true, false]) {
+      const err = expectRefused(() => freezeSeed(input(src, seedsDir, { dryRun })), seedsDir, 'none', /already exists in .* but is not an intact package \(manifest\.json is missing\); it was not overwritten: move that folder aside/);
+      expect(err.message).not.toMatch(/other content/);
+    }
+    expect(readdirSync(first.dir).sort()).toEqual(['files', 'seed.db']);
+  });
+
   it('a rerun of a freeze killed between publishing and CURRENT converges: same content, nothing rewritten, CURRENT set, litter gone', () => {
     const src = source();
     const seedsDir = path.join(tmp(), 'seeds');

@@ -331,6 +331,17 @@ function buildPackage(staging: string, sel: FreezeSelection, sourceFiles: string
 
 /** Remove `.staging-*` folders left by freezes whose process is gone. */
 function versionExists(version: string, seedsDir: string): UsageError {
+  // A folder that is no intact package (a copy cut short, a hand-made folder) holds no "other
+  // content" to keep: say what is wrong with it, and that moving it aside frees the name.
+  let problem: string | undefined;
+  try {
+    problem = checkPackage(seedsDir, version).problems[0];
+  } catch (e) {
+    problem = (e as Error).message;
+  }
+  if (problem !== undefined) {
+    return new UsageError(`seed version '${version}' already exists in ${seedsDir} but is not an intact package (${problem}); it was not overwritten: move that folder aside, or choose a new version name`, 'version_exists');
+  }
   return new UsageError(`seed version '${version}' already exists in ${seedsDir} with other content; packages are immutable, choose a new version name`, 'version_exists');
 }
 
