@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { freezeSeed, withSource, type FreezeInput, type FreezeResult } from '../src/core/freeze.js';
 import { UnavailableError, UsageError } from '../src/errors.js';
@@ -459,6 +459,49 @@ describe('freezeSeed: what it follows and what it leaves', () => {
     const r = freezeSeed(input(src, seedsDir));
     expect(r.removedStaging.sort()).toEqual([path.basename(stale), path.basename(here), path.basename(elsewhereOld)].sort());
     expect(readdirSync(seedsDir).sort()).toEqual([path.basename(elsewhere), 'v1'].sort());
+  });
+
+  // A container with the host's name (host networking) and pids of its own, freezing into the
+  // same seeds dir: its pid is not one of this pid space's, but its freeze is alive.
+  const CAN_UNSHARE = process.getuid?.() === 0 && spawnSync('unshare', ['--pid', '--fork', '--mount-proc', 'true']).status === 0;
+  it.runIf(CAN_UNSHARE)("leaves alone the staging of a live freeze in another pid space of this host name", async () => {
+    const src = source();
+    const root = tmp();
+    const seedsDir = path.join(root, 'seeds');
+    const ready = path.join(root, 'ready');
+    const go = path.join(root, 'go');
+    const child = `import { freezeSeed } from ${JSON.stringify(fileURLToPath(new URL('../dist/core/freeze.js', import.meta.url)))};
+      import { existsSync, writeFileSync } from 'node:fs';
+      const a = JSON.parse(process.env.ACM2_T_ARGS);
+      let first = true;
+      const tick = () => {
+        if (!first) return;
+        first = false;
+        writeFileSync(a.ready, String(process.pid));
+        while (!existsSync(a.go)) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+      };
+      freezeSeed(a.input, { start() {}, tick, done() {} });`;
+    // Its pid is made one this pid space cannot have (above pid_max here), as a container's may be.
+    const proc = spawn('unshare', ['--pid', '--fork', '--mount-proc', 'sh', '-c', 'echo 400000 > /proc/sys/kernel/ns_last_pid && "$0" --input-type=module -e "$ACM2_T_CHILD"', process.execPath], {
+      env: { ...process.env, ACM2_T_CHILD: child, ACM2_T_ARGS: JSON.stringify({ input: input(src, seedsDir), ready, go }) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+    try {
+      for (let i = 0; i < 400 && !existsSync(ready); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(existsSync(ready), stderr).toBe(true);
+      const theirs = readdirSync(seedsDir).filter((n) => n.startsWith('.staging-v1-'));
+      expect(theirs).toHaveLength(1);
+      const mine = freezeSeed(input(src, seedsDir, { version: 'v2' }));
+      expect(mine.removedStaging).toEqual([]);
+      expect(existsSync(path.join(seedsDir, theirs[0]!))).toBe(true);
+    } finally {
+      writeFileSync(go, ''); // the other freeze goes on (or, after a failure above, ends)
+    }
+    expect(await exited, stderr).toBe(0);
+    expect(checkPackage(seedsDir, 'v1').ok).toBe(true);
   });
 
   it('renders reports/report.html into the package only, when the run has none', () => {

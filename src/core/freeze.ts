@@ -10,6 +10,7 @@ import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
 import { openForReading } from '../userdb/user-db.js';
 import { isBusy } from './migrate-safe.js';
+import { thisPidSpace } from './worker-name.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, RunTreeChanged, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
 import { fsyncPath, processAlive, writeFileDurable } from '../durable.js';
@@ -61,7 +62,8 @@ export interface FreezeResult {
   unchanged: boolean;
 }
 
-// `@<host>` at the end: a seeds dir can be shared between hosts, whose pids mean nothing here.
+// `@<host>[+<pid space>]` at the end: a seeds dir can be shared between hosts, and between
+// containers of one host name (host networking), whose pids mean nothing here.
 const STAGING_RE = /^\.staging-([^@]+)-(\d+)-([0-9a-f]+)(?:@(.+))?$/;
 const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+(?:@(.+))?$`);
 const STALE_ELSEWHERE_MS = 60 * 60 * 1000;
@@ -148,7 +150,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
     }
     removedEarlier.push(...removeStaleStaging(seedsDir));
     const removedStaging = [...removedEarlier];
-    const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}@${hostname()}`);
+    const staging = path.join(seedsDir, `.staging-${version}-${process.pid}-${randomBytes(4).toString('hex')}@${whereAmI()}`);
     let manifest: Manifest;
     try {
       mkdirSync(staging, { mode: 0o755 });
@@ -381,9 +383,14 @@ function removeStaleStaging(seedsDir: string): string[] {
   return removed;
 }
 
-/** Left by a process that is gone: this host's (or an unnamed host's) by its pid, another host's by an hour untouched. */
-function isDead(full: string, pid: number, host: string | undefined): boolean {
-  if (host === undefined || host === hostname()) return pid !== process.pid && !processAlive(pid);
+/**
+ * Left by a process that is gone: one of this host's pid space (or of a name that records no
+ * host, or no pid space) by its pid; another host's, or another pid space's of this host name (a
+ * container, a boot since), by an hour untouched.
+ */
+function isDead(full: string, pid: number, where: string | undefined): boolean {
+  const [, host, space] = where === undefined ? [] : (/^(.*?)(?:\+([0-9a-f]+\.\d+))?$/.exec(where) ?? []);
+  if (where === undefined || (host === hostname() && (space === undefined || space === thisPidSpace()))) return pid !== process.pid && !processAlive(pid);
   try {
     return Date.now() - lstatSync(full).mtimeMs > STALE_ELSEWHERE_MS;
   } catch {
@@ -410,9 +417,15 @@ function moveCurrent(seedsDir: string, version: string, dir: string): void {
   }
 }
 
+/** `<host>+<pid space>` (just the host where /proc does not say): whose pids a staging name's pid is. */
+function whereAmI(): string {
+  const space = thisPidSpace();
+  return space ? `${hostname()}+${space}` : hostname();
+}
+
 /** CURRENT := version, through a temp file and rename so readers never see a partial line. */
 export function writeCurrent(seedsDir: string, version: string): void {
-  const tmp = path.join(seedsDir, `.${CURRENT_FILE}.tmp-${process.pid}-${randomBytes(4).toString('hex')}@${hostname()}`);
+  const tmp = path.join(seedsDir, `.${CURRENT_FILE}.tmp-${process.pid}-${randomBytes(4).toString('hex')}@${whereAmI()}`);
   try {
     writeFileDurable(tmp, `${version}\n`);
     renameSync(tmp, path.join(seedsDir, CURRENT_FILE));
