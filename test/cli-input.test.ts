@@ -131,7 +131,7 @@ describe('the command line, as an operator types it', () => {
   it('a command group without its subcommand says which are there, also in JSON', async () => {
     const j = await acm2(['seed', '--json']);
     expect(j.code).toBe(2);
-    expect(JSON.parse(j.stdout).error).toEqual({ code: 'usage', message: 'acm2 seed needs one of: freeze, list, show, check' });
+    expect(JSON.parse(j.stdout).error).toEqual({ code: 'usage', message: 'acm2 seed needs one of: freeze, list, show, check, set-current' });
     expect(j.stderr).toBe(''); // stderr is not a terminal here: with --json it carries nothing
     const bogus = await acm2(['verify', '--bogus', '--json']);
     expect(bogus.code).toBe(2);

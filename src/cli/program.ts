@@ -58,7 +58,7 @@ Examples:
 
   const seed = program
     .command('seed')
-    .description('cut, list, show and check seed packages')
+    .description('cut, list, show and check seed packages; set CURRENT')
     .addHelpText('after', '\nExamples:\n  $ acm2 seed list\n  $ acm2 seed check v1');
   seed
     .command('freeze')
@@ -88,6 +88,11 @@ Examples:
     .description('check package integrity (all versions when none named); exit 1 if any fails')
     .addHelpText('after', '\nExample:\n  $ acm2 seed check v1')
     .action(action(() => import('./seed-check.js')));
+  seed
+    .command('set-current <version>')
+    .description('make an intact version CURRENT (what new users get), e.g. roll back to the previous one')
+    .addHelpText('after', '\nExample:\n  $ acm2 seed set-current v1')
+    .action(action(() => import('./seed-set-current.js')));
 
   const user = program
     .command('user')

@@ -1,0 +1,54 @@
+// `acm2 seed set-current <v>`: CURRENT rolled back (or forward) in one command that checks the
+// package first; a typo or a broken package leaves CURRENT as it was.
+import { execFile } from 'node:child_process';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freezeSeed } from '../src/core/freeze.js';
+import { frozenSource, type FrozenSource } from './helpers/env.js';
+
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+let pkg: FrozenSource;
+
+beforeAll(() => {
+  pkg = frozenSource();
+  // v2 from the same source, made CURRENT: the version an operator wants to roll back from.
+  const s = pkg.source;
+  freezeSeed({ sourceDb: s.dbPath, sourceFiles: s.filesDir, presetId: s.presetId, runId: s.runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: true, renderReport: true });
+});
+afterAll(() => pkg.cleanup());
+
+async function acm2(...args: string[]) {
+  try {
+    const r = await run(process.execPath, [BIN, '--seeds', pkg.seedsDir, '--json', 'seed', 'set-current', ...args]);
+    return { code: 0, out: JSON.parse(r.stdout) as Record<string, unknown> };
+  } catch (e) {
+    const x = e as { code: number; stdout: string };
+    return { code: x.code, out: JSON.parse(x.stdout) as Record<string, unknown> };
+  }
+}
+const current = () => readFileSync(path.join(pkg.seedsDir, 'CURRENT'), 'utf8');
+
+describe('seed set-current', () => {
+  it('moves CURRENT to an intact version and says what it was; a second time changes nothing', async () => {
+    expect(current()).toBe('v2\n');
+    expect(await acm2('v1')).toEqual({ code: 0, out: { version: 'v1', previous: 'v2', changed: true } });
+    expect(current()).toBe('v1\n');
+    expect(await acm2('v1')).toEqual({ code: 0, out: { version: 'v1', previous: 'v1', changed: false } });
+    expect(readdirSync(pkg.seedsDir).filter((n) => n.startsWith('.'))).toEqual([]);
+  });
+
+  it('refuses a version that is not there, or not intact, with exit 2 and CURRENT as it was', async () => {
+    const before = current();
+    const typo = await acm2('v9');
+    expect(typo).toMatchObject({ code: 2, out: { error: { code: 'unknown_version', message: expect.stringContaining("no seed version 'v9'") } } });
+    const f = readdirSync(path.join(pkg.seedsDir, 'v2', 'files'), { recursive: true, withFileTypes: true }).find((e) => e.isFile())!;
+    writeFileSync(path.join(f.parentPath, f.name), 'tampered\n');
+    const broken = await acm2('v2');
+    expect(broken).toMatchObject({ code: 2, out: { error: { code: 'bad_package', message: expect.stringMatching(/^seed version v2 is not intact \(.+\): CURRENT was not changed$/) } } });
+    expect(current()).toBe(before);
+  });
+});
