@@ -4,10 +4,10 @@
 // writes anything, instead of seeding a fresh DB for every user in the wrong place, or another
 // person's user 7 beside user_7.db. Runs the built binary.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
@@ -82,6 +82,46 @@ describe('a data dir that is not the master’s', () => {
       expect(JSON.parse(show.stdout)).toMatchObject({ id: 2, status: 'ready' });
       expect((await acm2(['--data-dir', dir, 'diff', '--user', '2'], { ACM2_MASTER_URL: a.master })).code).toBe(0);
     }
+  });
+
+  // ACM2 writes its data dir and DBs with umask 022 (0755, 0644); the tool's own .acm2/ is 0700. An
+  // account that may read the users' DBs but not .acm2/ (monitoring, CI) read them before pairing
+  // was checked by the read commands, and must still: not exit 70 "internal error: EACCES".
+  it.skipIf(process.getuid?.() !== 0)('read commands as an account that may read the DBs but not .acm2/: read as before, no internal error', async () => {
+    const f = await fleet(1);
+    const NOBODY = 65534;
+    const parent = path.dirname(f.dataDir);
+    chmodSync(parent, 0o755);
+    chmodSync(f.dataDir, 0o755);
+    for (const n of readdirSync(f.dataDir)) if (n.endsWith('.db')) chmodSync(path.join(f.dataDir, n), 0o644);
+    const seeds = path.join(parent, 'seeds');
+    cpSync(pkg.seedsDir, seeds, { recursive: true });
+    execFileSync('chmod', ['-R', 'a+rX', seeds]);
+    const asNobody = async (args: string[]) => {
+      try {
+        const r = await run(process.execPath, [BIN, '--seeds', seeds, '--data-dir', f.dataDir, ...args], {
+          uid: NOBODY,
+          gid: NOBODY,
+          cwd: parent,
+          env: { ...process.env, ACM2_MASTER_URL: '', ACM2_DATA_DIR: '', ACM2_PAIR_DATA_DIR: '', HOME: parent },
+        });
+        return { code: 0, stdout: r.stdout, stderr: r.stderr };
+      } catch (e) {
+        const x = e as { code: number; stdout: string; stderr: string };
+        return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+      }
+    };
+    const show = await asNobody(['user', 'show', '1', '--json']);
+    expect(show.code, show.stdout + show.stderr).toBe(0);
+    expect(JSON.parse(show.stdout)).toMatchObject({ id: 1, status: 'ready' });
+    const list = await asNobody(['user', 'list', '--json']);
+    expect(list.code, list.stdout + list.stderr).toBe(0);
+    expect((JSON.parse(list.stdout) as { users: unknown[] }).users).toHaveLength(1);
+    // A write command cannot check the pairing there: said as the environment (exit 3), not a bug.
+    const seed = await asNobody(['user', 'seed', '1', '--json']);
+    expect(seed.code, seed.stdout + seed.stderr).toBe(3);
+    expect(JSON.parse(seed.stdout).error).toMatchObject({ code: 'permission_denied' });
+    expect(JSON.parse(seed.stdout).error.message).toMatch(/data-dir\.json/);
   });
 
   it('another fleet’s master against this data dir (user ids that are other people): exit 2, nothing changed', async () => {

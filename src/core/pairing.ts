@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { MasterDb } from '../master/types.js';
-import { UsageError } from '../errors.js';
+import { classifyFsError, UsageError } from '../errors.js';
 import { toolDir } from '../userdb/paths.js';
 
 /** Set to the data dir's path to pair it with the master on purpose (a master moved to new files). */
@@ -120,7 +120,19 @@ export function refuseNewMasterFor(dataDir: string, display: string, what = 'doe
  */
 export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean; read?: boolean }): Promise<void> {
   const dir = path.resolve(dataDir);
-  const stamped = readStamp(dir);
+  let stamped: ReturnType<typeof readStamp>;
+  try {
+    stamped = readStamp(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EPERM') throw e;
+    // The tool's own folder is 0700 while ACM2's DBs are 0644 (its umask): an account that may
+    // read the users' DBs but not .acm2/ (a monitoring or CI account) cannot compare the stamp.
+    // A read goes on as it did before pairing (the folder is some fleet's data dir, not a
+    // mistyped one); a write cannot pair or check, and says why (exit 3).
+    if (opts.read) return;
+    throw classifyFsError(e, stampPath(dir)) ?? e;
+  }
   // The stamp is written before the master's record. One written for a master at this very URL
   // that the master never recorded may be a pairing cut short (kill -9, an account that may not
   // write acm2_data_dir, the master restored from before it), but a URL is not a master: another
