@@ -14,7 +14,7 @@ import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
 import { backfillJson, renderBackfill } from '../src/ui/backfill.js';
-import { tryLockNamed } from '../src/core/user-lock.js';
+import { lockUserFile, tryLockNamed } from '../src/core/user-lock.js';
 import { countRows, migrateSafely } from '../src/core/migrate-safe.js';
 import { pendingMigrations, userMigrations } from '../src/userdb/user-db.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
@@ -727,6 +727,38 @@ describe('stopping and resuming', () => {
       // Not left running (user show and list: pending) until a drain comes by after its lease, and
       // verify then failing the fleet with job_state_mismatch.
       expect(await w.master.latestJob(user.id)).toMatchObject({ status: 'done', lockedBy: null });
+    } finally {
+      await w.cleanup();
+    }
+  }, 60_000);
+
+  it('--resume of a user the stopped attempt seeded, while another seeder holds its lock: done, not failed user_busy', async () => {
+    const w = await sqliteWorld();
+    try {
+      const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: 'held@example.com', username: 'held', async: true });
+      const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
+      const script = `
+        const { openMaster } = await import(${dist('master/factory.js')});
+        const { parseMasterUrl } = await import(${dist('config.js')});
+        const { loadPackage } = await import(${dist('seed/package.js')});
+        const { runBackfill } = await import(${dist('core/backfill.js')});
+        const [url, dataDir, seedsDir] = process.argv.slice(1);
+        const master = await openMaster(parseMasterUrl(url));
+        await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
+      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, pkg.seedsDir], { encoding: 'utf8' });
+      expect(killed.signal, killed.stderr).toBe('SIGKILL');
+      expect(directCheck(w.dataDir, user.id).status).toBe('ready');
+      // A seeder (a drain that took the job over, a direct user seed) holds the user's lock right now.
+      const held = lockUserFile(w.dataDir, user.id, 0)!;
+      expect(held).toBeDefined();
+      try {
+        const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg, saveEveryMs: 50 }, { resume: true });
+        // The user is ready: the resume has nothing to do for it, and the lock's holder closes the job.
+        expect(resumed.failures).toEqual([]);
+        expect(resumed.users).toMatchObject([{ id: user.id, outcome: 'seed', steps: ['done by an earlier attempt of this backfill'] }]);
+      } finally {
+        await held.release();
+      }
     } finally {
       await w.cleanup();
     }

@@ -1017,6 +1017,9 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
     if (e instanceof MasterLost) return undefined;
     return finish(failReport(plan, classify(e)));
   }
+  // A user with nothing left to do (only a job the earlier attempt may have left running to close):
+  // whoever holds its lock is a seeder, which closes that job itself; not a failure of this run.
+  if (!lock && plan.action === 'ok') return finish(planReport(plan));
   if (!lock) return finish(failReport(plan, { code: 'user_busy', reason: 'the user is being seeded by another process; run the backfill again later' }));
   let report: BackfillUserReport;
   try {
