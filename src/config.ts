@@ -74,8 +74,17 @@ export function assertVersionName(v: string): string {
   if (!VERSION_RE.test(v) || v === '.' || v === '..') {
     throw new UsageError(`'${v}' is not a valid seed version name (letters, digits, '.', '_', '-'; at most 64; not starting with a symbol)`, 'bad_version');
   }
-  // The seeds folder's CURRENT file has this name (in any case, on a case-insensitive file
-  // system): a version folder there would leave no place for CURRENT.
+  return v;
+}
+
+/**
+ * A name for a version about to be frozen. The seeds folder's CURRENT file has the name CURRENT
+ * (in any case, on a case-insensitive file system): a version folder there would leave no place
+ * for CURRENT. Only new versions are refused so: a `current` frozen before this rule (valid then,
+ * on a case-sensitive file system) stays readable, seedable and settable as CURRENT.
+ */
+export function assertNewVersionName(v: string): string {
+  assertVersionName(v);
   if (v.toUpperCase() === 'CURRENT') {
     throw new UsageError(`'${v}' is not a valid seed version name: the seeds folder's CURRENT file has that name`, 'bad_version');
   }

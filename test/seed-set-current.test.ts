@@ -1,12 +1,13 @@
 // `acm2 seed set-current <v>`: CURRENT rolled back (or forward) in one command that checks the
 // package first; a typo or a broken package leaves CURRENT as it was.
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freezeSeed } from '../src/core/freeze.js';
+import { computePackageSha256, type Manifest } from '../src/seed/manifest.js';
 import { frozenSource, type FrozenSource } from './helpers/env.js';
 
 const run = promisify(execFile);
@@ -39,6 +40,22 @@ describe('seed set-current', () => {
     expect(current()).toBe('v1\n');
     expect(await acm2('v1')).toEqual({ code: 0, out: { version: 'v1', previous: 'v1', changed: false } });
     expect(readdirSync(pkg.seedsDir).filter((n) => n.startsWith('.'))).toEqual([]);
+  });
+
+  it('a version named `current`, frozen before that name was refused for new versions, stays usable', async () => {
+    // What a freeze --version current wrote before: the package v1 under that name.
+    const dir = path.join(pkg.seedsDir, 'current');
+    cpSync(path.join(pkg.seedsDir, 'v1'), dir, { recursive: true });
+    const m = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
+    m.version = 'current';
+    m.packageSha256 = computePackageSha256(m);
+    writeFileSync(path.join(dir, 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
+    expect(await acm2('current')).toMatchObject({ code: 0, out: { version: 'current', changed: true } });
+    expect(current()).toBe('current\n');
+    // Every command that reads CURRENT goes on with it.
+    const check = await run(process.execPath, [BIN, '--seeds', pkg.seedsDir, '--json', 'seed', 'check']);
+    expect((JSON.parse(check.stdout) as { packages: Array<{ version: string; ok: boolean }> }).packages).toContainEqual(expect.objectContaining({ version: 'current', ok: true }));
+    expect(await acm2('v1')).toMatchObject({ code: 0, out: { version: 'v1', previous: 'current', changed: true } });
   });
 
   it('refuses a version that is not there, or not intact, with exit 2 and CURRENT as it was', async () => {

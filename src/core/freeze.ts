@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { assertVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
+import { assertNewVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
 import { openForReading } from '../userdb/user-db.js';
 import { isBusy } from './migrate-safe.js';
@@ -80,7 +80,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
     input.version ? undefined : '--version (or SEED_VERSION)',
   ].filter((x): x is string => x !== undefined);
   if (missing.length > 0) throw new UsageError(`seed freeze needs ${missing.join(', ')}`, 'missing_flag');
-  const version = assertVersionName(input.version as string);
+  const version = assertNewVersionName(input.version as string);
   const runId = input.runId as string;
   const presetId = input.presetId as string;
   if (unsafePathReason(runId) !== undefined || runId.includes('/')) throw new UsageError(`--run '${runId}' is not a run id (it cannot name a folder)`, 'bad_run_id');
