@@ -204,3 +204,30 @@ describe('a write command with a data dir that is not the master\'s, on a master
     });
   });
 });
+
+// A read command on a master behind by a migration reads need (MySQL's 0003, which makes names
+// compare byte for byte): it is migrated as before, and the check before that migration applies
+// the read rules, as the check after it does (a master that records no data dir is read as it is).
+describe('a read command on a master behind by a migration reads need', () => {
+  describe.skipIf(gate.skip)('MySQL', () => {
+    beforeAll(() => gate.ready());
+
+    it('is judged by the read rules before the migration too', async () => {
+      const { db, dbName, admin } = await setBackMysql([]);
+      try {
+        const names = loadMigrations('master/mysql').filter((m) => m.name.endsWith('case_sensitive_names'));
+        expect(names).toHaveLength(1);
+        await admin.query(`DELETE FROM \`${dbName}\`.acm2_master_migrations WHERE id = ?`, [names[0]!.id]);
+        // Another folder, holding none of the users' DBs: the write rules would refuse it.
+        const other = tmpDir('acm2-behind-r-other-');
+        dirs.push(other);
+        const r = await acm2(other, db.url, ['verify']);
+        expect(r.code, r.stdout + r.stderr).toBe(1);
+        expect(JSON.parse(r.stdout)).toMatchObject({ checked: 1, users: [{ id: 1, problems: expect.arrayContaining([expect.objectContaining({ code: 'db_missing' })]) }] });
+      } finally {
+        await admin.end();
+        await db.drop();
+      }
+    });
+  });
+});

@@ -85,7 +85,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
     const before = pending.length > 0 ? readsBefore(master, pending) : undefined;
     if (opts.readOnly && before?.all) master = answeringEmpty(master, before.answers);
     else if (opts.migrate !== false && before) {
-      if (opts.pairWith && ours) await refuseUnpairedBeforeMigrating(answeringEmpty(master, before.answers), opts.pairWith.dataDir);
+      if (opts.pairWith && ours) await refuseUnpairedBeforeMigrating(answeringEmpty(master, before.answers), opts.pairWith);
       await master.migrate();
     }
     if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write, read: opts.pairWith.read });
@@ -202,9 +202,10 @@ const READS_NEED_NOT: ReadonlyMap<string, Partial<MasterDb>> = new Map<string, P
  * migrations add as empty, as they are once applied. Only a refusal counts here: a read this master cannot
  * answer before its migrations is left to the check after them, which also pairs the two.
  */
-async function refuseUnpairedBeforeMigrating(asIfMigrated: MasterDb, dataDir: string): Promise<void> {
+async function refuseUnpairedBeforeMigrating(asIfMigrated: MasterDb, pairWith: NonNullable<OpenMasterOptions['pairWith']>): Promise<void> {
   try {
-    await checkPairing(asIfMigrated, dataDir, { write: false });
+    // By the rules of the command: a read command is refused only what the master's record rules out.
+    await checkPairing(asIfMigrated, pairWith.dataDir, { write: false, read: pairWith.read });
   } catch (e) {
     if (e instanceof UsageError) throw e;
   }
