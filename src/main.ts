@@ -49,7 +49,7 @@ function helpFor(argv: string[]): string {
 }
 
 /** Error codes that are the machine's state wherever they come from: never a bug of acm2's. */
-const SYSTEM_LIMITS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EIO', 'ENOSPC', 'EROFS']);
+const SYSTEM_LIMITS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'EIO', 'ENOSPC', 'EROFS', 'EACCES', 'EPERM']);
 
 function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]): number {
   // commander signals help/version and its own usage errors through exceptions with exitCode.

@@ -117,6 +117,10 @@ describe('a data dir that is not the master’s', () => {
     const list = await asNobody(['user', 'list', '--json']);
     expect(list.code, list.stdout + list.stderr).toBe(0);
     expect((JSON.parse(list.stdout) as { users: unknown[] }).users).toHaveLength(1);
+    // A folder of the user's it may not read (the tool makes them 0700): the environment, not a bug.
+    const diff = await asNobody(['diff', '--user', '1', '--json']);
+    expect(diff.code, diff.stdout + diff.stderr).toBe(3);
+    expect(JSON.parse(diff.stdout).error).toMatchObject({ code: 'permission_denied', message: expect.stringContaining('user_1') });
     // A write command cannot check the pairing there: said as the environment (exit 3), not a bug.
     const seed = await asNobody(['user', 'seed', '1', '--json']);
     expect(seed.code, seed.stdout + seed.stderr).toBe(3);
