@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
+import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
@@ -703,23 +703,29 @@ describe('stopping and resuming', () => {
     }
   }, 60_000);
 
+  /** A queued user whose backfill seed committed, the backfill killed (SIGKILL) before the master heard of it. */
+  async function killedAfterCommit(w: World, name: string) {
+    const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: `${name}@example.com`, username: name, async: true });
+    const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
+    const script = `
+      const { openMaster } = await import(${dist('master/factory.js')});
+      const { parseMasterUrl } = await import(${dist('config.js')});
+      const { loadPackage } = await import(${dist('seed/package.js')});
+      const { runBackfill } = await import(${dist('core/backfill.js')});
+      const [url, dataDir, seedsDir] = process.argv.slice(1);
+      const master = await openMaster(parseMasterUrl(url));
+      await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
+    const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, pkg.seedsDir], { encoding: 'utf8' });
+    expect(killed.signal, killed.stderr).toBe('SIGKILL');
+    expect(directCheck(w.dataDir, user.id).status).toBe('ready');
+    return user;
+  }
+
   it('stopped at once between a seed and closing its job (a second Ctrl-C, a lost SSH session): --resume closes that job', async () => {
     const w = await sqliteWorld();
     try {
-      const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: 'cut@example.com', username: 'cut', async: true });
       // The backfill's seed of the user commits, and the process dies before the master hears of it.
-      const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
-      const script = `
-        const { openMaster } = await import(${dist('master/factory.js')});
-        const { parseMasterUrl } = await import(${dist('config.js')});
-        const { loadPackage } = await import(${dist('seed/package.js')});
-        const { runBackfill } = await import(${dist('core/backfill.js')});
-        const [url, dataDir, seedsDir] = process.argv.slice(1);
-        const master = await openMaster(parseMasterUrl(url));
-        await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
-      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, pkg.seedsDir], { encoding: 'utf8' });
-      expect(killed.signal, killed.stderr).toBe('SIGKILL');
-      expect(directCheck(w.dataDir, user.id).status).toBe('ready');
+      const user = await killedAfterCommit(w, 'cut');
       expect((await w.master.latestJob(user.id))?.status).toBe('running');
 
       const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg, saveEveryMs: 50 }, { resume: true });
@@ -735,19 +741,7 @@ describe('stopping and resuming', () => {
   it('--resume of a user the stopped attempt seeded, while another seeder holds its lock: done, not failed user_busy', async () => {
     const w = await sqliteWorld();
     try {
-      const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: 'held@example.com', username: 'held', async: true });
-      const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
-      const script = `
-        const { openMaster } = await import(${dist('master/factory.js')});
-        const { parseMasterUrl } = await import(${dist('config.js')});
-        const { loadPackage } = await import(${dist('seed/package.js')});
-        const { runBackfill } = await import(${dist('core/backfill.js')});
-        const [url, dataDir, seedsDir] = process.argv.slice(1);
-        const master = await openMaster(parseMasterUrl(url));
-        await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
-      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, pkg.seedsDir], { encoding: 'utf8' });
-      expect(killed.signal, killed.stderr).toBe('SIGKILL');
-      expect(directCheck(w.dataDir, user.id).status).toBe('ready');
+      const user = await killedAfterCommit(w, 'held');
       // A seeder (a drain that took the job over, a direct user seed) holds the user's lock right now.
       const held = lockUserFile(w.dataDir, user.id, 0)!;
       expect(held).toBeDefined();
