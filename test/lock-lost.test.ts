@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, tmpDir, walkFiles, type FrozenSource } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { DIALECTS, type TestMaster } from './helpers/mysql.js';
-import { createUser } from '../src/core/users.js';
+import { createUser, drainQueue } from '../src/core/users.js';
 import { lockUser } from '../src/core/user-lock.js';
 import { seedUserAsync } from '../src/core/seed-user.js';
 import { mysqlLockName } from '../src/master/mysql-master.js';
@@ -73,6 +73,33 @@ for (const dialect of DIALECTS) {
     function killNow(connection: number): void {
       execFileSync(process.execPath, ['--input-type=module', '-e', `import m from 'mysql2/promise'; const c = await m.createConnection(process.argv[1]); await c.query('KILL CONNECTION ${connection}'); await c.end();`, tm.url], { cwd: REPO });
     }
+
+    it('lost during a drain (the connection reset): the job is retried with its attempt given back', async () => {
+      const u = (await createUser(deps(), { email: 'blip@example.com', username: 'blip', async: true })).user.id;
+      const lockName = mysqlLockName('acm2:', (parseMasterUrl(tm.url) as Extract<MasterUrl, { kind: 'mysql' }>).database, `:user:${u}`);
+      let killed = false;
+      // A seed step cannot await: the holder is found and killed by a child process, finished before this returns.
+      const onStep = (step: string) => {
+        if (step !== 'db_staged' || killed) return;
+        killed = true;
+        const script = `import m from 'mysql2/promise'; const c = await m.createConnection(process.argv[1]); const [r] = await c.query('SELECT IS_USED_LOCK(?) AS c', [process.argv[2]]); await c.query('KILL CONNECTION ' + Number(r[0].c)); await c.end();`;
+        execFileSync(process.execPath, ['--input-type=module', '-e', script, tm.url, lockName], { cwd: REPO });
+      };
+      const base = process.env.ACM2_RETRY_BASE_MS;
+      process.env.ACM2_RETRY_BASE_MS = '0';
+      try {
+        // The retry is due at once (backoff 0 here): the same drain takes it again and seeds the user.
+        const r = await drainQueue({ ...deps(), onStep }, { lanes: 1 });
+        expect(killed).toBe(true);
+        expect(r).toMatchObject({ claimed: 2, done: 1, retrying: 1, failed: 0 });
+        // One attempt in all: the one the lost lock cut short was given back.
+        expect(await tm.master.latestJob(u)).toMatchObject({ status: 'done', attempts: 1 });
+        expect(readyButIncomplete(dataDir, u, pkg.pkg.manifest.files.length)).toEqual({ ready: true, problems: [] });
+      } finally {
+        if (base === undefined) delete process.env.ACM2_RETRY_BASE_MS;
+        else process.env.ACM2_RETRY_BASE_MS = base;
+      }
+    });
 
     it('lost before the build is named: nothing becomes visible, and the next seed converges', async () => {
       const u = (await createUser(deps(), { email: 'early@example.com', username: 'early', async: true })).user.id;

@@ -502,6 +502,10 @@ function retryOutcome(job: SeedJob, error: string, e?: unknown): JobOutcome {
   // Not this user's fault and no attempt of theirs: the job waits, its attempt given back, for an
   // upgraded acm2 (on this host or another) rather than failing the user after a few tries.
   if (newerSchema(e)) return { status: 'pending', error, nextAttemptAt: Date.now() + NEWER_SCHEMA_RECHECK_MS, notAttempted: true };
+  // The user's lock went with its holder's master connection (a network blip, a server restart,
+  // wait_timeout): the seed stopped before anything became visible, through no fault of the
+  // user's. The job waits out one backoff, its attempt given back.
+  if (isAcm2Error(e) && e.code === 'lock_lost') return { status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(1), notAttempted: true };
   // A seed that needs an operator first fails now: retrying it would only burn the attempts.
   return job.attempts >= job.maxAttempts || needsOperator(e)
     ? ({ status: 'failed', error } as const)
