@@ -1,19 +1,20 @@
 // Seeding under contention, on both masters: many seeders of one user make one seed, and many
 // worker processes draining the queue run each job exactly once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { frozenSource, tmpDir, type FrozenSource } from './helpers/env.js';
+import { frozenSource, sqliteWorld, tmpDir, type FrozenSource } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { DIALECTS, type TestMaster } from './helpers/mysql.js';
-import { createUser } from '../src/core/users.js';
+import { createUser, drainQueue } from '../src/core/users.js';
 import { thisPidSpace } from '../src/core/worker-name.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
 import { lockUserFile, tryLockUser } from '../src/core/user-lock.js';
-import { readdirSync, rmSync } from 'node:fs';
+import { cpSync, readdirSync, rmSync } from 'node:fs';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const run = promisify(execFile);
@@ -204,6 +205,62 @@ describe('the embedded master\'s per-user lock file', () => {
       await again!.release();
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Whether another process can take user `id`'s lock file in `dataDir` right now. */
+function otherProcessTakes(dataDir: string, id: number): boolean {
+  const mod = new URL('../dist/core/user-lock.js', import.meta.url).href;
+  const script = `import { lockUserFile } from ${JSON.stringify(mod)}; process.stdout.write(lockUserFile(process.argv[1], ${id}, 0) ? 'taken' : 'busy');`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, dataDir], { encoding: 'utf8' });
+  if (r.stdout !== 'taken' && r.stdout !== 'busy') throw new Error(`lock probe failed: ${r.stderr}`);
+  return r.stdout === 'taken';
+}
+
+describe('the per-user lock file, tried again by the process holding it', () => {
+  it('a second try in the same process is refused and leaves the lock held against other processes', async () => {
+    const dir = tmpDir('acm2-lockself-');
+    try {
+      const held = lockUserFile(dir, 7, 0)!;
+      expect(otherProcessTakes(dir, 7)).toBe(false);
+      // Another lane or worker thread of this process (a second queued job of the same user).
+      expect(lockUserFile(dir, 7, 0)).toBeUndefined();
+      expect(otherProcessTakes(dir, 7), 'the holder lost its lock to its own second try').toBe(false);
+      await held.release();
+      expect(otherProcessTakes(dir, 7)).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a drain whose second lane claims another job of the user being seeded keeps that user locked', async () => {
+    const world = await sqliteWorld();
+    const v2 = frozenSource({}, 'v2');
+    try {
+      cpSync(path.join(v2.seedsDir, 'v2'), path.join(pkg.seedsDir, 'v2'), { recursive: true });
+      const probes: boolean[] = [];
+      const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      // Two jobs of one user due at once: its v1 job queued by create, and a v2 one.
+      const { user } = await createUser(deps, { email: 'two@example.com', username: 'two', async: true });
+      await world.master.enqueueSeedJob(user.id, 'v2');
+      const r = await drainQueue(
+        {
+          ...deps,
+          // While the first lane seeds (it holds the user's lock), after the second lane tried the lock.
+          onStep: (step) => {
+            if (step === 'linked' || step === 'committed') probes.push(otherProcessTakes(world.dataDir, user.id));
+          },
+        },
+        { lanes: 2 },
+      );
+      expect(r.skipped, 'the second lane met the user locked').toBeGreaterThanOrEqual(1);
+      expect(probes.length).toBeGreaterThan(0);
+      expect(probes, 'another process could take the user while it was being seeded').not.toContain(true);
+    } finally {
+      rmSync(path.join(pkg.seedsDir, 'v2'), { recursive: true, force: true });
+      v2.cleanup();
+      await world.cleanup();
     }
   });
 });

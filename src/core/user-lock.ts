@@ -3,8 +3,10 @@
 // when the holder dies, so a crash never leaves a stale lock behind.
 
 import Database from 'better-sqlite3';
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { accessSync, closeSync, constants, existsSync, linkSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import { threadId } from 'node:worker_threads';
 import { canWrite } from '../durable.js';
 import type { MasterDb, UserLock } from '../master/types.js';
 import { toolDir, type UserId } from '../userdb/paths.js';
@@ -59,8 +61,7 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
   let db: Database.Database;
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    // Made 0600 like every file the tool writes (SQLite would make it 0644 under the usual umask).
-    closeSync(openSync(file, constants.O_CREAT | constants.O_WRONLY, 0o600));
+    makeLockFile(file);
     db = new Database(file);
   } catch (e) {
     // A data dir on a read-only mount or snapshot, or one this user may not write: exit 3.
@@ -103,4 +104,35 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
       if (!db.open || !db.inTransaction) throw new UnavailableError(`the lock ${name} is no longer held`, 'lock_lost');
     },
   };
+}
+
+/**
+ * Create the lock file 0600 (like every file the tool writes; SQLite would make it 0644 under the
+ * usual umask) without ever opening the lock file itself outside SQLite. The OS lock is a POSIX
+ * lock, owned by the process: closing any descriptor of the file in this process drops it, so an
+ * open-and-close here, made by a second lane or thread of a process whose other lane holds this
+ * lock (two queued jobs of one user), would free the user for every other process while that lane
+ * still seeds it. So a new file is made under a name of its own and linked into place.
+ */
+function makeLockFile(file: string): void {
+  if (existsSync(file)) {
+    // One this process may not write (a read-only mount or snapshot): said as before, without an open.
+    accessSync(file, constants.W_OK);
+    return;
+  }
+  const made = `${file}.${process.pid}.${threadId}.${randomBytes(4).toString('hex')}.new`;
+  try {
+    closeSync(openSync(made, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600));
+  } catch (e) {
+    // Named as the lock file it was to become.
+    if ((e as NodeJS.ErrnoException).path === made) (e as NodeJS.ErrnoException).path = file;
+    throw e;
+  }
+  try {
+    linkSync(made, file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  } finally {
+    rmSync(made, { force: true });
+  }
 }
