@@ -432,6 +432,41 @@ describe('after the commit', () => {
     return { file, migrate };
   };
 
+  it('ACM2 in another process cannot write to a rollback-journal DB while it is migrated, and nothing it wrote is lost', async () => {
+    const dir = tmpDir('acm2-during-migration-');
+    try {
+      const { file } = notes(dir);
+      const sql = 'ALTER TABLE notes ADD COLUMN y TEXT';
+      // ACM2 (another process: POSIX locks are per process) tries to add a note, without waiting.
+      const acm2Writes = () =>
+        spawnSync(
+          process.execPath,
+          ['-e', `const D = require('better-sqlite3'); const d = new D(process.argv[1], { timeout: 0 }); try { d.exec("INSERT INTO notes (t) VALUES ('by ACM2')"); process.stdout.write('wrote'); } catch (e) { process.stdout.write(e.code); }`, file],
+          { cwd: REPO, encoding: 'utf8' },
+        ).stdout;
+      const during: string[] = [];
+      const r = await migrateSafely({
+        dbPath: file,
+        backupDir: path.join(dir, 'backups'),
+        label: 'user_9',
+        migrations: [{ id: 1, name: '0001_notes_y', sql, checksum: createHash('sha256').update(sql).digest('hex') }],
+        busyTimeoutMs: 250,
+        extra: () => {
+          during.push(acm2Writes());
+          return [];
+        },
+      });
+      expect(during).toEqual(['SQLITE_BUSY']);
+      expect(r.failure).toBeUndefined();
+      expect(acm2Writes()).toBe('wrote');
+      const db = new Database(file, { readonly: true });
+      expect(db.prepare(`SELECT t FROM notes ORDER BY id`).pluck().all()).toEqual(['one', 'two', 'by ACM2']);
+      db.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('rows ACM2 deletes once the migration committed are not a failure, and nothing is restored over them', async () => {
     const dir = tmpDir('acm2-after-commit-');
     try {

@@ -3,7 +3,7 @@
 
 import { fsyncPath } from '../durable.js';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { isDiskFull } from '../errors.js';
@@ -135,14 +135,20 @@ function sealBackup(tmp: string, final: string): string {
  * copied byte for byte while we hold its RESERVED lock: no one else can write, and there is no
  * hot journal (our own read would have rolled it back). A WAL DB goes through SQLite's backup
  * API first, and data_version proves nobody committed between the copy and the lock.
+ *
+ * SQLite's lock is a POSIX lock, owned by this process: closing any descriptor of the DB file
+ * here drops it, and ACM2 could then write (and commit) in the middle of the migration. So the
+ * copy reads through a descriptor that is kept open, in `held`, until the transaction is over.
  */
-async function backupAndLock(db: SqliteDb, dbPath: string, dir: string, label: string, now: Date): Promise<string> {
+async function backupAndLock(db: SqliteDb, dbPath: string, dir: string, label: string, now: Date, held: number[]): Promise<string> {
   const wal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal';
   const final = backupName(dir, label, now);
   const tmp = `${final}.partial`;
   if (!wal) {
     db.exec('BEGIN IMMEDIATE');
-    copyFileSync(dbPath, tmp);
+    const from = openSync(dbPath, 'r');
+    held.push(from);
+    copyOut(from, tmp);
     return sealBackup(tmp, final);
   }
   for (let attempt = 0; ; attempt++) {
@@ -152,6 +158,22 @@ async function backupAndLock(db: SqliteDb, dbPath: string, dir: string, label: s
     if (db.pragma('data_version', { simple: true }) === version) return sealBackup(tmp, final);
     db.exec('ROLLBACK');
     if (attempt >= 2) throw Object.assign(new Error('the DB kept changing while it was being backed up'), { code: 'SQLITE_BUSY' });
+  }
+}
+
+/** Copy what descriptor `from` reads into a new file `to` (`from` is left open). */
+function copyOut(from: number, to: string): void {
+  const out = openSync(to, 'wx', 0o600);
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (let at = 0; ; ) {
+      const n = readSync(from, buf, 0, buf.length, at);
+      if (n === 0) break;
+      for (let off = 0; off < n; ) off += writeSync(out, buf, off, n - off);
+      at += n;
+    }
+  } finally {
+    closeSync(out);
   }
 }
 
@@ -195,13 +217,15 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     return { ...result, failure: { code: 'migration_error', message: (e as Error).message, restoredFrom: 'untouched' } };
   }
   let backupPath: string | undefined;
+  // Descriptors of the DB file that must outlive our lock on it (see backupAndLock).
+  const held: number[] = [];
   let before: { counts: Record<string, number>; fk: Set<string>; schema: string } | undefined;
   let committed = false;
   try {
     const qc = quickCheck(db);
     if (qc) return { ...result, failure: { code: 'corrupt', message: `quick_check failed before migrating: ${qc}`, restoredFrom: 'untouched' } };
     cleanPartialBackups(input.backupDir, input.label);
-    backupPath = await backupAndLock(db, input.dbPath, input.backupDir, input.label, now);
+    backupPath = await backupAndLock(db, input.dbPath, input.backupDir, input.label, now, held);
     result.backupPath = backupPath;
     before = { counts: countRows(db), fk: fkViolations(db), schema: schemaText(db) };
     result.before = before.counts;
@@ -262,13 +286,19 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     }
     if (!same) {
       db.close();
+      closeHeld(held);
       await restoreFrom(backupPath, input.dbPath);
       failure.restoredFrom = 'backup';
     }
     return { ...result, failure };
   } finally {
     if (db.open) db.close();
+    closeHeld(held);
   }
+}
+
+function closeHeld(held: number[]): void {
+  for (const fd of held.splice(0)) closeSync(fd);
 }
 
 /** Remove half-written backups left by a crash (never a finished one): files, and --force's folders. */
