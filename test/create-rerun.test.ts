@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { checkApiKey } from '../src/core/api-key.js';
+import { thisPidSpace } from '../src/core/worker-name.js';
 import Database from 'better-sqlite3';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -95,6 +96,34 @@ describe('the same user create again, after one killed before it showed the key'
     expect(again.code).toBe(2);
     expect(JSON.parse(again.stdout).error).toMatchObject({ code: 'duplicate_email', message: "a user with email 'kc@example.com' already exists" });
     await oneUsableKey(id, doc.apiKey, 2);
+  });
+
+  it('killed an hour ago, its pid now another live process’s: the rerun takes over rather than waiting for that process', async () => {
+    killedAt('created', 'kz');
+    const id = await userId('kz');
+    const [unseen] = await world.master.apiKeysFor(id);
+    // The OS has since given the killed create's pid to a long-lived process (a pid reused).
+    const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+    try {
+      const hourAgo = Date.now() - 3_600_000;
+      const db = new Database(world.masterUrl.slice('sqlite:'.length));
+      db.prepare('UPDATE acm2_undelivered_keys SET issued_by = ?, created_at = ? WHERE user_id = ?').run(
+        `${os.hostname()}:${other.pid}:abcdef:${thisPidSpace()}`,
+        new Date(hourAgo).toISOString(),
+        id,
+      );
+      db.prepare('UPDATE acm2_seed_jobs SET next_attempt_at = ? WHERE user_id = ?').run(hourAgo + 30_000, id);
+      db.close();
+
+      const r = await create(fields('kz'));
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      const doc = JSON.parse(r.stdout);
+      expect(doc).toMatchObject({ user: { id }, resumed: true, seed: { status: 'ready' } });
+      await oneUsableKey(id, doc.apiKey, 2);
+      expect((await world.master.apiKeysFor(id))[0]).toMatchObject({ id: unseen!.id, revokedAt: expect.any(String) });
+    } finally {
+      other.kill('SIGKILL');
+    }
   });
 
   it('killed mid-seed: the rerun finishes the seed from where it stopped', async () => {

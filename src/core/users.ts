@@ -256,7 +256,8 @@ async function interruptedCreate(master: MasterDb, input: CheckedCreateInput): P
   if (!key || key.lastUsedAt !== null || !same) {
     throw new UsageError(`a user with email '${input.email}' already exists${key && key.lastUsedAt === null ? interruptedSentence(existing) : ''}`, 'duplicate_email');
   }
-  const pid = aliveHere(key.issuedBy);
+  // A process started after the key was issued is not the create that issued it (its pid reused).
+  const pid = aliveHere(key.issuedBy, Date.parse(key.createdAt));
   if (pid !== undefined) {
     throw new UnavailableError(
       `user ${existing.id} ('${existing.email}') is being created by acm2 process ${pid} on this host, which has not shown its API key yet: wait for it (or stop it), then run this again if it showed none; nothing was changed`,

@@ -38,12 +38,37 @@ export function deadHere(worker: string): boolean {
 
 /**
  * The pid of the process a worker name names, if it is another process of this pid space that
- * is still running (a pid reused since is taken for it: the caller errs on the side of waiting).
+ * is still running. A pid reused since is taken for it (the caller errs on the side of waiting),
+ * unless `since` (ms since the epoch) says when that worker was already at work and the process
+ * now holding the pid started after it: the worker's process is gone, its pid given to another.
  */
-export function aliveHere(worker: string): number | undefined {
+export function aliveHere(worker: string, since?: number): number | undefined {
   const [host, pid, , space] = worker.split(':');
   const here = thisPidSpace();
   if (here === '' || space !== here || host !== hostname() || !/^[1-9][0-9]*$/.test(pid ?? '')) return undefined;
   const n = Number(pid);
-  return n !== process.pid && processAlive(n) ? n : undefined;
+  if (n === process.pid || !processAlive(n)) return undefined;
+  const started = since === undefined || !Number.isFinite(since) ? undefined : processStartedAt(n);
+  return started !== undefined && started > since! + START_SLACK_MS ? undefined : n;
+}
+
+/** Clock slack when comparing a process's start with a time a worker wrote (ticks, clock adjustments). */
+const START_SLACK_MS = 2000;
+
+/**
+ * When process `pid` started, in ms since the epoch by this clock; undefined where /proc does not
+ * say. From its start in clock ticks after boot (field 22 of /proc/<pid>/stat, in USER_HZ, 100 on
+ * Linux) and the time since boot (/proc/uptime), both on the same clock.
+ */
+export function processStartedAt(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: fields 3 on follow the last ')'.
+    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    const uptime = Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+    if (!Number.isFinite(ticks) || !Number.isFinite(uptime)) return undefined;
+    return Date.now() - (uptime - ticks / 100) * 1000;
+  } catch {
+    return undefined;
+  }
 }
