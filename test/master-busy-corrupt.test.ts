@@ -184,6 +184,62 @@ describe('embedded master locked past the wait', () => {
   }, 60_000);
 });
 
+describe('embedded master in rollback-journal mode (restored from a VACUUM INTO copy) while another process writes it', () => {
+  /** Another process's write on the master, BEGIN IMMEDIATE held for `ms`. Resolves once held. */
+  async function holdFor(file: string, ms: number): Promise<ChildProcess> {
+    const script = `const D = require('better-sqlite3'); const d = new D(process.argv[1]); d.exec('BEGIN IMMEDIATE'); process.stdout.write('held\\n'); setTimeout(() => { d.exec('ROLLBACK'); d.close(); }, ${ms});`;
+    const child = spawn(process.execPath, ['-e', script, file], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.once('data', () => resolve());
+      child.once('exit', (code) => reject(new Error(`master holder exited early (${code})`)));
+    });
+    return child;
+  }
+  const userList = (f: Fleet) =>
+    new Promise<{ code: number | null; stdout: string; ms: number }>((resolve) => {
+      const t0 = Date.now();
+      const c = spawn(process.execPath, [BIN, 'user', 'list', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let stdout = '';
+      c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      c.once('close', (code) => resolve({ code, stdout, ms: Date.now() - t0 }));
+    });
+  const journalMode = (file: string) => {
+    const db = new Database(file);
+    try {
+      return db.pragma('journal_mode', { simple: true });
+    } finally {
+      db.close();
+    }
+  };
+
+  it('a write of a moment is waited for, then the master is switched to WAL; one past the wait is exit 3 master_busy', async () => {
+    const f = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    let holder: ChildProcess | undefined;
+    try {
+      await f.master.close();
+      spawnSync('sqlite3', [masterFile(f), 'PRAGMA journal_mode = DELETE;']);
+      expect(journalMode(masterFile(f))).toBe('delete');
+      holder = await holdFor(masterFile(f), 1500);
+      const r = await userList(f);
+      expect(r.code, r.stdout).toBe(0);
+      expect(r.ms).toBeGreaterThan(1000);
+      expect(journalMode(masterFile(f))).toBe('wal');
+
+      spawnSync('sqlite3', [masterFile(f), 'PRAGMA journal_mode = DELETE;']);
+      holder = await holdFor(masterFile(f), 60_000);
+      const busy = await userList(f);
+      expect(busy.code, busy.stdout).toBe(3);
+      const err = (JSON.parse(busy.stdout) as { error: { code: string; message: string } }).error;
+      expect(err.code).toBe('master_busy');
+      expect(err.message).toContain(masterFile(f));
+      expect(busy.ms).toBeGreaterThan(14_000);
+    } finally {
+      holder?.kill('SIGKILL');
+      await f.cleanup();
+    }
+  }, 60_000);
+});
+
 describe('embedded master corrupt', () => {
   /** Overwrite the users table's root page with junk: the header and the other tables stay sound. */
   function corruptUsers(file: string): void {

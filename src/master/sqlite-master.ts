@@ -164,7 +164,8 @@ export class SqliteMaster implements MasterDb {
         // (SQLite gives its -wal and -shm files the same mode). An existing file keeps its mode.
         if (!existsSync(file)) closeSync(openSync(file, 'wx', 0o600));
         this.db = new Database(file);
-        this.db.pragma('journal_mode = WAL');
+        this.db.pragma(`busy_timeout = ${this.busyTimeoutMs}`);
+        this.switchToWal();
         // WAL with NORMAL never corrupts; a power cut may lose the last job updates, which the
         // user DB (the truth for readiness) and the lease expiry make good on the next run.
         this.db.pragma('synchronous = NORMAL');
@@ -174,6 +175,13 @@ export class SqliteMaster implements MasterDb {
     } catch (e) {
       if (isAcm2Error(e)) throw e; // said already (a private copy the temp folder cannot hold)
       const code = (e as NodeJS.ErrnoException).code;
+      // Locked by another process past the wait, as for any statement (see the factory).
+      if (/^SQLITE_(BUSY|LOCKED)/.test(String(code)))
+        throw new UnavailableError(
+          `the master ${this.display} stayed locked by another process past the ${this.busyTimeoutMs / 1000} s wait (${code}): let that process finish, or stop it, then run again`,
+          'master_busy',
+          { cause: e },
+        );
       // A file that is not a database is a wrong --master or --data-dir, not an outage.
       if (code === 'SQLITE_NOTADB') throw new UsageError(`the master ${file} is not a SQLite database (${code}): check --master and --data-dir`, 'not_a_master', { cause: e });
       // ENOSPC (on its -shm file: SQLITE_IOERR_SHMSIZE): the disk is full, not the master gone.
@@ -188,6 +196,25 @@ export class SqliteMaster implements MasterDb {
           { cause: e },
         );
       throw new UnavailableError(`cannot open SQLite master at ${file} (${code ?? (e as Error).message})`, 'master_unreachable', { cause: e });
+    }
+  }
+
+  /**
+   * A master in rollback-journal mode (one restored from a VACUUM INTO copy) that another process
+   * is reading or writing is waited for, as every statement is: the switch to WAL needs the file
+   * to itself, and SQLite answers SQLITE_BUSY at once there rather than call its busy handler (it
+   * would wait on a holder while holding a read lock), so this waits in steps up to the same wait.
+   */
+  private switchToWal(): void {
+    const deadline = Date.now() + this.busyTimeoutMs;
+    for (;;) {
+      try {
+        this.db.pragma('journal_mode = WAL');
+        return;
+      } catch (e) {
+        if (!/^SQLITE_(BUSY|LOCKED)/.test(String((e as { code?: unknown }).code)) || Date.now() >= deadline) throw e;
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+      }
     }
   }
 
