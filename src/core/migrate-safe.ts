@@ -59,6 +59,9 @@ export interface SafeMigrateResult {
   failure?: SafeMigrateFailure;
 }
 
+/** The savepoint migrateSafely's changes are made under (inside its BEGIN IMMEDIATE). */
+const SAVEPOINT = 'acm2_migrate';
+
 class CheckFailed extends Error {
   constructor(
     readonly code: MigrateFailureCode,
@@ -227,6 +230,9 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     cleanPartialBackups(input.backupDir, input.label);
     backupPath = await backupAndLock(db, input.dbPath, input.backupDir, input.label, now, held);
     result.backupPath = backupPath;
+    // Marks the state before any change, inside the lock: a failure goes back to it while the lock
+    // is still held (see the catch below).
+    db.exec(`SAVEPOINT ${SAVEPOINT}`);
     before = { counts: countRows(db), fk: fkViolations(db), schema: schemaText(db) };
     result.before = before.counts;
 
@@ -261,11 +267,23 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     result.ok = true;
     return result;
   } catch (e) {
+    // Back to the savepoint first, still holding the write lock: then the DB is as before the
+    // attempt, proven by SQLite itself. The savepoint is gone only if something committed on its
+    // own (a migration with COMMIT in it): that case is checked, and restored, below.
+    let undone = false;
+    if (db.inTransaction && !committed) {
+      try {
+        db.exec(`ROLLBACK TO ${SAVEPOINT}`);
+        undone = true;
+      } catch {
+        /* no such savepoint: see below */
+      }
+    }
     if (db.inTransaction) {
       try {
         db.exec('ROLLBACK');
       } catch {
-        /* the restore below covers it */
+        undone = false; // the restore below covers it
       }
     }
     const failure: SafeMigrateFailure =
@@ -276,6 +294,10 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     // Our commit released the lock: from then on ACM2 may write (a row added, one deleted), and
     // the backup is older than those writes. A check failing now is reported, never undone.
     if (committed) return { ...result, failure: { ...failure, message: `${failure.message} (checked after the migration committed)`, restoredFrom: 'committed' } };
+    // Undone under the lock: the DB is as before. Compared now, after the lock is released, it could
+    // differ by what ACM2 wrote since (a waiting write goes in at once), and restoring the backup
+    // would throw that write away.
+    if (undone) return { ...result, failure };
     // A rollback is enough unless something committed on its own (a migration with COMMIT in it,
     // or a failure after our COMMIT): then the DB is not provably as before, and the backup goes back.
     let same = false;
