@@ -290,6 +290,43 @@ describe('no row is ever lost', () => {
     expect(ok.counts).toEqual({ meta_legacy: ids.length });
   });
 
+  it("a seed that rewrites seeded rows (backfill finishing a failed seed, --force) leaves the user's rows that reference them: no ON DELETE action runs", async () => {
+    const own = await buildLegacyFleet({ ready: 2 }, pkg.pkg);
+    try {
+      // A table of the user's (or of a later ACM2) whose foreign keys act on delete.
+      const notes = (id: number) => {
+        const db = new Database(userDbPath(own.dataDir, id), { readonly: true });
+        try {
+          return db.prepare(`SELECT id, preset_id, content_id FROM my_notes ORDER BY id`).all();
+        } finally {
+          db.close();
+        }
+      };
+      const before = new Map<number, unknown[]>();
+      for (const id of [1, 2]) {
+        const db = new Database(userDbPath(own.dataDir, id));
+        db.exec(`CREATE TABLE my_notes (id INTEGER PRIMARY KEY,
+                   preset_id VARCHAR(36) REFERENCES presets (id) ON DELETE CASCADE,
+                   content_id VARCHAR(36) REFERENCES contents (id) ON DELETE SET NULL);
+                 INSERT INTO my_notes (preset_id, content_id) SELECT p.id, (SELECT id FROM contents ORDER BY id LIMIT 1) FROM presets p;`);
+        // User 2: a seed of its version that failed part way (as a --force stopped by an error leaves it).
+        if (id === 2) db.exec(`UPDATE user_meta SET seed_status = 'failed'`);
+        db.close();
+        before.set(id, notes(id));
+        expect(before.get(id)!.length).toBeGreaterThan(0);
+      }
+      const r = await backfill(own, { userIds: [2] });
+      expect(r.counts).toEqual({ seed: 1 });
+      expect(directCheck(own.dataDir, 2).status).toBe('ready');
+      expect(notes(2)).toEqual(before.get(2));
+      const forced = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, '1', { force: true });
+      expect(forced.seed).toMatchObject({ status: 'ready' });
+      expect(notes(1)).toEqual(before.get(1));
+    } finally {
+      await own.cleanup();
+    }
+  });
+
   it('a failed migration of a DB ACM2 writes to meanwhile keeps what ACM2 wrote once the lock was free: undone under the lock, nothing restored', async () => {
     const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
     try {

@@ -43,6 +43,10 @@ export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb
       ? openForReading(file, { readonly: opts.readonly ?? false, timeout: opts.busyTimeoutMs ?? 5000 })
       : new Database(file, { readonly: opts.readonly ?? false, fileMustExist: !opts.create });
   db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
+  // better-sqlite3 turns foreign keys on; ACM2 never does (schema.sql). With them on, the seed's
+  // INSERT OR REPLACE of a seeded row would run the ON DELETE actions of a user DB's foreign keys
+  // (CASCADE, SET NULL) and delete or change the user's own rows that reference it.
+  db.pragma('foreign_keys = OFF');
   if (!exists) chmodSync(file, 0o600);
   return db;
 }
