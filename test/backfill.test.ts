@@ -290,6 +290,31 @@ describe('no row is ever lost', () => {
     expect(ok.counts).toEqual({ meta_legacy: ids.length });
   });
 
+  it('a later ACM2 DB that needs a seed but has a NOT NULL column without default the seed cannot fill is refused in one sentence, untouched', async () => {
+    const own = await buildLegacyFleet({ drift_later: 2 }, pkg.pkg);
+    try {
+      // User 1: presets but no run (so a seed beside them); user 2 has both (ready as legacy, no seed).
+      const db = new Database(userDbPath(own.dataDir, 1));
+      db.exec(`DELETE FROM tasks; DELETE FROM runs;`);
+      db.close();
+      const was = readFileSync(userDbPath(own.dataDir, 1));
+      const reason = /^schema drift needs a table rebuild: presets\.output_destination is NOT NULL without a default \(added by a later ACM2\), so the seed's rows cannot be written; left alone$/;
+      const plan = await backfill(own, { dryRun: true });
+      expect(plan.users.map((u) => [u.id, u.action, u.code])).toEqual([
+        [1, 'fail', 'schema_unrepairable'],
+        [2, 'meta_legacy', undefined],
+      ]);
+      const r = await backfill(own);
+      expect(r.counts).toEqual({ fail: 1, meta_legacy: 1 });
+      expect(r.failures).toEqual([{ id: 1, action: 'fail', code: 'schema_unrepairable', reason: expect.stringMatching(reason) }]);
+      expect(readFileSync(userDbPath(own.dataDir, 1)).equals(was)).toBe(true);
+      expect(existsSync(toolDir(own.dataDir, 'backups', 'user_1'))).toBe(false);
+      expect(directCheck(own.dataDir, 2)).toMatchObject({ status: 'ready', version: 'legacy', pending: [] });
+    } finally {
+      await own.cleanup();
+    }
+  });
+
   it("a seed that rewrites seeded rows (backfill finishing a failed seed, --force) leaves the user's rows that reference them: no ON DELETE action runs", async () => {
     const own = await buildLegacyFleet({ ready: 2 }, pkg.pkg);
     try {

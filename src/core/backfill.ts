@@ -13,7 +13,7 @@ import type { ProgressSink } from '../ui/reporter.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
@@ -380,6 +380,17 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: s
     steps.push({ kind: 'meta_legacy' });
   } else {
     steps.push({ kind: 'seed', beside: true });
+  }
+  if (steps.some((s) => s.kind === 'seed')) {
+    // Refused before anything is adopted or migrated: the seed's INSERT would fail on it every time.
+    const unfillable = unfillableColumns(db, work.adopt ?? work.repair ?? driftOf(db, schemaKey ?? ''));
+    if (unfillable.length > 0) {
+      return failed(
+        userId,
+        'schema_unrepairable',
+        `schema drift needs a table rebuild: ${unfillable.join(', ')} ${unfillable.length === 1 ? 'is' : 'are'} NOT NULL without a default (added by a later ACM2), so the seed's rows cannot be written; left alone`,
+      );
+    }
   }
   return { userId, action: primaryAction(steps), steps, ...(status === 'ready' && meta?.version !== undefined ? { seedVersion: meta.version } : {}) };
 }

@@ -10,6 +10,7 @@ import { thisPidSpace } from '../core/worker-name.js';
 import { checkLedger, loadMigrations, newerToolError, type Migration } from '../migrations.js';
 import { isDiskFull, NeedsOperatorError, UnavailableError, UsageError } from '../errors.js';
 import { userDbEntryProblem, userDbPath, type UserId } from './paths.js';
+import { PACKAGE_TABLES } from '../seed/manifest.js';
 
 export type SqliteDb = Database.Database;
 
@@ -481,6 +482,19 @@ export function detectSchemaDrift(db: SqliteDb): SchemaDrift {
     if (!have.has(idx.table) && !drift.missingTables.includes(idx.table)) drift.unrepairable.push(`index ${name} names unknown table ${idx.table}`);
   }
   return drift;
+}
+
+/** The tables a seed writes rows to: the package's, and user_meta. */
+const SEEDED_TABLES: readonly string[] = [...PACKAGE_TABLES, 'user_meta'];
+
+/**
+ * Columns the rows a seed writes cannot fill, as `table.column`: NOT NULL without a default and
+ * not migration 1's (a later ACM2 added them, e.g. presets.output_destination at 707aa8f), in a
+ * table the seed writes to. SQLite cannot give a column a default without rebuilding its table.
+ */
+export function unfillableColumns(db: SqliteDb, drift: SchemaDrift): string[] {
+  const q = db.prepare(`SELECT 1 FROM pragma_table_info(?) WHERE name = ? AND "notnull" = 1 AND dflt_value IS NULL AND pk = 0`);
+  return drift.extraColumns.filter((c) => SEEDED_TABLES.includes(c.table) && q.get(c.table, c.column) !== undefined).map((c) => `${c.table}.${c.column}`);
 }
 
 /** Nothing to add (extra columns are never a reason to touch a DB). */
