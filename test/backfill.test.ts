@@ -290,6 +290,29 @@ describe('no row is ever lost', () => {
     expect(ok.counts).toEqual({ meta_legacy: ids.length });
   });
 
+  it('the human output says where the backups of migrated DBs are, and a backup put back is the DB as it was', () => {
+    const own = buildLegacyFleet({ legacy: 2, ready: 1 }, pkg.pkg);
+    return own.then(async (f) => {
+      try {
+        const id = byKind(f, ['legacy'])[1]!;
+        const was = counts(f.dataDir, id);
+        const r = spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+        expect(r.status, r.stderr).toBe(0);
+        const dir = toolDir(f.dataDir, 'backups');
+        expect(r.stdout).toContain(`Each of the 2 DBs migrated was backed up first, in ${path.join(dir, 'user_<id>')}/`);
+        const json = spawnSync(process.execPath, [BIN, 'backfill', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { encoding: 'utf8' });
+        expect(JSON.parse(json.stdout)).toMatchObject({ backups: null, counts: { ok: 3 } });
+        // The backup under that folder, put back as the output says, is the user's DB before the backfill.
+        const [name] = readdirSync(path.join(dir, `user_${id}`));
+        copyFileSync(path.join(dir, `user_${id}`, name!), userDbPath(f.dataDir, id));
+        expect(counts(f.dataDir, id)).toEqual(was);
+        expect(directCheck(f.dataDir, id)).toMatchObject({ status: null, fk: 0 });
+      } finally {
+        await f.cleanup();
+      }
+    });
+  });
+
   it('a later ACM2 DB that needs a seed but has a NOT NULL column without default the seed cannot fill is refused in one sentence, untouched', async () => {
     const own = await buildLegacyFleet({ drift_later: 2 }, pkg.pkg);
     try {

@@ -139,6 +139,8 @@ export interface BackfillResult {
   /** Every selected user with id ≤ cursor is done. */
   cursor: number;
   legacyLogs?: LegacyLogsResult;
+  /** Backups this invocation kept of DBs it migrated (failed users name theirs in their reason). */
+  backups?: { kept: number; dir: string };
   durationMs: number;
 }
 
@@ -803,8 +805,10 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
     return plan;
   };
 
+  let backupsKept = 0;
   const record = (r: BackfillUserReport) => {
     counts[r.outcome] = (counts[r.outcome] ?? 0) + 1;
+    if (r.backup && r.outcome !== 'fail') backupsKept++;
     if (r.outcome === 'fail') {
       failuresNow++;
       if (r.code === 'disk_full') diskFull = true;
@@ -876,7 +880,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   // Slots finish users out of order (--concurrency > 1); reports list them by id, as with one slot.
   users.sort((a, b) => a.id - b.id);
   failures.sort((a, b) => a.id - b.id);
-  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, stopped, cursor, legacyLogs, durationMs: Date.now() - started };
+  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, stopped, cursor, legacyLogs, ...(backupsKept > 0 ? { backups: { kept: backupsKept, dir: toolDir(deps.dataDir, 'backups') } } : {}), durationMs: Date.now() - started };
 }
 
 /**

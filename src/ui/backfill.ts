@@ -1,5 +1,6 @@
 // Human rendering of a backfill (plan or result) and its JSON document; no decisions here.
 
+import path from 'node:path';
 import { makeTable } from './table.js';
 import chalk from 'chalk';
 import { BACKFILL_ACTIONS, type BackfillAction, type BackfillResult } from '../core/backfill.js';
@@ -40,6 +41,7 @@ export function backfillJson(r: BackfillResult): unknown {
     resumedFinished: r.resumedFinished ?? null,
     progress: { name: r.name, cursor: r.cursor },
     legacyLogs: r.legacyLogs ?? null,
+    backups: r.backups ?? null,
     durationMs: r.durationMs,
     // Stopped by a full disk, it exits 3 like any error: a script that reads `error` whenever the
     // exit code is 2 or more finds it here too, beside the summary of what was done.
@@ -87,6 +89,12 @@ export function renderBackfill(r: BackfillResult, color = false): string {
     const n = `${r.failures.length} user${r.failures.length === 1 ? '' : 's'}`;
     out.push(chalk.red(r.dryRun ? `${n} would fail (they would be skipped; nothing was tried):` : `${n} failed (skipped; everything else went on):`));
     for (const f of r.failures) out.push(chalk.red(`  user ${f.id} [${f.code}]: ${f.reason}`));
+  }
+  if (r.backups) {
+    const n = r.backups.kept;
+    out.push(
+      `${n === 1 ? 'The DB' : `Each of the ${n} DBs`} migrated was backed up first, in ${path.join(r.backups.dir, 'user_<id>')}/ (--json names each file); to undo, stop ACM2 for that user and copy it over user_<id>.db (removing user_<id>.db-wal and -shm). Backups are kept: remove old ones yourself.`,
+    );
   }
   if (r.legacyLogs) out.push(renderLegacyLogs(r.legacyLogs));
   if (r.stopped === 'interrupted') out.push(chalk.yellow(`Interrupted: users in flight finished and progress is saved. Run 'acm2 backfill --resume' to continue.`));
