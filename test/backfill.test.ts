@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
@@ -288,6 +288,41 @@ describe('no row is ever lost', () => {
     // The real migrations then go through.
     const ok = await backfill(fleet);
     expect(ok.counts).toEqual({ meta_legacy: ids.length });
+  });
+
+  it('a backup a kill -9 cut short (its copy and the journal SQLite keeps beside it) is removed by the next migration; finished ones stay', async () => {
+    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    try {
+      const dir = toolDir(own.dataDir, 'backups', 'user_1');
+      mkdirSync(dir, { recursive: true });
+      const finished = path.join(dir, 'user_1-20260101T000000Z-aaaaaa.db');
+      copyFileSync(userDbPath(own.dataDir, 1), finished);
+      // A WAL DB being copied through SQLite's backup API when the process is killed.
+      const big = path.join(own.dataDir, 'big.db');
+      const partial = path.join(dir, 'user_1-20260101T000001Z-bbbbbb.db.partial');
+      const killed = spawnSync(
+        process.execPath,
+        [
+          '-e',
+          `const D = require('better-sqlite3'); const [src, dst] = process.argv.slice(1); const d = new D(src); d.pragma('journal_mode = WAL');
+           d.exec('CREATE TABLE t (x)'); const s = d.prepare('INSERT INTO t VALUES (randomblob(1000))'); d.transaction(() => { for (let i = 0; i < 20000; i++) s.run(); })();
+           d.backup(dst, { progress: () => 1 }); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20);`,
+          big,
+          partial,
+        ],
+        { cwd: REPO },
+      );
+      expect(killed.signal).toBe('SIGKILL');
+      expect(readdirSync(dir).sort()).toEqual([path.basename(finished), path.basename(partial), `${path.basename(partial)}-journal`]);
+      const r = await backfill(own, { userIds: [1] });
+      expect(r.counts).toEqual({ meta_legacy: 1 });
+      const left = readdirSync(dir);
+      expect(left.filter((n) => n.includes('.partial'))).toEqual([]);
+      expect(left).toContain(path.basename(finished));
+      expect(left).toContain(path.basename(r.users[0]!.backup!));
+    } finally {
+      await own.cleanup();
+    }
   });
 
   it('the human output says where the backups of migrated DBs are, and a backup put back is the DB as it was', () => {

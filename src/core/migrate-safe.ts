@@ -323,8 +323,13 @@ function closeHeld(held: number[]): void {
   for (const fd of held.splice(0)) closeSync(fd);
 }
 
-/** Remove half-written backups left by a crash (never a finished one): files, and --force's folders. */
+/**
+ * Remove half-written backups left by a crash (never a finished one): files, and --force's folders,
+ * with the journal SQLite's backup API writes beside a copy it is making (`….partial-journal`).
+ */
 export function cleanPartialBackups(dir: string, label: string): void {
   if (!existsSync(dir)) return;
-  for (const name of readdirSync(dir)) if (name.startsWith(`${label}-`) && name.endsWith('.partial')) rmSync(path.join(dir, name), { recursive: true, force: true });
+  for (const name of readdirSync(dir)) if (name.startsWith(`${label}-`) && PARTIAL.test(name)) rmSync(path.join(dir, name), { recursive: true, force: true });
 }
+
+const PARTIAL = /\.partial(-journal|-wal|-shm)?$/;
