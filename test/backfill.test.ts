@@ -348,6 +348,34 @@ describe('no row is ever lost', () => {
     });
   });
 
+  it("a seed beside the user's own rows never deletes one that a UNIQUE index of the DB says clashes with a package row", async () => {
+    const own = await buildLegacyFleet({ presets_only: 1 }, pkg.pkg);
+    try {
+      const seedDb = new Database(path.join(pkg.pkg.dir, 'seed.db'), { readonly: true, fileMustExist: true });
+      const name = seedDb.prepare(`SELECT name FROM contents ORDER BY name LIMIT 1`).pluck().get() as string;
+      seedDb.close();
+      // The user's own document is named as one of the package's (ACM2's own seeding copied the
+      // same library in), and this DB (a later ACM2's) has names unique per user.
+      const db = new Database(userDbPath(own.dataDir, 1));
+      db.prepare(`UPDATE contents SET name = ? WHERE content_type = 'input_document'`).run(name);
+      db.exec(`CREATE UNIQUE INDEX ux_contents_user_name ON contents (user_id, name)`);
+      const mine = db.prepare(`SELECT * FROM contents ORDER BY id`).all();
+      db.close();
+      const r = await backfill(own);
+      const after = new Database(userDbPath(own.dataDir, 1), { readonly: true });
+      try {
+        for (const row of mine as Array<{ id: string }>) expect(after.prepare(`SELECT * FROM contents WHERE id = ?`).get(row.id), row.id).toEqual(row);
+      } finally {
+        after.close();
+      }
+      expect(r.counts).toEqual({ fail: 1 });
+      expect(r.failures[0]).toMatchObject({ code: 'seed_failed', reason: expect.stringMatching(/UNIQUE constraint failed: contents\.user_id, contents\.name/) });
+      expect(directCheck(own.dataDir, 1).status).not.toBe('ready');
+    } finally {
+      await own.cleanup();
+    }
+  });
+
   it('a later ACM2 DB that needs a seed but has a NOT NULL column without default the seed cannot fill is refused in one sentence, untouched', async () => {
     const own = await buildLegacyFleet({ drift_later: 2 }, pkg.pkg);
     try {

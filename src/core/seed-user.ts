@@ -526,14 +526,13 @@ function sameCell(a: unknown, b: unknown): boolean {
   return (typeof a === 'number' || typeof a === 'bigint') && (typeof b === 'number' || typeof b === 'bigint') && Number(a) === Number(b);
 }
 
-/** Seeded rows present in the DB that the seed's INSERT OR REPLACE would change. */
+/** Seeded rows present in the DB that the seed's rewrite (by id) would change. */
 function changedRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map: Map<string, string>): Array<{ table: string; id: unknown }> {
   const out: Array<{ table: string; id: unknown }> = [];
   for (const t of prepared.tables) {
     if (t.rows.length === 0) continue;
-    // REPLACE deletes and inserts: a column the package does not have (added by a later schema)
-    // goes back to its default, so any existing row of such a table counts as changed.
-    const extra = (db.prepare(`SELECT name FROM pragma_table_info(?)`).pluck().all(t.name) as string[]).some((c) => !t.columns.includes(c));
+    // The rewrite updates the package's columns only: a column the package does not have (added
+    // by a later schema) keeps its value.
     const get = t.idIndex < 0 ? undefined : db.prepare(`SELECT ${t.columns.map(quoteIdent).join(', ')} FROM ${quoteIdent(t.name)} WHERE "id" = ?`).raw(true);
     for (const r of t.rows) {
       const want = renderRow(t, r, userId, map);
@@ -543,7 +542,7 @@ function changedRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, ma
       }
       const have = get.get(want[t.idIndex]) as unknown[] | undefined;
       if (!have) continue; // deleted: only added back
-      if (extra || have.some((v, i) => !sameCell(v, want[i]))) out.push({ table: t.name, id: want[t.idIndex] });
+      if (have.some((v, i) => !sameCell(v, want[i]))) out.push({ table: t.name, id: want[t.idIndex] });
     }
   }
   return out;
@@ -824,7 +823,7 @@ function commitRows(
   seededAt: string,
 ): number {
   return db.transaction(() => {
-    const n = insertRows(db, userId, prepared, map, 'INSERT OR REPLACE');
+    const n = insertRows(db, userId, prepared, map, true);
     db.prepare(`DELETE FROM acm2_seed_files WHERE seed_version = ?`).run(version);
     recordSeedFiles(db, version, written);
     markReady(db, userId, version, seededAt);
@@ -1053,27 +1052,35 @@ function renderRow(t: PreparedTable, r: Cell[], userId: UserId, map: Map<string,
 }
 
 /** Insert rows with multi-row INSERTs (one statement per chunk instead of one per row). */
-function insertMany(db: SqliteDb, table: string, columns: string[], rows: unknown[][], verb = 'INSERT'): void {
+/**
+ * Insert rows; with `key`, a row whose `key` is already there is updated to these values instead.
+ * Never INSERT OR REPLACE: its REPLACE deletes whatever row a value conflicts with, through any
+ * UNIQUE index of the user's DB (a later ACM2's, say on (user_id, name)), so a seeded row named as
+ * one of the user's own rows would delete the user's row. Here such a conflict is an error.
+ */
+function insertMany(db: SqliteDb, table: string, columns: string[], rows: unknown[][], key?: string): void {
   if (rows.length === 0) return;
   // SQLite allows 32,766 bound parameters; stay well under it.
   const per = Math.max(1, Math.min(500, Math.floor(8000 / columns.length)));
   const tuple = `(${columns.map(() => '?').join(', ')})`;
-  const head = `${verb} INTO ${table} (${columns.join(', ')}) VALUES `;
+  const head = `INSERT INTO ${table} (${columns.join(', ')}) VALUES `;
+  const others = columns.filter((c) => c !== key);
+  const tail = key ? ` ON CONFLICT (${key}) DO ${others.length > 0 ? `UPDATE SET ${others.map((c) => `${c} = excluded.${c}`).join(', ')}` : 'NOTHING'}` : '';
   let full: ReturnType<SqliteDb['prepare']> | undefined;
   for (let i = 0; i < rows.length; i += per) {
     const chunk = rows.slice(i, i + per);
-    const stmt = chunk.length === per ? (full ??= db.prepare(head + Array(per).fill(tuple).join(', '))) : db.prepare(head + Array(chunk.length).fill(tuple).join(', '));
+    const stmt = chunk.length === per ? (full ??= db.prepare(head + Array(per).fill(tuple).join(', ') + tail)) : db.prepare(head + Array(chunk.length).fill(tuple).join(', ') + tail);
     stmt.run(chunk.flat());
   }
 }
 
-/** Every package row with this user's identifiers and user_id. */
-function insertRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map: Map<string, string>, verb = 'INSERT'): number {
+/** Every package row with this user's identifiers and user_id; `rewrite`: rows already there (by id) get the package's values. */
+function insertRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map: Map<string, string>, rewrite = false): number {
   let n = 0;
   for (const t of prepared.tables) {
     if (t.rows.length === 0) continue;
     const rows = t.rows.map((r) => renderRow(t, r, userId, map));
-    insertMany(db, t.name, t.columns, rows, verb);
+    insertMany(db, t.name, t.columns, rows, rewrite ? t.columns[t.idIndex] : undefined);
     n += rows.length;
   }
   return n;
