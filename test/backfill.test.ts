@@ -490,6 +490,62 @@ describe('no row is ever lost', () => {
       await own.cleanup();
     }
   }, 60_000);
+
+  it('a migration whose transaction SQLite ends itself (a full disk) restores nothing over what ACM2 wrote once the lock was free', async () => {
+    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    try {
+      const file = userDbPath(own.dataDir, 1);
+      // ACM2's DBs are in WAL mode; 100k tasks make the count after the rollback take a while.
+      const setup = new Database(file);
+      setup.pragma('journal_mode = WAL');
+      const task = setup.prepare(
+        `INSERT INTO tasks (id, created_at, run_id, document_id, model_name, iteration, status, progress, input_tokens, output_tokens)
+         SELECT 'task-' || ?, created_at, run_id, document_id, model_name, 1, 'completed', 100, 0, 0 FROM tasks LIMIT 1`,
+      );
+      setup.transaction(() => {
+        for (let i = 0; i < 100_000; i++) task.run(i);
+      })();
+      setup.close();
+      // ACM2 serving the user: a write that waits while the migration holds the DB (from the moment
+      // its backup has its name) and commits as soon as it is let in.
+      const acm2 = spawn(
+        process.execPath,
+        [
+          '-e',
+          `const D = require('better-sqlite3'); const fs = require('fs'); const [file, dir] = process.argv.slice(1);
+           process.stdout.write('ready\\n');
+           for (;;) { try { if (fs.readdirSync(dir).some((n) => n.endsWith('.db'))) break; } catch {} }
+           const d = new D(file); d.pragma('busy_timeout = 0');
+           for (;;) { try { d.exec('BEGIN IMMEDIATE'); break; } catch {} }
+           d.exec("INSERT INTO usage_stats (id, user_id, date, provider, model_id, total_tokens, prompt_tokens, completion_tokens, total_cost, run_count, created_at) VALUES ('written-by-acm2', 1, '2026-11-29', 'openai', 'o4-mini', 10, 5, 5, 0.01, 1, '2026-11-29 01:00:00.000000')");
+           d.exec('COMMIT'); d.close();`,
+          file,
+          toolDir(own.dataDir, 'backups', 'user_1'),
+        ],
+        { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      const exited = new Promise<number | null>((r) => acm2.once('exit', (code) => r(code)));
+      await new Promise<void>((r) => acm2.stdout!.once('data', () => r()));
+      // A migration that fills the disk after a while: SQLite rolls the whole transaction back
+      // itself (the savepoint goes with it), and the lock is free from that instant.
+      const full = `CREATE TEMP TABLE slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c;
+                    CREATE TABLE acm2_fill (x BLOB); PRAGMA max_page_count = 1; INSERT INTO acm2_fill VALUES (randomblob(1000000));`;
+      const r = await backfill(own, {}, { migrations: bad('0099_fills_disk_slowly', full) });
+      expect(await exited).toBe(0);
+      const db = new Database(file, { readonly: true });
+      try {
+        expect(db.prepare(`SELECT id FROM usage_stats`).pluck().all()).toEqual(['written-by-acm2']);
+        expect(db.prepare(`SELECT COUNT(*) FROM tasks`).pluck().get()).toBe(100_001);
+        expect(db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'acm2_migrations'`).get()).toBeUndefined();
+      } finally {
+        db.close();
+      }
+      expect(r.stopped).toBe('disk_full');
+      expect(r.failures).toEqual([expect.objectContaining({ code: 'disk_full', reason: expect.stringMatching(/ACM2 wrote to the DB since, so nothing was restored over that: check the user with acm2 verify --user 1 \(backup/) })]);
+    } finally {
+      await own.cleanup();
+    }
+  }, 60_000);
 });
 
 describe('a seeded user whose DB lost part of its schema (an index dropped by hand)', () => {

@@ -1093,6 +1093,8 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: B
             ? `; rolled back, nothing changed (backup kept at ${res.backupPath})`
             : f.restoredFrom === 'committed'
               ? `; the migration was committed and ACM2 may have written since, so nothing was restored: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
+              : f.restoredFrom === 'ended'
+                ? `; the migration's transaction ended early and ACM2 wrote to the DB since, so nothing was restored over that: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
               : '; nothing was changed';
       return { ...r, outcome: 'fail', code: f.code, reason: `${f.message}${how}` };
     }

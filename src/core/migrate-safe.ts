@@ -41,8 +41,10 @@ export interface SafeMigrateFailure {
    * How the DB got back to its state before: the transaction's rollback, or the backup copy.
    * 'committed': the migration committed and only the check after it failed; nothing was
    * restored, since ACM2 may have written to the DB once the commit let it (the backup is kept).
+   * 'ended': the transaction ended before the checks did (SQLite ends it on a full disk; a
+   * migration may COMMIT) and another connection wrote since: nothing restored over that write.
    */
-  restoredFrom: 'rollback' | 'backup' | 'untouched' | 'committed';
+  restoredFrom: 'rollback' | 'backup' | 'untouched' | 'committed' | 'ended';
 }
 
 export interface SafeMigrateResult {
@@ -222,7 +224,7 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
   let backupPath: string | undefined;
   // Descriptors of the DB file that must outlive our lock on it (see backupAndLock).
   const held: number[] = [];
-  let before: { counts: Record<string, number>; fk: Set<string>; schema: string } | undefined;
+  let before: { counts: Record<string, number>; fk: Set<string>; schema: string; version: unknown } | undefined;
   let committed = false;
   try {
     const qc = quickCheck(db);
@@ -233,7 +235,7 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     // Marks the state before any change, inside the lock: a failure goes back to it while the lock
     // is still held (see the catch below).
     db.exec(`SAVEPOINT ${SAVEPOINT}`);
-    before = { counts: countRows(db), fk: fkViolations(db), schema: schemaText(db) };
+    before = { counts: countRows(db), fk: fkViolations(db), schema: schemaText(db), version: db.pragma('data_version', { simple: true }) };
     result.before = before.counts;
 
     if (input.adopt) {
@@ -301,10 +303,17 @@ export async function migrateSafely(input: SafeMigrateInput): Promise<SafeMigrat
     // A rollback is enough unless something committed on its own (a migration with COMMIT in it,
     // or a failure after our COMMIT): then the DB is not provably as before, and the backup goes back.
     let same = false;
+    let othersWrote = false;
     try {
       same = JSON.stringify(countRows(db)) === JSON.stringify(before.counts) && schemaText(db) === before.schema && !quickCheck(db);
+      // SQLite ends the whole transaction itself on some errors (a full disk): the lock is gone
+      // then too, and ACM2 may have written since. Its writes are never restored over.
+      othersWrote = db.pragma('data_version', { simple: true }) !== before.version;
     } catch {
       same = false;
+    }
+    if (!same && othersWrote) {
+      return { ...result, failure: { ...failure, restoredFrom: 'ended' } };
     }
     if (!same) {
       db.close();

@@ -256,7 +256,7 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
     const f = res.failure!;
     if (f.code === 'disk_full') throw new UnavailableError(`disk full while migrating ${file} before seeding (${f.message})`, 'disk_full');
     if (f.code === 'locked') throw busyDb(Object.assign(new Error(f.message), { code: 'SQLITE_BUSY' }), dataDir, userId, 1000)!;
-    throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
+    throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : f.restoredFrom === 'ended' ? 'ended early, ACM2 wrote since, nothing restored; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
   }
 }
 
