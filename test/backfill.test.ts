@@ -438,41 +438,50 @@ describe('no row is ever lost', () => {
     }
   });
 
+  /**
+   * User 1 of `own` made a 100k-task WAL DB, and ACM2 serving it: a write that waits while a
+   * migration holds the DB (from the moment its backup has its name) and commits as soon as it is let in.
+   */
+  async function acm2WaitingOnMigration(own: { dataDir: string }) {
+    const file = userDbPath(own.dataDir, 1);
+    // ACM2's DBs are in WAL mode; 100k tasks make the count after the rollback take a while.
+    const setup = new Database(file);
+    setup.pragma('journal_mode = WAL');
+    const task = setup.prepare(
+      `INSERT INTO tasks (id, created_at, run_id, document_id, model_name, iteration, status, progress, input_tokens, output_tokens)
+       SELECT 'task-' || ?, created_at, run_id, document_id, model_name, 1, 'completed', 100, 0, 0 FROM tasks LIMIT 1`,
+    );
+    setup.transaction(() => {
+      for (let i = 0; i < 100_000; i++) task.run(i);
+    })();
+    setup.close();
+    // ACM2 serving the user: a write that waits while the migration holds the DB (from the moment
+    // its backup has its name) and commits as soon as it is let in.
+    const acm2 = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const D = require('better-sqlite3'); const fs = require('fs'); const [file, dir] = process.argv.slice(1);
+         process.stdout.write('ready\\n');
+         for (;;) { try { if (fs.readdirSync(dir).some((n) => n.endsWith('.db'))) break; } catch {} }
+         const d = new D(file); d.pragma('busy_timeout = 0');
+         for (;;) { try { d.exec('BEGIN IMMEDIATE'); break; } catch {} }
+         d.exec("INSERT INTO usage_stats (id, user_id, date, provider, model_id, total_tokens, prompt_tokens, completion_tokens, total_cost, run_count, created_at) VALUES ('written-by-acm2', 1, '2026-11-29', 'openai', 'o4-mini', 10, 5, 5, 0.01, 1, '2026-11-29 01:00:00.000000')");
+         d.exec('COMMIT'); d.close();`,
+        file,
+        toolDir(own.dataDir, 'backups', 'user_1'),
+      ],
+      { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const exited = new Promise<number | null>((r) => acm2.once('exit', (code) => r(code)));
+    await new Promise<void>((r) => acm2.stdout!.once('data', () => r()));
+    return { file, exited };
+  }
+
   it('a failed migration of a DB ACM2 writes to meanwhile keeps what ACM2 wrote once the lock was free: undone under the lock, nothing restored', async () => {
     const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
     try {
-      const file = userDbPath(own.dataDir, 1);
-      // ACM2's DBs are in WAL mode; 100k tasks make the count after the rollback take a while.
-      const setup = new Database(file);
-      setup.pragma('journal_mode = WAL');
-      const task = setup.prepare(
-        `INSERT INTO tasks (id, created_at, run_id, document_id, model_name, iteration, status, progress, input_tokens, output_tokens)
-         SELECT 'task-' || ?, created_at, run_id, document_id, model_name, 1, 'completed', 100, 0, 0 FROM tasks LIMIT 1`,
-      );
-      setup.transaction(() => {
-        for (let i = 0; i < 100_000; i++) task.run(i);
-      })();
-      setup.close();
-      // ACM2 serving the user: a write that waits while the migration holds the DB (from the moment
-      // its backup has its name) and commits as soon as it is let in.
-      const acm2 = spawn(
-        process.execPath,
-        [
-          '-e',
-          `const D = require('better-sqlite3'); const fs = require('fs'); const [file, dir] = process.argv.slice(1);
-           process.stdout.write('ready\\n');
-           for (;;) { try { if (fs.readdirSync(dir).some((n) => n.endsWith('.db'))) break; } catch {} }
-           const d = new D(file); d.pragma('busy_timeout = 0');
-           for (;;) { try { d.exec('BEGIN IMMEDIATE'); break; } catch {} }
-           d.exec("INSERT INTO usage_stats (id, user_id, date, provider, model_id, total_tokens, prompt_tokens, completion_tokens, total_cost, run_count, created_at) VALUES ('written-by-acm2', 1, '2026-11-29', 'openai', 'o4-mini', 10, 5, 5, 0.01, 1, '2026-11-29 01:00:00.000000')");
-           d.exec('COMMIT'); d.close();`,
-          file,
-          toolDir(own.dataDir, 'backups', 'user_1'),
-        ],
-        { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] },
-      );
-      const exited = new Promise<number | null>((r) => acm2.once('exit', (code) => r(code)));
-      await new Promise<void>((r) => acm2.stdout!.once('data', () => r()));
+      const { file, exited } = await acm2WaitingOnMigration(own);
       // A migration that fails after a while (the lock held all along).
       const slow = `CREATE TEMP TABLE slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c; INSERT INTO no_such_table VALUES (1);`;
       const r = await backfill(own, {}, { migrations: bad('0099_fails_slowly', slow) });
@@ -494,38 +503,7 @@ describe('no row is ever lost', () => {
   it('a migration whose transaction SQLite ends itself (a full disk) restores nothing over what ACM2 wrote once the lock was free', async () => {
     const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
     try {
-      const file = userDbPath(own.dataDir, 1);
-      // ACM2's DBs are in WAL mode; 100k tasks make the count after the rollback take a while.
-      const setup = new Database(file);
-      setup.pragma('journal_mode = WAL');
-      const task = setup.prepare(
-        `INSERT INTO tasks (id, created_at, run_id, document_id, model_name, iteration, status, progress, input_tokens, output_tokens)
-         SELECT 'task-' || ?, created_at, run_id, document_id, model_name, 1, 'completed', 100, 0, 0 FROM tasks LIMIT 1`,
-      );
-      setup.transaction(() => {
-        for (let i = 0; i < 100_000; i++) task.run(i);
-      })();
-      setup.close();
-      // ACM2 serving the user: a write that waits while the migration holds the DB (from the moment
-      // its backup has its name) and commits as soon as it is let in.
-      const acm2 = spawn(
-        process.execPath,
-        [
-          '-e',
-          `const D = require('better-sqlite3'); const fs = require('fs'); const [file, dir] = process.argv.slice(1);
-           process.stdout.write('ready\\n');
-           for (;;) { try { if (fs.readdirSync(dir).some((n) => n.endsWith('.db'))) break; } catch {} }
-           const d = new D(file); d.pragma('busy_timeout = 0');
-           for (;;) { try { d.exec('BEGIN IMMEDIATE'); break; } catch {} }
-           d.exec("INSERT INTO usage_stats (id, user_id, date, provider, model_id, total_tokens, prompt_tokens, completion_tokens, total_cost, run_count, created_at) VALUES ('written-by-acm2', 1, '2026-11-29', 'openai', 'o4-mini', 10, 5, 5, 0.01, 1, '2026-11-29 01:00:00.000000')");
-           d.exec('COMMIT'); d.close();`,
-          file,
-          toolDir(own.dataDir, 'backups', 'user_1'),
-        ],
-        { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] },
-      );
-      const exited = new Promise<number | null>((r) => acm2.once('exit', (code) => r(code)));
-      await new Promise<void>((r) => acm2.stdout!.once('data', () => r()));
+      const { file, exited } = await acm2WaitingOnMigration(own);
       // A migration that fills the disk after a while: SQLite rolls the whole transaction back
       // itself (the savepoint goes with it), and the lock is free from that instant.
       const full = `CREATE TEMP TABLE slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c;
