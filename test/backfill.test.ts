@@ -478,6 +478,19 @@ describe('no row is ever lost', () => {
     return { file, exited };
   }
 
+  /** ACM2's write went in, every row is there, and nothing of the failed migration stayed. */
+  async function expectAcm2WriteKept(file: string, exited: Promise<number | null>) {
+    expect(await exited).toBe(0);
+    const db = new Database(file, { readonly: true });
+    try {
+      expect(db.prepare(`SELECT id FROM usage_stats`).pluck().all()).toEqual(['written-by-acm2']);
+      expect(db.prepare(`SELECT COUNT(*) FROM tasks`).pluck().get()).toBe(100_001);
+      expect(db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'acm2_migrations'`).get()).toBeUndefined();
+    } finally {
+      db.close();
+    }
+  }
+
   it('a failed migration of a DB ACM2 writes to meanwhile keeps what ACM2 wrote once the lock was free: undone under the lock, nothing restored', async () => {
     const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
     try {
@@ -485,15 +498,7 @@ describe('no row is ever lost', () => {
       // A migration that fails after a while (the lock held all along).
       const slow = `CREATE TEMP TABLE slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c; INSERT INTO no_such_table VALUES (1);`;
       const r = await backfill(own, {}, { migrations: bad('0099_fails_slowly', slow) });
-      expect(await exited).toBe(0);
-      const db = new Database(file, { readonly: true });
-      try {
-        expect(db.prepare(`SELECT id FROM usage_stats`).pluck().all()).toEqual(['written-by-acm2']);
-        expect(db.prepare(`SELECT COUNT(*) FROM tasks`).pluck().get()).toBe(100_001);
-        expect(db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'acm2_migrations'`).get()).toBeUndefined();
-      } finally {
-        db.close();
-      }
+      await expectAcm2WriteKept(file, exited);
       expect(r.failures).toEqual([expect.objectContaining({ code: 'migration_error', reason: expect.stringMatching(/rolled back, nothing changed \(backup kept at /) })]);
     } finally {
       await own.cleanup();
@@ -509,15 +514,7 @@ describe('no row is ever lost', () => {
       const full = `CREATE TEMP TABLE slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c;
                     CREATE TABLE acm2_fill (x BLOB); PRAGMA max_page_count = 1; INSERT INTO acm2_fill VALUES (randomblob(1000000));`;
       const r = await backfill(own, {}, { migrations: bad('0099_fills_disk_slowly', full) });
-      expect(await exited).toBe(0);
-      const db = new Database(file, { readonly: true });
-      try {
-        expect(db.prepare(`SELECT id FROM usage_stats`).pluck().all()).toEqual(['written-by-acm2']);
-        expect(db.prepare(`SELECT COUNT(*) FROM tasks`).pluck().get()).toBe(100_001);
-        expect(db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'acm2_migrations'`).get()).toBeUndefined();
-      } finally {
-        db.close();
-      }
+      await expectAcm2WriteKept(file, exited);
       expect(r.stopped).toBe('disk_full');
       expect(r.failures).toEqual([expect.objectContaining({ code: 'disk_full', reason: expect.stringMatching(/ACM2 wrote to the DB since, so nothing was restored over that: check the user with acm2 verify --user 1 \(backup/) })]);
     } finally {
