@@ -376,6 +376,23 @@ describe('no row is ever lost', () => {
     }
   });
 
+  it('user seed <id> of such a DB is refused the same way: before anything is adopted, migrated or backed up, and at once (no retries)', async () => {
+    const own = await buildLegacyFleet({ drift_later: 1 }, pkg.pkg);
+    try {
+      const db = new Database(userDbPath(own.dataDir, 1));
+      db.exec(`DELETE FROM tasks; DELETE FROM runs;`);
+      db.close();
+      const was = readFileSync(userDbPath(own.dataDir, 1));
+      const r = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, '1', {});
+      expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/has presets\.output_destination NOT NULL without a default \(added by a later ACM2\), so the seed's rows cannot be written; nothing was changed/) });
+      expect(r.seed.retry).toBeUndefined();
+      expect(readFileSync(userDbPath(own.dataDir, 1)).equals(was)).toBe(true);
+      expect(existsSync(toolDir(own.dataDir, 'backups', 'user_1'))).toBe(false);
+    } finally {
+      await own.cleanup();
+    }
+  });
+
   it('a later ACM2 DB that needs a seed but has a NOT NULL column without default the seed cannot fill is refused in one sentence, untouched', async () => {
     const own = await buildLegacyFleet({ drift_later: 2 }, pkg.pkg);
     try {

@@ -33,7 +33,7 @@ import type { UserLock } from '../master/types.js';
 import { preparePackage, isTemplate, type PreparedPackage, type PreparedTable, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
 import { quoteIdent } from '../seed/canonical.js';
-import { listTables, migrateUserDb, openSqlite, openUserDb, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { detectSchemaDrift, listTables, migrateUserDb, openSqlite, openUserDb, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
 import { newerToolError, type Migration } from '../migrations.js';
 import { backupStem, cleanPartialBackups, isBusy, migrateSafely } from './migrate-safe.js';
@@ -244,6 +244,14 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
       if (work.code === 'schema_newer') throw newerToolError(`the user DB ${file}`, work.unknown, 'schema_newer');
       if (work.code === 'unrecognised') throw new Error(`${file} holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
       throw new Error(`${file} has schema drift that needs a table rebuild (${work.unrepairable.join('; ')}); it was left alone`);
+    }
+    // Refused before anything is adopted or migrated, as backfill's planner refuses it: the
+    // seed's INSERT would fail on such a column every time, after changing the DB.
+    const unfillable = unfillableColumns(db, work.adopt ?? work.repair ?? detectSchemaDrift(db));
+    if (unfillable.length > 0) {
+      throw new NeedsOperatorError(
+        `${file} has ${unfillable.join(', ')} NOT NULL without a default (added by a later ACM2), so the seed's rows cannot be written; nothing was changed (the schema drift needs a table rebuild, which acm2 does not do)`,
+      );
     }
     adopt = work.adopt;
     migrations = work.migrations;
