@@ -12,8 +12,9 @@ import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type Se
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy } from './migrate-safe.js';
 import { otherOwners } from './schema-work.js';
+import { lstatOrUndefined } from '../durable.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
-import { isTempFolderProblem, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
+import { isTempFolderProblem, listTables, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
@@ -416,14 +417,7 @@ export async function resolveUser(master: MasterDb, ref: string, dataDir?: strin
 
 /** "; <its DB> is there without a master user…" when the data dir holds the id's DB or folder. */
 function orphanNote(dataDir: string, id: UserId): string {
-  const there = [userDbPath(dataDir, id), userRoot(dataDir, id)].filter((p) => {
-    try {
-      lstatSync(p);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+  const there = [userDbPath(dataDir, id), userRoot(dataDir, id)].filter((p) => lstatOrUndefined(p) !== undefined);
   if (there.length === 0) return '';
   return `, but ${there.join(' and ')} ${there.length === 1 ? 'is' : 'are'} there: an orphan (no master user owns ${there.length === 1 ? 'it' : 'them'}; acm2 verify lists orphans, and nothing in acm2 removes them)`;
 }
@@ -790,7 +784,7 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
           const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
           // A copy of another user's DB put at this user's path (or an id reused): it serves
           // another person's data as this user's, and no seed or backfill will touch it.
-          const owners = meta ? [] : otherOwners(db, tableNames(db), user.id);
+          const owners = meta ? [] : otherOwners(db, new Set(listTables(db)), user.id);
           if (owners.length > 0) throw new ForeignDb(`the DB holds another user's data (${owners.join('; ')}), not user ${user.id}'s: move it out of the data dir, then run: acm2 user seed ${user.id}`);
           out.db.seedStatus = meta?.seed_status ?? null;
           out.seedVersion = meta?.seed_version ?? null;
@@ -828,10 +822,6 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
 
 /** The user's DB is another user's (user show, user list): it serves nobody as this user. */
 class ForeignDb extends Error {}
-
-function tableNames(db: import('better-sqlite3').Database): Set<string> {
-  return new Set(db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).pluck().all() as string[]);
-}
 
 /** How reading the user's DB went: read (or absent), unreadable (corrupt, not a DB), or busy (locked by another process). */
 export type DbRead = 'read' | 'unreadable' | 'busy';
