@@ -237,6 +237,16 @@ export function statOrUndefined(p: string): Stats | undefined {
   }
 }
 
+/** Whether this process may read that file (false without the permission). */
+export function canRead(file: string): boolean {
+  try {
+    accessSync(file, constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether this process may write in that folder (false on a read-only mount, or without the permission). */
 export function canWrite(dir: string): boolean {
   try {

@@ -3,7 +3,7 @@
 
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { assertNewVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
@@ -13,7 +13,7 @@ import { isBusy } from './migrate-safe.js';
 import { thisPidSpace } from './worker-name.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, RunTreeChanged, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
-import { fsyncPath, processAlive, writeFileDurable } from '../durable.js';
+import { canRead, fsyncPath, processAlive, writeFileDurable } from '../durable.js';
 import { computePackageSha256, PACKAGE_TABLES, SCHEMA_VERSION, unsafePathReason, type Manifest, type ManifestFile } from '../seed/manifest.js';
 import { checkPackage, CURRENT_FILE, FILES_DIR, MANIFEST_FILE, SEED_DB_FILE } from '../seed/package.js';
 import { renderRunReport } from '../seed/report.js';
@@ -217,15 +217,6 @@ export function withSource<T>(file: string, fn: (db: Database.Database) => T, bu
     throw e;
   } finally {
     db.close();
-  }
-}
-
-function canRead(file: string): boolean {
-  try {
-    accessSync(file, constants.R_OK);
-    return true;
-  } catch {
-    return false;
   }
 }
 
