@@ -158,14 +158,22 @@ describe('a data dir that is not the master’s', () => {
   });
 });
 
+/** The fleet as it was before pairing: no stamp in its data dir, no record in its master (and `also` run there). */
+function unpair(dataDir: string, also = ''): void {
+  rmSync(path.join(dataDir, '.acm2', 'data-dir.json'));
+  const db = new Database(path.join(dataDir, 'master.db'));
+  try {
+    db.exec(`DELETE FROM acm2_data_dir; ${also}`);
+  } finally {
+    db.close();
+  }
+}
+
 describe('pairing on first use', () => {
   it('a fleet from before pairing is paired by its first writing command; an empty folder for a master with users is not', async () => {
     const f = await fleet(2);
     // As a tool without pairing left it: no stamp, no record.
-    rmSync(path.join(f.dataDir, '.acm2', 'data-dir.json'));
-    const db = new Database(path.join(f.dataDir, 'master.db'));
-    db.exec('DELETE FROM acm2_data_dir');
-    db.close();
+    unpair(f.dataDir);
     const empty = tmpDir('acm2-pair-empty-');
     const r1 = await acm2(['--data-dir', empty, '--master', f.master, 'backfill']);
     expect(r1.code).toBe(2);
@@ -187,10 +195,7 @@ describe('an upgraded fleet whose users ACM2 made (no seed jobs)', () => {
   it('a cwd-relative or mistyped empty data dir is refused, not paired and seeded for every user', async () => {
     const f = await fleet(2);
     // As ACM2 left it before this tool: users and their DBs, no seed job, no pairing.
-    rmSync(path.join(f.dataDir, '.acm2', 'data-dir.json'));
-    const db = new Database(path.join(f.dataDir, 'master.db'));
-    db.exec('DELETE FROM acm2_data_dir; DELETE FROM acm2_seed_jobs');
-    db.close();
+    unpair(f.dataDir, 'DELETE FROM acm2_seed_jobs');
     const cron = tmpDir('acm2-pair-cron-');
     const r = await acm2(['--data-dir', path.join(cron, 'data'), '--master', f.master, 'backfill']);
     expect(r.code).toBe(2);
