@@ -4,13 +4,12 @@
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { hostname } from 'node:os';
 import path from 'node:path';
 import { assertNewVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
 import { openForReading } from '../userdb/user-db.js';
 import { isBusy } from './migrate-safe.js';
-import { thisPidSpace } from './worker-name.js';
+import { pidIsOfHere, STALE_ELSEWHERE_MS, whereAmI } from './worker-name.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
 import { copyRunTree, fsyncTree, RunTreeChanged, selectForFreeze, writeSeedDb, type FreezeSelection } from '../seed/freeze.js';
 import { canRead, fsyncPath, processAlive, writeFileDurable } from '../durable.js';
@@ -66,7 +65,6 @@ export interface FreezeResult {
 // containers of one host name (host networking), whose pids mean nothing here.
 const STAGING_RE = /^\.staging-([^@]+)-(\d+)-([0-9a-f]+)(?:@(.+))?$/;
 const CURRENT_TMP_RE = new RegExp(`^\\.${CURRENT_FILE}\\.tmp-(\\d+)-[0-9a-f]+(?:@(.+))?$`);
-const STALE_ELSEWHERE_MS = 60 * 60 * 1000;
 /** Freezes of a run folder that changed while it was copied, before giving up (exit 3). */
 const FREEZE_ATTEMPTS = 3;
 
@@ -380,8 +378,7 @@ function removeStaleStaging(seedsDir: string): string[] {
  * container, a boot since), by an hour untouched.
  */
 function isDead(full: string, pid: number, where: string | undefined): boolean {
-  const [, host, space] = where === undefined ? [] : (/^(.*?)(?:\+([0-9a-f]+\.\d+))?$/.exec(where) ?? []);
-  if (where === undefined || (host === hostname() && (space === undefined || space === thisPidSpace()))) return pid !== process.pid && !processAlive(pid);
+  if (where === undefined || pidIsOfHere(where)) return pid !== process.pid && !processAlive(pid);
   try {
     return Date.now() - lstatSync(full).mtimeMs > STALE_ELSEWHERE_MS;
   } catch {
@@ -406,12 +403,6 @@ function moveCurrent(seedsDir: string, version: string, dir: string): void {
       { cause: e },
     );
   }
-}
-
-/** `<host>+<pid space>` (just the host where /proc does not say): whose pids a staging name's pid is. */
-function whereAmI(): string {
-  const space = thisPidSpace();
-  return space ? `${hostname()}+${space}` : hostname();
 }
 
 /** CURRENT := version, through a temp file and rename so readers never see a partial line. */

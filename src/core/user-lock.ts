@@ -4,14 +4,15 @@
 
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { accessSync, closeSync, constants, existsSync, linkSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { threadId } from 'node:worker_threads';
-import { canWrite } from '../durable.js';
 import type { MasterDb, UserLock } from '../master/types.js';
 import { toolDir, type UserId } from '../userdb/paths.js';
 import { classifyFsError, UnavailableError } from '../errors.js';
 import { isBusy } from './migrate-safe.js';
+import { pidIsOfHere, STALE_ELSEWHERE_MS, whereAmI } from './worker-name.js';
+import { canWrite, processAlive } from '../durable.js';
 
 export async function lockUser(master: MasterDb, dataDir: string, userId: UserId, timeoutMs: number): Promise<UserLock> {
   const lock = master.capabilities.advisoryLocks ? await master.acquireUserLock(userId, timeoutMs) : await waitForFileLock(dataDir, userId, timeoutMs);
@@ -61,6 +62,10 @@ function lockFile(dataDir: string, name: string, timeoutMs: number): UserLock | 
   let db: Database.Database;
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (!swept.has(dir)) {
+      swept.add(dir);
+      removeDeadLockTemps(dir);
+    }
     makeLockFile(file);
     db = new Database(file);
   } catch (e) {
@@ -120,7 +125,7 @@ function makeLockFile(file: string): void {
     accessSync(file, constants.W_OK);
     return;
   }
-  const made = `${file}.${process.pid}.${threadId}.${randomBytes(4).toString('hex')}.new`;
+  const made = lockTempName(file);
   try {
     closeSync(openSync(made, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600));
   } catch (e) {
@@ -134,5 +139,53 @@ function makeLockFile(file: string): void {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   } finally {
     rmSync(made, { force: true });
+  }
+}
+
+/**
+ * The name a lock file is made under before its link into place: its maker's pid, thread and
+ * whereabouts (whereAmI), so a later process can tell one left by a killed maker.
+ */
+export function lockTempName(file: string): string {
+  return `${file}.${process.pid}.${threadId}.${randomBytes(4).toString('hex')}@${whereAmI()}.new`;
+}
+
+/** A lock temp: `<name>.lock.<pid>.<thread>.<random>[@<where>].new` (before `@<where>`, just the pid). */
+const LOCK_TEMP = /^.+\.lock\.(\d+)\.\d+\.[0-9a-f]+(?:@(.+))?\.new$/;
+
+/** Locks folders this process has already swept (once each: a folder holds a file per user ever seeded). */
+const swept = new Set<string>();
+
+/**
+ * Remove lock temps (see makeLockFile) whose maker was killed between creating one and removing
+ * it: empty files nothing else removes. A temp lives for the instants between its open and the
+ * unlink after its link, so one is abandoned when its maker, a process of this pid space, no
+ * longer runs, or (any maker: another host's or container's pid says nothing here, nor does a
+ * name without whereabouts, made before they were recorded) when it is an hour old. Removing a
+ * live maker's temp would only fail its link (ENOENT), never let two processes hold one lock:
+ * the lock is the OS lock on the `.lock` file, which this never touches. Best effort: a folder
+ * this process may not change is the lock's own error to report.
+ */
+function removeDeadLockTemps(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  const now = Date.now();
+  for (const name of names) {
+    const m = LOCK_TEMP.exec(name);
+    if (!m) continue;
+    const full = path.join(dir, name);
+    try {
+      const st = lstatSync(full);
+      if (!st.isFile()) continue;
+      const pid = Number(m[1]);
+      const gone = m[2] !== undefined && pidIsOfHere(m[2]) && pid !== process.pid && !processAlive(pid);
+      if (gone || now - st.mtimeMs > STALE_ELSEWHERE_MS) rmSync(full, { force: true });
+    } catch {
+      /* removed by another process first, or not ours to remove here */
+    }
   }
 }

@@ -29,6 +29,28 @@ export function thisPidSpace(): string {
   return pidSpace;
 }
 
+/** `<host>+<pid space>` (just the host where /proc does not say): whose pids a name's pid is. */
+export function whereAmI(): string {
+  const space = thisPidSpace();
+  return space ? `${hostname()}+${space}` : hostname();
+}
+
+/**
+ * Whether a pid a name records beside `where` (its maker's whereAmI()) is one of this pid space,
+ * so that whether it runs says whether the maker does. Another host's, or another pid space's of
+ * this host name (a container, a boot since), says nothing here.
+ */
+export function pidIsOfHere(where: string): boolean {
+  const [, host, space] = /^(.*?)(?:\+([0-9a-f]+\.\d+))?$/.exec(where) ?? [];
+  return host === hostname() && (space === undefined || space === thisPidSpace());
+}
+
+/**
+ * How long a leftover whose maker cannot be checked from here (another host's, another pid
+ * space's) must stay untouched before it is taken for abandoned.
+ */
+export const STALE_ELSEWHERE_MS = 60 * 60 * 1000;
+
 /** Whether a worker name (`host:pid:tag:pid space`, see workerName) is a process of this pid space that is gone. */
 export function deadHere(worker: string): boolean {
   const [host, pid, , space] = worker.split(':');

@@ -1,0 +1,125 @@
+// What a kill -9 can leave in <data-dir>/.acm2/ is removed by a later run once its maker is
+// provably gone, never while a live process (of this host, or another) may still be using it.
+// The embedded master's user lock file is made under a temporary name and linked into place: a
+// kill between the two leaves that temp in .acm2/locks/.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { existsSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import path from 'node:path';
+import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { createUser } from '../src/core/users.js';
+import { toolDir } from '../src/userdb/paths.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+const USER_LOCK = new URL('../dist/core/user-lock.js', import.meta.url).href;
+
+let pkg: FrozenSource;
+let world: World;
+beforeAll(async () => {
+  pkg = frozenSource({ sourceDocs: 1 });
+  world = await sqliteWorld();
+});
+afterAll(async () => {
+  await world.cleanup();
+  pkg.cleanup();
+});
+
+const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
+
+async function acm2(args: string[]) {
+  try {
+    const r = await run(process.execPath, [BIN, '--data-dir', world.dataDir, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ACM2_MASTER_URL: '', NO_COLOR: '1' } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+/**
+ * A process that makes a lock temp for `lockFile` exactly as the lock's maker does (its naming
+ * function, O_EXCL, 0600), prints its name, then either dies by SIGKILL there (as a kill -9
+ * between the temp and its link leaves it) or stays alive, mid-lock, until killed.
+ */
+async function makeTemp(lockFile: string, then: 'die' | 'live'): Promise<{ temp: string; child: ChildProcess }> {
+  const code = `
+    import { closeSync, constants, openSync } from 'node:fs';
+    import { lockTempName } from ${JSON.stringify(USER_LOCK)};
+    const made = lockTempName(${JSON.stringify(lockFile)});
+    closeSync(openSync(made, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600));
+    process.stdout.write(made + '\\n', () => {
+      if (${JSON.stringify(then)} === 'die') process.kill(process.pid, 'SIGKILL');
+      else setInterval(() => undefined, 1000);
+    });`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  if (then === 'die') {
+    const [, signal] = (await once(child, 'exit')) as [number | null, string | null];
+    expect(signal).toBe('SIGKILL');
+  } else {
+    while (!out.includes('\n')) await once(child.stdout!, 'data');
+  }
+  const temp = out.trim();
+  expect(existsSync(temp)).toBe(true);
+  return { temp, child };
+}
+
+/** The same temp name as `temp`, with its maker's whereabouts (`@host+pid space`) swapped or dropped. */
+function madeElsewhere(temp: string, where: string | undefined): string {
+  const renamed = temp.replace(/@[^/]*\.new$/, where === undefined ? '.new' : `@${where}.new`);
+  expect(renamed).not.toBe(temp);
+  writeFileSync(renamed, '', { mode: 0o600 });
+  return renamed;
+}
+
+function hoursAgo(file: string, hours: number): void {
+  const t = new Date(Date.now() - hours * 3600_000);
+  utimesSync(file, t, t);
+}
+
+describe('lock temps left in .acm2/locks by a kill -9', () => {
+  it('removes a dead maker’s temp (and hour-old ones of makers it cannot check); keeps a live one, and recent ones made elsewhere', async () => {
+    const u = await createUser(deps(), { email: 'locks@example.com', username: 'locks' });
+    const id = u.user.id;
+    const locks = toolDir(world.dataDir, 'locks');
+    const lockFile = path.join(locks, `user_${id}.lock`);
+    expect(existsSync(lockFile)).toBe(true);
+
+    const dead = await makeTemp(lockFile, 'die');
+    const live = await makeTemp(lockFile, 'live');
+    try {
+      // Another host's, or another container's of this host name: its pid says nothing here.
+      const otherHostRecent = madeElsewhere(dead.temp, 'other-host+0badc0de.4026531836');
+      const otherHostOld = madeElsewhere(dead.temp.replace(/\.[0-9a-f]{8}@/, '.0000aaaa@'), 'other-host+0badc0de.4026531836');
+      hoursAgo(otherHostOld, 2);
+      // Made before temps recorded their whereabouts: no telling whose pid it is.
+      const unnamedRecent = madeElsewhere(dead.temp.replace(/\.[0-9a-f]{8}@/, '.0000bbbb@'), undefined);
+      const unnamedOld = madeElsewhere(dead.temp.replace(/\.[0-9a-f]{8}@/, '.0000cccc@'), undefined);
+      hoursAgo(unnamedOld, 2);
+      // Some other file in the folder is none of this sweep's business, however old.
+      const other = path.join(locks, 'notes.new');
+      writeFileSync(other, 'keep');
+      hoursAgo(other, 2);
+
+      // Any command that takes a lock: a second seed of the (ready) user.
+      const r = await acm2(['user', 'seed', String(id)]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+
+      const left = readdirSync(locks).sort();
+      expect(left).toEqual([path.basename(lockFile), path.basename(live.temp), path.basename(otherHostRecent), path.basename(unnamedRecent), 'notes.new'].sort());
+      expect(left).not.toContain(path.basename(dead.temp));
+      expect(left).not.toContain(path.basename(otherHostOld));
+      expect(left).not.toContain(path.basename(unnamedOld));
+    } finally {
+      live.child.kill('SIGKILL');
+      await once(live.child, 'exit').catch(() => undefined);
+    }
+  });
+});
