@@ -1,21 +1,24 @@
 // What a kill -9 can leave in <data-dir>/.acm2/ is removed by a later run once its maker is
 // provably gone, never while a live process (of this host, or another) may still be using it.
 // The embedded master's user lock file is made under a temporary name and linked into place: a
-// kill between the two leaves that temp in .acm2/locks/.
+// kill between the two leaves that temp in .acm2/locks/. A backup (a migration's, --force's) is
+// written as `.partial` and renamed when whole: a kill mid-copy leaves the `.partial`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { existsSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import path from 'node:path';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { createUser } from '../src/core/users.js';
-import { toolDir } from '../src/userdb/paths.js';
+import { backupStem } from '../src/core/migrate-safe.js';
+import { toolDir, userDbPath } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+const REPO = fileURLToPath(new URL('..', import.meta.url));
 const USER_LOCK = new URL('../dist/core/user-lock.js', import.meta.url).href;
 
 let pkg: FrozenSource;
@@ -121,5 +124,44 @@ describe('lock temps left in .acm2/locks by a kill -9', () => {
       live.child.kill('SIGKILL');
       await once(live.child, 'exit').catch(() => undefined);
     }
+  });
+});
+
+describe('backups a kill -9 cut short in .acm2/backups', () => {
+  it('are removed by the next seed of the user (under its lock), even when it needs no migration or backup of its own; whole ones stay', async () => {
+    const u = await createUser(deps(), { email: 'torn@example.com', username: 'torn' });
+    const id = u.user.id;
+    const label = `user_${id}`;
+    const dir = toolDir(world.dataDir, 'backups', label);
+    const finished = `${backupStem(dir, label, new Date(Date.now() - 86400_000))}.db`;
+    copyFileSync(userDbPath(world.dataDir, id), finished);
+    // A migration's backup of a WAL DB through SQLite's backup API, the process killed mid-copy:
+    // the copy and the journal SQLite keeps beside it.
+    const big = path.join(world.dataDir, 'big.db');
+    const partial = `${backupStem(dir, label, new Date())}.db.partial`;
+    const killed = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const D = require('better-sqlite3'); const [src, dst] = process.argv.slice(1); const d = new D(src); d.pragma('journal_mode = WAL');
+         d.exec('CREATE TABLE t (x)'); const s = d.prepare('INSERT INTO t VALUES (randomblob(1000))'); d.transaction(() => { for (let i = 0; i < 20000; i++) s.run(); })();
+         d.backup(dst, { progress: () => 1 }); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20);`,
+        big,
+        partial,
+      ],
+      { cwd: REPO },
+    );
+    expect(killed.signal).toBe('SIGKILL');
+    // --force's backup folder, killed before its rename.
+    const forceTorn = `${backupStem(dir, `${label}-force`, new Date())}.partial`;
+    mkdirSync(path.join(forceTorn, label), { recursive: true });
+    writeFileSync(path.join(forceTorn, `${label}.db`), 'half');
+    expect(readdirSync(dir).sort()).toEqual([path.basename(finished), path.basename(partial), `${path.basename(partial)}-journal`, path.basename(forceTorn)].sort());
+
+    // The user is ready and current: this seed migrates nothing and backs nothing up.
+    const r = await acm2(['user', 'seed', String(id)]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('already ready');
+    expect(readdirSync(dir)).toEqual([path.basename(finished)]);
   });
 });

@@ -294,6 +294,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   if (!existsSync(userDbPath(dataDir, userId)) && leftovers.length === 0) return yield* seedFresh(dataDir, userId, prepared, step, started);
   // Everything below may change what another holder would see: staging removed, a DB put in place.
   yield { files: [], dirs: [], lock: true };
+  dropPartialBackups(dataDir, userId);
   if (!existsSync(userDbPath(dataDir, userId))) {
     const earlier = leftovers[0];
     if (!earlier) return yield* seedFresh(dataDir, userId, prepared, step, started);
@@ -1154,6 +1155,20 @@ function removeBuildFiles(dataDir: string, userId: UserId, files: StagedBuild['f
     } catch {
       /* not empty: something else lives there */
     }
+  }
+}
+
+/**
+ * Remove the half-written backups of this user a kill -9 left (we hold the user's lock, and every
+ * backup of a user is written under it): a migration or --force does it before its own backup,
+ * but a user whose DB needs neither any more (ACM2 migrated it since) would keep them for good.
+ * Litter, so a failure to remove it stops nothing.
+ */
+function dropPartialBackups(dataDir: string, userId: UserId): void {
+  try {
+    cleanPartialBackups(toolDir(dataDir, 'backups', `user_${userId}`), `user_${userId}`);
+  } catch {
+    /* the next seed, migration or --force tries again */
   }
 }
 
