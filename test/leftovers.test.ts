@@ -165,3 +165,30 @@ describe('backups a kill -9 cut short in .acm2/backups', () => {
     expect(readdirSync(dir)).toEqual([path.basename(finished)]);
   });
 });
+
+describe('user show: what the kept backups take', () => {
+  it('counts the whole backups and their bytes (a --force folder summed), never a .partial; says nothing when there are none', async () => {
+    const u = await createUser(deps(), { email: 'kept@example.com', username: 'kept' });
+    const id = u.user.id;
+    const label = `user_${id}`;
+    const none = JSON.parse((await acm2(['user', 'show', String(id), '--json'])).stdout);
+    expect(none.backups).toEqual({ dir: toolDir(world.dataDir, 'backups', label), count: 0, bytes: 0 });
+    expect((await acm2(['user', 'show', String(id)])).stdout).not.toContain('backups');
+
+    const dir = toolDir(world.dataDir, 'backups', label);
+    writeFileSync(`${backupStem(dir, label, new Date())}.db`, Buffer.alloc(3000));
+    const force = backupStem(dir, `${label}-force`, new Date());
+    mkdirSync(path.join(force, label, 'docs'), { recursive: true });
+    writeFileSync(path.join(force, `${label}.db`), Buffer.alloc(1000));
+    writeFileSync(path.join(force, label, 'docs', 'a.md'), Buffer.alloc(24));
+    writeFileSync(path.join(force, 'manifest.json'), Buffer.alloc(100));
+    // Half-written (its maker may be at work): not a backup, not counted.
+    writeFileSync(`${backupStem(dir, label, new Date())}.db.partial`, Buffer.alloc(5000));
+
+    const shown = JSON.parse((await acm2(['user', 'show', String(id), '--json'])).stdout);
+    expect(shown.backups).toEqual({ dir, count: 2, bytes: 4124 });
+    const text = await acm2(['user', 'show', String(id)]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(new RegExp(`^backups +${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(2 kept, [^)]*\\bdelete old ones yourself\\)$`, 'm'));
+  });
+});

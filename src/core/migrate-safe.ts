@@ -3,7 +3,7 @@
 
 import { fsyncPath } from '../durable.js';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { isDiskFull } from '../errors.js';
@@ -342,3 +342,37 @@ export function cleanPartialBackups(dir: string, label: string): void {
 }
 
 const PARTIAL = /\.partial(-journal|-wal|-shm)?$/;
+
+/** The whole backups kept in a backups folder, and the bytes they take. */
+export interface KeptBackups {
+  dir: string;
+  count: number;
+  bytes: number;
+}
+
+/**
+ * The whole backups of `label` in `dir` (migrations' files, --force's folders; not a `.partial`),
+ * read only; undefined when the folder cannot be read (an account that may not read `.acm2/`).
+ */
+export function keptBackups(dir: string, label: string): KeptBackups | undefined {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? { dir, count: 0, bytes: 0 } : undefined;
+  }
+  const kept = names.filter((n) => n.startsWith(`${label}-`) && !PARTIAL.test(n));
+  return { dir, count: kept.length, bytes: kept.reduce((n, name) => n + bytesUnder(path.join(dir, name)), 0) };
+}
+
+/** A file's size, or a folder's files' sizes summed (symlinks not followed); 0 for what cannot be read. */
+function bytesUnder(p: string): number {
+  try {
+    const st = lstatSync(p);
+    if (st.isFile()) return st.size;
+    if (!st.isDirectory()) return 0;
+    return readdirSync(p).reduce((n, name) => n + bytesUnder(path.join(p, name)), 0);
+  } catch {
+    return 0;
+  }
+}

@@ -10,7 +10,7 @@ import { newerToolError } from '../migrations.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
-import { isBusy } from './migrate-safe.js';
+import { isBusy, keptBackups, type KeptBackups } from './migrate-safe.js';
 import { otherOwners } from './schema-work.js';
 import { lstatOrUndefined } from '../durable.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
@@ -743,9 +743,12 @@ export interface UserStatus {
     nextAttemptAt: string | null;
   } | null;
   lastError: string | null;
+  /** `user show` only: the user's whole backups under .acm2/backups/ (never pruned by the tool); null when that folder cannot be read. */
+  backups?: KeptBackups | null;
 }
 
-export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { busyTimeoutMs?: number }, user: MasterUser): Promise<UserStatus> {
+/** `opts.backups`: also what the user's backups take (one user's folder walked: `user show`, not `user list`). */
+export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { busyTimeoutMs?: number }, user: MasterUser, opts: { backups?: boolean } = {}): Promise<UserStatus> {
   const job = (await deps.master.latestJob(user.id)) ?? null;
   const dbPath = userDbPath(deps.dataDir, user.id);
   const out: UserStatus = {
@@ -817,6 +820,7 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
   out.status = deriveStatus(out.db.seedStatus, retrying ? 'failed' : (job?.status ?? null), dbState);
   if (dbState === 'unreadable' && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
+  if (opts.backups) out.backups = keptBackups(toolDir(deps.dataDir, 'backups', `user_${user.id}`), `user_${user.id}`) ?? null;
   return out;
 }
 

@@ -46,6 +46,8 @@ export function renderStatus(s: UserStatus): string {
     ['files', filesLine(s)],
     ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}${jobDetail(s)}` : '-'],
   ];
+  // Kept for good (the operator's way back): said with what they take, so old ones can be removed by hand.
+  if (s.backups?.count) rows.push(['backups', `${s.backups.dir} (${s.backups.count} kept, ${formatBytes(s.backups.bytes)}; acm2 never removes them: delete old ones yourself)`]);
   if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
 }
