@@ -4,6 +4,7 @@ import { buildProgram } from './cli/program.js';
 import { classifyFsError, EXIT, isAcm2Error } from './errors.js';
 import { TOOL_VERSION } from './config.js';
 import { jsonErrorDocument } from './ui/reporter.js';
+import { visible } from './ui/text.js';
 
 async function main(argv: string[]): Promise<number> {
   if (argv.length === 3 && argv[2] === '--version') {
@@ -63,7 +64,7 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
   }
   if (isAcm2Error(e)) {
     if (json) process.stdout.write(jsonErrorDocument({ code: e.code, message: e.message }));
-    else process.stderr.write(`acm2: ${e.message}\n`);
+    else process.stderr.write(`acm2: ${visible(e.message)}\n`);
     if (verbose && e.stack) process.stderr.write(`${e.stack}\n`);
     return e.exitCode;
   }
@@ -74,7 +75,7 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
   const err = e instanceof Error ? e : new Error(String(e));
   const message = `internal error: ${err.message} (this is a bug, please report it)`;
   if (json) process.stdout.write(jsonErrorDocument({ code: 'internal', message }));
-  else process.stderr.write(`acm2: ${message}\n`);
+  else process.stderr.write(`acm2: ${visible(message)}\n`);
   if (verbose && err.stack) process.stderr.write(`${err.stack}\n`);
   return EXIT.internal;
 }
@@ -94,7 +95,7 @@ process.stderr.on('error', () => undefined);
 process.on('exit', (code) => {
   if (!stdoutFailed || (code !== EXIT.ok && code !== EXIT.findings)) return;
   const why = classifyFsError(stdoutFailed, 'stdout')?.message ?? `cannot write to stdout (${stdoutFailed.code ?? stdoutFailed.message})`;
-  process.stderr.write(`acm2: ${why}: the output was lost; the work itself finished (exit ${code} before this), run it again with stdout where it can be written\n`);
+  process.stderr.write(`acm2: ${visible(why)}: the output was lost; the work itself finished (exit ${code} before this), run it again with stdout where it can be written\n`);
   process.exitCode = EXIT.unavailable;
 });
 

@@ -11,6 +11,7 @@ import { folderOverlap, parseUserId } from '../userdb/paths.js';
 import { runBackfill, startPlanners, type BackfillOptions, type BackfillPlanners } from '../core/backfill.js';
 import { backfillJson, renderBackfill } from '../ui/backfill.js';
 import { EXIT, UsageError } from '../errors.js';
+import { visibleDeep } from '../ui/text.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -56,7 +57,7 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
       if (dryRun && /no such table|doesn't exist/i.test(String((e as Error).message))) throw notSetUp(master.display, e);
       throw e;
     });
-    out.result(backfillJson(r), () => renderBackfill(r, out.color));
+    out.result(backfillJson(r), () => renderBackfill(visibleDeep(r), out.color));
     // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
     // Legacy runs left for want of their owner's lock are unfinished work too: run again.
     if (r.stopped || (!r.dryRun && (r.failures.length > 0 || (r.legacyLogs?.busy.length ?? 0) > 0))) process.exitCode = EXIT.findings;

@@ -6,6 +6,7 @@ import { usingMaster } from '../master/factory.js';
 import { planDiff, runDiff } from '../core/diff.js';
 import { renderDiff } from '../ui/diff.js';
 import { EXIT } from '../errors.js';
+import { visibleDeep } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -18,6 +19,6 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   const deps = { dataDir: cfg.dataDir, seedsDir: cfg.seedsDir };
   // Two packages need no master: do not create or touch one.
   const r = req.kind === 'packages' ? await runDiff(deps, req) : await usingMaster(cfg.master, (master) => runDiff({ ...deps, master }, req), { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true } });
-  out.result(r, () => renderDiff(r, { color: out.color }));
+  out.result(r, () => renderDiff(visibleDeep(r), { color: out.color }));
   if (!r.equal) process.exitCode = EXIT.findings;
 }

@@ -3,6 +3,7 @@
 
 import { Command, Option } from 'commander';
 import { TOOL_VERSION } from '../config.js';
+import { visible } from '../ui/text.js';
 
 type Loader = () => Promise<{ run: (ctx: CommandCall) => Promise<void> }>;
 
@@ -31,7 +32,8 @@ export function buildProgram(): Command {
   program.configureOutput({
     writeErr: (str) => (quietErr ? undefined : process.stderr.write(str)),
     // Commander's usage errors read like every other error of the tool: "acm2: <sentence>".
-    outputError: (str, write) => write(str.replace(/^error: /, 'acm2: ')),
+    // Lines as commander breaks them; what it quotes from the command line is shown escaped.
+    outputError: (str, write) => write(str.replace(/^error: /, 'acm2: ').split('\n').map(visible).join('\n')),
   });
   program
     .description("Admin CLI for ACM2's per-user data: seed packages, user seeding, backfill, verify, diff.")

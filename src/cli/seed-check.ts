@@ -6,6 +6,7 @@ import { checkPackage, currentState, knownVersions, listPackages } from '../seed
 import { UsageError } from '../errors.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
+import { visibleDeep } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -20,10 +21,12 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   const currentError = args.length === 0 ? currentState(cfg.seedsDir).error : undefined;
   const ok = packages.every((p) => p.ok) && currentError === undefined;
   out.result(currentError === undefined ? { ok, seedsDir: cfg.seedsDir, packages } : { ok, seedsDir: cfg.seedsDir, packages, currentError }, () => {
+    // Versions and problems name what is on disk (folder and file names): shown escaped.
+    const { seedsDir, packages: checked, currentError: brokenCurrent } = visibleDeep({ seedsDir: cfg.seedsDir, packages, currentError });
     const paint = (s: string, good: boolean) => (out.color ? (good ? chalk.green(s) : chalk.red(s)) : s);
-    const lines = packages.map((p) => [`${p.version}  ${paint(p.ok ? 'ok' : 'FAILED', p.ok)}`, ...p.problems.map((x) => `  - ${x}`)].join('\n'));
-    if (packages.length === 0) lines.push(`No seed packages in ${cfg.seedsDir}.`);
-    if (currentError !== undefined) lines.push(`CURRENT  ${paint('FAILED', false)}\n  - ${currentError}`);
+    const lines = checked.map((p) => [`${p.version}  ${paint(p.ok ? 'ok' : 'FAILED', p.ok)}`, ...p.problems.map((x) => `  - ${x}`)].join('\n'));
+    if (checked.length === 0) lines.push(`No seed packages in ${seedsDir}.`);
+    if (brokenCurrent !== undefined) lines.push(`CURRENT  ${paint('FAILED', false)}\n  - ${brokenCurrent}`);
     return lines.join('\n');
   });
   // Not FindingsError: with --json that would print a second document after the report.

@@ -9,6 +9,7 @@ import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { folderOverlap } from '../userdb/paths.js';
+import { visible, visibleDeep } from '../ui/text.js';
 
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
 
@@ -29,8 +30,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
     },
     out.progress(),
   );
-  for (const w of result.warnings) out.verbose(`warning: ${w}`);
-  out.result(result, () => render(result, out.color));
+  for (const w of result.warnings) out.verbose(`warning: ${visible(w)}`);
+  out.result(result, () => render(visibleDeep(result), out.color));
 }
 
 /**

@@ -7,6 +7,7 @@ import { writeCurrent } from '../core/freeze.js';
 import { PackageError, UsageError } from '../errors.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
+import { visible } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -23,9 +24,10 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   const previous = state.version ?? null;
   const changed = previous !== version;
   if (changed) writeCurrent(cfg.seedsDir, version);
-  out.result({ version, previous, changed, ...(state.error === undefined ? {} : { previousError: state.error }) }, () =>
-    changed
-      ? `CURRENT is now ${version} (was ${previous ?? (state.error === undefined ? 'unset' : 'broken')}): new users, and seeds and backfills without --seed-version, get ${version}; users already seeded keep theirs.`
-      : `CURRENT is already ${version}: nothing changed.`,
-  );
+  out.result({ version, previous, changed, ...(state.error === undefined ? {} : { previousError: state.error }) }, () => {
+    const [v, was] = [visible(version), previous === null ? null : visible(previous)];
+    return changed
+      ? `CURRENT is now ${v} (was ${was ?? (state.error === undefined ? 'unset' : 'broken')}): new users, and seeds and backfills without --seed-version, get ${v}; users already seeded keep theirs.`
+      : `CURRENT is already ${v}: nothing changed.`;
+  });
 }

@@ -5,11 +5,12 @@ import { loadPackage, type SeedPackage } from '../seed/package.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
+import { visibleDeep } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const pkg = loadPackage(cfg.seedsDir, args[0] ?? '');
-  out.result(pkg.manifest, () => render(pkg, out.color));
+  out.result(pkg.manifest, () => render(visibleDeep(pkg), out.color));
 }
 
 function render({ manifest: m, dir }: SeedPackage, color: boolean): string {

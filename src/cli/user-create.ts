@@ -11,6 +11,7 @@ import { fstatSync, statSync } from 'node:fs';
 import { EXIT, UsageError, isAcm2Error } from '../errors.js';
 import type { Config } from '../config.js';
 import type { Reporter } from '../ui/reporter.js';
+import { jsonText, visibleDeep } from '../ui/text.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -69,7 +70,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
 async function deliverKey(cfg: Config, master: MasterDb, result: ShownCreate, keyId: number): Promise<boolean> {
   const doc = { user: result.user, apiKey: result.apiKey, resumed: result.resumed, seed: result.seed };
   // --json: the key is inside the one document; --quiet keeps the rest quiet, not the key.
-  const text = cfg.json ? `${JSON.stringify(doc, null, 2)}\n` : cfg.quiet ? `${result.apiKey}\n` : `${renderCreate(result)}\n`;
+  const text = cfg.json ? `${jsonText(doc, 2)}\n` : cfg.quiet ? `${result.apiKey}\n` : `${renderCreate(visibleDeep(result))}\n`;
   // Another run of this create (on a host that could not see this one) revoked this key and
   // issued its own meanwhile: showing this one would hand out a key ACM2 refuses. Said instead,
   // as this command's one document. Unknown (the master not answering): shown, as before.
@@ -77,7 +78,7 @@ async function deliverKey(cfg: Config, master: MasterDb, result: ShownCreate, ke
   const replaced = marked !== undefined && marked.apiKeyId !== keyId;
   if (replaced) {
     const message = `user ${result.user.id}'s API key was replaced by another acm2 user create of the same user while this one ran, and that run shows the new key: the key this run made is revoked, so it is not shown`;
-    if (cfg.json) await writeStdout(`${JSON.stringify({ error: { code: 'key_reissued', message } })}\n`).catch(() => undefined);
+    if (cfg.json) await writeStdout(`${jsonText({ error: { code: 'key_reissued', message } })}\n`).catch(() => undefined);
     else process.stderr.write(`acm2: ${message}\n`);
     return false;
   }

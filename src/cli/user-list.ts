@@ -6,6 +6,7 @@ import { usingMaster } from '../master/factory.js';
 import { listUserStatuses, type SeedStatus } from '../core/users.js';
 import { statusTable } from '../ui/users.js';
 import { streamedDocument, writeStreamed } from '../ui/reporter.js';
+import { jsonText, visibleDeep } from '../ui/text.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -20,7 +21,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
       streamedDocument((error) => `\n],"error":${error}}\n`);
       let first = true;
       for await (const u of users) {
-        await writeStreamed(`${first ? '' : ','}\n${JSON.stringify(u)}`);
+        await writeStreamed(`${first ? '' : ','}\n${jsonText(u)}`);
         first = false;
       }
       streamedDocument(undefined);
@@ -30,7 +31,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     let n = 0;
     let table = statusTable(out.color);
     for await (const u of users) {
-      table.push(u);
+      table.push(visibleDeep(u));
       if (++n % 200 === 0) {
         if (!cfg.quiet) await writeStreamed(`${table.toString()}\n`);
         table = statusTable(out.color);

@@ -10,6 +10,7 @@ import { loadPackage, resolveVersion } from '../seed/package.js';
 import { runSeedPool } from '../core/seed-pool.js';
 import { renderDrain, renderSeed } from '../ui/users.js';
 import { EXIT, UsageError } from '../errors.js';
+import { visibleDeep } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -43,7 +44,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     // Jobs waiting for a retry's backoff were not claimed: say so, or an empty drain looks like an empty queue.
     const notDue = await usingMaster(cfg.master, (m) => m.pendingNotDue(), { create: false, migrate: false }).catch(() => undefined);
     const shown = { ...r, notDue: notDue ? { count: notDue.count, nextAttemptAt: notDue.nextAttemptAt === null ? null : new Date(notDue.nextAttemptAt).toISOString() } : null };
-    out.result(shown, () => renderDrain(shown));
+    out.result(shown, () => renderDrain(visibleDeep(shown)));
     // Interrupted before the queue was drained is a batch not finished (as for backfill); a
     // --watch worker is meant to be stopped that way.
     if (r.failed > 0 || r.retrying > 0 || (r.interrupted && !opts.watch)) process.exitCode = EXIT.findings;
@@ -69,6 +70,6 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     }),
     { create: false, pairWith: { dataDir: cfg.dataDir, write: true } },
   ).finally(() => interrupt.dispose());
-  out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(r.seed, r.user.id));
+  out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(visibleDeep(r.seed), r.user.id));
   if (r.seed.status === 'failed') process.exitCode = EXIT.findings;
 }

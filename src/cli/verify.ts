@@ -11,6 +11,7 @@ import { verifyUsers } from '../core/verify.js';
 import { renderJunit, renderVerify } from '../ui/verify.js';
 import { parseUserId } from '../userdb/paths.js';
 import { classifyFsError, EXIT, UsageError } from '../errors.js';
+import { visibleDeep } from '../ui/text.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -37,7 +38,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
       throw classifyFsError(e, junit) ?? new UsageError(`cannot write the JUnit report ${junit} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, 'usage', { cause: e });
     }
   }
-  out.result(r, () => renderVerify(r, { color: out.color }));
+  out.result(r, () => renderVerify(visibleDeep(r), { color: out.color }));
   // Not FindingsError: with --json that would print a second document after the result.
   if (!r.ok) process.exitCode = EXIT.findings;
 }

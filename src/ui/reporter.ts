@@ -2,6 +2,7 @@
 // tables and colour for a person; progress and logs on stderr, only when stderr is a TTY.
 
 import type { Config } from '../config.js';
+import { jsonText } from './text.js';
 
 export interface ProgressSink {
   /** Begin a phase; total is the number of items when known. */
@@ -37,7 +38,7 @@ export function createReporter(cfg: Pick<Config, 'json' | 'quiet' | 'verbose' | 
       if (cfg.verbose && showLogs) process.stderr.write(`${msg}\n`);
     },
     result: (data, human) => {
-      if (cfg.json) process.stdout.write(`${JSON.stringify(data, null, 2)}\n`);
+      if (cfg.json) process.stdout.write(`${jsonText(data, 2)}\n`);
       else if (!cfg.quiet) {
         const text = human();
         if (text) process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
@@ -135,5 +136,5 @@ export function streamedDocument(close: ((errorJson: string) => string) | undefi
 export function jsonErrorDocument(error: { code: string; message: string }): string {
   const close = openDocument;
   openDocument = undefined;
-  return close ? close(JSON.stringify(error)) : `${JSON.stringify({ error })}\n`;
+  return close ? close(jsonText(error)) : `${jsonText({ error })}\n`;
 }

@@ -1,0 +1,111 @@
+// What an operator's terminal and a CI log are shown: text the tool did not write (names and
+// emails ACM2 stored, errors, file names in a user's tree) never reaches them with raw control
+// characters.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import Database from 'better-sqlite3';
+import { rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { createUser } from '../src/core/users.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
+import { visible, visibleDeep } from '../src/ui/text.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const BIN = path.join(REPO, 'bin', 'acm2.js');
+
+/** Any character a terminal acts on rather than shows (a newline between lines aside). */
+const RAW = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+
+const HOSTILE_NAME = 'evil\u001b[2J\u001b]0;PWNED\u0007\rall users ok\u202eabc\u009b2J';
+const HOSTILE_EMAIL = 'e\u001b[31m@x.com\nall users ok';
+const HOSTILE_ERROR = 'boom\u001b[2J\r\nall ok\u202e';
+const HOSTILE_FILE = 'evil\nname\u001b[2J.md';
+
+let pkg: FrozenSource;
+let world: World;
+let hostile: number;
+let failed: number;
+let treeUser: number;
+
+beforeAll(async () => {
+  pkg = frozenSource({ sourceDocs: 1 });
+  world = await sqliteWorld();
+  const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+  hostile = (await createUser(deps, { email: 'named@example.com', username: 'named' })).user.id;
+  failed = (await createUser(deps, { email: 'failed@example.com', username: 'failed' })).user.id;
+  treeUser = (await createUser(deps, { email: 'tree@example.com', username: 'tree' })).user.id;
+  await world.master.close();
+  // What ACM2 (or anyone with the master) can write: acm2's own validation is not the master's.
+  const master = new Database(path.join(world.dataDir, 'master.db'));
+  master.prepare('UPDATE users SET username = ?, email = ? WHERE id = ?').run(HOSTILE_NAME, HOSTILE_EMAIL, hostile);
+  master.close();
+  const db = new Database(userDbPath(world.dataDir, failed));
+  db.prepare(`UPDATE user_meta SET seed_status = 'failed'`).run();
+  db.prepare('UPDATE acm2_seed_state SET last_error = ?').run(HOSTILE_ERROR);
+  db.close();
+  // Linux allows any byte but '/' and NUL in a file name.
+  writeFileSync(path.join(userRoot(world.dataDir, treeUser), HOSTILE_FILE), 'x', { mode: 0o644 });
+});
+afterAll(async () => {
+  rmSync(world.dataDir, { recursive: true, force: true });
+  pkg.cleanup();
+});
+
+const acm2 = (...args: string[]) =>
+  execa('node', [BIN, ...args, '--data-dir', world.dataDir, '--master', world.masterUrl, '--seeds', pkg.seedsDir], { reject: false, env: { NO_COLOR: '1' } });
+
+describe('visible()', () => {
+  it('escapes what a terminal acts on and keeps every other character', () => {
+    expect(visible(HOSTILE_NAME)).toBe('evil\\x1b[2J\\x1b]0;PWNED\\x07\\rall users ok\\u202eabc\\x9b2J');
+    expect(visible('a\tb\nc\u009bd\u007f\u2066')).toBe('a\\tb\\nc\\x9bd\\x7f\\u2066');
+    expect(visible('Zoë 中文 😀 user_1/runs/a b.md')).toBe('Zoë 中文 😀 user_1/runs/a b.md');
+    expect(visibleDeep({ [HOSTILE_FILE]: [HOSTILE_ERROR, 3, null] })).toEqual({ 'evil\\nname\\x1b[2J.md': ['boom\\x1b[2J\\r\\nall ok\\u202e', 3, null] });
+  });
+});
+
+describe('text output shows stored and found names escaped, never raw', () => {
+  it('user list and user show: a username and email from the master, a stored last error', async () => {
+    for (const args of [['user', 'list'], ['user', 'show', String(hostile)], ['user', 'show', String(failed)], ['user', 'list', '--status', 'failed']]) {
+      const r = await acm2(...args);
+      expect(r.exitCode, args.join(' ')).toBe(0);
+      expect(r.stdout, args.join(' ')).not.toMatch(RAW);
+      expect(r.stderr, args.join(' ')).not.toMatch(RAW);
+    }
+    expect((await acm2('user', 'show', String(hostile))).stdout).toContain('evil\\x1b[2J\\x1b]0;PWNED\\x07\\rall users ok\\u202eabc\\x9b2J');
+    expect((await acm2('user', 'show', String(failed))).stdout).toContain('boom\\x1b[2J\\r\\nall ok\\u202e');
+  });
+
+  it('verify, diff and a backfill plan: a file name with a newline and an ESC in a user tree', async () => {
+    for (const args of [['verify'], ['diff', '--user', String(treeUser)], ['backfill', '--dry-run']]) {
+      const r = await acm2(...args);
+      expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBeLessThan(2);
+      expect(r.stdout, args.join(' ')).not.toMatch(RAW);
+      expect(r.stderr, args.join(' ')).not.toMatch(RAW);
+    }
+    const v = await acm2('verify', '--user', String(treeUser));
+    expect(v.stdout).toContain('evil\\nname\\x1b[2J.md');
+    expect((await acm2('diff', '--user', String(treeUser))).stdout).toContain('+ evil\\nname\\x1b[2J.md');
+  });
+
+  it('the one-sentence error on stderr quotes what it was given escaped', async () => {
+    const r = await acm2('user', 'show', 'x\u001b[2J@example.com');
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toBe("acm2: no user with email 'x\\x1b[2J@example.com' in the master");
+    const c = await acm2('user', 'list', '--bogus\u001b]0;T\u0007');
+    expect(c.exitCode).toBe(2);
+    expect(c.stderr).not.toMatch(RAW);
+    expect(c.stderr).toContain("unknown option '--bogus\\x1b]0;T\\x07'");
+  });
+
+  it('--json keeps the values as they are, JSON-escaped (C1 controls too, which JSON.stringify leaves raw)', async () => {
+    const r = await acm2('user', 'show', String(hostile), '--json');
+    // U+202E is text to a JSON reader, and JSON.stringify leaves it (and U+2028) as it is.
+    expect(r.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/);
+    expect(r.stdout).toContain('\\u009b2J');
+    expect(JSON.parse(r.stdout)).toMatchObject({ username: HOSTILE_NAME, email: HOSTILE_EMAIL });
+  });
+});
