@@ -1,13 +1,13 @@
 // What an operator's terminal and a CI log are shown: text the tool did not write (names and
 // emails ACM2 stored, errors, file names in a user's tree) never reaches them with raw control
-// characters.
+// characters; the JUnit report stays XML 1.0 and names such files legibly.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import Database from 'better-sqlite3';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { visible, visibleDeep } from '../src/ui/text.js';
@@ -107,5 +107,35 @@ describe('text output shows stored and found names escaped, never raw', () => {
     expect(r.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/);
     expect(r.stdout).toContain('\\u009b2J');
     expect(JSON.parse(r.stdout)).toMatchObject({ username: HOSTILE_NAME, email: HOSTILE_EMAIL });
+  });
+});
+
+describe('verify --junit', () => {
+  it('is XML 1.0 with every character allowed, and names a hostile file legibly, one line per problem', async () => {
+    const dir = tmpDir('acm2-junit-');
+    try {
+      const file = path.join(dir, 'verify.xml');
+      const r = await acm2('verify', '--junit', file);
+      expect(r.exitCode).toBe(1);
+      const xml = readFileSync(file, 'utf8');
+      // XML 1.0's Char: tab, LF, CR and U+0020 on (a parser refuses an ESC or a NUL outright).
+      expect(xml).not.toMatch(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/);
+      expect(xml).not.toContain('\r');
+      const failure = /<testcase classname="acm2\.verify\.users" name="user (\d+)">\s*<failure message="([^"]*)" type="[^"]*">([^<]*)<\/failure>/g;
+      const byUser = new Map([...xml.matchAll(failure)].map((m) => [Number(m[1]), { message: m[2]!, body: m[3]! }]));
+      const tree = byUser.get(treeUser)!;
+      expect(tree.body).toContain('(path user_' + treeUser + '/evil\\nname\\x1b[2J.md)');
+      // Each problem on its own line: the name's newline does not split one in two.
+      const lines = tree.body.split('\n');
+      expect(lines.every((l) => l.startsWith('[error] ') || l.startsWith('[warning] '))).toBe(true);
+      expect(Number(/^(\d+) problems?/.exec(tree.message)![1])).toBe(lines.length);
+      // Counts: one testcase per user plus the data dir's, failures as many as failed testcases.
+      const tests = Number(/<testsuites [^>]*tests="(\d+)"/.exec(xml)![1]);
+      const failures = Number(/<testsuites [^>]*failures="(\d+)"/.exec(xml)![1]);
+      expect(tests).toBe((xml.match(/<testcase /g) ?? []).length);
+      expect(failures).toBe((xml.match(/<failure /g) ?? []).length);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

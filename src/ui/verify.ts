@@ -5,6 +5,7 @@ import chalk, { Chalk, type ChalkInstance } from 'chalk';
 import Table from 'cli-table3';
 import { PROBLEM_CODES, type Problem, type ProblemCode, type VerifyResult } from '../core/verify.js';
 import { formatSeconds } from './reporter.js';
+import { visible } from './text.js';
 
 /** How many problems of each code, in the SPEC's order; codes that did not occur are left out. */
 export function countByCode(r: VerifyResult): Array<[ProblemCode, number]> {
@@ -125,8 +126,10 @@ function testcase(classname: string, name: string, problems: Problem[]): string 
   const open = `    <testcase classname="${xml(classname)}" name="${xml(name)}"`;
   if (problems.length === 0) return `${open}/>`;
   const codes = [...new Set(problems.map((p) => p.code))].join(',');
+  // One line per problem: a file name's newline or ESC is written escaped (XML 1.0 cannot carry
+  // an ESC at all, and a dropped one would leave "[2J" where the name had "\x1b[2J").
   const body = problems
-    .map((p) => `[${p.severity}] ${p.code}: ${p.message}${p.table ? ` (table ${p.table}${p.rowId ? `, row ${p.rowId}` : ''})` : ''}${p.path ? ` (path ${p.path})` : ''}`)
+    .map((p) => visible(`[${p.severity}] ${p.code}: ${p.message}${p.table ? ` (table ${p.table}${p.rowId ? `, row ${p.rowId}` : ''})` : ''}${p.path ? ` (path ${p.path})` : ''}`))
     .join('\n');
   return [
     `${open}>`,
