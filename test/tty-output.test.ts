@@ -1,16 +1,19 @@
 // What an operator's terminal and a CI log are shown: text the tool did not write (names and
 // emails ACM2 stored, errors, file names in a user's tree) never reaches them with raw control
-// characters; the JUnit report stays XML 1.0 and names such files legibly.
+// characters; the JUnit report stays XML 1.0 and names such files legibly; the progress line
+// has a total (so an ETA) for a drain too, and never wraps.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import Database from 'better-sqlite3';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
+import { generateSource } from '../src/fixtures/source.js';
 import { visible, visibleDeep } from '../src/ui/text.js';
+import { fitLine } from '../src/ui/reporter.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
@@ -137,5 +140,61 @@ describe('verify --junit', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+/** Runs the built CLI with stderr taken for a terminal this many columns wide (stderr is a pipe the test reads). */
+function asTty(columns: number, args: string[], env: Record<string, string> = {}) {
+  const preload = path.join(tmpDir('acm2-tty-'), 'tty.mjs');
+  writeFileSync(preload, `Object.defineProperty(process.stderr, 'isTTY', { value: true });\nObject.defineProperty(process.stderr, 'columns', { value: ${columns} });\n`);
+  return execa('node', ['--import', preload, BIN, ...args], { reject: false, env: { NO_COLOR: '1', ...env } }).finally(() => rmSync(path.dirname(preload), { recursive: true, force: true }));
+}
+
+/** The progress line's frames as they were drawn (each starts with CR and clear-line). */
+const frames = (stderr: string) => stderr.split('\r\u001b[2K').slice(1).map((f) => f.replace(/\n$/, ''));
+
+describe('progress on a terminal', () => {
+  it('a drain of the queue counts down to the jobs due, with an ETA', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      for (let i = 0; i < 3; i++) await createUser(deps, { email: `q${i}@example.com`, username: `q${i}`, async: true });
+      await w.master.close();
+      const r = await asTty(100, ['user', 'seed', '--pending', '--concurrency', '1', '--data-dir', w.dataDir, '--master', w.masterUrl, '--seeds', pkg.seedsDir]);
+      expect(r.exitCode, r.stderr).toBe(0);
+      const drawn = frames(r.stderr);
+      expect(drawn[0]).toMatch(/^seeding {2}0\/3 {2}/);
+      expect(drawn.at(-1)).toMatch(/^seeding {2}3\/3 {2}[\d.]+\/s {2}ETA \d+s$/);
+    } finally {
+      rmSync(w.dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('seed freeze: a long file name is cut to the terminal width, never wrapped', async () => {
+    const root = tmpDir('acm2-freeze-tty-');
+    try {
+      const src = generateSource(path.join(root, 'source'), { sourceDocs: 2 });
+      mkdirSync(path.join(root, 'data'));
+      const r = await asTty(50, ['seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', path.join(root, 'seeds'), '--data-dir', path.join(root, 'data')]);
+      expect(r.exitCode, r.stderr).toBe(0);
+      const drawn = frames(r.stderr);
+      expect(drawn.length).toBeGreaterThan(1);
+      for (const f of drawn) expect(f.length, f).toBeLessThan(50);
+      expect(drawn.at(-1)).toMatch(/^copying run files {2}\d+\/\d+ .*…/);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('fitLine keeps the counts and the end of the path', () => {
+    expect(fitLine('backfill  3/9', 'short', 80)).toBe('backfill  3/9  short');
+    expect(fitLine('backfill  3/9', 'runs/abc/generated/long-name.md', 30)).toBe('backfill  3/9  …/long-name.md');
+    expect(fitLine('a very long label that does not fit', '', 10)).toBe('a very lo');
+    expect(fitLine('no width known', 'x'.repeat(300), undefined)).toHaveLength(14 + 2 + 300);
+  });
+
+  it('with stderr a file, nothing of the progress line is in it', async () => {
+    const r = await acm2('verify');
+    expect(r.stderr).toBe('');
   });
 });

@@ -10,6 +10,7 @@ import { loadPackage, resolveVersion } from '../seed/package.js';
 import { runSeedPool } from '../core/seed-pool.js';
 import { renderDrain, renderSeed } from '../ui/users.js';
 import { EXIT, UsageError } from '../errors.js';
+import type { MasterDb } from '../master/types.js';
 import { visibleDeep } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
@@ -23,10 +24,18 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     // Each drainer opens its own connection (and would set a master up): check the master is one
     // first. The drainers apply the migrations; this check need not.
     // The data dir must be this master's (paired on first use) before any job is claimed.
-    await (await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true } })).close();
+    const checked = await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true } });
+    // How many jobs this drain is likely to take, for the progress line's ETA (SPEC §1): the
+    // ones due now, up to --limit. A --watch worker has no end to count down to.
+    let due: number | undefined;
+    try {
+      if (!opts.watch) due = await dueJobs(checked);
+    } finally {
+      await checked.close();
+    }
     const progress = out.progress();
     const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
-    progress.start('seeding');
+    progress.start('seeding', due === undefined ? undefined : Math.min(due, limit ?? due));
     const r = await runSeedPool({
       master: cfg.master,
       dataDir: cfg.dataDir,
@@ -72,4 +81,13 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   ).finally(() => interrupt.dispose());
   out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(visibleDeep(r.seed), r.user.id));
   if (r.seed.status === 'failed') process.exitCode = EXIT.findings;
+}
+
+/** Pending jobs due now (an estimate: others may claim some, or add more, meanwhile); undefined if the master cannot say. */
+async function dueJobs(master: MasterDb): Promise<number | undefined> {
+  try {
+    return Math.max(0, (await master.countJobs('pending')) - (await master.pendingNotDue()).count);
+  } catch {
+    return undefined;
+  }
 }

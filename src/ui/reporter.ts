@@ -2,7 +2,7 @@
 // tables and colour for a person; progress and logs on stderr, only when stderr is a TTY.
 
 import type { Config } from '../config.js';
-import { jsonText } from './text.js';
+import { jsonText, visible } from './text.js';
 
 export interface ProgressSink {
   /** Begin a phase; total is the number of items when known. */
@@ -61,11 +61,12 @@ function ttyProgress(): ProgressSink {
     last = now;
     const secs = Math.max((now - started) / 1000, 0.001);
     const rate = count / secs;
-    const eta = total !== undefined && rate > 0 ? Math.max(0, (total - count) / rate) : undefined;
-    const parts = [label, total !== undefined ? `${count}/${total}` : `${count}`, `${rate.toFixed(1)}/s`];
+    // A total counted up front can be passed (jobs queued meanwhile): never "12/10".
+    const of = total === undefined ? undefined : Math.max(total, count);
+    const eta = of !== undefined && rate > 0 ? Math.max(0, (of - count) / rate) : undefined;
+    const parts = [label, of !== undefined ? `${count}/${of}` : `${count}`, `${rate.toFixed(1)}/s`];
     if (eta !== undefined) parts.push(`ETA ${formatSeconds(eta)}`);
-    if (detail) parts.push(detail);
-    process.stderr.write(`\r\x1b[2K${parts.join('  ')}`);
+    process.stderr.write(`\r\x1b[2K${fitLine(parts.join('  '), detail, process.stderr.columns)}`);
   };
   return {
     start(l, t) {
@@ -77,7 +78,8 @@ function ttyProgress(): ProgressSink {
     },
     tick(n = 1, d) {
       count += n;
-      if (d !== undefined) detail = d;
+      // A file name from a source tree: shown escaped, as everywhere.
+      if (d !== undefined) detail = visible(d);
       draw();
     },
     done() {
@@ -85,6 +87,20 @@ function ttyProgress(): ProgressSink {
       process.stderr.write('\n');
     },
   };
+}
+
+/**
+ * The progress line cut to the terminal's width: a longer one wraps, and the next redraw (\r and
+ * clear line) clears only its last row, so the rows above pile up on the screen. The detail (a
+ * path) loses its start, which says least.
+ */
+export function fitLine(head: string, detail: string, columns: number | undefined): string {
+  const line = detail ? `${head}  ${detail}` : head;
+  // The last column is left free: a line that fills it wraps the cursor on some terminals.
+  const room = columns && columns > 1 ? columns - 1 : undefined;
+  if (room === undefined || line.length <= room) return line;
+  if (head.length + 3 >= room) return head.slice(0, room);
+  return `${head}  …${detail.slice(detail.length - (room - head.length - 3))}`;
 }
 
 export function formatSeconds(s: number): string {
