@@ -12,6 +12,7 @@ import { renderDrain, renderSeed } from '../ui/users.js';
 import { EXIT, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
 import { visibleDeep } from '../ui/text.js';
+import { silentProgress } from '../ui/reporter.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -25,15 +26,16 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     // first. The drainers apply the migrations; this check need not.
     // The data dir must be this master's (paired on first use) before any job is claimed.
     const checked = await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true } });
+    const progress = out.progress();
     // How many jobs this drain is likely to take, for the progress line's ETA (SPEC §1): the
-    // ones due now, up to --limit. A --watch worker has no end to count down to.
+    // ones due now, up to --limit. A --watch worker has no end to count down to, and a drain
+    // that shows no progress (cron, a pipe) need not ask.
     let due: number | undefined;
     try {
-      if (!opts.watch) due = await dueJobs(checked);
+      if (!opts.watch && progress !== silentProgress) due = await dueJobs(checked);
     } finally {
       await checked.close();
     }
-    const progress = out.progress();
     const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
     progress.start('seeding', due === undefined ? undefined : Math.min(due, limit ?? due));
     const r = await runSeedPool({
