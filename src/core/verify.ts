@@ -860,10 +860,12 @@ class UserCheck {
         else if (meta && (inMap.has(meta.version) || expected)) {
           // And every other version this user was made complete with (it moved on to this one):
           // its copy's rows and files stay the user's seed, to be found whole.
-          const earlier = tables.has('acm2_seed_state')
-            ? (db.prepare(`SELECT seed_version FROM acm2_seed_state WHERE status = 'ready' AND seed_version <> ?`).pluck().all(meta.version) as string[]).filter((v) => inMap.has(v))
-            : [];
+          // The same read says whether the tool's own record has this version finished.
+          const states = tables.has('acm2_seed_state') ? (db.prepare(`SELECT seed_version, status FROM acm2_seed_state`).raw(true).all() as Array<[string, string]>) : undefined;
+          const current = meta.version;
+          const earlier = (states ?? []).filter(([v, s]) => s === 'ready' && v !== current && inMap.has(v)).map(([v]) => v);
           versions = [meta.version, ...earlier];
+          if (states && meta.status === 'ready' && !this.problems.some((p) => p.code === 'seed_version_unknown')) this.checkSeedRecord(meta.version, states);
         } else versions = [...inMap];
       } else if (expected) versions = [meta!.version];
       if (sources.size > 0) this.leaks = new LeakIndex(sources);
@@ -905,6 +907,27 @@ class UserCheck {
       });
     }
     return { state: { kind: 'read', meta }, seeded };
+  }
+
+  /**
+   * user_meta ready with a version the tool's seed record (acm2_seed_state) does not have
+   * finished: the tool writes both in one transaction, so only a hand edit of user_meta (to end
+   * the 425s after a seed stopped), a deleted record or a DB pieced together from two copies
+   * leaves them apart. Nothing then vouches that the version's rows and files were all written,
+   * and once the user moves on to another version that copy is no longer the user's seed to the
+   * tool (verify stops checking it, a seed back to it does not resume it). A plain seed finds the
+   * user ready and changes nothing: --force of that version writes it again under the same ids
+   * and records it.
+   */
+  private checkSeedRecord(version: string, states: ReadonlyArray<[string, string]>): void {
+    const status = states.find(([v]) => v === version)?.[1];
+    if (status === 'ready') return;
+    const said = status === undefined ? `has no row for ${version}` : `says '${status}'`;
+    this.add(
+      'seed_version_unknown',
+      `user_meta is ready with seed version '${version}', but the tool's seed record (acm2_seed_state) ${said}, so nothing vouches that ${version}'s rows and files were all written; \`acm2 user seed ${this.userId} --force --seed-version ${version}\` writes them again under the same ids and records the seed (edits to them are reset, with a backup)`,
+      { table: 'acm2_seed_state' },
+    );
   }
 
   /** Pending migrations, and every table/column migrations/user/* create (extra columns are fine). */
