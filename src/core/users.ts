@@ -729,7 +729,12 @@ export interface UserStatus {
   /** newerMigrations: what a newer acm2 applied to the DB (this one does not know them: it may not seed it). */
   db: { path: string; present: boolean; seedStatus: string | null; error?: string; newerMigrations?: string[] };
   root: string;
-  files: { count: number; bytes: number };
+  /**
+   * The files the seeded-file list (acm2_seed_files) names, of every version the user holds (a
+   * user seeded with v1 then v2 keeps both copies); byVersion: the same per version, user_meta's
+   * version first (0 when it lists none yet), then the others by name. Empty when no list was read.
+   */
+  files: { count: number; bytes: number; byVersion: Array<{ version: string; count: number; bytes: number }> };
   job: {
     id: number;
     status: string;
@@ -761,7 +766,7 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
     // lstat: a dangling symlink there is not "no DB" (openUserDb below says what it is).
     db: { path: dbPath, present: lstatSync(dbPath, { throwIfNoEntry: false }) !== undefined, seedStatus: null },
     root: userRoot(deps.dataDir, user.id),
-    files: { count: 0, bytes: 0 },
+    files: { count: 0, bytes: 0, byVersion: [] },
     job: job && {
       id: job.id,
       status: job.status,
@@ -793,8 +798,10 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
           out.seedVersion = meta?.seed_version ?? null;
           out.seededAt = meta?.seeded_at ?? null;
           if (hasTable(db, 'acm2_seed_files') && meta) {
-            const f = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(bytes),0) AS b FROM acm2_seed_files WHERE seed_version = ?`).get(meta.seed_version) as { n: number; b: number };
-            out.files = { count: f.n, bytes: f.b };
+            const per = db.prepare(`SELECT seed_version AS version, COUNT(*) AS count, COALESCE(SUM(bytes),0) AS bytes FROM acm2_seed_files GROUP BY seed_version ORDER BY seed_version`).all() as Array<{ version: string; count: number; bytes: number }>;
+            const current = per.find((v) => v.version === meta.seed_version) ?? { version: meta.seed_version, count: 0, bytes: 0 };
+            const byVersion = [current, ...per.filter((v) => v !== current)];
+            out.files = { count: byVersion.reduce((n, v) => n + v.count, 0), bytes: byVersion.reduce((n, v) => n + v.bytes, 0), byVersion };
           }
           if (hasTable(db, 'acm2_seed_state') && meta) {
             const s = db.prepare(`SELECT last_error FROM acm2_seed_state WHERE seed_version = ?`).get(meta.seed_version) as { last_error: string | null } | undefined;

@@ -62,7 +62,14 @@ function filesLine(s: UserStatus): string {
   if (!s.db.present) return `${s.root} (no DB, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
   if (s.db.error !== undefined) return `${s.root} (the DB cannot be read, so its list of seeded files neither)`;
   if (s.db.seedStatus === null) return `${s.root} (the DB has no user_meta of this user, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
-  return `${s.root} (${s.files.count} ${s.status === 'ready' ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`;
+  const ready = s.status === 'ready';
+  // byVersion[0] is user_meta's version.
+  if (s.files.byVersion.length <= 1) {
+    return `${s.root} (${s.files.count} ${ready ? 'seeded files' : 'files listed by the unfinished seed'}, ${formatBytes(s.files.bytes)})`;
+  }
+  // A user that moved on to another version keeps the earlier one's copy: each is counted.
+  const each = s.files.byVersion.map((v) => `${v.count} of ${v.version}${!ready && v.version === s.seedVersion ? ' listed by the unfinished seed' : ''} (${formatBytes(v.bytes)})`);
+  return `${s.root} (${s.files.count} ${ready ? 'seeded files' : 'files'}, ${formatBytes(s.files.bytes)}: ${each.join(', ')})`;
 }
 
 /** Who holds a running job and until when (a dead worker's hold lasts that long), or when a pending one is due. */
