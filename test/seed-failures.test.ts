@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { CAN_MOUNT_TMPFS, frozenSource, snapshotTree, tmpDir, withTmpfs, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
@@ -225,7 +225,7 @@ describe('symlinked folders under a user root', () => {
     try {
       // The whole root, then a folder inside it, point elsewhere.
       symlinkSync(outside, userRoot(dir, 3));
-      expect(() => seedUser({ dataDir: dir, userId: 3, pkg: pkg.pkg })).toThrow(/symlink or not a directory/);
+      expect(() => seedUser({ dataDir: dir, userId: 3, pkg: pkg.pkg })).toThrow(/user_3 is a symlink, not the user's folder: none of the user's files were written and it was left alone; move it aside/);
       mkdirSync(userRoot(dir, 4));
       symlinkSync(outside, path.join(userRoot(dir, 4), 'runs'));
       expect(() => seedUser({ dataDir: dir, userId: 4, pkg: pkg.pkg })).toThrow(/is a symlink out of/);
@@ -243,49 +243,54 @@ describe('symlinked folders under a user root', () => {
 });
 
 describe('failed seeds', () => {
-  it('a failed seed keeps the user, exits 1 and says how to retry; the queue retries then fails for good', async () => {
+  it('a seed that fails on something that may pass keeps the user and is retried with backoff until its attempts are spent', async () => {
     const c = await acm2(['user', 'create', '--email', 'f@example.com', '--username', 'f', '--async', '--json']);
     expect(c.code).toBe(0);
     expect(JSON.parse(c.stdout).user).toMatchObject({ id: 1, seedStatus: 'pending' });
-    // A plain file where the user's folder must go: every seed attempt fails.
-    writeFileSync(userRoot(dataDir, 1), 'in the way');
-    const first = await acm2(['user', 'seed', '1', '--json']);
-    expect(first.code).toBe(1);
-    const created = JSON.parse(first.stdout);
-    expect(created.seed).toMatchObject({ status: 'failed', retry: 'acm2 user seed 1' });
+    // ACM2's first request made the user's DB and is in a long write (its lock held past the
+    // seed's wait): every attempt fails until it ends. Nothing but time is needed, so the queue
+    // retries (a plain file where the user's folder goes is no such failure: see below).
+    const acm2Db = createAcm2Db(userDbPath(dataDir, 1));
+    let held = true;
+    acm2Db.exec('BEGIN IMMEDIATE');
+    acm2Db.exec('CREATE TABLE acm2_probe (a)');
+    try {
+      const first = await acm2(['user', 'seed', '1', '--json']);
+      expect(first.code).toBe(3);
+      expect(JSON.parse(first.stdout).error).toMatchObject({ code: 'db_busy', message: expect.stringMatching(/user_1\.db is locked by another process .*run it again when the DB is free/) });
 
-    const shown = JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout);
-    // SPEC: the user stays, status failed; the job stays retryable (back in the queue, due later).
-    expect(shown.status).toBe('failed');
-    expect(shown.job).toMatchObject({ status: 'pending', attempts: 1, lockedBy: null });
-    expect(Date.parse(shown.job.nextAttemptAt)).toBeGreaterThan(0);
-    expect(JSON.parse((await acm2(['user', 'list', '--status', 'failed', '--json'])).stdout).users.map((u: { id: number }) => u.id)).toEqual([1]);
-    expect(shown.lastError).toMatch(/EEXIST|ENOTDIR|exists|not a directory/);
-    // The failed DB lists the files the seed meant to write; show does not call them seeded.
-    const human = (await acm2(['user', 'show', '1', '--no-color'])).stdout;
-    expect(human).toMatch(/files listed by the unfinished seed/);
-    expect(human).not.toMatch(/seeded files/);
+      const shown = JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout);
+      // SPEC: the user stays, status failed; the job stays retryable (back in the queue, due later).
+      expect(shown.status).toBe('failed');
+      expect(shown.job).toMatchObject({ status: 'pending', attempts: 1, lockedBy: null });
+      expect(Date.parse(shown.job.nextAttemptAt)).toBeGreaterThan(0);
+      expect(JSON.parse((await acm2(['user', 'list', '--status', 'failed', '--json'])).stdout).users.map((u: { id: number }) => u.id)).toEqual([1]);
+      expect(shown.lastError).toMatch(/is locked by another process/);
 
-    // Drain until the last attempt is spent (max 5 attempts, backoff 0 here).
-    for (let i = 0; i < 6; i++) await acm2(['user', 'seed', '--pending', '--concurrency', '1']);
-    const after = JSON.parse((await acm2(['user', 'show', 'f@example.com', '--json'])).stdout);
-    expect(after.status).toBe('failed');
-    expect(after.job).toMatchObject({ status: 'failed', attempts: 5, maxAttempts: 5 });
-    expect(after.db.seedStatus).toBe('failed');
-    expect(after.lastError).toBeTruthy();
+      // Drain until the last attempt is spent (max 5 attempts, backoff 0 here).
+      for (let i = 0; i < 6; i++) await acm2(['user', 'seed', '--pending', '--concurrency', '1']);
+      const after = JSON.parse((await acm2(['user', 'show', 'f@example.com', '--json'])).stdout);
+      expect(after.status).toBe('failed');
+      expect(after.job).toMatchObject({ status: 'failed', attempts: 5, maxAttempts: 5 });
+      expect(after.lastError).toMatch(/is locked by another process/);
 
-    const list = JSON.parse((await acm2(['user', 'list', '--status', 'failed', '--json'])).stdout);
-    expect(list.users.map((u: { id: number }) => u.id)).toEqual([1]);
-    expect(JSON.parse((await acm2(['user', 'list', '--status', 'ready', '--json'])).stdout).users).toEqual([]);
+      const list = JSON.parse((await acm2(['user', 'list', '--status', 'failed', '--json'])).stdout);
+      expect(list.users.map((u: { id: number }) => u.id)).toEqual([1]);
+      expect(JSON.parse((await acm2(['user', 'list', '--status', 'ready', '--json'])).stdout).users).toEqual([]);
 
-    // The operator fixes the cause and retries as told: the user becomes ready.
-    rmSync(userRoot(dataDir, 1));
-    const retry = await acm2(['user', 'seed', '1', '--json']);
-    expect(retry.code).toBe(0);
-    expect(JSON.parse(retry.stdout).seed.status).toBe('ready');
-    expect(JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout).status).toBe('ready');
-    expect((await acm2(['user', 'show', '1', '--no-color'])).stdout).toMatch(/\(\d+ seeded files, /);
-  });
+      // ACM2's write ends; the operator retries as told: the user becomes ready.
+      acm2Db.exec('ROLLBACK');
+      acm2Db.close();
+      held = false;
+      const retry = await acm2(['user', 'seed', '1', '--json']);
+      expect(retry.code, retry.stdout).toBe(0);
+      expect(JSON.parse(retry.stdout).seed.status).toBe('ready');
+      expect(JSON.parse((await acm2(['user', 'show', '1', '--json'])).stdout).status).toBe('ready');
+      expect((await acm2(['user', 'show', '1', '--no-color'])).stdout).toMatch(/\(\d+ seeded files, /);
+    } finally {
+      if (held) acm2Db.close();
+    }
+  }, 60_000);
 
   it('user create leaves alone what the data dir already holds under the new id, and says so', async () => {
     // Another user's DB and files under the id the master will give next (an id reused after a
@@ -467,6 +472,72 @@ describe('a seed that needs an operator first', () => {
     expect(doc.seed.retry).toBeUndefined();
     const shown = JSON.parse((await acm2(['user', 'show', String(c), '--json'])).stdout);
     expect(shown.job).toMatchObject({ status: 'failed', attempts: 1 });
+  });
+  it('anything but a folder where the user\'s folder goes fails the job at once, names the path and the remedy, and is left alone', async () => {
+    const make = async (name: string) =>
+      JSON.parse((await acm2(['user', 'create', '--email', `${name}@example.com`, '--username', name, '--async', '--json'])).stdout).user.id as number;
+    const [file, fifo, link, dangling, inner, viaBackfill] = [await make('root-file'), await make('root-fifo'), await make('root-link'), await make('root-dangling'), await make('root-inner'), await make('root-backfill')];
+    const outside = tmpDir('acm2-root-target-');
+    try {
+      // None of these did the tool make; each is in the way of every attempt until someone moves it.
+      writeFileSync(userRoot(dataDir, file), 'in the way');
+      execFileSync('mkfifo', [userRoot(dataDir, fifo)]);
+      writeFileSync(path.join(outside, 'f'), 'x');
+      symlinkSync(path.join(outside, 'f'), userRoot(dataDir, link));
+      symlinkSync(path.join(outside, 'gone'), userRoot(dataDir, dangling));
+      mkdirSync(userRoot(dataDir, inner));
+      writeFileSync(path.join(userRoot(dataDir, inner), 'runs'), 'in the way');
+      writeFileSync(userRoot(dataDir, viaBackfill), 'in the way');
+      const remedy = (id: number) => new RegExp(`: .*left alone; move it aside, then run: acm2 user seed ${id}$`);
+
+      const r = await acm2(['user', 'seed', String(file), '--json']);
+      expect(r.code).toBe(1);
+      const doc = JSON.parse(r.stdout);
+      // Failed for good at its first attempt, and no bare "retry" is offered: retrying is the
+      // last step of what the error says to do.
+      expect(JSON.parse((await acm2(['user', 'show', String(file), '--json'])).stdout)).toMatchObject({ status: 'failed', job: { status: 'failed', attempts: 1 } });
+      expect(doc.seed.retry).toBeUndefined();
+      expect(doc.seed.error).toMatch(new RegExp(`user_${file} is a plain file, not the user's folder: none of the user's files were written`));
+      expect(doc.seed.error).toMatch(remedy(file));
+      // The failed DB lists the files the seed meant to write; show does not call them seeded.
+      const human = (await acm2(['user', 'show', String(file), '--no-color'])).stdout;
+      expect(human).toMatch(/files listed by the unfinished seed/);
+      expect(human).not.toMatch(/seeded files/);
+
+      // The queue tries each once and fails it for good: no attempts burnt on backoff.
+      const drained = JSON.parse((await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--json'])).stdout) as { failures: Array<{ userId: number; error: string; final: boolean }> };
+      const said = new Map(drained.failures.map((f) => [f.userId, f]));
+      expect(drained.failures.map((f) => [f.userId, f.final]).sort((a, b) => Number(a[0]) - Number(b[0]))).toEqual([fifo, link, dangling, inner, viaBackfill].map((id) => [id, true]));
+      expect(said.get(fifo)!.error).toMatch(new RegExp(`user_${fifo} is a FIFO, not the user's folder`));
+      expect(said.get(link)!.error).toMatch(new RegExp(`user_${link} is a symlink, not the user's folder`));
+      expect(said.get(dangling)!.error).toMatch(new RegExp(`user_${dangling} is a symlink, not the user's folder`));
+      expect(said.get(inner)!.error).toMatch(new RegExp(`user_${inner}/runs is a plain file, where the seed needs a folder`));
+      for (const [id, f] of said) expect(f.error).toMatch(remedy(id));
+      for (const id of said.keys()) expect(JSON.parse((await acm2(['user', 'show', String(id), '--json'])).stdout).job).toMatchObject({ status: 'failed', attempts: 1 });
+
+      // backfill (which seeds users without a DB) says the same, and fails the job it made at once.
+      rmSync(userDbPath(dataDir, viaBackfill));
+      const b = JSON.parse((await acm2(['backfill', '--user', String(viaBackfill), '--json'])).stdout) as { failures: Array<{ id: number; code: string; reason: string }> };
+      expect(b.failures).toEqual([{ id: viaBackfill, action: 'seed', code: 'seed_failed', reason: expect.stringMatching(remedy(viaBackfill)) }]);
+      expect(JSON.parse((await acm2(['user', 'show', String(viaBackfill), '--json'])).stdout).job).toMatchObject({ status: 'failed', attempts: 1 });
+
+      // Nothing in the way was removed, replaced or written through.
+      for (const p of [userRoot(dataDir, file), path.join(userRoot(dataDir, inner), 'runs'), userRoot(dataDir, viaBackfill)]) expect(readFileSync(p, 'utf8'), p).toBe('in the way');
+      expect(readdirSync(userRoot(dataDir, inner))).toEqual(['runs']);
+      expect(lstatSync(userRoot(dataDir, fifo)).isFIFO()).toBe(true);
+      expect(readlinkSync(userRoot(dataDir, link))).toBe(path.join(outside, 'f'));
+      expect(readlinkSync(userRoot(dataDir, dangling))).toBe(path.join(outside, 'gone'));
+      expect(readdirSync(outside)).toEqual(['f']);
+      expect(readFileSync(path.join(outside, 'f'), 'utf8')).toBe('x');
+
+      // The operator moves it aside and runs what the error says: the user becomes ready.
+      renameSync(userRoot(dataDir, file), path.join(outside, 'moved'));
+      const retry = await acm2(['user', 'seed', String(file), '--json']);
+      expect(retry.code, retry.stdout).toBe(0);
+      expect(JSON.parse((await acm2(['user', 'show', String(file), '--json'])).stdout).status).toBe('ready');
+    } finally {
+      rmSync(outside, { recursive: true, force: true });
+    }
   });
 });
 

@@ -25,7 +25,7 @@
 // recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { type Stats, chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, lstatOrUndefined, statOrUndefined, syncFiles, syncFilesAsync, writeAll, writeFileDurable } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
@@ -38,7 +38,7 @@ import { schemaWork } from './schema-work.js';
 import { newerToolError, type Migration } from '../migrations.js';
 import { backupStem, cleanPartialBackups, isBusy, migrateSafely } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
-import { resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { entryKind, resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, userRootProblem, type UserId } from '../userdb/paths.js';
 import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, UnavailableError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
@@ -765,17 +765,27 @@ function replaceEntry(abs: string, data: Uint8Array, dataDir: string, userId: Us
 }
 
 /**
+ * Something else where the user's folder goes (a plain file, a FIFO, a symlink, even a dangling
+ * one) fails every attempt alike until an operator moves it: the job is failed at once, not
+ * retried with backoff. The seed did not make it, so it is never removed, replaced or written
+ * through.
+ */
+function refuseOddUserRoot(dataDir: string, userId: UserId): void {
+  const odd = userRootProblem(dataDir, userId);
+  if (odd) throw new NeedsOperatorError(`${odd}: none of the user's files were written and it was left alone; move it aside, then run: acm2 user seed ${userId}`);
+}
+
+/**
  * Write each file at its place under the user root (replacing a file this seed wrote before;
  * never writing through a symlink, a FIFO or a hard link at the target). Folders are created
  * 0700, files 0600.
  */
 function writeFiles(files: RenderedFile[], root: string, dataDir: string, userId: UserId): ToSync {
   const dirs = new Set<string>();
-  if (!existsSync(root)) mkdirSync(root, { mode: 0o700 });
+  refuseOddUserRoot(dataDir, userId);
+  if (lstatSync(root, { throwIfNoEntry: false }) === undefined) mkdirSync(root, { mode: 0o700 });
   // The paths are checked lexically (resolveInside); a symlinked folder on the way would still
   // take the writes elsewhere, so every folder written into must really be under the root.
-  const top = lstatSync(root);
-  if (top.isSymbolicLink() || !top.isDirectory()) throw new Error(`${root} is a symlink or not a directory: the user's files must live in the folder itself`);
   const realRoot = realpathSync(root);
   const out: string[] = [];
   for (const f of files) {
@@ -784,7 +794,7 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string, userId
     if (!dirs.has(dir)) {
       // Every folder from the root down to this one: their entries must be durable too.
       for (let d = dir; d.length > root.length && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
-      mkdirInside(root, realRoot, dir);
+      mkdirInside(root, realRoot, dir, userId);
     }
     writeFileAt(abs, f.data, dataDir, userId);
     out.push(abs);
@@ -800,7 +810,9 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string, userId
  * Make `dir` (under root) a folder, one level at a time, never through a symlink that leads
  * out of the root (one inside it is followed) and never over something that is not a folder.
  */
-function mkdirInside(root: string, realRoot: string, dir: string): void {
+function mkdirInside(root: string, realRoot: string, dir: string, userId: UserId): void {
+  // What is there is not the seed's to move, and no retry would get past it.
+  const inTheWay = (what: string) => new NeedsOperatorError(`${what}: no file is written through it and it was left alone; move it aside, then run: acm2 user seed ${userId}`);
   let at = root;
   for (const part of path.relative(root, dir).split(path.sep)) {
     if (part === '') continue;
@@ -814,11 +826,23 @@ function mkdirInside(root: string, realRoot: string, dir: string): void {
       continue;
     }
     if (st.isSymbolicLink()) {
-      const real = realpathSync(at);
-      if (real !== realRoot && !real.startsWith(realRoot + path.sep)) throw new Error(`${at} is a symlink out of ${root} (to ${real}): no file is written through it`);
-      if (!statSync(at).isDirectory()) throw new Error(`${at} is not a directory`);
-    } else if (!st.isDirectory()) throw new Error(`${at} is not a directory`);
+      let real: string;
+      try {
+        real = realpathSync(at);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw inTheWay(`${at} is a dangling symlink, where the seed needs a folder`);
+        throw e;
+      }
+      if (real !== realRoot && !real.startsWith(realRoot + path.sep)) throw inTheWay(`${at} is a symlink out of ${root} (to ${real}), where the seed needs a folder`);
+      const to = statSync(at);
+      if (!to.isDirectory()) throw inTheWay(`${at} is a symlink to ${kindOf(to)}, where the seed needs a folder`);
+    } else if (!st.isDirectory()) throw inTheWay(`${at} is ${kindOf(st)}, where the seed needs a folder`);
   }
+}
+
+/** What an entry is, for a message ("a plain file", "a FIFO"…). */
+function kindOf(st: Stats): string {
+  return st.isFile() ? 'a plain file' : entryKind(st);
 }
 
 /** The commit point: rows, seeded-file list and `ready`, in one transaction. */

@@ -99,6 +99,19 @@ export function userDbEntryProblem(dataDir: string, id: UserId): string | undefi
 }
 
 /**
+ * Why the seed cannot write the user's files under `user_{id}/`, or undefined when it is a real
+ * folder (or absent): a plain file, FIFO, socket or device there, or a symlink (to a file, a
+ * folder or nothing), which the seed never writes through. Only an operator can clear it.
+ * Errors other than "not there" (EIO, EACCES) are thrown as they are: they may pass.
+ */
+export function userRootProblem(dataDir: string, id: UserId): string | undefined {
+  const root = userRoot(dataDir, id);
+  const st = lstatSync(root, { throwIfNoEntry: false });
+  if (!st || st.isDirectory()) return undefined;
+  return `${root} is ${st.isFile() ? 'a plain file' : entryKind(st)}, not the user's folder`;
+}
+
+/**
  * Why `.acm2/<sub>` must not be used, or undefined when each part is a real folder (or absent):
  * a symlinked part would have staging's removals and renames happen wherever it leads.
  */
