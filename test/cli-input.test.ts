@@ -11,6 +11,7 @@ import { tmpDir } from './helpers/env.js';
 import { redactUrl } from '../src/config.js';
 import { classifyFsError } from '../src/errors.js';
 import { lockUserFile } from '../src/core/user-lock.js';
+import { createAcm2Db } from '../src/fixtures/source.js';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -51,8 +52,16 @@ describe('the command line, as an operator types it', () => {
   it('a drain that finds only a retry not due yet says so, rather than looking like an empty queue', async () => {
     const data = path.join(dir, 'data-not-due');
     const id = JSON.parse((await acm2(['user', 'create', '--email', 'later@example.com', '--username', 'later', '--async', '--json'], data)).stdout).user.id as number;
-    writeFileSync(path.join(data, `user_${id}`), 'in the way'); // the seed fails; its retry backs off (5 s here)
-    expect((await acm2(['user', 'seed', String(id)], data)).code).toBe(1);
+    // ACM2's first request holds the user's new DB in a long write: the seed fails on something
+    // that may pass, so its retry backs off (5 s here).
+    const held = createAcm2Db(path.join(data, `user_${id}.db`));
+    try {
+      held.exec('BEGIN IMMEDIATE');
+      held.exec('CREATE TABLE acm2_probe (a)');
+      expect((await acm2(['user', 'seed', String(id)], data)).code).toBe(3);
+    } finally {
+      held.close();
+    }
     const drain = await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--json'], data);
     expect(drain.code, drain.stderr).toBe(0);
     expect(JSON.parse(drain.stdout)).toMatchObject({ claimed: 0, notDue: { count: 1, nextAttemptAt: expect.stringMatching(/^\d{4}-/) } });
