@@ -421,6 +421,31 @@ for (const d of DIALECTS) {
       });
     });
 
+    describe('data dir pairing', () => {
+      it('records a pairing unfinished, finishes it or takes it back by its id only, and keeps the first of two', async () => {
+        expect(await m.pairedDataDir()).toBeUndefined();
+        expect(await m.pairDataDir({ id: 'aaaaaaaa-1', path: '/srv/a', unfinished: true })).toEqual({ id: 'aaaaaaaa-1', path: '/srv/a', pairedAt: null });
+        // A second first use keeps the first record; settling another id changes nothing.
+        expect((await m.pairDataDir({ id: 'bbbbbbbb-2', path: '/srv/b', unfinished: true })).id).toBe('aaaaaaaa-1');
+        await m.settleDataDirPairing('bbbbbbbb-2', true);
+        await m.settleDataDirPairing('bbbbbbbb-2', false);
+        expect(await m.pairedDataDir()).toEqual({ id: 'aaaaaaaa-1', path: '/srv/a', pairedAt: null });
+        // Taken back (another master stamped the data dir first): none again.
+        await m.settleDataDirPairing('aaaaaaaa-1', false);
+        expect(await m.pairedDataDir()).toBeUndefined();
+        await m.pairDataDir({ id: 'cccccccc-3', path: '/srv/c', unfinished: true });
+        await m.settleDataDirPairing('cccccccc-3', true);
+        const done = await m.pairedDataDir();
+        expect(done).toMatchObject({ id: 'cccccccc-3', path: '/srv/c', pairedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) });
+        // A finished pairing is never taken back, nor finished again.
+        await m.settleDataDirPairing('cccccccc-3', false);
+        await m.settleDataDirPairing('cccccccc-3', true);
+        expect(await m.pairedDataDir()).toEqual(done);
+        // Replaced on purpose, unfinished until its stamp is written.
+        expect(await m.pairDataDir({ id: 'dddddddd-4', path: '/srv/d', unfinished: true }, true)).toEqual({ id: 'dddddddd-4', path: '/srv/d', pairedAt: null });
+      });
+    });
+
     describe('seed job queue', () => {
       it('returns the open job instead of enqueueing a duplicate', async () => {
         const { user, job } = await m.createUser(newUser(1));

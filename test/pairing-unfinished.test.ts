@@ -1,52 +1,186 @@
-// A stamp written for a master at this very URL that the master never recorded (kill -9 between
-// the stamp and the master's row, an account that may not write acm2_data_dir, a master restored
-// from before the pairing) cannot be told from another master at the same address (another server
-// behind the same host name or tunnel, another file at the same path): refused, never paired
-// silently; pairing on purpose (ACM2_PAIR_DATA_DIR) finishes it.
-import { afterEach, describe, expect, it } from 'vitest';
+// A first pairing is written master first: the master records the data dir's new id (unfinished),
+// the data dir is stamped with it, the master's record is finished. A kill -9 between any two
+// steps leaves a state that only this master's own pairing can leave (a stamp is written only for
+// an id its master already holds), and the next writing command finishes it by itself. What it
+// cannot prove its own is refused as before: a stamp the master has no record of (another master,
+// even at the same address, a master restored from before the pairing, or the state an older acm2
+// left when killed between its stamp and its record), a master restored from a backup paired with
+// another data dir, a data dir another master stamped meanwhile.
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { rmSync } from 'node:fs';
+import { copyFileSync, existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { parseMasterUrl } from '../src/config.js';
 import { openMaster } from '../src/master/factory.js';
 import type { MasterDb } from '../src/master/types.js';
 import { checkPairing, readDataDirId } from '../src/core/pairing.js';
-import { tmpDir } from './helpers/env.js';
+import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 
-const refusing = (m: MasterDb): MasterDb =>
-  Object.assign(Object.create(m) as MasterDb, {
-    pairDataDir: async () => {
-      throw new Error('INSERT command denied to user for table acm2_data_dir');
-    },
-  });
+const run = promisify(execFile);
+const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
+const CRASH = fileURLToPath(new URL('./helpers/crash-pair.mjs', import.meta.url));
+const ENV = { ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '', ACM2_DATA_DIR: '', ACM2_PAIR_DATA_DIR: '' };
 
-/** A pairing cut short after the stamp (kill -9 before the master's row, or the master restored from before it). */
-async function cutShort(master: MasterDb, file: string, dataDir: string): Promise<void> {
-  await checkPairing(master, dataDir, { write: true });
-  const db = new Database(file);
+let pkg: FrozenSource;
+beforeAll(() => {
+  pkg = frozenSource();
+});
+
+async function acm2(args: string[], env: Record<string, string> = {}) {
   try {
-    db.exec('DELETE FROM acm2_data_dir');
+    const r = await run(process.execPath, [BIN, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ...ENV, ...env } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+const create = (dataDir: string, name: string, master?: string) =>
+  acm2(['--data-dir', dataDir, ...(master ? ['--master', master] : []), 'user', 'create', '--email', `${name}@example.com`, '--username', name, '--json']);
+
+/** The first `user create` in a fresh data dir, SIGKILLed in the middle of pairing its master with it. */
+async function killedPairing(point: 'stamped' | 'recorded', master?: string): Promise<{ dataDir: string; file: string }> {
+  const dataDir = path.join(tmpDir('acm2-pair-kill-'), 'data');
+  const args = [CRASH, point, dataDir, '--data-dir', dataDir, ...(master ? ['--master', master] : []), '--seeds', pkg.seedsDir, 'user', 'create', '--email', 'first@example.com', '--username', 'first', '--json'];
+  const killed = await run(process.execPath, args, { env: { ...process.env, ...ENV } }).then(
+    () => undefined,
+    (e: { signal?: string }) => e.signal,
+  );
+  expect(killed).toBe('SIGKILL');
+  return { dataDir, file: path.join(dataDir, 'master.db') };
+}
+
+type Row = { data_dir_id: string; data_dir_path: string; paired_at: string };
+
+/** The master's record of its data dir, as the file holds it. */
+function record(file: string): Row | undefined {
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare('SELECT data_dir_id, data_dir_path, paired_at FROM acm2_data_dir').get() as Row | undefined;
   } finally {
     db.close();
   }
 }
 
-afterEach(() => {
-  delete process.env.ACM2_PAIR_DATA_DIR;
+function users(file: string): number {
+  const db = new Database(file, { readonly: true });
+  try {
+    return (db.prepare('SELECT COUNT(*) AS n FROM users').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+describe('a first pairing killed half way is finished by the next writing command', () => {
+  it('killed once the stamp is written, before the master recorded the pairing as done: the next user create pairs and creates', async () => {
+    const { dataDir, file } = await killedPairing('stamped');
+    const stamp = readDataDirId(dataDir);
+    expect(stamp).toBeDefined();
+    expect(users(file)).toBe(0);
+    const r = await create(dataDir, 'first');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).user).toMatchObject({ id: 1 });
+    expect(r.stderr).toBe('');
+    expect(readDataDirId(dataDir)).toBe(stamp);
+    expect(record(file)).toMatchObject({ data_dir_id: stamp, data_dir_path: dataDir, paired_at: expect.stringMatching(/^\d{4}-/) });
+    expect((await acm2(['--data-dir', dataDir, 'backfill'])).code).toBe(0);
+  });
+
+  it('killed once the master recorded the id, before the stamp: the next command stamps that id and pairs', async () => {
+    const { dataDir, file } = await killedPairing('recorded');
+    const rec = record(file);
+    expect(rec).toMatchObject({ data_dir_path: dataDir, paired_at: '' });
+    expect(readDataDirId(dataDir)).toBeUndefined();
+    const r = await create(dataDir, 'first');
+    expect(r.code, r.stderr).toBe(0);
+    expect(readDataDirId(dataDir)).toBe(rec!.data_dir_id);
+    expect(record(file)).toMatchObject({ data_dir_id: rec!.data_dir_id, paired_at: expect.stringMatching(/^\d{4}-/) });
+  });
 });
 
-describe('a pairing cut short after the stamp', () => {
-  it('is refused with its remedy, and finished by pairing on purpose; another master is still refused', async () => {
+describe('what a killed pairing does not make safe is still refused', () => {
+  it('another master put at the same address as the killed one (a staging file at the same path): refused, nothing written', async () => {
+    const { dataDir, file } = await killedPairing('stamped');
+    const stamp = readDataDirId(dataDir);
+    for (const f of [file, `${file}-wal`, `${file}-shm`]) rmSync(f, { force: true });
+    const staging = await openMaster(parseMasterUrl(`sqlite:${file}`));
+    await staging.close();
+    const before = snapshotTree(dataDir);
+    const r = await acm2(['--data-dir', dataDir, 'backfill']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^acm2: the data dir .*data was stamped for a master at sqlite:.*master\.db, which has no record of it: .*ACM2_PAIR_DATA_DIR=.*; nothing was written$/m);
+    expect(snapshotTree(dataDir)).toEqual(before);
+    expect(readDataDirId(dataDir)).toBe(stamp);
+    expect(record(file)).toBeUndefined();
+  });
+
+  it('the killed master restored from a backup that was paired with another data dir: refused, nothing written', async () => {
+    const other = path.join(tmpDir('acm2-pair-backup-'), 'data');
+    expect((await create(other, 'old')).code).toBe(0);
+    const { dataDir, file } = await killedPairing('stamped');
+    for (const f of [`${file}-wal`, `${file}-shm`]) rmSync(f, { force: true });
+    copyFileSync(path.join(other, 'master.db'), file);
+    const before = snapshotTree(dataDir);
+    const r = await create(dataDir, 'second');
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.stdout).error.message).toMatch(/is not the one the master sqlite:.*master\.db belongs with \(.*acm2-pair-backup-.*data\)/);
+    expect(snapshotTree(dataDir)).toEqual(before);
+    expect(users(file)).toBe(1);
+  });
+
+  it('killed before the stamp, and the data dir stamped by another master meanwhile: refused', async () => {
+    const { dataDir, file } = await killedPairing('recorded');
+    const otherMaster = `sqlite:${path.join(tmpDir('acm2-pair-other-'), 'master.db')}`;
+    expect((await create(dataDir, 'theirs', otherMaster)).code).toBe(0);
+    const stamp = readDataDirId(dataDir);
+    const r = await acm2(['--data-dir', dataDir, 'backfill']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/is where the master .* was paired, but its stamp is another data dir’s/);
+    expect(readDataDirId(dataDir)).toBe(stamp);
+    expect(record(file)?.paired_at).toBe('');
+  });
+
+  it('killed before the stamp, then given another data dir (a typo): refused, naming the unfinished pairing', async () => {
+    const { dataDir } = await killedPairing('recorded');
+    const typo = path.join(path.dirname(dataDir), 'dta');
+    const r = await acm2(['--data-dir', typo, '--master', `sqlite:${path.join(dataDir, 'master.db')}`, 'backfill']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/is not the one the master .* belongs with \(.*data, a first pairing not finished\)/);
+    expect(existsSync(typo)).toBe(false);
+  });
+});
+
+describe('a stamp the master has no record of (as an acm2 that stamped first left it when killed)', () => {
+  /** Paired, then the master's record lost: a stamp its master has no record of. */
+  async function unrecorded(master: MasterDb, file: string, dataDir: string): Promise<void> {
+    await checkPairing(master, dataDir, { write: true });
+    const db = new Database(file);
+    try {
+      db.exec('DELETE FROM acm2_data_dir');
+    } finally {
+      db.close();
+    }
+  }
+
+  afterEach(() => {
+    delete process.env.ACM2_PAIR_DATA_DIR;
+  });
+
+  it('is refused with its remedy, and paired on purpose; another master is still refused', async () => {
     const dataDir = path.join(tmpDir('acm2-pair-cut-'), 'data');
     const master = await openMaster(parseMasterUrl(`sqlite:${path.join(dataDir, 'master.db')}`));
     const other = await openMaster(parseMasterUrl(`sqlite:${path.join(tmpDir('acm2-pair-other-'), 'master.db')}`));
     try {
-      await cutShort(master, path.join(dataDir, 'master.db'), dataDir);
+      await unrecorded(master, path.join(dataDir, 'master.db'), dataDir);
       expect(readDataDirId(dataDir)).toBeDefined();
       expect(await master.pairedDataDir()).toBeUndefined();
 
       await expect(checkPairing(other, dataDir, { write: true })).rejects.toThrow(/belongs to another master/);
-      await expect(checkPairing(master, dataDir, { write: true })).rejects.toThrow(/never recorded the pairing.*ACM2_PAIR_DATA_DIR/);
+      await expect(checkPairing(master, dataDir, { write: true })).rejects.toThrow(/which has no record of it.*ACM2_PAIR_DATA_DIR/);
       expect(await master.pairedDataDir()).toBeUndefined();
 
       process.env.ACM2_PAIR_DATA_DIR = dataDir;
@@ -62,32 +196,16 @@ describe('a pairing cut short after the stamp', () => {
     }
   });
 
-  it('does not pair another master that answers at the same address with the stamped data dir', async () => {
-    const root = tmpDir('acm2-pair-same-url-');
-    const dataDir = path.join(root, 'data');
-    const file = path.join(root, 'master.db');
-    // Production's master stamps the data dir; its row is lost (cut short, or restored from before).
-    const prod = await openMaster(parseMasterUrl(`sqlite:${file}`));
-    await cutShort(prod, file, dataDir);
-    await prod.close();
-    const stamp = readDataDirId(dataDir);
-    // Another master (staging) now answers at the very same URL.
-    for (const f of [file, `${file}-wal`, `${file}-shm`]) rmSync(f, { force: true });
-    const staging = await openMaster(parseMasterUrl(`sqlite:${file}`));
-    try {
-      await expect(checkPairing(staging, dataDir, { write: true })).rejects.toThrow(/never recorded the pairing/);
-      expect(await staging.pairedDataDir()).toBeUndefined();
-      expect(readDataDirId(dataDir)).toBe(stamp);
-    } finally {
-      await staging.close();
-    }
-  });
-
-  it('a master that will not record the pairing (an account that may not write) takes back the stamp it made', async () => {
+  it('a master that will not record the pairing (an account that may not write) leaves no stamp', async () => {
     const dataDir = path.join(tmpDir('acm2-pair-refused-'), 'data');
     const master = await openMaster(parseMasterUrl(`sqlite:${path.join(dataDir, 'master.db')}`));
+    const refusing = Object.assign(Object.create(master) as MasterDb, {
+      pairDataDir: async () => {
+        throw new Error('INSERT command denied to user for table acm2_data_dir');
+      },
+    });
     try {
-      await expect(checkPairing(refusing(master), dataDir, { write: true })).rejects.toThrow(/denied/);
+      await expect(checkPairing(refusing, dataDir, { write: true })).rejects.toThrow(/denied/);
       expect(readDataDirId(dataDir)).toBeUndefined();
       // The next command, with an account that may write, pairs them as a first use.
       await checkPairing(master, dataDir, { write: true });

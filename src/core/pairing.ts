@@ -4,11 +4,14 @@
 // cwd-relative --data-dir beside ACM2_MASTER_URL would otherwise get a fresh DB for every user of
 // the fleet (and the master would record them seeded), and a staging master against production's
 // data dir would seed its user 7 beside another person's user_7.db.
+// A first pairing is written in three steps, master first: its record of the id (unfinished), the
+// stamp, the record finished; whichever step a kill -9 cuts, the next command can tell its own
+// unfinished pairing from another master's data dir, and finishes it.
 
 import { randomUUID } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import type { MasterDb } from '../master/types.js';
+import type { DataDirPairing, MasterDb } from '../master/types.js';
 import { classifyFsError, UsageError } from '../errors.js';
 import { toolDir } from '../userdb/paths.js';
 
@@ -112,11 +115,18 @@ export function refuseNewMasterFor(dataDir: string, display: string, what = 'doe
   );
 }
 
+/** A pair this check refuses: what is wrong (also said when it is paired on purpose), and the remedy. */
+interface Refusal {
+  what: string;
+  fix: string;
+}
+
 /**
  * Refuse (exit 2, nothing written) a data dir that is not this master's; pair them on first use
  * (write: false only checks, for a dry run or an account that may not write). read: a command
  * that only reads (user list, user show, diff, verify) is refused only what the master's own
  * record of its data dir rules out, and never the guesses a first pairing makes.
+ * ACM2_PAIR_DATA_DIR naming this data dir pairs them on purpose where they would be refused.
  */
 export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean; read?: boolean }): Promise<void> {
   const dir = path.resolve(dataDir);
@@ -133,14 +143,6 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
     if (opts.read) return;
     throw classifyFsError(e, stampPath(dir)) ?? e;
   }
-  // The stamp is written before the master's record. One written for a master at this very URL
-  // that the master never recorded may be a pairing cut short (kill -9, an account that may not
-  // write acm2_data_dir, the master restored from before it), but a URL is not a master: another
-  // server behind the same host name or tunnel, or another file put at the same path, answers to
-  // it too (a staging master against production's data dir). It is refused like any other
-  // master's, with a message that names the case and its remedy (pairing on purpose).
-  const sameUrl = stamped !== undefined && stamped.master === masterOf(master);
-  const stamp = stamped?.id;
   let rec;
   try {
     rec = await master.pairedDataDir();
@@ -149,79 +151,105 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
     if (!opts.write) return;
     throw e;
   }
-  if (rec && stamp === rec.id) return;
+  const found = await judge(master, dir, stamped, rec, Boolean(opts.read));
+  const forced = Boolean(process.env[PAIR_ENV]) && path.resolve(process.env[PAIR_ENV]!) === dir;
+  if ('what' in found) {
+    if (!forced) throw new UsageError(`${found.what}: ${found.fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+    if (!opts.write) return;
+    // A new id for this data dir, so that neither another data dir with this master's old id nor
+    // another master this one was stamped for accepts the pair any more.
+    const id = randomUUID();
+    await master.pairDataDir({ id, path: dir, unfinished: true }, true);
+    stampDataDir(dir, id, masterOf(master), true);
+    await master.settleDataDirPairing(id, true);
+    return;
+  }
+  if (!opts.write || found.pair === 'paired') return;
+  if (found.pair !== 'first') {
+    // The master recorded the id and the data dir was stamped with it; only the last step was cut short.
+    await master.settleDataDirPairing(found.pair.finish, true);
+    return;
+  }
+  // Recorded first (unfinished), stamped second, finished last: a stamp is only ever written for
+  // an id this master holds, so a stamp its master has not finished is provably a pairing of its
+  // own cut short (a kill -9, a lost connection), finished by the next command (judge).
+  const now = await master.pairDataDir({ id: found.id ?? randomUUID(), path: dir, unfinished: true });
+  // Another data dir was paired with this master a moment ago. (This same one, by a command run at
+  // the same time, is not another: its id is the one stamped and finished below.)
+  if (path.resolve(now.path) !== dir) {
+    throw new UsageError(`the data dir ${dir} is not the one the master ${master.display} belongs with (${now.path}): ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+  }
+  const stamp = stampDataDir(dir, now.id, masterOf(master));
+  if (stamp !== now.id) {
+    // Another master stamped this data dir a moment ago: this one's unfinished record is taken back.
+    await master.settleDataDirPairing(now.id, false);
+    throw new UsageError(`the data dir ${dir} was paired with another master than ${master.display} a moment ago: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
+  }
+  await master.settleDataDirPairing(now.id, true);
+}
+
+/**
+ * Whether this master and data dir go together: already paired, a pairing of this master's own
+ * to finish, a first use (with the id this master recorded for it, if it did), or refused (why).
+ */
+async function judge(
+  master: MasterDb,
+  dir: string,
+  stamped: ReturnType<typeof readStamp>,
+  rec: DataDirPairing | undefined,
+  read: boolean,
+): Promise<Refusal | { pair: 'paired' | 'first' | { finish: string }; id?: string }> {
+  const stamp = stamped?.id;
+  if (rec && stamp === rec.id) return { pair: rec.pairedAt === null ? { finish: rec.id } : 'paired' };
+  // A first pairing that recorded its id but was cut short before the stamp: nothing was paired
+  // yet, and the pairing starts again (the checks of a first use included), with that id.
+  const unstamped = rec !== undefined && rec.pairedAt === null && stamp === undefined && path.resolve(rec.path) === dir;
+  const recorded = unstamped ? undefined : rec;
   // A read of a master that records no data dir (never paired: a fleet from before pairing, a
   // master ACM2 alone made) has nothing certain to compare with.
-  if (opts.read && !rec) return;
+  if (read && !recorded) return { pair: 'paired' };
   // Nor does a read of a copy of the fleet's DBs made without the tool's own folder (.acm2/, where
   // the stamp is: a verify box fed by an rsync of the users' files): not the mistyped or emptied
   // folder this guards against, which holds no user DBs.
-  if (opts.read && stamp === undefined && someUserDb(dir)) return;
-  const forced = Boolean(process.env[PAIR_ENV]) && path.resolve(process.env[PAIR_ENV]!) === dir;
-  if (!forced) {
-    if (rec && path.resolve(rec.path) === dir) {
-      // The very folder the master was paired with, without its stamp (or with another): an empty
-      // or unmounted mount point, or files restored or copied from elsewhere. "Not the one (same
-      // path)" would read as a contradiction.
-      throw new UsageError(
-        `the data dir ${dir} is where the master ${master.display} was paired, but ${stamp ? 'its stamp is another data dir’s' : 'it has lost its stamp'} (${stampPath(dir)}), as an unmounted or emptied folder, or files restored from before the pairing or copied from another fleet would be: check that the fleet's files are there${onPurpose(dir)}; nothing was written`,
-        'data_dir_not_paired',
-      );
-    }
-    if (rec) {
-      throw new UsageError(
-        `the data dir ${dir} is not the one the master ${master.display} belongs with (${rec.path}${existsSync(rec.path) ? '' : ', not found on this host'}): ${fix}${onPurpose(dir)}; nothing was written`,
-        'data_dir_not_paired',
-      );
-    }
-    if (stamp && sameUrl) {
-      throw new UsageError(
-        `the data dir ${dir} was stamped for a master at ${master.display}, which never recorded the pairing: a pairing cut short (killed, or an account that may not write acm2_data_dir), the master restored from before it, or another master at the same address; ${fix}${onPurpose(dir)}; nothing was written`,
-        'data_dir_not_paired',
-      );
-    }
-    if (stamp) {
-      throw new UsageError(`the data dir ${dir} belongs to another master than ${master.display}: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
-    }
-    // Neither was paired (a first use, or both from before pairing existed): pair them, unless
-    // the two plainly do not go together.
-    // Users the tool seeded (a done job) must have their DBs here; queued ones need not yet. Users
-    // with no job at all (a fleet ACM2 made before this tool: its DBs are ACM2's) must have theirs
-    // here too: an empty data dir beside them is a mistyped or cwd-relative one, not a first use.
-    const users = await master.countUsers();
-    const seeded = users > 0 ? await master.countJobs('done') : 0;
-    const jobless = users > 0 && seeded === 0 ? users - (await master.countJobs()) : 0;
-    const db = someUserDb(dir);
-    if ((seeded > 0 || jobless > 0) && !db) {
-      const n = seeded > 0 ? seeded : users;
-      throw new UsageError(
-        `the master ${master.display} has ${n} ${seeded > 0 ? 'seeded ' : ''}user${n === 1 ? '' : 's'} but the data dir ${dir} holds none of their DBs: ${fix}${onPurpose(dir)}; nothing was written`,
-        'data_dir_not_paired',
-      );
-    }
-    if (users === 0 && db) {
-      throw new UsageError(`the data dir ${dir} holds user DBs (${db}…) but the master ${master.display} has no users: ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
-    }
+  if (read && stamp === undefined && someUserDb(dir)) return { pair: 'paired' };
+  if (recorded && path.resolve(recorded.path) === dir) {
+    // The very folder the master was paired with, without its stamp (or with another): an empty
+    // or unmounted mount point, or files restored or copied from elsewhere. "Not the one (same
+    // path)" would read as a contradiction.
+    return {
+      what: `the data dir ${dir} is where the master ${master.display} was paired, but ${stamp ? 'its stamp is another data dir’s' : 'it has lost its stamp'} (${stampPath(dir)}), as an unmounted or emptied folder, or files restored from before the pairing or copied from another fleet would be`,
+      fix: `check that the fleet's files are there`,
+    };
   }
-  if (!opts.write) return;
-  // Forced: this data dir gets a new id, so that neither another data dir with this master's old
-  // id nor another master this one was stamped for accepts the pair any more.
-  const fresh = randomUUID();
-  const id = forced ? stampDataDir(dir, fresh, masterOf(master), true) : stampDataDir(dir, stamp ?? fresh, masterOf(master));
-  let now;
-  try {
-    now = await master.pairDataDir({ id, path: dir }, forced);
-  } catch (e) {
-    // The master would not record it (an account that may not write acm2_data_dir, the master
-    // lost): the stamp this call made is taken back, so the next command, with an account that
-    // may write, pairs them as a first use rather than refusing a pairing cut short.
-    if (!forced && stamp === undefined && id === fresh) rmSync(stampPath(dir), { force: true });
-    throw e;
+  if (recorded) {
+    const where = `${recorded.path}${recorded.pairedAt === null ? ', a first pairing not finished' : ''}${existsSync(recorded.path) ? '' : ', not found on this host'}`;
+    return { what: `the data dir ${dir} is not the one the master ${master.display} belongs with (${where})`, fix };
   }
-  if (now.id !== id) {
-    // Another data dir was paired with this master a moment ago.
-    // The stamp written just above (when there was none) stays: say so rather than "nothing".
-    const wrote = stamp === undefined || forced ? `nothing was written but this data dir's stamp (${stampPath(dir)})` : 'nothing was written';
-    throw new UsageError(`the data dir ${dir} is not the one the master ${master.display} belongs with (${now.path}): ${fix}${onPurpose(dir)}; ${wrote}`, 'data_dir_not_paired');
+  // A stamp is written only after its master recorded it, so one this master has no record of is
+  // another master's, or this one's restored from before the pairing, even at this very URL: a URL
+  // is not a master (another server behind the same host name or tunnel, or another file put at
+  // the same path, answers to it too: a staging master against production's data dir). So is a
+  // stamp an acm2 that stamped first and recorded second left when it was killed between the two.
+  if (stamp && stamped?.master === masterOf(master)) {
+    return {
+      what: `the data dir ${dir} was stamped for a master at ${master.display}, which has no record of it: the master restored from before the pairing, another master at the same address, or a pairing an older acm2 cut short`,
+      fix,
+    };
   }
+  if (stamp) return { what: `the data dir ${dir} belongs to another master than ${master.display}`, fix };
+  // Neither was paired (a first use, or both from before pairing existed): pair them, unless
+  // the two plainly do not go together.
+  // Users the tool seeded (a done job) must have their DBs here; queued ones need not yet. Users
+  // with no job at all (a fleet ACM2 made before this tool: its DBs are ACM2's) must have theirs
+  // here too: an empty data dir beside them is a mistyped or cwd-relative one, not a first use.
+  const users = await master.countUsers();
+  const seeded = users > 0 ? await master.countJobs('done') : 0;
+  const jobless = users > 0 && seeded === 0 ? users - (await master.countJobs()) : 0;
+  const db = someUserDb(dir);
+  if ((seeded > 0 || jobless > 0) && !db) {
+    const n = seeded > 0 ? seeded : users;
+    return { what: `the master ${master.display} has ${n} ${seeded > 0 ? 'seeded ' : ''}user${n === 1 ? '' : 's'} but the data dir ${dir} holds none of their DBs`, fix };
+  }
+  if (users === 0 && db) return { what: `the data dir ${dir} holds user DBs (${db}…) but the master ${master.display} has no users`, fix };
+  return { pair: 'first', id: unstamped ? rec!.id : undefined };
 }

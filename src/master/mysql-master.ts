@@ -701,15 +701,19 @@ export class MysqlMaster implements MasterDb {
 
   async pairedDataDir(): Promise<DataDirPairing | undefined> {
     const r = await this.one('SELECT * FROM acm2_data_dir WHERE slot = 1');
-    return r && { id: String(r.data_dir_id), path: String(r.data_dir_path), pairedAt: String(r.paired_at) };
+    return r && { id: String(r.data_dir_id), path: String(r.data_dir_path), pairedAt: r.paired_at === '' ? null : String(r.paired_at) };
   }
-  async pairDataDir(p: { id: string; path: string }, replace = false): Promise<DataDirPairing> {
+  async pairDataDir(p: { id: string; path: string; unfinished?: boolean }, replace = false): Promise<DataDirPairing> {
     await this.exec(
       `INSERT INTO acm2_data_dir (slot, data_dir_id, data_dir_path, paired_at) VALUES (1, ?, ?, ?)
        ON DUPLICATE KEY UPDATE ${replace ? 'data_dir_id = VALUES(data_dir_id), data_dir_path = VALUES(data_dir_path), paired_at = VALUES(paired_at)' : 'slot = slot'}`,
-      [p.id, p.path, new Date().toISOString()],
+      [p.id, p.path, p.unfinished ? '' : new Date().toISOString()],
     );
     return (await this.pairedDataDir())!;
+  }
+  async settleDataDirPairing(id: string, stamped: boolean): Promise<void> {
+    if (stamped) await this.exec(`UPDATE acm2_data_dir SET paired_at = ? WHERE slot = 1 AND data_dir_id = ? AND paired_at = ''`, [new Date().toISOString(), id]);
+    else await this.exec(`DELETE FROM acm2_data_dir WHERE slot = 1 AND data_dir_id = ? AND paired_at = ''`, [id]);
   }
 
   async close(): Promise<void> {

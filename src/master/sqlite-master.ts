@@ -519,14 +519,18 @@ export class SqliteMaster implements MasterDb {
 
   async pairedDataDir() {
     const r = this.one(`SELECT * FROM acm2_data_dir WHERE slot = 1`);
-    return r && { id: String(r.data_dir_id), path: String(r.data_dir_path), pairedAt: String(r.paired_at) };
+    return r && { id: String(r.data_dir_id), path: String(r.data_dir_path), pairedAt: r.paired_at === '' ? null : String(r.paired_at) };
   }
-  async pairDataDir(p: { id: string; path: string }, replace = false) {
+  async pairDataDir(p: { id: string; path: string; unfinished?: boolean }, replace = false) {
     this.db
       .prepare(`INSERT INTO acm2_data_dir (slot, data_dir_id, data_dir_path, paired_at) VALUES (1, ?, ?, ?)
                 ON CONFLICT(slot) DO ${replace ? 'UPDATE SET data_dir_id = excluded.data_dir_id, data_dir_path = excluded.data_dir_path, paired_at = excluded.paired_at' : 'NOTHING'}`)
-      .run(p.id, p.path, new Date().toISOString());
+      .run(p.id, p.path, p.unfinished ? '' : new Date().toISOString());
     return (await this.pairedDataDir())!;
+  }
+  async settleDataDirPairing(id: string, stamped: boolean) {
+    if (stamped) this.db.prepare(`UPDATE acm2_data_dir SET paired_at = ? WHERE slot = 1 AND data_dir_id = ? AND paired_at = ''`).run(new Date().toISOString(), id);
+    else this.db.prepare(`DELETE FROM acm2_data_dir WHERE slot = 1 AND data_dir_id = ? AND paired_at = ''`).run(id);
   }
 
   async close() {

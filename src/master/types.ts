@@ -136,7 +136,12 @@ export interface DataDirPairing {
   id: string;
   /** Where that data dir was when it was paired (for the message; the id decides). */
   path: string;
-  pairedAt: string;
+  /**
+   * When the pairing was finished; null while it is not: the master records the id first, then the
+   * data dir is stamped with it, then this is set, so a record without it is a first pairing that
+   * has not finished (or was cut short), whose stamp may or may not have been written.
+   */
+  pairedAt: string | null;
 }
 
 export interface MasterCapabilities {
@@ -253,9 +258,15 @@ export interface MasterDb {
   /**
    * Pair the master with a data dir: only when it has none (two first uses at once keep the first),
    * or, with replace, whatever it had (an operator moving the master to another data dir on purpose).
-   * Returns the pairing now recorded.
+   * unfinished: recorded before the data dir is stamped (pairedAt null), finished by
+   * settleDataDirPairing once it is. Returns the pairing now recorded.
    */
-  pairDataDir(p: Omit<DataDirPairing, 'pairedAt'>, replace?: boolean): Promise<DataDirPairing>;
+  pairDataDir(p: Omit<DataDirPairing, 'pairedAt'> & { unfinished?: boolean }, replace?: boolean): Promise<DataDirPairing>;
+  /**
+   * Settle the unfinished pairing with this data dir id (nothing if the record is another, or
+   * finished): stamped, it is finished; not (another master stamped the data dir first), taken back.
+   */
+  settleDataDirPairing(id: string, stamped: boolean): Promise<void>;
 
   close(): Promise<void>;
 }
