@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { chmodSync, cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
@@ -185,6 +185,7 @@ describe('pairing on first use', () => {
     expect((await acm2(['--data-dir', empty, '--master', f.master, 'backfill', '--dry-run'])).code).toBe(2);
     const r2 = await acm2(['--data-dir', empty, '--master', f.master, 'backfill'], { ACM2_PAIR_DATA_DIR: empty });
     expect(r2.code).toBe(0);
+    expect(r2.stderr).toMatch(/^acm2: paired the master sqlite:.*master\.db with the data dir .* on purpose \(ACM2_PAIR_DATA_DIR\), where this check would have refused: the data dir .* is not the one the master .* belongs with .*; unset ACM2_PAIR_DATA_DIR now/m);
     expect(readdirSync(empty).filter((n) => n.endsWith('.db')).sort()).toEqual(['user_1.db', 'user_2.db']);
     // …and the master now belongs with that one.
     expect((await acm2(['--data-dir', f.dataDir, 'backfill'])).code).toBe(2);
@@ -203,5 +204,45 @@ describe('an upgraded fleet whose users ACM2 made (no seed jobs)', () => {
     expect(readdirSync(cron)).toEqual([]);
     // The fleet's own data dir is still the one the master pairs with.
     expect((await acm2(['--data-dir', f.dataDir, 'backfill'])).code).toBe(0);
+  });
+});
+
+/** The data dir's stamp and the master's record of it, as files. */
+function pairState(dataDir: string, master = path.join(dataDir, 'master.db')): { stamp: string; record: unknown } {
+  const db = new Database(master, { readonly: true });
+  try {
+    return { stamp: readFileSync(path.join(dataDir, '.acm2', 'data-dir.json'), 'utf8'), record: db.prepare('SELECT * FROM acm2_data_dir').get() };
+  } finally {
+    db.close();
+  }
+}
+
+describe('ACM2_PAIR_DATA_DIR left set (an operator shell, a cron environment)', () => {
+  it('does nothing where the pair is already right, and says it is not needed; re-pairs only what would be refused, and says so', async () => {
+    const f = await fleet(1);
+    const env = { ACM2_PAIR_DATA_DIR: f.dataDir };
+    const before = pairState(f.dataDir);
+    for (const cmd of [['backfill', '--json'], ['user', 'seed', '1', '--force', '--json'], ['user', 'create', '--email', 'b@example.com', '--username', 'b', '--json'], ['user', 'list', '--json']]) {
+      const r = await acm2(['--data-dir', f.dataDir, ...cmd], env);
+      expect(r.code, `${cmd.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(() => JSON.parse(r.stdout)).not.toThrow();
+      expect(r.stderr).toMatch(/^acm2: ACM2_PAIR_DATA_DIR=.*data is set but not needed \(the master and this data dir go together\): nothing was re-paired; unset it$/m);
+      expect(r.stderr).not.toMatch(/paired the master/);
+      // Not re-paired: the stamp and the master's record are as they were.
+      expect(pairState(f.dataDir)).toEqual(before);
+    }
+    // Another fleet's master given with it (a staging master against this data dir): paired on
+    // purpose, as the variable says, and said on stderr, stdout keeping its one JSON document.
+    const b = await fleet(1);
+    const r = await acm2(['--data-dir', f.dataDir, '--master', b.master, 'backfill', '--json'], env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toBeTypeOf('object');
+    expect(r.stderr).toMatch(/^acm2: paired the master sqlite:.*master\.db with the data dir .*data on purpose \(ACM2_PAIR_DATA_DIR\), where this check would have refused: the data dir .* is not the one the master .* belongs with .*; unset ACM2_PAIR_DATA_DIR now: while it names this data dir, any master given with it is paired instead of refused$/m);
+    expect(pairState(f.dataDir, path.join(b.dataDir, 'master.db')).stamp).not.toEqual(before.stamp);
+    // A dry run or a read with it, where the pair is refused, goes on without pairing, and says so.
+    const dry = await acm2(['--data-dir', f.dataDir, 'backfill', '--dry-run', '--json'], env);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stderr).toMatch(/^acm2: ACM2_PAIR_DATA_DIR=.*data: went on although the data dir .* was paired, but its stamp is another data dir’s .*; only a command that writes pairs them$/m);
+    expect((await acm2(['--data-dir', f.dataDir, 'backfill', '--dry-run'])).code).toBe(2);
   });
 });

@@ -184,7 +184,9 @@ describe('a stamp the master has no record of (as an acm2 that stamped first lef
       expect(await master.pairedDataDir()).toBeUndefined();
 
       process.env.ACM2_PAIR_DATA_DIR = dataDir;
-      await checkPairing(master, dataDir, { write: true });
+      const notices: string[] = [];
+      await checkPairing(master, dataDir, { write: true, notice: (m) => notices.push(m) });
+      expect(notices).toEqual([expect.stringMatching(/^paired the master .* with the data dir .* on purpose \(ACM2_PAIR_DATA_DIR\).*unset ACM2_PAIR_DATA_DIR/)]);
       delete process.env.ACM2_PAIR_DATA_DIR;
       const id = readDataDirId(dataDir);
       expect((await master.pairedDataDir())?.id).toBe(id);

@@ -49,7 +49,7 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
   // Backfill works on the users a master has: a missing embedded master is a wrong --data-dir.
   // A dry run writes nothing, the master included: it does not apply the tool's migrations
   // either (so it needs a master that a real run has set up); a real run does.
-  const master = await openMaster(cfg.master, { migrate: !dryRun, create: false, pairWith: { dataDir: cfg.dataDir, write: !dryRun } });
+  const master = await openMaster(cfg.master, { migrate: !dryRun, create: false, pairWith: { dataDir: cfg.dataDir, write: !dryRun, notice: out.warn } });
   const interrupt = onInterrupt(out, 'finishing the users in flight and saving progress');
   const progress = out.progress();
   try {

@@ -18,7 +18,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   });
   const deps = { dataDir: cfg.dataDir, seedsDir: cfg.seedsDir };
   // Two packages need no master: do not create or touch one.
-  const r = req.kind === 'packages' ? await runDiff(deps, req) : await usingMaster(cfg.master, (master) => runDiff({ ...deps, master }, req), { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true } });
+  const r = req.kind === 'packages' ? await runDiff(deps, req) : await usingMaster(cfg.master, (master) => runDiff({ ...deps, master }, req), { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true, notice: out.warn } });
   out.result(r, () => renderDiff(visibleDeep(r), { color: out.color }));
   if (!r.equal) process.exitCode = EXIT.findings;
 }

@@ -55,7 +55,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     } finally {
       signals.dispose();
     }
-  }, { pairWith: { dataDir: cfg.dataDir, write: true } });
+  }, { pairWith: { dataDir: cfg.dataDir, write: true, notice: out.warn } });
 }
 
 /**

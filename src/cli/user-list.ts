@@ -38,5 +38,5 @@ export async function run({ opts }: CommandCall): Promise<void> {
       }
     }
     if (n % 200 !== 0 || n === 0) out.result(null, () => (n === 0 ? 'No users.' : table.toString()));
-  }, { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true } });
+  }, { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true, notice: out.warn } });
 }

@@ -25,7 +25,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     // Each drainer opens its own connection (and would set a master up): check the master is one
     // first. The drainers apply the migrations; this check need not.
     // The data dir must be this master's (paired on first use) before any job is claimed.
-    const checked = await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true } });
+    const checked = await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true, notice: out.warn } });
     const progress = out.progress();
     // How many jobs this drain is likely to take, for the progress line's ETA (SPEC §1): the
     // ones due now, up to --limit. A --watch worker has no end to count down to, and a drain
@@ -79,7 +79,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
       seedVersion: cfg.seedVersion,
       force: Boolean(opts.force),
     }),
-    { create: false, pairWith: { dataDir: cfg.dataDir, write: true } },
+    { create: false, pairWith: { dataDir: cfg.dataDir, write: true, notice: out.warn } },
   ).finally(() => interrupt.dispose());
   out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(visibleDeep(r.seed), r.user.id));
   if (r.seed.status === 'failed') process.exitCode = EXIT.findings;

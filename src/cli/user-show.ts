@@ -10,6 +10,6 @@ import { visibleDeep } from '../ui/text.js';
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const ref = checkUserRef(args[0]!);
-  const s = await usingMaster(cfg.master, async (master) => userStatus({ master, dataDir: cfg.dataDir }, await resolveUser(master, ref, cfg.dataDir), { backups: true }), { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true } });
+  const s = await usingMaster(cfg.master, async (master) => userStatus({ master, dataDir: cfg.dataDir }, await resolveUser(master, ref, cfg.dataDir), { backups: true }), { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true, notice: out.warn } });
   out.result(s, () => renderStatus(visibleDeep(s)));
 }

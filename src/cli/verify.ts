@@ -29,7 +29,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     cfg.master,
     (master) =>
       verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
-    { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true } },
+    { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true, notice: out.warn } },
   );
   if (junit) {
     try {

@@ -115,6 +115,9 @@ export function refuseNewMasterFor(dataDir: string, display: string, what = 'doe
   );
 }
 
+/** What checkPairing says besides refusing (core does not print: the command does, on stderr). */
+export type PairingNotice = (msg: string) => void;
+
 /** A pair this check refuses: what is wrong (also said when it is paired on purpose), and the remedy. */
 interface Refusal {
   what: string;
@@ -126,9 +129,10 @@ interface Refusal {
  * (write: false only checks, for a dry run or an account that may not write). read: a command
  * that only reads (user list, user show, diff, verify) is refused only what the master's own
  * record of its data dir rules out, and never the guesses a first pairing makes.
- * ACM2_PAIR_DATA_DIR naming this data dir pairs them on purpose where they would be refused.
+ * ACM2_PAIR_DATA_DIR naming this data dir pairs them on purpose, only where they would be
+ * refused; notice says that it did, or that it is set and not needed.
  */
-export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean; read?: boolean }): Promise<void> {
+export async function checkPairing(master: MasterDb, dataDir: string, opts: { write: boolean; read?: boolean; notice?: PairingNotice }): Promise<void> {
   const dir = path.resolve(dataDir);
   let stamped: ReturnType<typeof readStamp>;
   try {
@@ -155,15 +159,23 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
   const forced = Boolean(process.env[PAIR_ENV]) && path.resolve(process.env[PAIR_ENV]!) === dir;
   if ('what' in found) {
     if (!forced) throw new UsageError(`${found.what}: ${found.fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
-    if (!opts.write) return;
+    if (!opts.write) {
+      opts.notice?.(`${PAIR_ENV}=${dir}: went on although ${found.what}; only a command that writes pairs them`);
+      return;
+    }
     // A new id for this data dir, so that neither another data dir with this master's old id nor
     // another master this one was stamped for accepts the pair any more.
     const id = randomUUID();
     await master.pairDataDir({ id, path: dir, unfinished: true }, true);
     stampDataDir(dir, id, masterOf(master), true);
     await master.settleDataDirPairing(id, true);
+    opts.notice?.(
+      `paired the master ${master.display} with the data dir ${dir} on purpose (${PAIR_ENV}), where this check would have refused: ${found.what}; ` +
+        `unset ${PAIR_ENV} now: while it names this data dir, any master given with it is paired instead of refused`,
+    );
     return;
   }
+  if (forced) opts.notice?.(`${PAIR_ENV}=${dir} is set but not needed (the master and this data dir go together): nothing was re-paired; unset it`);
   if (!opts.write || found.pair === 'paired') return;
   if (found.pair !== 'first') {
     // The master recorded the id and the data dir was stamped with it; only the last step was cut short.

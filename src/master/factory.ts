@@ -5,7 +5,7 @@ import type { MasterUrl } from '../config.js';
 import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
 import { loadMigrations } from '../migrations.js';
 import type { MasterDb } from './types.js';
-import { checkPairing, refuseNewMasterFor } from '../core/pairing.js';
+import { checkPairing, refuseNewMasterFor, type PairingNotice } from '../core/pairing.js';
 
 export interface OpenMasterOptions {
   /** Apply the tool's pending master migrations (default true). */
@@ -20,7 +20,7 @@ export interface OpenMasterOptions {
    * The data dir the command works on: refused (exit 2, nothing written) when it is not this
    * master's, and paired with it on first use when write (see core/pairing.ts).
    */
-  pairWith?: { dataDir: string; write: boolean; read?: boolean };
+  pairWith?: { dataDir: string; write: boolean; read?: boolean; notice?: PairingNotice };
   /**
    * The command only reads (user list, user show, verify, diff): a master the tool never set up
    * (ACM2's users and api_keys only, no ledger) is left as it is and reads as having no seed jobs,
@@ -88,7 +88,7 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
       if (opts.pairWith && ours) await refuseUnpairedBeforeMigrating(answeringEmpty(master, before.answers), opts.pairWith);
       await master.migrate();
     }
-    if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write, read: opts.pairWith.read });
+    if (opts.pairWith) await checkPairing(master, opts.pairWith.dataDir, { write: opts.pairWith.write, read: opts.pairWith.read, notice: opts.pairWith.notice });
   } catch (e) {
     await master.close().catch(() => undefined);
     throw e;

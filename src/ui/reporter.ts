@@ -20,6 +20,11 @@ export interface Reporter {
   /** A log line on stderr (suppressed by --quiet and in --json unless a TTY). */
   log(msg: string): void;
   verbose(msg: string): void;
+  /**
+   * Something the operator must see even from cron or a script (a safety check bypassed): on
+   * stderr always, --json and --quiet too (stdout keeps its one document).
+   */
+  warn(msg: string): void;
   /** The command's one result: JSON document or human text on stdout. */
   result(data: unknown, human: () => string): void;
 }
@@ -36,6 +41,9 @@ export function createReporter(cfg: Pick<Config, 'json' | 'quiet' | 'verbose' | 
     },
     verbose: (msg) => {
       if (cfg.verbose && showLogs) process.stderr.write(`${msg}\n`);
+    },
+    warn: (msg) => {
+      process.stderr.write(`acm2: ${visible(msg)}\n`);
     },
     result: (data, human) => {
       if (cfg.json) process.stdout.write(`${jsonText(data, 2)}\n`);
