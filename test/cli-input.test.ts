@@ -12,6 +12,7 @@ import { redactUrl } from '../src/config.js';
 import { classifyFsError } from '../src/errors.js';
 import { lockUserFile } from '../src/core/user-lock.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
+import { backoffMs } from '../src/core/users.js';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
@@ -67,6 +68,24 @@ describe('the command line, as an operator types it', () => {
     expect(JSON.parse(drain.stdout)).toMatchObject({ claimed: 0, notDue: { count: 1, nextAttemptAt: expect.stringMatching(/^\d{4}-/) } });
     const human = await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--no-color'], data);
     expect(human.stdout).toMatch(/1 job waiting for a retry, the first due at \S+: a later drain takes it, or acm2 user seed <id> runs one now\./);
+  });
+
+  it('an empty ACM2_RETRY_BASE_MS counts as unset: a failed seed still backs off, not retried at once', () => {
+    const saved = process.env.ACM2_RETRY_BASE_MS;
+    try {
+      // As a CI template or `export ACM2_RETRY_BASE_MS=` leaves it, or a value that is no number.
+      for (const v of ['', ' ', 'soon']) {
+        process.env.ACM2_RETRY_BASE_MS = v;
+        expect([backoffMs(1), backoffMs(2)], JSON.stringify(v)).toEqual([5000, 10000]);
+      }
+      process.env.ACM2_RETRY_BASE_MS = '0'; // set on purpose (the tests): no delay
+      expect(backoffMs(3)).toBe(0);
+      process.env.ACM2_RETRY_BASE_MS = '250';
+      expect(backoffMs(2)).toBe(500);
+    } finally {
+      if (saved === undefined) delete process.env.ACM2_RETRY_BASE_MS;
+      else process.env.ACM2_RETRY_BASE_MS = saved;
+    }
   });
 
   it('a second `user seed` of a ready user changes nothing, not even the job list', async () => {

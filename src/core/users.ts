@@ -480,8 +480,15 @@ function masterStopped(e: unknown): boolean {
   return isAcm2Error(e) && e.exitCode === 3 && (e.code === 'master_unreachable' || e.code === 'master_busy' || e.code === 'master_corrupt');
 }
 
+/** The first retry delay (ACM2_RETRY_BASE_MS; empty, as every empty variable, counts as unset). */
+function retryBaseMs(): number {
+  const raw = process.env.ACM2_RETRY_BASE_MS;
+  const v = raw?.trim() ? Number(raw) : NaN;
+  return Number.isFinite(v) && v >= 0 ? v : 5000;
+}
+
 export function backoffMs(attempts: number): number {
-  const base = Number(process.env.ACM2_RETRY_BASE_MS ?? 5000);
+  const base = retryBaseMs();
   return Math.min(base * 2 ** Math.max(0, attempts - 1), 60 * 60 * 1000);
 }
 
