@@ -38,6 +38,18 @@ describe('acm2 binary', () => {
     expect(viaHelp.stdout).toMatch(/^Usage: acm2 user create/);
   });
 
+  it('every command and subcommand has --help with an example, as README says', async () => {
+    const paths = [[], ['seed'], ['user'], ['backfill'], ['verify'], ['diff'], ...['freeze', 'list', 'show', 'check', 'set-current'].map((c) => ['seed', c]), ...['create', 'seed', 'show', 'list'].map((c) => ['user', c])];
+    for (const p of paths) {
+      const r = await acm2([...p, '--help']);
+      expect(r.code, p.join(' ')).toBe(0);
+      const m = /\n(Examples?):\n((?:\s+\$ .*acm2 .*\n?)+)$/.exec(r.stdout);
+      expect(m, `acm2 ${p.join(' ')} --help`).not.toBeNull();
+      // "Example:" heads one example, "Examples:" more than one.
+      expect(m![1], `acm2 ${p.join(' ')} --help`).toBe(m![2]!.trim().split('\n').length > 1 ? 'Examples' : 'Example');
+    }
+  });
+
   it('an unreachable MySQL master exits 3 with the documented sentence and no password', async () => {
     const r = await acm2(['user', 'list'], { ACM2_MASTER_URL: 'mysql://root:hunter2@127.0.0.1:1/x' });
     expect(r.code).toBe(3);

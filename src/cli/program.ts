@@ -44,9 +44,9 @@ export function buildProgram(): Command {
     .option('--master <url>', 'master DB URL: sqlite:<file> or mysql://user:pass@host:port/db (env ACM2_MASTER_URL; default sqlite:<data-dir>/master.db)')
     .option('--data-dir <dir>', 'where user_{id}.db and user_{id}/ live (env ACM2_DATA_DIR; default ./data)')
     .option('--seeds <dir>', 'seed packages folder (env ACM2_SEED_DIR; default: the seed-packages/ shipped with the tool)')
-    .option('--lock-timeout <seconds>', 'how long to wait for a user held by another seeder (env ACM2_LOCK_TIMEOUT; default 60)')
+    .option('--lock-timeout <seconds>', 'how long user create and user seed <user> wait for a user another seeder holds, then exit 3 (env ACM2_LOCK_TIMEOUT; default 60)')
     .option('--json', 'print exactly one JSON document on stdout')
-    .option('--quiet', 'print nothing but errors')
+    .option('--quiet', 'print nothing but errors (user create still prints the API key)')
     .option('--verbose', 'more detail, and stack traces on errors')
     .option('--no-color', 'no colour (also NO_COLOR)')
     .addHelpText(
@@ -73,7 +73,7 @@ Examples:
     .option('--render-report', 'write reports/report.html into the package when the run has none')
     .option('--set-current', 'make this version CURRENT')
     .option('--dry-run', 'print what would be frozen and write nothing')
-    .addHelpText('after', '\nExample:\n  $ acm2 seed freeze --source data/user_7.db --source-files data/user_7 --preset 86f7… --run 7463… --version v2 --set-current')
+    .addHelpText('after', '\nExample:\n  $ acm2 seed freeze --source data/user_7.db --source-files data/user_7 --preset <preset id> --run <run id> --version v2 --set-current')
     .action(action(() => import('./seed-freeze.js')));
   seed
     .command('list')
@@ -113,11 +113,11 @@ Examples:
   user
     .command('seed [user]')
     .description("seed one user (id or email) from a package, or drain the job queue with --pending")
-    .option('--seed-version <v>', 'seed version (env SEED_VERSION; default: CURRENT)')
+    .option('--seed-version <v>', 'seed version for one user (env SEED_VERSION; default: CURRENT); not with --pending: each job carries its own')
     .option('--force', "restore the seeded rows and files to the package state (same ids), touching nothing else; what it overwrites is backed up under <data-dir>/.acm2/backups/")
     .option('--pending', 'drain the seed job queue')
     .option('--limit <n>', 'with --pending: at most n jobs')
-    .option('--concurrency <n>', 'with --pending: parallel workers on this host (default: cores)')
+    .option('--concurrency <n>', 'with --pending: parallel workers on this host (default: cores; at most 64)')
     .option('--watch', 'with --pending: keep waiting for new jobs')
     .addHelpText('after', '\nExamples:\n  $ acm2 user seed 42\n  $ acm2 user seed ada@example.com --force\n  $ acm2 user seed --pending --concurrency 2')
     .action(action(() => import('./user-seed.js')));
@@ -139,14 +139,14 @@ Examples:
     .option('--dry-run', 'print the plan and write nothing')
     .option('--user <id>', 'only this user (repeatable)', collect)
     .option('--limit <n>', 'at most n users')
-    .option('--batch-size <n>', 'users read from the master per page', '500')
-    .option('--concurrency <n>', 'parallel users on this host')
+    .option('--batch-size <n>', 'users read from the master per page (default 500)')
+    .option('--concurrency <n>', 'parallel users on this host (default 1; at most 64)')
     .option('--shard <i/n>', 'only users with id % n == i')
     .option('--resume', 'continue the last interrupted backfill')
     .option('--max-errors <n>', 'stop after n failed users')
     .option('--legacy-logs <dir>', "also move ACM2's old global logs/{run_id}/ folders into their owners' run folders")
     .option('--seed-version <v>', 'package a missing or unfinished user is seeded with (env SEED_VERSION; default: CURRENT)')
-    .addHelpText('after', '\nExample:\n  $ acm2 backfill --dry-run\n  $ acm2 backfill --concurrency 2 --resume')
+    .addHelpText('after', '\nExamples:\n  $ acm2 backfill --dry-run\n  $ acm2 backfill --concurrency 2 --resume')
     .action(action(() => import('./backfill.js')));
 
   program
@@ -155,7 +155,7 @@ Examples:
     .option('--user <id>', 'only this user (repeatable)', collect)
     .option('--deep', 'integrity_check, sha256 of every file, text scan for package ids')
     .option('--shard <i/n>', 'only users with id % n == i')
-    .option('--concurrency <n>', 'parallel users on this host')
+    .option('--concurrency <n>', 'parallel users on this host (default: cores; at most 64)')
     .option('--junit <file>', 'also write a JUnit XML report')
     .addHelpText('after', '\nExample:\n  $ acm2 verify --deep --junit verify.xml')
     .action(action(() => import('./verify.js')));
@@ -164,7 +164,7 @@ Examples:
     .command('diff [versions...]')
     .description('user vs package, package vs package, or user vs user')
     .option('--user <id>', 'a user (give twice to compare two users)', collect)
-    .option('--seed-version <v>', 'package version to compare a user with')
+    .option('--seed-version <v>', "package version to compare a user with (env SEED_VERSION; default: the user's own version)")
     .addHelpText('after', '\nExamples:\n  $ acm2 diff --user 42\n  $ acm2 diff v1 v2\n  $ acm2 diff --user 42 --user 43')
     .action(action(() => import('./diff.js')));
 
