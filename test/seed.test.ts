@@ -10,6 +10,7 @@ import { frozenSource, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type W
 import { createUser, listUserStatuses, seedOneUser, userStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { render, safeDocId, type Template } from '../src/seed/remap.js';
+import { renderSeed } from '../src/ui/users.js';
 import { preparePackage } from '../src/seed/prepared.js';
 import { loadPackage } from '../src/seed/package.js';
 import { fileURLToPath } from 'node:url';
@@ -444,6 +445,30 @@ describe("the source user's folder in a path to the package's run", () => {
   });
 });
 
+describe('a user seeded whole whose user_meta row is gone', () => {
+  it('gets the row back, ready, rewriting none of its rows or files, and says what it wrote', async () => {
+    const w = await sqliteWorld();
+    try {
+      const d = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const u = await createUser(d, { email: 'lost-meta@example.com', username: 'lost-meta' });
+      expect(u.seed?.status).toBe('ready');
+      const db = new Database(userDbPath(w.dataDir, u.user.id));
+      db.prepare(`DELETE FROM user_meta`).run();
+      db.prepare(`UPDATE presets SET name = 'the user’s own name'`).run();
+      db.close();
+      const r = (await seedOneUser(d, String(u.user.id), {})).seed;
+      expect(r).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: pkg.pkg.version, readyAgain: { from: null } });
+      expect(renderSeed(r, u.user.id)).toMatch(new RegExp(`^User ${u.user.id} is ready with ${pkg.pkg.version} again: its user_meta row was missing and is written back; `));
+      const after = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+      expect(after.prepare(`SELECT seed_status || ' ' || seed_version FROM user_meta`).pluck().get()).toBe(`ready ${pkg.pkg.version}`);
+      expect(after.prepare(`SELECT name FROM presets`).pluck().all()).toEqual(['the user’s own name']);
+      after.close();
+    } finally {
+      await w.cleanup();
+    }
+  });
+});
+
 describe('seeding a version the user had before, after it moved to another (CURRENT rolled back)', () => {
   it('rewrites none of the user’s edits to that version’s rows and files without --force; --force restores them', async () => {
     const v2 = frozenSource({ sourceDocs: 1 }, 'v2');
@@ -464,14 +489,23 @@ describe('seeding a version the user had before, after it moved to another (CURR
       writeFileSync(path.join(userRoot(w.dataDir, u.user.id), log), 'the user’s own log line\n');
       expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v2' })).seed).toMatchObject({ status: 'ready', outcome: 'seeded' });
       const back = await seedOneUser(d, String(u.user.id), { seedVersion: 'v1' });
-      expect(back.seed).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: 'v1' });
+      expect(back.seed).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: 'v1', readyAgain: { from: 'v2' } });
+      // It wrote user_meta, so it does not say it did nothing.
+      expect(renderSeed(back.seed, u.user.id)).toBe(
+        `User ${u.user.id} is ready with v1 again: its user_meta named v2 and now names v1; its v1 rows and files were in place from an earlier seed, so none was rewritten (--force restores them to the package).`,
+      );
       const after = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
       expect(after.prepare(`SELECT body FROM contents WHERE id = ?`).pluck().get(contentId)).toBe('USER EDIT');
       expect(after.prepare(`SELECT seed_status || ' ' || seed_version FROM user_meta`).pluck().get()).toBe('ready v1');
       after.close();
       expect(readFileSync(path.join(userRoot(w.dataDir, u.user.id), log), 'utf8')).toBe('the user’s own log line\n');
       // Still on v2, damage to the v1 copy is found: it stays the user's seed.
-      expect((await seedOneUser(d, String(u.user.id), { seedVersion: 'v2' })).seed).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: 'v2' });
+      const stay = (await seedOneUser(d, String(u.user.id), { seedVersion: 'v2' })).seed;
+      expect(stay).toMatchObject({ status: 'ready', outcome: 'already_ready', seedVersion: 'v2', readyAgain: { from: 'v1' } });
+      // Asked again, there is nothing to do, and it says so.
+      const same = (await seedOneUser(d, String(u.user.id), { seedVersion: 'v2' })).seed;
+      expect(same.readyAgain).toBeUndefined();
+      expect(renderSeed(same, u.user.id)).toBe(`User ${u.user.id} is already ready with v2; nothing to do.`);
       rmSync(path.join(userRoot(w.dataDir, u.user.id), log));
       const v = await verifyUsers(d, { users: [u.user.id] });
       expect(v.users[0]!.problems.map((p) => [p.code, p.path])).toEqual([['file_missing', `user_${u.user.id}/${log}`]]);

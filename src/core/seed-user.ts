@@ -57,6 +57,12 @@ export interface SeedUserResult {
    * rows and files were already at the package state, so nothing was overwritten).
    */
   backup?: ForceBackup;
+  /**
+   * already_ready only, when the seed wrote user_meta although it rewrote none of the version's
+   * rows or files: `from` is the version user_meta named before (the user moved back to this one,
+   * as after CURRENT is rolled back), null when the row was missing and is written back.
+   */
+  readyAgain?: { from: string | null };
 }
 
 export interface ForceBackup {
@@ -344,7 +350,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       // the user's now, edits and all, so they are not rewritten (that is --force): the user is
       // ready with this version again.
       dropStaged();
-      return alreadyReady(db, userId, version, resumeReady(db, userId, version, meta.seed_version), started);
+      return { ...alreadyReady(db, userId, version, resumeReady(db, userId, version, meta.seed_version), started), readyAgain: { from: meta.seed_version } };
     }
     if (!input.force && !meta && readyBefore(db, version)) {
       // The tool seeded this version to the end and only user_meta's row is gone (deleted, or a DB
@@ -358,7 +364,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
         return at;
       }).immediate();
       dropStaged();
-      return alreadyReady(open, userId, version, seededAt, started);
+      return { ...alreadyReady(open, userId, version, seededAt, started), readyAgain: { from: null } };
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
     let backup: ForceBackup | undefined;

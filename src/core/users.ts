@@ -42,6 +42,8 @@ export interface SeedReport {
   retry?: string;
   /** --force: the folder holding what it overwrote (the DB, and the edited seeded files); absent when nothing differed. */
   backup?: string;
+  /** already_ready, with user_meta written back to this version (see SeedUserResult.readyAgain). */
+  readyAgain?: { from: string | null };
 }
 
 export interface CreateUserResult {
@@ -459,7 +461,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       seeded = true;
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);
-      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id, ...(r.backup ? { backup: r.backup.path } : {}) };
+      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id, ...(r.backup ? { backup: r.backup.path } : {}), ...(r.readyAgain ? { readyAgain: r.readyAgain } : {}) };
     } catch (e) {
       // The seed worked and the master failed to take it (locked past the wait, gone, corrupt):
       // not an attempt of the user's. The job stays claimed until its lease ends; the next run

@@ -9,7 +9,12 @@ import { formatBytes } from './reporter.js';
 export function renderSeed(seed: SeedReport, userId: number): string {
   if (seed.status === 'pending') return `Seed job ${seed.jobId ?? ''} queued for ${seed.seedVersion}: run 'acm2 user seed --pending' to process it.`;
   if (seed.status === 'failed') return chalk.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}${seed.retry ? `\nRetry with: ${seed.retry}` : ''}`);
-  if (seed.outcome === 'already_ready') return `User ${userId} is already ready with ${seed.seedVersion}; nothing to do.`;
+  if (seed.outcome === 'already_ready') {
+    const again = seed.readyAgain;
+    if (!again) return `User ${userId} is already ready with ${seed.seedVersion}; nothing to do.`;
+    const was = again.from === null ? 'its user_meta row was missing and is written back' : `its user_meta named ${again.from} and now names ${seed.seedVersion}`;
+    return `User ${userId} is ready with ${seed.seedVersion} again: ${was}; its ${seed.seedVersion} rows and files were in place from an earlier seed, so none was rewritten (--force restores them to the package).`;
+  }
   const verb = seed.outcome === 'restored' ? 'Restored' : 'Seeded';
   const line = `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
   return seed.backup ? `${line}\nWhat --force overwrote (the DB, and the seeded files that differed) is kept in ${seed.backup}` : line;
