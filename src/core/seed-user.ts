@@ -334,6 +334,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   // Until --force's backup is whole, nothing of the user's is changed: a failure then (a full
   // disk) leaves the user as it was, not marked failed.
   let backingUp = false;
+  // What this attempt has changed: nothing until persistMap commits its in_progress (begun), and
+  // none of the user's seeded files or rows until it starts writing them (writing).
+  const done: AttemptDone = { begun: false, writing: false };
   try {
     db = openUserDb(dataDir, userId);
     migrateUserDb(db);
@@ -376,11 +379,16 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       backingUp = false;
       step('backed_up');
     }
+    // Something in the way of the user's folder fails the seed before it marks the user in_progress.
+    refuseOddUserRoot(dataDir, userId);
+    done.priorState = readSeedState(db, version);
     const map = persistMap(db, userId, prepared, version, inherited);
+    done.begun = true;
     dropStaged();
     step('map_persisted');
     const files = renderFiles(prepared, map);
 
+    done.writing = true;
     const durable = writeFiles(files, userRoot(dataDir, userId), dataDir, userId);
     step('files_staged');
     yield { ...durable, lock: true };
@@ -401,12 +409,16 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       ...(backup ? { backup } : {}),
     };
   } catch (e) {
+    // A user that was ready and that this attempt changed nothing of stays ready: ACM2 goes on
+    // serving it (anything else is 425 to all its requests), and the job says what failed.
+    let ready = !done.begun && meta?.seed_status === 'ready' ? meta : undefined;
     try {
-      if (db && !backingUp) markFailed(db, userId, version, e, meta);
+      if (db && !backingUp && !ready) ready = markFailed(db, userId, version, e, meta, done);
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
-    throw busyDb(e, dataDir, userId) ?? classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
+    const err = busyDb(e, dataDir, userId) ?? classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
+    throw ready ? stillReady(err, userId, ready) : err;
   } finally {
     db?.close();
   }
@@ -1125,22 +1137,69 @@ function insertRows(db: SqliteDb, userId: UserId, prepared: PreparedPackage, map
   return n;
 }
 
+/** How far a seed attempt of a user with a DB got before it failed. */
+interface AttemptDone {
+  /** persistMap committed: user_meta says in_progress with this version (ACM2 answers 425). */
+  begun: boolean;
+  /** It started writing the seeded files (then the rows): the user's may be half restored. */
+  writing: boolean;
+  /** This version's acm2_seed_state row as it was before persistMap (absent: none). */
+  priorState?: SeedStateRow;
+}
+
+interface SeedStateRow {
+  status: string;
+  started_at: string;
+  finished_at: string | null;
+  last_error: string | null;
+}
+
+function readSeedState(db: SqliteDb, version: string): SeedStateRow | undefined {
+  return db.prepare(`SELECT status, started_at, finished_at, last_error FROM acm2_seed_state WHERE seed_version = ?`).get(version) as SeedStateRow | undefined;
+}
+
 /**
- * Record a failed seed of `version`. A user that was ready with another version before this
- * seed began (`prior`) keeps being that: its rows are all there (this seed committed none), so
- * it goes back to ready with that version rather than failed, and only the seed state says the
- * new version failed. (beginSeed marked it in_progress on the way: reading user_meta now
- * would no longer show that it was ready.)
+ * Record a failed seed of `version`; returns user_meta's row when the user is left ready. A user
+ * that was ready before this seed began (`prior`) stays so when none of its rows and files were
+ * changed: a seed of another version (which commits none of its rows and writes its files beside
+ * the user's), or one of the same version (--force) that failed before it wrote any of them. It
+ * goes back to ready as it was (beginSeed marked it in_progress on the way: reading user_meta
+ * now would no longer show that it was ready), and only the seed state of another version says
+ * that version failed. Anything else is failed: a --force that began overwriting is not served
+ * half restored. An attempt that committed nothing (`begun` false) leaves a ready user as it is.
  */
-function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, prior?: MetaRow): void {
+function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, prior: MetaRow | undefined, done: AttemptDone): MetaRow | undefined {
   const msg = e instanceof Error ? e.message : String(e);
-  db.transaction(() => {
+  const restore = done.begun && prior?.seed_status === 'ready' && (prior.seed_version !== version || !done.writing) ? prior : undefined;
+  const record = db.transaction((): MetaRow | undefined => {
     const meta = readMeta(db, userId);
-    if (prior?.seed_status === 'ready' && prior.seed_version !== version) {
-      if (meta) db.prepare(`UPDATE user_meta SET seed_status = 'ready', seed_version = ?, seeded_at = ?, updated_at = ? WHERE user_id = ?`).run(prior.seed_version, prior.seeded_at, sqlNow(), userId);
-    } else if (meta && !(meta.seed_status === 'ready' && meta.seed_version !== version)) setMeta(db, userId, 'failed', version, null);
+    if (!done.begun && meta?.seed_status === 'ready') return meta;
+    if (restore) {
+      if (meta) db.prepare(`UPDATE user_meta SET seed_status = 'ready', seed_version = ?, seeded_at = ?, updated_at = ? WHERE user_id = ?`).run(restore.seed_version, restore.seeded_at, sqlNow(), userId);
+      if (restore.seed_version !== version) {
+        db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ?`).run(new Date().toISOString(), msg, version);
+      } else if (done.priorState) {
+        const s = done.priorState;
+        db.prepare(`UPDATE acm2_seed_state SET status = ?, started_at = ?, finished_at = ?, last_error = ? WHERE seed_version = ?`).run(s.status, s.started_at, s.finished_at, s.last_error, version);
+      } else db.prepare(`DELETE FROM acm2_seed_state WHERE seed_version = ?`).run(version);
+      return meta ? { ...meta, seed_status: 'ready', seed_version: restore.seed_version, seeded_at: restore.seeded_at } : undefined;
+    }
+    if (meta && !(meta.seed_status === 'ready' && meta.seed_version !== version)) setMeta(db, userId, 'failed', version, null);
     db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ?`).run(new Date().toISOString(), msg, version);
-  })();
+    return meta?.seed_status === 'ready' && meta.seed_version !== version ? meta : undefined;
+  });
+  // Putting a ready user back waits for the DB like any write (a deferred transaction that read
+  // first would be refused at once by a writer still at work, leaving the user in_progress).
+  return restore ? record.immediate() : record();
+}
+
+/**
+ * The error of a seed that failed and left the user ready, its rows and files as they were
+ * (ACM2 goes on serving it): it says so.
+ */
+function stillReady(e: unknown, userId: UserId, meta: MetaRow): unknown {
+  if (e instanceof Error) e.message = `${e.message}; user ${userId} stays ready with ${meta.seed_version}, its rows and files as they were`;
+  return e;
 }
 
 /** Every path the user's DB lists as seeded, of any version: never a crashed build's to remove. */
