@@ -473,6 +473,35 @@ describe('a seed that needs an operator first', () => {
     const shown = JSON.parse((await acm2(['user', 'show', String(c), '--json'])).stdout);
     expect(shown.job).toMatchObject({ status: 'failed', attempts: 1 });
   });
+  it("a user DB that holds none of ACM2's tables, or schema drift only a table rebuild mends: the job failed at once, the DB left alone", async () => {
+    const make = async (name: string) =>
+      JSON.parse((await acm2(['user', 'create', '--email', `${name}@example.com`, '--username', name, '--async', '--json'])).stdout).user.id as number;
+    const [alien, drift] = [await make('alien-db'), await make('drift-db')];
+    // Another program's SQLite file at the user's path; and an ACM2 table without its primary key.
+    const a = new Database(userDbPath(dataDir, alien));
+    a.exec(`CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('not ACM2')`);
+    a.close();
+    const d = new Database(userDbPath(dataDir, drift));
+    d.exec(`CREATE TABLE presets (name TEXT)`);
+    d.close();
+    const before = [readFileSync(userDbPath(dataDir, alien)), readFileSync(userDbPath(dataDir, drift))];
+
+    const r = await acm2(['user', 'seed', String(alien), '--json']);
+    expect(r.code).toBe(1);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.seed.error).toMatch(new RegExp(`user_${alien}\\.db holds none of ACM2's tables \\(notes…\\), so it is not this user's ACM2 DB: nothing was seeded and it was left alone; move it out of the data dir, then run: acm2 user seed ${alien}$`));
+    expect(doc.seed.retry).toBeUndefined();
+    expect(JSON.parse((await acm2(['user', 'show', String(alien), '--json'])).stdout)).toMatchObject({ status: 'failed', job: { status: 'failed', attempts: 1 } });
+
+    // The queue tries it once and fails it for good.
+    const drained = JSON.parse((await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--json'])).stdout) as { failures: Array<{ userId: number; error: string; final: boolean }> };
+    expect(drained.failures.filter((f) => f.userId === drift)).toEqual([
+      expect.objectContaining({ final: true, error: expect.stringMatching(new RegExp(`user_${drift}\\.db has schema drift that needs a table rebuild \\(presets has no id column \\(its primary key\\)\\), which acm2 does not do: nothing was changed; .*then run: acm2 user seed ${drift}$`)) }),
+    ]);
+    expect(JSON.parse((await acm2(['user', 'show', String(drift), '--json'])).stdout).job).toMatchObject({ status: 'failed', attempts: 1 });
+    expect([readFileSync(userDbPath(dataDir, alien)), readFileSync(userDbPath(dataDir, drift))]).toEqual(before);
+  });
+
   it('anything but a folder where the user\'s folder goes fails the job at once, names the path and the remedy, and is left alone', async () => {
     const make = async (name: string) =>
       JSON.parse((await acm2(['user', 'create', '--email', `${name}@example.com`, '--username', name, '--async', '--json'])).stdout).user.id as number;

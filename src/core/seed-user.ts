@@ -248,8 +248,15 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
         );
       }
       if (work.code === 'schema_newer') throw newerToolError(`the user DB ${file}`, work.unknown, 'schema_newer');
-      if (work.code === 'unrecognised') throw new Error(`${file} holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB; it was left alone`);
-      throw new Error(`${file} has schema drift that needs a table rebuild (${work.unrepairable.join('; ')}); it was left alone`);
+      // What the DB holds decides these, and no retry changes it: the job fails at once.
+      if (work.code === 'unrecognised') {
+        throw new NeedsOperatorError(
+          `${file} holds none of ACM2's tables (${work.tables.slice(0, 4).join(', ')}…), so it is not this user's ACM2 DB: nothing was seeded and it was left alone; move it out of the data dir, then run: acm2 user seed ${userId}`,
+        );
+      }
+      throw new NeedsOperatorError(
+        `${file} has schema drift that needs a table rebuild (${work.unrepairable.join('; ')}), which acm2 does not do: nothing was changed; rebuild those tables as migration 1 has them (or restore the DB from a backup), then run: acm2 user seed ${userId}`,
+      );
     }
     // Refused before anything is adopted or migrated, as backfill's planner refuses it: the
     // seed's INSERT would fail on such a column every time, after changing the DB.
