@@ -646,7 +646,7 @@ async function profileSeeding(root: string, large: Pkg, users: number): Promise<
 function markdown(m: Machine, totalS: number, o: Opts): string {
   const cell = (s: string) => s.replace(/\|/g, '\\|');
   const lines = [
-    `Machine: ${m.cores} cores, ${m.cpuModel}, ${m.memGiB} GiB, ${m.platform} ${m.kernel}, Node ${m.node}, data on ${m.fs}; commit ${m.commit}; ${o.quick ? 'quick' : 'full'} run in ${totalS.toFixed(0)} s.`,
+    `Machine: ${m.cores} cores, ${m.cpuModel}, ${m.memGiB} GiB, ${m.platform} ${m.kernel}, Node ${m.node}, data on ${m.fs}${m.extraCaCerts ? `, NODE_EXTRA_CA_CERTS=${m.extraCaCerts} (every node process parses it at start, the floors' too)` : ''}; commit ${m.commit}; ${o.quick ? 'quick' : 'full'} run in ${totalS.toFixed(0)} s.`,
     '',
     '| Benchmark | Ours | Baseline | Ratio | Target | Met | Runs |',
     '| --- | --- | --- | --- | --- | --- | --- |',
