@@ -11,7 +11,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { copyFileSync, existsSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseMasterUrl } from '../src/config.js';
 import { openMaster } from '../src/master/factory.js';
@@ -212,6 +212,26 @@ describe('a stamp the master has no record of (as an acm2 that stamped first lef
       // The next command, with an account that may write, pairs them as a first use.
       await checkPairing(master, dataDir, { write: true });
       expect((await master.pairedDataDir())?.id).toBe(readDataDirId(dataDir));
+    } finally {
+      await master.close();
+    }
+  });
+});
+
+describe('a first pairing whose stamp cannot be written', () => {
+  it('takes back the master\'s unfinished record, so the right data dir given next pairs as a first use', async () => {
+    const root = tmpDir('acm2-pair-nostamp-');
+    const master = await openMaster(parseMasterUrl(`sqlite:${path.join(root, 'master.db')}`));
+    try {
+      // A mistyped data dir that cannot be made: its path runs through a plain file.
+      writeFileSync(path.join(root, 'notes'), 'not a folder');
+      const typo = path.join(root, 'notes', 'data');
+      await expect(checkPairing(master, typo, { write: true })).rejects.toThrow(/ENOTDIR|EEXIST/);
+      expect(await master.pairedDataDir()).toBeUndefined();
+
+      const dataDir = path.join(root, 'data');
+      await checkPairing(master, dataDir, { write: true });
+      expect(await master.pairedDataDir()).toMatchObject({ id: readDataDirId(dataDir), path: dataDir, pairedAt: expect.stringMatching(/^\d{4}-/) });
     } finally {
       await master.close();
     }

@@ -79,6 +79,15 @@ function stampDataDir(dataDir: string, id: string, master: string, replace = fal
   return readDataDirId(dataDir)!;
 }
 
+/** Whether the data dir's stamp holds this id (false when it cannot be read). */
+function stampHolds(dataDir: string, id: string): boolean {
+  try {
+    return readDataDirId(dataDir) === id;
+  } catch {
+    return false;
+  }
+}
+
 /** The master, whichever account opens it: its URL without the user (a password is never in it). */
 function masterOf(master: MasterDb): string {
   return master.display.replace(/^mysql:\/\/[^@/]*@/, 'mysql://');
@@ -191,7 +200,17 @@ export async function checkPairing(master: MasterDb, dataDir: string, opts: { wr
   if (path.resolve(now.path) !== dir) {
     throw new UsageError(`the data dir ${dir} is not the one the master ${master.display} belongs with (${now.path}): ${fix}${onPurpose(dir)}; nothing was written`, 'data_dir_not_paired');
   }
-  const stamp = stampDataDir(dir, now.id, masterOf(master));
+  let stamp: string;
+  try {
+    stamp = stampDataDir(dir, now.id, masterOf(master));
+  } catch (e) {
+    // The stamp could not be written (a folder this account may not create, a full disk, a
+    // data dir path through a file): the unfinished record is taken back, as a stamp is when the
+    // master will not record it, so that the next command, given the right data dir, pairs them
+    // as a first use rather than refusing for a pairing that never stamped anything.
+    if (!stampHolds(dir, now.id)) await master.settleDataDirPairing(now.id, false).catch(() => undefined);
+    throw e;
+  }
   if (stamp !== now.id) {
     // Another master stamped this data dir a moment ago: this one's unfinished record is taken back.
     await master.settleDataDirPairing(now.id, false);
