@@ -4,7 +4,7 @@
 
 import Database from 'better-sqlite3';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -134,6 +134,29 @@ describe('a seed of a ready user that fails before it changed anything of the us
     renameSync(`${root}.moved`, root);
     const again = JSON.parse((await cli(['user', 'seed', String(id), '--force'])).stdout) as { seed: { status: string } };
     expect(again.seed.status).toBe('ready');
+  }, 60_000);
+
+  it('--force of an edited user with something in the way of its folder: refused before any backup is made', async () => {
+    const id = await readyUser('force-root-edited');
+    const file = userDbPath(world.dataDir, id);
+    // An edited seeded row: a --force that went ahead would back the DB up first.
+    const db = new Database(file);
+    try {
+      const preset = db.prepare(`SELECT target_id FROM acm2_id_map WHERE kind = 'presets' LIMIT 1`).pluck().get();
+      expect(db.prepare(`UPDATE presets SET name = 'edited by the user' WHERE id = ?`).run(preset).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+    const root = userRoot(world.dataDir, id);
+    renameSync(root, `${root}.moved`);
+    writeFileSync(root, 'in the way');
+    const before = state(id);
+    const err = await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: pkg.pkg, force: true }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ needsOperator: true, message: expect.stringMatching(/is a plain file, not the user's folder/) });
+    expect(state(id)).toEqual(before);
+    // Nothing was overwritten, so there is nothing to keep: no backup the operator would wonder about.
+    const backups = path.join(world.dataDir, '.acm2', 'backups', `user_${id}`);
+    expect(existsSync(backups) ? readdirSync(backups) : []).toEqual([]);
   }, 60_000);
 });
 

@@ -377,6 +377,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       return { ...alreadyReady(open, userId, version, seededAt, started), readyAgain: { from: null } };
     }
     const wasReady = meta?.seed_status === 'ready' && meta.seed_version === version;
+    // Something in the way of the user's folder fails the seed before it marks the user
+    // in_progress, and before --force copies the user's DB into a backup nothing would restore.
+    refuseOddUserRoot(dataDir, userId);
     let backup: ForceBackup | undefined;
     if (input.force) {
       // --force rewrites the seeded rows and files the user may have edited: what it would
@@ -386,8 +389,6 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       backingUp = false;
       step('backed_up');
     }
-    // Something in the way of the user's folder fails the seed before it marks the user in_progress.
-    refuseOddUserRoot(dataDir, userId);
     done.priorState = readSeedState(db, version);
     const map = persistMap(db, userId, prepared, version, inherited);
     done.begun = true;
