@@ -433,13 +433,18 @@ export function checkUserRef(ref: string): string {
 export async function seedOneUser(deps: UserDeps, ref: string, opts: { seedVersion?: string; force?: boolean }): Promise<{ user: MasterUser; seed: SeedReport }> {
   const pkg = loadPackage(deps.seedsDir, resolveVersion(deps.seedsDir, opts.seedVersion));
   const user = await resolveUser(deps.master, checkUserRef(ref), deps.dataDir);
-  return { user, seed: await seedWithJob(deps, user, pkg, Boolean(opts.force)) };
+  // Run again as asked: a bare `user seed <id>` would seed CURRENT, and without --force restore nothing.
+  const again = `acm2 user seed ${user.id}${opts.force ? ' --force' : ''}${opts.seedVersion === undefined ? '' : ` --seed-version ${pkg.version}`}`;
+  return { user, seed: await seedWithJob(deps, user, pkg, Boolean(opts.force), again) };
 }
 
 const LEASE_MS = 10 * 60 * 1000;
 
-/** Seed under the user's lock, keeping the master's job in step with the outcome. */
-async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, force: boolean): Promise<SeedReport> {
+/**
+ * Seed under the user's lock, keeping the master's job in step with the outcome. `again`: the
+ * command that runs this seed again, offered when it fails.
+ */
+async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, force: boolean, again = `acm2 user seed ${user.id}`): Promise<SeedReport> {
   // Every seed would fail on it alike: refused before a job is claimed (no attempt is spent).
   refuseOddToolDir(deps.dataDir);
   const lock = await lockUser(deps.master, deps.dataDir, user.id, deps.lockTimeoutMs);
@@ -468,9 +473,20 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       // finds the user ready and closes it.
       if (seeded || masterStopped(e)) throw e;
       const error = e instanceof Error ? e.message : String(e);
-      if (job) await deps.master.finishJob(job.id, worker, retryOutcome(job, error, e));
-      if (isAcm2Error(e) && e.exitCode === 3) throw e;
-      return { status: 'failed', seedVersion: pkg.version, error, jobId: job?.id, ...(needsOperator(e) ? {} : { retry: `acm2 user seed ${user.id}` }) };
+      // A --force overwrites the user's edits: it runs when an operator asks and sees it through,
+      // never later from the queue. Left queued, a `user seed --pending` from cron would do it
+      // once the cause passed, after the operator saw it fail (and maybe decided against it).
+      // So its job is closed, failed; a --force that failed before it changed anything leaves
+      // the user ready as it was, which verify accepts beside a failed --force job.
+      const closed = job?.force === true;
+      if (job) await deps.master.finishJob(job.id, worker, closed ? { status: 'failed', error } : retryOutcome(job, error, e));
+      const retry = !needsOperator(e) && !(isAcm2Error(e) && e.exitCode === 3);
+      const note = closed ? `; job #${job.id} is closed, not queued: a --force runs only when asked${retry ? '' : ` (${again})`}` : '';
+      if (isAcm2Error(e) && e.exitCode === 3) {
+        e.message += note;
+        throw e;
+      }
+      return { status: 'failed', seedVersion: pkg.version, error: error + note, jobId: job?.id, ...(retry ? { retry: again } : {}) };
     }
   } finally {
     await lock.release();

@@ -118,6 +118,8 @@ export interface JobView {
   lastError: string | null;
   /** Running, claimed by a process of this host that is gone (killed): nothing works on it now. */
   seederGone?: true;
+  /** A --force (restores the seeded rows and files over the user's edits). */
+  force?: true;
 }
 
 /** Everything a per-user check needs besides the user id and its job. */
@@ -136,6 +138,7 @@ export function jobView(job: SeedJob | undefined): JobView | undefined {
   if (!job) return undefined;
   const v: JobView = { id: job.id, status: job.status, seedVersion: job.seedVersion, lockedUntil: job.lockedUntil, lastError: job.lastError };
   if (job.status === 'running' && job.lockedBy && deadHere(job.lockedBy)) v.seederGone = true;
+  if (job.force) v.force = true;
   return v;
 }
 
@@ -1346,7 +1349,9 @@ class UserCheck {
    * tell different stories.
    *  - job done, but the DB is absent, has no user_meta, or is not ready;
    *  - job done for version X, but the DB is ready with version Y;
-   *  - job failed, but the DB is ready (the master would retry or report a healthy user);
+   *  - job failed, but the DB is ready (the master would retry or report a healthy user), unless
+   *    it is a --force: one that failed before it changed anything leaves the user ready as it
+   *    was, and a direct one is closed, not retried (a --force runs only when asked);
    *  - job running with an expired lease (its worker died), but the DB is ready.
    * A pending/running job with a not-ready DB is a seed in flight (not_ready, warning), and
    * a user with no job at all (legacy, backfilled) has nothing to disagree with. An unreadable
@@ -1367,7 +1372,7 @@ class UserCheck {
       else if (!meta) this.add('job_state_mismatch', `${name} is done but the user DB has no user_meta row`, { table: 'user_meta' });
       else if (!ready) this.add('job_state_mismatch', `${name} is done but user_meta.seed_status is '${meta.status}'`, { table: 'user_meta' });
       else if (other) this.add('job_state_mismatch', `${name} is done but the user DB is ready with version '${meta.version}'; ${seedCmd(job.seedVersion)} seeds ${job.seedVersion} and closes it`, { table: 'user_meta' });
-    } else if (job.status === 'failed' && ready) {
+    } else if (job.status === 'failed' && ready && !job.force) {
       const finish = other ? ` (${seedCmd(job.seedVersion)} instead seeds ${job.seedVersion} and closes it)` : '';
       this.add('job_state_mismatch', `${name} failed${job.lastError ? ` (${job.lastError})` : ''} but the user DB is ready with '${meta!.version}'; ${seedCmd()} closes it${finish}`, { table: 'user_meta' });
     } else if (job.status === 'running' && ready && job.lockedUntil !== null && job.lockedUntil < this.ctx.now) {
