@@ -11,7 +11,7 @@ import { fstatSync, statSync } from 'node:fs';
 import { EXIT, UsageError, isAcm2Error } from '../errors.js';
 import type { Config } from '../config.js';
 import type { Reporter } from '../ui/reporter.js';
-import { jsonText, visibleDeep } from '../ui/text.js';
+import { jsonText, visible, visibleDeep } from '../ui/text.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -96,7 +96,7 @@ async function deliverKey(cfg: Config, master: MasterDb, result: ShownCreate, ke
   } catch (e) {
     // Shown, but not recorded: harmless unless the create is run again, which would replace it.
     process.stderr.write(
-      `acm2: user ${result.user.id}'s API key was shown, but the master could not record that (${(e as Error).message}): ` +
+      `acm2: user ${result.user.id}'s API key was shown, but the master could not record that (${visible((e as Error).message)}): ` +
         `do not run this create again, or it revokes that key and shows a new one\n`,
     );
   }
