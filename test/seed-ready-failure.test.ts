@@ -170,3 +170,32 @@ describe('a --force that began overwriting and then failed', () => {
     expect(state(id).meta).toMatchObject({ seed_status: expect.stringMatching(/^(failed|in_progress)$/) });
   }, 60_000);
 });
+
+describe('what a failed seed records', () => {
+  it('a --force of another version seeded to the end before, failing before it wrote any file: that version stays ready', async () => {
+    const id = await readyUser('force-other-ready');
+    // Ready with v2 once, then back on v1 (CURRENT rolled back): v2's record says it was seeded to the end.
+    expect(await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: v2.pkg })).toMatchObject({ outcome: 'seeded' });
+    expect(await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: pkg.pkg })).toMatchObject({ outcome: 'already_ready', readyAgain: { from: 'v2' } });
+    const before = state(id);
+    expect(before.seedState).toEqual([expect.objectContaining({ seed_version: 'v1', status: 'ready' }), expect.objectContaining({ seed_version: 'v2', status: 'ready' })]);
+    const files = snapshotTree(userRoot(world.dataDir, id));
+    // The disk fails a read once v2's map is in the DB, before any of v2's files is written.
+    const err = await seedUserAsync({
+      dataDir: world.dataDir,
+      userId: id,
+      pkg: v2.pkg,
+      force: true,
+      onStep: (s) => {
+        if (s === 'map_persisted') throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ exitCode: 3, code: 'io_error', message: expect.stringMatching(new RegExp(`; user ${id} stays ready with v1, its rows and files as they were$`)) });
+    // Nothing of v2 was touched: its record still says it was seeded to the end.
+    expect(state(id)).toEqual(before);
+    expect(snapshotTree(userRoot(world.dataDir, id))).toEqual(files);
+    // So a plain seed of v2 makes the user ready with it again, rewriting nothing.
+    expect(await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: v2.pkg })).toMatchObject({ outcome: 'already_ready', readyAgain: { from: 'v1' } });
+  }, 60_000);
+
+});

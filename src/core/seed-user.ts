@@ -1173,8 +1173,10 @@ function readSeedState(db: SqliteDb, version: string): SeedStateRow | undefined 
  * the user's), or one of the same version (--force) that failed before it wrote any of them. It
  * goes back to ready as it was (beginSeed marked it in_progress on the way: reading user_meta
  * now would no longer show that it was ready), and only the seed state of another version says
- * that version failed. Anything else is failed: a --force that began overwriting is not served
- * half restored. An attempt that committed nothing (`begun` false) leaves a ready user as it is.
+ * that version failed (unless it was seeded to the end before and this --force of it wrote none
+ * of its files: then its record stays ready). Anything else is failed: a --force that began
+ * overwriting is not served half restored. An attempt that committed nothing (`begun` false)
+ * leaves a ready user as it is.
  */
 function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, prior: MetaRow | undefined, done: AttemptDone): MetaRow | undefined {
   const msg = e instanceof Error ? e.message : String(e);
@@ -1184,7 +1186,12 @@ function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, p
     if (!done.begun && meta?.seed_status === 'ready') return meta;
     if (restore) {
       if (meta) db.prepare(`UPDATE user_meta SET seed_status = 'ready', seed_version = ?, seeded_at = ?, updated_at = ? WHERE user_id = ?`).run(restore.seed_version, restore.seeded_at, sqlNow(), userId);
-      if (restore.seed_version !== version) {
+      // This version's record goes back as it was when none of its files was written: for the
+      // version the user is ready with, and for another one seeded to the end before (a --force of
+      // it left its rows and files as that seed made them: a plain seed of it must still find it
+      // ready rather than seed it over again, and verify goes on checking them as the user's).
+      const keepState = restore.seed_version === version || (!done.writing && done.priorState?.status === 'ready');
+      if (!keepState) {
         db.prepare(`UPDATE acm2_seed_state SET status = 'failed', finished_at = ?, last_error = ? WHERE seed_version = ?`).run(new Date().toISOString(), msg, version);
       } else if (done.priorState) {
         const s = done.priorState;
