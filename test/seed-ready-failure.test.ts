@@ -198,4 +198,37 @@ describe('what a failed seed records', () => {
     expect(await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: v2.pkg })).toMatchObject({ outcome: 'already_ready', readyAgain: { from: 'v1' } });
   }, 60_000);
 
+  it("user show's last error of a failed --force is the sentence the command printed, not the driver's text", async () => {
+    const id = await readyUser('force-busy-commit');
+    // ACM2 holds the DB past the wait as the seed commits (after its files were rewritten).
+    const err = await seedUserAsync({
+      dataDir: world.dataDir,
+      userId: id,
+      pkg: pkg.pkg,
+      force: true,
+      onStep: (s) => {
+        if (s === 'files_moved') throw Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' });
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ exitCode: 3, code: 'db_busy' });
+    const sentence = (err as Error).message;
+    expect(sentence).toMatch(/is locked by another process \(ACM2\?\) for more than 5 s/);
+    expect(state(id).meta).toMatchObject({ seed_status: 'failed' });
+    expect(state(id).seedState).toEqual([expect.objectContaining({ seed_version: 'v1', status: 'failed', last_error: sentence })]);
+    const r = await execa(process.execPath, [path.join(REPO, 'bin', 'acm2.js'), 'user', 'show', String(id), '--json', '--data-dir', world.dataDir, '--master', world.masterUrl, '--seeds', pkg.seedsDir], { reject: false });
+    expect(JSON.parse(r.stdout)).toMatchObject({ status: 'failed', lastError: sentence });
+  }, 60_000);
+  it("a first seed that failed after naming its files records the printed sentence too", async () => {
+    const id = 9001; // no master row needed: the seed itself, as a drain runs it
+    const err = await seedUserAsync({
+      dataDir: world.dataDir,
+      userId: id,
+      pkg: pkg.pkg,
+      onStep: (s) => {
+        if (s === 'files_staged') throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ exitCode: 3, code: 'disk_full', message: expect.stringMatching(/^disk full while writing /) });
+    expect(state(id)).toMatchObject({ meta: { seed_status: 'failed' }, seedState: [{ seed_version: 'v1', status: 'failed', last_error: (err as Error).message }] });
+  }, 60_000);
 });

@@ -420,12 +420,14 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     // A user that was ready and that this attempt changed nothing of stays ready: ACM2 goes on
     // serving it (anything else is 425 to all its requests), and the job says what failed.
     let ready = !done.begun && meta?.seed_status === 'ready' ? meta : undefined;
+    // The sentence the command prints is what the seed state records too (user show's last
+    // error), not the driver's text ("database is locked").
+    const err = busyDb(e, dataDir, userId) ?? classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
     try {
-      if (db && !backingUp && !ready) ready = markFailed(db, userId, version, e, meta, done);
+      if (db && !backingUp && !ready) ready = markFailed(db, userId, version, err, meta, done);
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
-    const err = busyDb(e, dataDir, userId) ?? classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
     throw ready ? stillReady(err, userId, ready) : err;
   } finally {
     db?.close();
@@ -986,12 +988,13 @@ function* seedFresh(
     // Once linked the DB is ready with its files durable (only the link's own durability failed):
     // nothing more is written to it.
     if (e instanceof RacedToTarget) throw e; // the build stays in staging for the seed's second go
+    const err = classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
     if (named && !linked) {
       // Files it names may be half written: in place, failed, so the user and ACM2 see why, and
       // a retry takes the existing-DB path with this map. If that fails too, the `.db` stays in
       // staging and the next attempt adopts it.
       try {
-        placeStaged(staged, dataDir, userId, version, 'failed', e);
+        placeStaged(staged, dataDir, userId, version, 'failed', err);
       } catch {
         /* the original error is what matters */
       }
@@ -1002,7 +1005,7 @@ function* seedFresh(
         /* a leftover .building is removed by the next attempt; the original error is what matters */
       }
     }
-    throw classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
+    throw err;
   }
 }
 
