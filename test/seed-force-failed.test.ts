@@ -6,13 +6,13 @@ import Database from 'better-sqlite3';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { rmSync } from 'node:fs';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { freezeSeed } from '../src/core/freeze.js';
 import { createUser, drainQueue, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
-import { userDbPath } from '../src/userdb/paths.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const run = promisify(execFile);
@@ -127,5 +127,20 @@ describe('a direct seed that fails (exit 1): the command to run again is the one
     expect(r.seed).toMatchObject({ status: 'failed', retry: `acm2 user seed ${id} --seed-version v2` });
     expect(r.seed.error).not.toMatch(/closed/);
     expect(await world.master.latestJob(id)).toMatchObject({ id: r.seed.jobId, seedVersion: 'v2', status: 'pending', force: false, attempts: 1 });
+  });
+  it('one an operator must clear first: the remedy it names is the seed that was run, flags and all', async () => {
+    const { world, deps, id } = await readyUser();
+    // Not the tool's doing: a plain file where the user's folder goes.
+    const root = userRoot(world.dataDir, id);
+    renameSync(root, `${root}.moved`);
+    writeFileSync(root, 'in the way');
+    const v2 = await seedOneUser(deps, String(id), { seedVersion: 'v2' });
+    expect(v2.seed).toMatchObject({ status: 'failed' });
+    expect(v2.seed.retry).toBeUndefined();
+    // A bare `acm2 user seed <id>` would find the user ready with CURRENT (v1) and close v2's job.
+    expect(v2.seed.error).toMatch(new RegExp(`move it aside, then run: acm2 user seed ${id} --seed-version v2; user ${id} stays ready with v1`));
+    expect(await world.master.latestJob(id)).toMatchObject({ id: v2.seed.jobId, status: 'failed', lastError: v2.seed.error });
+    const force = await seedOneUser(deps, String(id), { force: true });
+    expect(force.seed.error).toMatch(new RegExp(`move it aside, then run: acm2 user seed ${id} --force; user ${id} stays ready with v1, its rows and files as they were; job #${force.seed.jobId} is closed, not queued: a --force runs only when asked$`));
   });
 });

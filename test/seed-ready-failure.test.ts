@@ -123,7 +123,7 @@ describe('a seed of a ready user that fails before it changed anything of the us
     const r = await cli(['user', 'seed', String(id), '--force']);
     expect(r.exitCode).toBe(1);
     const doc = JSON.parse(r.stdout) as { seed: { status: string; error: string; retry?: string } };
-    expect(doc.seed.error).toMatch(new RegExp(`user_${id} is a plain file, not the user's folder: .*move it aside, then run: acm2 user seed ${id}; user ${id} stays ready with v1, its rows and files as they were; job #\\d+ is closed, not queued: a --force runs only when asked \\(acm2 user seed ${id} --force\\)$`));
+    expect(doc.seed.error).toMatch(new RegExp(`user_${id} is a plain file, not the user's folder: .*move it aside, then run: acm2 user seed ${id} --force; user ${id} stays ready with v1, its rows and files as they were; job #\\d+ is closed, not queued: a --force runs only when asked$`));
     expect(doc.seed.retry).toBeUndefined();
     expect(state(id)).toEqual(before);
     const shown = JSON.parse((await cli(['user', 'show', String(id)])).stdout) as { status: string; job: { status: string; attempts: number } };

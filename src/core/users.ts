@@ -472,6 +472,9 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       // not an attempt of the user's. The job stays claimed until its lease ends; the next run
       // finds the user ready and closes it.
       if (seeded || masterStopped(e)) throw e;
+      // The seed's own remedies say `run: acm2 user seed <id>`, which seeds CURRENT and restores
+      // nothing: a seed run with --force or --seed-version is run again with them.
+      if (e instanceof Error && again !== `acm2 user seed ${user.id}`) e.message = e.message.replace(new RegExp(`run: acm2 user seed ${user.id}(?=;|$)`, 'g'), `run: ${again}`);
       const error = e instanceof Error ? e.message : String(e);
       // A --force overwrites the user's edits: it runs when an operator asks and sees it through,
       // never later from the queue. Left queued, a `user seed --pending` from cron would do it
@@ -481,7 +484,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       const closed = job?.force === true;
       if (job) await deps.master.finishJob(job.id, worker, closed ? { status: 'failed', error } : retryOutcome(job, error, e));
       const retry = !needsOperator(e) && !(isAcm2Error(e) && e.exitCode === 3);
-      const note = closed ? `; job #${job.id} is closed, not queued: a --force runs only when asked${retry ? '' : ` (${again})`}` : '';
+      const note = closed ? `; job #${job.id} is closed, not queued: a --force runs only when asked${retry || error.includes(`run: ${again}`) ? '' : ` (${again})`}` : '';
       if (isAcm2Error(e) && e.exitCode === 3) {
         e.message += note;
         throw e;
