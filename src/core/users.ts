@@ -472,9 +472,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       // not an attempt of the user's. The job stays claimed until its lease ends; the next run
       // finds the user ready and closes it.
       if (seeded || masterStopped(e)) throw e;
-      // The seed's own remedies say `run: acm2 user seed <id>`, which seeds CURRENT and restores
-      // nothing: a seed run with --force or --seed-version is run again with them.
-      if (e instanceof Error && again !== `acm2 user seed ${user.id}`) e.message = e.message.replace(new RegExp(`run: acm2 user seed ${user.id}(?=;|$)`, 'g'), `run: ${again}`);
+      nameRerun(e, user.id, again);
       const error = e instanceof Error ? e.message : String(e);
       // A --force overwrites the user's edits: it runs when an operator asks and sees it through,
       // never later from the queue. Left queued, a `user seed --pending` from cron would do it
@@ -494,6 +492,14 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * The seed's own remedies say `run: acm2 user seed <id>`, which seeds CURRENT and restores
+ * nothing: a seed run with --force or for another version is run again as it was (`again`).
+ */
+function nameRerun(e: unknown, userId: number, again: string): void {
+  if (e instanceof Error && again !== `acm2 user seed ${userId}`) e.message = e.message.replace(new RegExp(`run: acm2 user seed ${userId}(?=;|$)`, 'g'), `run: ${again}`);
 }
 
 /** The master locked past the wait, gone or corrupt: nothing to record a job's outcome in. */
@@ -710,6 +716,9 @@ export async function drainQueue(
         // The user is seeded and only the master's record of it failed (see seedWithJob), or the
         // master stopped answering: no attempt is spent, and the drain stops (exit 3).
         if (seeded || masterStopped(e)) throw e;
+        // The job is for its own version, which need not be CURRENT (a `--seed-version` seed
+        // queued, CURRENT moved since): a bare `user seed <id>` would seed CURRENT instead.
+        nameRerun(e, job.userId, `acm2 user seed ${job.userId} --seed-version ${job.seedVersion}`);
         const error = e instanceof Error ? e.message : String(e);
         if (isAcm2Error(e) && (e.code === 'disk_full' || e.code === 'bad_tool_dir')) {
           // Every next user would fail the same way: the job waits (this try not counted) and the
