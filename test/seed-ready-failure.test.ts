@@ -167,6 +167,8 @@ describe('a --force that began overwriting and then failed', () => {
     const err = await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: pkg.pkg, force: true, onStep: acm2WritesAt(file, 'files_moved', 'BEGIN IMMEDIATE') }).catch((e: unknown) => e);
     expect(err).toMatchObject({ exitCode: 3, code: 'db_busy' });
     expect((err as Error).message).not.toMatch(/stays ready/);
+    // Its files are rewritten: "nothing was seeded" would be untrue.
+    expect((err as Error).message).toMatch(/for more than 5 s: the seed stopped after writing its files, before its rows; run it again when the DB is free/);
     expect(state(id).meta).toMatchObject({ seed_status: expect.stringMatching(/^(failed|in_progress)$/) });
   }, 60_000);
 });

@@ -422,7 +422,10 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     let ready = !done.begun && meta?.seed_status === 'ready' ? meta : undefined;
     // The sentence the command prints is what the seed state records too (user show's last
     // error), not the driver's text ("database is locked").
-    const err = busyDb(e, dataDir, userId) ?? classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ?? e;
+    const err =
+      busyDb(e, dataDir, userId, DB_BUSY_WAIT_MS, done.writing ? 'the seed stopped after writing its files, before its rows' : undefined) ??
+      classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ??
+      e;
     try {
       if (db && !backingUp && !ready) ready = markFailed(db, userId, version, err, meta, done);
     } catch {
@@ -441,10 +444,10 @@ const DB_BUSY_WAIT_MS = 5000;
  * The user's DB held locked past the wait (ACM2 in a long write): the environment, not a failed
  * seed (SPEC §2: exit 3), named in one sentence. Nothing the seed committed is half-done.
  */
-function busyDb(e: unknown, dataDir: string, userId: UserId, waitMs = DB_BUSY_WAIT_MS): UnavailableError | undefined {
+function busyDb(e: unknown, dataDir: string, userId: UserId, waitMs = DB_BUSY_WAIT_MS, what = 'nothing was seeded'): UnavailableError | undefined {
   if (!isBusy(e)) return undefined;
   return new UnavailableError(
-    `user ${userId}'s database ${userDbPath(dataDir, userId)} is locked by another process (ACM2?) for more than ${waitMs / 1000} s: nothing was seeded; run it again when the DB is free`,
+    `user ${userId}'s database ${userDbPath(dataDir, userId)} is locked by another process (ACM2?) for more than ${waitMs / 1000} s: ${what}; run it again when the DB is free`,
     'db_busy',
     { cause: e },
   );
