@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
@@ -300,19 +300,7 @@ describe('no row is ever lost', () => {
       // A WAL DB being copied through SQLite's backup API when the process is killed.
       const big = path.join(own.dataDir, 'big.db');
       const partial = path.join(dir, 'user_1-20260101T000001Z-bbbbbb.db.partial');
-      const killed = spawnSync(
-        process.execPath,
-        [
-          '-e',
-          `const D = require('better-sqlite3'); const [src, dst] = process.argv.slice(1); const d = new D(src); d.pragma('journal_mode = WAL');
-           d.exec('CREATE TABLE t (x)'); const s = d.prepare('INSERT INTO t VALUES (randomblob(1000))'); d.transaction(() => { for (let i = 0; i < 20000; i++) s.run(); })();
-           d.backup(dst, { progress: () => 1 }); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20);`,
-          big,
-          partial,
-        ],
-        { cwd: REPO },
-      );
-      expect(killed.signal).toBe('SIGKILL');
+      killMidBackup(big, partial);
       expect(readdirSync(dir).sort()).toEqual([path.basename(finished), path.basename(partial), `${path.basename(partial)}-journal`]);
       const r = await backfill(own, { userIds: [1] });
       expect(r.counts).toEqual({ meta_legacy: 1 });

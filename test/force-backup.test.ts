@@ -2,20 +2,15 @@
 // overwrites (a preset the user tuned, a doc they changed) is kept first, in a backup under
 // .acm2/backups/, named in the output, so a --force on the wrong user can be undone.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { CAN_MOUNT_TMPFS, frozenSource, snapshotTree, sqliteWorld, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, frozenSource, runCli, snapshotTree, sqliteWorld, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
-const run = promisify(execFile);
-const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 
 let pkg: FrozenSource;
 let world: World;
@@ -30,15 +25,7 @@ afterAll(async () => {
 
 const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
 
-async function acm2(args: string[]) {
-  try {
-    const r = await run(process.execPath, [BIN, '--data-dir', world.dataDir, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ACM2_MASTER_URL: '', NO_COLOR: '1' } });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
+const acm2 = (args: string[]) => runCli(world.dataDir, pkg.seedsDir, args);
 
 /** The user renames the seeded preset and rewrites one seeded generated doc; returns what the package had. */
 function editUser(dataDir: string, id: number): { presetName: string; doc: string; docBytes: Buffer } {

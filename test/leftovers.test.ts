@@ -4,21 +4,16 @@
 // kill between the two leaves that temp in .acm2/locks/. A backup (a migration's, --force's) is
 // written as `.partial` and renamed when whole: a kill mid-copy leaves the `.partial`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import path from 'node:path';
-import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, killMidBackup, runCli, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { createUser } from '../src/core/users.js';
 import { backupStem } from '../src/core/migrate-safe.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
-const run = promisify(execFile);
-const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
-const REPO = fileURLToPath(new URL('..', import.meta.url));
 const USER_LOCK = new URL('../dist/core/user-lock.js', import.meta.url).href;
 
 let pkg: FrozenSource;
@@ -34,15 +29,7 @@ afterAll(async () => {
 
 const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
 
-async function acm2(args: string[]) {
-  try {
-    const r = await run(process.execPath, [BIN, '--data-dir', world.dataDir, '--seeds', pkg.seedsDir, ...args], { env: { ...process.env, ACM2_MASTER_URL: '', NO_COLOR: '1' } });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
+const acm2 = (args: string[]) => runCli(world.dataDir, pkg.seedsDir, args);
 
 /**
  * A process that makes a lock temp for `lockFile` exactly as the lock's maker does (its naming
@@ -139,19 +126,7 @@ describe('backups a kill -9 cut short in .acm2/backups', () => {
     // the copy and the journal SQLite keeps beside it.
     const big = path.join(world.dataDir, 'big.db');
     const partial = `${backupStem(dir, label, new Date())}.db.partial`;
-    const killed = spawnSync(
-      process.execPath,
-      [
-        '-e',
-        `const D = require('better-sqlite3'); const [src, dst] = process.argv.slice(1); const d = new D(src); d.pragma('journal_mode = WAL');
-         d.exec('CREATE TABLE t (x)'); const s = d.prepare('INSERT INTO t VALUES (randomblob(1000))'); d.transaction(() => { for (let i = 0; i < 20000; i++) s.run(); })();
-         d.backup(dst, { progress: () => 1 }); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20);`,
-        big,
-        partial,
-      ],
-      { cwd: REPO },
-    );
-    expect(killed.signal).toBe('SIGKILL');
+    killMidBackup(big, partial);
     // --force's backup folder, killed before its rename.
     const forceTorn = `${backupStem(dir, `${label}-force`, new Date())}.partial`;
     mkdirSync(path.join(forceTorn, label), { recursive: true });

@@ -3,7 +3,9 @@
 
 import { chmodSync, mkdtempSync, rmSync, readdirSync, statSync, readFileSync, lstatSync } from 'node:fs';
 import os from 'node:os';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { generateSource, type SourceFixture, type SourceOptions } from '../../src/fixtures/source.js';
 import { freezeSeed } from '../../src/core/freeze.js';
@@ -159,4 +161,37 @@ export function expectPackageRefused(seeds: string, problem: RegExp, kinds = /ta
   expect((err as PackageError).exitCode).toBe(2);
   expect((err as PackageError).message).toMatch(new RegExp(`^seed package ${version} is (${kinds.source}): `));
   return err as PackageError;
+}
+
+const BIN = fileURLToPath(new URL('../../bin/acm2.js', import.meta.url));
+
+/** The built CLI on a data dir and seeds dir (embedded master, no colour): its exit code and output, whatever the code. */
+export async function runCli(dataDir: string, seedsDir: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await promisify(execFile)(process.execPath, [BIN, '--data-dir', dataDir, '--seeds', seedsDir, ...args], { env: { ...process.env, ACM2_MASTER_URL: '', NO_COLOR: '1' } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+/**
+ * What a backup killed mid-copy leaves: a process fills a WAL DB at `src`, starts SQLite's backup
+ * of it into `dst` and is SIGKILLed during the copy (`dst` and its `-journal` stay).
+ */
+export function killMidBackup(src: string, dst: string): void {
+  const killed = spawnSync(
+    process.execPath,
+    [
+      '-e',
+      `const D = require('better-sqlite3'); const [src, dst] = process.argv.slice(1); const d = new D(src); d.pragma('journal_mode = WAL');
+       d.exec('CREATE TABLE t (x)'); const s = d.prepare('INSERT INTO t VALUES (randomblob(1000))'); d.transaction(() => { for (let i = 0; i < 20000; i++) s.run(); })();
+       d.backup(dst, { progress: () => 1 }); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20);`,
+      src,
+      dst,
+    ],
+    { cwd: fileURLToPath(new URL('../..', import.meta.url)) },
+  );
+  expect(killed.signal).toBe('SIGKILL');
 }
