@@ -190,10 +190,13 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   hooks.onCreated?.({ user: { id: user.id, username: user.username, email: user.email, seedStatus: 'pending', seedVersion: pkg.version }, apiKey: key.key, jobId: job?.id, keyId, resumed: resume !== undefined, ...(resume ? { revokedKeyPrefix: resume.key.keyPrefix } : {}) });
   // A rerun counts what is there as someone else's only while the first run's job is untouched, as the first run would have.
   const foreign = job ? await foreignLeftovers(deps, user.id, job.id) : [];
+  // What seeds this user again: with the version this create seeds, unless that is CURRENT (a bare
+  // `acm2 user seed <id>` seeds CURRENT, and a create may have been given another one).
+  const again = `acm2 user seed ${user.id}${pkg.version === currentVersion(deps.seedsDir) ? '' : ` --seed-version ${pkg.version}`}`;
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
-    const error = `the data dir already holds ${foreign.join(', ')} from before user ${user.id} existed, which is not this user's data: nothing was seeded and none of it was touched; move it out of the data dir, then run: acm2 user seed ${user.id}`;
+    const error = `the data dir already holds ${foreign.join(', ')} from before user ${user.id} existed, which is not this user's data: nothing was seeded and none of it was touched; move it out of the data dir, then run: ${again}`;
     const worker = workerName();
     const claimed = await master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version);
     if (claimed) await master.finishJob(claimed.id, worker, { status: 'failed', error });
@@ -205,10 +208,10 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   else {
     try {
       // A rerun goes on from wherever the first run's seed stopped (or finds it ready).
-      seed = await seedWithJob(deps, user, pkg, false);
+      seed = await seedWithJob(deps, user, pkg, false, again);
     } catch (e) {
       seedError = e;
-      seed = { status: 'failed', seedVersion: pkg.version, error: e instanceof Error ? e.message : String(e), jobId: job?.id, retry: `acm2 user seed ${user.id}` };
+      seed = { status: 'failed', seedVersion: pkg.version, error: e instanceof Error ? e.message : String(e), jobId: job?.id, retry: again };
     }
   }
   return {
@@ -500,6 +503,15 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
  */
 function nameRerun(e: unknown, userId: number, again: string): void {
   if (e instanceof Error && again !== `acm2 user seed ${userId}`) e.message = e.message.replace(new RegExp(`run: acm2 user seed ${userId}(?=;|$)`, 'g'), `run: ${again}`);
+}
+
+/** The version CURRENT names, or undefined when the seeds dir has none readable. */
+function currentVersion(seedsDir: string): string | undefined {
+  try {
+    return resolveVersion(seedsDir, undefined);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The master locked past the wait, gone or corrupt: nothing to record a job's outcome in. */
