@@ -1230,7 +1230,14 @@ class UserCheck {
       return;
     }
     if (!st.isDirectory()) {
-      this.add('path_escape', `${rootRel} is not a folder`, { path: rootRel });
+      // A plain file, FIFO or device the tool did not make: the user's files cannot be there.
+      // Once it is moved aside they are missing, which file_missing names with the seed whose
+      // --force --seed-version puts them back.
+      this.add(
+        'path_escape',
+        `${rootRel} is ${st.isFile() ? 'a plain file' : entryKind(st)}, not the user's folder, so none of the user's files can be there: move it aside (the tool did not make it and leaves it alone), then acm2 user seed ${this.userId} --force --seed-version <the version each file_missing names>`,
+        { path: rootRel },
+      );
       return;
     }
     this.checkMode(st, this.root, 0o700);
@@ -1368,9 +1375,11 @@ class UserCheck {
     const other = ready && meta!.version !== job.seedVersion;
     const seedCmd = (version?: string) => `\`acm2 user seed ${this.userId}${version ? ` --seed-version ${version}` : ''}\``;
     if (job.status === 'done') {
-      if (state.kind === 'absent') this.add('job_state_mismatch', `${name} is done but the user has no database`);
-      else if (!meta) this.add('job_state_mismatch', `${name} is done but the user DB has no user_meta row`, { table: 'user_meta' });
-      else if (!ready) this.add('job_state_mismatch', `${name} is done but user_meta.seed_status is '${meta.status}'`, { table: 'user_meta' });
+      // The remedy its what-to-do line points at is named here too: the job's version, seeded again.
+      const again = `; ${seedCmd(job.seedVersion)} seeds ${job.seedVersion} again and closes it`;
+      if (state.kind === 'absent') this.add('job_state_mismatch', `${name} is done but the user has no database${again}`);
+      else if (!meta) this.add('job_state_mismatch', `${name} is done but the user DB has no user_meta row${again}`, { table: 'user_meta' });
+      else if (!ready) this.add('job_state_mismatch', `${name} is done but user_meta.seed_status is '${meta.status}'${again}`, { table: 'user_meta' });
       else if (other) this.add('job_state_mismatch', `${name} is done but the user DB is ready with version '${meta.version}'; ${seedCmd(job.seedVersion)} seeds ${job.seedVersion} and closes it`, { table: 'user_meta' });
     } else if (job.status === 'failed' && ready && !job.force) {
       const finish = other ? ` (${seedCmd(job.seedVersion)} instead seeds ${job.seedVersion} and closes it)` : '';
