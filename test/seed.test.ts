@@ -10,7 +10,7 @@ import { frozenSource, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type W
 import { createUser, listUserStatuses, seedOneUser, userStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { render, safeDocId, type Template } from '../src/seed/remap.js';
-import { renderSeed } from '../src/ui/users.js';
+import { renderDrain, renderSeed } from '../src/ui/users.js';
 import { preparePackage } from '../src/seed/prepared.js';
 import { loadPackage } from '../src/seed/package.js';
 import { fileURLToPath } from 'node:url';
@@ -520,5 +520,24 @@ describe('seeding a version the user had before, after it moved to another (CURR
       v2.cleanup();
       rmSync(seeds, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a drain\'s failure lines', () => {
+  it('say a job failed for good was not retried, whether its attempts ran out or it needs an operator at its first', () => {
+    const text = renderDrain({
+      claimed: 2,
+      done: 0,
+      retrying: 1,
+      failed: 1,
+      skipped: 0,
+      failures: [
+        { userId: 4, jobId: 9, error: 'user_4 is a plain file, not the user\'s folder', final: true },
+        { userId: 5, jobId: 10, error: 'disk hiccup', final: false },
+      ],
+    });
+    expect(text).toMatch(/user 4 \(job 9\): user_4 is a plain file, not the user's folder \[job failed: not retried\]/);
+    expect(text).toMatch(/user 5 \(job 10\): disk hiccup$/m);
+    expect(text).not.toMatch(/no attempts left/);
   });
 });

@@ -96,7 +96,7 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
 
 export function renderDrain(r: DrainResult & { interrupted?: boolean; notDue?: { count: number; nextAttemptAt: string | null } | null }): string {
   const lines = [`Seed queue: ${r.done} seeded, ${r.retrying} to retry, ${r.failed} failed, ${r.skipped} skipped (user busy).`];
-  for (const f of r.failures) lines.push(chalk.red(`  user ${f.userId} (job ${f.jobId}): ${f.error}${f.final ? ' [no attempts left]' : ''}`));
+  for (const f of r.failures) lines.push(chalk.red(`  user ${f.userId} (job ${f.jobId}): ${f.error}${f.final ? ' [job failed: not retried]' : ''}`));
   if (r.notDue && r.notDue.count > 0) {
     lines.push(`${r.notDue.count} job${r.notDue.count === 1 ? '' : 's'} waiting for a retry, the first due at ${r.notDue.nextAttemptAt}: a later drain takes ${r.notDue.count === 1 ? 'it' : 'them'}, or acm2 user seed <id> runs one now.`);
   }
