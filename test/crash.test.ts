@@ -193,7 +193,11 @@ describe('a seeder killed mid-seed, as user show tells it', () => {
     expect(r.signal).toBe('SIGKILL');
     const s = await userStatus({ master: world.master, dataDir: world.dataDir }, (await world.master.getUser(u.user.id))!);
     expect(s.job).toMatchObject({ status: 'running', lockedBy: expect.stringMatching(/:\d+:/), lockedUntil: expect.stringMatching(/^\d{4}-/) });
-    expect(renderStatus(s)).toContain(`(held by ${s.job!.lockedBy} until ${s.job!.lockedUntil}; if that process is gone, acm2 user seed ${u.user.id} takes it over now)`);
+    // The worker was a process of this host, and it is gone: said as a fact, not an "if".
+    expect(renderStatus(s)).toContain(`(held by ${s.job!.lockedBy}, a process of this host that is gone: acm2 user seed ${u.user.id} or the next acm2 user seed --pending takes it over now)`);
+    // A worker of another host (or one this host cannot look up) may be at work: until when, and an "if".
+    const elsewhere = { ...s, job: { ...s.job!, lockedBy: `other-host:${process.pid}:abcdef` } };
+    expect(renderStatus(elsewhere)).toContain(`(held by other-host:${process.pid}:abcdef until ${s.job!.lockedUntil}; if that process is gone, acm2 user seed ${u.user.id} takes it over now)`);
     await converge(u.user.id);
   });
 });

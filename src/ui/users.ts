@@ -5,6 +5,7 @@ import chalk from 'chalk';
 import type { CreateUserResult, SeedReport, UserStatus } from '../core/users.js';
 import type { DrainResult } from '../core/users.js';
 import { formatBytes } from './reporter.js';
+import { deadHere } from '../core/worker-name.js';
 
 export function renderSeed(seed: SeedReport, userId: number): string {
   if (seed.status === 'pending') return `Seed job ${seed.jobId ?? ''} queued for ${seed.seedVersion}: run 'acm2 user seed --pending' to process it.`;
@@ -80,7 +81,11 @@ function filesLine(s: UserStatus): string {
 /** Who holds a running job and until when (a dead worker's hold lasts that long), or when a pending one is due. */
 function jobDetail(s: UserStatus): string {
   const j = s.job!;
-  if (j.status === 'running' && j.lockedUntil) return ` (held by ${j.lockedBy ?? '?'} until ${j.lockedUntil}; if that process is gone, acm2 user seed ${s.id} takes it over now)`;
+  if (j.status === 'running' && j.lockedUntil) {
+    // A holder of this host and pid space can be looked up: one that is gone is said to be.
+    if (j.lockedBy && deadHere(j.lockedBy)) return ` (held by ${j.lockedBy}, a process of this host that is gone: acm2 user seed ${s.id} or the next acm2 user seed --pending takes it over now)`;
+    return ` (held by ${j.lockedBy ?? '?'} until ${j.lockedUntil}; if that process is gone, acm2 user seed ${s.id} takes it over now)`;
+  }
   if (j.status === 'pending' && j.nextAttemptAt) return Date.parse(j.nextAttemptAt) > Date.now() ? ` (next try at ${j.nextAttemptAt}; acm2 user seed ${s.id} tries now)` : ' (due now)';
   return '';
 }
