@@ -100,6 +100,55 @@ describe('a seed of a ready user that fails before it changed anything of the us
     expect(state(id)).toEqual(before);
   }, 60_000);
 
+  it('user seed --force whose very first read is locked out (BEGIN EXCLUSIVE held past the wait): exit 3, says nothing was changed', async () => {
+    const id = await readyUser('force-busy-first-read');
+    const file = userDbPath(world.dataDir, id);
+    const before = state(id);
+    const files = snapshotTree(userRoot(world.dataDir, id));
+    // ACM2 in a long write that keeps readers out, begun before the seed opens the DB and held
+    // until the command is done: the seed never reads user_meta, so it cannot name a version.
+    const flag = path.join(flags, `first-read-${id}`);
+    const script = `const D = require('better-sqlite3'); const d = new D(process.argv[1]); d.exec('BEGIN EXCLUSIVE'); require('fs').writeFileSync(process.argv[2], ''); setTimeout(() => { d.exec('ROLLBACK'); d.close(); }, 60000);`;
+    const holder = spawn(process.execPath, ['-e', script, file, flag], { cwd: REPO, stdio: 'ignore' });
+    holders.push(holder);
+    for (let i = 0; !existsSync(flag); i++) {
+      if (i > 2000) throw new Error('the holder never took the lock');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    let r: Awaited<ReturnType<typeof execa>>;
+    try {
+      r = await execa(process.execPath, [path.join(REPO, 'bin', 'acm2.js'), 'user', 'seed', String(id), '--force', '--json', '--data-dir', world.dataDir, '--master', world.masterUrl, '--seeds', pkg.seedsDir], { reject: false });
+    } finally {
+      holder.kill('SIGKILL');
+      await new Promise((res) => (holder.exitCode !== null || holder.signalCode !== null ? res(undefined) : holder.once('exit', res)));
+    }
+    expect(r.exitCode).toBe(3);
+    const doc = JSON.parse(String(r.stdout)) as { error: { code: string; message: string } };
+    expect(doc.error.code).toBe('db_busy');
+    expect(doc.error.message).toMatch(
+      new RegExp(`is locked by another process .*; user ${id}'s user_meta could not be read, so nothing of the user was changed: it stays as it was, its rows and files as they were; job #\\d+ is closed, not queued: a --force runs only when asked \\(acm2 user seed ${id} --force\\)$`),
+    );
+    expect(state(id)).toEqual(before);
+    expect(snapshotTree(userRoot(world.dataDir, id))).toEqual(files);
+  }, 60_000);
+
+  it('--force locked out of user_meta and still locked out when it would record the failure: says nothing was changed', async () => {
+    const id = await readyUser('force-busy-read-long');
+    const file = userDbPath(world.dataDir, id);
+    const before = state(id);
+    // Held past both waits (the read of user_meta, then the one of the failure's record).
+    const err = await seedUserAsync({ dataDir: world.dataDir, userId: id, pkg: pkg.pkg, force: true, onStep: acm2WritesAt(file, 'migrated', 'BEGIN EXCLUSIVE', 30_000) }).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      exitCode: 3,
+      code: 'db_busy',
+      message: expect.stringMatching(new RegExp(`is locked by another process .*; user ${id}'s user_meta could not be read, so nothing of the user was changed: it stays as it was, its rows and files as they were$`)),
+    });
+    const holder = holders[holders.length - 1]!;
+    holder.kill('SIGKILL');
+    await new Promise((res) => (holder.exitCode !== null || holder.signalCode !== null ? res(undefined) : holder.once('exit', res)));
+    expect(state(id)).toEqual(before);
+  }, 60_000);
+
   it('another version (--seed-version v2) whose commit is locked out after its files were written: back to ready with v1', async () => {
     const id = await readyUser('v2-busy');
     const file = userDbPath(world.dataDir, id);

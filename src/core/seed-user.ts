@@ -212,7 +212,9 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
     const cause = (e as { cause?: unknown }).cause ?? e;
     // A DB held locked past the wait while its schema is read (a rollback-journal DB ACM2 is
     // writing): the environment, exit 3, as when it is met later in the seed.
-    if (!isAcm2Error(e) && isBusy(cause)) throw busyDb(cause, dataDir, userId)!;
+    // Nothing of the user's was read yet, user_meta included: which version it is ready with, if
+    // any, is not known here, so the error says what is: nothing was changed.
+    if (!isAcm2Error(e) && isBusy(cause)) throw metaUnread(busyDb(cause, dataDir, userId)!, userId);
     if (!isAcm2Error(e) && isDiskFull(cause)) {
       throw new UnavailableError(`disk full while opening ${userDbPath(dataDir, userId)} before seeding (${String((cause as { code?: unknown }).code)})`, 'disk_full', { cause });
     }
@@ -304,6 +306,8 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   refuseOddDbEntry(dataDir, userId);
 
   let leftovers = committedStaged(dataDir, userId);
+  // A crashed attempt's build was put in place as the user's DB (in_progress) by this attempt.
+  let placed = false;
   if (!existsSync(userDbPath(dataDir, userId)) && leftovers.length === 0) return yield* seedFresh(dataDir, userId, prepared, step, started);
   // Everything below may change what another holder would see: staging removed, a DB put in place.
   yield { files: [], dirs: [], lock: true };
@@ -314,6 +318,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     // A crashed attempt's whole build: its files may be on disk, named by its map. Put it in
     // place (in_progress) and finish through the existing-DB path, which reuses that map.
     placeStaged(earlier.file, dataDir, userId, earlier.version, 'in_progress');
+    placed = true;
     leftovers = leftovers.slice(1);
   }
 
@@ -338,6 +343,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
   if (!staged) cleanStaging(dataDir, userId);
   let db: SqliteDb | undefined;
   let meta: MetaRow | undefined;
+  // user_meta was read (meta is its row, or undefined for none): until then the seed cannot say
+  // whether the user was ready, nor with which version.
+  let metaRead = false;
   // Until --force's backup is whole, nothing of the user's is changed: a failure then (a full
   // disk) leaves the user as it was, not marked failed.
   let backingUp = false;
@@ -349,6 +357,7 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     migrateUserDb(db);
     step('migrated');
     meta = readMeta(db, userId);
+    metaRead = true;
     if (meta?.seed_status === 'ready' && meta.seed_version === version && !input.force) {
       dropStaged();
       return alreadyReady(db, userId, version, meta.seeded_at ?? '', started);
@@ -426,12 +435,19 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       busyDb(e, dataDir, userId, DB_BUSY_WAIT_MS, done.writing ? 'the seed stopped after writing its files, before its rows' : undefined) ??
       classifyFsError(e, `user ${userId}'s data in ${dataDir}`) ??
       e;
+    let recorded = false;
     try {
-      if (db && !backingUp && !ready) ready = markFailed(db, userId, version, err, meta, done);
+      if (db && !backingUp && !ready) {
+        ready = markFailed(db, userId, version, err, meta, done);
+        recorded = true;
+      }
     } catch {
       /* the DB itself may be the problem; the original error is what matters */
     }
-    throw ready ? stillReady(err, userId, ready) : err;
+    if (ready) throw stillReady(err, userId, ready);
+    // Locked out before user_meta could be read, and still so when the failure was to be
+    // recorded: nothing was written, and whether the user was ready is not known.
+    throw !metaRead && !recorded && !placed && err instanceof UnavailableError && err.code === 'db_busy' ? metaUnread(err, userId) : err;
   } finally {
     db?.close();
   }
@@ -1220,6 +1236,15 @@ function markFailed(db: SqliteDb, userId: UserId, version: string, e: unknown, p
  */
 function stillReady(e: unknown, userId: UserId, meta: MetaRow): unknown {
   if (e instanceof Error) e.message = `${e.message}; user ${userId} stays ready with ${meta.seed_version}, its rows and files as they were`;
+  return e;
+}
+
+/**
+ * The error of a seed locked out of the user's DB before it could read user_meta: it cannot know
+ * whether the user was ready, nor with which version, but it changed nothing, and says so.
+ */
+function metaUnread(e: UnavailableError, userId: UserId): UnavailableError {
+  e.message = `${e.message}; user ${userId}'s user_meta could not be read, so nothing of the user was changed: it stays as it was, its rows and files as they were`;
   return e;
 }
 
