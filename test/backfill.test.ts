@@ -606,6 +606,46 @@ describe('users complete with another version than the package backfill seeds wi
   });
 });
 
+describe('users complete with another version, some of them seeded with the backfill\'s version before', () => {
+  it('are counted apart: for those a seed of that version only makes them ready with it again', async () => {
+    const w = await sqliteWorld();
+    const v2 = frozenSource({ sourceDocs: 1 }, 'v2');
+    try {
+      const v1Deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const v2Deps = { ...v1Deps, seedsDir: v2.seedsDir };
+      await createUser(v1Deps, { email: 'stayed@example.com', username: 'stayed' });
+      // Seeded v1, then moved on to v2: v1's record says it was seeded to the end.
+      const moved = (await createUser(v1Deps, { email: 'moved@example.com', username: 'moved' })).user.id;
+      expect((await seedOneUser(v2Deps, String(moved), {})).seed).toMatchObject({ status: 'ready', outcome: 'seeded', seedVersion: 'v2' });
+      // Only ever v2.
+      const fresh = (await createUser(v2Deps, { email: 'fresh@example.com', username: 'fresh' })).user.id;
+
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true });
+      expect(r.counts).toEqual({ ok: 3 });
+      expect(r).toMatchObject({ seedVersion: 'v1', readyWithOtherVersion: 2, readyWithOtherVersionSeededBefore: 1 });
+      expect(backfillJson(r)).toMatchObject({ readyWithOtherVersion: 2, readyWithOtherVersionSeededBefore: 1 });
+      expect(renderBackfill(r)).toContain(
+        "2 of them are complete with another seed version than v1 and were left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version v1 adds v1's rows and files beside theirs); 1 of them was seeded with v1 before, and for it the same command only makes it ready with v1 again, adding nothing.",
+      );
+      // Only the user that had v1 before: the note makes no claim of adding rows.
+      const one = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true, userIds: [moved] });
+      expect(one).toMatchObject({ readyWithOtherVersion: 1, readyWithOtherVersionSeededBefore: 1 });
+      expect(renderBackfill(one)).toContain(
+        '1 of them is complete with another seed version than v1 and was left so: backfill completes users, it does not move them between versions; it was seeded with v1 before, so acm2 user seed <id> --seed-version v1 makes it ready with v1 again, adding nothing.',
+      );
+      expect(renderBackfill(one)).not.toContain('beside theirs');
+      // What the notes say is what the seed does.
+      const files = snapshotTree(userRoot(w.dataDir, moved));
+      expect((await seedOneUser(v1Deps, String(moved), { seedVersion: 'v1' })).seed).toMatchObject({ outcome: 'already_ready', readyAgain: { from: 'v2' } });
+      expect(snapshotTree(userRoot(w.dataDir, moved))).toEqual(files);
+      expect((await seedOneUser(v1Deps, String(fresh), { seedVersion: 'v1' })).seed).toMatchObject({ outcome: 'seeded' });
+    } finally {
+      await w.cleanup();
+      v2.cleanup();
+    }
+  });
+});
+
 describe('a user whose seed job failed for good', () => {
   it('is seeded by backfill and its job says done again (verify agrees)', async () => {
     const w = await sqliteWorld();

@@ -57,6 +57,12 @@ export interface UserPlan {
   failure?: { code: BackfillFailureCode; reason: string };
   /** The version user_meta says the user is ready with, when it is. */
   seedVersion?: string;
+  /**
+   * With seedVersion: the versions the tool's seed record (acm2_seed_state) says were seeded to the
+   * end in this DB. A seed of one of them finds the user whole with it and only makes it ready
+   * with that version again (seed-user's readyAgain), adding nothing.
+   */
+  seededVersions?: string[];
 }
 
 export interface BackfillUserReport {
@@ -134,6 +140,12 @@ export interface BackfillResult {
   seedVersion: string;
   /** Users of this invocation found complete with another version (left so: backfill does not move users between versions). */
   readyWithOtherVersion: number;
+  /**
+   * Of readyWithOtherVersion, those the tool had seeded with seedVersion to the end before (they
+   * moved on to another version since): a seed of seedVersion makes them ready with it again,
+   * adding no rows or files.
+   */
+  readyWithOtherVersionSeededBefore: number;
   /** Why the run stopped before the end, if it did. */
   stopped?: 'interrupted' | 'max_errors' | 'disk_full';
   /** Every selected user with id ≤ cursor is done. */
@@ -306,19 +318,29 @@ function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
   return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
 }
 
-/** user_meta's status (and version, when it has the column) for this user, if it has a row. */
-function metaOf(db: SqliteDb, tables: Set<string>, userId: UserId): { status: string; version?: string } | undefined {
+/**
+ * user_meta's status (and version, when it has the column) for this user, if it has a row; with
+ * the versions the tool's seed record says were seeded to the end (read in the same statement).
+ */
+function metaOf(db: SqliteDb, tables: Set<string>, userId: UserId): { status: string; version?: string; seeded?: string[] } | undefined {
   if (!tables.has('user_meta')) return undefined;
   // The usual user_meta (the columns there) in one statement; the column check only when one is missing.
+  const seededSql = `(SELECT json_group_array(seed_version) FROM acm2_seed_state WHERE status = 'ready')`;
   let current: Database.Statement | undefined;
-  try {
-    current = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`);
-  } catch (e) {
-    if (!/no such column/i.test(String((e as Error).message))) throw e;
+  for (const seeded of tables.has('acm2_seed_state') ? [seededSql, 'NULL'] : ['NULL']) {
+    try {
+      current = db.prepare(`SELECT seed_status, seed_version, ${seeded} AS seeded FROM user_meta WHERE user_id = ?`);
+      break;
+    } catch (e) {
+      // A seed record without the columns (changed by hand) names no version: read without it.
+      if (!/no such column/i.test(String((e as Error).message))) throw e;
+    }
   }
   if (current) {
-    const row = current.get(userId) as { seed_status: unknown; seed_version: unknown } | undefined;
-    return row ? { status: String(row.seed_status), version: row.seed_version == null ? undefined : String(row.seed_version) } : undefined;
+    const row = current.get(userId) as { seed_status: unknown; seed_version: unknown; seeded: unknown } | undefined;
+    if (!row) return undefined;
+    const seeded = typeof row.seeded === 'string' ? (JSON.parse(row.seeded) as unknown[]).filter((v) => v != null).map(String) : undefined;
+    return { status: String(row.seed_status), version: row.seed_version == null ? undefined : String(row.seed_version), ...(seeded && seeded.length > 0 ? { seeded } : {}) };
   }
   const cols = new Set((db.prepare(`SELECT name FROM pragma_table_info('user_meta')`).raw(true).all() as [string][]).map((r) => r[0]));
   if (!cols.has('user_id')) return undefined;
@@ -394,7 +416,12 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: s
       );
     }
   }
-  return { userId, action: primaryAction(steps), steps, ...(status === 'ready' && meta?.version !== undefined ? { seedVersion: meta.version } : {}) };
+  return {
+    userId,
+    action: primaryAction(steps),
+    steps,
+    ...(status === 'ready' && meta?.version !== undefined ? { seedVersion: meta.version, ...(meta.seeded ? { seededVersions: meta.seeded } : {}) } : {}),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -688,6 +715,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const users: BackfillUserReport[] = [];
   let usersOmitted = 0;
   let readyWithOtherVersion = 0;
+  let readyWithOtherVersionSeededBefore = 0;
   let failuresNow = 0;
   let diskFull = false;
   let stopped: BackfillResult['stopped'];
@@ -843,7 +871,10 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
         report = reportFromItem(prior);
       } else {
         const plan = await planFor(planner, user.id);
-        if (plan.action === 'ok' && plan.seedVersion !== undefined && plan.seedVersion !== deps.pkg.version) readyWithOtherVersion++;
+        if (plan.action === 'ok' && plan.seedVersion !== undefined && plan.seedVersion !== deps.pkg.version) {
+          readyWithOtherVersion++;
+          if (plan.seededVersions?.includes(deps.pkg.version)) readyWithOtherVersionSeededBefore++;
+        }
         report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
       }
       // Not started because the master went away: the cursor must never move past this user.
@@ -880,7 +911,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   // Slots finish users out of order (--concurrency > 1); reports list them by id, as with one slot.
   users.sort((a, b) => a.id - b.id);
   failures.sort((a, b) => a.id - b.id);
-  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, stopped, cursor, legacyLogs, ...(backupsKept > 0 ? { backups: { kept: backupsKept, dir: toolDir(deps.dataDir, 'backups') } } : {}), durationMs: Date.now() - started };
+  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, readyWithOtherVersionSeededBefore, stopped, cursor, legacyLogs, ...(backupsKept > 0 ? { backups: { kept: backupsKept, dir: toolDir(deps.dataDir, 'backups') } } : {}), durationMs: Date.now() - started };
 }
 
 /**

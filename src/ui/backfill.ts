@@ -35,6 +35,8 @@ export function backfillJson(r: BackfillResult): unknown {
       ...(u.backup ? { backup: u.backup } : {}),
     })),
     usersOmitted: r.usersOmitted,
+    readyWithOtherVersion: r.readyWithOtherVersion,
+    readyWithOtherVersionSeededBefore: r.readyWithOtherVersionSeededBefore,
     failures: r.failures,
     stopped: r.stopped ?? null,
     resumed: r.resumed,
@@ -47,6 +49,23 @@ export function backfillJson(r: BackfillResult): unknown {
     // exit code is 2 or more finds it here too, beside the summary of what was done.
     ...(r.stopped === 'disk_full' ? { error: { code: 'disk_full', message: diskFullMessage(r) } } : {}),
   };
+}
+
+/**
+ * Users left complete with another version, and what a seed of this one would do to them: add its
+ * rows and files beside theirs, or, to those seeded with it before, only make them ready with it
+ * again (seed-user's readyAgain).
+ */
+function otherVersionNote(r: BackfillResult): string {
+  const n = r.readyWithOtherVersion;
+  const before = r.readyWithOtherVersionSeededBefore;
+  const v = r.seedVersion;
+  const cmd = `acm2 user seed <id> --seed-version ${v}`;
+  const base = `${n} of them ${n === 1 ? 'is' : 'are'} complete with another seed version than ${v} and ${n === 1 ? 'was' : 'were'} left so: backfill completes users, it does not move them between versions`;
+  if (before === 0) return `${base} (${cmd} adds ${v}'s rows and files beside theirs).`;
+  const again = (k: number) => `makes ${k === 1 ? 'it' : 'them'} ready with ${v} again, adding nothing`;
+  if (before === n) return `${base}; ${n === 1 ? 'it was' : 'they were'} seeded with ${v} before, so ${cmd} ${again(n)}.`;
+  return `${base} (${cmd} adds ${v}'s rows and files beside theirs); ${before} of them ${before === 1 ? 'was' : 'were'} seeded with ${v} before, and for ${before === 1 ? 'it' : 'those'} the same command only ${again(before)}.`;
 }
 
 function diskFullMessage(r: BackfillResult): string {
@@ -78,12 +97,7 @@ export function renderBackfill(r: BackfillResult, color = false): string {
   }
   summary.push([chalk.bold('total'), total]);
   out.push(summary.toString());
-  if (r.readyWithOtherVersion > 0) {
-    const n = r.readyWithOtherVersion;
-    out.push(
-      `${n} of them ${n === 1 ? 'is' : 'are'} complete with another seed version than ${r.seedVersion} and ${n === 1 ? 'was' : 'were'} left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version ${r.seedVersion} adds ${r.seedVersion}'s rows and files beside theirs).`,
-    );
-  }
+  if (r.readyWithOtherVersion > 0) out.push(otherVersionNote(r));
 
   if (r.failures.length > 0) {
     const n = `${r.failures.length} user${r.failures.length === 1 ? '' : 's'}`;
