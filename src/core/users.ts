@@ -775,8 +775,12 @@ export interface UserStatus {
   status: SeedStatus;
   seedVersion: string | null;
   seededAt: string | null;
-  /** newerMigrations: what a newer acm2 applied to the DB (this one does not know them: it may not seed it). */
-  db: { path: string; present: boolean; seedStatus: string | null; error?: string; newerMigrations?: string[] };
+  /**
+   * newerMigrations: what a newer acm2 applied to the DB (this one does not know them: it may not seed it).
+   * busy: another process (ACM2 writing) held the DB locked past the wait, so it was not read just
+   * now (error says so); nothing else of db, nor seedVersion, seededAt or files, was read.
+   */
+  db: { path: string; present: boolean; seedStatus: string | null; error?: string; newerMigrations?: string[]; busy?: true };
   root: string;
   /**
    * The files the seeded-file list (acm2_seed_files) names, of every version the user holds (a
@@ -836,6 +840,12 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
         // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
         const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs, forReading: true });
         try {
+          // Every read in one read transaction, its first read a probe that takes the DB's shared
+          // lock: a DB another process holds locked is waited for once (the probe throws, busy),
+          // not once per read (newerMigrations takes a failed read for "no ledger" and goes on),
+          // and no writer can lock it again between two reads.
+          db.exec('BEGIN');
+          db.prepare(`SELECT 1 FROM sqlite_master LIMIT 1`).get();
           const newer = newerMigrations(db);
           if (newer.length > 0) out.db.newerMigrations = newer.map((m) => m.name);
           const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
@@ -857,6 +867,8 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
             out.lastError = s?.last_error ?? out.lastError;
           }
         } finally {
+          // Only read: nothing to keep (and a rollback cannot fail on a busy DB).
+          if (db.inTransaction) db.exec('ROLLBACK');
           db.close();
         }
       });
@@ -867,6 +879,10 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
       if (isTempFolderProblem(e)) throw e;
       out.db.error = e instanceof Error ? e.message : String(e);
       dbState = isBusy(e) ? 'busy' : 'unreadable';
+      if (dbState === 'busy') {
+        out.db.busy = true;
+        out.db.error = `locked by another process (ACM2 writing?) for more than ${(deps.busyTimeoutMs ?? 5000) / 1000} s, so it was not read just now: run this again shortly`;
+      }
       if (e instanceof ForeignDb) out.lastError = e.message;
     }
   }

@@ -65,6 +65,7 @@ function newerNote(names: string[]): string {
 
 /** What the seeded-file list says; without a DB there is none to read (the folder may still hold files). */
 function filesLine(s: UserStatus): string {
+  if (s.db.busy) return `${s.root} (the DB was busy, so its list of seeded files was not read just now)`;
   if (!s.db.present) return `${s.root} (no DB, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
   if (s.db.error !== undefined) return `${s.root} (the DB cannot be read, so its list of seeded files neither)`;
   if (s.db.seedStatus === null) return `${s.root} (the DB has no user_meta of this user, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
@@ -94,9 +95,16 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
   const t = makeTable(['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], color);
   return {
     push: (s) =>
-      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.files.count, (s.lastError ?? (s.db.newerMigrations ? newerNote(s.db.newerMigrations) : '')).slice(0, 60)]),
+      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.db.busy ? '?' : s.files.count, listNote(s).slice(0, 60)]),
     toString: () => t.toString(),
   };
+}
+
+/** `user list`'s last-error column: the last error, else why the row says less than it would. */
+function listNote(s: UserStatus): string {
+  if (s.lastError) return s.lastError;
+  if (s.db.busy) return 'DB busy (locked by another process): not read just now';
+  return s.db.newerMigrations ? newerNote(s.db.newerMigrations) : '';
 }
 
 export function renderDrain(r: DrainResult & { interrupted?: boolean; notDue?: { count: number; nextAttemptAt: string | null } | null }): string {
