@@ -1,15 +1,15 @@
 // `acm2 user show` / `acm2 user list` of users in states an end-to-end run met: a user DB held
-// locked by another process (ACM2 writing).
+// locked by another process (ACM2 writing), and a ready user whose latest job is a failed --force.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, userStatus } from '../src/core/users.js';
-import { userDbPath } from '../src/userdb/paths.js';
+import { userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const REPO = fileURLToPath(new URL('..', import.meta.url));
@@ -111,4 +111,25 @@ describe('a user DB another process holds locked (BEGIN EXCLUSIVE)', () => {
     expect(after.db.error).toBeUndefined();
     expect(after.seedVersion).toBe('v1');
   }, 90_000);
+});
+
+describe('a ready user whose latest job is a failed --force', () => {
+  it('user show gives the job\'s error and does not word the closed job as if it will be retried', async () => {
+    const id = await readyUser('force-failed-shown');
+    const root = userRoot(world.dataDir, id);
+    // Something in the way of the user's folder: the --force fails before changing anything.
+    renameSync(root, `${root}.moved`);
+    writeFileSync(root, 'in the way');
+    expect((await cli(['user', 'seed', String(id), '--force'])).exitCode).toBe(1);
+    rmSync(root);
+    renameSync(`${root}.moved`, root);
+
+    const shown = JSON.parse((await cli(['user', 'show', String(id)])).stdout) as { status: string; job: { status: string; lastError: string | null } };
+    expect(shown).toMatchObject({ status: 'ready', job: { status: 'failed', lastError: expect.stringMatching(/is a plain file, not the user's folder/) } });
+    const human = (await cli(['user', 'show', String(id)], false)).stdout;
+    expect(human).toMatch(/^status +ready$/m);
+    expect(human).toMatch(/^job +#\d+ failed after 1 attempt: closed, not retried$/m);
+    expect(human).not.toMatch(/attempt 1\/5/);
+    expect(human).toMatch(/^job error +.*is a plain file, not the user's folder/m);
+  }, 60_000);
 });

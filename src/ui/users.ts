@@ -50,8 +50,11 @@ export function renderStatus(s: UserStatus): string {
     ['db', `${s.db.path}${s.db.present ? '' : ' (missing)'}${s.db.error ? ` (${s.db.error})` : ''}${s.db.newerMigrations ? ` (${newerNote(s.db.newerMigrations)})` : ''}`],
     // Until ready, the DB's seeded-file list is what the seed means to write, not what is there.
     ['files', filesLine(s)],
-    ['job', s.job ? `#${s.job.id} ${s.job.status}, attempt ${s.job.attempts}/${s.job.maxAttempts}${jobDetail(s)}` : '-'],
+    ['job', s.job ? jobLine(s) : '-'],
   ];
+  // A failed job of a user still ready (a --force that failed before changing anything): the user's
+  // last error is blank, and the job's is what the operator needs to see.
+  if (s.job?.status === 'failed' && s.job.lastError && !s.lastError) rows.push(['job error', chalk.red(s.job.lastError)]);
   // Kept for good (the operator's way back): said with what they take, so old ones can be removed by hand.
   if (s.backups?.count) rows.push(['backups', `${s.backups.dir} (${s.backups.count} kept, ${formatBytes(s.backups.bytes)}; acm2 never removes them: delete old ones yourself)`]);
   if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
@@ -61,6 +64,15 @@ export function renderStatus(s: UserStatus): string {
 /** A DB a newer acm2 migrated: shown as it is read, and what this host's acm2 needs to work on it. */
 function newerNote(names: string[]): string {
   return `migrated by a newer acm2 (${names.join(', ')}): upgrade acm2 here to seed or verify it`;
+}
+
+/** The job, its attempts worded as what comes next: an open job may be tried again, a closed one is not. */
+function jobLine(s: UserStatus): string {
+  const j = s.job!;
+  if (j.status === 'done' || j.status === 'failed') {
+    return `#${j.id} ${j.status} after ${j.attempts} attempt${j.attempts === 1 ? '' : 's'}${j.status === 'failed' ? ': closed, not retried' : ''}`;
+  }
+  return `#${j.id} ${j.status}, attempt ${j.attempts}/${j.maxAttempts}${jobDetail(s)}`;
 }
 
 /** What the seeded-file list says; without a DB there is none to read (the folder may still hold files). */
