@@ -1,5 +1,6 @@
 // `acm2 user show` / `acm2 user list` of users in states an end-to-end run met: a user DB held
-// locked by another process (ACM2 writing), and a ready user whose latest job is a failed --force.
+// locked by another process (ACM2 writing), a ready user whose latest job is a failed --force, and
+// a user whose `user_{id}` is a plain file instead of its folder.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -131,5 +132,28 @@ describe('a ready user whose latest job is a failed --force', () => {
     expect(human).toMatch(/^job +#\d+ failed after 1 attempt: closed, not retried$/m);
     expect(human).not.toMatch(/attempt 1\/5/);
     expect(human).toMatch(/^job error +.*is a plain file, not the user's folder/m);
+  }, 60_000);
+});
+
+describe('a user whose user_{id} is a plain file', () => {
+  it('user show says the folder is not a folder, not the seeded files the DB lists', async () => {
+    const id = await readyUser('root-file-shown');
+    const root = userRoot(world.dataDir, id);
+    renameSync(root, `${root}.moved`);
+    writeFileSync(root, 'in the way');
+    try {
+      const shown = JSON.parse((await cli(['user', 'show', String(id)])).stdout) as { rootProblem?: string };
+      expect(shown.rootProblem).toBe(`${root} is a plain file, not the user's folder`);
+      const human = (await cli(['user', 'show', String(id)], false)).stdout;
+      const files = human.split('\n').find((l) => l.startsWith('files'));
+      expect(files).toMatch(new RegExp(`is a plain file, not the user's folder, so none of the \\d+ seeded files the DB lists \\([^)]*\\) can be there: move it aside, then run: acm2 user seed ${id} --force`));
+      expect(files).not.toMatch(/\(\d+ seeded files/);
+    } finally {
+      rmSync(root);
+      renameSync(`${root}.moved`, root);
+    }
+    // Back in place: the usual line, no problem named.
+    const again = JSON.parse((await cli(['user', 'show', String(id)])).stdout) as { rootProblem?: string };
+    expect(again.rootProblem).toBeUndefined();
   }, 60_000);
 });

@@ -15,7 +15,7 @@ import { otherOwners } from './schema-work.js';
 import { lstatOrUndefined } from '../durable.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
 import { isTempFolderProblem, listTables, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
-import { parseUserId, toolDir, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { parseUserId, toolDir, userDbPath, userRoot, userRootProblem, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
   master: MasterDb;
@@ -782,6 +782,8 @@ export interface UserStatus {
    */
   db: { path: string; present: boolean; seedStatus: string | null; error?: string; newerMigrations?: string[]; busy?: true };
   root: string;
+  /** What is at root instead of the user's folder (a plain file, a symlink...): none of its files can be there. */
+  rootProblem?: string;
   /**
    * The files the seeded-file list (acm2_seed_files) names, of every version the user holds (a
    * user seeded with v1 then v2 keeps both copies); byVersion: the same per version, user_meta's
@@ -892,6 +894,12 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
   out.status = deriveStatus(out.db.seedStatus, retrying ? 'failed' : (job?.status ?? null), dbState);
   if (dbState === 'unreadable' && out.status === 'failed') out.lastError ??= `user DB unreadable: ${out.db.error}`;
   if (out.status === 'ready') out.lastError = null;
+  try {
+    const odd = userRootProblem(deps.dataDir, user.id);
+    if (odd) out.rootProblem = odd;
+  } catch (e) {
+    out.rootProblem = `${out.root} cannot be looked at (${(e as NodeJS.ErrnoException).code ?? String(e)})`;
+  }
   if (opts.backups) out.backups = keptBackups(toolDir(deps.dataDir, 'backups', `user_${user.id}`), `user_${user.id}`) ?? null;
   return out;
 }

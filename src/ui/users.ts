@@ -77,6 +77,12 @@ function jobLine(s: UserStatus): string {
 
 /** What the seeded-file list says; without a DB there is none to read (the folder may still hold files). */
 function filesLine(s: UserStatus): string {
+  if (s.rootProblem) {
+    // The DB's list says what should be there, not what is: none of it can be under a plain file.
+    const what = s.status === 'ready' ? 'seeded files the DB lists' : 'files listed by the unfinished seed';
+    const listed = s.db.error === undefined && s.files.count > 0 ? `, so none of the ${s.files.count} ${what} (${formatBytes(s.files.bytes)}) can be there` : '';
+    return `${s.rootProblem}${listed}: move it aside, then run: acm2 user seed ${s.id}${s.status === 'ready' ? ' --force' : ''}`;
+  }
   if (s.db.busy) return `${s.root} (the DB was busy, so its list of seeded files was not read just now)`;
   if (!s.db.present) return `${s.root} (no DB, so no list of seeded files${s.status === 'missing' ? `; acm2 user seed ${s.id} seeds the user` : ''})`;
   if (s.db.error !== undefined) return `${s.root} (the DB cannot be read, so its list of seeded files neither)`;
@@ -116,6 +122,7 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
 function listNote(s: UserStatus): string {
   if (s.lastError) return s.lastError;
   if (s.db.busy) return 'DB busy (locked by another process): not read just now';
+  if (s.rootProblem) return s.rootProblem;
   return s.db.newerMigrations ? newerNote(s.db.newerMigrations) : '';
 }
 
