@@ -33,7 +33,14 @@ export async function run({ opts }: CommandCall): Promise<void> {
     legacyLogsDir,
   };
   // Planning threads (--concurrency > 1) boot while the package is checked and the master opened.
-  const planners = startPlanners({ dataDir: cfg.dataDir }, options.concurrency);
+  // The version the package check below settles on (a bad one is its error to report, then).
+  let seedVersion: string | undefined;
+  try {
+    seedVersion = resolveVersion(cfg.seedsDir, cfg.seedVersion);
+  } catch {
+    /* said by the package check */
+  }
+  const planners = startPlanners({ dataDir: cfg.dataDir, seedVersion }, options.concurrency);
   try {
     await backfill(cfg, out, options, planners);
   } finally {

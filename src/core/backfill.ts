@@ -58,11 +58,11 @@ export interface UserPlan {
   /** The version user_meta says the user is ready with, when it is. */
   seedVersion?: string;
   /**
-   * With seedVersion: the versions the tool's seed record (acm2_seed_state) says were seeded to the
-   * end in this DB. A seed of one of them finds the user whole with it and only makes it ready
-   * with that version again (seed-user's readyAgain), adding nothing.
+   * With seedVersion (another than the backfill's): the tool's seed record says the backfill's
+   * version was seeded to the end in this DB before. A seed of it finds the user whole with it and
+   * only makes it ready with that version again (seed-user's readyAgain), adding nothing.
    */
-  seededVersions?: string[];
+  seededBefore?: boolean;
 }
 
 export interface BackfillUserReport {
@@ -176,6 +176,8 @@ export interface PlanContext {
   dataDir: string;
   busyTimeoutMs: number;
   migrations: Migration[];
+  /** The version this backfill seeds with: a user ready with another is asked whether it had this one whole before. */
+  seedVersion?: string;
 }
 
 function failed(userId: UserId, code: BackfillFailureCode, reason: string): UserPlan {
@@ -259,7 +261,7 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
       // files behind, while the last read-write connection removes them on close.
       const db = openForReading(file, { readonly: false, timeout: ctx.busyTimeoutMs });
       try {
-        return planOpen(db, userId, ctx.migrations, file);
+        return planOpen(db, userId, ctx.migrations, file, ctx.seedVersion);
       } finally {
         db.close();
       }
@@ -314,33 +316,36 @@ function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
 }
 
 /** The tool's ledger of seeds names at least one: the DB was seeded (or begun) by the tool. */
+/**
+ * Whether the tool's seed record says `version` was seeded to the end in this DB (asked only of a
+ * user ready with another version: the common, current user costs no statement).
+ */
+function hadWhole(db: SqliteDb, tables: Set<string>, version: string): boolean {
+  if (!tables.has('acm2_seed_state')) return false;
+  try {
+    return db.prepare(`SELECT 1 FROM acm2_seed_state WHERE seed_version = ? AND status = 'ready'`).get(version) !== undefined;
+  } catch {
+    return false; // a seed record changed by hand (columns gone) names no version
+  }
+}
+
 function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
   return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
 }
 
-/**
- * user_meta's status (and version, when it has the column) for this user, if it has a row; with
- * the versions the tool's seed record says were seeded to the end (read in the same statement).
- */
-function metaOf(db: SqliteDb, tables: Set<string>, userId: UserId): { status: string; version?: string; seeded?: string[] } | undefined {
+/** user_meta's status (and version, when it has the column) for this user, if it has a row. */
+function metaOf(db: SqliteDb, tables: Set<string>, userId: UserId): { status: string; version?: string } | undefined {
   if (!tables.has('user_meta')) return undefined;
   // The usual user_meta (the columns there) in one statement; the column check only when one is missing.
-  const seededSql = `(SELECT json_group_array(seed_version) FROM acm2_seed_state WHERE status = 'ready')`;
   let current: Database.Statement | undefined;
-  for (const seeded of tables.has('acm2_seed_state') ? [seededSql, 'NULL'] : ['NULL']) {
-    try {
-      current = db.prepare(`SELECT seed_status, seed_version, ${seeded} AS seeded FROM user_meta WHERE user_id = ?`);
-      break;
-    } catch (e) {
-      // A seed record without the columns (changed by hand) names no version: read without it.
-      if (!/no such column/i.test(String((e as Error).message))) throw e;
-    }
+  try {
+    current = db.prepare(`SELECT seed_status, seed_version FROM user_meta WHERE user_id = ?`);
+  } catch (e) {
+    if (!/no such column/i.test(String((e as Error).message))) throw e;
   }
   if (current) {
-    const row = current.get(userId) as { seed_status: unknown; seed_version: unknown; seeded: unknown } | undefined;
-    if (!row) return undefined;
-    const seeded = typeof row.seeded === 'string' ? (JSON.parse(row.seeded) as unknown[]).filter((v) => v != null).map(String) : undefined;
-    return { status: String(row.seed_status), version: row.seed_version == null ? undefined : String(row.seed_version), ...(seeded && seeded.length > 0 ? { seeded } : {}) };
+    const row = current.get(userId) as { seed_status: unknown; seed_version: unknown } | undefined;
+    return row ? { status: String(row.seed_status), version: row.seed_version == null ? undefined : String(row.seed_version) } : undefined;
   }
   const cols = new Set((db.prepare(`SELECT name FROM pragma_table_info('user_meta')`).raw(true).all() as [string][]).map((r) => r[0]));
   if (!cols.has('user_id')) return undefined;
@@ -365,7 +370,7 @@ function driftOf(db: SqliteDb, key: string): SchemaDrift {
   return drift;
 }
 
-function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: string): UserPlan {
+function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: string, seedVersion?: string): UserPlan {
   // One read of the schema gives the tables and the key of driftOf's cache: the whole schema's
   // text, joined by SQLite into one string (cheaper than a row per table), so a DB that lost a
   // column by hand is not taken for one with every column.
@@ -420,7 +425,9 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: s
     userId,
     action: primaryAction(steps),
     steps,
-    ...(status === 'ready' && meta?.version !== undefined ? { seedVersion: meta.version, ...(meta.seeded ? { seededVersions: meta.seeded } : {}) } : {}),
+    ...(status === 'ready' && meta?.version !== undefined
+      ? { seedVersion: meta.version, ...(seedVersion !== undefined && meta.version !== seedVersion && hadWhole(db, tables, seedVersion) ? { seededBefore: true } : {}) }
+      : {}),
   };
 }
 
@@ -586,11 +593,12 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
     given.planners.length === concurrency &&
     given.ctx.dataDir === deps.dataDir &&
     given.ctx.busyTimeoutMs === (deps.busyTimeoutMs ?? 250) &&
-    (deps.migrations === undefined || given.ctx.migrations === deps.migrations)
+    (deps.migrations === undefined || given.ctx.migrations === deps.migrations) &&
+    given.ctx.seedVersion === deps.pkg.version
       ? given
       : undefined;
   // Otherwise started first, so that the threads boot while the master is read.
-  const own = usable ? undefined : startPlanners(deps, concurrency);
+  const own = usable ? undefined : startPlanners({ ...deps, seedVersion: deps.pkg.version }, concurrency);
   const p = (usable ?? own)!;
   let lock: UserLock | undefined;
   try {
@@ -629,9 +637,9 @@ export interface BackfillPlanners {
  * Start the planning slots of a backfill with `concurrency` slots ahead of runBackfill (threads
  * take a while to boot: a caller can start them before it checks the package and opens the master).
  */
-export function startPlanners(deps: Pick<BackfillDeps, 'dataDir' | 'busyTimeoutMs' | 'migrations'>, concurrency = 1): BackfillPlanners {
+export function startPlanners(deps: Pick<BackfillDeps, 'dataDir' | 'busyTimeoutMs' | 'migrations'> & { seedVersion?: string }, concurrency = 1): BackfillPlanners {
   const n = Math.max(1, concurrency);
-  const ctx: PlanContext = { dataDir: deps.dataDir, busyTimeoutMs: deps.busyTimeoutMs ?? 250, migrations: deps.migrations ?? userMigrations() };
+  const ctx: PlanContext = { dataDir: deps.dataDir, busyTimeoutMs: deps.busyTimeoutMs ?? 250, migrations: deps.migrations ?? userMigrations(), seedVersion: deps.seedVersion };
   const planners = Array.from({ length: n }, () => (n > 1 && CAN_USE_WORKERS ? workerPlanner(ctx) : inlinePlanner(ctx)));
   let closing: Promise<void> | undefined;
   return { ctx, planners, close: () => (closing ??= Promise.all(planners.map((x) => x.close())).then(() => undefined)) };
@@ -873,7 +881,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
         const plan = await planFor(planner, user.id);
         if (plan.action === 'ok' && plan.seedVersion !== undefined && plan.seedVersion !== deps.pkg.version) {
           readyWithOtherVersion++;
-          if (plan.seededVersions?.includes(deps.pkg.version)) readyWithOtherVersionSeededBefore++;
+          if (plan.seededBefore) readyWithOtherVersionSeededBefore++;
         }
         report = dryRun ? planReport(plan) : await applyUser(applyDeps, plan, prior);
       }
