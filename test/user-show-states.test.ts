@@ -132,6 +132,9 @@ describe('a ready user whose latest job is a failed --force', () => {
     expect(human).toMatch(/^job +#\d+ failed after 1 attempt: closed, not retried$/m);
     expect(human).not.toMatch(/attempt 1\/5/);
     expect(human).toMatch(/^job error +.*is a plain file, not the user's folder/m);
+    // user list's last-error column gives the job's reason too, not an empty cell.
+    const listed = (await cli(['user', 'list'], false)).stdout.split('\n').find((l) => l.includes('force-failed-shown@'));
+    expect(listed).toMatch(new RegExp(`job #\\d+ failed: \\S*user_${id}`));
   }, 60_000);
 });
 

@@ -121,6 +121,8 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
 /** `user list`'s last-error column: the last error, else why the row says less than it would. */
 function listNote(s: UserStatus): string {
   if (s.lastError) return s.lastError;
+  // A ready user whose last job failed (a --force that changed nothing): the job's reason.
+  if (s.job?.status === 'failed' && s.job.lastError) return `job #${s.job.id} failed: ${s.job.lastError}`;
   if (s.db.busy) return 'DB busy (locked by another process): not read just now';
   if (s.rootProblem) return s.rootProblem;
   return s.db.newerMigrations ? newerNote(s.db.newerMigrations) : '';
