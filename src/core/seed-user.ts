@@ -25,7 +25,7 @@
 // recorded before.
 
 import { randomUUID, randomBytes, createHash } from 'node:crypto';
-import { type Stats, chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, fstatSync, ftruncateSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { fsyncPath, lstatOrUndefined, statOrUndefined, syncFiles, syncFilesAsync, writeAll, writeFileDurable } from '../durable.js';
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
@@ -882,14 +882,9 @@ function mkdirInside(root: string, realRoot: string, dir: string, userId: UserId
       }
       if (real !== realRoot && !real.startsWith(realRoot + path.sep)) throw inTheWay(`${at} is a symlink out of ${root} (to ${real}), where the seed needs a folder`);
       const to = statSync(at);
-      if (!to.isDirectory()) throw inTheWay(`${at} is a symlink to ${kindOf(to)}, where the seed needs a folder`);
-    } else if (!st.isDirectory()) throw inTheWay(`${at} is ${kindOf(st)}, where the seed needs a folder`);
+      if (!to.isDirectory()) throw inTheWay(`${at} is a symlink to ${entryKind(to)}, where the seed needs a folder`);
+    } else if (!st.isDirectory()) throw inTheWay(`${at} is ${entryKind(st)}, where the seed needs a folder`);
   }
-}
-
-/** What an entry is, for a message ("a plain file", "a FIFO"…). */
-function kindOf(st: Stats): string {
-  return st.isFile() ? 'a plain file' : entryKind(st);
 }
 
 /** The commit point: rows, seeded-file list and `ready`, in one transaction. */
@@ -1132,9 +1127,8 @@ function renderRow(t: PreparedTable, r: Cell[], userId: UserId, map: Map<string,
   return r.map((v: Cell, i) => (i === t.userIdIndex ? userId : isTemplate(v) ? render(v, map) : v));
 }
 
-/** Insert rows with multi-row INSERTs (one statement per chunk instead of one per row). */
 /**
- * Insert rows; with `key`, a row whose `key` is already there is updated to these values instead.
+ * Insert rows with multi-row INSERTs (one statement per chunk instead of one per row); with `key`, a row whose `key` is already there is updated to these values instead.
  * Never INSERT OR REPLACE: its REPLACE deletes whatever row a value conflicts with, through any
  * UNIQUE index of the user's DB (a later ACM2's, say on (user_id, name)), so a seeded row named as
  * one of the user's own rows would delete the user's row. Here such a conflict is an error.

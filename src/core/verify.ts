@@ -634,9 +634,9 @@ class UserCheck {
         this.checkMode(st, this.dbFile, 0o600);
       }
       // Opening a FIFO (or a symlink to one) would wait for a writer for ever.
-      const kind = entryKind(st.isSymbolicLink() ? statOrUndefined(this.dbFile) : st);
-      if (kind !== 'file') {
-        this.add('db_corrupt', `${this.rel(this.dbFile)} is ${kind}, not a database file; it was not opened`, { path: this.rel(this.dbFile) });
+      const target = st.isSymbolicLink() ? statOrUndefined(this.dbFile) : st;
+      if (!target?.isFile()) {
+        this.add('db_corrupt', `${this.rel(this.dbFile)} is ${entryKind(target)}, not a database file; it was not opened`, { path: this.rel(this.dbFile) });
         state = { kind: 'unreadable' };
       } else {
         const r = this.checkDatabase();
@@ -1235,7 +1235,7 @@ class UserCheck {
       // --force --seed-version puts them back.
       this.add(
         'path_escape',
-        `${rootRel} is ${st.isFile() ? 'a plain file' : entryKind(st)}, not the user's folder, so none of the user's files can be there: move it aside (the tool did not make it and leaves it alone), then acm2 user seed ${this.userId} --force --seed-version <the version each file_missing names>`,
+        `${rootRel} is ${entryKind(st)}, not the user's folder, so none of the user's files can be there: move it aside (the tool did not make it and leaves it alone), then acm2 user seed ${this.userId} --force --seed-version <the version each file_missing names>`,
         { path: rootRel },
       );
       return;

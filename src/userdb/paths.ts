@@ -70,10 +70,10 @@ export function userIdFromEntry(name: string): { id: UserId; kind: 'db' | 'dir' 
   return { id: Number(m[1]), kind: m[2] ? 'db' : 'dir' };
 }
 
-/** 'file', or what the entry is instead, for a message. */
+/** What an entry is, for a message: "a plain file", "a FIFO", "a dangling symlink" (undefined)… */
 export function entryKind(st: Stats | undefined): string {
   if (!st) return 'a dangling symlink';
-  if (st.isFile()) return 'file';
+  if (st.isFile()) return 'a plain file';
   if (st.isDirectory()) return 'a folder';
   if (st.isFIFO()) return 'a FIFO';
   if (st.isSocket()) return 'a socket';
@@ -108,7 +108,7 @@ export function userRootProblem(dataDir: string, id: UserId): string | undefined
   const root = userRoot(dataDir, id);
   const st = lstatSync(root, { throwIfNoEntry: false });
   if (!st || st.isDirectory()) return undefined;
-  return `${root} is ${st.isFile() ? 'a plain file' : entryKind(st)}, not the user's folder`;
+  return `${root} is ${entryKind(st)}, not the user's folder`;
 }
 
 /**
