@@ -6,7 +6,7 @@ import type { CommandCall } from './program.js';
 import { onInterrupt } from './interrupt.js';
 import { concurrencyOption, context, intOption, shardOption, type Ctx } from './context.js';
 import { openMaster } from '../master/factory.js';
-import { loadPackage, resolveVersion } from '../seed/package.js';
+import { loadPackage, resolveVersion, versionOrUndefined } from '../seed/package.js';
 import { folderOverlap, parseUserId } from '../userdb/paths.js';
 import { runBackfill, startPlanners, type BackfillOptions, type BackfillPlanners } from '../core/backfill.js';
 import { backfillJson, renderBackfill } from '../ui/backfill.js';
@@ -33,14 +33,8 @@ export async function run({ opts }: CommandCall): Promise<void> {
     legacyLogsDir,
   };
   // Planning threads (--concurrency > 1) boot while the package is checked and the master opened.
-  // The version the package check below settles on (a bad one is its error to report, then).
-  let seedVersion: string | undefined;
-  try {
-    seedVersion = resolveVersion(cfg.seedsDir, cfg.seedVersion);
-  } catch {
-    /* said by the package check */
-  }
-  const planners = startPlanners({ dataDir: cfg.dataDir, seedVersion }, options.concurrency);
+  // With the version the package check below settles on (a bad one is its error to report).
+  const planners = startPlanners({ dataDir: cfg.dataDir, seedVersion: versionOrUndefined(cfg.seedsDir, cfg.seedVersion) }, options.concurrency);
   try {
     await backfill(cfg, out, options, planners);
   } finally {

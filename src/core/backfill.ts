@@ -14,7 +14,7 @@ import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../err
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
-import { seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
+import { readyBefore, seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
@@ -316,21 +316,22 @@ function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
 }
 
 /** The tool's ledger of seeds names at least one: the DB was seeded (or begun) by the tool. */
+function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
+  return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
+}
+
 /**
- * Whether the tool's seed record says `version` was seeded to the end in this DB (asked only of a
- * user ready with another version: the common, current user costs no statement).
+ * Whether the tool's seed record says `version` was seeded to the end in this DB (the seed's own
+ * readyBefore; asked only of a user ready with another version: the common, current user costs
+ * no statement).
  */
 function hadWhole(db: SqliteDb, tables: Set<string>, version: string): boolean {
   if (!tables.has('acm2_seed_state')) return false;
   try {
-    return db.prepare(`SELECT 1 FROM acm2_seed_state WHERE seed_version = ? AND status = 'ready'`).get(version) !== undefined;
+    return readyBefore(db, version);
   } catch {
     return false; // a seed record changed by hand (columns gone) names no version
   }
-}
-
-function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
-  return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
 }
 
 /** user_meta's status (and version, when it has the column) for this user, if it has a row. */

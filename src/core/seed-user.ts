@@ -677,7 +677,7 @@ function alreadyReady(db: SqliteDb, userId: UserId, version: string, seededAt: s
 }
 
 /** This version was seeded to the end once (the tool's own record, which a later seed of another version leaves alone). */
-function readyBefore(db: SqliteDb, version: string): boolean {
+export function readyBefore(db: SqliteDb, version: string): boolean {
   const r = db.prepare(`SELECT status FROM acm2_seed_state WHERE seed_version = ?`).get(version) as { status: string } | undefined;
   return r?.status === 'ready';
 }

@@ -4,7 +4,7 @@
 import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import type { JobOutcome, MasterDb, MasterUser, SeedJob, UndeliveredKey } from '../master/types.js';
-import { loadPackage, resolveVersion, type SeedPackage } from '../seed/package.js';
+import { loadPackage, resolveVersion, versionOrUndefined, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { newerToolError } from '../migrations.js';
 import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
@@ -192,7 +192,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   const foreign = job ? await foreignLeftovers(deps, user.id, job.id) : [];
   // What seeds this user again: with the version this create seeds, unless that is CURRENT (a bare
   // `acm2 user seed <id>` seeds CURRENT, and a create may have been given another one).
-  const again = `acm2 user seed ${user.id}${pkg.version === currentVersion(deps.seedsDir) ? '' : ` --seed-version ${pkg.version}`}`;
+  const again = `acm2 user seed ${user.id}${pkg.version === versionOrUndefined(deps.seedsDir) ? '' : ` --seed-version ${pkg.version}`}`;
   if (foreign.length > 0) {
     // A brand-new user owns nothing yet: what is there under its id is someone else's (an id the
     // master reused, a data dir from another master). Seeding would adopt it; it is left alone.
@@ -503,15 +503,6 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
  */
 function nameRerun(e: unknown, userId: number, again: string): void {
   if (e instanceof Error && again !== `acm2 user seed ${userId}`) e.message = e.message.replace(new RegExp(`run: acm2 user seed ${userId}(?=;|$)`, 'g'), `run: ${again}`);
-}
-
-/** The version CURRENT names, or undefined when the seeds dir has none readable. */
-function currentVersion(seedsDir: string): string | undefined {
-  try {
-    return resolveVersion(seedsDir, undefined);
-  } catch {
-    return undefined;
-  }
 }
 
 /** The master locked past the wait, gone or corrupt: nothing to record a job's outcome in. */

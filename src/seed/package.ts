@@ -85,6 +85,15 @@ export function resolveVersion(seedsDir: string, explicit?: string): string {
   return explicit !== undefined && explicit !== '' ? assertVersionName(explicit) : readCurrent(seedsDir);
 }
 
+/** resolveVersion, or undefined where it would throw (no readable CURRENT, a bad name): for a guess whose error is another step's to report. */
+export function versionOrUndefined(seedsDir: string, explicit?: string): string | undefined {
+  try {
+    return resolveVersion(seedsDir, explicit);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Version folders in seedsDir (staging and other dot-folders ignored), in natural order. */
 export function knownVersions(seedsDir: string): string[] {
   let names: string[];
