@@ -575,8 +575,6 @@ class UserCheck {
   private readonly root: string;
   private schemaBroken = false;
   private leaks?: LeakIndex;
-  /** The seed version that wrote each of ACM2's rows the ID map names (`table\0id`): its remedy is a --force of that version. */
-  private readonly seededRows = new Map<string, string>();
   /** Index names the DB has (from the table list). */
   private readonly indexes = new Set<string>();
   /** Paths (relative to the user root) already reported as escaping: never read through them. */
@@ -850,9 +848,8 @@ class UserCheck {
       const sources = new Set<string>(expected?.ids);
       if (tables.has('acm2_id_map')) {
         const inMap = new Set<string>();
-        for (const [v, src, kind, target] of db.prepare(`SELECT seed_version, source_id, kind, target_id FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string, string]>) {
+        for (const [v, src, kind] of db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string]>) {
           inMap.add(v);
-          if (kind !== 'doc' && kind !== 'uuid' && !this.seededRows.has(`${kind}\0${target}`)) this.seededRows.set(`${kind}\0${target}`, v);
           // 'uuid' entries are no package ids: a capitals form of one (found through its row's
           // id anyway), or UUID-shaped text an older tool remapped, which a reseed now keeps as is.
           if (kind !== 'uuid') sources.add(src);
@@ -886,7 +883,19 @@ class UserCheck {
     if (complete && versions.length > 0) this.guard('seeded rows', () => this.checkSeedRows(db, tables, columns, versions, kindsByVersion));
     // ACM2's rows are read once, for ownership, JSON references and leaked ids together; their
     // problems are reported in the same order as ever (ownership, FKs, JSON, leaks).
-    const pass = this.scanRows(tables, columnsOf, select);
+    // Which seed wrote a row, asked only of a row found scoped to another user (its remedy is a
+    // --force of that seed): nothing per row of a user whose rows are all its own.
+    let bySeed: Database.Statement | undefined;
+    const seededBy = (table: string, id: unknown): string | undefined => {
+      if (!tables.has('acm2_id_map')) return undefined;
+      try {
+        bySeed ??= db.prepare(`SELECT seed_version FROM acm2_id_map WHERE kind = ? AND target_id = ? ORDER BY rowid LIMIT 1`).pluck();
+        return bySeed.get(table, String(id)) as string | undefined;
+      } catch {
+        return undefined; // a map changed by hand: the problem is said without the remedy
+      }
+    };
+    const pass = this.scanRows(tables, columnsOf, select, seededBy);
     this.problems.push(...pass.owned);
     this.guard('references', () => this.checkForeignKeys(db, tables, columns));
     this.checkJsonReferences(pass);
@@ -992,7 +1001,7 @@ class UserCheck {
    * One pass over every row of ACM2's tables: rows owned by another user (sorted by id, as
    * SQLite orders ids), package ids left in any text cell, and what the JSON checks need.
    */
-  private scanRows(tables: Set<string>, columnsOf: (t: string) => TableColumns, select: (t: string) => Database.Statement): RowPass {
+  private scanRows(tables: Set<string>, columnsOf: (t: string) => TableColumns, select: (t: string) => Database.Statement, seededBy: (table: string, id: unknown) => string | undefined): RowPass {
     const pass: RowPass = { owned: [], leaked: [], known: new Set(), json: [] };
     const leaks = this.leaks;
     const uid = String(this.userId);
@@ -1026,7 +1035,7 @@ class UserCheck {
         for (const o of owned) {
           const owner = o.owner === null ? 'NULL' : String(o.owner);
           pass.owned.push(
-            problem('foreign_user_row', this.userId, `${t} row ${String(o.id)} has user_id ${owner}, not ${this.userId}: ACM2 does not show it to this user${this.seededTail(t, o.id)}`, { table: t, rowId: String(o.id) }),
+            problem('foreign_user_row', this.userId, `${t} row ${String(o.id)} has user_id ${owner}, not ${this.userId}: ACM2 does not show it to this user${this.seededTail(seededBy(t, o.id))}`, { table: t, rowId: String(o.id) }),
           );
         }
       });
@@ -1035,11 +1044,10 @@ class UserCheck {
   }
 
   /**
-   * For a row the seed wrote: which seed, and the command that puts it back. ACM2 cannot show a
+   * For a row the seed wrote (`v`: the seed that wrote it): the command that puts it back. ACM2 cannot show a
    * row scoped to another user, so it cannot be fixed there; the seed's --force restores it.
    */
-  private seededTail(table: string, id: unknown): string {
-    const v = this.seededRows.get(`${table}\0${String(id)}`);
+  private seededTail(v: string | undefined): string {
     return v === undefined ? '' : `; it is a seeded row (seed ${v}): acm2 user seed ${this.userId} --force --seed-version ${v} puts it back`;
   }
 
