@@ -105,6 +105,14 @@ export function classifyFsError(e: unknown, what: string): Acm2Error | undefined
  * A seed that cannot succeed until someone acts (another user's data in the way, a DB that is not
  * a database): the job is failed at once, not retried with backoff, and the message says what to do.
  */
+/**
+ * The embedded master held locked by another process (ACM2, a second acm2, an sqlite3 shell) past
+ * SQLite's busy wait (`wait`, e.g. "15 s"): the lock held past the wait (SPEC §2), not a bug.
+ */
+export function masterBusyError(display: string, wait: string, code: string, cause: unknown): UnavailableError {
+  return new UnavailableError(`the master ${display} stayed locked by another process past the ${wait} wait (${code}): let that process finish, or stop it, then run again`, 'master_busy', { cause });
+}
+
 export class NeedsOperatorError extends Error {
   readonly needsOperator = true;
 }

@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import type { MasterUrl } from '../config.js';
-import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
+import { isAcm2Error, isDiskFull, isReadOnly, masterBusyError, UnavailableError, UsageError } from '../errors.js';
 import { loadMigrations } from '../migrations.js';
 import type { MasterDb } from './types.js';
 import { checkPairing, refuseNewMasterFor, type PairingNotice } from '../core/pairing.js';
@@ -116,12 +116,7 @@ function embeddedMasterErrors(master: MasterDb): MasterDb {
       return new UnavailableError(`I/O error on the master ${master.display} (${code}): check the disk it is on, then run again`, 'master_io_error', { cause: e });
     // Another process (ACM2, a second acm2, an sqlite3 shell) held the master's write lock for
     // longer than SQLite's busy wait: the lock held past the wait (SPEC §2), not a bug of ours.
-    if (/^SQLITE_(BUSY|LOCKED)/.test(code))
-      return new UnavailableError(
-        `the master ${master.display} stayed locked by another process past the ${busyWait(master)} wait (${code}): let that process finish, or stop it, then run again`,
-        'master_busy',
-        { cause: e },
-      );
+    if (/^SQLITE_(BUSY|LOCKED)/.test(code)) return masterBusyError(master.display, busyWait(master), code, e);
     // The file went bad under us (a disk fault, a copy made mid-write): the master must be
     // restored, and nothing this tool could do with it would help.
     if (/^SQLITE_(CORRUPT|NOTADB)/.test(code))

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { canWrite } from '../durable.js';
 import { openForReading } from '../userdb/user-db.js';
 import { checkLedger, loadMigrations, newerToolError, type LedgerRow, type Migration } from '../migrations.js';
-import { isAcm2Error, isDiskFull, isReadOnly, UnavailableError, UsageError } from '../errors.js';
+import { isAcm2Error, isDiskFull, isReadOnly, masterBusyError, UnavailableError, UsageError } from '../errors.js';
 import type {
   ApiKeyRow,
   BackfillItem,
@@ -176,12 +176,7 @@ export class SqliteMaster implements MasterDb {
       if (isAcm2Error(e)) throw e; // said already (a private copy the temp folder cannot hold)
       const code = (e as NodeJS.ErrnoException).code;
       // Locked by another process past the wait, as for any statement (see the factory).
-      if (/^SQLITE_(BUSY|LOCKED)/.test(String(code)))
-        throw new UnavailableError(
-          `the master ${this.display} stayed locked by another process past the ${this.busyTimeoutMs / 1000} s wait (${code}): let that process finish, or stop it, then run again`,
-          'master_busy',
-          { cause: e },
-        );
+      if (/^SQLITE_(BUSY|LOCKED)/.test(String(code))) throw masterBusyError(this.display, `${this.busyTimeoutMs / 1000} s`, String(code), e);
       // A file that is not a database is a wrong --master or --data-dir, not an outage.
       if (code === 'SQLITE_NOTADB') throw new UsageError(`the master ${file} is not a SQLite database (${code}): check --master and --data-dir`, 'not_a_master', { cause: e });
       // ENOSPC (on its -shm file: SQLITE_IOERR_SHMSIZE): the disk is full, not the master gone.
