@@ -38,6 +38,11 @@ export interface Config {
   lockTimeoutMs: number;
 }
 
+/** Colour only for a person at a terminal: never in --json, NO_COLOR, --no-color or a pipe. */
+export function wantsColor(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): boolean {
+  return flags.color !== false && !env.NO_COLOR && !flags.json && Boolean(process.stdout.isTTY);
+}
+
 export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): Config {
   // An empty environment variable counts as unset, as shells and CI systems often leave them.
   const e = (name: string) => env[name] || undefined;
@@ -62,8 +67,7 @@ export function resolveConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv = proce
     json: Boolean(flags.json),
     quiet: Boolean(flags.quiet),
     verbose: Boolean(flags.verbose),
-    // Colour only for a person at a terminal: never in --json, NO_COLOR, --no-color or a pipe.
-    color: flags.color !== false && !e('NO_COLOR') && !flags.json && Boolean(process.stdout.isTTY),
+    color: wantsColor(flags, env),
     lockTimeoutMs: lockSeconds * 1000,
   };
 }

@@ -3,7 +3,6 @@
 import { resolveConfig, type Config, type GlobalFlags } from '../config.js';
 import { createReporter, type Reporter } from '../ui/reporter.js';
 import { UsageError } from '../errors.js';
-import chalk from 'chalk';
 import { statSync } from 'node:fs';
 
 export interface Ctx {
@@ -13,7 +12,6 @@ export interface Ctx {
 
 export function context(opts: Record<string, unknown>): Ctx {
   const cfg = resolveConfig(opts as GlobalFlags);
-  if (!cfg.color) chalk.level = 0;
   // A path that exists but is not a folder is a mistyped flag, not an empty fleet or a master
   // that cannot be opened: say so, whatever the command.
   for (const [flag, p] of [['--data-dir', cfg.dataDir], ['--seeds', cfg.seedsDir]] as const) {

@@ -2,7 +2,8 @@
 // Command modules are imported lazily so `acm2 --help` stays close to `node -e 0`.
 
 import { Command, Option } from 'commander';
-import { TOOL_VERSION } from '../config.js';
+import { TOOL_VERSION, wantsColor } from '../config.js';
+import { loadColor } from '../ui/color.js';
 import { visible } from '../ui/text.js';
 
 type Loader = () => Promise<{ run: (ctx: CommandCall) => Promise<void> }>;
@@ -17,8 +18,9 @@ function action(loader: Loader) {
   return async (...params: unknown[]) => {
     const command = params[params.length - 1] as Command;
     const args = params.slice(0, -2).flatMap((p) => (Array.isArray(p) ? p.map(String) : p === undefined ? [] : [String(p)]));
-    const mod = await loader();
-    await mod.run({ args, opts: command.optsWithGlobals(), command });
+    const opts = command.optsWithGlobals();
+    const [mod] = await Promise.all([loader(), wantsColor(opts) ? loadColor() : undefined]);
+    await mod.run({ args, opts, command });
   };
 }
 

@@ -1,7 +1,7 @@
 // `acm2 seed check [v...]`: full integrity check of the named versions (all when none named).
 // Failures are findings: the report is printed, then the exit code is 1.
 
-import chalk from 'chalk';
+import { color } from '../ui/color.js';
 import { checkPackage, currentState, knownVersions, listPackages } from '../seed/package.js';
 import { UsageError } from '../errors.js';
 import { context } from './context.js';
@@ -23,7 +23,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   out.result(currentError === undefined ? { ok, seedsDir: cfg.seedsDir, packages } : { ok, seedsDir: cfg.seedsDir, packages, currentError }, () => {
     // Versions and problems name what is on disk (folder and file names): shown escaped.
     const { seedsDir, packages: checked, currentError: brokenCurrent } = visibleDeep({ seedsDir: cfg.seedsDir, packages, currentError });
-    const paint = (s: string, good: boolean) => (out.color ? (good ? chalk.green(s) : chalk.red(s)) : s);
+    const paint = (s: string, good: boolean) => (out.color ? (good ? color.green(s) : color.red(s)) : s);
     const lines = checked.map((p) => [`${p.version}  ${paint(p.ok ? 'ok' : 'FAILED', p.ok)}`, ...p.problems.map((x) => `  - ${x}`)].join('\n'));
     if (checked.length === 0) lines.push(`No seed packages in ${seedsDir}.`);
     if (brokenCurrent !== undefined) lines.push(`CURRENT  ${paint('FAILED', false)}\n  - ${brokenCurrent}`);

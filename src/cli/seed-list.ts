@@ -1,7 +1,7 @@
 // `acm2 seed list`: every version in the seeds folder, CURRENT marked (reads manifests only).
 
 import { makeTable } from '../ui/table.js';
-import chalk from 'chalk';
+import { color } from '../ui/color.js';
 import { currentState, listPackages } from '../seed/package.js';
 import { formatBytes } from '../ui/reporter.js';
 import { context } from './context.js';
@@ -17,11 +17,11 @@ export async function run({ opts }: CommandCall): Promise<void> {
   out.result(doc, () => {
     // Folder names and a CURRENT file's text are whatever is on disk: shown escaped.
     const { seedsDir, packages, currentError } = visibleDeep({ seedsDir: cfg.seedsDir, packages: doc.packages, currentError: current.error });
-    const warning = currentError === undefined ? '' : `${out.color ? chalk.yellow('warning:') : 'warning:'} CURRENT is broken: ${currentError}`;
+    const warning = currentError === undefined ? '' : `${out.color ? color.yellow('warning:') : 'warning:'} CURRENT is broken: ${currentError}`;
     if (packages.length === 0) return [`No seed packages in ${seedsDir}.`, warning].filter(Boolean).join('\n');
     const table = makeTable(['', 'version', 'rows', 'files', 'bytes', 'packageSha256', 'created'], out.color);
     for (const p of packages) {
-      const mark = p.current ? (out.color ? chalk.green('*') : '*') : '';
+      const mark = p.current ? (out.color ? color.green('*') : '*') : '';
       if (p.error) table.push([mark, p.version, { colSpan: 5, content: `unreadable: ${p.error}` }]);
       else table.push([mark, p.version, p.rows, p.files, formatBytes(p.bytes), p.packageSha256.slice(0, 16), p.createdAt]);
     }

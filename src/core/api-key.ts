@@ -8,6 +8,12 @@ export const API_KEY_RE = /^acm2_[A-Za-z0-9_-]{32}$/;
 /** Python's bcrypt.gensalt() default. */
 export const BCRYPT_ROUNDS = 12;
 
+/** The cost factor: ACM2_BCRYPT_ROUNDS when it is a whole number from 4 to 15 (tests, benchmarks), else the default. */
+export function bcryptRounds(): number {
+  const r = Number(process.env.ACM2_BCRYPT_ROUNDS ?? BCRYPT_ROUNDS);
+  return Number.isInteger(r) && r >= 4 && r <= 15 ? r : BCRYPT_ROUNDS;
+}
+
 export interface NewApiKey {
   key: string;
   hash: string;

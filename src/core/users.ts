@@ -7,7 +7,6 @@ import type { JobOutcome, MasterDb, MasterUser, SeedJob, UndeliveredKey } from '
 import { loadPackage, resolveVersion, versionOrUndefined, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { newerToolError } from '../migrations.js';
-import { generateApiKey, BCRYPT_ROUNDS } from './api-key.js';
 import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy, keptBackups, type KeptBackups } from './migrate-safe.js';
@@ -90,11 +89,6 @@ export function parseWordpressId(raw: unknown): number | null {
   return Number(s);
 }
 
-function bcryptRounds(): number {
-  const r = Number(process.env.ACM2_BCRYPT_ROUNDS ?? BCRYPT_ROUNDS);
-  return Number.isInteger(r) && r >= 4 && r <= 15 ? r : BCRYPT_ROUNDS;
-}
-
 export interface CreateInput {
   email: string;
   username: string;
@@ -146,6 +140,8 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
 
   // Seeding at once would stop on a broken staging folder after the user was made: say so first.
   if (!input.async) refuseOddToolDir(deps.dataDir);
+  // bcryptjs is loaded by the one command that makes a key, not at every command's start (~7 ms).
+  const { generateApiKey, bcryptRounds } = await import('./api-key.js');
   const key = generateApiKey(bcryptRounds());
   if (hooks.signal?.aborted) throw new FindingsError('interrupted before the user was created: nothing was changed', 'interrupted');
   hooks.onCreating?.();

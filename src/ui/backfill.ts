@@ -2,7 +2,7 @@
 
 import path from 'node:path';
 import { makeTable } from './table.js';
-import chalk from 'chalk';
+import { color as paint } from './color.js';
 import { BACKFILL_ACTIONS, type BackfillAction, type BackfillResult } from '../core/backfill.js';
 import type { LegacyLogsResult } from '../core/legacy-logs.js';
 import { formatBytes } from './reporter.js';
@@ -18,7 +18,7 @@ const LABEL: Record<BackfillAction, string> = {
   fail: 'failed',
 };
 
-const COLOR: Partial<Record<BackfillAction, (s: string) => string>> = { ok: chalk.gray, fail: chalk.red };
+const COLOR: Partial<Record<BackfillAction, (s: string) => string>> = { ok: paint.gray, fail: paint.red };
 
 /** The `--json` document: SPEC's keys first, then the details. */
 export function backfillJson(r: BackfillResult): unknown {
@@ -75,7 +75,7 @@ function diskFullMessage(r: BackfillResult): string {
 
 export function renderBackfill(r: BackfillResult, color = false): string {
   const out: string[] = [];
-  if (r.dryRun) out.push(chalk.bold('Backfill plan (dry run: nothing was written)'));
+  if (r.dryRun) out.push(paint.bold('Backfill plan (dry run: nothing was written)'));
   if (r.resumedFinished) {
     out.push(`The backfill '${r.name}' had already finished (at ${r.resumedFinished}): --resume went over only the users added since; run without --resume to go over every user again.`);
   } else if (r.resumed) out.push(`Resumed the backfill '${r.name}' where it stopped (counts include the earlier part).`);
@@ -95,14 +95,14 @@ export function renderBackfill(r: BackfillResult, color = false): string {
     total += n;
     summary.push([(COLOR[a] ?? String)(`${a} — ${LABEL[a]}`), n]);
   }
-  summary.push([chalk.bold('total'), total]);
+  summary.push([paint.bold('total'), total]);
   out.push(summary.toString());
   if (r.readyWithOtherVersion > 0) out.push(otherVersionNote(r));
 
   if (r.failures.length > 0) {
     const n = `${r.failures.length} user${r.failures.length === 1 ? '' : 's'}`;
-    out.push(chalk.red(r.dryRun ? `${n} would fail (they would be skipped; nothing was tried):` : `${n} failed (skipped; everything else went on):`));
-    for (const f of r.failures) out.push(chalk.red(`  user ${f.id} [${f.code}]: ${f.reason}`));
+    out.push(paint.red(r.dryRun ? `${n} would fail (they would be skipped; nothing was tried):` : `${n} failed (skipped; everything else went on):`));
+    for (const f of r.failures) out.push(paint.red(`  user ${f.id} [${f.code}]: ${f.reason}`));
   }
   if (r.backups) {
     const n = r.backups.kept;
@@ -111,9 +111,9 @@ export function renderBackfill(r: BackfillResult, color = false): string {
     );
   }
   if (r.legacyLogs) out.push(renderLegacyLogs(r.legacyLogs));
-  if (r.stopped === 'interrupted') out.push(chalk.yellow(`Interrupted: users in flight finished and progress is saved. Run 'acm2 backfill --resume' to continue.`));
-  if (r.stopped === 'disk_full') out.push(chalk.red(`Stopped: the disk is full, so every next user would fail the same way. Free space, then run 'acm2 backfill --resume': it goes on from the user the full disk stopped.`));
-  if (r.stopped === 'max_errors') out.push(chalk.yellow(`Stopped early: --max-errors reached. Run 'acm2 backfill --resume' to go on with the users not reached yet; the failed ones are retried by a backfill without --resume, once their cause is fixed.`));
+  if (r.stopped === 'interrupted') out.push(paint.yellow(`Interrupted: users in flight finished and progress is saved. Run 'acm2 backfill --resume' to continue.`));
+  if (r.stopped === 'disk_full') out.push(paint.red(`Stopped: the disk is full, so every next user would fail the same way. Free space, then run 'acm2 backfill --resume': it goes on from the user the full disk stopped.`));
+  if (r.stopped === 'max_errors') out.push(paint.yellow(`Stopped early: --max-errors reached. Run 'acm2 backfill --resume' to go on with the users not reached yet; the failed ones are retried by a backfill without --resume, once their cause is fixed.`));
   out.push(`${r.dryRun ? 'Planned' : 'Done'} in ${(r.durationMs / 1000).toFixed(1)} s.`);
   return out.join('\n');
 }
@@ -123,12 +123,12 @@ export function renderLegacyLogs(l: LegacyLogsResult): string {
   const files = l.moved.reduce((a, m) => a + m.files, 0);
   const bytes = l.moved.reduce((a, m) => a + m.bytes, 0);
   const out = [`Legacy logs in ${l.dir}: ${l.runs} run folders; ${verb} ${l.moved.length} (${files} files, ${formatBytes(bytes)}) into their owners' runs/<id>/logs/.`];
-  for (const c of l.clashes) out.push(chalk.yellow(`  clash in user ${c.userId}: ${c.existing} already exists; the incoming file ${l.dryRun ? 'would be' : 'was'} kept as ${c.keptAs}`));
-  if (l.unowned.length > 0) out.push(chalk.yellow(`  ${l.unowned.length} run folder(s) no user owns, left in place: ${l.unowned.join(', ')}`));
-  for (const a of l.ambiguous) out.push(chalk.yellow(`  run ${a.runId} is held by users ${a.userIds.join(', ')}: left in place`));
-  if (l.skipped.length > 0) out.push(chalk.yellow(`  not plain files, or files with another hard link, left in place: ${l.skipped.join(', ')}`));
-  for (const r of l.refused) out.push(chalk.yellow(`  run ${r.runId}: user ${r.userId}'s ${r.path} is a symlink or not a folder, so the run's logs were left in place`));
-  for (const b of l.busy) out.push(chalk.yellow(`  run ${b.runId}: user ${b.userId} is held by another process (a seed or another backfill), so its logs were left in place; run the backfill again`));
-  if (l.uncheckedUsers.length > 0) out.push(chalk.yellow(`  DBs of users ${l.uncheckedUsers.join(', ')} could not be read, so runs they own may show as unowned`));
+  for (const c of l.clashes) out.push(paint.yellow(`  clash in user ${c.userId}: ${c.existing} already exists; the incoming file ${l.dryRun ? 'would be' : 'was'} kept as ${c.keptAs}`));
+  if (l.unowned.length > 0) out.push(paint.yellow(`  ${l.unowned.length} run folder(s) no user owns, left in place: ${l.unowned.join(', ')}`));
+  for (const a of l.ambiguous) out.push(paint.yellow(`  run ${a.runId} is held by users ${a.userIds.join(', ')}: left in place`));
+  if (l.skipped.length > 0) out.push(paint.yellow(`  not plain files, or files with another hard link, left in place: ${l.skipped.join(', ')}`));
+  for (const r of l.refused) out.push(paint.yellow(`  run ${r.runId}: user ${r.userId}'s ${r.path} is a symlink or not a folder, so the run's logs were left in place`));
+  for (const b of l.busy) out.push(paint.yellow(`  run ${b.runId}: user ${b.userId} is held by another process (a seed or another backfill), so its logs were left in place; run the backfill again`));
+  if (l.uncheckedUsers.length > 0) out.push(paint.yellow(`  DBs of users ${l.uncheckedUsers.join(', ')} could not be read, so runs they own may show as unowned`));
   return out.join('\n');
 }

@@ -1,7 +1,7 @@
 // Human rendering of a diff result: per table the rows added/removed/changed (with the fields),
 // then the files. The --json document is the result itself.
 
-import { Chalk } from 'chalk';
+import { color, plain } from './color.js';
 import type { DiffResult, DiffSide } from '../core/diff.js';
 
 export function describeSide(s: DiffSide): string {
@@ -32,7 +32,7 @@ function otherVersionsNote(r: DiffResult): string | undefined {
 }
 
 export function renderDiff(r: DiffResult, opts: { color: boolean }): string {
-  const c = new Chalk({ level: opts.color ? 1 : 0 });
+  const c = opts.color ? color : plain;
   const head = `${describeSide(r.left)} vs ${describeSide(r.right)}`;
   const others = otherVersionsNote(r);
   if (r.equal) return `${head}: ${c.green('no differences')}${others ? `\n${c.gray(`(${others})`)}` : ''}`;

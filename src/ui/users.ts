@@ -1,7 +1,7 @@
 // Human renderings of user results; JSON output is the result objects themselves.
 
 import { makeTable } from './table.js';
-import chalk from 'chalk';
+import { color } from './color.js';
 import type { CreateUserResult, SeedReport, UserStatus } from '../core/users.js';
 import type { DrainResult } from '../core/users.js';
 import { formatBytes } from './reporter.js';
@@ -9,7 +9,7 @@ import { deadHere } from '../core/worker-name.js';
 
 export function renderSeed(seed: SeedReport, userId: number): string {
   if (seed.status === 'pending') return `Seed job ${seed.jobId ?? ''} queued for ${seed.seedVersion}: run 'acm2 user seed --pending' to process it.`;
-  if (seed.status === 'failed') return chalk.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}${seed.retry ? `\nRetry with: ${seed.retry}` : ''}`);
+  if (seed.status === 'failed') return color.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}${seed.retry ? `\nRetry with: ${seed.retry}` : ''}`);
   if (seed.outcome === 'already_ready') {
     const again = seed.readyAgain;
     if (!again) return `User ${userId} is already ready with ${seed.seedVersion}; nothing to do.`;
@@ -17,7 +17,7 @@ export function renderSeed(seed: SeedReport, userId: number): string {
     return `User ${userId} is ready with ${seed.seedVersion} again: ${was}; its ${seed.seedVersion} rows and files were in place from an earlier seed, so none was rewritten (--force restores them to the package).`;
   }
   const verb = seed.outcome === 'restored' ? 'Restored' : 'Seeded';
-  const line = `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${chalk.green('ready')}`;
+  const line = `${verb} user ${userId} with ${seed.seedVersion}: ${seed.rows} rows, ${seed.files} files (${formatBytes(seed.bytes ?? 0)}) in ${seed.durationMs} ms — ${color.green('ready')}`;
   return seed.backup ? `${line}\nWhat --force overwrote (the DB, and the seeded files that differed) is kept in ${seed.backup}` : line;
 }
 
@@ -29,16 +29,16 @@ export function renderCreate(r: ShownCreate): string {
     r.resumed
       ? `User ${r.user.id} (${r.user.username}, ${r.user.email}) was made by an earlier run of this create that stopped before it showed the API key: that key${r.revokedKeyPrefix ? ` (${r.revokedKeyPrefix}…)` : ''} is revoked and a new one issued.`
       : `Created user ${r.user.id} (${r.user.username}, ${r.user.email}).`,
-    `API key (shown once, store it now): ${chalk.bold(r.apiKey)}`,
+    `API key (shown once, store it now): ${color.bold(r.apiKey)}`,
     renderSeed(r.seed, r.user.id),
   ].join('\n');
 }
 
 const STATUS_COLOR: Record<string, (s: string) => string> = {
-  ready: chalk.green,
-  pending: chalk.yellow,
-  failed: chalk.red,
-  missing: chalk.gray,
+  ready: color.green,
+  pending: color.yellow,
+  failed: color.red,
+  missing: color.gray,
 };
 
 export function renderStatus(s: UserStatus): string {
@@ -54,10 +54,10 @@ export function renderStatus(s: UserStatus): string {
   ];
   // A failed job of a user still ready (a --force that failed before changing anything): the user's
   // last error is blank, and the job's is what the operator needs to see.
-  if (s.job?.status === 'failed' && s.job.lastError && !s.lastError) rows.push(['job error', chalk.red(s.job.lastError)]);
+  if (s.job?.status === 'failed' && s.job.lastError && !s.lastError) rows.push(['job error', color.red(s.job.lastError)]);
   // Kept for good (the operator's way back): said with what they take, so old ones can be removed by hand.
   if (s.backups?.count) rows.push(['backups', `${s.backups.dir} (${s.backups.count} kept, ${formatBytes(s.backups.bytes)}; acm2 never removes them: delete old ones yourself)`]);
-  if (s.lastError) rows.push(['last error', chalk.red(s.lastError)]);
+  if (s.lastError) rows.push(['last error', color.red(s.lastError)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
 }
 
@@ -130,7 +130,7 @@ function listNote(s: UserStatus): string {
 
 export function renderDrain(r: DrainResult & { interrupted?: boolean; notDue?: { count: number; nextAttemptAt: string | null } | null }): string {
   const lines = [`Seed queue: ${r.done} seeded, ${r.retrying} to retry, ${r.failed} failed, ${r.skipped} skipped (user busy).`];
-  for (const f of r.failures) lines.push(chalk.red(`  user ${f.userId} (job ${f.jobId}): ${f.error}${f.final ? ' [job failed: not retried]' : ''}`));
+  for (const f of r.failures) lines.push(color.red(`  user ${f.userId} (job ${f.jobId}): ${f.error}${f.final ? ' [job failed: not retried]' : ''}`));
   if (r.notDue && r.notDue.count > 0) {
     lines.push(`${r.notDue.count} job${r.notDue.count === 1 ? '' : 's'} waiting for a retry, the first due at ${r.notDue.nextAttemptAt}: a later drain takes ${r.notDue.count === 1 ? 'it' : 'them'}, or acm2 user seed <id> runs one now.`);
   }

@@ -1,7 +1,7 @@
 // Renderings of a verify result for a person (summary table, problems grouped by user) and for
 // CI dashboards (JUnit XML: one testcase per user). The --json document is the result itself.
 
-import chalk, { Chalk, type ChalkInstance } from 'chalk';
+import { color, plain, type Paint } from './color.js';
 import Table from 'cli-table3';
 import { PROBLEM_CODES, type Problem, type ProblemCode, type VerifyResult } from '../core/verify.js';
 import { formatSeconds } from './reporter.js';
@@ -15,7 +15,7 @@ export function countByCode(r: VerifyResult): Array<[ProblemCode, number]> {
 }
 
 export function renderVerify(r: VerifyResult, opts: { color: boolean }): string {
-  const c = opts.color ? chalk : new Chalk({ level: 0 });
+  const c = opts.color ? color : plain;
   const summary = new Table({ head: ['users', ''], style: { head: [], border: [] } });
   summary.push(
     ['checked', String(r.checked)],
@@ -86,7 +86,7 @@ const REMEDY: Partial<Record<ProblemCode, string>> = {
   db_busy: 'verify the user again when it is idle: acm2 verify --user <id>',
 };
 
-function problemLine(p: Problem, c: ChalkInstance): string {
+function problemLine(p: Problem, c: Paint): string {
   const mark = p.severity === 'warning' ? c.yellow('!') : c.red('✗');
   const where = [p.table && (p.rowId ? `${p.table} ${p.rowId}` : p.table), p.path].filter(Boolean).join(' ');
   return `  ${mark} ${p.code.padEnd(20)} ${p.message}${where && !p.message.includes(p.path ?? '\0') ? c.gray(`  [${where}]`) : ''}`;
