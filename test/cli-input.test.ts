@@ -236,9 +236,16 @@ describe('environment failures', () => {
   });
 
   it('the open-file limit met while loading a command is exit 3 in one sentence, not an internal error', async () => {
-    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      execFile('bash', ['-c', `ulimit -n 24; exec "${process.execPath}" "${BIN}" --data-dir /nonexistent-acm2-dir seed list`], (e, _o, stderr) => resolve({ code: e ? ((e as { code?: number }).code ?? null) : 0, stderr }));
-    });
+    const withLimit = (n: number) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        execFile('bash', ['-c', `ulimit -n ${n}; exec "${process.execPath}" "${BIN}" --data-dir /nonexistent-acm2-dir seed list`], (e, _o, stderr) => resolve({ code: e ? ((e as { code?: number }).code ?? null) : 0, stderr }));
+      });
+    // The highest limit that fails is met by the last files opened: the command's own modules,
+    // loaded after main's error handling is in place. (How many that is moves as modules are
+    // added or loaded lazily, so the limit is found, not fixed.)
+    let r = await withLimit(64);
+    expect(r.code, r.stderr).toBe(0);
+    for (let n = 40; n > 8 && r.code === 0; n--) r = await withLimit(n);
     expect(r.code, r.stderr).toBe(3);
     expect(r.stderr).toMatch(/^acm2: too many open files at .* \(EMFILE\): raise the limit \(ulimit -n\)/);
   });
