@@ -2,12 +2,12 @@
 
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
-import { concurrencyOption, context, intOption } from './context.js';
+import { concurrencyOption, context, intOption, type Ctx } from './context.js';
 import { onInterrupt } from './interrupt.js';
 import { openMaster, usingMaster } from '../master/factory.js';
 import { checkUserRef, seedOneUser } from '../core/users.js';
 import { loadPackage, resolveVersion } from '../seed/package.js';
-import { runSeedPool } from '../core/seed-pool.js';
+import { runSeedPool, warmSeedWorkers, type WarmWorkers } from '../core/seed-pool.js';
 import { renderDrain, renderSeed } from '../ui/users.js';
 import { EXIT, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
@@ -22,43 +22,13 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     if (opts.seedVersion !== undefined) throw new UsageError('--seed-version applies to one user, not to --pending: each queued job carries its own version');
     const concurrency = concurrencyOption(opts) ?? availableParallelism();
     const limit = intOption(opts, 'limit');
-    // Each drainer opens its own connection (and would set a master up): check the master is one
-    // first. The drainers apply the migrations; this check need not.
-    // The data dir must be this master's (paired on first use) before any job is claimed.
-    const checked = await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true, notice: out.warn } });
-    const progress = out.progress();
-    // How many jobs this drain is likely to take, for the progress line's ETA (SPEC §1): the
-    // ones due now, up to --limit. A --watch worker has no end to count down to, and a drain
-    // that shows no progress (cron, a pipe) need not ask.
-    let due: number | undefined;
+    // The other drainers' threads start now, while this one opens and checks the master.
+    const warm = concurrency > 1 ? warmSeedWorkers(concurrency - 1) : undefined;
     try {
-      if (!opts.watch && progress !== silentProgress) due = await dueJobs(checked);
+      await drainPending(cfg, out, opts, concurrency, limit, warm);
     } finally {
-      await checked.close();
+      await warm?.dispose();
     }
-    const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
-    progress.start('seeding', due === undefined ? undefined : Math.min(due, limit ?? due));
-    const r = await runSeedPool({
-      master: cfg.master,
-      dataDir: cfg.dataDir,
-      seedsDir: cfg.seedsDir,
-      lockTimeoutMs: cfg.lockTimeoutMs,
-      concurrency,
-      limit,
-      watch: Boolean(opts.watch),
-      signal: interrupt.signal,
-      onProgress: (n) => progress.tick(n),
-    }).finally(() => {
-      progress.done();
-      interrupt.dispose();
-    });
-    // Jobs waiting for a retry's backoff were not claimed: say so, or an empty drain looks like an empty queue.
-    const notDue = await usingMaster(cfg.master, (m) => m.pendingNotDue(), { create: false, migrate: false }).catch(() => undefined);
-    const shown = { ...r, notDue: notDue ? { count: notDue.count, nextAttemptAt: notDue.nextAttemptAt === null ? null : new Date(notDue.nextAttemptAt).toISOString() } : null };
-    out.result(shown, () => renderDrain(visibleDeep(shown)));
-    // Interrupted before the queue was drained is a batch not finished (as for backfill); a
-    // --watch worker is meant to be stopped that way.
-    if (r.failed > 0 || r.retrying > 0 || (r.interrupted && !opts.watch)) process.exitCode = EXIT.findings;
     return;
   }
   if (args.length !== 1) throw new UsageError('name one user (id or email), or use --pending');
@@ -83,6 +53,48 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
   ).finally(() => interrupt.dispose());
   out.result({ user: { id: r.user.id, username: r.user.username, email: r.user.email }, seed: r.seed }, () => renderSeed(visibleDeep(r.seed), r.user.id));
   if (r.seed.status === 'failed') process.exitCode = EXIT.findings;
+}
+
+/** Drain the seed queue with `concurrency` drainers: this thread and the warm worker threads. */
+async function drainPending(cfg: Ctx['cfg'], out: Ctx['out'], opts: CommandCall['opts'], concurrency: number, limit: number | undefined, warm: WarmWorkers | undefined): Promise<void> {
+  // Each drainer opens its own connection (and would set a master up): check the master is one
+  // first. The drainers apply the migrations; this check need not.
+  // The data dir must be this master's (paired on first use) before any job is claimed.
+  const checked = await openMaster(cfg.master, { create: false, pairWith: { dataDir: cfg.dataDir, write: true, notice: out.warn } });
+  const progress = out.progress();
+  // How many jobs this drain is likely to take, for the progress line's ETA (SPEC §1): the
+  // ones due now, up to --limit. A --watch worker has no end to count down to, and a drain
+  // that shows no progress (cron, a pipe) need not ask.
+  let due: number | undefined;
+  try {
+    if (!opts.watch && progress !== silentProgress) due = await dueJobs(checked);
+  } finally {
+    await checked.close();
+  }
+  const interrupt = onInterrupt(out, 'claiming no more jobs and finishing the ones in flight');
+  progress.start('seeding', due === undefined ? undefined : Math.min(due, limit ?? due));
+  const r = await runSeedPool({
+    master: cfg.master,
+    dataDir: cfg.dataDir,
+    seedsDir: cfg.seedsDir,
+    lockTimeoutMs: cfg.lockTimeoutMs,
+    concurrency,
+    limit,
+    watch: Boolean(opts.watch),
+    signal: interrupt.signal,
+    onProgress: (n) => progress.tick(n),
+    warm,
+  }).finally(() => {
+    progress.done();
+    interrupt.dispose();
+  });
+  // Jobs waiting for a retry's backoff were not claimed: say so, or an empty drain looks like an empty queue.
+  const notDue = await usingMaster(cfg.master, (m) => m.pendingNotDue(), { create: false, migrate: false }).catch(() => undefined);
+  const shown = { ...r, notDue: notDue ? { count: notDue.count, nextAttemptAt: notDue.nextAttemptAt === null ? null : new Date(notDue.nextAttemptAt).toISOString() } : null };
+  out.result(shown, () => renderDrain(visibleDeep(shown)));
+  // Interrupted before the queue was drained is a batch not finished (as for backfill); a
+  // --watch worker is meant to be stopped that way.
+  if (r.failed > 0 || r.retrying > 0 || (r.interrupted && !opts.watch)) process.exitCode = EXIT.findings;
 }
 
 /** Pending jobs due now (an estimate: others may claim some, or add more, meanwhile); undefined if the master cannot say. */

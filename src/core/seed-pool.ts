@@ -19,6 +19,8 @@ export interface PoolInput {
   /** Aborted (SIGINT/SIGTERM): every drainer claims no more jobs, finishes those in flight, and the pool returns. */
   signal?: AbortSignal;
   onProgress?: (done: number) => void;
+  /** Threads started early (warmSeedWorkers): the first round drains with them instead of starting its own. */
+  warm?: WarmWorkers;
 }
 
 interface WorkerInput {
@@ -89,6 +91,40 @@ export async function runSeedPool(input: PoolInput): Promise<PoolResult> {
   }
 }
 
+/**
+ * Worker threads started before the command's own checks, so that their ~130 ms of start (a V8
+ * isolate, then this module's graph loaded again) overlaps the master's opening and pairing
+ * instead of following it. Each waits, doing nothing, until the pool hands it its input; one not
+ * handed any (the command stopped on bad input first) is ended by `dispose`.
+ */
+export interface WarmWorkers {
+  take(): Worker | undefined;
+  dispose(): Promise<void>;
+}
+
+export function warmSeedWorkers(count: number): WarmWorkers {
+  const gone = new Set<Worker>();
+  const idle = Array.from({ length: count }, () => {
+    const w = new Worker(new URL(import.meta.url), { workerData: { warm: true } });
+    // Not a reason to keep the process alive: one never handed input is ended below, or with the process.
+    w.unref();
+    // One that died while waiting (it could not load its modules) is not handed input, which it
+    // would never answer: the pool starts a thread of its own instead, and sees its error.
+    w.on('error', () => gone.add(w));
+    w.on('exit', () => gone.add(w));
+    return w;
+  });
+  return {
+    take: () => {
+      for (let w = idle.shift(); w; w = idle.shift()) if (!gone.has(w)) return w;
+      return undefined;
+    },
+    dispose: async () => {
+      await Promise.all(idle.splice(0).map((w) => w.terminate()));
+    },
+  };
+}
+
 async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<DrainResult> {
   const limit = input.limit ?? -1;
   const n = Math.max(1, input.concurrency);
@@ -97,7 +133,12 @@ async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<Dr
   // This thread drains too (its modules are loaded already), beside n - 1 worker threads.
   const inWorker = (): Promise<DrainResult> =>
     new Promise<DrainResult>((resolve, reject) => {
-      const w = new Worker(new URL(import.meta.url), { workerData: wi });
+      const warm = input.warm?.take();
+      const w = warm ?? new Worker(new URL(import.meta.url), { workerData: wi });
+      if (warm) {
+        warm.ref();
+        warm.postMessage({ type: 'go', input: wi });
+      }
       let result: DrainResult | undefined;
       w.on('message', (m: { type: string; result?: DrainResult; error?: WireError }) => {
         if (m.type === 'tick') input.onProgress?.(1);
@@ -143,9 +184,14 @@ async function drainInThread(wi: WorkerInput, tick?: (n: number) => void): Promi
   }
 }
 
-if (!isMainThread && parentPort && (workerData as WorkerInput | undefined)?.slots) {
-  const port = parentPort;
-  drainInThread(workerData as WorkerInput, () => port.postMessage({ type: 'tick' }))
+function drainInWorker(wi: WorkerInput, port: NonNullable<typeof parentPort>): void {
+  drainInThread(wi, () => port.postMessage({ type: 'tick' }))
     .then((result) => port.postMessage({ type: 'done', result }))
     .catch((e: unknown) => port.postMessage({ type: 'error', error: toWire(e) }));
+}
+
+if (!isMainThread && parentPort && (workerData as WorkerInput | undefined)?.slots) drainInWorker(workerData as WorkerInput, parentPort);
+else if (!isMainThread && parentPort && (workerData as { warm?: boolean } | undefined)?.warm) {
+  const port = parentPort;
+  port.once('message', (m: { type: string; input: WorkerInput }) => drainInWorker(m.input, port));
 }
