@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
-import { createUser, userStatus } from '../src/core/users.js';
+import { createUser, listUserStatuses, userStatus, type UserStatus } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -47,12 +47,13 @@ async function readyUser(name: string): Promise<number> {
 
 /**
  * ACM2 in a long write on the user's (rollback-journal) DB in another process: BEGIN EXCLUSIVE
- * keeps readers out too, as a write that spilled its cache does. Held until the process is killed;
- * returns once the lock is held.
+ * keeps readers out too, as a write that spilled its cache does. Held until the process is killed
+ * (or releaseAfterMs after it took the lock); returns once the lock is held.
  */
-async function holdLocked(file: string): Promise<ChildProcess> {
+async function holdLocked(file: string, releaseAfterMs?: number): Promise<ChildProcess> {
   const flag = path.join(flags, `${path.basename(file)}-held`);
-  const script = `const D = require('better-sqlite3'); const d = new D(process.argv[1]); d.exec('BEGIN EXCLUSIVE'); require('fs').writeFileSync(process.argv[2], ''); setInterval(() => {}, 1000);`;
+  const until = releaseAfterMs === undefined ? `setInterval(() => {}, 1000)` : `setTimeout(() => process.exit(0), ${releaseAfterMs})`;
+  const script = `const D = require('better-sqlite3'); const d = new D(process.argv[1]); d.exec('BEGIN EXCLUSIVE'); require('fs').writeFileSync(process.argv[2], ''); ${until};`;
   const h = spawn(process.execPath, ['-e', script, file, flag], { cwd: REPO, stdio: 'ignore' });
   holders.push(h);
   for (let i = 0; !existsSync(flag); i++) {
@@ -64,6 +65,7 @@ async function holdLocked(file: string): Promise<ChildProcess> {
 
 function release(h: ChildProcess): Promise<void> {
   return new Promise((resolve) => {
+    if (h.exitCode !== null || h.signalCode !== null) return resolve();
     h.once('exit', () => resolve());
     h.kill('SIGKILL');
   });
@@ -112,6 +114,85 @@ describe('a user DB another process holds locked (BEGIN EXCLUSIVE)', () => {
     expect(after.db.error).toBeUndefined();
     expect(after.seedVersion).toBe('v1');
   }, 90_000);
+});
+
+describe('user list over several user DBs held locked', () => {
+  it('shares one wait among them: the listing ends well before one wait per locked DB, each locked row busy', async () => {
+    const ids: number[] = [];
+    for (let i = 1; i <= 5; i++) ids.push(await readyUser(`list-busy-${i}`));
+    // The first, third and fifth locked: free users between them are read as usual.
+    const locked = [ids[0]!, ids[2]!, ids[4]!];
+    const held = await Promise.all(locked.map((id) => holdLocked(userDbPath(world.dataDir, id))));
+    try {
+      // Each CLI run with the default wait (5 s): one wait per locked DB would take 15 s or more.
+      let started = Date.now();
+      const json = await cli(['user', 'list']);
+      expect(Date.now() - started).toBeLessThan(9000);
+      expect(json.exitCode).toBe(0);
+      const rows = (JSON.parse(json.stdout) as { users: UserStatus[] }).users.filter((u) => ids.includes(u.id));
+      expect(rows.map((u) => u.id)).toEqual(ids);
+      for (const u of rows) {
+        if (!locked.includes(u.id)) {
+          expect(u).toMatchObject({ status: 'ready', seedVersion: 'v1', db: { seedStatus: 'ready' } });
+          expect(u.db.busy).toBeUndefined();
+          expect(u.files.count).toBeGreaterThan(0);
+          continue;
+        }
+        // Its status is the master's word; the DB was not read.
+        expect(u).toMatchObject({ status: 'ready', seedVersion: null, db: { busy: true, error: expect.stringMatching(/^locked by another process .*not read just now/) } });
+      }
+      // The wait each row claims is the wait made: the first locked DB its 5 s, the others none.
+      const errors = rows.filter((u) => u.db.busy).map((u) => u.db.error);
+      expect(errors[0]).toMatch(/for more than 5 s, so it was not read just now: run this again shortly$/);
+      for (const [i, e] of errors.slice(1).entries()) {
+        expect(e).not.toMatch(/more than/);
+        expect(e).toMatch(new RegExp(`not waited for .*acm2 user show ${locked[i + 1]} `));
+      }
+
+      started = Date.now();
+      const text = await cli(['user', 'list'], false);
+      expect(Date.now() - started).toBeLessThan(9000);
+      for (const [i, id] of ids.entries()) {
+        const row = text.stdout.split('\n').find((l) => l.includes(`list-busy-${i + 1}@example.com`));
+        if (locked.includes(id)) expect(row).toMatch(/ \? +│ DB busy \(locked by another process\): not read just now/);
+        else expect(row).toMatch(/│ ready +│ v1 +│ [^│]+│ [1-9]\d* +│ +│$/);
+      }
+
+      // user show (one user) still waits its whole wait for the DB.
+      started = Date.now();
+      const one = await userStatus({ master: world.master, dataDir: world.dataDir, busyTimeoutMs: 1000 }, (await world.master.getUser(locked[2]!))!);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+      expect(one.db.error).toMatch(/for more than 1 s, so it was not read just now/);
+    } finally {
+      await Promise.all(held.map(release));
+    }
+  }, 120_000);
+
+  it('takes the time waited for a DB that came free off the shared wait: a later locked DB gets only what is left', async () => {
+    const ids: number[] = [];
+    for (let i = 1; i <= 3; i++) ids.push(await readyUser(`list-wait-${i}`));
+    // The first DB comes free after 2 s; the last stays locked. With a 3 s wait the listing has
+    // about 1 s left for the last: it is waited for that long, not its own whole 3 s.
+    const freed = await holdLocked(userDbPath(world.dataDir, ids[0]!), 2000);
+    const held = await holdLocked(userDbPath(world.dataDir, ids[2]!));
+    try {
+      const started = Date.now();
+      const rows: UserStatus[] = [];
+      for await (const u of listUserStatuses({ master: world.master, dataDir: world.dataDir, busyTimeoutMs: 3000 } )) if (ids.includes(u.id)) rows.push(u);
+      const took = Date.now() - started;
+      expect(rows.map((u) => u.id)).toEqual(ids);
+      expect(rows[0]).toMatchObject({ seedVersion: 'v1', db: { seedStatus: 'ready' } });
+      expect(rows[1]).toMatchObject({ seedVersion: 'v1', db: { seedStatus: 'ready' } });
+      expect(rows[2]).toMatchObject({ status: 'ready', db: { busy: true } });
+      const waited = Number(/for more than ([\d.]+) s/.exec(rows[2]!.db.error ?? '')?.[1]);
+      expect(waited).toBeGreaterThan(0);
+      expect(waited).toBeLessThan(3);
+      // Both waits together: about 3 s, where one whole wait each would be 5 s.
+      expect(took).toBeLessThan(4500);
+    } finally {
+      await Promise.all([freed, held].map(release));
+    }
+  }, 60_000);
 });
 
 describe('a ready user whose latest job is a failed --force', () => {

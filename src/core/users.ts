@@ -794,8 +794,28 @@ export interface UserStatus {
   backups?: KeptBackups | null;
 }
 
+/** How long a user DB another process holds locked is waited for (default). */
+const USER_DB_BUSY_MS = 5000;
+
+/**
+ * The wait for locked user DBs shared by one walk over many users (`user list`): left, what is
+ * still to be spent. A DB found locked is waited for no longer than what is left; once one was
+ * still locked after its wait, nothing is left, and any later locked DB is reported busy at once.
+ * A listing over many DBs held by a backfill or a seed drain so waits once in all, not once per DB.
+ */
+export interface BusyWait {
+  leftMs: number;
+}
+
+export interface UserStatusDeps extends Pick<UserDeps, 'master' | 'dataDir'> {
+  /** How long to wait for one user DB another process holds locked (default 5 s). */
+  busyTimeoutMs?: number;
+  /** A listing's shared wait (see BusyWait); absent, a locked DB is waited for its whole busyTimeoutMs. */
+  busyWait?: BusyWait;
+}
+
 /** `opts.backups`: also what the user's backups take (one user's folder walked: `user show`, not `user list`). */
-export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { busyTimeoutMs?: number }, user: MasterUser, opts: { backups?: boolean } = {}): Promise<UserStatus> {
+export async function userStatus(deps: UserStatusDeps, user: MasterUser, opts: { backups?: boolean } = {}): Promise<UserStatus> {
   const job = (await deps.master.latestJob(user.id)) ?? null;
   const dbPath = userDbPath(deps.dataDir, user.id);
   const out: UserStatus = {
@@ -822,19 +842,21 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
     lastError: job?.lastError ?? null,
   };
   let dbState: DbRead = 'read';
+  // How long the DB, when it is still locked, was waited for: its busy message says so.
+  const waited = { ms: 0 };
   if (out.db.present) {
     try {
       // A data dir that turned read-only since this process last asked is read from a copy.
       readAgainIfReadOnly(dbPath, () => {
         // Read-write (never create): a hot journal left by a killed writer must be rolled back to read.
-        const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: deps.busyTimeoutMs, forReading: true });
+        // No wait at open: beginRead decides how long a locked DB is waited for.
+        const db = openUserDb(deps.dataDir, user.id, { busyTimeoutMs: 0, forReading: true });
         try {
-          // Every read in one read transaction, its first read a probe that takes the DB's shared
-          // lock: a DB another process holds locked is waited for once (the probe throws, busy),
-          // not once per read (newerMigrations takes a failed read for "no ledger" and goes on),
-          // and no writer can lock it again between two reads.
-          db.exec('BEGIN');
-          db.prepare(`SELECT 1 FROM sqlite_master LIMIT 1`).get();
+          // Every read in one read transaction, its first read taking the DB's shared lock: a DB
+          // another process holds locked is waited for once (beginRead throws, busy), not once
+          // per read (newerMigrations takes a failed read for "no ledger" and goes on), and no
+          // writer can lock it again between two reads.
+          beginRead(db, deps.busyTimeoutMs ?? USER_DB_BUSY_MS, deps.busyWait, waited);
           const newer = newerMigrations(db);
           if (newer.length > 0) out.db.newerMigrations = newer.map((m) => m.name);
           const meta = hasTable(db, 'user_meta') ? readMeta(db, user.id) : undefined;
@@ -870,7 +892,7 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
       dbState = isBusy(e) ? 'busy' : 'unreadable';
       if (dbState === 'busy') {
         out.db.busy = true;
-        out.db.error = `locked by another process (ACM2 writing?) for more than ${(deps.busyTimeoutMs ?? 5000) / 1000} s, so it was not read just now: run this again shortly`;
+        out.db.error = busyNote(user.id, waited.ms, deps.busyWait !== undefined);
       }
       if (e instanceof ForeignDb) out.lastError = e.message;
     }
@@ -889,6 +911,47 @@ export async function userStatus(deps: Pick<UserDeps, 'master' | 'dataDir'> & { 
   }
   if (opts.backups) out.backups = keptBackups(toolDir(deps.dataDir, 'backups', `user_${user.id}`), `user_${user.id}`) ?? null;
   return out;
+}
+
+/**
+ * Open the read transaction and take the DB's shared lock with its first read: at once when the DB
+ * is free (nothing counted as waited); when another process holds it, wait up to waitMs, or what
+ * is left of a listing's shared wait, and take what was waited off it. Still locked after that:
+ * nothing is left of the shared wait, waited.ms says how long this DB was waited for, and the busy
+ * error is thrown.
+ */
+function beginRead(db: import('better-sqlite3').Database, waitMs: number, shared: BusyWait | undefined, waited: { ms: number }): void {
+  const firstRead = () => {
+    // A read refused busy may have ended the transaction it began (SQLite may roll back on BUSY).
+    if (!db.inTransaction) db.exec('BEGIN');
+    db.prepare(`SELECT 1 FROM sqlite_master LIMIT 1`).get();
+  };
+  try {
+    firstRead();
+    return;
+  } catch (e) {
+    if (!isBusy(e)) throw e;
+    waited.ms = Math.max(0, Math.min(waitMs, shared?.leftMs ?? waitMs));
+    if (waited.ms === 0) throw e;
+  }
+  const started = Date.now();
+  try {
+    db.pragma(`busy_timeout = ${waited.ms}`);
+    firstRead();
+  } catch (e) {
+    if (isBusy(e) && shared) shared.leftMs = 0;
+    throw e;
+  } finally {
+    if (shared && shared.leftMs > 0) shared.leftMs = Math.max(0, shared.leftMs - (Date.now() - started));
+  }
+}
+
+/** db.error of a DB still locked, worded for the wait made: a listing's DB not waited for names the command that waits for it. */
+function busyNote(id: number, waitedMs: number, listing: boolean): string {
+  const what = 'locked by another process (ACM2 writing?)';
+  if (waitedMs > 0) return `${what} for more than ${waitedMs / 1000} s, so it was not read just now: run this again shortly`;
+  if (listing) return `${what} and not waited for (this listing already spent its wait on another locked DB), so it was not read just now: run acm2 user show ${id} to wait for it, or this again shortly`;
+  return `${what}, so it was not read just now: run this again shortly`;
 }
 
 /** The user's DB is another user's (user show, user list): it serves nobody as this user. */
@@ -917,14 +980,17 @@ function hasTable(db: import('better-sqlite3').Database, name: string): boolean 
 }
 
 /** Stream users (keyset pages) with their status; never holds every user in memory. */
-export async function* listUserStatuses(deps: Pick<UserDeps, 'master' | 'dataDir'>, opts: { status?: SeedStatus; pageSize?: number } = {}): AsyncGenerator<UserStatus> {
+export async function* listUserStatuses(deps: Omit<UserStatusDeps, 'busyWait'>, opts: { status?: SeedStatus; pageSize?: number } = {}): AsyncGenerator<UserStatus> {
+  // One wait for the whole listing: many DBs held locked (a backfill, a seed drain) are not each
+  // waited for, one after the other, while nothing is printed.
+  const busyWait: BusyWait = { leftMs: deps.busyTimeoutMs ?? USER_DB_BUSY_MS };
   let after = 0;
   const size = opts.pageSize ?? 500;
   for (;;) {
     const page = await deps.master.listUsers({ afterId: after, limit: size });
     if (page.length === 0) return;
     for (const u of page) {
-      const s = await userStatus(deps, u);
+      const s = await userStatus({ ...deps, busyWait }, u);
       if (!opts.status || s.status === opts.status) yield s;
     }
     after = page[page.length - 1]!.id;
