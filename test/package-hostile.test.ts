@@ -147,6 +147,17 @@ describe('hostile packages with correct hashes', () => {
     await expectRefused(seeds, /seed\.db holds table "notes", which is not a package table/);
   });
 
+  it('a table name with a backslash and an ESC is quoted as found, and shown escaped once', async () => {
+    const seeds = hostile('CREATE TABLE "a\\b\u001b" (id TEXT PRIMARY KEY);');
+    expect(checkPackage(seeds, 'v1').problems).toContain('seed.db holds table "a\\b\u001b", which is not a package table');
+    const listed = hostile('CREATE TABLE "a\\b\u001b" (id TEXT PRIMARY KEY);', [...WITHOUT(''), 'a\\b\u001b']);
+    expect(checkPackage(listed, 'v1').problems).toContainEqual(expect.stringMatching(/^manifest lists table "a\\b\u001b", which is not a package table/));
+    // Not JSON.stringify'd: the terminal's escaping would double JSON's backslashes ("a\\\\b\\u001b").
+    const shown = spawnSync(process.execPath, [BIN, 'seed', 'check', '--seeds', seeds], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+    expect(shown.status).toBe(1);
+    expect(shown.stdout).toContain('seed.db holds table "a\\\\b\\x1b", which is not a package table');
+  });
+
   // Fix 11: the manifest lists exactly the package tables; credentials never.
   it('a manifest listing provider_keys (a credential row) is refused as credentials', async () => {
     const seeds = hostile(

@@ -27,12 +27,16 @@ const HOSTILE_NAME = 'evil\u001b[2J\u001b]0;PWNED\u0007\rall users ok\u202eabc\u
 const HOSTILE_EMAIL = 'e\u001b[31m@x.com\nall users ok';
 const HOSTILE_ERROR = 'boom\u001b[2J\r\nall ok\u202e';
 const HOSTILE_FILE = 'evil\nname\u001b[2J.md';
+/** Backslash, x, 1, b: four plain characters that must not read like the ESC in HOSTILE_NAME. */
+const BACKSLASH_NAME = 'fake\\x1b[2J';
+const BACKSLASH_FILE = 'fake\\x1b[2J.md';
 
 let pkg: FrozenSource;
 let world: World;
 let hostile: number;
 let failed: number;
 let treeUser: number;
+let backslashed: number;
 
 beforeAll(async () => {
   pkg = frozenSource({ sourceDocs: 1 });
@@ -41,10 +45,12 @@ beforeAll(async () => {
   hostile = (await createUser(deps, { email: 'named@example.com', username: 'named' })).user.id;
   failed = (await createUser(deps, { email: 'failed@example.com', username: 'failed' })).user.id;
   treeUser = (await createUser(deps, { email: 'tree@example.com', username: 'tree' })).user.id;
+  backslashed = (await createUser(deps, { email: 'slash@example.com', username: 'slash' })).user.id;
   await world.master.close();
   // What ACM2 (or anyone with the master) can write: acm2's own validation is not the master's.
   const master = new Database(path.join(world.dataDir, 'master.db'));
   master.prepare('UPDATE users SET username = ?, email = ? WHERE id = ?').run(HOSTILE_NAME, HOSTILE_EMAIL, hostile);
+  master.prepare('UPDATE users SET username = ? WHERE id = ?').run(BACKSLASH_NAME, backslashed);
   master.close();
   const db = new Database(userDbPath(world.dataDir, failed));
   db.prepare(`UPDATE user_meta SET seed_status = 'failed'`).run();
@@ -52,6 +58,7 @@ beforeAll(async () => {
   db.close();
   // Linux allows any byte but '/' and NUL in a file name.
   writeFileSync(path.join(userRoot(world.dataDir, treeUser), HOSTILE_FILE), 'x', { mode: 0o644 });
+  writeFileSync(path.join(userRoot(world.dataDir, treeUser), BACKSLASH_FILE), 'x', { mode: 0o644 });
 });
 afterAll(async () => {
   rmSync(world.dataDir, { recursive: true, force: true });
@@ -68,9 +75,30 @@ describe('visible()', () => {
     expect(visible('Zoë 中文 😀 user_1/runs/a b.md')).toBe('Zoë 中文 😀 user_1/runs/a b.md');
     expect(visibleDeep({ [HOSTILE_FILE]: [HOSTILE_ERROR, 3, null] })).toEqual({ 'evil\\nname\\x1b[2J.md': ['boom\\x1b[2J\\r\\nall ok\\u202e', 3, null] });
   });
+
+  it('escapes a backslash, so that a shown escape is never the text itself', () => {
+    expect(visible(BACKSLASH_NAME)).toBe('fake\\\\x1b[2J');
+    expect(visible(BACKSLASH_NAME)).not.toBe(visible('fake\u001b[2J'));
+    expect(visible('C:\\new\\\n')).toBe('C:\\\\new\\\\\\n');
+    expect(visibleDeep({ [BACKSLASH_FILE]: ['a\\b'] })).toEqual({ 'fake\\\\x1b[2J.md': ['a\\\\b'] });
+  });
 });
 
 describe('text output shows stored and found names escaped, never raw', () => {
+  it('a backslash in a stored name is shown doubled, unlike an escaped control character; --json escapes it once, as JSON does', async () => {
+    const shown = (await acm2('user', 'show', String(backslashed))).stdout;
+    expect(shown).toContain(`${backslashed} (fake\\\\x1b[2J, slash@example.com)`);
+    const listed = (await acm2('user', 'list')).stdout;
+    expect(listed).toContain('fake\\\\x1b[2J');
+    expect(listed).toContain('evil\\x1b[2J');
+    const json = (await acm2('user', 'show', String(backslashed), '--json')).stdout;
+    expect(json).toContain('"username": "fake\\\\x1b[2J"');
+    expect(JSON.parse(json)).toMatchObject({ username: BACKSLASH_NAME });
+    const r = await acm2('user', 'show', 'x\\y@example.com');
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toBe("acm2: no user with email 'x\\\\y@example.com' in the master");
+  });
+
   it('user list and user show: a username and email from the master, a stored last error', async () => {
     for (const args of [['user', 'list'], ['user', 'show', String(hostile)], ['user', 'show', String(failed)], ['user', 'list', '--status', 'failed']]) {
       const r = await acm2(...args);
@@ -91,6 +119,7 @@ describe('text output shows stored and found names escaped, never raw', () => {
     }
     const v = await acm2('verify', '--user', String(treeUser));
     expect(v.stdout).toContain('evil\\nname\\x1b[2J.md');
+    expect(v.stdout).toContain('fake\\\\x1b[2J.md');
     expect((await acm2('diff', '--user', String(treeUser))).stdout).toContain('+ evil\\nname\\x1b[2J.md');
   });
 
@@ -128,6 +157,7 @@ describe('verify --junit', () => {
       const byUser = new Map([...xml.matchAll(failure)].map((m) => [Number(m[1]), { message: m[2]!, body: m[3]! }]));
       const tree = byUser.get(treeUser)!;
       expect(tree.body).toContain('(path user_' + treeUser + '/evil\\nname\\x1b[2J.md)');
+      expect(tree.body).toContain('(path user_' + treeUser + '/fake\\\\x1b[2J.md)');
       // Each problem on its own line: the name's newline does not split one in two.
       const lines = tree.body.split('\n');
       expect(lines.every((l) => l.startsWith('[error] ') || l.startsWith('[warning] '))).toBe(true);

@@ -7,7 +7,7 @@ import { execSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
+import { frozenSource, runCli, sqliteWorld, tmpDir, type FrozenSource, type World } from './helpers/env.js';
 import { createUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
@@ -39,6 +39,13 @@ function command(message: string): string {
   return m![1]!;
 }
 
+/** The shell commands as `acm2 verify` shows them on a terminal (escaped), one per problem. */
+async function shownCommands(world: World, id: number): Promise<string[]> {
+  const r = await runCli(world.dataDir, pkg.seedsDir, ['verify', '--user', String(id)]);
+  expect(r.code, r.stderr).toBe(1);
+  return [...r.stdout.matchAll(/\(((?:rm|mv) [^)]*)\)/g)].map((m) => m[1]!);
+}
+
 describe('path_escape: the user DB or folder itself is a symlink', () => {
   it('the command verify names puts the data back in place, and verify is then clean with the user\'s own row and file kept', async () => {
     const world = await sqliteWorld();
@@ -62,7 +69,11 @@ describe('path_escape: the user DB or folder itself is a symlink', () => {
 
     const problems = (await verifyUsers(deps, { users: [id] })).users[0]!.problems;
     expect(problems.map((p) => p.code)).toEqual(['path_escape', 'path_escape']);
-    for (const p of problems) execSync(command(p.message));
+    // Pasted from the terminal, where the message is shown escaped: the quote in the path is
+    // quoted without a backslash, which the terminal would show doubled.
+    const shown = await shownCommands(world, id);
+    expect(shown).toEqual(problems.map((p) => command(p.message)));
+    for (const c of shown) execSync(c);
 
     expect((await verifyUsers(deps, { users: [id] })).users[0]!.problems).toEqual([]);
     const check = new Database(userDbPath(world.dataDir, id), { readonly: true });

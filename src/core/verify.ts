@@ -450,9 +450,13 @@ function problem(code: ProblemCode, userId: number, message: string, where: { ta
   return p;
 }
 
-/** A path as one word of a shell command an operator can paste. */
+/**
+ * A path as one word of a shell command an operator can paste. A quote is closed, written as
+ * "'" and reopened, never written \': a terminal shows the message escaped (visible()), where a
+ * backslash of ours would be doubled and the pasted command broken.
+ */
 function shellWord(p: string): string {
-  return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
+  return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'"'"'`)}'`;
 }
 
 function rel(dataDir: string, abs: string): string {

@@ -81,7 +81,7 @@ function isOneOf(list: readonly string[], v: string): boolean {
 export function manifestShapeProblems(m: Json, expectedVersion: string): string[] {
   const p: string[] = [];
   if (!isObj(m)) return ['manifest.json is not a JSON object'];
-  if (m.format !== MANIFEST_FORMAT) p.push(`manifest format is ${JSON.stringify(m.format)}, expected ${MANIFEST_FORMAT}`);
+  if (m.format !== MANIFEST_FORMAT) p.push(`manifest format is ${typeof m.format === 'string' ? `"${m.format}"` : JSON.stringify(m.format)}, expected ${MANIFEST_FORMAT}`);
   if (typeof m.version !== 'string') p.push('manifest version is missing or not a string');
   else if (m.version !== expectedVersion) p.push(`manifest names version '${m.version}' but the folder is '${expectedVersion}'`);
   if (typeof m.createdAt !== 'string' || Number.isNaN(Date.parse(m.createdAt))) p.push('manifest createdAt is missing or not a date');
@@ -100,7 +100,7 @@ export function manifestShapeProblems(m: Json, expectedVersion: string): string[
       // Exactly the package tables: credentials must never ride along, and a table that is not
       // seeded has no business in a package (nor can seeding skip one it expects).
       if (isOneOf(EXCLUDED_TABLES, name)) p.push(`manifest lists table ${name}, which holds credentials or personal state that a package must never hold`);
-      else if (!isOneOf(PACKAGE_TABLES, name)) p.push(`manifest lists table ${JSON.stringify(name)}, which is not a package table (${PACKAGE_TABLES.join(', ')})`);
+      else if (!isOneOf(PACKAGE_TABLES, name)) p.push(`manifest lists table "${name}", which is not a package table (${PACKAGE_TABLES.join(', ')})`);
       else if (!isObj(t) || !isCount(t.rows) || !isHash(t.sha256)) p.push(`manifest tables.${name} must be {rows, sha256}`);
     }
     const missing = PACKAGE_TABLES.filter((t) => !Object.hasOwn(tables, t));

@@ -76,7 +76,7 @@ export function readCurrent(seedsDir: string): string {
   try {
     return assertVersionName(v);
   } catch (e) {
-    throw new PackageError(`${file} does not hold a valid version name (found ${JSON.stringify(v.slice(0, 80))})`, { cause: e });
+    throw new PackageError(`${file} does not hold a valid version name (found "${[...v].slice(0, 80).join('')}")`, { cause: e });
   }
 }
 
@@ -391,10 +391,10 @@ function tableProblems(seedDb: string, tables: Record<string, ManifestTable>): s
     const real = new Set<string>();
     for (const o of objects) {
       if (o.type === 'index') continue; // on a table judged below; reading a table never runs one
-      if (o.type !== 'table') out.push(`${SEED_DB_FILE} holds a ${o.type} ${JSON.stringify(o.name)}; a package holds only tables`);
-      else if (/^\s*CREATE\s+VIRTUAL\b/i.test(o.sql ?? '')) out.push(`${SEED_DB_FILE} table ${JSON.stringify(o.name)} is a virtual table`);
+      if (o.type !== 'table') out.push(`${SEED_DB_FILE} holds a ${o.type} "${o.name}"; a package holds only tables`);
+      else if (/^\s*CREATE\s+VIRTUAL\b/i.test(o.sql ?? '')) out.push(`${SEED_DB_FILE} table "${o.name}" is a virtual table`);
       else if (ALLOWED_TABLES.includes(o.name)) real.add(o.name);
-      else if (!INTERNAL_TABLE.test(o.name)) out.push(`${SEED_DB_FILE} holds table ${JSON.stringify(o.name)}, which is not a package table`);
+      else if (!INTERNAL_TABLE.test(o.name)) out.push(`${SEED_DB_FILE} holds table "${o.name}", which is not a package table`);
     }
 
     const columns = new Map<string, Array<{ name: string; hidden: number }>>();
@@ -411,8 +411,8 @@ function tableProblems(seedDb: string, tables: Record<string, ManifestTable>): s
       const want = schema.get(name);
       const have = columns.get(name) ?? [];
       const bad = [
-        ...have.filter((c) => c.hidden !== 0).map((c) => `${SEED_DB_FILE} table ${name} column ${JSON.stringify(c.name)} is generated or hidden`),
-        ...have.filter((c) => c.hidden === 0 && !want?.all.has(c.name)).map((c) => `${SEED_DB_FILE} table ${name} has column ${JSON.stringify(c.name)}, which the user schema lacks`),
+        ...have.filter((c) => c.hidden !== 0).map((c) => `${SEED_DB_FILE} table ${name} column "${c.name}" is generated or hidden`),
+        ...have.filter((c) => c.hidden === 0 && !want?.all.has(c.name)).map((c) => `${SEED_DB_FILE} table ${name} has column "${c.name}", which the user schema lacks`),
         ...(want?.required ?? []).filter((c) => !have.some((h) => h.name === c)).map((c) => `${SEED_DB_FILE} table ${name} lacks column ${c}, which seeding needs`),
       ];
       out.push(...bad);

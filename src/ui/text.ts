@@ -2,15 +2,21 @@
 // earlier run) as a person's terminal is shown it: control characters and bidi overrides
 // escaped where they stand, never sent raw. A raw ESC can clear the screen, retitle the
 // window or recolour what follows; a CR or a newline can draw a line the tool never printed
-// ("all users ok"); U+202E shows a name reversed. --json needs only jsonText below:
-// JSON.stringify escapes the C0 controls, and a JSON reader does not interpret the rest.
+// ("all users ok"); U+202E shows a name reversed. A backslash is escaped too (`\\`): every
+// backslash shown then starts an escape, so a name holding the four characters `\x1b` never
+// reads as one holding an ESC. --json needs only jsonText below: JSON.stringify escapes the C0
+// controls and the backslash, and a JSON reader does not interpret the rest.
 
-/** C0 controls, DEL, C1 controls, line/paragraph separators and the bidi embedding, override and isolate marks. */
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+/** Backslash, C0 controls, DEL, C1 controls, line/paragraph separators and the bidi embedding, override and isolate marks. */
+const UNSAFE = /[\\\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
-const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+const NAMED: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
 
-/** The text with every unsafe character written as an escape: `\n`, `\r`, `\t`, `\x1b`, `\u202e`. */
+/**
+ * The text with every unsafe character written as an escape: `\\`, `\n`, `\r`, `\t`, `\x1b`,
+ * `\u202e`. Applied once, to text as it was found: our own sentences hold no backslash, and a
+ * message quoting a name quotes it raw (not JSON.stringify'd), or its backslashes would be doubled.
+ */
 export function visible(s: string): string {
   return s.replace(UNSAFE, (c) => {
     const named = NAMED[c];
