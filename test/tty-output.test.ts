@@ -12,7 +12,7 @@ import { frozenSource, sqliteWorld, tmpDir, type FrozenSource, type World } from
 import { createUser } from '../src/core/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { generateSource } from '../src/fixtures/source.js';
-import { visible, visibleDeep } from '../src/ui/text.js';
+import { cellWidth, fitEnd, fitStart, visible, visibleDeep } from '../src/ui/text.js';
 import { fitLine } from '../src/ui/reporter.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -27,6 +27,8 @@ const HOSTILE_NAME = 'evil\u001b[2J\u001b]0;PWNED\u0007\rall users ok\u202eabc\u
 const HOSTILE_EMAIL = 'e\u001b[31m@x.com\nall users ok';
 const HOSTILE_ERROR = 'boom\u001b[2J\r\nall ok\u202e';
 const HOSTILE_FILE = 'evil\nname\u001b[2J.md';
+/** A stored error whose 60th character, where user list cuts its last-error column, is an emoji: two UTF-16 code units. */
+const EMOJI_ERROR = `${'x'.repeat(59)}😀 and more`;
 /** Backslash, x, 1, b: four plain characters that must not read like the ESC in HOSTILE_NAME. */
 const BACKSLASH_NAME = 'fake\\x1b[2J';
 const BACKSLASH_FILE = 'fake\\x1b[2J.md';
@@ -37,6 +39,7 @@ let hostile: number;
 let failed: number;
 let treeUser: number;
 let backslashed: number;
+let emojiFailed: number;
 
 beforeAll(async () => {
   pkg = frozenSource({ sourceDocs: 1 });
@@ -46,6 +49,7 @@ beforeAll(async () => {
   failed = (await createUser(deps, { email: 'failed@example.com', username: 'failed' })).user.id;
   treeUser = (await createUser(deps, { email: 'tree@example.com', username: 'tree' })).user.id;
   backslashed = (await createUser(deps, { email: 'slash@example.com', username: 'slash' })).user.id;
+  emojiFailed = (await createUser(deps, { email: 'emoji@example.com', username: 'emoji' })).user.id;
   await world.master.close();
   // What ACM2 (or anyone with the master) can write: acm2's own validation is not the master's.
   const master = new Database(path.join(world.dataDir, 'master.db'));
@@ -56,6 +60,10 @@ beforeAll(async () => {
   db.prepare(`UPDATE user_meta SET seed_status = 'failed'`).run();
   db.prepare('UPDATE acm2_seed_state SET last_error = ?').run(HOSTILE_ERROR);
   db.close();
+  const emojiDb = new Database(userDbPath(world.dataDir, emojiFailed));
+  emojiDb.prepare(`UPDATE user_meta SET seed_status = 'failed'`).run();
+  emojiDb.prepare('UPDATE acm2_seed_state SET last_error = ?').run(EMOJI_ERROR);
+  emojiDb.close();
   // Linux allows any byte but '/' and NUL in a file name.
   writeFileSync(path.join(userRoot(world.dataDir, treeUser), HOSTILE_FILE), 'x', { mode: 0o644 });
   writeFileSync(path.join(userRoot(world.dataDir, treeUser), BACKSLASH_FILE), 'x', { mode: 0o644 });
@@ -97,6 +105,16 @@ describe('text output shows stored and found names escaped, never raw', () => {
     const r = await acm2('user', 'show', 'x\\y@example.com');
     expect(r.exitCode).toBe(2);
     expect(r.stderr).toBe("acm2: no user with email 'x\\\\y@example.com' in the master");
+  });
+
+  it('user list cuts a long last error to 60 cells between characters, never inside an emoji', async () => {
+    const r = await acm2('user', 'list', '--status', 'failed');
+    expect(r.exitCode).toBe(0);
+    // Half a surrogate pair reaches the terminal as U+FFFD.
+    expect(r.stdout).not.toContain('\ufffd');
+    const row = r.stdout.split('\n').find((l) => l.includes('emoji@example.com'))!;
+    expect(row).toContain(`${'x'.repeat(59)} `);
+    expect(row).not.toContain('😀');
   });
 
   it('user list and user show: a username and email from the master, a stored last error', async () => {
@@ -216,11 +234,72 @@ describe('progress on a terminal', () => {
     }
   });
 
+  it('seed freeze: a CJK or emoji file name is cut to the width in cells, never mid-character', async () => {
+    const root = tmpDir('acm2-freeze-tty-wide-');
+    try {
+      const src = generateSource(path.join(root, 'source'), { sourceDocs: 1 });
+      // Sorted after every ASCII name: the last file copied, so drawn by the final frame.
+      writeFileSync(path.join(src.filesDir, 'runs', src.runId, `報告書${'文😀'.repeat(15)}.md`), 'x');
+      mkdirSync(path.join(root, 'data'));
+      const r = await asTty(60, ['seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', path.join(root, 'seeds'), '--data-dir', path.join(root, 'data')]);
+      expect(r.exitCode, r.stderr).toBe(0);
+      const drawn = frames(r.stderr);
+      // Cells counted apart from cellWidth: the wide characters of these names take two.
+      const cells = (f: string) => [...f].reduce((n, ch) => n + (/[\u3000-\u9fff\u{1F300}-\u{1FAFF}]/u.test(ch) ? 2 : 1), 0);
+      for (const f of drawn) {
+        expect(cells(f), f).toBeLessThan(60);
+        expect(f, f).not.toContain('\ufffd');
+      }
+      expect(drawn.at(-1)).toMatch(/^copying run files {2}\d+\/\d+ .*…(文|😀)+\.md$/u);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('fitLine keeps the counts and the end of the path', () => {
     expect(fitLine('backfill  3/9', 'short', 80)).toBe('backfill  3/9  short');
     expect(fitLine('backfill  3/9', 'runs/abc/generated/long-name.md', 30)).toBe('backfill  3/9  …/long-name.md');
     expect(fitLine('a very long label that does not fit', '', 10)).toBe('a very lo');
     expect(fitLine('no width known', 'x'.repeat(300), undefined)).toHaveLength(14 + 2 + 300);
+  });
+
+  it('widths count terminal cells: CJK and emoji two, combining marks none', () => {
+    expect(cellWidth('abc')).toBe(3);
+    expect(cellWidth('中文')).toBe(4);
+    expect(cellWidth('日本語ｱ')).toBe(7); // halfwidth katakana is narrow
+    expect(cellWidth('😀a')).toBe(3);
+    expect(cellWidth('e\u0301\u0323')).toBe(1);
+    expect(cellWidth('❤\ufe0f')).toBe(2);
+    expect(cellWidth('한국어')).toBe(6);
+    expect(cellWidth('')).toBe(0);
+  });
+
+  it('a cut keeps whole characters and escapes: never half a surrogate pair, a mark without its letter, or half of \\x1b', () => {
+    expect(fitStart('😀😀😀', 3)).toBe('😀');
+    expect(fitEnd('😀😀😀', 3)).toBe('😀');
+    expect(fitStart('中文字', 5)).toBe('中文');
+    expect(fitEnd('ab中', 1)).toBe('');
+    expect(fitEnd('ae\u0301', 1)).toBe('e\u0301');
+    expect(fitStart('ae\u0301', 1)).toBe('a');
+    expect(fitEnd('👍🏻', 2)).toBe('');
+    const escaped = visible('a\u001bb\\c');
+    expect(escaped).toBe('a\\x1bb\\\\c');
+    expect(fitEnd(escaped, 5)).toBe('b\\\\c');
+    expect(fitEnd(escaped, 3)).toBe('\\\\c');
+    expect(fitEnd(escaped, 2)).toBe('c');
+    expect(fitStart(escaped, 4)).toBe('a');
+    expect(fitStart(escaped, 5)).toBe('a\\x1b');
+  });
+
+  it('fitLine cuts a CJK or emoji path to the width in cells', () => {
+    const head = 'copying run files  3/9';
+    const line = fitLine(head, 'runs/abc/報告書報告書報告書報告書.md', 40);
+    expect(line).toBe(`${head}  …告書報告書.md`);
+    // 39 cells of room; a wide character would need the 39th and a 40th: left out.
+    expect(cellWidth(line)).toBe(38);
+    const emoji = fitLine(head, `runs/abc/${'😀'.repeat(20)}`, 40);
+    expect(emoji).toBe(`${head}  …${'😀'.repeat(7)}`);
+    expect(fitLine('見出し見出し見出し', '', 8)).toBe('見出し');
   });
 
   it('with stderr a file, nothing of the progress line is in it', async () => {

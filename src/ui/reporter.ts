@@ -2,7 +2,7 @@
 // tables and colour for a person; progress and logs on stderr, only when stderr is a TTY.
 
 import type { Config } from '../config.js';
-import { jsonText, visible } from './text.js';
+import { cellWidth, fitEnd, fitStart, jsonText, visible } from './text.js';
 
 export interface ProgressSink {
   /** Begin a phase; total is the number of items when known. */
@@ -100,15 +100,17 @@ function ttyProgress(): ProgressSink {
 /**
  * The progress line cut to the terminal's width: a longer one wraps, and the next redraw (\r and
  * clear line) clears only its last row, so the rows above pile up on the screen. The detail (a
- * path) loses its start, which says least.
+ * path) loses its start, which says least. Measured in cells: a CJK or emoji file name takes
+ * twice its length.
  */
 export function fitLine(head: string, detail: string, columns: number | undefined): string {
   const line = detail ? `${head}  ${detail}` : head;
   // The last column is left free: a line that fills it wraps the cursor on some terminals.
   const room = columns && columns > 1 ? columns - 1 : undefined;
-  if (room === undefined || line.length <= room) return line;
-  if (head.length + 3 >= room) return head.slice(0, room);
-  return `${head}  …${detail.slice(detail.length - (room - head.length - 3))}`;
+  if (room === undefined || cellWidth(line) <= room) return line;
+  const headCells = cellWidth(head);
+  if (headCells + 3 >= room) return fitStart(head, room);
+  return `${head}  …${fitEnd(detail, room - headCells - 3)}`;
 }
 
 export function formatSeconds(s: number): string {

@@ -5,6 +5,7 @@ import { color } from './color.js';
 import type { CreateUserResult, SeedReport, UserStatus } from '../core/users.js';
 import type { DrainResult } from '../core/users.js';
 import { formatBytes } from './reporter.js';
+import { fitStart } from './text.js';
 import { deadHere } from '../core/worker-name.js';
 
 export function renderSeed(seed: SeedReport, userId: number): string {
@@ -113,7 +114,7 @@ export function statusTable(color: boolean): { push(s: UserStatus): void; toStri
   const t = makeTable(['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], color);
   return {
     push: (s) =>
-      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.db.busy ? '?' : s.files.count, listNote(s).slice(0, 60)]),
+      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.db.busy ? '?' : s.files.count, fitStart(listNote(s), 60)]),
     toString: () => t.toString(),
   };
 }
