@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CAN_MOUNT_TMPFS, frozenSource, snapshotTree, tmpDir, withTmpfs, type FrozenSource } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, corruptIndex, frozenSource, snapshotTree, tmpDir, withTmpfs, type FrozenSource } from './helpers/env.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
@@ -473,6 +473,48 @@ describe('a seed that needs an operator first', () => {
     const shown = JSON.parse((await acm2(['user', 'show', String(c), '--json'])).stdout);
     expect(shown.job).toMatchObject({ status: 'failed', attempts: 1 });
   });
+  it('a user DB that fails quick_check is left byte for byte and its job failed at once, seeded directly or from the queue', async () => {
+    const make = async (name: string) =>
+      JSON.parse((await acm2(['user', 'create', '--email', `${name}@example.com`, '--username', name, '--async', '--json'])).stdout).user.id as number;
+    const [adopt, stopped, direct] = [await make('qc-adopt'), await make('qc-stopped'), await make('qc-direct')];
+    // An ACM2-created DB (the seed adopts and migrates it first, with migrate-safe's quick_check),
+    // and DBs the tool seeded whose seed then stopped part way (the seed writes straight into them).
+    createAcm2Db(userDbPath(dataDir, adopt)).close();
+    corruptIndex(userDbPath(dataDir, adopt), 'ix_presets_user_id');
+    for (const id of [stopped, direct]) {
+      seedUser({ dataDir, userId: id, pkg: pkg.pkg });
+      const db = new Database(userDbPath(dataDir, id));
+      db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
+      db.close();
+      corruptIndex(userDbPath(dataDir, id), 'ix_runs_user_id');
+    }
+    const ids = [adopt, stopped, direct];
+    const dbFiles = (id: number) => readdirSync(dataDir).filter((n) => n.startsWith(`user_${id}.db`)).sort();
+    const snapshot = () => ids.map((id) => ({ names: dbFiles(id), bytes: readFileSync(userDbPath(dataDir, id)) }));
+    const before = snapshot();
+    const operator = (id: number, again = `acm2 user seed ${id}`) =>
+      new RegExp(
+        `^${userDbPath(dataDir, id).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is corrupt \\(quick_check: .*\\): nothing was seeded and it was left alone; ` +
+          `restore it from a backup \\(the tool keeps its migration backups in .*user_${id}\\) or move it aside, then run: ${again}$`,
+      );
+
+    const r = await acm2(['user', 'seed', String(direct), '--json']);
+    expect(r.code).toBe(1);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.seed.error).toMatch(operator(direct));
+    expect(doc.seed.retry).toBeUndefined();
+
+    // The queue tries each once and fails it for good: a drain after it (retries are due at once
+    // here) takes neither again.
+    const drained = JSON.parse((await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--json'])).stdout) as { failures: Array<{ userId: number; error: string; final: boolean }> };
+    for (const id of [adopt, stopped])
+      expect(drained.failures.filter((f) => f.userId === id)).toEqual([expect.objectContaining({ final: true, error: expect.stringMatching(operator(id, `acm2 user seed ${id} --seed-version ${pkg.pkg.version}`)) })]);
+    const again = JSON.parse((await acm2(['user', 'seed', '--pending', '--concurrency', '1', '--json'])).stdout) as { failures: Array<{ userId: number }> };
+    expect(again.failures.filter((f) => ids.includes(f.userId))).toEqual([]);
+    for (const id of ids) expect(JSON.parse((await acm2(['user', 'show', String(id), '--json'])).stdout).job, `user ${id}`).toMatchObject({ status: 'failed', attempts: 1 });
+    expect(snapshot()).toEqual(before);
+  });
+
   it("a user DB that holds none of ACM2's tables, or schema drift only a table rebuild mends: the job failed at once, the DB left alone", async () => {
     const make = async (name: string) =>
       JSON.parse((await acm2(['user', 'create', '--email', `${name}@example.com`, '--username', name, '--async', '--json'])).stdout).user.id as number;

@@ -92,7 +92,8 @@ export function schemaText(db: SqliteDb): string {
 
 export function quickCheck(db: SqliteDb): string | undefined {
   const rows = db.prepare(`PRAGMA quick_check`).raw(true).all() as [string][];
-  return rows.length === 1 && rows[0]![0] === 'ok' ? undefined : rows.map((r) => r[0]).slice(0, 5).join('; ');
+  // SQLite heads its first finding with a line of its own ("*** in database main ***"): noise in a one-line message.
+  return rows.length === 1 && rows[0]![0] === 'ok' ? undefined : rows.map((r) => r[0].replace(/^\*\*\* in database \S+ \*\*\*\n/, '')).slice(0, 5).join('; ');
 }
 
 /** Tables whose count went down (or vanished): "contents 12 -> 9". */
@@ -112,6 +113,15 @@ export function isBusy(e: unknown): boolean {
 
 export function isCorrupt(e: unknown): boolean {
   return /^SQLITE_(NOTADB|CORRUPT)/.test(sqliteCode(e));
+}
+
+/**
+ * What an operator does about a user DB that is corrupt (it fails quick_check, or reads as
+ * corrupt): no retry mends it, and the tool never rewrites or removes it. `then` is the command
+ * that works once it is dealt with.
+ */
+export function corruptDbRemedy(backupDir: string, then: string): string {
+  return `restore it from a backup (the tool keeps its migration backups in ${backupDir}) or move it aside, then run: ${then}`;
 }
 
 

@@ -36,7 +36,7 @@ import { quoteIdent } from '../seed/canonical.js';
 import { detectSchemaDrift, listTables, migrateUserDb, openSqlite, openUserDb, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
 import { newerToolError, type Migration } from '../migrations.js';
-import { backupStem, cleanPartialBackups, isBusy, migrateSafely } from './migrate-safe.js';
+import { backupStem, cleanPartialBackups, corruptDbRemedy, isBusy, migrateSafely, quickCheck } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { entryKind, resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, userRootProblem, type UserId } from '../userdb/paths.js';
 import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, UnavailableError } from '../errors.js';
@@ -228,12 +228,18 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
   if (!existsSync(file)) return;
   let adopt: SchemaDrift | undefined;
   let migrations: Migration[];
+  // No retry mends a corrupt DB, and every seed of an existing DB writes to it (in_progress,
+  // its rows, a failure record): it is left as it is, the job failed at once, for an operator.
+  const corrupt = (what: string, done: string) =>
+    new NeedsOperatorError(`${file} is corrupt (${what}): ${done}; ${corruptDbRemedy(toolDir(dataDir, 'backups', `user_${userId}`), `acm2 user seed ${userId}`)}`);
   // Read-write but only read, as backfill's planner: a hot journal is rolled back first.
   const db = openSqlite(file);
   try {
     let tables: Set<string>;
+    let damage: string | undefined;
     try {
       tables = new Set(listTables(db));
+      damage = quickCheck(db);
     } catch (e) {
       const code = (e as { code?: unknown }).code;
       if (typeof code === 'string' && (code.startsWith('SQLITE_NOTADB') || code.startsWith('SQLITE_CORRUPT'))) {
@@ -241,6 +247,7 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
       }
       throw new Error(`cannot read ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
+    if (damage) throw corrupt(`quick_check: ${damage}`, 'nothing was seeded and it was left alone');
     if (tables.size === 0) return; // an empty file: the seed builds the schema in it
     const work = schemaWork(db, tables, userId, userMigrations());
     if (!work.ok) {
@@ -279,7 +286,10 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
     const f = res.failure!;
     if (f.code === 'disk_full') throw new UnavailableError(`disk full while migrating ${file} before seeding (${f.message})`, 'disk_full');
     if (f.code === 'locked') throw busyDb(Object.assign(new Error(f.message), { code: 'SQLITE_BUSY' }), dataDir, userId, 1000)!;
-    throw new Error(`migrating ${file} before seeding failed: ${f.message} (${f.restoredFrom === 'committed' ? 'committed; backup' : f.restoredFrom === 'ended' ? 'ended early, ACM2 wrote since, nothing restored; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'})`);
+    const how = `${f.restoredFrom === 'committed' ? 'committed; backup' : f.restoredFrom === 'ended' ? 'ended early, ACM2 wrote since, nothing restored; backup' : 'nothing changed; backup'} at ${res.backupPath ?? 'none'}`;
+    // Corrupt since the look above, or found so by the migration itself.
+    if (f.code === 'corrupt') throw corrupt(f.message, f.restoredFrom === 'untouched' ? 'nothing was seeded and it was left alone' : `nothing was seeded (the migration before it: ${how})`);
+    throw new Error(`migrating ${file} before seeding failed: ${f.message} (${how})`);
   }
 }
 

@@ -1,7 +1,8 @@
 // A seeded world for tests: a generated ACM2 source frozen into a temp seeds dir, a data dir,
 // and a master. Packages are frozen once per options per test file.
 
-import { chmodSync, mkdtempSync, rmSync, readdirSync, statSync, readFileSync, lstatSync } from 'node:fs';
+import { chmodSync, closeSync, mkdtempSync, openSync, rmSync, readdirSync, statSync, readFileSync, lstatSync, writeSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import os from 'node:os';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -141,6 +142,32 @@ export function snapshotTree(dir: string): Record<string, string> {
     out[rel] = statSync(abs).isFile() ? readFileSync(abs).toString('base64') : 'other';
   }
   return out;
+}
+
+/**
+ * Damage one index of a real SQLite DB as a torn write would: its root page overwritten with
+ * garbage. Page 1 (the schema) is sound, so the DB opens and its tables list, but quick_check
+ * fails; returns quick_check's findings.
+ */
+export function corruptIndex(file: string, index: string): string[] {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  const { rootpage } = db.prepare(`SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name = ?`).get(index) as { rootpage: number };
+  const size = db.pragma('page_size', { simple: true }) as number;
+  db.close();
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, Buffer.alloc(size, 0x67), 0, size, (rootpage - 1) * size);
+  } finally {
+    closeSync(fd);
+  }
+  const after = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    const found = (after.pragma('quick_check') as Array<{ quick_check: string }>).map((r) => r.quick_check);
+    expect(found).not.toEqual(['ok']);
+    return found;
+  } finally {
+    after.close();
+  }
 }
 
 /**

@@ -1,0 +1,50 @@
+// A user DB the migration before a seed finds corrupt (migrate-safe's own quick_check, or a read
+// that says SQLITE_CORRUPT) though the seed's first look passed it (damaged in between): an
+// operator's to mend, as when the first look finds it. The job fails at once; the DB is left alone.
+
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { corruptIndex, frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { createUser, seedOneUser } from '../src/core/users.js';
+import { userDbPath } from '../src/userdb/paths.js';
+import { createAcm2Db } from '../src/fixtures/source.js';
+
+// The seed's first look (migrate-safe's exported quickCheck) passes the DB; migrateSafely's own
+// check, inside its module, still runs and finds the damage.
+vi.mock('../src/core/migrate-safe.js', async (importOriginal) => ({ ...(await importOriginal<typeof import('../src/core/migrate-safe.js')>()), quickCheck: () => undefined }));
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+process.env.ACM2_RETRY_BASE_MS = '0';
+
+let pkg: FrozenSource;
+let world: World;
+
+beforeAll(async () => {
+  pkg = frozenSource({ sourceDocs: 1 });
+  world = await sqliteWorld();
+});
+afterAll(async () => {
+  await world.cleanup();
+  pkg.cleanup();
+});
+
+describe('a user DB the migration before the seed finds corrupt', () => {
+  it('fails the job at once (no retry offered), names the DB and the remedy, and leaves the DB as it was', async () => {
+    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const id = (await createUser(deps, { email: 'torn@example.com', username: 'torn', async: true })).user.id;
+    const file = userDbPath(world.dataDir, id);
+    // ACM2 created it: the seed adopts and migrates it first.
+    createAcm2Db(file).close();
+    corruptIndex(file, 'ix_presets_user_id');
+    const before = readFileSync(file);
+
+    const r = await seedOneUser(deps, String(id), {});
+    expect(r.seed.status).toBe('failed');
+    expect(r.seed.retry).toBeUndefined();
+    expect(r.seed.error).toMatch(
+      new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is corrupt \\(quick_check failed before migrating: .*\\): nothing was seeded and it was left alone; restore it from a backup .* or move it aside, then run: acm2 user seed ${id}$`),
+    );
+    expect(await world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1 });
+    expect(readFileSync(file)).toEqual(before);
+  });
+});
