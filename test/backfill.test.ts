@@ -8,8 +8,10 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { corruptIndex, frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
+import { seedUser } from '../src/core/seed-user.js';
+import { createAcm2Db } from '../src/fixtures/source.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
@@ -666,6 +668,48 @@ describe('a user whose seed job failed for good', () => {
   });
 });
 
+describe('users whose DB fails quick_check', () => {
+  it('are failed at once, named with the remedy, their seed job not left to retry, and their DBs left byte for byte', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      // An ACM2-created DB whose seed never finished (backfill adopts and migrates it first), and
+      // a DB the tool seeded whose seed stopped part way (backfill seeds it again): each with a
+      // seed job queued, and an index page torn that nothing backfill plans with reads.
+      const [adopt, stopped] = [(await createUser(deps, { email: 'qc-adopt@example.com', username: 'qc-adopt', async: true })).user.id, (await createUser(deps, { email: 'qc-stopped@example.com', username: 'qc-stopped', async: true })).user.id];
+      const legacy = createAcm2Db(userDbPath(w.dataDir, adopt));
+      legacy.prepare(`INSERT INTO user_meta (id, user_id, seed_status, seed_version, created_at) VALUES ('m', ?, 'in_progress', ?, '2026-01-12 09:30:00')`).run(adopt, pkg.pkg.version);
+      legacy.close();
+      seedUser({ dataDir: w.dataDir, userId: stopped, pkg: pkg.pkg });
+      const db = new Database(userDbPath(w.dataDir, stopped));
+      db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
+      db.close();
+      for (const id of [adopt, stopped]) corruptIndex(userDbPath(w.dataDir, id), 'ix_documents_user_id');
+      const before = [adopt, stopped].map((id) => readFileSync(userDbPath(w.dataDir, id)));
+
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      expect(r.counts).toEqual({ fail: 2 });
+      const escaped = (id: number) => userDbPath(w.dataDir, id).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      expect(r.failures).toEqual([
+        {
+          id: adopt,
+          action: 'seed',
+          code: 'corrupt',
+          reason: expect.stringMatching(
+            new RegExp(`^${escaped(adopt)} is corrupt \\(quick_check failed before migrating: .*\\): nothing was changed; restore it from a backup \\(the tool keeps its migration backups in .*user_${adopt}\\) or move it aside, then run: acm2 backfill --user ${adopt}$`),
+          ),
+        },
+        { id: stopped, action: 'seed', code: 'seed_failed', reason: expect.stringMatching(new RegExp(`^${escaped(stopped)} is corrupt \\(quick_check: .*\\): nothing was seeded and it was left alone; .* or move it aside, then run: acm2 user seed ${stopped}$`)) },
+      ]);
+      // The job backfill ran is failed for good, not queued for a retry with backoff.
+      expect(await w.master.latestJob(stopped)).toMatchObject({ status: 'failed', attempts: 1 });
+      expect([adopt, stopped].map((id) => readFileSync(userDbPath(w.dataDir, id)))).toEqual(before);
+    } finally {
+      await w.cleanup();
+    }
+  });
+});
+
 describe('a user deleted from the master while backfill runs', () => {
   it('gets no DB or files again: it is left alone', async () => {
     const w = await sqliteWorld();
@@ -1243,7 +1287,7 @@ describe('selection and limits', () => {
     expect(users.map((u) => u.id)).toEqual([1, 2]);
     expect(['ok', 'meta_legacy']).toContain(users[0]!.action); // depends on whether the tests above ran
     expect(users[1]).toMatchObject({ action: 'fail', outcome: 'fail', code: 'corrupt' });
-    expect(users[1]!.reason).toMatch(/corrupt/);
+    expect(users[1]!.reason).toMatch(/^\/.*\/user_2\.db is corrupt \(file is not a database\): left alone; restore it from a backup \(the tool keeps its migration backups in .*user_2\) or move it aside, then run: acm2 backfill --user 2$/);
     const human = cli('--dry-run', '--no-color', '--user', '2');
     expect(human.status).toBe(0);
     expect(human.stdout).toMatch(/dry run/);

@@ -19,7 +19,7 @@ import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs, readyAt } from './users.js';
-import { isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
+import { corruptDbRemedy, isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
 import { listLegacyRuns, moveLegacyLogs, runsOwnedBy, type LegacyLogsResult } from './legacy-logs.js';
 
 /** What a user needs, most significant first when a user needs several steps. */
@@ -268,8 +268,17 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
     });
   } catch (e) {
     const c = classify(e);
+    if (c.code === 'corrupt') return failed(userId, 'corrupt', corruptDb(ctx.dataDir, userId, e instanceof Error ? e.message : String(e), 'left alone'));
     return failed(userId, c.code, c.reason);
   }
+}
+
+/**
+ * A user DB that is corrupt, in one sentence: the file, what was done, and the operator's remedy.
+ * Running the backfill again mends nothing: only a backup put back, or the file moved aside.
+ */
+function corruptDb(dataDir: string, userId: UserId, what: string, done: string): string {
+  return `${userDbPath(dataDir, userId)} is corrupt (${what}): ${done}; ${corruptDbRemedy(toolDir(dataDir, 'backups', `user_${userId}`), `acm2 backfill --user ${userId}`)}`;
 }
 
 const modeOk = (mode: number, want: number) => (mode & 0o077) === 0 && (mode & want) === want;
@@ -1128,15 +1137,16 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: B
       // A full disk stops the whole run (see record): every next user would fail the same way.
       const how =
         f.restoredFrom === 'backup'
-          ? `; the DB was restored from the backup ${res.backupPath}`
+          ? `the DB was restored from the backup ${res.backupPath}`
           : f.restoredFrom === 'rollback'
-            ? `; rolled back, nothing changed (backup kept at ${res.backupPath})`
+            ? `rolled back, nothing changed (backup kept at ${res.backupPath})`
             : f.restoredFrom === 'committed'
-              ? `; the migration was committed and ACM2 may have written since, so nothing was restored: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
+              ? `the migration was committed and ACM2 may have written since, so nothing was restored: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
               : f.restoredFrom === 'ended'
-                ? `; the migration's transaction ended early and ACM2 wrote to the DB since, so nothing was restored over that: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
-              : '; nothing was changed';
-      return { ...r, outcome: 'fail', code: f.code, reason: `${f.message}${how}` };
+                ? `the migration's transaction ended early and ACM2 wrote to the DB since, so nothing was restored over that: check the user with acm2 verify --user ${id} (backup of the DB before the migration kept at ${res.backupPath})`
+              : 'nothing was changed';
+      if (f.code === 'corrupt') return { ...r, outcome: 'fail', code: f.code, reason: corruptDb(ctx.dataDir, id, f.message, how) };
+      return { ...r, outcome: 'fail', code: f.code, reason: `${f.message}; ${how}` };
     }
   }
   if (legacyMeta && !metaDone) writeLegacyMeta(ctx.dataDir, id, ctx.busyTimeoutMs);
