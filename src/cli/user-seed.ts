@@ -4,15 +4,18 @@ import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { concurrencyOption, context, intOption, type Ctx } from './context.js';
 import { onInterrupt } from './interrupt.js';
-import { openMaster, usingMaster } from '../master/factory.js';
-import { checkUserRef, seedOneUser } from '../core/users.js';
-import { loadPackage, resolveVersion } from '../seed/package.js';
-import { runSeedPool, warmSeedWorkers, type WarmWorkers } from '../core/seed-pool.js';
-import { renderDrain, renderSeed } from '../ui/users.js';
+import { warmSeedWorkers, type WarmWorkers } from '../core/seed-warm.js';
 import { EXIT, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
 import { visibleDeep } from '../ui/text.js';
 import { silentProgress } from '../ui/reporter.js';
+
+// The seeding modules (the master, the seed, the pool, the renderings) are imported where they
+// are used, not above: a drain starts its worker threads before this thread loads them (seed-warm).
+const seeding = () =>
+  Promise.all([import('../master/factory.js'), import('../core/users.js'), import('../seed/package.js'), import('../core/seed-pool.js'), import('../ui/users.js')]).then(
+    ([factory, users, pkg, pool, ui]) => ({ ...factory, ...users, ...pkg, ...pool, ...ui }),
+  );
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
@@ -32,6 +35,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
     return;
   }
   if (args.length !== 1) throw new UsageError('name one user (id or email), or use --pending');
+  const { checkUserRef, loadPackage, resolveVersion, usingMaster, seedOneUser, renderSeed } = await seeding();
   const drainOnly = (['limit', 'watch', 'concurrency'] as const).filter((k) => opts[k] !== undefined && opts[k] !== false);
   if (drainOnly.length > 0) throw new UsageError(`${drainOnly.map((k) => `--${k}`).join(', ')} ${drainOnly.length > 1 ? 'apply' : 'applies'} to --pending, not to one user`);
   checkUserRef(args[0]!);
@@ -57,6 +61,7 @@ export async function run({ args, opts }: CommandCall): Promise<void> {
 
 /** Drain the seed queue with `concurrency` drainers: this thread and the warm worker threads. */
 async function drainPending(cfg: Ctx['cfg'], out: Ctx['out'], opts: CommandCall['opts'], concurrency: number, limit: number | undefined, warm: WarmWorkers | undefined): Promise<void> {
+  const { openMaster, usingMaster, runSeedPool, renderDrain } = await seeding();
   // Each drainer opens its own connection (and would set a master up): check the master is one
   // first. The drainers apply the migrations; this check need not.
   // The data dir must be this master's (paired on first use) before any job is claimed.

@@ -7,6 +7,7 @@ import type { MasterUrl } from '../config.js';
 import { openMaster } from '../master/factory.js';
 import { drainQueue, type DrainResult } from './users.js';
 import { fromWire, toWire, type WireError } from '../errors.js';
+import type { WarmWorkers } from './seed-warm.js';
 
 export interface PoolInput {
   master: MasterUrl;
@@ -89,40 +90,6 @@ export async function runSeedPool(input: PoolInput): Promise<PoolResult> {
   } finally {
     input.signal?.removeEventListener('abort', stop);
   }
-}
-
-/**
- * Worker threads started before the command's own checks, so that their ~130 ms of start (a V8
- * isolate, then this module's graph loaded again) overlaps the master's opening and pairing
- * instead of following it. Each waits, doing nothing, until the pool hands it its input; one not
- * handed any (the command stopped on bad input first) is ended by `dispose`.
- */
-export interface WarmWorkers {
-  take(): Worker | undefined;
-  dispose(): Promise<void>;
-}
-
-export function warmSeedWorkers(count: number): WarmWorkers {
-  const gone = new Set<Worker>();
-  const idle = Array.from({ length: count }, () => {
-    const w = new Worker(new URL(import.meta.url), { workerData: { warm: true } });
-    // Not a reason to keep the process alive: one never handed input is ended below, or with the process.
-    w.unref();
-    // One that died while waiting (it could not load its modules) is not handed input, which it
-    // would never answer: the pool starts a thread of its own instead, and sees its error.
-    w.on('error', () => gone.add(w));
-    w.on('exit', () => gone.add(w));
-    return w;
-  });
-  return {
-    take: () => {
-      for (let w = idle.shift(); w; w = idle.shift()) if (!gone.has(w)) return w;
-      return undefined;
-    },
-    dispose: async () => {
-      await Promise.all(idle.splice(0).map((w) => w.terminate()));
-    },
-  };
 }
 
 async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<DrainResult> {
