@@ -5,11 +5,9 @@ import path from 'node:path';
 import type { CommandCall } from './program.js';
 import { onInterrupt } from './interrupt.js';
 import { concurrencyOption, context, intOption, shardOption, type Ctx } from './context.js';
-import { openMaster } from '../master/factory.js';
-import { loadPackage, resolveVersion, versionOrUndefined } from '../seed/package.js';
 import { folderOverlap, parseUserId } from '../userdb/paths.js';
-import { runBackfill, startPlanners, type BackfillOptions, type BackfillPlanners } from '../core/backfill.js';
-import { backfillJson, renderBackfill } from '../ui/backfill.js';
+import type { BackfillOptions, BackfillPlanners } from '../core/backfill.js';
+import { warmPlannerWorkers } from '../core/warm-workers.js';
 import { EXIT, UsageError } from '../errors.js';
 import { visibleDeep } from '../ui/text.js';
 
@@ -32,17 +30,31 @@ export async function run({ opts }: CommandCall): Promise<void> {
     maxErrors: intOption(opts, 'maxErrors'),
     legacyLogsDir,
   };
-  // Planning threads (--concurrency > 1) boot while the package is checked and the master opened.
-  // With the version the package check below settles on (a bad one is its error to report).
-  const planners = startPlanners({ dataDir: cfg.dataDir, seedVersion: versionOrUndefined(cfg.seedsDir, cfg.seedVersion) }, options.concurrency);
+  // Planning threads (--concurrency > 1) boot while this thread loads backfill's modules, checks
+  // the package and opens the master (warm-workers): those modules are imported here, not above.
+  const warm = (options.concurrency ?? 1) > 1 ? warmPlannerWorkers(options.concurrency!) : undefined;
   try {
-    await backfill(cfg, out, options, planners);
+    const { startPlanners } = await import('../core/backfill.js');
+    const { versionOrUndefined } = await import('../seed/package.js');
+    // With the version the package check below settles on (a bad one is its error to report).
+    const planners = startPlanners({ dataDir: cfg.dataDir, seedVersion: versionOrUndefined(cfg.seedsDir, cfg.seedVersion) }, options.concurrency, warm);
+    try {
+      await backfill(cfg, out, options, planners);
+    } finally {
+      await planners.close();
+    }
   } finally {
-    await planners.close();
+    await warm?.dispose();
   }
 }
 
 async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptions, planners: BackfillPlanners): Promise<void> {
+  const [{ openMaster }, { loadPackage, resolveVersion }, { runBackfill }, { backfillJson, renderBackfill }] = await Promise.all([
+    import('../master/factory.js'),
+    import('../seed/package.js'),
+    import('../core/backfill.js'),
+    import('../ui/backfill.js'),
+  ]);
   const dryRun = Boolean(options.dryRun);
   // The package is checked before anything is written (a missing user is seeded with it).
   const pkg = loadPackage(cfg.seedsDir, resolveVersion(cfg.seedsDir, cfg.seedVersion));

@@ -4,14 +4,14 @@ import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { concurrencyOption, context, intOption, type Ctx } from './context.js';
 import { onInterrupt } from './interrupt.js';
-import { warmSeedWorkers, type WarmWorkers } from '../core/seed-warm.js';
+import { warmSeedWorkers, type WarmWorkers } from '../core/warm-workers.js';
 import { EXIT, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
 import { visibleDeep } from '../ui/text.js';
 import { silentProgress } from '../ui/reporter.js';
 
 // The seeding modules (the master, the seed, the pool, the renderings) are imported where they
-// are used, not above: a drain starts its worker threads before this thread loads them (seed-warm).
+// are used, not above: a drain starts its worker threads before this thread loads them (warm-workers).
 const seeding = () =>
   Promise.all([import('../master/factory.js'), import('../core/users.js'), import('../seed/package.js'), import('../core/seed-pool.js'), import('../ui/users.js')]).then(
     ([factory, users, pkg, pool, ui]) => ({ ...factory, ...users, ...pkg, ...pool, ...ui }),

@@ -6,9 +6,7 @@ import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { CommandCall } from './program.js';
 import { concurrencyOption, context, shardOption } from './context.js';
-import { usingMaster } from '../master/factory.js';
-import { verifyUsers } from '../core/verify.js';
-import { renderJunit, renderVerify } from '../ui/verify.js';
+import { warmVerifyWorkers } from '../core/warm-workers.js';
 import { parseUserId } from '../userdb/paths.js';
 import { classifyFsError, EXIT, UsageError } from '../errors.js';
 import { visibleDeep } from '../ui/text.js';
@@ -25,12 +23,22 @@ export async function run({ opts }: CommandCall): Promise<void> {
   // Checked before the users are, not after a fleet-wide run that would then be lost.
   if (junit) checkWritable(junit);
 
-  const r = await usingMaster(
-    cfg.master,
-    (master) =>
-      verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency }, out.progress()),
-    { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true, notice: out.warn } },
-  );
+  // The checkers' threads start before this thread loads verify's modules and opens the master
+  // (warm-workers); the modules are imported here, not above, for that.
+  const warm = concurrency > 1 ? warmVerifyWorkers(users.length > 0 ? Math.min(concurrency, users.length) : concurrency) : undefined;
+  let r;
+  try {
+    const [{ usingMaster }, { verifyUsers }] = await Promise.all([import('../master/factory.js'), import('../core/verify.js')]);
+    r = await usingMaster(
+      cfg.master,
+      (master) =>
+        verifyUsers({ master, dataDir: cfg.dataDir, seedsDir: cfg.seedsDir }, { users: users.length > 0 ? users : undefined, deep: Boolean(opts.deep), shard, concurrency, warm }, out.progress()),
+      { create: false, readOnly: true, pairWith: { dataDir: cfg.dataDir, write: false, read: true, notice: out.warn } },
+    );
+  } finally {
+    await warm?.dispose();
+  }
+  const { renderJunit, renderVerify } = await import('../ui/verify.js');
   if (junit) {
     try {
       writeReport(junit, renderJunit(r, { orphanScan: users.length === 0 }));

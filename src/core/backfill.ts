@@ -10,6 +10,7 @@ import { newerToolReason, type Migration } from '../migrations.js';
 import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/types.js';
 import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
+import type { WarmWorkers } from './warm-workers.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -507,14 +508,16 @@ type PlannerReply = { userIds: number[]; results: PlanResult[] } | { ready: true
  * A planner in a worker thread. Until the thread has booted (~0.1 s), and if it cannot start or
  * dies, it plans in this thread instead: a small run need not wait for threads.
  */
-function workerPlanner(ctx: PlanContext): Planner {
+/** A planner on a worker thread: a warm one (started early, waiting for its context), or one started now. */
+function workerPlanner(ctx: PlanContext, warm?: Worker): Planner {
   const inline = inlinePlanner(ctx);
   let w: Worker;
   try {
-    w = new Worker(new URL(import.meta.url), { workerData: { acm2BackfillPlanner: ctx } });
+    w = warm ?? new Worker(new URL(import.meta.url), { workerData: { acm2BackfillPlanner: ctx } });
   } catch {
     return inline;
   }
+  warm?.postMessage({ ctx });
   type Waiter = { userId: number; resolve: (p: UserPlan) => void; reject: (e: unknown) => void };
   // Requests are answered in the order they were sent.
   const pending: Waiter[][] = [];
@@ -570,20 +573,28 @@ function workerPlanner(ctx: PlanContext): Planner {
   };
 }
 
-if (!isMainThread && parentPort && (workerData as { acm2BackfillPlanner?: PlanContext } | undefined)?.acm2BackfillPlanner) {
+const plannerData = workerData as { acm2BackfillPlanner?: PlanContext; acm2Warm?: string } | undefined;
+if (!isMainThread && parentPort && (plannerData?.acm2BackfillPlanner || plannerData?.acm2Warm === 'backfill')) {
   const port = parentPort;
-  const ctx = (workerData as { acm2BackfillPlanner: PlanContext }).acm2BackfillPlanner;
-  port.on('message', (userIds: number[]) => {
-    const results = userIds.map((userId): PlanResult => {
+  // A warm thread's first message is its context (then it is ready); every message after it, users to plan.
+  let ctx = plannerData.acm2BackfillPlanner;
+  port.on('message', (m: number[] | { ctx: PlanContext }) => {
+    if (!Array.isArray(m)) {
+      ctx = m.ctx;
+      port.postMessage({ ready: true } satisfies PlannerReply);
+      return;
+    }
+    const results = m.map((userId): PlanResult => {
       try {
+        if (!ctx) throw new Error('backfill planner was given users before its context');
         return { plan: planUser(ctx, userId) };
       } catch (e) {
         return { error: e instanceof Error ? (e.stack ?? e.message) : String(e) };
       }
     });
-    port.postMessage({ userIds, results } satisfies PlannerReply);
+    port.postMessage({ userIds: m, results } satisfies PlannerReply);
   });
-  port.postMessage({ ready: true } satisfies PlannerReply);
+  if (ctx) port.postMessage({ ready: true } satisfies PlannerReply);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -647,10 +658,10 @@ export interface BackfillPlanners {
  * Start the planning slots of a backfill with `concurrency` slots ahead of runBackfill (threads
  * take a while to boot: a caller can start them before it checks the package and opens the master).
  */
-export function startPlanners(deps: Pick<BackfillDeps, 'dataDir' | 'busyTimeoutMs' | 'migrations'> & { seedVersion?: string }, concurrency = 1): BackfillPlanners {
+export function startPlanners(deps: Pick<BackfillDeps, 'dataDir' | 'busyTimeoutMs' | 'migrations'> & { seedVersion?: string }, concurrency = 1, warm?: WarmWorkers): BackfillPlanners {
   const n = Math.max(1, concurrency);
   const ctx: PlanContext = { dataDir: deps.dataDir, busyTimeoutMs: deps.busyTimeoutMs ?? 250, migrations: deps.migrations ?? userMigrations(), seedVersion: deps.seedVersion };
-  const planners = Array.from({ length: n }, () => (n > 1 && CAN_USE_WORKERS ? workerPlanner(ctx) : inlinePlanner(ctx)));
+  const planners = Array.from({ length: n }, () => (n > 1 && CAN_USE_WORKERS ? workerPlanner(ctx, warm?.take()) : inlinePlanner(ctx)));
   let closing: Promise<void> | undefined;
   return { ctx, planners, close: () => (closing ??= Promise.all(planners.map((x) => x.close())).then(() => undefined)) };
 }

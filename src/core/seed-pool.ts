@@ -7,7 +7,7 @@ import type { MasterUrl } from '../config.js';
 import { openMaster } from '../master/factory.js';
 import { drainQueue, type DrainResult } from './users.js';
 import { fromWire, toWire, type WireError } from '../errors.js';
-import type { WarmWorkers } from './seed-warm.js';
+import type { WarmWorkers } from './warm-workers.js';
 
 export interface PoolInput {
   master: MasterUrl;
@@ -102,10 +102,7 @@ async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<Dr
     new Promise<DrainResult>((resolve, reject) => {
       const warm = input.warm?.take();
       const w = warm ?? new Worker(new URL(import.meta.url), { workerData: wi });
-      if (warm) {
-        warm.ref();
-        warm.postMessage({ type: 'go', input: wi });
-      }
+      warm?.postMessage({ type: 'go', input: wi });
       let result: DrainResult | undefined;
       w.on('message', (m: { type: string; result?: DrainResult; error?: WireError }) => {
         if (m.type === 'tick') input.onProgress?.(1);
@@ -158,7 +155,7 @@ function drainInWorker(wi: WorkerInput, port: NonNullable<typeof parentPort>): v
 }
 
 if (!isMainThread && parentPort && (workerData as WorkerInput | undefined)?.slots) drainInWorker(workerData as WorkerInput, parentPort);
-else if (!isMainThread && parentPort && (workerData as { warm?: boolean } | undefined)?.warm) {
+else if (!isMainThread && parentPort && (workerData as { acm2Warm?: string } | undefined)?.acm2Warm === 'seed') {
   const port = parentPort;
   port.once('message', (m: { type: string; input: WorkerInput }) => drainInWorker(m.input, port));
 }

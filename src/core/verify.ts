@@ -10,6 +10,7 @@ import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { gcEvery } from '../gc.js';
+import { VERIFY_WORKER_YOUNG_GEN_MB, type WarmWorkers } from './warm-workers.js';
 import { lstatOrUndefined, statOrUndefined } from '../durable.js';
 import { isBusy } from './migrate-safe.js';
 import { deadHere } from './worker-name.js';
@@ -100,6 +101,8 @@ export interface VerifyOptions {
   now?: number;
   /** Wait for a locked user DB this long before reporting it db_busy (default 5 s). */
   busyTimeoutMs?: number;
+  /** Worker threads started early (warmVerifyWorkers): the first checkers are these. */
+  warm?: WarmWorkers;
 }
 
 /** Progress callbacks (the CLI passes its spinner/bar; core never prints). */
@@ -164,7 +167,7 @@ export async function verifyUsers(deps: VerifyDeps, opts: VerifyOptions = {}, pr
   progress?.start('verifying users', total);
   const users: UserVerdict[] = [];
   const seen = new Set<number>();
-  const pool = new CheckerPool(Math.max(1, opts.concurrency ?? 1), ctx);
+  const pool = new CheckerPool(Math.max(1, opts.concurrency ?? 1), ctx, opts.warm);
   try {
     // Users go to a slot a few at a time: one message per user was a measurable share of a worker.
     await pool.forEach(inBatches(streamUsers(deps.master, pageSize, inShard, wanted), pool.batchSize), async (batch, checker) => {
@@ -292,13 +295,6 @@ const WORKER_BATCH = 8;
  */
 const WORKER_USERS = Number(process.env.ACM2_VERIFY_WORKER_USERS) > 0 ? Number(process.env.ACM2_VERIFY_WORKER_USERS) : 500;
 
-/**
- * A worker's young generation, in MiB. V8's default lets each worker's nursery grow to tens of
- * MiB between scavenges, and those swings were verify's peak memory: with 8, 10,000 users peaked
- * at ~120 MiB instead of ~155 (1,000 users: ~112 instead of ~126), at no cost in time.
- */
-const WORKER_YOUNG_GEN_MB = 8;
-
 /** Worker threads need the compiled module; under a TS runner (tests) the slots run in this thread. */
 const CAN_USE_WORKERS = import.meta.url.endsWith('.js');
 
@@ -310,6 +306,7 @@ class CheckerPool {
   constructor(
     private readonly size: number,
     private readonly ctx: CheckContext,
+    private readonly warm?: WarmWorkers,
   ) {}
 
   /** Users handed to a slot at once: a batch per message for worker threads, one at a time in-thread. */
@@ -318,7 +315,7 @@ class CheckerPool {
   }
 
   private make(): Checker {
-    if (this.size > 1 && CAN_USE_WORKERS) return workerChecker(this.ctx);
+    if (this.size > 1 && CAN_USE_WORKERS) return workerChecker(this.ctx, this.warm?.take());
     const ctx = this.ctx;
     const tick = gcEvery(GC_EVERY);
     const c: Checker = {
@@ -390,8 +387,10 @@ interface WorkerReply {
   error?: WireError;
 }
 
-function workerChecker(ctx: CheckContext): Checker {
-  const w = new Worker(new URL(import.meta.url), { workerData: { acm2VerifyWorker: ctx }, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GEN_MB } });
+/** A checker on a worker thread: a warm one (started early, waiting for its context), or one started now. */
+function workerChecker(ctx: CheckContext, warm?: Worker): Checker {
+  const w = warm ?? new Worker(new URL(import.meta.url), { workerData: { acm2VerifyWorker: ctx }, resourceLimits: { maxYoungGenerationSizeMb: VERIFY_WORKER_YOUNG_GEN_MB } });
+  warm?.postMessage({ ctx });
   let pending: { resolve: (p: Problem[][]) => void; reject: (e: Error) => void } | undefined;
   let dead: Error | undefined;
   const fail = (e: Error) => {
@@ -425,13 +424,20 @@ function workerChecker(ctx: CheckContext): Checker {
   return c;
 }
 
-if (!isMainThread && parentPort && (workerData as { acm2VerifyWorker?: CheckContext } | undefined)?.acm2VerifyWorker) {
+const verifyWorker = workerData as { acm2VerifyWorker?: CheckContext; acm2Warm?: string } | undefined;
+if (!isMainThread && parentPort && (verifyWorker?.acm2VerifyWorker || verifyWorker?.acm2Warm === 'verify')) {
   const port = parentPort;
-  const ctx = (workerData as { acm2VerifyWorker: CheckContext }).acm2VerifyWorker;
+  // A warm thread's first message is its context; every message after it, users to check.
+  let ctx = verifyWorker.acm2VerifyWorker;
   const tick = gcEvery(GC_EVERY);
-  port.on('message', (users: UserToCheck[]) => {
+  port.on('message', (m: UserToCheck[] | { ctx: CheckContext }) => {
+    if (!Array.isArray(m)) {
+      ctx = m.ctx;
+      return;
+    }
     try {
-      port.postMessage({ problems: checkBatch(ctx, users, tick) } satisfies WorkerReply);
+      if (!ctx) throw new Error('verify worker was given users before its context');
+      port.postMessage({ problems: checkBatch(ctx, m, tick) } satisfies WorkerReply);
     } catch (e) {
       port.postMessage({ error: toWire(e) } satisfies WorkerReply);
     }
