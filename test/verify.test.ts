@@ -16,9 +16,10 @@ import { execa } from 'execa';
 import Ajv2020 from 'ajv/dist/2020.js';
 import { CAN_MOUNT_TMPFS, frozenSource, sqliteWorld, tmpDir, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
 import { DIALECTS } from './helpers/mysql.js';
+import { holdLocks } from './helpers/legacy-fleet.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { thisPidSpace } from '../src/core/worker-name.js';
-import { LeakIndex, PROBLEM_CODES, verifyTestHooks, verifyUsers, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
+import { LeakIndex, PROBLEM_CODES, verifyTestHooks, verifyUsers, type Problem, type ProblemCode, type VerifyOptions, type VerifyResult } from '../src/core/verify.js';
 import { renderJunit, renderVerify } from '../src/ui/verify.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { userMigrations } from '../src/userdb/user-db.js';
@@ -837,6 +838,31 @@ describe('renderers', () => {
   });
 });
 
+describe('renderJunit: outcome and text of each testcase', () => {
+  const one = (problems: Array<Pick<Problem, 'code' | 'severity' | 'message'> & { path?: string }>): VerifyResult => ({
+    ok: false,
+    checked: 1,
+    failed: 1,
+    users: [{ id: 1, ok: false, problems: problems.map((p) => ({ userId: 1, ...p })) }],
+    orphans: [],
+    durationMs: 1,
+  });
+  const kindOf = (r: VerifyResult) => {
+    const doc = parseXml(renderJunit(r));
+    const users = doc.children.find((c) => c.attrs.name === 'acm2 verify: users')!;
+    return { kinds: users.children[0]!.children.map((x) => x.name), users: users.attrs, all: doc.attrs };
+  };
+  const busy = { code: 'db_busy' as const, severity: 'warning' as const, message: 'user_1.db is locked by another process' };
+  const waiting = { code: 'not_ready' as const, severity: 'warning' as const, message: 'not seeded yet: seed job #1 (v1) is running' };
+  const missing = { code: 'file_missing' as const, severity: 'error' as const, message: 'gone' };
+
+  it('a finding is a failure even when part of the user could not be checked; a busy DB with warnings is an error; warnings alone are skipped', () => {
+    expect(kindOf(one([busy, missing]))).toEqual({ kinds: ['failure'], users: expect.objectContaining({ failures: '1', errors: '0', skipped: '0' }), all: expect.objectContaining({ failures: '1', errors: '0', skipped: '0' }) });
+    expect(kindOf(one([busy, waiting]))).toEqual({ kinds: ['error'], users: expect.objectContaining({ failures: '0', errors: '1', skipped: '0' }), all: expect.objectContaining({ failures: '0', errors: '1', skipped: '0' }) });
+    expect(kindOf(one([waiting, { ...waiting, message: 'again' }]))).toEqual({ kinds: ['skipped'], users: expect.objectContaining({ failures: '0', errors: '0', skipped: '1' }), all: expect.objectContaining({ failures: '0', errors: '0', skipped: '1' }) });
+  });
+});
+
 interface XmlNode {
   name: string;
   attrs: Record<string, string>;
@@ -916,6 +942,39 @@ describe('end to end: the built binary', () => {
     const usage = await bin(f, 'verify', '--shard', '3/2', '--json');
     expect(usage.exitCode).toBe(2);
     expect(JSON.parse(usage.stdout)).toMatchObject({ error: { code: 'usage' } });
+  }, 60_000);
+
+  it('--junit: a broken user is a <failure>, a locked one an <error>, a queued one <skipped>; the counts are the testcases\' (exit 1 still)', async () => {
+    const f = await fleet();
+    const [locked, broken, ready] = f.ids as [number, number, number];
+    const pending = (await createUser({ ...f.deps, lockTimeoutMs: 5000 }, { email: 'dan@example.com', username: 'dan', async: true })).user.id;
+    unlinkSync(seededFile(f, /logs\/run\.log$/));
+    const junit = path.join(f.world.dataDir, '..', `${path.basename(f.world.dataDir)}-kinds.xml`);
+    const release = await holdLocks([userDbPath(f.world.dataDir, locked)]);
+    let r: Awaited<ReturnType<typeof bin>>;
+    try {
+      r = await bin(f, 'verify', '--json', '--junit', junit);
+    } finally {
+      await release();
+    }
+    expect(r.exitCode, r.stderr).toBe(1);
+    expect((JSON.parse(r.stdout) as VerifyResult).users.map((u) => [u.id, u.problems.map((p) => `${p.code}/${p.severity}`)])).toEqual([
+      [locked, ['db_busy/warning']],
+      [broken, ['file_missing/error']],
+      [ready, []],
+      [pending, ['not_ready/warning']],
+    ]);
+    const doc = parseXml(readFileSync(junit, 'utf8'));
+    rmSync(junit, { force: true });
+    const users = doc.children.find((c) => c.attrs.name === 'acm2 verify: users')!;
+    const kinds = Object.fromEntries(users.children.map((c) => [c.attrs.name, c.children.map((x) => x.name)]));
+    expect(kinds).toEqual({ [`user ${locked}`]: ['error'], [`user ${broken}`]: ['failure'], [`user ${ready}`]: [], [`user ${pending}`]: ['skipped'] });
+    const of = (id: number) => users.children.find((c) => c.attrs.name === `user ${id}`)!.children[0]!;
+    // Why it was not checked is what a dashboard shows first.
+    expect(of(locked).attrs).toMatchObject({ type: 'db_busy', message: expect.stringMatching(/is locked by another process .*so it was not checked/) });
+    expect(of(pending).attrs.message).toMatch(/^not seeded yet: seed job #\d+ \(v1\) is pending$/);
+    expect(users.attrs).toMatchObject({ tests: '4', failures: '1', errors: '1', skipped: '1' });
+    expect(doc.attrs).toMatchObject({ tests: '5', failures: '1', errors: '1', skipped: '1' });
   }, 60_000);
 
   // A real full file system (a 64 KiB tmpfs): root can mount one, as in CI, which must run this.

@@ -93,49 +93,79 @@ function problemLine(p: Problem, c: Paint): string {
 }
 
 /**
- * JUnit XML: a suite with one testcase per user (a failure element listing its problems) and a
- * suite with one testcase for the data dir's orphans, so a dashboard shows both.
+ * JUnit XML: a suite with one testcase per user and a suite with one testcase for the data dir's
+ * orphans, so a dashboard shows both. A dashboard reads <failure> as "checked, and found wrong",
+ * <error> as "could not be checked" and <skipped> as "not checked", so each testcase gets the one
+ * that is true of it (see outcome below); every problem is listed in it either way. The exit code
+ * is not the report's: warnings still fail verify (a fleet in CI must be fully ready).
  */
 export function renderJunit(r: VerifyResult, opts: { orphanScan?: boolean } = {}): string {
   const secs = (r.durationMs / 1000).toFixed(3);
   // With --user no orphan scan runs: the data dir's testcase is skipped, not passed.
   const scanned = opts.orphanScan ?? true;
-  const usersSuite = [
-    `  <testsuite name="acm2 verify: users" tests="${r.users.length}" failures="${r.failed}" errors="0" skipped="0" time="${secs}">`,
-    ...r.users.map((u) => testcase('acm2.verify.users', `user ${u.id}`, u.problems)),
-    '  </testsuite>',
-  ];
-  const orphanSuite = [
-    `  <testsuite name="acm2 verify: data dir" tests="1" failures="${r.orphans.length > 0 ? 1 : 0}" errors="0" skipped="${scanned ? 0 : 1}" time="0">`,
-    scanned
-      ? testcase('acm2.verify.datadir', 'orphans', r.orphans)
-      : `    <testcase classname="acm2.verify.datadir" name="orphans"><skipped message="not scanned: only the users given with --user were checked"/></testcase>`,
-    '  </testsuite>',
-  ];
+  const users = r.users.map((u) => testcase('acm2.verify.users', `user ${u.id}`, u.problems));
+  const dataDir: Case = scanned
+    ? testcase('acm2.verify.datadir', 'orphans', r.orphans)
+    : { kind: 'skipped', xml: `    <testcase classname="acm2.verify.datadir" name="orphans"><skipped message="not scanned: only the users given with --user were checked"/></testcase>` };
+  // The counts are the testcases', so a dashboard's totals agree with what it lists.
+  const counts = (cases: Case[]) => {
+    const n = (kind: Outcome) => cases.filter((c) => c.kind === kind).length;
+    return `tests="${cases.length}" failures="${n('failure')}" errors="${n('error')}" skipped="${n('skipped')}"`;
+  };
   return [
     '<?xml version="1.0" encoding="UTF-8"?>',
-    `<testsuites name="acm2 verify" tests="${r.users.length + 1}" failures="${r.failed + (r.orphans.length > 0 ? 1 : 0)}" errors="0" time="${secs}">`,
-    ...usersSuite,
-    ...orphanSuite,
+    `<testsuites name="acm2 verify" ${counts([...users, dataDir])} time="${secs}">`,
+    `  <testsuite name="acm2 verify: users" ${counts(users)} time="${secs}">`,
+    ...users.map((c) => c.xml),
+    '  </testsuite>',
+    `  <testsuite name="acm2 verify: data dir" ${counts([dataDir])} time="0">`,
+    dataDir.xml,
+    '  </testsuite>',
     '</testsuites>',
     '',
   ].join('\n');
 }
 
-function testcase(classname: string, name: string, problems: Problem[]): string {
+type Outcome = 'passed' | 'failure' | 'error' | 'skipped';
+interface Case {
+  kind: Outcome;
+  xml: string;
+}
+
+/**
+ * What a testcase is, from its problems: an error-severity finding is a <failure> (something is
+ * known to be wrong, whatever else could not be checked); otherwise a db_busy is an <error> (the
+ * DB was locked or left mid-write, so it was not checked: nothing is known to be wrong); otherwise
+ * only warnings (not_ready for a seed queued or running) are <skipped>: there is nothing of the
+ * user's to check until the seed is done, and nothing was found wrong.
+ */
+function outcome(problems: Problem[]): Outcome {
+  if (problems.length === 0) return 'passed';
+  if (problems.some((p) => p.severity === 'error')) return 'failure';
+  if (problems.some((p) => p.code === 'db_busy')) return 'error';
+  return 'skipped';
+}
+
+function testcase(classname: string, name: string, problems: Problem[]): Case {
   const open = `    <testcase classname="${xml(classname)}" name="${xml(name)}"`;
-  if (problems.length === 0) return `${open}/>`;
+  const kind = outcome(problems);
+  if (kind === 'passed') return { kind, xml: `${open}/>` };
   const codes = [...new Set(problems.map((p) => p.code))].join(',');
   // One line per problem: a file name's newline or ESC is written escaped (XML 1.0 cannot carry
   // an ESC at all, and a dropped one would leave "[2J" where the name had "\x1b[2J").
   const body = problems
     .map((p) => visible(`[${p.severity}] ${p.code}: ${p.message}${p.table ? ` (table ${p.table}${p.rowId ? `, row ${p.rowId}` : ''})` : ''}${p.path ? ` (path ${p.path})` : ''}`))
     .join('\n');
-  return [
-    `${open}>`,
-    `      <failure message="${xml(`${problems.length} problem${problems.length === 1 ? '' : 's'}: ${codes}`)}" type="${xml(codes)}">${xml(body)}</failure>`,
-    '    </testcase>',
-  ].join('\n');
+  const count = `${problems.length} problem${problems.length === 1 ? '' : 's'}: ${codes}`;
+  // A dashboard shows the message first: for an unchecked user, why it was not checked.
+  const busy = problems.find((p) => p.code === 'db_busy');
+  const element =
+    kind === 'failure'
+      ? `<failure message="${xml(count)}" type="${xml(codes)}">${xml(body)}</failure>`
+      : kind === 'error'
+        ? `<error message="${xml(visible(busy!.message))}" type="${xml(codes)}">${xml(body)}</error>`
+        : `<skipped message="${xml(problems.length === 1 ? visible(problems[0]!.message) : `not checked: ${count}`)}">${xml(body)}</skipped>`;
+  return { kind, xml: [`${open}>`, `      ${element}`, '    </testcase>'].join('\n') };
 }
 
 /** Escape for XML 1.0 text and attributes, dropping characters XML cannot carry. */
