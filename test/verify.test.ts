@@ -861,6 +861,20 @@ describe('renderJunit: outcome and text of each testcase', () => {
     expect(kindOf(one([busy, waiting]))).toEqual({ kinds: ['error'], users: expect.objectContaining({ failures: '0', errors: '1', skipped: '0' }), all: expect.objectContaining({ failures: '0', errors: '1', skipped: '0' }) });
     expect(kindOf(one([waiting, { ...waiting, message: 'again' }]))).toEqual({ kinds: ['skipped'], users: expect.objectContaining({ failures: '0', errors: '0', skipped: '1' }), all: expect.objectContaining({ failures: '0', errors: '0', skipped: '1' }) });
   });
+
+  it('a lone UTF-16 surrogate (XML 1.0 has no character for it) is written escaped, like a control character; a pair is kept', () => {
+    // JSON.parse turns a stored "\ud800" into one, and a message may quote the value.
+    const odd = 'doc \ud800x, \udfff and \udbff\ud83d\ude00 \u001b';
+    const shown = 'doc \\ud800x, \\udfff and \\udbff\ud83d\ude00 \\x1b';
+    const [failure, error, skipped] = [one([{ ...missing, message: odd, path: `user_1/${odd}` }]), one([{ ...busy, message: odd }]), one([{ ...waiting, message: odd }])].map((r) => {
+      const xml = renderJunit(r);
+      expect(xml).not.toMatch(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/);
+      return parseXml(xml).children[0]!.children[0]!.children[0]!;
+    }) as [XmlNode, XmlNode, XmlNode];
+    expect(failure.text).toBe(`[error] file_missing: ${shown} (path user_1/${shown})`);
+    expect(error).toMatchObject({ name: 'error', attrs: { message: shown }, text: `[warning] db_busy: ${shown}` });
+    expect(skipped).toMatchObject({ name: 'skipped', attrs: { message: shown }, text: `[warning] not_ready: ${shown}` });
+  });
 });
 
 interface XmlNode {

@@ -154,7 +154,7 @@ function testcase(classname: string, name: string, problems: Problem[]): Case {
   // One line per problem: a file name's newline or ESC is written escaped (XML 1.0 cannot carry
   // an ESC at all, and a dropped one would leave "[2J" where the name had "\x1b[2J").
   const body = problems
-    .map((p) => visible(`[${p.severity}] ${p.code}: ${p.message}${p.table ? ` (table ${p.table}${p.rowId ? `, row ${p.rowId}` : ''})` : ''}${p.path ? ` (path ${p.path})` : ''}`))
+    .map((p) => shown(`[${p.severity}] ${p.code}: ${p.message}${p.table ? ` (table ${p.table}${p.rowId ? `, row ${p.rowId}` : ''})` : ''}${p.path ? ` (path ${p.path})` : ''}`))
     .join('\n');
   const count = `${problems.length} problem${problems.length === 1 ? '' : 's'}: ${codes}`;
   // A dashboard shows the message first: for an unchecked user, why it was not checked.
@@ -163,10 +163,22 @@ function testcase(classname: string, name: string, problems: Problem[]): Case {
     kind === 'failure'
       ? `<failure message="${xml(count)}" type="${xml(codes)}">${xml(body)}</failure>`
       : kind === 'error'
-        ? `<error message="${xml(visible(busy!.message))}" type="${xml(codes)}">${xml(body)}</error>`
-        : `<skipped message="${xml(problems.length === 1 ? visible(problems[0]!.message) : `not checked: ${count}`)}">${xml(body)}</skipped>`;
+        ? `<error message="${xml(shown(busy!.message))}" type="${xml(codes)}">${xml(body)}</error>`
+        : `<skipped message="${xml(problems.length === 1 ? shown(problems[0]!.message) : `not checked: ${count}`)}">${xml(body)}</skipped>`;
   return { kind, xml: [`${open}>`, `      ${element}`, '    </testcase>'].join('\n') };
 }
+
+/**
+ * Text the tool did not write, as the report shows it: visible()'s escapes, and a lone UTF-16
+ * surrogate (JSON.parse makes one of a "\ud800" ACM2 stored, and a message may quote it) escaped
+ * the same way: XML 1.0 has no character for it, and the UTF-8 encoder would silently turn it
+ * into U+FFFD, losing which one it was.
+ */
+function shown(s: string): string {
+  return visible(s).replace(LONE_SURROGATE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
 /** Escape for XML 1.0 text and attributes, dropping characters XML cannot carry. */
 function xml(s: string): string {
