@@ -4,10 +4,12 @@
 
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { corruptIndex, frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { corruptIndex, corruptTable, frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { userDbPath } from '../src/userdb/paths.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
+import { seedUser } from '../src/core/seed-user.js';
+import Database from 'better-sqlite3';
 
 // The seed's first look (migrate-safe's exported quickCheck) passes the DB; migrateSafely's own
 // check, inside its module, still runs and finds the damage.
@@ -43,6 +45,29 @@ describe('a user DB the migration before the seed finds corrupt', () => {
     expect(r.seed.retry).toBeUndefined();
     expect(r.seed.error).toMatch(
       new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is corrupt \\(quick_check failed before migrating: .*\\): nothing was seeded and it was left alone; restore it from a backup .* or move it aside, then run: acm2 user seed ${id}$`),
+    );
+    expect(await world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1 });
+    expect(readFileSync(file)).toEqual(before);
+  });
+
+  it('a read of it before the migration that SQLite answers with SQLITE_CORRUPT: the same', async () => {
+    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const id = (await createUser(deps, { email: 'torn-read@example.com', username: 'torn-read', async: true })).user.id;
+    const file = userDbPath(world.dataDir, id);
+    // A DB the tool seeded whose seed stopped part way, its migration ledger torn: read to learn
+    // whether it needs migrating, before anything is migrated or seeded.
+    seedUser({ dataDir: world.dataDir, userId: id, pkg: pkg.pkg });
+    const db = new Database(file);
+    db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
+    db.close();
+    corruptTable(file, 'acm2_migrations');
+    const before = readFileSync(file);
+
+    const r = await seedOneUser(deps, String(id), {});
+    expect(r.seed.status).toBe('failed');
+    expect(r.seed.retry).toBeUndefined();
+    expect(r.seed.error).toMatch(
+      new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is corrupt \\(database disk image is malformed\\): nothing was seeded and it was left alone; restore it from a backup .* or move it aside, then run: acm2 user seed ${id}$`),
     );
     expect(await world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1 });
     expect(readFileSync(file)).toEqual(before);

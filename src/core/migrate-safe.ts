@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { isDiskFull } from '../errors.js';
+import { isDiskFull, NeedsOperatorError } from '../errors.js';
 import type { Migration } from '../migrations.js';
 import { driftRepairSql, listTables, recordBaseline, recordMigration, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 
@@ -104,7 +104,7 @@ export function vanished(before: Record<string, number>, after: Record<string, n
 }
 
 function sqliteCode(e: unknown): string {
-  return String((e as { code?: string }).code ?? '');
+  return String((e as { code?: string } | undefined)?.code ?? '');
 }
 
 export function isBusy(e: unknown): boolean {
@@ -122,6 +122,28 @@ export function isCorrupt(e: unknown): boolean {
  */
 export function corruptDbRemedy(backupDir: string, then: string): string {
   return `restore it from a backup (the tool keeps its migration backups in ${backupDir}) or move it aside, then run: ${then}`;
+}
+
+/**
+ * A user DB found corrupt, for an operator (the job fails at once), in one sentence: the file,
+ * what quick_check or SQLite said (`what`), what was done to it (`done`), and the remedy ending
+ * in `then`. `what` and `done` are kept so another command (backfill) can say it with its own `then`.
+ */
+export class CorruptUserDbError extends NeedsOperatorError {
+  constructor(
+    readonly file: string,
+    readonly what: string,
+    readonly done: string,
+    backupDir: string,
+    then: string,
+    options?: { cause?: unknown },
+  ) {
+    super(corruptDbSentence(file, what, done, backupDir, then), options);
+  }
+}
+
+export function corruptDbSentence(file: string, what: string, done: string, backupDir: string, then: string): string {
+  return `${file} is corrupt (${what}): ${done}; ${corruptDbRemedy(backupDir, then)}`;
 }
 
 

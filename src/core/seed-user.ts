@@ -36,10 +36,10 @@ import { quoteIdent } from '../seed/canonical.js';
 import { detectSchemaDrift, listTables, migrateUserDb, openSqlite, openUserDb, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { schemaWork } from './schema-work.js';
 import { newerToolError, type Migration } from '../migrations.js';
-import { backupStem, cleanPartialBackups, corruptDbRemedy, isBusy, migrateSafely, quickCheck } from './migrate-safe.js';
+import { backupStem, cleanPartialBackups, CorruptUserDbError, isBusy, isCorrupt, migrateSafely, quickCheck } from './migrate-safe.js';
 import { userDbTemplate } from '../userdb/template.js';
 import { entryKind, resolveInside, toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, userRootProblem, type UserId } from '../userdb/paths.js';
-import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, UnavailableError } from '../errors.js';
+import { classifyFsError, isAcm2Error, isDiskFull, NeedsOperatorError, needsOperator, UnavailableError } from '../errors.js';
 
 export type SeedOutcome = 'seeded' | 'already_ready' | 'restored';
 
@@ -218,6 +218,8 @@ async function migrateExistingSafely(dataDir: string, userId: UserId): Promise<v
     if (!isAcm2Error(e) && isDiskFull(cause)) {
       throw new UnavailableError(`disk full while opening ${userDbPath(dataDir, userId)} before seeding (${String((cause as { code?: unknown }).code)})`, 'disk_full', { cause });
     }
+    // Damaged since quick_check passed it, and met by a later read: the same verdict as quick_check's.
+    if (!isAcm2Error(e) && !needsOperator(e) && isCorrupt(cause)) throw corruptDb(dataDir, userId, (cause as Error).message, 'nothing was seeded and it was left alone', cause);
     throw e;
   }
 }
@@ -230,8 +232,7 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
   let migrations: Migration[];
   // No retry mends a corrupt DB, and every seed of an existing DB writes to it (in_progress,
   // its rows, a failure record): it is left as it is, the job failed at once, for an operator.
-  const corrupt = (what: string, done: string) =>
-    new NeedsOperatorError(`${file} is corrupt (${what}): ${done}; ${corruptDbRemedy(toolDir(dataDir, 'backups', `user_${userId}`), `acm2 user seed ${userId}`)}`);
+  const corrupt = (what: string, done: string) => corruptDb(dataDir, userId, what, done);
   // Read-write but only read, as backfill's planner: a hot journal is rolled back first.
   const db = openSqlite(file);
   try {
@@ -291,6 +292,15 @@ async function migrateExisting(dataDir: string, userId: UserId): Promise<void> {
     if (f.code === 'corrupt') throw corrupt(f.message, f.restoredFrom === 'untouched' ? 'nothing was seeded and it was left alone' : `nothing was seeded (the migration before it: ${how})`);
     throw new Error(`migrating ${file} before seeding failed: ${f.message} (${how})`);
   }
+}
+
+/**
+ * A user DB that quick_check or SQLite calls corrupt: an operator's to mend (no retry does), so
+ * the job fails at once; `done` says what the seed did to it.
+ */
+function corruptDb(dataDir: string, userId: UserId, what: string, done: string, cause?: unknown): CorruptUserDbError {
+  const backups = toolDir(dataDir, 'backups', `user_${userId}`);
+  return new CorruptUserDbError(userDbPath(dataDir, userId), what, done, backups, `acm2 user seed ${userId}`, cause === undefined ? undefined : { cause });
 }
 
 /** What must reach the disk before the next step: files' data and folders' entries. */
@@ -436,6 +446,22 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
       ...(backup ? { backup } : {}),
     };
   } catch (e) {
+    const cause = (e as { cause?: unknown } | undefined)?.cause;
+    if (isCorrupt(e) || (!needsOperator(e) && isCorrupt(cause))) {
+      // The DB went bad since the seed's first look passed it (a torn write, a disk fault): no
+      // retry mends it, and nothing more is written into it (no failure record, no ready user
+      // put back: a write into a DB SQLite calls corrupt can spread the damage). The job is failed
+      // at once with the sentence instead; an operator mends the DB.
+      const said = isCorrupt(e) ? e : cause;
+      const stopped = done.writing
+        ? "the seed stopped after writing the user's files, before its rows, and wrote nothing more into it (user_meta says in_progress)"
+        : done.begun
+          ? "the seed stopped before writing the user's files and rows, and wrote nothing more into it (user_meta says in_progress)"
+          : placed
+            ? "an earlier attempt's build was put in place as it (in_progress), then nothing more was written into it"
+            : 'nothing was seeded and it was left alone';
+      throw corruptDb(dataDir, userId, (said as Error).message, stopped, said);
+    }
     // A user that was ready and that this attempt changed nothing of stays ready: ACM2 goes on
     // serving it (anything else is 425 to all its requests), and the job says what failed.
     let ready = !done.begun && meta?.seed_status === 'ready' ? meta : undefined;
