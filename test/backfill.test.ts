@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { corruptIndex, frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { corruptIndex, corruptTable, frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { seedUser } from '../src/core/seed-user.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
@@ -699,13 +699,55 @@ describe('users whose DB fails quick_check', () => {
             new RegExp(`^${escaped(adopt)} is corrupt \\(quick_check failed before migrating: .*\\): nothing was changed; restore it from a backup \\(the tool keeps its migration backups in .*user_${adopt}\\) or move it aside, then run: acm2 backfill --user ${adopt}$`),
           ),
         },
-        { id: stopped, action: 'seed', code: 'seed_failed', reason: expect.stringMatching(new RegExp(`^${escaped(stopped)} is corrupt \\(quick_check: .*\\): nothing was seeded and it was left alone; .* or move it aside, then run: acm2 user seed ${stopped}$`)) },
+        // The seed's finding, with the backfill's rerun: a seed of the user alone would skip what else backfill does.
+        {
+          id: stopped,
+          action: 'seed',
+          code: 'corrupt',
+          reason: expect.stringMatching(
+            new RegExp(`^${escaped(stopped)} is corrupt \\(quick_check: .*\\): nothing was seeded and it was left alone; restore it from a backup \\(the tool keeps its migration backups in .*user_${stopped}\\) or move it aside, then run: acm2 backfill --user ${stopped}$`),
+          ),
+        },
       ]);
       // The job backfill ran is failed for good, not queued for a retry with backoff.
       expect(await w.master.latestJob(stopped)).toMatchObject({ status: 'failed', attempts: 1 });
       expect([adopt, stopped].map((id) => readFileSync(userDbPath(w.dataDir, id)))).toEqual(before);
     } finally {
       await w.cleanup();
+    }
+  });
+});
+
+describe('a user whose DB SQLite calls corrupt while backfill writes to it', () => {
+  it('fails with code corrupt, named with the remedy, and the DB left as it was', async () => {
+    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    try {
+      expect((await backfill(own, { userIds: [1] })).counts).toEqual({ meta_legacy: 1 });
+      // Current, with presets and runs and no user_meta row: backfill writes the legacy row on
+      // its own, into a user_meta whose table page is torn (its index, which planning reads, is whole).
+      const file = userDbPath(own.dataDir, 1);
+      const db = new Database(file);
+      db.prepare(`DELETE FROM user_meta`).run();
+      db.close();
+      corruptTable(file, 'user_meta');
+      const before = readFileSync(file);
+
+      const r = await backfill(own, { userIds: [1] });
+      expect(r.failures).toEqual([
+        {
+          id: 1,
+          action: 'meta_legacy',
+          code: 'corrupt',
+          reason: expect.stringMatching(
+            new RegExp(
+              `^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is corrupt \\(database disk image is malformed\\): left alone; restore it from a backup \\(the tool keeps its migration backups in .*user_1\\) or move it aside, then run: acm2 backfill --user 1$`,
+            ),
+          ),
+        },
+      ]);
+      expect(readFileSync(file)).toEqual(before);
+    } finally {
+      await own.cleanup();
     }
   });
 });

@@ -20,7 +20,7 @@ import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
 import { backoffMs, readyAt } from './users.js';
-import { corruptDbRemedy, isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
+import { corruptDbSentence, CorruptUserDbError, isBusy, isCorrupt, migrateSafely, type MigrateFailureCode } from './migrate-safe.js';
 import { listLegacyRuns, moveLegacyLogs, runsOwnedBy, type LegacyLogsResult } from './legacy-logs.js';
 
 /** What a user needs, most significant first when a user needs several steps. */
@@ -222,10 +222,12 @@ export function describeSteps(steps: PlanStep[]): string[] {
   });
 }
 
-function classify(e: unknown): { code: BackfillFailureCode; reason: string } {
+/** Why user `userId` failed, from what was thrown while its DB was read or written. */
+function classify(e: unknown, dataDir: string, userId: UserId): { code: BackfillFailureCode; reason: string } {
   const msg = e instanceof Error ? e.message : String(e);
   if (isBusy(e)) return { code: 'locked', reason: `the DB is locked by another process (${msg})` };
-  if (isCorrupt(e)) return { code: 'corrupt', reason: `the DB is corrupt (${msg})` };
+  // Only ever read, or a write SQLite refused and rolled back (the legacy user_meta).
+  if (isCorrupt(e)) return { code: 'corrupt', reason: corruptDb(dataDir, userId, msg, 'left alone') };
   if (isAcm2Error(e) && (e.code === 'schema_newer' || e.code === 'migration_checksum')) return { code: 'schema_newer', reason: msg };
   // A full disk under the read (a private copy in TMPDIR: the data dir is read-only) stops the run as any full disk does.
   if (isAcm2Error(e) && e.code === 'disk_full') return { code: 'disk_full', reason: msg };
@@ -243,7 +245,7 @@ export function planUser(ctx: PlanContext, userId: UserId): UserPlan {
     const loose = loosePermissions(ctx.dataDir, userId);
     if (loose.length > 0) plan.steps.push({ kind: 'permissions', paths: loose });
   } catch (e) {
-    const c = classify(e);
+    const c = classify(e, ctx.dataDir, userId);
     return failed(userId, c.code, `cannot read the user's files: ${c.reason}`);
   }
   plan.action = primaryAction(plan.steps);
@@ -268,8 +270,7 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
       }
     });
   } catch (e) {
-    const c = classify(e);
-    if (c.code === 'corrupt') return failed(userId, 'corrupt', corruptDb(ctx.dataDir, userId, e instanceof Error ? e.message : String(e), 'left alone'));
+    const c = classify(e, ctx.dataDir, userId);
     return failed(userId, c.code, c.reason);
   }
 }
@@ -279,7 +280,7 @@ function planDb(ctx: PlanContext, userId: UserId): UserPlan {
  * Running the backfill again mends nothing: only a backup put back, or the file moved aside.
  */
 function corruptDb(dataDir: string, userId: UserId, what: string, done: string): string {
-  return `${userDbPath(dataDir, userId)} is corrupt (${what}): ${done}; ${corruptDbRemedy(toolDir(dataDir, 'backups', `user_${userId}`), `acm2 backfill --user ${userId}`)}`;
+  return corruptDbSentence(userDbPath(dataDir, userId), what, done, toolDir(dataDir, 'backups', `user_${userId}`), `acm2 backfill --user ${userId}`);
 }
 
 const modeOk = (mode: number, want: number) => (mode & 0o077) === 0 && (mode & want) === want;
@@ -1090,7 +1091,7 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
     lock = deps.master.capabilities.advisoryLocks ? await m(() => tryLockUser(deps.master, ctx.dataDir, plan.userId)) : await tryLockUser(deps.master, ctx.dataDir, plan.userId);
   } catch (e) {
     if (e instanceof MasterLost) return undefined;
-    return finish(failReport(plan, classify(e)));
+    return finish(failReport(plan, classify(e, ctx.dataDir, plan.userId)));
   }
   // A user with nothing left to do (only a job the earlier attempt may have left running to close):
   // whoever holds its lock is a seeder, which closes that job itself; not a failure of this run.
@@ -1109,7 +1110,7 @@ async function applyUser(a: ApplyDeps, plan: UserPlan, prior: BackfillItem | und
     // Decide again under the lock: another process may have changed the user meanwhile.
     report = await execute(a, planUser(ctx, plan.userId), lock, earlier);
   } catch (e) {
-    report = failReport(plan, classify(e));
+    report = failReport(plan, classify(e, ctx.dataDir, plan.userId));
   } finally {
     await lock.release().catch(() => undefined);
   }
@@ -1164,7 +1165,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: B
   const seed = plan.steps.find((s): s is Extract<PlanStep, { kind: 'seed' }> => s.kind === 'seed');
   if (seed) {
     const err = await seedWithJob(a, id, lock);
-    if (err) return { ...r, outcome: 'fail', code: err.diskFull ? 'disk_full' : 'seed_failed', reason: err.message };
+    if (err) return { ...r, outcome: 'fail', ...err };
   }
   const perms = plan.steps.find((s): s is Extract<PlanStep, { kind: 'permissions' }> => s.kind === 'permissions');
   if (perms) tightenPermissions(perms.paths);
@@ -1172,7 +1173,7 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: B
 }
 
 /** Seed under the lock we hold, keeping an open seed job (if the user has one) in step. */
-async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<{ message: string; diskFull: boolean } | undefined> {
+async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promise<{ code: BackfillFailureCode; reason: string } | undefined> {
   const { deps, m, worker } = a;
   const job = await m(async () => {
     // A user whose last seed job failed for good gets a new one, as \`user seed\` would: otherwise
@@ -1198,7 +1199,10 @@ async function seedWithJob(a: ApplyDeps, userId: UserId, lock: UserLock): Promis
           : ({ status: 'pending', error, nextAttemptAt: Date.now() + backoffMs(job.attempts) } as const);
       await m(() => deps.master.finishJob(job.id, worker, outcome)).catch(() => undefined);
     }
-    return { message: error, diskFull };
+    if (diskFull) return { code: 'disk_full', reason: error };
+    // The seed's sentence names its own rerun (acm2 user seed): this one names the backfill's.
+    if (e instanceof CorruptUserDbError) return { code: 'corrupt', reason: corruptDb(deps.dataDir, userId, e.what, e.done) };
+    return { code: 'seed_failed', reason: error };
   }
   if (job)
     await m(async () => {
