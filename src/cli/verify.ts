@@ -11,6 +11,9 @@ import { parseUserId } from '../userdb/paths.js';
 import { classifyFsError, EXIT, UsageError } from '../errors.js';
 import { visibleDeep } from '../ui/text.js';
 
+/** Checker threads started early, at most (see run). */
+const WARM_VERIFY_MAX = 4;
+
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
   const users = ((opts.user as string[] | undefined) ?? []).map(parseUserId);
@@ -23,9 +26,11 @@ export async function run({ opts }: CommandCall): Promise<void> {
   // Checked before the users are, not after a fleet-wide run that would then be lost.
   if (junit) checkWritable(junit);
 
-  // The checkers' threads start before this thread loads verify's modules and opens the master
-  // (warm-workers); the modules are imported here, not above, for that.
-  const warm = concurrency > 1 ? warmVerifyWorkers(users.length > 0 ? Math.min(concurrency, users.length) : concurrency) : undefined;
+  // The first checkers' threads start before this thread loads verify's modules and opens the
+  // master (warm-workers); the modules are imported here, not above, for that. At most a few: the
+  // pool starts the others only as batches come (a small fleet on a big host needs one or two),
+  // and a thread booted for nothing costs tens of MiB.
+  const warm = concurrency > 1 ? warmVerifyWorkers(Math.min(concurrency, users.length > 0 ? users.length : concurrency, WARM_VERIFY_MAX)) : undefined;
   let r;
   try {
     const [{ usingMaster }, { verifyUsers }] = await Promise.all([import('../master/factory.js'), import('../core/verify.js')]);
