@@ -37,7 +37,8 @@ describe('a user DB the migration before the seed finds corrupt', () => {
     const file = userDbPath(world.dataDir, id);
     // ACM2 created it: the seed adopts and migrates it first.
     createAcm2Db(file).close();
-    corruptIndex(file, 'ix_presets_user_id');
+    // An index no read before the migration uses (otherOwners reads presets', runs' and contents' own): only quick_check meets it.
+    corruptIndex(file, 'ix_documents_user_id');
     const before = readFileSync(file);
 
     const r = await seedOneUser(deps, String(id), {});

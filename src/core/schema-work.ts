@@ -59,8 +59,8 @@ export function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): 
     try {
       const owners = db.prepare(`SELECT user_id FROM user_meta LIMIT 2`).pluck().all() as unknown[];
       if (owners.length > 0) return owners.filter((o) => String(o) !== String(userId)).map((o) => `user_meta of user ${String(o)}`);
-    } catch {
-      /* no user_id column: ask the rows */
+    } catch (e) {
+      lacksUserId(e); // no user_id column: ask the rows
     }
   }
   const present = OWNED_TABLES.filter((t) => tables.has(t) && t !== 'user_meta');
@@ -72,19 +72,29 @@ export function otherOwners(db: SqliteDb, tables: Set<string>, userId: UserId): 
   try {
     const rows = db.prepare(present.map((t) => `SELECT * FROM (${part(t)} LIMIT 1)`).join(' UNION ALL ')).raw(true).all(...present.flatMap(() => [userId, userId])) as [string, unknown][];
     return rows.map(([t, other]) => `${t} of user ${String(other)}`);
-  } catch {
+  } catch (e) {
     // A table of this DB's ACM2 version without user_id: ask the others one by one.
+    lacksUserId(e);
     const out: string[] = [];
     for (const t of present) {
       try {
         const other = db.prepare(`${part(t)} LIMIT 1`).raw(true).get(userId, userId) as [string, unknown] | undefined;
         if (other) out.push(`${t} of user ${String(other[1])}`);
-      } catch {
-        /* no user_id column here */
+      } catch (e) {
+        lacksUserId(e); // no user_id column here
       }
     }
     return out;
   }
+}
+
+/**
+ * The one failure otherOwners reads past: a table without user_id (an older ACM2's). Anything
+ * else (a corrupt page, a DB locked by another process) is rethrown, not taken for "no other
+ * owner": a check that cannot read must not pass.
+ */
+function lacksUserId(e: unknown): void {
+  if (!/no such column/i.test(e instanceof Error ? e.message : String(e))) throw e;
 }
 
 const OWNED_TABLES = ['user_meta', 'presets', 'runs', 'contents'];
