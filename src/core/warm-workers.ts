@@ -21,16 +21,25 @@ export type WarmKind = 'seed' | 'verify' | 'backfill';
 
 export function warmWorkers(script: URL, kind: WarmKind, count: number, options: Omit<WorkerOptions, 'workerData'> = {}): WarmWorkers {
   const gone = new Set<Worker>();
-  const idle = Array.from({ length: count }, () => {
-    const w = new Worker(script, { ...options, workerData: { acm2Warm: kind } });
+  const idle: Worker[] = [];
+  for (let i = 0; i < count; i++) {
+    let w: Worker;
+    try {
+      w = new Worker(script, { ...options, workerData: { acm2Warm: kind } });
+    } catch {
+      // The system starts no more threads (ERR_WORKER_INIT_FAILED: a process, thread or memory
+      // limit). Starting early is only a head start: the command goes on with the threads it has,
+      // and for the others does what it does when it cannot start one (backfill plans in this thread).
+      break;
+    }
     // Not a reason to keep the process alive: one never handed input is ended below, or with the process.
     w.unref();
     // One that died while waiting (it could not load its modules) is not handed input, which it
     // would never answer: the command starts a thread of its own instead, and sees its error.
     w.on('error', () => gone.add(w));
     w.on('exit', () => gone.add(w));
-    return w;
-  });
+    idle.push(w);
+  }
   return {
     take: () => {
       for (let w = idle.shift(); w; w = idle.shift()) {
