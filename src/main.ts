@@ -1,7 +1,7 @@
 // The one place that catches errors and sets the exit code (SPEC §2).
 
 import { buildProgram } from './cli/program.js';
-import { classifyFsError, EXIT, isAcm2Error } from './errors.js';
+import { classifyFsError, EXIT, isAcm2Error, UnavailableError } from './errors.js';
 import { TOOL_VERSION } from './config.js';
 import { jsonErrorDocument } from './ui/reporter.js';
 import { visible } from './ui/text.js';
@@ -72,6 +72,11 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
   // environment, exit 3, not a bug of ours.
   const sys = SYSTEM_LIMITS.has(String((e as { code?: unknown } | undefined)?.code)) ? classifyFsError(e, 'acm2') : undefined;
   if (sys) return reportError(sys, json, verbose, argv);
+  // A thread the system would not start (a process, thread or memory limit) is the host's state too.
+  if ((e as { code?: unknown } | undefined)?.code === 'ERR_WORKER_INIT_FAILED') {
+    const why = e instanceof Error ? e.message : String(e);
+    return reportError(new UnavailableError(`the system would not start a worker thread (${why}): raise the process or thread limit (ulimit -u, the container's pids limit), or run with --concurrency 1`, 'threads_unavailable', { cause: e }), json, verbose, argv);
+  }
   const err = e instanceof Error ? e : new Error(String(e));
   const message = `internal error: ${err.message} (this is a bug, please report it)`;
   if (json) process.stdout.write(jsonErrorDocument({ code: 'internal', message }));

@@ -59,4 +59,10 @@ describe('a host that starts no more threads', () => {
     expect(r.code, JSON.stringify(r.doc) + r.stderr).toBe(0);
     expect(r.doc.counts).toEqual({ ok: 3 });
   });
+
+  it('a command that still needs a thread it cannot get says so, exit 3 (the host, not a bug)', async () => {
+    const r = await withoutThreads(['verify', '--concurrency', '2']);
+    expect(r.code, JSON.stringify(r.doc) + r.stderr).toBe(3);
+    expect(r.doc.error).toMatchObject({ code: 'threads_unavailable', message: expect.stringMatching(/^the system would not start a worker thread \(EAGAIN\): raise the process or thread limit .* or run with --concurrency 1$/) });
+  });
 });
