@@ -90,6 +90,15 @@ describe('visible()', () => {
     expect(visible('C:\\new\\\n')).toBe('C:\\\\new\\\\\\n');
     expect(visibleDeep({ [BACKSLASH_FILE]: ['a\\b'] })).toEqual({ 'fake\\\\x1b[2J.md': ['a\\\\b'] });
   });
+
+  it('escapes half of a surrogate pair, which a terminal would be sent as U+FFFD, and keeps whole pairs', () => {
+    expect(visible('a\ud800b')).toBe('a\\ud800b');
+    expect(visible('a\udc00')).toBe('a\\udc00');
+    expect(visible('\udc00\ud800')).toBe('\\udc00\\ud800');
+    // Two names that differ only in which half is lone no longer look the same.
+    expect(visible('x\ud83d')).not.toBe(visible('x\ude00'));
+    expect(visible('\ud83d\ude00 \ud83d')).toBe('\ud83d\ude00 \\ud83d');
+  });
 });
 
 describe('text output shows stored and found names escaped, never raw', () => {

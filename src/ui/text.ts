@@ -7,8 +7,12 @@
 // reads as one holding an ESC. --json needs only jsonText below: JSON.stringify escapes the C0
 // controls and the backslash, and a JSON reader does not interpret the rest.
 
-/** Backslash, C0 controls, DEL, C1 controls, line/paragraph separators and the bidi embedding, override and isolate marks. */
-const UNSAFE = /[\\\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+/**
+ * Backslash, C0 controls, DEL, C1 controls, line/paragraph separators, the bidi embedding,
+ * override and isolate marks, and a lone UTF-16 surrogate (half of a pair, which a terminal is
+ * sent as U+FFFD: two different names would then look the same).
+ */
+const UNSAFE = /[\\\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 
 const NAMED: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
 
