@@ -29,12 +29,12 @@ export async function run({ opts }: CommandCall): Promise<void> {
       return;
     }
     let n = 0;
-    let table = statusTable(out.color);
+    let table = statusTable(out.color, cfg.dataDir);
     for await (const u of users) {
       table.push(visibleDeep(u));
       if (++n % 200 === 0) {
         if (!cfg.quiet) await writeStreamed(`${table.toString()}\n`);
-        table = statusTable(out.color);
+        table = statusTable(out.color, cfg.dataDir);
       }
     }
     if (n % 200 !== 0 || n === 0) out.result(null, () => (n === 0 ? 'No users.' : table.toString()));

@@ -1,11 +1,12 @@
 // Human renderings of user results; JSON output is the result objects themselves.
 
+import path from 'node:path';
 import { makeTable } from './table.js';
 import { color } from './color.js';
 import type { CreateUserResult, SeedReport, UserStatus } from '../core/users.js';
 import type { DrainResult } from '../core/users.js';
 import { formatBytes } from './reporter.js';
-import { fitStart } from './text.js';
+import { fitStart, visible } from './text.js';
 import { deadHere } from '../core/worker-name.js';
 
 export function renderSeed(seed: SeedReport, userId: number): string {
@@ -110,13 +111,24 @@ function jobDetail(s: UserStatus): string {
   return '';
 }
 
-export function statusTable(color: boolean): { push(s: UserStatus): void; toString(): string } {
+/**
+ * `user list`'s table. Rows come with visible() applied; `dataDir` (absolute) is cut from the
+ * paths in the last-error column, so its 60 cells show which of the user's files is at fault
+ * (`user_7/runs/…`) rather than the data dir every path there starts with.
+ */
+export function statusTable(color: boolean, dataDir: string): { push(s: UserStatus): void; toString(): string } {
   const t = makeTable(['id', 'username', 'email', 'status', 'version', 'seeded at', 'files', 'last error'], color);
+  const dirPrefix = dataDir === path.parse(dataDir).root ? null : pathStarting(visible(dataDir + path.sep));
   return {
     push: (s) =>
-      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.db.busy ? '?' : s.files.count, fitStart(listNote(s), 60)]),
+      t.push([s.id, s.username, s.email, (STATUS_COLOR[s.status] ?? String)(s.status), s.seedVersion ?? '', s.seededAt ?? '', s.db.busy ? '?' : s.files.count, fitStart(dirPrefix ? listNote(s).replace(dirPrefix, '') : listNote(s), 60)]),
     toString: () => t.toString(),
   };
+}
+
+/** `dir` where a path starts (the text's start, or after a space, a quote, a bracket, `:` or `=`), never inside another path. */
+function pathStarting(dir: string): RegExp {
+  return new RegExp(`(?<=^|[\\s'"(\\[:=])${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`, 'g');
 }
 
 /** `user list`'s last-error column: the last error, else why the row says less than it would. */
