@@ -594,10 +594,15 @@ describe('users complete with another version than the package backfill seeds wi
       const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
       await createUser(deps, { email: 'old1@example.com', username: 'old1' });
       await createUser(deps, { email: 'old2@example.com', username: 'old2' });
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: v2.pkg }, {});
-      expect(r.counts).toEqual({ ok: 2 });
-      expect(r).toMatchObject({ seedVersion: 'v2', readyWithOtherVersion: 2 });
-      expect(renderBackfill(r)).toContain("2 of them are complete with another seed version than v2 and were left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version v2 adds v2's rows and files beside theirs).");
+      // One whose schema backfill also repairs: still left with its version, and counted so.
+      const repaired = (await createUser(deps, { email: 'old3@example.com', username: 'old3' })).user.id;
+      const db = new Database(userDbPath(w.dataDir, repaired));
+      db.exec('ALTER TABLE contents DROP COLUMN description');
+      db.close();
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: v2.pkg }, { concurrency: 1 });
+      expect(r.counts).toEqual({ ok: 2, migrate: 1 });
+      expect(r).toMatchObject({ seedVersion: 'v2', readyWithOtherVersion: 3 });
+      expect(renderBackfill(r)).toContain("3 of them are complete with another seed version than v2 and were left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version v2 adds v2's rows and files beside theirs).");
       const same = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
       expect(same.readyWithOtherVersion).toBe(0);
       expect(renderBackfill(same)).not.toContain('another seed version');

@@ -901,7 +901,9 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
         report = reportFromItem(prior);
       } else {
         const plan = await planFor(planner, user.id);
-        if (plan.action === 'ok' && plan.seedVersion !== undefined && plan.seedVersion !== deps.pkg.version) {
+        // Ready with another version, whatever else the plan does to it (a migration, a chmod):
+        // backfill leaves its version as it is, and the summary says so of every such user.
+        if (plan.seedVersion !== undefined && plan.seedVersion !== deps.pkg.version) {
           readyWithOtherVersion++;
           if (plan.seededBefore) readyWithOtherVersionSeededBefore++;
         }
