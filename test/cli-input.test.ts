@@ -250,6 +250,44 @@ describe('environment failures', () => {
     expect(r.stderr).toMatch(/^acm2: too many open files at .* \(EMFILE\): raise the limit \(ulimit -n\)/);
   });
 
+  it('user create whose key hashing cannot be loaded (the open-file limit) leaves the data dir as it was', async () => {
+    // bcryptjs is loaded by user create alone, after the command's other modules, so a ulimit
+    // cannot pick it out: its load is failed here the way the limit fails it, by Node's loader.
+    const pre = tmpDir('acm2-no-bcrypt-');
+    writeFileSync(
+      path.join(pre, 'hooks.mjs'),
+      [
+        `import { fileURLToPath } from 'node:url';`,
+        `export async function load(url, context, next) {`,
+        `  if (!url.includes('/node_modules/bcryptjs/')) return next(url, context);`,
+        `  const file = fileURLToPath(url);`,
+        `  throw Object.assign(new Error('EMFILE: too many open files, open ' + file), { code: 'EMFILE', errno: -24, syscall: 'open', path: file });`,
+        `}`,
+      ].join('\n'),
+    );
+    writeFileSync(path.join(pre, 'pre.mjs'), `import { register } from 'node:module';\nregister(new URL('./hooks.mjs', import.meta.url));\n`);
+    const create = (dataDir: string) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const argv = ['--import', path.join(pre, 'pre.mjs'), BIN, '--data-dir', dataDir, '--seeds', SEEDS, 'user', 'create', '--email', 'nohash@example.com', '--username', 'nohash'];
+        execFile(process.execPath, argv, { env: { ...process.env, ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '' } }, (e, _o, stderr) => resolve({ code: e ? ((e as { code?: number }).code ?? null) : 0, stderr }));
+      });
+    try {
+      // A data dir not there yet, and an empty one: no master.db, no pairing stamp, no dir.
+      const absent = path.join(dir, 'data-no-hash');
+      let r = await create(absent);
+      expect(r.code, r.stderr).toBe(3);
+      expect(r.stderr).toMatch(/^acm2: too many open files at .*bcryptjs.* \(EMFILE\): raise the limit \(ulimit -n\)/);
+      expect(existsSync(absent)).toBe(false);
+      const empty = path.join(dir, 'data-no-hash-empty');
+      mkdirSync(empty);
+      r = await create(empty);
+      expect(r.code, r.stderr).toBe(3);
+      expect(readdirSync(empty)).toEqual([]);
+    } finally {
+      rmSync(pre, { recursive: true, force: true });
+    }
+  });
+
   it('a lock file whose path is longer than SQLite opens is exit 3 naming it, not an internal error', () => {
     const long = path.join(tmpDir('acm2-long-'), 'a'.repeat(200), 'b'.repeat(200), 'c'.repeat(200));
     mkdirSync(long, { recursive: true });

@@ -15,6 +15,13 @@ import { jsonText, visible, visibleDeep } from '../ui/text.js';
 
 export async function run({ opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
+  // The key's hashing (bcryptjs, loaded only by this command) is loaded before the master is
+  // opened: opening an embedded master that is not there yet creates it, and a load that fails
+  // (the open-file limit met, a broken install) must leave the data dir as it was. Started here,
+  // alongside the checks; handled at once so that bad input, which throws first, does not leave
+  // a failed load unhandled.
+  const hashing = import('../core/api-key.js');
+  hashing.catch(() => undefined);
   // Checked before the master is opened, so bad input leaves the disk untouched.
   const input = checkCreateInput(cfg.seedsDir, {
     email: String(opts.email),
@@ -29,6 +36,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     if (cfg.json) process.stderr.write(`acm2: ${message}\n`);
     throw new UsageError(message, 'stdout_discarded');
   }
+  await hashing;
   await usingMaster(cfg.master, async (master) => {
     const deliver = (result: ShownCreate, keyId: number) => deliverKey(cfg, master, result, keyId);
     const signals = guardKey(out, deliver);

@@ -141,6 +141,7 @@ export async function createUser(deps: UserDeps, raw: CreateInput | CheckedCreat
   // Seeding at once would stop on a broken staging folder after the user was made: say so first.
   if (!input.async) refuseOddToolDir(deps.dataDir);
   // bcryptjs is loaded by the one command that makes a key, not at every command's start (~7 ms).
+  // `acm2 user create` has loaded it before opening the master, so this cannot fail half way.
   const { generateApiKey, bcryptRounds } = await import('./api-key.js');
   const key = generateApiKey(bcryptRounds());
   if (hooks.signal?.aborted) throw new FindingsError('interrupted before the user was created: nothing was changed', 'interrupted');
