@@ -4,7 +4,7 @@
 // original, not db_corrupt; user show/list and diff must read the DB as well.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { openForReading } from '../src/userdb/user-db.js';
 import { thisPidSpace } from '../src/core/worker-name.js';
@@ -107,6 +107,80 @@ describe('read commands on a read-only data dir', () => {
       expect(snapshotTree(dataDir)).toEqual(before);
     } finally {
       rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  // chmod 0400 on master.db (or another account's master in a shared data dir): SQLite opens it
+  // read-only, but makes its -wal and -shm beside it, even for a read-only connection, and one that
+  // cannot write the DB never removes them. As root (which ignores file modes) it runs as nobody.
+  it('a master file that may not be written: read commands read it, write commands exit 3, nothing appears beside it', async () => {
+    const parent = tmpDir('acm2-ro-file-');
+    const dataDir = path.join(parent, 'data');
+    const seeds = path.join(parent, 'seeds');
+    const master = path.join(dataDir, 'master.db');
+    const root = process.getuid?.() === 0;
+    const NOBODY = 65534;
+    const cli = (dir: string, ...args: string[]) =>
+      execa(process.execPath, [BIN, '--data-dir', dir, '--seeds', seeds, ...args], {
+        reject: false,
+        cwd: parent,
+        env: { ACM2_BCRYPT_ROUNDS: '4', ACM2_MASTER_URL: '', ACM2_DATA_DIR: '', HOME: parent },
+        ...(root ? { uid: NOBODY, gid: NOBODY } : {}),
+      });
+    try {
+      cpSync(pkg.seedsDir, seeds, { recursive: true });
+      spawnSync('chmod', ['-R', 'a+rX', parent]);
+      mkdirSync(dataDir, { mode: 0o700 });
+      if (root) spawnSync('chown', [`${NOBODY}:${NOBODY}`, dataDir]);
+      for (const n of ['ann', 'ben']) expect((await cli(dataDir, 'user', 'create', '--email', `${n}@example.com`, '--username', n)).exitCode).toBe(0);
+      chmodSync(master, 0o400);
+      expect(existsSync(`${master}-wal`) || existsSync(`${master}-shm`)).toBe(false);
+      // Lock files aside (backfill makes its own in .acm2/locks/ before it opens the master).
+      const tree = (dir: string) => Object.fromEntries(Object.entries(snapshotTree(dir)).filter(([f]) => !f.startsWith('.acm2/locks/')));
+      const before = tree(dataDir);
+      const reads = async () => {
+        const list = await cli(dataDir, 'user', 'list', '--json');
+        expect(list.exitCode, list.stderr).toBe(0);
+        const v = await cli(dataDir, 'verify', '--json');
+        expect(v.exitCode, v.stderr).toBe(0);
+        expect(JSON.parse(v.stdout)).toMatchObject({ ok: true, checked: 2 });
+        expect((await cli(dataDir, 'user', 'show', '1')).exitCode).toBe(0);
+        return (JSON.parse(list.stdout) as { users: { username: string }[] }).users.map((u) => u.username);
+      };
+      expect(await reads()).toEqual(['ann', 'ben']);
+      for (const args of [['user', 'create', '--email', 'cat@example.com', '--username', 'cat'], ['user', 'seed', '1', '--force'], ['backfill']]) {
+        const r = await cli(dataDir, ...args);
+        expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBe(3);
+        expect(r.stderr).toMatch(/master\.db is read-only here/);
+      }
+      expect(readdirSync(dataDir).filter((f) => f.startsWith('master.db'))).toEqual(['master.db']);
+      expect(tree(dataDir)).toEqual(before);
+
+      // A -wal that is there holds committed data: it is read, and left as it was, with no -shm made.
+      chmodSync(master, 0o600);
+      const copy = path.join(parent, 'copy');
+      const db = new Database(master);
+      try {
+        db.pragma('wal_autocheckpoint = 0');
+        db.prepare(`UPDATE users SET username = 'bea' WHERE username = 'ben'`).run();
+        // A crash's image: the DB and its -wal as they are while the writer has them open.
+        cpSync(dataDir, copy, { recursive: true });
+      } finally {
+        db.close();
+      }
+      const copied = path.join(copy, 'master.db');
+      rmSync(`${copied}-shm`);
+      chmodSync(copied, 0o400);
+      if (root) spawnSync('chown', ['-R', `${NOBODY}:${NOBODY}`, copy]);
+      const wal = snapshotTree(copy)['master.db-wal'];
+      expect(wal?.length).toBeGreaterThan(0);
+      const list = await cli(copy, 'user', 'list', '--json');
+      expect(list.exitCode, list.stderr).toBe(0);
+      expect((JSON.parse(list.stdout) as { users: { username: string }[] }).users.map((u) => u.username)).toEqual(['ann', 'bea']);
+      expect(snapshotTree(copy)['master.db-wal']).toBe(wal);
+      expect(existsSync(`${copied}-shm`)).toBe(false);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
     }
   }, 60_000);
 

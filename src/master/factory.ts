@@ -1,6 +1,8 @@
 // Picks the master implementation from the URL scheme and scopes its lifetime.
 
 import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { canWrite } from '../durable.js';
 import type { MasterUrl } from '../config.js';
 import { isAcm2Error, isDiskFull, isReadOnly, masterBusyError, UnavailableError, UsageError } from '../errors.js';
 import { loadMigrations } from '../migrations.js';
@@ -38,7 +40,9 @@ export async function openMaster(url: MasterUrl, opts: OpenMasterOptions = {}): 
       if (opts.pairWith && !existsSync(url.file)) refuseNewMasterFor(opts.pairWith.dataDir, url.display);
       const { SqliteMaster, foreignTablesIn } = await import('./sqlite-master.js');
       // Checked before the master is opened: opening it read-write would already change the file.
-      if (opts.migrate !== false && existsSync(url.file)) {
+      // One this process may not write (nor its folder) is opened read-only and left as it is,
+      // and a read-only open here would make a -wal and -shm beside it that nobody removes.
+      if (opts.migrate !== false && existsSync(url.file) && canWrite(url.file) && canWrite(path.dirname(url.file))) {
         let foreign: string[] = [];
         try {
           foreign = foreignTablesIn(url.file);

@@ -153,11 +153,14 @@ export class SqliteMaster implements MasterDb {
   constructor(readonly file: string) {
     this.display = `sqlite:${file}`;
     try {
-      if (existsSync(file) && !canWrite(path.dirname(file))) {
+      const fileReadOnly = existsSync(file) && !canWrite(file);
+      if (fileReadOnly || (existsSync(file) && !canWrite(path.dirname(file)))) {
         // A read-only place (a mount or backup snapshot of the data dir, a CI user without write
-        // access): opened read-only, so the read commands work and a write is refused (exit 3,
-        // read_only). A WAL master without its -shm is read from a private copy (openForReading).
-        this.db = openForReading(file, { readonly: true, timeout: this.busyTimeoutMs });
+        // access) or file (chmod 0400, another account's): opened read-only, so the read commands
+        // work and a write is refused (exit 3, read_only). A WAL master whose -shm (or, beside a
+        // file that may not be written, -wal) SQLite would have to make is read from a private
+        // copy (openForReading): nothing is left beside a master this process could not write.
+        this.db = openForReading(file, { readonly: true, timeout: this.busyTimeoutMs, fileReadOnly });
       } else {
         mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
         // It holds e-mail addresses and key hashes: created 0600 like every file in the data dir

@@ -58,11 +58,13 @@ export function openSqlite(file: string, opts: OpenUserDbOptions = {}): SqliteDb
  * uid): it would have to create the -shm, and says SQLITE_CANTOPEN, "unable to open database
  * file", although the DB is sound. Such a DB is read from a private copy of the file and its -wal
  * in the temp folder (removed on close): the same content, and nothing written beside it.
+ * `fileReadOnly`: the caller found that this process may not write the file itself (see
+ * needsPrivateCopy).
  */
-export function openForReading(file: string, opts: { readonly?: boolean; timeout?: number } = {}): SqliteDb {
+export function openForReading(file: string, opts: { readonly?: boolean; timeout?: number; fileReadOnly?: boolean } = {}): SqliteDb {
   const readonly = opts.readonly ?? true;
   const timeout = opts.timeout ?? 5000; // better-sqlite3 refuses `timeout: undefined`
-  if (!needsPrivateCopy(file)) return new Database(file, { readonly, fileMustExist: true, timeout });
+  if (!needsPrivateCopy(file, opts.fileReadOnly ?? false)) return new Database(file, { readonly, fileMustExist: true, timeout });
   sweepDeadCopies();
   let dir: string;
   try {
@@ -203,9 +205,18 @@ export function readAgainIfReadOnly<T>(file: string, read: () => T): T {
   }
 }
 
-/** A WAL DB (header bytes 18-19 = 2) without its -shm file, in a folder this process cannot write. */
-function needsPrivateCopy(file: string): boolean {
-  if (folderWritable(path.dirname(file)) || existsSync(`${file}-shm`)) return false;
+/**
+ * A WAL DB (header bytes 18-19 = 2) that SQLite would need files beside to open: without its -shm
+ * file, in a folder this process cannot write; or, when the file itself may not be written here
+ * (`fileReadOnly`: chmod 0400, another account's file) in a folder that may, without its -wal or
+ * its -shm. SQLite makes those even for a read-only connection, and one that cannot write the DB
+ * never removes them: they would stay beside it, made by a process that changed nothing.
+ */
+function needsPrivateCopy(file: string, fileReadOnly = false): boolean {
+  const wouldMake = folderWritable(path.dirname(file))
+    ? fileReadOnly && !(existsSync(`${file}-wal`) && existsSync(`${file}-shm`))
+    : !existsSync(`${file}-shm`);
+  if (!wouldMake) return false;
   const head = Buffer.alloc(20);
   let fd: number | undefined;
   try {
