@@ -605,6 +605,19 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/reports/ is missing`);
   });
 
+  it('a --source that is a folder or a FIFO: exit 2 naming what it is (not an I/O error, not a wait for ever)', () => {
+    const src = source();
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir, { sourceDb: src.filesDir })), seedsDir, 'v1', `source database ${src.filesDir} is a folder, not an SQLite database file`);
+    const fifo = path.join(tmp(), 'user_7.db');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    // Through the CLI too, with a time limit: SQLite opening a FIFO would block for ever.
+    const r = spawnSync(process.execPath, [BIN, 'seed', 'freeze', '--source', fifo, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId, '--version', 'v1', '--seeds', seedsDir, '--data-dir', path.join(tmp(), 'data'), '--json'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status, r.stderr).toBe(2);
+    expect(JSON.parse(r.stdout)).toEqual({ error: { code: 'db_not_file', message: `source database ${fifo} is a FIFO, not an SQLite database file` } });
+    expect(existsSync(path.join(seedsDir, 'v1'))).toBe(false);
+  });
+
   it('a file name no package may hold (a backslash): refused, not published as an unreadable CURRENT', () => {
     const src = source();
     writeFileSync(path.join(runDir(src), 'logs', 'fpf_a\\b.log'), 'odd name\n');

@@ -3,11 +3,12 @@
 
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { assertNewVersionName, TOOL_NAME, TOOL_VERSION } from '../config.js';
 import { classifyFsError, isAcm2Error, isDiskFull, UnavailableError, UsageError } from '../errors.js';
 import { openForReading } from '../userdb/user-db.js';
+import { entryKind } from '../userdb/paths.js';
 import { isBusy } from './migrate-safe.js';
 import { pidIsOfHere, STALE_ELSEWHERE_MS, whereAmI } from './worker-name.js';
 import { compareStrings, dumpTable, sha256File } from '../seed/canonical.js';
@@ -89,6 +90,11 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   // A dry run cannot tell an identical rerun from a clash without building the package.
   if (input.dryRun && existsSync(dir)) throw versionExists(version, seedsDir);
   if (!existsSync(sourceDb)) throw new UsageError(`source database ${sourceDb} does not exist`, 'db_missing');
+  // SQLite opens whatever the path names: a folder (the user's folder given for its DB) fails as an
+  // I/O error that reads as a bad disk, and a FIFO waits for a writer for ever. A symlink to a
+  // regular file is the operator's own path and is followed.
+  const sourceStat = statSync(sourceDb);
+  if (!sourceStat.isFile()) throw new UsageError(`source database ${sourceDb} is ${entryKind(sourceStat)}, not an SQLite database file`, 'db_not_file');
 
   const runRel = `runs/${runId}/`;
   const removedEarlier: string[] = [];
