@@ -605,6 +605,16 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/reports/ is missing`);
   });
 
+  it('a reports/ with no file in it is no report: refused without --render-report (a package cannot carry an empty folder), rendered with it', () => {
+    const src = source({ withReport: false });
+    mkdirSync(path.join(runDir(src), 'reports'));
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/reports/ holds no file (give --render-report`);
+    const r = freezeSeed(input(src, seedsDir, { renderReport: true }));
+    expect(r.reportRendered).toBe(true);
+    expect(existsSync(path.join(seedsDir, 'v1', 'files', 'runs', src.runId, 'reports', 'report.html'))).toBe(true);
+  });
+
   it('a --source that is a folder or a FIFO: exit 2 naming what it is (not an I/O error, not a wait for ever)', () => {
     const src = source();
     const seedsDir = path.join(tmp(), 'seeds');

@@ -295,7 +295,10 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
   }
   if (runDirKind === 'dir') {
     if (!dirs.includes('logs')) gap(`${runRel}logs/ is missing`);
-    if (!dirs.includes('reports') && !opts.renderReport) gap(`${runRel}reports/ is missing (give --render-report to build one from results_summary)`);
+    // A package carries files, not folders: a reports/ with no file in it would reach no seeded
+    // user (nor a package frozen from one), so it counts as no report at all.
+    const reportsHold = files.some((f) => f.rel.startsWith('reports/'));
+    if (!reportsHold && !opts.renderReport) gap(`${runRel}reports/ ${dirs.includes('reports') ? 'holds no file' : 'is missing'} (give --render-report to build one from results_summary)`);
   }
 
   // Shape rows exactly as ACM2's schema wants them: no owner, no credential references.
