@@ -123,6 +123,22 @@ describe('user vs package (through the ID map)', () => {
   });
 });
 
+describe('a column ACM2 added to a user DB since the package was cut', () => {
+  it('holding its default is no change (as seeding wrote it), against the package and another user; another value is', async () => {
+    const u = await newUser();
+    withDb(u, (db) => db.exec(`ALTER TABLE presets ADD COLUMN output_note TEXT; ALTER TABLE runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0`));
+    expectEqual(await diff({ kind: 'user-package', user: String(u) }));
+    expectEqual(await diff({ kind: 'users', a: String(ben), b: String(u) }));
+    expectEqual(await diff({ kind: 'users', a: String(u), b: String(ben) }));
+    const run = runOf(u);
+    withDb(u, (db) => db.prepare(`UPDATE runs SET retries = 2 WHERE id = ?`).run(run));
+    expectOnlyDiff(await diff({ kind: 'user-package', user: String(u) }), { tables: { runs: { changed: [{ id: run, fields: ['retries'] }] } } });
+    // Between users, the run is named by the package's id.
+    const source = withDb(u, (db) => db.prepare(`SELECT source_id FROM acm2_id_map WHERE target_id = ?`).pluck().get(run)) as string;
+    expectOnlyDiff(await diff({ kind: 'users', a: String(ben), b: String(u) }), { tables: { runs: { changed: [{ id: source, fields: ['retries'] }] } } });
+  });
+});
+
 describe('user vs user (both mapped back to package ids)', () => {
   it('two users seeded from one package are equal although they share no id; an edit shows under its package id', async () => {
     const d = { ...deps(), lockTimeoutMs: 5000 };

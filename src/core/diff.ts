@@ -181,6 +181,13 @@ export function diffUsers(deps: Pick<DiffDeps, 'dataDir' | 'busyTimeoutMs'>, a: 
 interface Snapshot {
   tables: Map<string, Map<string, Map<string, string>>>;
   files: Map<string, string>;
+  /**
+   * A user's: per table, what a row inserted without naming a column gets there (its declared
+   * default), for the columns whose default is a plain literal. A column the other side's rows
+   * do not have (ACM2 added it to this DB since the package was cut, as an ALTER TABLE ADD COLUMN
+   * does) is compared with that: the seed wrote the default there, it is no change of the row.
+   */
+  defaults?: Map<string, Map<string, string>>;
 }
 
 /** user_id as compared: "the owner" for a package row and for a user's own row, else its value. */
@@ -358,9 +365,16 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
     snapshot(translate, skip) {
       const tr = (v: unknown) => (translate && typeof v === 'string' ? translate.text(v) : v);
       const tables = new Map<string, Map<string, Map<string, string>>>();
+      const defaults = new Map<string, Map<string, string>>();
       for (const t of SEED_TABLES) {
         const m = new Map<string, Map<string, string>>();
         if (has(t)) {
+          const d = new Map<string, string>();
+          for (const c of open.prepare(`PRAGMA table_info(${t})`).all() as Array<{ name: string; dflt_value: string | null }>) {
+            const v = literalDefault(c.dflt_value);
+            if (v !== undefined) d.set(c.name, canonicalJson(v));
+          }
+          defaults.set(t, d);
           const stmt = open.prepare(`SELECT * FROM ${t} ORDER BY id`).raw(true);
           const cols = stmt.columns().map((c) => c.name);
           const idIx = cols.indexOf('id');
@@ -390,7 +404,7 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
           if (print !== undefined) files.set(translate ? translate.text(e.rel) : e.rel, print);
         }
       }
-      return { tables, files };
+      return { tables, files, defaults };
     },
     close: () => open.close(),
   };
@@ -483,6 +497,22 @@ function reverseMap(map: Map<string, string>, others: Array<[string, Map<string,
   return { text: (s) => renderLoose(tokenize(s, docs), back) };
 }
 
+/**
+ * The value a column's declared default (PRAGMA table_info's dflt_value, SQL text) gives, when it
+ * is a plain literal (no default is NULL); undefined for an expression, which is not evaluated.
+ */
+function literalDefault(sql: string | null): unknown {
+  if (sql === null) return null;
+  const s = sql.trim();
+  if (/^null$/i.test(s)) return null;
+  if (/^true$/i.test(s)) return 1;
+  if (/^false$/i.test(s)) return 0;
+  if (/^[+-]?\d+$/.test(s)) return Number.isSafeInteger(Number(s)) ? Number(s) : undefined;
+  if (/^[+-]?(\d+\.\d*|\.\d+|\d+)(e[+-]?\d+)?$/i.test(s)) return Number(s);
+  const q = /^'((?:[^']|'')*)'$/s.exec(s);
+  return q ? q[1]!.replace(/''/g, "'") : undefined;
+}
+
 /** UTF-8 text without NUL bytes, or undefined: the test preparePackage uses. */
 function asText(buf: Buffer): string | undefined {
   if (buf.includes(0)) return undefined;
@@ -499,14 +529,17 @@ function sha256(buf: Buffer): string {
 
 function compare(left: DiffSide, a: Snapshot, right: DiffSide, b: Snapshot, tableNames: string[]): DiffResult {
   const tables: Record<string, TableDiff> = {};
-  for (const t of tableNames) tables[t] = compareRows(a.tables.get(t) ?? new Map(), b.tables.get(t) ?? new Map());
+  for (const t of tableNames) tables[t] = compareRows(a.tables.get(t) ?? new Map(), b.tables.get(t) ?? new Map(), a.defaults?.get(t), b.defaults?.get(t));
   const files = compareFiles(a.files, b.files);
   const equal = Object.values(tables).every((d) => d.added.length + d.removed.length + d.changed.length === 0) && files.added.length + files.removed.length + files.changed.length === 0;
   return { equal, left, right, tables, files };
 }
 
-function compareRows(a: Map<string, Map<string, string>>, b: Map<string, Map<string, string>>): TableDiff {
+function compareRows(a: Map<string, Map<string, string>>, b: Map<string, Map<string, string>>, defaultsA?: Map<string, string>, defaultsB?: Map<string, string>): TableDiff {
   const out: TableDiff = { added: [], removed: [], changed: [] };
+  // A column one side's rows lack stands for the default the other side's DB gives it (unknown
+  // for a package, or for a default that is not a plain literal: then it differs, as before).
+  const value = (r: Map<string, string>, c: string, otherDefaults?: Map<string, string>) => (r.has(c) ? r.get(c) : otherDefaults?.get(c));
   for (const id of a.keys()) if (!b.has(id)) out.removed.push(id);
   for (const [id, rb] of b) {
     const ra = a.get(id);
@@ -514,7 +547,7 @@ function compareRows(a: Map<string, Map<string, string>>, b: Map<string, Map<str
       out.added.push(id);
       continue;
     }
-    const fields = [...new Set([...ra.keys(), ...rb.keys()])].filter((c) => ra.get(c) !== rb.get(c)).sort();
+    const fields = [...new Set([...ra.keys(), ...rb.keys()])].filter((c) => value(ra, c, defaultsB) !== value(rb, c, defaultsA)).sort();
     if (fields.length > 0) out.changed.push({ id, fields });
   }
   out.added.sort();
