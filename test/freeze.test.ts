@@ -599,6 +599,15 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     );
   });
 
+  it('a logs/ with no file in it is no logs: refused (a package cannot carry an empty folder, and a freeze from a user seeded with it would find none)', () => {
+    const src = source();
+    const logs = path.join(runDir(src), 'logs');
+    rmSync(logs, { recursive: true });
+    mkdirSync(logs);
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/logs/ holds no file`);
+  });
+
   it('reports/ missing without --render-report', () => {
     const src = source({ withReport: false });
     const seedsDir = path.join(tmp(), 'seeds');

@@ -294,9 +294,10 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
     }
   }
   if (runDirKind === 'dir') {
-    if (!dirs.includes('logs')) gap(`${runRel}logs/ is missing`);
-    // A package carries files, not folders: a reports/ with no file in it would reach no seeded
-    // user (nor a package frozen from one), so it counts as no report at all.
+    // A package carries files, not folders: a logs/ or reports/ with no file in it would reach no
+    // seeded user, and a package frozen from one would then be refused for lacking it; so an
+    // empty one counts as none, here where the operator can still put the run's logs back.
+    if (!files.some((f) => f.rel.startsWith('logs/'))) gap(`${runRel}logs/ ${dirs.includes('logs') ? 'holds no file' : 'is missing'}`);
     const reportsHold = files.some((f) => f.rel.startsWith('reports/'));
     if (!reportsHold && !opts.renderReport) gap(`${runRel}reports/ ${dirs.includes('reports') ? 'holds no file' : 'is missing'} (give --render-report to build one from results_summary)`);
   }
