@@ -460,7 +460,26 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     const ready = !force && readyAt(deps.dataDir, user.id, pkg.version);
     const enqueue = !ready || (await deps.master.latestJob(user.id))?.status === 'failed' ? { force } : undefined;
     deps.onCommitting?.();
-    const job = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
+    let claimed = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
+    while (claimed?.force && !force) {
+      // A --force's job this plain seed took over (its worker died): a plain seed never does a
+      // --force's work on a ready user. The job is closed as the queue would close it, and the
+      // plain seed goes on with a job of its own, if it needs one (a user ready with this
+      // version: nothing to do). A user the --force left not ready is seeded to the end under
+      // that job, the only way back to a served user.
+      let unrun: ReturnType<typeof queuedForce>;
+      try {
+        unrun = queuedForce(deps, claimed);
+      } catch (e) {
+        // Its DB held by ACM2: the job goes back as it was, for whoever can read the DB later.
+        await deps.master.finishJob(claimed.id, worker, { status: 'pending', error: e instanceof Error ? e.message : String(e), nextAttemptAt: Date.now() + backoffMs(1), notAttempted: true });
+        throw e;
+      }
+      if (!unrun) break;
+      if ((await deps.master.finishJob(claimed.id, worker, unrun)) && unrun.status === 'done') await deps.master.supersedeOlderJobs(user.id, claimed.id);
+      claimed = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
+    }
+    const job = claimed;
     let seeded = false;
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
@@ -492,6 +511,50 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * How a --force's job that a queue drain (or a plain `user seed`) finds is closed instead of run;
+ * undefined: it is run. Its worker died (kill -9, a lost host) or the job came back to the queue:
+ * either way no operator is watching it now, and a --force runs only when one asks and sees it
+ * through; done from the queue, it would overwrite the user's edits out of sight, maybe the very
+ * ones the operator stopped it to keep. A --force changes nothing of the user before it marks it
+ * in_progress (beginSeed, committed before its first write of a row or file), so a user still
+ * ready was left as it was (the job is failed, saying so and how to run it again), or the --force
+ * finished and only its job was left open (this version's seed state finished after the job was
+ * made: it is done). A user not ready (in_progress, failed, no DB) is not served as it is:
+ * finishing the --force is the only way back, and it is run. Called under the user's lock.
+ */
+function queuedForce(deps: UserDeps, job: SeedJob): Extract<JobOutcome, { status: 'done' | 'failed' }> | undefined {
+  if (!existsSync(userDbPath(deps.dataDir, job.userId))) return undefined;
+  let meta: ReturnType<typeof readMeta>;
+  let finishedAt: string | null | undefined;
+  try {
+    // Read-write (never create): a hot journal the killed --force left is rolled back to read.
+    const db = openUserDb(deps.dataDir, job.userId);
+    try {
+      meta = hasTable(db, 'user_meta') ? readMeta(db, job.userId) : undefined;
+      if (hasTable(db, 'acm2_seed_state')) {
+        const s = db.prepare(`SELECT status, finished_at FROM acm2_seed_state WHERE seed_version = ?`).get(job.seedVersion) as { status: string; finished_at: string | null } | undefined;
+        finishedAt = s?.status === 'ready' ? s.finished_at : undefined;
+      }
+    } finally {
+      db.close();
+    }
+  } catch (e) {
+    // Held by ACM2 (serving the user, so likely ready): not run blind; the job waits for a retry.
+    if (isBusy(e)) throw new UnavailableError(`user ${job.userId}'s database ${userDbPath(deps.dataDir, job.userId)} is locked by another process (ACM2?), so whether the --force of job #${job.id} began could not be read: nothing was changed; it is looked at again later`, 'db_busy', { cause: e });
+    return undefined; // unreadable: the seed says why
+  }
+  if (meta?.seed_status !== 'ready') return undefined;
+  if (meta.seed_version === job.seedVersion && finishedAt && Date.parse(finishedAt) >= Date.parse(job.createdAt)) return { status: 'done' };
+  const command = `acm2 user seed ${job.userId} --force${job.seedVersion === versionOrUndefined(deps.seedsDir) ? '' : ` --seed-version ${job.seedVersion}`}`;
+  return {
+    status: 'failed',
+    error:
+      `the ${command} that ran this job stopped, its process gone (kill -9, a lost host), before it changed anything: user ${job.userId} stays ready with ${meta.seed_version}, its rows and files as they were; ` +
+      `job #${job.id} is closed, not taken over: a --force runs only when asked (to restore the user's seeded rows and files, run: ${command})`,
+  };
 }
 
 /**
@@ -708,10 +771,17 @@ export async function drainQueue(
       }
       let seeded = false;
       try {
-        await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep, lock });
-        seeded = true;
-        if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(job.userId, job.id);
-        res.done++;
+        const unrun = job.force ? queuedForce(deps, job) : undefined;
+        if (unrun?.status === 'failed') {
+          await deps.master.finishJob(job.id, worker, unrun);
+          res.failed++;
+          res.failures.push({ userId: job.userId, jobId: job.id, error: unrun.error, final: true });
+        } else {
+          if (!unrun) await seedUserAsync({ dataDir: deps.dataDir, userId: job.userId, pkg, force: job.force, onStep: deps.onStep, lock });
+          seeded = true;
+          if (await deps.master.finishJob(job.id, worker, { status: 'done' })) await deps.master.supersedeOlderJobs(job.userId, job.id);
+          res.done++;
+        }
       } catch (e) {
         // The user is seeded and only the master's record of it failed (see seedWithJob), or the
         // master stopped answering: no attempt is spent, and the drain stops (exit 3).
