@@ -4,13 +4,13 @@
 import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { newerToolReason, type Migration } from '../migrations.js';
 import type { BackfillItem, MasterDb, MasterUser, UserLock } from '../master/types.js';
 import type { SeedPackage } from '../seed/package.js';
 import type { ProgressSink } from '../ui/reporter.js';
-import type { WarmWorkers } from './warm-workers.js';
+import { startOrHand, threadInput, type WarmWorkers } from './warm-workers.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -514,11 +514,10 @@ function workerPlanner(ctx: PlanContext, warm?: Worker): Planner {
   const inline = inlinePlanner(ctx);
   let w: Worker;
   try {
-    w = warm ?? new Worker(new URL(import.meta.url), { workerData: { acm2BackfillPlanner: ctx } });
+    w = startOrHand(warm, new URL(import.meta.url), 'backfill', ctx);
   } catch {
     return inline;
   }
-  warm?.postMessage({ ctx });
   type Waiter = { userId: number; resolve: (p: UserPlan) => void; reject: (e: unknown) => void };
   // Requests are answered in the order they were sent.
   const pending: Waiter[][] = [];
@@ -574,17 +573,16 @@ function workerPlanner(ctx: PlanContext, warm?: Worker): Planner {
   };
 }
 
-const plannerData = workerData as { acm2BackfillPlanner?: PlanContext; acm2Warm?: string } | undefined;
-if (!isMainThread && parentPort && (plannerData?.acm2BackfillPlanner || plannerData?.acm2Warm === 'backfill')) {
-  const port = parentPort;
-  // A warm thread's first message is its context (then it is ready); every message after it, users to plan.
-  let ctx = plannerData.acm2BackfillPlanner;
-  port.on('message', (m: number[] | { ctx: PlanContext }) => {
-    if (!Array.isArray(m)) {
-      ctx = m.ctx;
-      port.postMessage({ ready: true } satisfies PlannerReply);
-      return;
-    }
+// Ready once it has its context (a warm thread is handed it by message); every message of ours, users to plan.
+let plannerCtx: PlanContext | undefined;
+const plannerPort = threadInput<PlanContext>('backfill', (ctx, port) => {
+  plannerCtx = ctx;
+  port.postMessage({ ready: true } satisfies PlannerReply);
+});
+if (plannerPort) {
+  plannerPort.on('message', (m: number[] | { acm2Input: PlanContext }) => {
+    if (!Array.isArray(m)) return;
+    const ctx = plannerCtx;
     const results = m.map((userId): PlanResult => {
       try {
         if (!ctx) throw new Error('backfill planner was given users before its context');
@@ -593,9 +591,8 @@ if (!isMainThread && parentPort && (plannerData?.acm2BackfillPlanner || plannerD
         return { error: e instanceof Error ? (e.stack ?? e.message) : String(e) };
       }
     });
-    port.postMessage({ userIds: m, results } satisfies PlannerReply);
+    plannerPort.postMessage({ userIds: m, results } satisfies PlannerReply);
   });
-  if (ctx) port.postMessage({ ready: true } satisfies PlannerReply);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 // with its own master connection), so seeding many users keeps every core busy. The queue itself (leases,
 // SKIP LOCKED) spreads work across hosts; this only spreads it across cores.
 
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
 import type { MasterUrl } from '../config.js';
 import { openMaster } from '../master/factory.js';
 import { drainQueue, type DrainResult } from './users.js';
 import { fromWire, toWire, type WireError } from '../errors.js';
-import type { WarmWorkers } from './warm-workers.js';
+import { startOrHand, threadInput, type WarmWorkers } from './warm-workers.js';
 
 export interface PoolInput {
   master: MasterUrl;
@@ -100,9 +100,7 @@ async function drainOnce(input: PoolInput, slots: SharedArrayBuffer): Promise<Dr
   // This thread drains too (its modules are loaded already), beside n - 1 worker threads.
   const inWorker = (): Promise<DrainResult> =>
     new Promise<DrainResult>((resolve, reject) => {
-      const warm = input.warm?.take();
-      const w = warm ?? new Worker(new URL(import.meta.url), { workerData: wi });
-      warm?.postMessage({ type: 'go', input: wi });
+      const w = startOrHand(input.warm?.take(), new URL(import.meta.url), 'seed', wi);
       let result: DrainResult | undefined;
       w.on('message', (m: { type: string; result?: DrainResult; error?: WireError }) => {
         if (m.type === 'tick') input.onProgress?.(1);
@@ -148,14 +146,10 @@ async function drainInThread(wi: WorkerInput, tick?: (n: number) => void): Promi
   }
 }
 
-function drainInWorker(wi: WorkerInput, port: NonNullable<typeof parentPort>): void {
+function drainInWorker(wi: WorkerInput, port: MessagePort): void {
   drainInThread(wi, () => port.postMessage({ type: 'tick' }))
     .then((result) => port.postMessage({ type: 'done', result }))
     .catch((e: unknown) => port.postMessage({ type: 'error', error: toWire(e) }));
 }
 
-if (!isMainThread && parentPort && (workerData as WorkerInput | undefined)?.slots) drainInWorker(workerData as WorkerInput, parentPort);
-else if (!isMainThread && parentPort && (workerData as { acm2Warm?: string } | undefined)?.acm2Warm === 'seed') {
-  const port = parentPort;
-  port.once('message', (m: { type: string; input: WorkerInput }) => drainInWorker(m.input, port));
-}
+threadInput<WorkerInput>('seed', drainInWorker);

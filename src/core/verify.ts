@@ -7,10 +7,10 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdtempSync, opendirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, type Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { JobStatus, MasterDb, SeedJob } from '../master/types.js';
 import { gcEvery } from '../gc.js';
-import { VERIFY_WORKER_YOUNG_GEN_MB, type WarmWorkers } from './warm-workers.js';
+import { startOrHand, threadInput, type WarmWorkers } from './warm-workers.js';
 import { lstatOrUndefined, statOrUndefined } from '../durable.js';
 import { isBusy } from './migrate-safe.js';
 import { deadHere } from './worker-name.js';
@@ -389,8 +389,7 @@ interface WorkerReply {
 
 /** A checker on a worker thread: a warm one (started early, waiting for its context), or one started now. */
 function workerChecker(ctx: CheckContext, warm?: Worker): Checker {
-  const w = warm ?? new Worker(new URL(import.meta.url), { workerData: { acm2VerifyWorker: ctx }, resourceLimits: { maxYoungGenerationSizeMb: VERIFY_WORKER_YOUNG_GEN_MB } });
-  warm?.postMessage({ ctx });
+  const w = startOrHand(warm, new URL(import.meta.url), 'verify', ctx);
   let pending: { resolve: (p: Problem[][]) => void; reject: (e: Error) => void } | undefined;
   let dead: Error | undefined;
   const fail = (e: Error) => {
@@ -424,22 +423,19 @@ function workerChecker(ctx: CheckContext, warm?: Worker): Checker {
   return c;
 }
 
-const verifyWorker = workerData as { acm2VerifyWorker?: CheckContext; acm2Warm?: string } | undefined;
-if (!isMainThread && parentPort && (verifyWorker?.acm2VerifyWorker || verifyWorker?.acm2Warm === 'verify')) {
-  const port = parentPort;
-  // A warm thread's first message is its context; every message after it, users to check.
-  let ctx = verifyWorker.acm2VerifyWorker;
+// A warm thread is handed its context by message; every message of ours, before or after it, is users to check.
+let verifyCtx: CheckContext | undefined;
+const verifyPort = threadInput<CheckContext>('verify', (ctx) => (verifyCtx = ctx));
+if (verifyPort) {
   const tick = gcEvery(GC_EVERY);
-  port.on('message', (m: UserToCheck[] | { ctx: CheckContext }) => {
-    if (!Array.isArray(m)) {
-      ctx = m.ctx;
-      return;
-    }
+  verifyPort.on('message', (m: UserToCheck[] | { acm2Input: CheckContext }) => {
+    if (!Array.isArray(m)) return;
+    const ctx = verifyCtx;
     try {
       if (!ctx) throw new Error('verify worker was given users before its context');
-      port.postMessage({ problems: checkBatch(ctx, m, tick) } satisfies WorkerReply);
+      verifyPort.postMessage({ problems: checkBatch(ctx, m, tick) } satisfies WorkerReply);
     } catch (e) {
-      port.postMessage({ error: toWire(e) } satisfies WorkerReply);
+      verifyPort.postMessage({ error: toWire(e) } satisfies WorkerReply);
     }
   });
 }
