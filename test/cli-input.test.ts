@@ -194,6 +194,21 @@ describe('the command line, as an operator types it', () => {
     expect(r.stderr.trim()).toBe(`acm2: no seed version 'v9' in ${SEEDS}`);
   });
 
+  it('an unknown option is named before a required option is missed, for every command', async () => {
+    for (const cmd of [['seed', 'freeze'], ['user', 'create'], ['user', 'create', '--email', 'x@example.com'], ['verify'], ['seed', 'list'], ['seed', 'check'], ['diff'], ['user', 'seed', '1'], ['backfill']]) {
+      const r = await acm2([...cmd, '--bogus']);
+      expect(r.code, cmd.join(' ')).toBe(2);
+      expect(r.stderr.split('\n')[0], cmd.join(' ')).toBe("acm2: unknown option '--bogus'");
+      const j = await acm2([...cmd, '--bogus', '--json']);
+      expect(JSON.parse(j.stdout).error, cmd.join(' ')).toEqual({ code: 'usage', message: "unknown option '--bogus'" });
+    }
+    // Without a typo, a missing required option is still said as before.
+    const none = await acm2(['seed', 'freeze', '--json']);
+    expect(none.code).toBe(2);
+    expect(JSON.parse(none.stdout).error).toEqual({ code: 'usage', message: "required option '--source <db>' not specified" });
+    expect((await acm2(['user', 'create', '--email', 'x@example.com'])).stderr.split('\n')[0]).toBe("acm2: required option '--username <name>' not specified");
+  });
+
   it('the command groups show examples too', async () => {
     expect((await acm2(['seed', '--help'])).stdout).toMatch(/Examples:\n\s+\$ acm2 seed list/);
     expect((await acm2(['user', '--help'])).stdout).toMatch(/Examples:\n\s+\$ acm2 user create/);

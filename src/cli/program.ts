@@ -26,6 +26,19 @@ function action(loader: Loader) {
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
+/**
+ * Options a command cannot run without. commander checks its own required options before it
+ * looks for unknown ones, so `seed freeze --bogus` said --source was missing instead of naming
+ * the typo. These are plain options, checked by the preAction hook in buildProgram, which runs
+ * once commander has refused unknown options and excess arguments; the sentence is commander's.
+ */
+const REQUIRED = new WeakSet<Option>();
+function required(flags: string, description: string): Option {
+  const o = new Option(flags, description);
+  REQUIRED.add(o);
+  return o;
+}
+
 export function buildProgram(): Command {
   const program = new Command('acm2');
   // With --json, stderr carries nothing unless it is a terminal (SPEC §1): commander's own usage
@@ -51,6 +64,10 @@ export function buildProgram(): Command {
     .option('--quiet', 'print nothing but errors (user create still prints the API key)')
     .option('--verbose', 'more detail, and stack traces on errors')
     .option('--no-color', 'no colour (also NO_COLOR)')
+    .hook('preAction', (_program, command) => {
+      const missing = command.options.find((o) => REQUIRED.has(o) && command.getOptionValue(o.attributeName()) === undefined);
+      if (missing) command.error(`error: required option '${missing.flags}' not specified`, { code: 'commander.missingMandatoryOptionValue' });
+    })
     .addHelpText(
       'after',
       `
@@ -67,8 +84,8 @@ Examples:
   seed
     .command('freeze')
     .description('cut a new immutable seed version from an ACM2 user DB and its run files')
-    .requiredOption('--source <db>', "the ACM2 user DB to freeze from (e.g. data/user_7.db)")
-    .requiredOption('--source-files <dir>', 'the folder holding runs/ for that user (e.g. data/user_7)')
+    .addOption(required('--source <db>', 'the ACM2 user DB to freeze from (e.g. data/user_7.db)'))
+    .addOption(required('--source-files <dir>', 'the folder holding runs/ for that user (e.g. data/user_7)'))
     .option('--preset <id>', 'preset to ship (env SEED_PRESET_ID)')
     .option('--run <id>', 'historical run to ship (env SEED_RUN_ID)')
     .option('--version <v>', 'name of the new version (env SEED_VERSION)')
@@ -105,8 +122,8 @@ Examples:
   user
     .command('create')
     .description('create a user (master row, API key, seed job) and seed it')
-    .requiredOption('--email <email>', "the user's email")
-    .requiredOption('--username <name>', "the user's username")
+    .addOption(required('--email <email>', "the user's email"))
+    .addOption(required('--username <name>', "the user's username"))
     .option('--wordpress-user-id <n>', 'WordPress user id to link')
     .option('--seed-version <v>', 'seed version (env SEED_VERSION; default: CURRENT)')
     .option('--async', 'only queue the seed job; `acm2 user seed --pending` runs it')
