@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -11,7 +11,7 @@ import { tmpDir } from './helpers/env.js';
 import { redactUrl } from '../src/config.js';
 import { classifyFsError } from '../src/errors.js';
 import { lockUserFile } from '../src/core/user-lock.js';
-import { createAcm2Db } from '../src/fixtures/source.js';
+import { createAcm2Db, generateSource } from '../src/fixtures/source.js';
 import { backoffMs } from '../src/core/users.js';
 
 const run = promisify(execFile);
@@ -194,6 +194,61 @@ describe('the command line, as an operator types it', () => {
     expect(r.stderr.trim()).toBe(`acm2: no seed version 'v9' in ${SEEDS}`);
   });
 
+  it('a version folder that is a symlink is refused by every seed command in seed show\'s words, and listed and checked as refused', async () => {
+    const seeds = path.join(dir, 'seeds-linked');
+    cpSync(SEEDS, seeds, { recursive: true });
+    symlinkSync('v1', path.join(seeds, 'v8'));
+    const data = path.join(dir, 'data');
+    const said = `acm2: seed package v8 is unsafe: ${path.join(seeds, 'v8')} is a symlink`;
+    for (const cmd of [['seed', 'show', 'v8'], ['seed', 'check', 'v8'], ['seed', 'check', 'v1', 'v8'], ['seed', 'set-current', 'v8']]) {
+      const r = await acm2(cmd, data, seeds);
+      expect(r.code, cmd.join(' ')).toBe(2);
+      expect(r.stderr.trim(), cmd.join(' ')).toBe(said);
+      const j = await acm2([...cmd, '--json'], data, seeds);
+      expect(JSON.parse(j.stdout).error, cmd.join(' ')).toEqual({ code: 'bad_package', message: said.slice('acm2: '.length) });
+    }
+    expect(readFileSync(path.join(seeds, 'CURRENT'), 'utf8')).toBe('v1\n');
+    // The whole folder is not 'ok' with it in: a finding, exit 1, the symlink named.
+    const all = await acm2(['seed', 'check', '--json'], data, seeds);
+    expect(all.code).toBe(1);
+    expect(JSON.parse(all.stdout).packages).toEqual([
+      { version: 'v1', ok: true, problems: [] },
+      { version: 'v8', ok: false, problems: [`${path.join(seeds, 'v8')} is a symlink`] },
+    ]);
+    expect((await acm2(['seed', 'check'], data, seeds)).stdout).toMatch(/^v8 {2}FAILED\n {2}- .*v8 is a symlink$/m);
+    // Listed as a version that cannot be used, as one whose manifest cannot be read is.
+    const list = await acm2(['seed', 'list', '--json'], data, seeds);
+    expect(list.code).toBe(0);
+    expect(JSON.parse(list.stdout).packages[1]).toEqual({ version: 'v8', current: false, rows: 0, files: 0, bytes: 0, packageSha256: '', createdAt: '', error: `${path.join(seeds, 'v8')} is a symlink` });
+    expect((await acm2(['seed', 'list'], data, seeds)).stdout).toMatch(/v8 .*not usable: .*v8 is a symlink/);
+    // Freezing onto a symlinked version is refused, even one leading nowhere (which was an internal error).
+    symlinkSync('nowhere', path.join(seeds, 'v7'));
+    const src = generateSource(path.join(dir, 'linked-source'));
+    const freeze = ['seed', 'freeze', '--source', src.dbPath, '--source-files', src.filesDir, '--preset', src.presetId, '--run', src.runId];
+    for (const v of ['v7', 'v8']) {
+      for (const dry of [[], ['--dry-run']]) {
+        const r = await acm2([...freeze, '--version', v, ...dry, '--json'], data, seeds);
+        expect(r.code, `${v} ${dry.join('')}`).toBe(2);
+        expect(JSON.parse(r.stdout).error, `${v} ${dry.join('')}`).toEqual({
+          code: 'version_exists',
+          message: expect.stringContaining(`not an intact package (${path.join(seeds, v)} is a symlink); it was not overwritten`),
+        });
+      }
+    }
+    expect(readdirSync(seeds).sort()).toEqual(['CURRENT', 'v1', 'v7', 'v8']);
+  });
+
+  it('a version name no version can have is bad_version for seed show, check and set-current alike', async () => {
+    const show = await acm2(['seed', 'show', '../x', '--json']);
+    expect(show.code).toBe(2);
+    expect(JSON.parse(show.stdout).error.code).toBe('bad_version');
+    for (const cmd of [['seed', 'check', '../x'], ['seed', 'check', 'v1', '../x'], ['seed', 'set-current', '../x']]) {
+      const r = await acm2([...cmd, '--json']);
+      expect(r.code, cmd.join(' ')).toBe(2);
+      expect(r.stdout, cmd.join(' ')).toBe(show.stdout);
+    }
+  });
+
   it('an unknown option is named before a required option is missed, for every command', async () => {
     for (const cmd of [['seed', 'freeze'], ['user', 'create'], ['user', 'create', '--email', 'x@example.com'], ['verify'], ['seed', 'list'], ['seed', 'check'], ['diff'], ['user', 'seed', '1'], ['backfill']]) {
       const r = await acm2([...cmd, '--bogus']);
@@ -207,6 +262,16 @@ describe('the command line, as an operator types it', () => {
     expect(none.code).toBe(2);
     expect(JSON.parse(none.stdout).error).toEqual({ code: 'usage', message: "required option '--source <db>' not specified" });
     expect((await acm2(['user', 'create', '--email', 'x@example.com'])).stderr.split('\n')[0]).toBe("acm2: required option '--username <name>' not specified");
+  });
+
+  it('a --seeds folder that does not exist is said as such by diff, as by seed list, check, show and set-current', async () => {
+    const missing = path.join(dir, 'no-such-seeds');
+    for (const cmd of [['seed', 'list'], ['seed', 'check'], ['seed', 'check', 'v1'], ['seed', 'show', 'v1'], ['seed', 'set-current', 'v1'], ['diff', 'v1', 'v2']]) {
+      const r = await acm2(cmd, path.join(dir, 'data'), missing);
+      expect(r.code, cmd.join(' ')).toBe(2);
+      expect(r.stderr.trim(), cmd.join(' ')).toBe(`acm2: seed packages folder ${missing} does not exist`);
+    }
+    expect(existsSync(missing)).toBe(false);
   });
 
   it('the command groups show examples too', async () => {

@@ -1,7 +1,7 @@
 // `acm2 seed set-current <v>`: CURRENT rolled back (or forward) in one command that checks the
 // package first; a typo or a broken package leaves CURRENT as it was.
 import { execFile } from 'node:child_process';
-import { cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -66,6 +66,30 @@ describe('seed set-current', () => {
     writeFileSync(path.join(f.parentPath, f.name), 'tampered\n');
     const broken = await acm2('v2');
     expect(broken).toMatchObject({ code: 2, out: { error: { code: 'bad_package', message: expect.stringMatching(/^seed version v2 is not intact \(.+\): CURRENT was not changed$/) } } });
+    expect(current()).toBe(before);
+  });
+
+  it('refuses a bad version name and a symlinked version as seed show does (exit 2), CURRENT as it was', async () => {
+    const before = current();
+    const show = async (v: string) => {
+      try {
+        await run(process.execPath, [BIN, '--seeds', pkg.seedsDir, '--json', 'seed', 'show', v]);
+        throw new Error(`seed show ${v} succeeded`);
+      } catch (e) {
+        return { code: (e as { code: number }).code, out: JSON.parse((e as { stdout: string }).stdout) as Record<string, unknown> };
+      }
+    };
+    const bad = await acm2('../x');
+    expect(bad).toMatchObject({ code: 2, out: { error: { code: 'bad_version' } } });
+    expect(bad).toEqual(await show('../x'));
+    symlinkSync('v1', path.join(pkg.seedsDir, 'v8'));
+    try {
+      const linked = await acm2('v8');
+      expect(linked).toEqual({ code: 2, out: { error: { code: 'bad_package', message: `seed package v8 is unsafe: ${path.join(pkg.seedsDir, 'v8')} is a symlink` } } });
+      expect(linked).toEqual(await show('v8'));
+    } finally {
+      rmSync(path.join(pkg.seedsDir, 'v8'));
+    }
     expect(current()).toBe(before);
   });
 });

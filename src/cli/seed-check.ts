@@ -2,7 +2,8 @@
 // Failures are findings: the report is printed, then the exit code is 1.
 
 import { color } from '../ui/color.js';
-import { checkPackage, currentState, knownVersions, listPackages } from '../seed/package.js';
+import { assertSeedsDir, checkPackage, currentState, knownVersions, listPackages, refuseSymlinkedVersion } from '../seed/package.js';
+import { assertVersionName } from '../config.js';
 import { UsageError } from '../errors.js';
 import { context } from './context.js';
 import type { CommandCall } from './program.js';
@@ -10,8 +11,15 @@ import { visibleDeep } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
-  // listPackages refuses a seeds folder that does not exist, so a typo is not a silent 'ok'.
+  // A name no version can have is refused as seed show refuses it, before the folder is looked at.
+  for (const v of args) assertVersionName(v);
+  // No seeds folder is said as such, whether versions are named or not (as seed list says it).
+  assertSeedsDir(cfg.seedsDir);
+  // listPackages refuses a seeds folder that does not exist, so a typo is not a silent 'ok'. It
+  // lists a symlinked version too, which checkPackage then fails: the whole folder is not 'ok'.
   const versions = args.length > 0 ? args : listPackages(cfg.seedsDir).map((p) => p.version);
+  // A version named explicitly that is a symlink is refused in seed show's words.
+  for (const v of args) refuseSymlinkedVersion(cfg.seedsDir, v);
   // A version that is not there is a typo (exit 2), not a package that failed its check (exit 1).
   const known = knownVersions(cfg.seedsDir);
   const unknown = args.filter((v) => !known.includes(v));

@@ -22,7 +22,7 @@ export async function run({ opts }: CommandCall): Promise<void> {
     const table = makeTable(['', 'version', 'rows', 'files', 'bytes', 'packageSha256', 'created'], out.color);
     for (const p of packages) {
       const mark = p.current ? (out.color ? color.green('*') : '*') : '';
-      if (p.error) table.push([mark, p.version, { colSpan: 5, content: `unreadable: ${p.error}` }]);
+      if (p.error) table.push([mark, p.version, { colSpan: 5, content: `not usable: ${p.error}` }]);
       else table.push([mark, p.version, p.rows, p.files, formatBytes(p.bytes), p.packageSha256.slice(0, 16), p.createdAt]);
     }
     const legend = currentError !== undefined ? warning : current.version !== undefined ? `* = CURRENT (${seedsDir})` : `No version is CURRENT in ${seedsDir}.`;

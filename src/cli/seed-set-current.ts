@@ -2,7 +2,8 @@
 // --seed-version get. Rolling CURRENT back after a bad version at 3 a.m. is one command that checks
 // the package first, not a hand edit of a file every seeding command reads.
 
-import { checkPackage, currentState, knownVersions } from '../seed/package.js';
+import { assertSeedsDir, checkPackage, currentState, knownVersions, refuseSymlinkedVersion } from '../seed/package.js';
+import { assertVersionName } from '../config.js';
 import { writeCurrent } from '../core/freeze.js';
 import { PackageError, UsageError } from '../errors.js';
 import { context } from './context.js';
@@ -11,7 +12,10 @@ import { visible } from '../ui/text.js';
 
 export async function run({ args, opts }: CommandCall): Promise<void> {
   const { cfg, out } = context(opts);
-  const version = args[0]!;
+  // A bad name, a symlinked version, a typo: each refused as seed show and seed check refuse it.
+  const version = assertVersionName(args[0]!);
+  assertSeedsDir(cfg.seedsDir);
+  refuseSymlinkedVersion(cfg.seedsDir, version);
   // A version that is not there is a typo (checked as seed check does); a broken one is refused
   // whole: every seed would then fail on it.
   if (!knownVersions(cfg.seedsDir).includes(version)) throw new UsageError(`no seed version '${version}' in ${cfg.seedsDir}: CURRENT was not changed`, 'unknown_version');

@@ -88,7 +88,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
   const sourceFiles = path.resolve(input.sourceFiles as string);
   const dir = path.join(seedsDir, version);
   // A dry run cannot tell an identical rerun from a clash without building the package.
-  if (input.dryRun && existsSync(dir)) throw versionExists(version, seedsDir);
+  if (input.dryRun && taken(dir)) throw versionExists(version, seedsDir);
   if (!existsSync(sourceDb)) throw new UsageError(`source database ${sourceDb} does not exist`, 'db_missing');
   // SQLite opens whatever the path names: a folder (the user's folder given for its DB) fails as an
   // I/O error that reads as a bad disk, and a FIFO waits for a writer for ever. A symlink to a
@@ -164,7 +164,7 @@ export function freezeSeed(input: FreezeInput, progress: ProgressSink = silentPr
         tool: input.tool ?? { name: TOOL_NAME, version: TOOL_VERSION },
         progress,
       });
-      if (existsSync(dir)) {
+      if (taken(dir)) {
         if (!sameIntactPackage(seedsDir, version, manifest.packageSha256)) throw versionExists(version, seedsDir);
         rmSync(staging, { recursive: true, force: true });
         if (input.setCurrent) moveCurrent(seedsDir, version, dir);
@@ -324,6 +324,15 @@ function buildPackage(staging: string, sel: FreezeSelection, sourceFiles: string
   };
   writeFileDurable(path.join(staging, MANIFEST_FILE), `${JSON.stringify(ordered, null, 2)}\n`);
   return ordered;
+}
+
+/**
+ * Something is at a version's place: a folder, or a symlink even when it leads nowhere (existsSync
+ * follows it, and the rename onto a dangling one failed as an internal error). A symlinked version
+ * is refused as every consumer refuses it, never replaced.
+ */
+function taken(dir: string): boolean {
+  return lstatSync(dir, { throwIfNoEntry: false }) !== undefined;
 }
 
 /** Remove `.staging-*` folders left by freezes whose process is gone. */

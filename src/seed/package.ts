@@ -43,7 +43,10 @@ export interface PackageListing {
   bytes: number;
   packageSha256: string;
   createdAt: string;
-  /** Set when the manifest cannot be read; the other fields are then zero/empty. */
+  /**
+   * Set when the version cannot be used as listed (its manifest cannot be read, its folder is a
+   * symlink); the other fields are then zero/empty.
+   */
   error?: string;
 }
 
@@ -114,6 +117,51 @@ export function knownVersions(seedsDir: string): string[] {
     .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
 }
 
+/**
+ * Entries in seedsDir named like a version that are symlinks. No consumer follows one (it may lead
+ * anywhere: inspect refuses it), but a listing or a check of the whole folder names them as
+ * refused rather than skipping them in silence. CURRENT is the file every seed reads, no version.
+ */
+export function symlinkedVersions(seedsDir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(seedsDir);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => !n.startsWith('.') && n !== CURRENT_FILE && isVersionName(n))
+    .filter((n) => lstatSync(path.join(seedsDir, n), { throwIfNoEntry: false })?.isSymbolicLink() === true)
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+}
+
+/** Every version entry in seedsDir, folders and refused symlinks alike, in natural order. */
+export function versionEntries(seedsDir: string): string[] {
+  return [...knownVersions(seedsDir), ...symlinkedVersions(seedsDir)].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+}
+
+/** Throw what a seeds folder that is not there means to every command that reads packages. */
+export function assertSeedsDir(seedsDir: string): void {
+  if (!existsSync(seedsDir)) throw new PackageError(`seed packages folder ${seedsDir} does not exist`);
+}
+
+/**
+ * Refuse a version whose folder is a symlink with the sentence and code `acm2 seed show` gives it
+ * (loadPackage's), so every command that names a version says the same of it.
+ */
+export function refuseSymlinkedVersion(seedsDir: string, version: string): void {
+  if (!symlinkedVersions(seedsDir).includes(version)) return;
+  const { problems } = inspect(seedsDir, version, true);
+  if (problems[0]) throw packageProblem(version, problems[0]);
+}
+
+function packageProblem(version: string, first: Problem): Error {
+  // The same code as `acm2 seed check` gives a version that is not there.
+  if (first.kind === 'unknown') return new UsageError(first.text, 'unknown_version');
+  // Stops at the first problem: `acm2 seed check` lists them all.
+  return new PackageError(`seed package ${version} is ${first.kind}: ${first.text}`);
+}
+
 function isVersionName(n: string): boolean {
   try {
     assertVersionName(n);
@@ -142,12 +190,7 @@ export function loadPackage(seedsDir: string, version: string): SeedPackage {
   if (hit) return hit;
   const { problems, manifest } = inspect(seedsDir, version, true);
   const first = problems[0];
-  if (first || !manifest) {
-    // The same code as `acm2 seed check` gives a version that is not there.
-    if (first?.kind === 'unknown') throw new UsageError(first.text, 'unknown_version');
-    // Stops at the first problem: `acm2 seed check` lists them all.
-    throw new PackageError(`seed package ${version} is ${first?.kind ?? 'malformed'}: ${first?.text ?? 'no manifest'}`);
-  }
+  if (first || !manifest) throw packageProblem(version, first ?? { kind: 'malformed', text: 'no manifest' });
   const pkg: SeedPackage = {
     version,
     dir,
@@ -189,10 +232,14 @@ export function currentState(seedsDir: string): CurrentState {
 
 /** Every version with its totals, from the manifests alone (no hashing). */
 export function listPackages(seedsDir: string): PackageListing[] {
-  if (!existsSync(seedsDir)) throw new PackageError(`seed packages folder ${seedsDir} does not exist`);
+  assertSeedsDir(seedsDir);
   const current = currentState(seedsDir).version;
-  return knownVersions(seedsDir).map((version) => {
+  const linked = symlinkedVersions(seedsDir);
+  return versionEntries(seedsDir).map((version) => {
     const base = { version, current: version === current };
+    const none = { rows: 0, files: 0, bytes: 0, packageSha256: '', createdAt: '' };
+    // Named as inspect refuses it: seed show, seed check and every seed say the same of it.
+    if (linked.includes(version)) return { ...base, ...none, error: `${path.join(path.resolve(seedsDir), version)} is a symlink` };
     try {
       const m = JSON.parse(readFileSync(path.join(seedsDir, version, MANIFEST_FILE), 'utf8')) as Manifest;
       const shape = manifestShapeProblems(m, version);
@@ -207,7 +254,7 @@ export function listPackages(seedsDir: string): PackageListing[] {
       };
     } catch (e) {
       const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'manifest.json is missing' : `manifest unreadable: ${(e as Error).message}`;
-      return { ...base, rows: 0, files: 0, bytes: 0, packageSha256: '', createdAt: '', error: why };
+      return { ...base, ...none, error: why };
     }
   });
 }
@@ -285,6 +332,8 @@ function inspectReadable(seedsDir: string, version: string, stopEarly: boolean):
     // Only a version that is not there is unknown; a folder this host cannot read is not.
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
+    // No seeds folder at all is a mistyped --seeds / ACM2_SEED_DIR, not a version missing from it.
+    assertSeedsDir(seedsDir);
     const known = knownVersions(seedsDir);
     add('unknown', `unknown seed version '${version}' in ${seedsDir} (known: ${known.length > 0 ? known.join(', ') : 'none'})`);
     return { problems };
