@@ -264,14 +264,18 @@ describe('the command line, as an operator types it', () => {
     expect((await acm2(['user', 'create', '--email', 'x@example.com'])).stderr.split('\n')[0]).toBe("acm2: required option '--username <name>' not specified");
   });
 
-  it('a --seeds folder that does not exist is said as such by diff, as by seed list, check, show and set-current', async () => {
+  it('a --seeds folder that does not exist is said as such by diff, user create and backfill, as by seed list, check, show and set-current', async () => {
     const missing = path.join(dir, 'no-such-seeds');
-    for (const cmd of [['seed', 'list'], ['seed', 'check'], ['seed', 'check', 'v1'], ['seed', 'show', 'v1'], ['seed', 'set-current', 'v1'], ['diff', 'v1', 'v2']]) {
-      const r = await acm2(cmd, path.join(dir, 'data'), missing);
+    const commands = [['seed', 'list'], ['seed', 'check'], ['seed', 'check', 'v1'], ['seed', 'show', 'v1'], ['seed', 'set-current', 'v1'], ['diff', 'v1', 'v2']];
+    // Without --seed-version these read CURRENT first: not "CURRENT does not exist" of a folder that is not there.
+    commands.push(['user', 'create', '--email', 'seedless@example.com', '--username', 'seedless'], ['backfill']);
+    for (const cmd of commands) {
+      const r = await acm2(cmd, path.join(dir, 'data-seedless'), missing);
       expect(r.code, cmd.join(' ')).toBe(2);
       expect(r.stderr.trim(), cmd.join(' ')).toBe(`acm2: seed packages folder ${missing} does not exist`);
     }
     expect(existsSync(missing)).toBe(false);
+    expect(existsSync(path.join(dir, 'data-seedless'))).toBe(false);
   });
 
   it('the command groups show examples too', async () => {

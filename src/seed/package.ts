@@ -71,6 +71,8 @@ export function readCurrent(seedsDir: string): string {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
+      // The folder itself missing (a mistyped --seeds or ACM2_SEED_DIR) is said as every command says it.
+      assertSeedsDir(seedsDir);
       throw new PackageError(`no seed version is CURRENT: ${file} does not exist (give --seed-version or SEED_VERSION, or freeze with --set-current)`, { cause: e });
     }
     throw new PackageError(`cannot read ${file} (${code ?? String(e)})`, { cause: e });
