@@ -486,6 +486,23 @@ describe('tamper suite: one user broken in one way is reported with that code, t
     expectOnly(await verify(f), f, ['seed_version_unknown', 'job_state_mismatch']);
   });
 
+  it("seed_version_unknown for a version acm2 never seeded (ACM2's own '1') names a seed, not a package to put back", async () => {
+    const f = await fleet();
+    // ACM2's own seeding (f390420) writes its SEED_VERSION into user_meta; no package of it exists
+    // anywhere, and neither the seed record nor the ID map knows it.
+    withDb(f, (db) => db.exec(`UPDATE user_meta SET seed_version = '1'`));
+    const r = await verify(f);
+    expectOnly(r, f, ['seed_version_unknown', 'job_state_mismatch']);
+    const p = r.users.find((u) => u.id === f.victim)!.problems.find((x) => x.code === 'seed_version_unknown')!;
+    expect(p.message).toContain('acm2 never seeded it here');
+    expect(p.message).toContain(`\`acm2 user seed ${f.victim}\``);
+    // A version the tool did seed here, whose package is gone from the seeds dir, is still the
+    // package to put back (seed check, restore it).
+    withDb(f, (db) => db.exec(`UPDATE user_meta SET seed_version = 'v9'; UPDATE acm2_seed_state SET seed_version = 'v9'`));
+    const again = (await verify(f)).users.find((u) => u.id === f.victim)!.problems.find((x) => x.code === 'seed_version_unknown')!;
+    expect(again.message).toBe(`user_meta.seed_version 'v9' is neither a seed package in the seeds dir nor 'legacy'`);
+  });
+
   it('db_busy (warning), not db_corrupt: a DB another process holds locked past the wait', async () => {
     const f = await fleet();
     // ACM2 in the middle of a long write: an exclusive lock on the rollback-journal DB.

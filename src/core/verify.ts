@@ -836,7 +836,23 @@ class UserCheck {
       this.add('not_ready', `user_meta.seed_status is '${meta.status}'${tail}: ACM2 answers 425`, { table: 'user_meta' }, open ? 'warning' : 'error');
     }
     if (meta && meta.version !== 'legacy' && !this.ctx.knownVersions.includes(meta.version)) {
-      this.add('seed_version_unknown', `user_meta.seed_version '${meta.version}' is neither a seed package in the seeds dir nor 'legacy'`, { table: 'user_meta' });
+      const version = meta.version;
+      // A version this tool never seeded here (no seed record, no ID map entry) was written by
+      // someone else: ACM2's own seeding stores its SEED_VERSION ('1'), or a hand edit. No
+      // package of it ever existed, so "put the package back" cannot be the remedy; a seed of
+      // the current package can (it adds its rows beside the user's and makes it ready).
+      const recorded = (t: string) => tables.has(t) && db.prepare(`SELECT 1 FROM ${t} WHERE seed_version = ? LIMIT 1`).get(version) !== undefined;
+      let ours = true;
+      this.guard('the seed record', () => {
+        ours = recorded('acm2_seed_state') || recorded('acm2_id_map');
+      });
+      this.add(
+        'seed_version_unknown',
+        !ours
+          ? `user_meta.seed_version '${version}' is neither a seed package in the seeds dir nor 'legacy', and acm2 never seeded it here (ACM2's own seeding or a hand edit wrote it), so nothing vouches for the user's copy; \`acm2 user seed ${this.userId}\` adds the current package's rows and files beside the user's and makes it ready with that version`
+          : `user_meta.seed_version '${version}' is neither a seed package in the seeds dir nor 'legacy'`,
+        { table: 'user_meta' },
+      );
     }
 
     // Seed versions whose rows and files must be present. A user that is not ready is expected

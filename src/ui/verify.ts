@@ -70,7 +70,7 @@ const REMEDY: Partial<Record<ProblemCode, string>> = {
   schema_newer: 'upgrade acm2 on this host to the version that migrated the DB (a newer acm2 applied a migration this one does not know), then acm2 verify --user <id>',
   meta_missing: "acm2 user seed <id> for a user the tool seeded; acm2 backfill --user <id> for an ACM2 DB never seeded (marks it ready as 'legacy')",
   not_ready: 'acm2 user seed <id>, or let the queue run: acm2 user seed --pending (after a stopped backfill: acm2 backfill --resume)',
-  seed_version_unknown: "acm2 seed check <version>, then put the package back in the seeds dir; when the tool's seed record (acm2_seed_state) has no finished seed of the version user_meta names: acm2 user seed <id> --force --seed-version <that version>",
+  seed_version_unknown: "acm2 seed check <version>, then put the package back in the seeds dir; for a version acm2 never seeded there (ACM2's own seeding wrote it): acm2 user seed <id>; when the tool's seed record (acm2_seed_state) has no finished seed of the version user_meta names: acm2 user seed <id> --force --seed-version <that version>",
   seed_row_missing: "acm2 user seed <id> --force --seed-version <its version> restores that package's rows and files under the same ids (<its version>: the seed the problem names; edits to them are reset; without --seed-version, CURRENT's package is the one seeded)",
   file_missing: "acm2 user seed <id> --force --seed-version <its version> restores that package's rows and files under the same ids (<its version>: the seed the problem names; edits to them are reset; without --seed-version, CURRENT's package is the one seeded)",
   file_size_mismatch: 'acm2 user seed <id> --force --seed-version <its version>, if the change is not the user\'s own',
