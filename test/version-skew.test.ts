@@ -100,8 +100,15 @@ describe('a user DB a newer acm2 migrated', () => {
   it('user seed --pending: that job waits for an upgraded acm2, its attempts untouched; the other users are seeded; exit 1 with the reason', async () => {
     const dataDir = await twoUsers();
     const name = migrateByNewerTool(dataDir);
+    // Two seeds the queue has to finish (each user's last one failed): a queued --force of a ready
+    // user would be closed unrun instead (seed-force-killed), before its DB's schema is looked at.
+    for (const id of [1, 2]) {
+      const db = new Database(userDbPath(dataDir, id));
+      db.prepare(`UPDATE user_meta SET seed_status = 'failed'`).run();
+      db.close();
+    }
     await usingMaster(parseMasterUrl(`sqlite:${path.join(dataDir, 'master.db')}`), async (m) => {
-      for (const id of [1, 2]) await m.enqueueSeedJob(id, 'v1', { force: true });
+      for (const id of [1, 2]) await m.enqueueSeedJob(id, 'v1');
     });
     const before = userState(dataDir);
     const r = await acm2(dataDir, ['user', 'seed', '--pending', '--concurrency', '1', '--json']);
