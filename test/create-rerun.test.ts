@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
 import { readyButIncomplete } from './helpers/complete.js';
 import { checkApiKey } from '../src/core/api-key.js';
-import { thisPidSpace } from '../src/core/worker-name.js';
+import { thisPidSpace, workerName } from '../src/core/worker-name.js';
 import Database from 'better-sqlite3';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -178,6 +178,28 @@ describe('the same user create again, after one killed before it showed the key'
       );
     }
     expect((await world.master.apiKeysFor(id)).map((k) => k.revokedAt)).toEqual([null]);
+  });
+
+  it('another create for that email or username while the first still runs: duplicate, not told the first was stopped', async () => {
+    // Two operators (or a retried script) create at once: the first has made the user and is
+    // seeding, its key not shown yet. Its marker names a live process of this host that started
+    // before the key was issued: this test's own, standing in for that create.
+    killedAt('created', 'kl');
+    const id = await userId('kl');
+    const db = new Database(world.masterUrl.slice('sqlite:'.length));
+    db.prepare('UPDATE acm2_undelivered_keys SET issued_by = ? WHERE user_id = ?').run(workerName(), id);
+    db.close();
+    const running = ` (user ${id}, which acm2 process ${process.pid} on this host is creating right now: it shows the user's API key when it is done)`;
+    for (const [other, code, what] of [
+      [['--email', 'kl@example.com', '--username', 'kl2'], 'duplicate_email', "email 'kl@example.com'"],
+      [['--email', 'kl2@example.com', '--username', 'kl'], 'duplicate_username', "username 'kl'"],
+    ] as const) {
+      const r = await create([...other]);
+      expect(r.code, r.stdout + r.stderr).toBe(2);
+      expect(JSON.parse(r.stdout).error).toEqual({ code, message: `a user with ${what} already exists${running}` });
+    }
+    expect((await world.master.apiKeysFor(id)).map((k) => k.revokedAt)).toEqual([null]);
+    expect(await world.master.findUserByEmail('kl2@example.com')).toBeUndefined();
   });
 
   it('the first create still seeding on another host: the rerun refuses (exit 3) and revokes nothing', async () => {

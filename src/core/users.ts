@@ -257,7 +257,7 @@ async function interruptedCreate(master: MasterDb, input: CheckedCreateInput): P
   const key = await master.undeliveredKey(existing.id);
   const same = existing.email === input.email && existing.username === input.username && existing.wordpressUserId === input.wordpressUserId;
   if (!key || key.lastUsedAt !== null || !same) {
-    throw new UsageError(`a user with email '${input.email}' already exists${key && key.lastUsedAt === null ? interruptedSentence(existing) : ''}`, 'duplicate_email');
+    throw new UsageError(`a user with email '${input.email}' already exists${await undeliveredNote(master, existing, key)}`, 'duplicate_email');
   }
   // A process started after the key was issued is not the create that issued it (its pid reused).
   const pid = aliveHere(key.issuedBy, Date.parse(key.createdAt));
@@ -300,10 +300,27 @@ async function createStillAtWork(master: MasterDb, userId: number, issuedBy: str
   return undefined;
 }
 
-/** What to say of an existing user whose create was stopped before it showed the key ('' if it was not). */
+/** What to say of an existing user whose create has not shown its key yet ('' if it has). */
 async function interruptedNote(master: MasterDb, user: MasterUser): Promise<string> {
-  const key = await master.undeliveredKey(user.id).catch(() => undefined);
-  return key && key.lastUsedAt === null ? interruptedSentence(user) : '';
+  return undeliveredNote(master, user, await master.undeliveredKey(user.id).catch(() => undefined));
+}
+
+/**
+ * The user's key is still marked undelivered: either its create was stopped before it showed the
+ * key (say how to finish it), or that create is still at work (a second create with the same email
+ * or username started meanwhile). The first create shows its key when its seed is done, so telling
+ * the second one's operator it "was stopped" and to run it again would be untrue, and the rerun
+ * would only be refused (create_in_progress) or, once the key is shown, duplicate_email.
+ */
+async function undeliveredNote(master: MasterDb, user: MasterUser, key: UndeliveredKey | undefined): Promise<string> {
+  if (!key || key.lastUsedAt !== null) return '';
+  const pid = aliveHere(key.issuedBy, Date.parse(key.createdAt));
+  if (pid !== undefined) return ` (user ${user.id}, which acm2 process ${pid} on this host is creating right now: it shows the user's API key when it is done)`;
+  if (!deadHere(key.issuedBy)) {
+    const busy = await createStillAtWork(master, user.id, key.issuedBy).catch(() => undefined);
+    if (busy) return ` (user ${user.id}, which acm2 ${busy.who} may still be creating: it shows the user's API key when it is done; if it shows none, run that create again after ${new Date(busy.until).toISOString()})`;
+  }
+  return interruptedSentence(user);
 }
 
 function interruptedSentence(u: MasterUser): string {
