@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { cpSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { frozenSource, snapshotTree, tmpDir, type FrozenSource } from './helpers/env.js';
 
 const run = promisify(execFile);
@@ -106,5 +107,26 @@ describe('bad input: one sentence, documented exit code, nothing changed', () =>
     const r = await acm2(['user', 'create', '--email', 'bad', '--username', 'x', '--json']);
     expect(r.code).toBe(2);
     expect(JSON.parse(r.stdout)).toEqual({ error: { code: 'bad_email', message: "'bad' is not a valid email address" } });
+  });
+});
+
+describe('an email two users of the embedded master hold, differing only in case (written by hand)', () => {
+  it('the exact email is that user; one matching both by case only is refused, nothing changed', async () => {
+    const db = new Database(path.join(dataDir, 'master.db'));
+    const other = Number(db.prepare(`INSERT INTO users (username, email) VALUES ('ada2', 'ADA@example.com')`).run().lastInsertRowid);
+    db.close();
+    const shown = await acm2(['user', 'show', 'ADA@example.com', '--json']);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(JSON.parse(shown.stdout)).toMatchObject({ id: other, email: 'ADA@example.com' });
+    const before = snapshotTree(dataDir);
+    const seed = await acm2(['user', 'seed', 'Ada@example.com', '--force']);
+    expect(seed.code).toBe(2);
+    expect(seed.stderr.trim()).toBe(
+      `acm2: email 'Ada@example.com' matches more than one user, their emails differing only in case (users 1 'ada@example.com' and ${other} 'ADA@example.com'): give the exact email or the user id`,
+    );
+    const create = await acm2(['user', 'create', '--email', 'Ada@example.com', '--username', 'ada3', '--json']);
+    expect(create.code).toBe(2);
+    expect(JSON.parse(create.stdout).error).toEqual({ code: 'duplicate_email', message: "a user with email 'Ada@example.com' already exists (more than one: their emails differ from it only in case)" });
+    expect(snapshotTree(dataDir)).toEqual(before);
   });
 });

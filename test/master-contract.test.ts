@@ -271,6 +271,28 @@ for (const d of DIALECTS) {
         expect(await m.createUser(newUser(2, { wordpressUserId: null }))).toMatchObject({ user: { wordpressUserId: null } });
       });
 
+      it('finds a user by email case-insensitively; the email given exactly is that user, and a case-only match of several names none', async () => {
+        const { user } = await m.createUser(newUser(1, { email: 'Ann@example.com' }));
+        expect(await m.findUserByEmail('ann@EXAMPLE.com')).toEqual(user);
+        // ACM2's MySQL master cannot hold two emails differing only in case (its UNIQUE is
+        // case-insensitive); the embedded master's UNIQUE is byte-wise, so one written by hand can.
+        const second = t.query(`INSERT INTO users (username, email) VALUES ('ann2', 'ANN@example.com')`);
+        if (d.name === 'mysql') {
+          await expect(second).rejects.toThrow(/Duplicate entry/);
+          return;
+        }
+        await second;
+        const other = (await t.query(`SELECT id FROM users WHERE username = 'ann2'`))[0]!.id as number;
+        expect(await m.findUserByEmail('Ann@example.com')).toEqual(user);
+        expect((await m.findUserByEmail('ANN@example.com'))?.id).toBe(other);
+        const ambiguous = m.findUserByEmail('ann@example.com');
+        await expect(ambiguous).rejects.toBeInstanceOf(UsageError);
+        await expect(ambiguous).rejects.toMatchObject({
+          code: 'ambiguous_email',
+          message: `email 'ann@example.com' matches more than one user, their emails differing only in case (users ${user.id} 'Ann@example.com' and ${other} 'ANN@example.com'): give the exact email or the user id`,
+        });
+      });
+
       it('latestJobs gives each named user its newest job in one call, and nothing for users without one', async () => {
         const a = await m.createUser(newUser(1));
         const b = await m.createUser(newUser(2));

@@ -252,7 +252,11 @@ async function queueAfterCreate(deps: UserDeps, user: MasterUser, pkg: SeedPacka
  * host is waited for, not raced (exit 3).
  */
 async function interruptedCreate(master: MasterDb, input: CheckedCreateInput): Promise<{ user: MasterUser; key: UndeliveredKey } | undefined> {
-  const existing = await master.findUserByEmail(input.email);
+  const existing = await master.findUserByEmail(input.email).catch((e: unknown) => {
+    // Several users' emails differ from it only in case (a hand-written SQLite master): taken.
+    if (isAcm2Error(e) && e.code === 'ambiguous_email') throw new UsageError(`a user with email '${input.email}' already exists (more than one: their emails differ from it only in case)`, 'duplicate_email');
+    throw e;
+  });
   if (!existing) return undefined;
   const key = await master.undeliveredKey(existing.id);
   const same = existing.email === input.email && existing.username === input.username && existing.wordpressUserId === input.wordpressUserId;

@@ -253,8 +253,19 @@ export class SqliteMaster implements MasterDb {
     return r && toUser(r);
   }
   async findUserByEmail(email: string) {
-    const r = this.one(`SELECT * FROM users WHERE email = ? COLLATE NOCASE`, email);
-    return r && toUser(r);
+    // Emails compare case-insensitively, as on ACM2's MySQL master (utf8mb4_unicode_ci). But this
+    // file's UNIQUE is byte-wise, so a master written by hand (or by ACM2's own SQLite master code)
+    // may hold two emails differing only in case: the one given exactly is that user, never the
+    // other (`user seed --force` would overwrite the wrong person's edits), and a lookup that only
+    // matches several names none of them.
+    const rows = this.db.prepare(`SELECT * FROM users WHERE email = ? COLLATE NOCASE ORDER BY email = ? DESC, id LIMIT 2`).all(email, email) as Row[];
+    const [first, second] = rows;
+    if (!first) return undefined;
+    if (first.email === email || !second) return toUser(first);
+    throw new UsageError(
+      `email '${email}' matches more than one user, their emails differing only in case (users ${Number(first.id)} '${String(first.email)}' and ${Number(second.id)} '${String(second.email)}'): give the exact email or the user id`,
+      'ambiguous_email',
+    );
   }
   async findUserByUsername(username: string) {
     const r = this.one(`SELECT * FROM users WHERE username = ? COLLATE NOCASE`, username);
