@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { corruptIndex, corruptTable, frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
@@ -556,6 +556,58 @@ describe('a seeded user whose DB lost part of its schema (an index dropped by ha
       const after = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
       expect(after.users[0]!.problems).toEqual([]);
       expect((await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {})).counts).toEqual({ ok: 1 });
+    } finally {
+      await w.cleanup();
+    }
+  });
+});
+
+describe('a ready user whose seed was killed between linking its DB into place and removing the staged name', () => {
+  it("has that second name dropped by the next backfill (not by a dry run, nor by another shard's), the DB kept", async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const u = await createUser(deps, { email: 'alias@example.com', username: 'alias' });
+      const id = u.user.id;
+      const staging = toolDir(w.dataDir, 'staging');
+      mkdirSync(staging, { recursive: true });
+      // What the kill leaves: the live DB under its staged name too. A whole build that is another
+      // file (a crashed attempt's) is the next seed's to adopt, not the backfill's to drop.
+      const alias = path.join(staging, `user_${id}-${pkg.pkg.version}-0a1b2c.db`);
+      const build = path.join(staging, `user_${id}-${pkg.pkg.version}-3d4e5f.db`);
+      linkSync(userDbPath(w.dataDir, id), alias);
+      copyFileSync(userDbPath(w.dataDir, id), build);
+      const dbBytes = readFileSync(userDbPath(w.dataDir, id));
+
+      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true });
+      expect(plan.counts).toEqual({ ok: 1 });
+      expect(existsSync(alias)).toBe(true);
+      await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { shard: { index: (id + 1) % 2, count: 2 } });
+      expect(existsSync(alias)).toBe(true);
+
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      expect(r.counts).toEqual({ ok: 1 });
+      expect(existsSync(alias)).toBe(false);
+      expect(existsSync(build)).toBe(true);
+      expect(readFileSync(userDbPath(w.dataDir, id))).toEqual(dbBytes);
+      expect(statSync(userDbPath(w.dataDir, id)).nlink).toBe(1);
+    } finally {
+      await w.cleanup();
+    }
+  });
+
+  it('keeps a staged DB that a symlink user_{id}.db leads to: that is the one copy, not a second name', async () => {
+    const w = await sqliteWorld();
+    try {
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const u = await createUser(deps, { email: 'onecopy@example.com', username: 'onecopy' });
+      const id = u.user.id;
+      const staged = path.join(toolDir(w.dataDir, 'staging'), `user_${id}-${pkg.pkg.version}-0a1b2c.db`);
+      mkdirSync(path.dirname(staged), { recursive: true });
+      renameSync(userDbPath(w.dataDir, id), staged);
+      symlinkSync(staged, userDbPath(w.dataDir, id));
+      await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      expect(existsSync(staged)).toBe(true);
     } finally {
       await w.cleanup();
     }

@@ -13,9 +13,9 @@ import type { ProgressSink } from '../ui/reporter.js';
 import { startOrHand, threadInput, type WarmWorkers } from './warm-workers.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
-import { toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
+import { toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
 import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
-import { readyBefore, seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
+import { dropLiveDbAliases, readyBefore, seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
 import { tryLockNamed, tryLockUser } from './user-lock.js';
@@ -638,6 +638,32 @@ export async function runBackfill(deps: BackfillDeps, opts: BackfillOptions = {}
   }
 }
 
+/** dropLiveDbAliases for every user in staging that `mine` selects; a name it cannot drop stays for the next run. */
+function dropStagedAliases(dataDir: string, mine: (id: UserId) => boolean): void {
+  const dir = toolDir(dataDir, 'staging');
+  // Only in the data dir's own staging: a symlinked one leads to files that are not the tool's
+  // (the seed refuses it, with exit 3).
+  if (toolDirProblem(dataDir, 'staging')) return;
+  let names: string[];
+  try {
+    names = existsSync(dir) ? readdirSync(dir) : [];
+  } catch {
+    return;
+  }
+  const users = new Set<UserId>();
+  for (const name of names) {
+    const m = /^user_([1-9][0-9]*)-.*\.db$/.exec(name);
+    if (m && mine(Number(m[1]))) users.add(Number(m[1]));
+  }
+  for (const id of users) {
+    try {
+      dropLiveDbAliases(dataDir, id, names);
+    } catch {
+      /* the next backfill tries again: the name holds nothing but the live DB */
+    }
+  }
+}
+
 async function refuseUnknownUsers(master: MasterDb, userIds: UserId[]): Promise<void> {
   const ids = [...new Set(userIds)].sort((a, b) => a - b);
   const found = new Set((await master.listUsers({ afterId: 0, limit: ids.length, ids })).map((u) => u.id));
@@ -737,6 +763,11 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
     await master.resetBackfill(name);
     await master.saveBackfill({ name, status: 'running', cursor: 0, options: selection, counts: {} });
   }
+
+  // A seed killed between linking its build into place and removing the staged name (this run's
+  // earlier attempt, or any seeder) left the live DB under a second name in staging: a ready user
+  // is never seeded again to drop it, so the backfill does, for the users it goes over.
+  if (!dryRun) dropStagedAliases(deps.dataDir, (id) => inShard(id) && (!ids || ids.includes(id)));
 
   const counts: Partial<Record<BackfillAction, number>> = { ...savedCounts };
   const users: BackfillUserReport[] = [];

@@ -1337,6 +1337,34 @@ function dropPartialBackups(dataDir: string, userId: UserId): void {
   }
 }
 
+/**
+ * Drop the staged names that are only user `userId`'s live DB under a second name: a seed killed
+ * between linking its build into place and removing the staged name leaves one, and only the
+ * user's next seed would drop it, which never comes for a user that is ready. Such a name holds
+ * no data of its own, but it keeps the user's DB whole in staging: once the DB is deleted (to
+ * start the user over), the next seed would take that name for a crashed build and put it back.
+ * No lock is needed: removing a second name of the live DB changes nothing anyone reads, and a
+ * seeder that still means to remove it removes it with `force`. Returns the names removed.
+ */
+export function dropLiveDbAliases(dataDir: string, userId: UserId, names?: readonly string[]): string[] {
+  const dir = toolDir(dataDir, 'staging');
+  // The DB's own entry, not what a symlink there leads to: a symlink to the staged name itself
+  // would have the one copy of the DB taken for a second name.
+  const live = lstatOrUndefined(userDbPath(dataDir, userId));
+  if (!live?.isFile() || live.nlink < 2 || toolDirProblem(dataDir, 'staging')) return [];
+  const prefix = `user_${userId}-`;
+  const dropped: string[] = [];
+  for (const name of names ?? (existsSync(dir) ? readdirSync(dir) : [])) {
+    if (!name.startsWith(prefix) || !name.endsWith('.db')) continue;
+    const file = path.join(dir, name);
+    const st = lstatOrUndefined(file);
+    if (!st?.isFile() || st.ino !== live.ino || st.dev !== live.dev) continue;
+    rmSync(file, { force: true });
+    dropped.push(name);
+  }
+  return dropped;
+}
+
 /** Remove staging left by an earlier crashed attempt for this user (we hold the user's lock). */
 export function cleanStaging(dataDir: string, userId: UserId, keep?: string): void {
   const dir = toolDir(dataDir, 'staging');
