@@ -258,6 +258,23 @@ describe('moving global logs through backfill', () => {
     expect(existsSync(path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3, 'logs', 'debug.log'))).toBe(false);
   });
 
+  it('a run folder that is a symlink is left in place and reported, dry run too; plain files beside the runs are not', async () => {
+    const elsewhere = fleetTmpDir('acm2-elsewhere-');
+    writeFileSync(path.join(elsewhere, 'run.log'), 'not under the logs dir\n');
+    const linked = path.join(w.logs, EXTRA_RUN);
+    rmSync(linked, { recursive: true, force: true });
+    symlinkSync(elsewhere, linked);
+    writeFileSync(path.join(w.logs, 'app.log'), "ACM2's own global log\n");
+    const owners = new Map([[EXTRA_RUN, [1]], [w.r3, [3]]]);
+    const dry = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners, dryRun: true });
+    expect(dry.skipped).toEqual([EXTRA_RUN]);
+    const r = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners });
+    expect(r.skipped).toEqual([EXTRA_RUN]);
+    expect(r.moved).toEqual([{ runId: w.r3, userId: 3, files: 1, bytes: expect.any(Number) }]);
+    expect(readdirSync(elsewhere)).toEqual(['run.log']);
+    expect(existsSync(path.join(userRoot(w.fleet.dataDir, 1), 'runs', EXTRA_RUN, 'logs', 'run.log'))).toBe(false);
+  });
+
   it('a log whose name is not valid UTF-8 is left in place and reported; the rest of its run moves (no crash, dry run too)', async () => {
     writeFileSync(Buffer.concat([Buffer.from(path.join(w.logs, w.r3) + '/'), Buffer.from([0xfe, 0x2e, 0x6c, 0x6f, 0x67])]), 'odd name\n');
     const dry = await moveLegacyLogs({ dir: w.logs, dataDir: w.fleet.dataDir, owners: new Map([[w.r3, [3]]]), dryRun: true });

@@ -51,7 +51,10 @@ export interface LegacyLogsResult {
   unowned: string[];
   /** Run ids more than one user's DB holds: left in place (a person must decide). */
   ambiguous: Array<{ runId: string; userIds: UserId[] }>;
-  /** Entries that are not plain files or folders (symlinks, sockets): left in place. */
+  /**
+   * Entries that are not plain files or folders (symlinks, sockets), a run folder that is one of
+   * them included (by its name): left in place.
+   */
   skipped: string[];
   /**
    * Runs left in place because a folder on the way to their new place is a symlink or not a
@@ -137,6 +140,11 @@ export async function moveLegacyLogs(input: MoveLegacyLogsInput): Promise<Legacy
     uncheckedUsers: input.uncheckedUsers ?? [],
     busy: [],
   };
+  // A run folder that is a symlink (or a socket, a FIFO) is no run listLegacyRuns gives, and
+  // following it could move files from anywhere: it stays, and is said to, as inside a run.
+  // Plain files beside the run folders are ACM2's own global logs, not a run's: not reported.
+  for (const e of readdirSync(dir, { withFileTypes: true })) if (!e.isDirectory() && !e.isFile()) res.skipped.push(e.name);
+  res.skipped.sort();
   // Each run copies through a staging folder of its own; leftovers of crashed runs are copies
   // whose source still exists, removed once old enough not to belong to a live run elsewhere.
   const stagingRoot = toolDir(input.dataDir, 'staging', 'legacy-logs');
