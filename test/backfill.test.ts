@@ -92,9 +92,10 @@ describe('a legacy fleet of 1,000+ users', () => {
     acm2_ready: 200,
     drift_runs: 200,
     drift_presets: 150,
-    drift_later: 141,
+    drift_later: 138,
     missing: 3,
     presets_only: 3,
+    acm2_seeded: 3,
     ready: 3,
     corrupt: 1,
     locked: 1,
@@ -164,7 +165,7 @@ describe('a legacy fleet of 1,000+ users', () => {
   });
 
   it('keeps a backup of every migrated DB under .acm2/backups/', () => {
-    const migrated = fleet.users.filter((u) => ['legacy', 'acm2_ready', 'drift_runs', 'drift_presets', 'drift_later', 'presets_only'].includes(u.kind));
+    const migrated = fleet.users.filter((u) => ['legacy', 'acm2_ready', 'acm2_seeded', 'drift_runs', 'drift_presets', 'drift_later', 'presets_only'].includes(u.kind));
     for (const u of migrated.slice(0, 50)) {
       const dir = toolDir(fleet.dataDir, 'backups', `user_${u.id}`);
       const files = readdirSync(dir).filter((n) => n.endsWith('.db'));

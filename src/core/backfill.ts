@@ -331,6 +331,12 @@ function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
   return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
 }
 
+/** Whether the tool's seed record or ID map names `version`: a seed of it by this tool began here. */
+function versionSeededHere(db: SqliteDb, tables: Set<string>, version: string): boolean {
+  const named = (t: string) => tables.has(t) && db.prepare(`SELECT 1 FROM ${t} WHERE seed_version = ? LIMIT 1`).get(version) !== undefined;
+  return named('acm2_seed_state') || named('acm2_id_map');
+}
+
 /**
  * Whether the tool's seed record says `version` was seeded to the end in this DB (the seed's own
  * readyBefore; asked only of a user ready with another version: the common, current user costs
@@ -412,7 +418,14 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: s
   const meta = metaOf(db, tables, userId);
   const status = meta?.status;
   if (status === 'ready') {
-    /* user_meta is fine */
+    // Ready with a version this tool never seeded here (no seed record, no ID map entry) and that
+    // is not ACM2's backfill's 'legacy': ACM2's own seeding (its SEED_VERSION, '1': a preset and
+    // the contents it uses, no run) or a hand edit. No package of it ever existed, so this is not
+    // a user of another package version, which backfill leaves as it is: it lacks what every user
+    // gets, and the package is seeded beside its rows, as for a DB with presets and no run.
+    if (seedVersion !== undefined && meta?.version !== undefined && meta.version !== seedVersion && meta.version !== 'legacy' && !versionSeededHere(db, tables, meta.version)) {
+      steps.push({ kind: 'seed', beside: true });
+    }
   } else if (status !== undefined || seededByTool(db, tables)) {
     // A seed that never finished (in_progress/failed): finish it. Or a DB the tool seeded whose
     // user_meta row is gone: not a legacy DB, so the seed (finding itself whole) writes it back.
@@ -437,7 +450,7 @@ function planOpen(db: SqliteDb, userId: UserId, migrations: Migration[], file: s
     userId,
     action: primaryAction(steps),
     steps,
-    ...(status === 'ready' && meta?.version !== undefined
+    ...(status === 'ready' && meta?.version !== undefined && !steps.some((s) => s.kind === 'seed')
       ? { seedVersion: meta.version, ...(seedVersion !== undefined && meta.version !== seedVersion && hadWhole(db, tables, seedVersion) ? { seededBefore: true } : {}) }
       : {}),
   };

@@ -22,6 +22,7 @@ export type FleetKind =
   | 'missing'
   | 'legacy'
   | 'acm2_ready'
+  | 'acm2_seeded'
   | 'drift_runs'
   | 'drift_presets'
   | 'drift_later'
@@ -35,6 +36,7 @@ export const EXPECTED: Record<FleetKind, BackfillAction> = {
   missing: 'seed',
   legacy: 'meta_legacy',
   acm2_ready: 'adopt',
+  acm2_seeded: 'seed_beside',
   drift_runs: 'meta_legacy',
   drift_presets: 'meta_legacy',
   drift_later: 'meta_legacy',
@@ -191,7 +193,7 @@ export function cleanupTemplates(): void {
   templateDir = undefined;
 }
 
-type TemplateKind = 'legacy' | 'acm2_ready' | 'drift_runs' | 'drift_presets' | 'drift_later' | 'presets_only';
+type TemplateKind = 'legacy' | 'acm2_ready' | 'acm2_seeded' | 'drift_runs' | 'drift_presets' | 'drift_later' | 'presets_only';
 let templateDir: string | undefined;
 
 /** One DB file per kind (built once per process). */
@@ -211,6 +213,9 @@ export function templates(): Record<TemplateKind, string> {
     legacy: make('legacy', SCHEMA, { runs: true }),
     // Marked ready by ACM2's own backfill_user_meta (version 'legacy' as the tool writes it).
     acm2_ready: make('acm2_ready', SCHEMA, { runs: true, meta: 'legacy' }),
+    // Seeded by ACM2 itself (f390420 on: the readiness gate seeds inline): a preset and its
+    // contents, no run, ready with ACM2's SEED_VERSION, '1', which no package of the tool names.
+    acm2_seeded: make('acm2_seeded', SCHEMA, { runs: false, meta: '1' }),
     drift_runs: make('drift_runs', schemaRunsWithoutPresetId(), { runs: true }),
     drift_presets: make('drift_presets', schemaOldPresets(), { runs: true }),
     drift_later: make('drift_later', schemaLater(), { runs: true }),
