@@ -1144,6 +1144,25 @@ describe('stopping and resuming', () => {
     }
   });
 
+  it('--resume with no saved progress of that name (another shard\'s, a first run) goes over every user and says there was nothing to resume', async () => {
+    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    try {
+      expect((await backfill(f, { shard: { index: 0, count: 3 } })).counts).toEqual({ meta_legacy: 1 });
+      // A mistyped shard: nothing of shard-1-of-3 was saved, so it starts there from the beginning.
+      const other = await backfill(f, { resume: true, shard: { index: 1, count: 3 } });
+      expect(other).toMatchObject({ resumed: false, nothingToResume: true, counts: { meta_legacy: 1 } });
+      expect(backfillJson(other)).toMatchObject({ resumed: false, nothingToResume: true });
+      expect(renderBackfill(other)).toContain("No progress of a backfill 'shard-1-of-3' was saved, so --resume had nothing to resume: it went over every user from the start");
+      // The shard that did run resumes as before, without that note.
+      const same = await backfill(f, { resume: true, shard: { index: 0, count: 3 } });
+      expect(same.resumed).toBe(true);
+      expect(renderBackfill(same)).not.toContain('nothing to resume');
+      expect(backfillJson(same)).toMatchObject({ nothingToResume: false });
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('SIGINT: users in flight finish, progress is saved, exit 1 with a hint; --resume completes', async () => {
     const f = await buildLegacyFleet(mix, pkg.pkg);
     try {

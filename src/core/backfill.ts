@@ -128,6 +128,12 @@ export interface BackfillResult {
   /** Name of the progress record in the master: 'default', or 'shard-i-of-n'; with --user, '-users' added. */
   name: string;
   resumed: boolean;
+  /**
+   * --resume was given and no progress of this backfill's name was saved (never run, or another
+   * --shard/--user's name): it went over every user from the start, which is safe (a backfill
+   * redoes nothing done), and the summary says so: a mistyped shard is seen, not passed over.
+   */
+  nothingToResume?: boolean;
   /** --resume of a backfill that had finished (when): only users added since were gone over, and counts are theirs. */
   resumedFinished?: string;
   /** Users per outcome, over the whole job (a resumed job includes the earlier part). */
@@ -739,8 +745,10 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   const savedCounts: Partial<Record<BackfillAction, number>> = {};
   const failures: BackfillFailure[] = [];
   const recordedAbove = new Map<number, BackfillItem>();
+  let nothingToResume = false;
   if (opts.resume) {
     const p = await master.getBackfill(name);
+    if (!p) nothingToResume = true;
     if (p) {
       if (p.options !== selection) {
         throw new UsageError(`the backfill to resume ran with other options (${p.options}); give the same --user/--shard/--limit, or run without --resume to start over`, 'resume_mismatch');
@@ -984,7 +992,7 @@ async function backfillWith(deps: BackfillDeps, opts: BackfillOptions, ctx: Plan
   // Slots finish users out of order (--concurrency > 1); reports list them by id, as with one slot.
   users.sort((a, b) => a.id - b.id);
   failures.sort((a, b) => a.id - b.id);
-  return { dryRun, name, resumed, ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, readyWithOtherVersionSeededBefore, stopped, cursor, legacyLogs, ...(backupsKept > 0 ? { backups: { kept: backupsKept, dir: toolDir(deps.dataDir, 'backups') } } : {}), durationMs: Date.now() - started };
+  return { dryRun, name, resumed, ...(nothingToResume ? { nothingToResume } : {}), ...(resumedFinished ? { resumedFinished } : {}), counts, users, usersOmitted, failures, seedVersion: deps.pkg.version, readyWithOtherVersion, readyWithOtherVersionSeededBefore, stopped, cursor, legacyLogs, ...(backupsKept > 0 ? { backups: { kept: backupsKept, dir: toolDir(deps.dataDir, 'backups') } } : {}), durationMs: Date.now() - started };
 }
 
 /**

@@ -41,6 +41,7 @@ export function backfillJson(r: BackfillResult): unknown {
     stopped: r.stopped ?? null,
     resumed: r.resumed,
     resumedFinished: r.resumedFinished ?? null,
+    nothingToResume: r.nothingToResume ?? false,
     progress: { name: r.name, cursor: r.cursor },
     legacyLogs: r.legacyLogs ?? null,
     backups: r.backups ?? null,
@@ -79,6 +80,7 @@ export function renderBackfill(r: BackfillResult, color = false): string {
   if (r.resumedFinished) {
     out.push(`The backfill '${r.name}' had already finished (at ${r.resumedFinished}): --resume went over only the users added since; run without --resume to go over every user again.`);
   } else if (r.resumed) out.push(`Resumed the backfill '${r.name}' where it stopped (counts include the earlier part).`);
+  else if (r.nothingToResume) out.push(`No progress of a backfill '${r.name}' was saved, so --resume had nothing to resume: it went over every user from the start (check --shard and --user if you meant another one).`);
 
   if (r.dryRun && r.users.length > 0) {
     const t = makeTable(['user', 'action', 'steps / reason'], color);
