@@ -12,6 +12,7 @@ import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './help
 import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
 import { runBackfill } from '../src/core/backfill.js';
 import { moveLegacyLogs, runsOwnedBy, suffixed } from '../src/core/legacy-logs.js';
+import { renderLegacyLogs } from '../src/ui/backfill.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
 import { lockUserFile } from '../src/core/user-lock.js';
 
@@ -273,6 +274,31 @@ describe('moving global logs through backfill', () => {
     expect(r.moved).toEqual([{ runId: w.r3, userId: 3, files: 1, bytes: expect.any(Number) }]);
     expect(readdirSync(elsewhere)).toEqual(['run.log']);
     expect(existsSync(path.join(userRoot(w.fleet.dataDir, 1), 'runs', EXTRA_RUN, 'logs', 'run.log'))).toBe(false);
+  });
+
+  it('a rerun that finds only a skipped entry left in a run folder reports nothing moved (dry run too); the entry stays skipped', async () => {
+    const outside = path.join(fleetTmpDir('acm2-elsewhere-'), 'target.log');
+    writeFileSync(outside, 'not a log of this run\n');
+    symlinkSync(outside, path.join(w.logs, w.r3, 'link.log'));
+    const skipped = [path.join(w.r3, 'link.log')];
+    const pass = (dryRun = false) => runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, dryRun, userIds: [3] });
+    const first = (await pass()).legacyLogs!;
+    expect(first.moved).toEqual([{ runId: w.r3, userId: 3, files: 1, bytes: expect.any(Number) }]);
+    expect(first.skipped).toEqual(skipped);
+    expect(renderLegacyLogs(first)).toMatch(/; moved 1 \(1 files, /);
+    const tree = snapshotTree(w.logs);
+    const data = userData(w.fleet.dataDir);
+    for (const dryRun of [false, true]) {
+      const again = (await pass(dryRun)).legacyLogs!;
+      expect(again.moved, `dry run: ${dryRun}`).toEqual([]);
+      expect(again.skipped).toEqual(skipped);
+      // The human line agrees with the JSON: nothing was (or would be) moved.
+      expect(renderLegacyLogs(again)).toMatch(dryRun ? /; would move 0 \(0 files, / : /; moved 0 \(0 files, /);
+      expect(renderLegacyLogs(again)).toContain(skipped[0]);
+    }
+    expect(snapshotTree(w.logs)).toEqual(tree);
+    expect(userData(w.fleet.dataDir)).toEqual(data);
+    expect(readFileSync(outside, 'utf8')).toBe('not a log of this run\n');
   });
 
   it('a log whose name is not valid UTF-8 is left in place and reported; the rest of its run moves (no crash, dry run too)', async () => {

@@ -45,6 +45,7 @@ export interface LegacyLogsResult {
   dir: string;
   /** Run folders found in the global logs dir. */
   runs: number;
+  /** Runs at least one file of which was (or, in a dry run, would be) placed in the owner's folder. */
   moved: LegacyRunMove[];
   clashes: LegacyLogClash[];
   /** Run ids no checked user's DB holds: left in place. */
@@ -205,7 +206,10 @@ function moveRun(input: MoveLegacyLogsInput, res: LegacyLogsResult, dir: string,
     move.bytes += bytes;
   }
   if (!input.dryRun) removeEmptyDirs(src);
-  res.moved.push(move);
+  // A run with nothing (left) to move is no move: on a rerun, a folder holding only what stays
+  // (a symlinked log, say) would otherwise read "moved 1 (0 files)" every time. What stays is
+  // already reported where it belongs (skipped).
+  if (move.files > 0) res.moved.push(move);
 }
 
 /**
