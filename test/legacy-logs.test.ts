@@ -324,6 +324,36 @@ describe('moving global logs through backfill', () => {
     expect(snapshotTree(w.fleet.dataDir)).toEqual(before);
   });
 
+  it('the CLI exits 1 for a run refused for a symlink in its owner’s folder, says what to do, and 0 once it is cleared', () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, '--legacy-logs', w.logs, ...args], { encoding: 'utf8' });
+    const runDir = path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3);
+    mkdirSync(runDir, { recursive: true });
+    const elsewhere = fleetTmpDir('acm2-elsewhere-');
+    symlinkSync(elsewhere, path.join(runDir, 'logs'));
+    const json = cli('--json');
+    expect(json.status, json.stderr).toBe(1);
+    const doc = JSON.parse(json.stdout) as { legacyLogs: { refused: unknown[]; moved: Array<{ runId: string }> } };
+    expect(doc.legacyLogs.refused).toEqual([{ runId: w.r3, userId: 3, path: `runs/${w.r3}/logs` }]);
+    expect(doc.legacyLogs.moved.map((m) => m.runId)).not.toContain(w.r3);
+    expect(readdirSync(elsewhere)).toEqual([]);
+    // A plan is not a batch: it lists the refusal and exits 0.
+    const plan = cli('--dry-run');
+    expect(plan.status, plan.stderr).toBe(0);
+    expect(plan.stdout).toMatch(new RegExp(`run ${w.r3}: user 3's runs/${w.r3}/logs is a symlink or not a folder, so the run's logs would be left in place; make it a plain folder`));
+    const human = cli();
+    expect(human.status, human.stderr).toBe(1);
+    expect(human.stdout).toMatch(new RegExp(`run ${w.r3}: user 3's runs/${w.r3}/logs is a symlink or not a folder, so the run's logs were left in place; make it a plain folder \\(or move it away\\), then run the backfill again`));
+    // The operator clears it: the next run moves the run and exits 0.
+    rmSync(path.join(runDir, 'logs'));
+    const after = cli('--json');
+    expect(after.status, after.stderr).toBe(0);
+    const done = JSON.parse(after.stdout) as { legacyLogs: { refused: unknown[]; moved: Array<{ runId: string }> } };
+    expect(done.legacyLogs.refused).toEqual([]);
+    expect(done.legacyLogs.moved.map((m) => m.runId)).toEqual([w.r3]);
+    expect(readFileSync(path.join(runDir, 'logs', 'run.log'), 'utf8')).toBe('user 3 run log\n');
+  });
+
   it('the CLI reports the moves in its JSON and refuses a --legacy-logs that is not a folder', () => {
     const cli = (...args: string[]) =>
       spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });

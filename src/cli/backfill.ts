@@ -72,8 +72,11 @@ async function backfill(cfg: Ctx['cfg'], out: Ctx['out'], options: BackfillOptio
     });
     out.result(backfillJson(r), () => renderBackfill(visibleDeep(r), out.color));
     // A plan is not a batch: a dry run exits 0 even when it predicts failures (they are listed).
-    // Legacy runs left for want of their owner's lock are unfinished work too: run again.
-    if (r.stopped || (!r.dryRun && (r.failures.length > 0 || (r.legacyLogs?.busy.length ?? 0) > 0))) process.exitCode = EXIT.findings;
+    // Legacy runs left for want of their owner's lock are unfinished work too (run again), and so
+    // are runs refused for what is in the way in their owner's folder (an operator must clear it).
+    // Runs nobody owns, or two users hold, are not this batch's items: reported, exit 0.
+    const legacyLeft = (r.legacyLogs?.busy.length ?? 0) + (r.legacyLogs?.refused.length ?? 0);
+    if (r.stopped || (!r.dryRun && (r.failures.length > 0 || legacyLeft > 0))) process.exitCode = EXIT.findings;
     // The environment stopped it, not the data: exit 3, as for any full disk.
     if (r.stopped === 'disk_full') process.exitCode = EXIT.unavailable;
   } finally {

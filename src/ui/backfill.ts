@@ -129,7 +129,10 @@ export function renderLegacyLogs(l: LegacyLogsResult): string {
   if (l.unowned.length > 0) out.push(paint.yellow(`  ${l.unowned.length} run folder(s) no user owns, left in place: ${l.unowned.join(', ')}`));
   for (const a of l.ambiguous) out.push(paint.yellow(`  run ${a.runId} is held by users ${a.userIds.join(', ')}: left in place`));
   if (l.skipped.length > 0) out.push(paint.yellow(`  not plain files or folders (a symlinked run folder too), or files with another hard link, left in place: ${l.skipped.join(', ')}`));
-  for (const r of l.refused) out.push(paint.yellow(`  run ${r.runId}: user ${r.userId}'s ${r.path} is a symlink or not a folder, so the run's logs were left in place`));
+  for (const r of l.refused) {
+    const left = l.dryRun ? 'would be left' : 'were left';
+    out.push(paint.yellow(`  run ${r.runId}: user ${r.userId}'s ${r.path} is a symlink or not a folder, so the run's logs ${left} in place; make it a plain folder (or move it away), then run the backfill again`));
+  }
   for (const b of l.busy) out.push(paint.yellow(`  run ${b.runId}: user ${b.userId} is held by another process (a seed or another backfill), so its logs were left in place; run the backfill again`));
   if (l.uncheckedUsers.length > 0) out.push(paint.yellow(`  DBs of users ${l.uncheckedUsers.join(', ')} could not be read, so runs they own may show as unowned`));
   return out.join('\n');
