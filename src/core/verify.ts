@@ -849,7 +849,7 @@ class UserCheck {
       this.add(
         'seed_version_unknown',
         !ours
-          ? `user_meta.seed_version '${version}' is neither a seed package in the seeds dir nor 'legacy', and acm2 never seeded it here (ACM2's own seeding or a hand edit wrote it), so nothing vouches for the user's copy; \`acm2 user seed ${this.userId}\` adds the current package's rows and files beside the user's and makes it ready with that version`
+          ? `user_meta.seed_version '${version}' is neither a seed package in the seeds dir nor 'legacy', and acm2 never seeded it here (ACM2's own seeding or a hand edit wrote it), so nothing vouches for the user's copy; \`acm2 user seed ${this.userId}\` (or \`acm2 backfill\`, for every such user) adds the current package's rows and files beside the user's and makes it ready with that version`
           : `user_meta.seed_version '${version}' is neither a seed package in the seeds dir nor 'legacy'`,
         { table: 'user_meta' },
       );
