@@ -2,7 +2,7 @@
 // every consumer runs before use, and the cheap listing. A package is immutable once frozen.
 
 import Database from 'better-sqlite3';
-import { existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { assertVersionName } from '../config.js';
 import { PackageError, UnavailableError, UsageError } from '../errors.js';
@@ -101,22 +101,7 @@ export function versionOrUndefined(seedsDir: string, explicit?: string): string 
 
 /** Version folders in seedsDir (staging and other dot-folders ignored), in natural order. */
 export function knownVersions(seedsDir: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(seedsDir);
-  } catch {
-    return [];
-  }
-  return names
-    .filter((n) => !n.startsWith('.') && isVersionName(n))
-    .filter((n) => {
-      try {
-        return lstatSync(path.join(seedsDir, n)).isDirectory();
-      } catch {
-        return false;
-      }
-    })
-    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  return entriesOfKind(seedsDir, (st) => st.isDirectory());
 }
 
 /**
@@ -125,6 +110,11 @@ export function knownVersions(seedsDir: string): string[] {
  * refused rather than skipping them in silence. CURRENT is the file every seed reads, no version.
  */
 export function symlinkedVersions(seedsDir: string): string[] {
+  return entriesOfKind(seedsDir, (st) => st.isSymbolicLink());
+}
+
+/** Entries of seedsDir named like a version (no dot-folder, not CURRENT) whose lstat is `kind`, in natural order. */
+function entriesOfKind(seedsDir: string, kind: (st: Stats) => boolean): string[] {
   let names: string[];
   try {
     names = readdirSync(seedsDir);
@@ -133,7 +123,13 @@ export function symlinkedVersions(seedsDir: string): string[] {
   }
   return names
     .filter((n) => !n.startsWith('.') && n !== CURRENT_FILE && isVersionName(n))
-    .filter((n) => lstatSync(path.join(seedsDir, n), { throwIfNoEntry: false })?.isSymbolicLink() === true)
+    .filter((n) => {
+      try {
+        return kind(lstatSync(path.join(seedsDir, n)));
+      } catch {
+        return false; // gone since the listing, or not to be looked at: no version
+      }
+    })
     .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
 }
 
