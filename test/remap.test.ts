@@ -99,3 +99,39 @@ describe('remapper', () => {
     expect(mapFor(`n${S} x${RUN} %2${S} \\u20${S}`, [D1]).t.toks).toEqual([]);
   });
 });
+
+describe('remapper: ids cut short or in escaped paths', () => {
+  const uuids = new Set([S, RUN]);
+  const prepare = (text: string, userId?: number) => {
+    const t = tokenize(text, new DocIndex([]), uuids);
+    const kinds = new Map<string, string>([[S, 'contents'], [RUN, 'runs']]);
+    for (const tok of t.toks) if (!kinds.has(tok)) kinds.set(tok, 'uuid_prefix');
+    const added = extendMap(new Map(), kinds.keys(), (k) => kinds.get(k)!, userId);
+    return { t, map: new Map(added.map((a) => [a.source, a.target])) };
+  };
+
+  it('maps a UUID cut short (a failed task\'s str(e)[:100]) to as much of its new id, and leaves other hex alone', () => {
+    const error = `FPF generation failed for source ${S} in run ${RUN}: timeout after 800s`.slice(0, 100);
+    expect(error.endsWith(RUN.slice(0, 23))).toBe(true);
+    const text = `${error} | ${JSON.stringify({ e: `Error loading content ${S.slice(0, 20)}` })} | ${RUN.slice(0, 13).toUpperCase()}... | 746301ce-aaaa | ${RUN.slice(0, 8)}x`;
+    const { t, map } = prepare(text);
+    const out = render(t, map);
+    for (const id of [S, RUN]) expect(out.toLowerCase()).not.toContain(id.slice(0, 13));
+    expect(out).toContain(`in run ${map.get(RUN)!.slice(0, 23)}`);
+    expect(out).toContain(`content ${map.get(S)!.slice(0, 20)}"`);
+    expect(out).toContain(`| ${map.get(RUN)!.slice(0, 13).toUpperCase()}...`);
+    // Not a prefix of a package id, or not cut at a boundary: kept.
+    expect(out).toContain('| 746301ce-aaaa |');
+    expect(out).toContain(`| ${RUN.slice(0, 8)}x`);
+  });
+
+  it('maps the source user\'s folder in a Windows path kept in JSON and in a URL-encoded path', () => {
+    const text = JSON.stringify({ errors: [`open C:\\acm2\\data\\user_7\\runs\\${RUN}\\generated\\${D1}.md`] }) + ` GET /f?p=data%2Fuser_7%2Fruns%2F${RUN}%2Flogs`;
+    expect(text).toContain('\\\\user_7\\\\runs');
+    const { t, map } = prepare(text, 12);
+    const out = render(t, map);
+    expect(out).not.toContain('user_7');
+    expect(out).toContain(`data\\\\user_12\\\\runs\\\\${map.get(RUN)}`);
+    expect(out).toContain(`data%2Fuser_12%2Fruns%2F${map.get(RUN)}`);
+  });
+});

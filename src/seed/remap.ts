@@ -11,11 +11,19 @@ const DOC_TAIL_SRC = "[^\\s\"'<>()\\[\\]{},;`|*]*";
 
 /**
  * The source user's folder in a path to one of the package's runs (`data/user_7/runs/{run_id}/…`,
- * as ACM2's debug log lines write it): the folder is the seeded user's, never the source's.
+ * as ACM2's debug log lines write it): the folder is the seeded user's, never the source's. The
+ * separator may be a Windows one, doubled as JSON writes it (`data\\user_7\\runs\\…` in an error
+ * kept in results_summary), or URL-encoded (`data%2Fuser_7%2Fruns%2F…`).
  */
-const USER_DIR_SRC = `(user_[0-9]+)(?=[/\\\\]runs[/\\\\](${UUID_RE_SRC})(?![0-9A-Za-z]))`;
+const PATH_SEP_SRC = '(?:[/\\\\]|\\\\\\\\|%2[Ff]|%5[Cc])';
+const USER_DIR_SRC = `(user_[0-9]+)(?=${PATH_SEP_SRC}runs${PATH_SEP_SRC}(${UUID_RE_SRC})(?![0-9A-Za-z]))`;
+/**
+ * A UUID cut short: an error stored as `str(e)[:100]`, or a description cut at a fixed width, can
+ * end inside one. From its first group and dash on, it is still that id (and 32+ bits of it).
+ */
+const UUID_PREFIX_SRC = '([0-9a-fA-F]{8}-[0-9a-fA-F-]{0,26})(?![0-9A-Za-z-])';
 
-const TOKEN_SRC = `(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC})`;
+const TOKEN_SRC = `(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC}|${UUID_PREFIX_SRC})`;
 /** One regex for candidate tokens; the look-behind keeps them from starting inside a longer word or hex run. */
 const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])${TOKEN_SRC}`, 'g');
 /**
@@ -160,6 +168,7 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
       tok = m[1];
     } else if (m[2]) tok = docs.match(m[2]);
     else if (m[3] && (!uuids || uuids.has(m[4]!.toLowerCase()))) tok = m[3];
+    else if (m[5] && (!uuids || uuidPrefixOf(m[5], uuids) !== undefined)) tok = m[5];
     if (!tok) {
       // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
       from = m.index + 1;
@@ -172,6 +181,26 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
   }
   lits.push(text.slice(last));
   return { lits, toks };
+}
+
+/**
+ * The one UUID of `uuids` (lower-case) that `prefix` (a UUID cut short, see UUID_PREFIX_SRC) begins,
+ * or undefined: none, or more than one, which cannot tell which id it was.
+ */
+export function uuidPrefixOf(prefix: string, uuids: Iterable<string>): string | undefined {
+  const p = prefix.toLowerCase();
+  let found: string | undefined;
+  for (const u of uuids) {
+    if (!u.startsWith(p) || u.length === p.length) continue;
+    if (found !== undefined && found !== u) return undefined;
+    found = u;
+  }
+  return found;
+}
+
+/** A UUID cut short after its first group (see UUID_PREFIX_SRC). */
+export function isUuidPrefix(s: string): boolean {
+  return /^[0-9a-fA-F]{8}-[0-9a-fA-F-]{0,26}$/.test(s);
 }
 
 export function render(t: Template, map: ReadonlyMap<string, string>): string {
@@ -254,6 +283,7 @@ export function extendMap(
   const map = new Map(existing);
   const used = new Set(map.values());
   const uuids: string[] = [];
+  const prefixes: string[] = [];
   const docs: string[] = [];
   for (const t of tokens) {
     if (map.has(t)) continue;
@@ -265,6 +295,7 @@ export function extendMap(
       continue;
     }
     if (isUuid(t)) uuids.push(t);
+    else if (isUuidPrefix(t)) prefixes.push(t);
     else docs.push(t);
   }
   // A UUID written in capitals (or mixed case) is the same id as its lower-case form: it gets the
@@ -284,6 +315,18 @@ export function extendMap(
     map.set(source, target);
     added.push({ kind: kindOf(source), source, target });
   }
+  // A UUID cut short becomes as much of the new id as was left of the old, in the case it was
+  // written in: a failed task's `str(e)[:100]` ending in `8c98f774-784d-4201-9` names no one else.
+  const whole = new Map<string, string>();
+  for (const [s, t] of map) if (isUuid(s)) whole.set(s.toLowerCase(), t.toLowerCase());
+  for (const source of prefixes.sort()) {
+    const of = uuidPrefixOf(source, whole.keys());
+    if (of === undefined) throw new Error(`no identifier of the package begins with ${source}`);
+    const cut = whole.get(of)!.slice(0, source.length);
+    const target = /[A-F]/.test(source) && !/[a-f]/.test(source) ? cut.toUpperCase() : cut;
+    map.set(source, target);
+    added.push({ kind: kindOf(source), source, target });
+  }
   // Suffix index of every mapped UUID: old last-8 -> new last-8.
   const suffix = new Map<string, string>();
   for (const [s, t] of map) if (isUuid(s)) suffix.set(s.slice(-8).toLowerCase(), t.slice(-8).toLowerCase());
@@ -293,7 +336,7 @@ export function extendMap(
   const headKey = (m: RegExpExecArray) => `${m[1]}${m[2]}.${m[3]}`;
   const newHead = new Map<string, { s8: string; tag: string }>();
   for (const [s, t] of map) {
-    if (isUuid(s) || isUserDir(s)) continue;
+    if (isUuid(s) || isUserDir(s) || isUuidPrefix(s)) continue;
     const ms = parse(s);
     const mt = parse(t);
     newHead.set(headKey(ms), { s8: mt[2]!, tag: mt[3]! });
