@@ -541,3 +541,50 @@ describe('a drain\'s failure lines', () => {
     expect(text).not.toMatch(/no attempts left/);
   });
 });
+
+describe('identifiers only free text names', () => {
+  it('remaps a failed iteration\'s doc named only in logs, a truncated error\'s id, and does not warn about an id in capitals', async () => {
+    const root = tmpDir('acm2-freetext-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      const S = source.sourceDocIds[0]!;
+      const failedDoc = `${S.slice(-8)}.77aa.fpf.2.openai_o4-mini`;
+      const logs = path.join(source.filesDir, 'runs', source.runId, 'logs');
+      // The failed iteration wrote no doc and no results_summary entry: only its FPF log and run.log name it.
+      writeFileSync(path.join(logs, `fpf_${S}.fpf.2.openai_o4-mini.log`), `doc_id=${failedDoc}\nerror: rate limited`);
+      writeFileSync(path.join(logs, 'run.log'), `${readFileSync(path.join(logs, 'run.log'), 'utf8')}ERROR Generation failed for ${failedDoc}: RateLimitError\n`);
+      const error = `FPF generation failed for source ${S} in run ${source.runId}: timeout`.slice(0, 100);
+      const db = new Database(source.dbPath);
+      db.prepare(`UPDATE tasks SET status = 'failed', error_message = ? WHERE id = ?`).run(error, source.taskIds[0]);
+      db.prepare(`UPDATE tasks SET error_message = ? WHERE id = ?`).run(`retried by RUN ${source.runId.toUpperCase()}`, source.taskIds[1]);
+      db.close();
+      const seedsDir = path.join(root, 'seeds');
+      const frozen = freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: source.runId, version: 'v9', seedsDir, setCurrent: true });
+      expect(frozen.warnings).toEqual([]);
+      const texts: string[] = [];
+      for (const email of ['f1@example.com', 'f2@example.com']) {
+        const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email, username: email.slice(0, 2) });
+        expect(u.seed.status).toBe('ready');
+        const udb = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+        const rows = JSON.stringify(['contents', 'presets', 'runs', 'tasks', 'artifacts'].map((t) => udb.prepare(`SELECT * FROM ${t}`).all()));
+        udb.close();
+        const uroot = userRoot(w.dataDir, u.user.id);
+        const files = walkFiles(uroot);
+        texts.push([rows, ...files, ...files.map((f) => readFileSync(path.join(uroot, f), 'utf8'))].join('\n'));
+      }
+      for (const text of texts) {
+        expect(text).not.toContain(`${S.slice(-8)}.77aa.`);
+        expect(text).not.toContain(S.slice(0, 13));
+        expect(text.toLowerCase()).not.toContain(source.runId.slice(0, 13));
+        expect(text).toMatch(/[0-9a-f]{8}\.[0-9a-f]{4}\.fpf\.2\.openai_o4-mini: RateLimitError/);
+      }
+      // Each user's copy of the failed doc is its own.
+      const heads = texts.map((t) => /doc_id=([0-9a-f]{8}\.[0-9a-f]{4}\.)fpf\.2/.exec(t)![1]);
+      expect(heads[0]).not.toBe(heads[1]);
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -243,7 +243,9 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
   for (const t of tasks) ref(`task ${String(t.id)}`, t.document_id, 'document');
 
   // Any documents row named anywhere in the rows we ship comes along; other UUIDs are reported.
-  const knownIds = new Set<string>([...contentIds, presetId, runId, ...taskIds, ...artifacts.map((a) => String(a.id))]);
+  // Compared in lower case: the seed remaps a package id written in capitals as that same id.
+  const knownIds = new Set<string>([...contentIds, presetId, runId, ...taskIds, ...artifacts.map((a) => String(a.id))].map((id) => id.toLowerCase()));
+  const documentIdsLower = new Map([...documentIds.keys()].map((id) => [id.toLowerCase(), id]));
   const scanRows: Row[] = [...(preset ? [preset] : []), ...(run ? [run] : []), ...tasks, ...artifacts];
   const unmatched = new Set<string>();
   for (const row of scanRows) {
@@ -254,8 +256,9 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
       for (const text of texts) {
         for (const m of text.matchAll(UUID_RE)) {
           const id = m[0];
-          if (documentIds.has(id)) pickedDocuments.add(id);
-          else if (!knownIds.has(id)) unmatched.add(id);
+          const doc = documentIdsLower.get(id.toLowerCase());
+          if (doc !== undefined) pickedDocuments.add(doc);
+          else if (!knownIds.has(id.toLowerCase())) unmatched.add(id);
         }
       }
     }

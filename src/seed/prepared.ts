@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { SeedPackage } from './package.js';
-import { DocIndex, findDocIds, isDocId, isUserDir, isUuid, tokenize, tokensOf, type Template } from './remap.js';
+import { DocIndex, findDocIds, idMayStartAt, isDocId, isUserDir, isUuid, isUuidPrefix, tokenize, tokensOf, type Template } from './remap.js';
 
 /** Tables a package may carry rows for, in an order that satisfies their references. */
 export const SEED_TABLES = ['contents', 'documents', 'presets', 'runs', 'tasks', 'artifacts'] as const;
@@ -41,7 +41,7 @@ export interface PreparedPackage {
   pkg: SeedPackage;
   tables: PreparedTable[];
   files: PreparedFile[];
-  /** Every identifier the package holds, with its kind (table name, 'uuid', 'doc' or 'user_dir'). */
+  /** Every identifier the package holds, with its kind (table name, 'uuid', 'uuid_prefix', 'doc' or 'user_dir'). */
   kinds: Map<string, string>;
 }
 
@@ -78,7 +78,6 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
     const base = f.path.split('/').pop()!.replace(/\.(md|log|html|json|txt)$/, '');
     if (isDocId(base)) docIds.add(base);
   }
-  const index = new DocIndex(docIds);
 
   // The package's identifiers are its rows' primary keys (and the doc ids above): only those are
   // rewritten. Other UUID-shaped text (a URL citing a report by its UUID) stays as it is; freeze
@@ -89,6 +88,15 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
     for (const r of t.rows) if (typeof r[idIndex] === 'string') kinds.set(r[idIndex] as string, t.name);
   }
   const uuids = new Set([...kinds.keys()].filter(isUuid).map((u) => u.toLowerCase()));
+
+  // A doc named only in free text: a failed iteration's doc in run.log and in its FPF log, never
+  // written to generated/ nor to results_summary. Its `S8.tag.` head still carries the source id's
+  // last 8 characters, so any such head whose S8 ends one of the package's ids is a doc id too.
+  const suffixes = new Set([...uuids].map((u) => u.slice(-8)));
+  const freeText = [...raw.flatMap((t) => t.rows.flatMap((r) => r.filter((v): v is string => typeof v === 'string'))), ...fileTexts.map((x) => x.f.path)];
+  for (const x of fileTexts) freeText.push(x.text ?? x.buf.toString('latin1'));
+  for (const text of freeText) for (const head of docHeadsIn(text, suffixes)) docIds.add(head);
+  const index = new DocIndex(docIds);
   const tables: PreparedTable[] = raw.map((t) => {
     const idIndex = t.columns.indexOf('id');
     return {
@@ -111,11 +119,22 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   for (const t of tables) for (const r of t.rows) tokensOf(r.filter(isTemplate), all);
   tokensOf(files.map((f) => f.path), all);
   tokensOf(files.flatMap((f) => (f.text ? [f.text] : [])), all);
-  for (const tok of all) if (!kinds.has(tok)) kinds.set(tok, isUuid(tok) ? 'uuid' : isUserDir(tok) ? 'user_dir' : 'doc');
+  for (const tok of all) if (!kinds.has(tok)) kinds.set(tok, isUuid(tok) ? 'uuid' : isUserDir(tok) ? 'user_dir' : isUuidPrefix(tok) ? 'uuid_prefix' : 'doc');
 
   const prepared = { pkg, tables, files, kinds };
   cache.set(key, prepared);
   return prepared;
+}
+
+/** `S8.tag.` heads (with `combined.`) in text whose S8 is one of `suffixes`, each starting a token. */
+function docHeadsIn(text: string, suffixes: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  const re = /(?:combined\.)?([0-9a-f]{8})\.[0-9a-f]{4}\./g;
+  for (let m = re.exec(text); m; m = re.exec(text)) {
+    if (suffixes.has(m[1]!) && idMayStartAt(text, m.index)) out.push(m[0]);
+    else re.lastIndex = m.index + 1;
+  }
+  return out;
 }
 
 export function isTemplate(v: unknown): v is Template {
