@@ -15,6 +15,7 @@ import { preparePackage } from '../src/seed/prepared.js';
 import { loadPackage } from '../src/seed/package.js';
 import { fileURLToPath } from 'node:url';
 import { verifyUsers } from '../src/core/verify.js';
+import { diffUserWithPackage, diffUsers } from '../src/core/diff.js';
 import { parseMasterUrl } from '../src/config.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -582,6 +583,13 @@ describe('identifiers only free text names', () => {
       // Each user's copy of the failed doc is its own.
       const heads = texts.map((t) => /doc_id=([0-9a-f]{8}\.[0-9a-f]{4}\.)fpf\.2/.exec(t)![1]);
       expect(heads[0]).not.toBe(heads[1]);
+      // The cut-short ids and free-text heads the ID map now holds are no rows: verify --deep finds both users whole.
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(v.users.flatMap((u) => u.problems.map((p) => `${u.id} ${p.code}: ${p.message}`))).toEqual([]);
+      // And each maps back to the package, and to the other, through its ID map: no difference.
+      const ids = v.users.map((u) => u.id);
+      for (const id of ids) expect(diffUserWithPackage({ dataDir: w.dataDir, seedsDir }, id).equal).toBe(true);
+      expect(diffUsers({ dataDir: w.dataDir }, ids[0]!, ids[1]!).equal).toBe(true);
     } finally {
       await w.cleanup();
       rmSync(root, { recursive: true, force: true });
