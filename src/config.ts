@@ -123,6 +123,17 @@ export function parseMasterUrl(raw: string): MasterUrl {
     };
     const database = decode(u.pathname.replace(/^\//, ''));
     if (!u.hostname || !database || database.includes('/')) throw malformed();
+    // Options such as ?ssl=true or ?socketPath= are not read by the connection acm2 makes: taken
+    // silently, a URL asking for TLS would be used over a plain connection. Named, not shown (a
+    // value may be a secret).
+    if (u.search || u.hash) {
+      const names = [...new Set([...u.searchParams.keys()])].filter(Boolean);
+      const what = u.search ? `options (${names.length > 0 ? names.join(', ') : u.search.slice(0, 1)})` : 'a #fragment';
+      throw new UsageError(
+        `master URL '${redactUrl(raw)}' has ${what} after the database name, which acm2 does not take (it would connect without them): remove them; percent-encode a '?' or '#' in the user, password or database name`,
+        'bad_master_url',
+      );
+    }
     const port = u.port ? Number(u.port) : 3306;
     const host = u.hostname.replace(/^\[|\]$/g, '');
     const user = decode(u.username || 'root');
@@ -133,15 +144,26 @@ export function parseMasterUrl(raw: string): MasterUrl {
       user,
       password: decode(u.password),
       database,
-      display: `mysql://${user}@${host}:${port}/${database}`,
+      display: `mysql://${user}@${hostPort(host, port)}/${database}`,
     };
   }
   throw new UsageError(`master URL '${redactUrl(raw)}' is malformed: it must start with sqlite: or mysql://`, 'bad_master_url');
 }
 
+/** A MySQL server's place as people write it: an IPv6 address in brackets ('[::1]:3306'). */
+export function hostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
 /** Remove any password from a URL-ish string, even a malformed one. */
 export function redactUrl(raw: string): string {
   // Up to the last '@' of the whole string: a password typed without percent-encoding may hold
-  // '@' and '/' itself (hiding too much of a malformed URL is the safe side).
-  return raw.replace(/(\/\/[^:/@]*:).*@/, '$1***@');
+  // '@' and '/' itself (hiding too much of a malformed URL is the safe side). Option values and a
+  // fragment go too: ?password=… is a common way to pass one.
+  // With no '@' at all (the host left out: mysql://acm2:secret/db), what follows the ':' is a
+  // password unless it is a port.
+  const hidden = raw.includes('@') ? raw.replace(/(\/\/[^:/@]*:).*@/, '$1***@') : raw.replace(/(\/\/[^:/]*:)(?!\d*(?:[/?#]|$))[^/?#]*/, '$1***');
+  return hidden
+    .replace(/([?&][^=&#]*=)[^&#]*/g, '$1***')
+    .replace(/#.*/, '#***');
 }

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { resolveConfig, parseMasterUrl } from '../src/config.js';
+import { resolveConfig, parseMasterUrl, redactUrl } from '../src/config.js';
 import { EXIT, UnavailableError, UsageError, fromWire, isAcm2Error, toWire } from '../src/errors.js';
 import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -130,6 +130,34 @@ describe('configuration precedence: flag > env > default', () => {
     expect(u).toMatchObject({ kind: 'mysql', host: 'db.internal', port: 3307, user: 'acm2', password: 'p@ss', database: 'acm2_master' });
     expect(u.display).not.toContain('p@ss');
     expect(() => parseMasterUrl('mysql://h')).toThrow(/malformed/);
+  });
+
+  it('names an IPv6 master in brackets, as it is written', () => {
+    expect(parseMasterUrl('mysql://acm2:pw@[::1]:3307/m')).toMatchObject({ host: '::1', port: 3307, display: 'mysql://acm2@[::1]:3307/m' });
+    expect(parseMasterUrl('mysql://acm2:pw@[fd00::5]/m').display).toBe('mysql://acm2@[fd00::5]:3306/m');
+  });
+
+  it('hides a password typed where the host should be (no @): a port is still shown', () => {
+    expect(redactUrl('mysql://acm2:Zq9secret/acm2_master')).toBe('mysql://acm2:***/acm2_master');
+    expect(redactUrl('mysql://acm2:Zq9secret')).toBe('mysql://acm2:***');
+    expect(redactUrl('mysql://db.internal:3306/acm2_master')).toBe('mysql://db.internal:3306/acm2_master');
+  });
+
+  it('refuses options after the database (?ssl=, ?socketPath=, #…) with exit 2 naming them, never their values: they would not be used', async () => {
+    for (const [url, named] of [
+      ['mysql://acm2:Zq9secretZq9@127.0.0.1:1/m?ssl=true', /has options \(ssl\) after the database name, which acm2 does not take/],
+      ['mysql://acm2:Zq9secretZq9@127.0.0.1:1/m?socketPath=/run/mysqld/mysqld.sock&password=Zq9other', /has options \(socketPath, password\) after/],
+      ['mysql://acm2:Zq9secretZq9@127.0.0.1:1/m#Zq9frag', /has a #fragment after the database name/],
+    ] as const) {
+      for (const json of [false, true]) {
+        const r = await acm2(['user', 'list', ...(json ? ['--json'] : [])], { ACM2_MASTER_URL: url });
+        expect(r.code, url).toBe(2);
+        const said = json ? (JSON.parse(r.stdout) as { error: { code: string; message: string } }).error : { code: 'bad_master_url', message: r.stderr };
+        expect(said.code).toBe('bad_master_url');
+        expect(said.message).toMatch(named);
+        expect(r.stdout + r.stderr).not.toMatch(/Zq9|mysqld\.sock/);
+      }
+    }
   });
 });
 

@@ -817,6 +817,12 @@ describe('MySQL master: connection failures', () => {
     expect((err as Error).message).not.toContain('secretpw');
   });
 
+  it('names an IPv6 server in brackets ([::1]:1), not as ::1:1', async () => {
+    const err = await openMaster(parseMasterUrl('mysql://root:secretpw@[::1]:1/x')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as Error).message).toMatch(/^cannot reach MySQL master at \[::1\]:1 \([A-Z_]+\)$/);
+  });
+
   describe.skipIf(gate.skip)('against the test server', () => {
     beforeAll(() => gate.ready());
     const base = new URL(MYSQL_BASE_URL);

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import mysql from 'mysql2/promise';
 import type { Connection, Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
-import type { MasterUrl } from '../config.js';
+import { hostPort, type MasterUrl } from '../config.js';
 import { isAcm2Error, UnavailableError, UsageError } from '../errors.js';
 import { loadMigrations, splitStatements, type LedgerRow } from '../migrations.js';
 import { duplicateMessage, keyUsedSince, masterLedgerVerdict, reissuedElsewhere, toApiKey, toBackfill, toJob, toUndelivered, toUser, UNDELIVERED_SQL } from './sqlite-master.js';
@@ -145,7 +145,7 @@ export class MysqlMaster implements MasterDb {
       );
     }
     if (UNREACHABLE_CODES.has(code)) {
-      return new UnavailableError(`cannot reach MySQL master at ${this.url.host}:${this.url.port} (${code})`, 'master_unreachable', { cause: e });
+      return new UnavailableError(`cannot reach MySQL master at ${hostPort(this.url.host, this.url.port)} (${code})`, 'master_unreachable', { cause: e });
     }
     if (LIMIT_CODES.has(code)) return limitError(this.url, e);
     if (DENIED_CODES.has(code)) {
@@ -780,7 +780,7 @@ function createPool(url: MysqlUrl, connectionLimit: number): Pool {
 
 function connectError(url: MysqlUrl, e: unknown): UnavailableError | UsageError {
   const code = errorCode(e);
-  const where = `${url.host}:${url.port}`;
+  const where = hostPort(url.host, url.port);
   if (code === 'ER_ACCESS_DENIED_ERROR' || code === 'ER_DBACCESS_DENIED_ERROR') {
     return new UnavailableError(`MySQL master at ${where}/${url.database} denied access to user '${url.user}' (${code})`, 'master_access_denied', { cause: e });
   }
@@ -796,7 +796,7 @@ function connectError(url: MysqlUrl, e: unknown): UnavailableError | UsageError 
 function limitError(url: MysqlUrl, e: unknown): UnavailableError {
   const said = e instanceof Error && e.message ? `: ${e.message.replace(/\.$/, '')}` : '';
   return new UnavailableError(
-    `MySQL master at ${url.host}:${url.port} refused user '${url.user}' another connection or statement (${errorCode(e)}${said}); ` +
+    `MySQL master at ${hostPort(url.host, url.port)} refused user '${url.user}' another connection or statement (${errorCode(e)}${said}); ` +
       `run acm2 with a lower --concurrency or fewer acm2 processes at once, or raise the limit, then run again`,
     'master_connection_limit',
     { cause: e },
