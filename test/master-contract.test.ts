@@ -827,6 +827,37 @@ describe('MySQL master: connection failures', () => {
     beforeAll(() => gate.ready());
     const base = new URL(MYSQL_BASE_URL);
 
+    it("runs every session with the sql_mode its SQL was written for, not the server's", async () => {
+      // A server whose default lacks STRICT truncates instead of refusing; one with
+      // NO_BACKSLASH_ESCAPES made mysql2's quoting of o'brien@example.com a syntax error (exit 70).
+      // The test server runs its own default, so a session that kept it shows a different mode.
+      const db = await createMysqlTestDb();
+      try {
+        const m = await openMaster(parseMasterUrl(db.url));
+        try {
+          const pool = (m as unknown as { pool: mysql.Pool }).pool;
+          const modes = await Promise.all(
+            [1, 2, 3].map(async () => {
+              const c = await pool.getConnection();
+              try {
+                const [rows] = await c.query<mysql.RowDataPacket[]>('SELECT @@SESSION.sql_mode AS mode');
+                return String(rows[0]!.mode);
+              } finally {
+                c.release();
+              }
+            }),
+          );
+          for (const mode of modes) expect(mode.split(',').sort()).toEqual(['NO_ENGINE_SUBSTITUTION', 'STRICT_TRANS_TABLES']);
+          const { user } = await m.createUser({ ...newUser(1), email: "o'brien@example.com" });
+          expect((await m.findUserByEmail("o'brien@example.com"))?.id).toBe(user.id);
+        } finally {
+          await m.close();
+        }
+      } finally {
+        await db.drop();
+      }
+    });
+
     it('names the missing database: a typo in --master (exit 2), not an outage', async () => {
       const u = new URL(base);
       u.pathname = '/acm2_no_such_db_x9';

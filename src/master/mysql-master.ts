@@ -43,6 +43,8 @@ function queryTimeoutMs(): number {
   return Number.isFinite(v) && v > 0 ? v : 60_000;
 }
 const MIGRATE_LOCK_SECONDS = 30;
+/** Every session's sql_mode, whatever the server's default (see createPool); valid on MariaDB and MySQL. */
+export const SESSION_SQL_MODE = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION';
 /** Rows per multi-row INSERT of backfill items. */
 const ITEMS_PER_STATEMENT = 500;
 /** Codes that mean the server (or the path to it) is gone, not that our SQL is wrong. */
@@ -774,6 +776,11 @@ function createPool(url: MysqlUrl, connectionLimit: number): Pool {
     conn.query(`SET time_zone = '+00:00'`, () => undefined);
     // No gap locks: claimers and enqueuers lock only the rows they read.
     conn.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED', () => undefined);
+    // The server's sql_mode is whatever its operator chose, and the tool's SQL depends on it:
+    // without STRICT a value too long for its column is cut short with a warning instead of
+    // refused; NO_BACKSLASH_ESCAPES breaks mysql2's quoting of a value holding ' (an email may);
+    // ANSI_QUOTES turns "…" into names. Each session pins the one mode it was written for.
+    conn.query(`SET SESSION sql_mode = '${SESSION_SQL_MODE}'`, () => undefined);
   });
   return pool;
 }
