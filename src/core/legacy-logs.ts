@@ -163,6 +163,22 @@ export async function moveLegacyLogs(input: MoveLegacyLogsInput): Promise<Legacy
       continue;
     }
     const userId = owners[0]!;
+    // Nothing in it to move (only entries that stay, as a symlinked log left by an earlier pass):
+    // its owner's lock is not taken, so a seed holding it does not make a rerun report the run
+    // busy and exit 1 for work there is none of. What stays is reported skipped, as moveRun does.
+    const src = path.join(dir, runId);
+    if (!existsSync(src)) continue; // moved by another pass since the listing
+    const stays: string[] = [];
+    if (walk(src, stays, dir).length === 0) {
+      res.skipped.push(...stays);
+      try {
+        // Empty folders a pass cut short left (all its files placed): removed as moveRun would.
+        if (!input.dryRun) removeEmptyDirs(src);
+      } catch {
+        /* something appeared meanwhile: the next pass looks again */
+      }
+      continue;
+    }
     const lock = input.dryRun || !input.lockOwner ? undefined : await input.lockOwner(userId);
     if (input.lockOwner && !input.dryRun && !lock) {
       res.busy.push({ runId, userId });
