@@ -14,7 +14,7 @@ import { startOrHand, threadInput, type WarmWorkers } from './warm-workers.js';
 import { UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { lstatOrUndefined } from '../durable.js';
 import { toolDir, toolDirProblem, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
-import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
+import { describeDrift, detectSchemaDrift, listTables, openForReading, readAgainIfReadOnly, unfillableColumns, userMigrations, versionSeededHere, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
 import { dropLiveDbAliases, readyBefore, seedUserAsync, sqlNow, type SeedStep } from './seed-user.js';
 import { schemaWork } from './schema-work.js';
 import { workerName } from './worker-name.js';
@@ -335,12 +335,6 @@ function rowCount(db: SqliteDb, tables: Set<string>, table: string): number {
 /** The tool's ledger of seeds names at least one: the DB was seeded (or begun) by the tool. */
 function seededByTool(db: SqliteDb, tables: Set<string>): boolean {
   return tables.has('acm2_seed_state') && db.prepare(`SELECT 1 FROM acm2_seed_state LIMIT 1`).get() !== undefined;
-}
-
-/** Whether the tool's seed record or ID map names `version`: a seed of it by this tool began here. */
-function versionSeededHere(db: SqliteDb, tables: Set<string>, version: string): boolean {
-  const named = (t: string) => tables.has(t) && db.prepare(`SELECT 1 FROM ${t} WHERE seed_version = ? LIMIT 1`).get(version) !== undefined;
-  return named('acm2_seed_state') || named('acm2_id_map');
 }
 
 /**

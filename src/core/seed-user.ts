@@ -1214,7 +1214,8 @@ interface SeedStateRow {
   last_error: string | null;
 }
 
-function readSeedState(db: SqliteDb, version: string): SeedStateRow | undefined {
+/** The tool's record of its seed of `version` in this DB (acm2_seed_state), if it has one. */
+export function readSeedState(db: SqliteDb, version: string): SeedStateRow | undefined {
   return db.prepare(`SELECT status, started_at, finished_at, last_error FROM acm2_seed_state WHERE seed_version = ?`).get(version) as SeedStateRow | undefined;
 }
 

@@ -7,13 +7,13 @@ import type { JobOutcome, MasterDb, MasterUser, SeedJob, UndeliveredKey } from '
 import { loadPackage, resolveVersion, versionOrUndefined, type SeedPackage } from '../seed/package.js';
 import { FindingsError, UnavailableError, UsageError, isAcm2Error, needsOperator } from '../errors.js';
 import { newerToolError } from '../migrations.js';
-import { refuseOddToolDir, seedUserAsync, readMeta, type SeedUserResult, type SeedStep } from './seed-user.js';
+import { refuseOddToolDir, seedUserAsync, readMeta, readSeedState, type SeedUserResult, type SeedStep } from './seed-user.js';
 import { lockUser, tryLockUser } from './user-lock.js';
 import { isBusy, keptBackups, type KeptBackups } from './migrate-safe.js';
 import { otherOwners } from './schema-work.js';
 import { lstatOrUndefined } from '../durable.js';
 import { aliveHere, deadHere, workerName } from './worker-name.js';
-import { isTempFolderProblem, listTables, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
+import { hasTable, isTempFolderProblem, listTables, newerMigrations, openUserDb, readAgainIfReadOnly } from '../userdb/user-db.js';
 import { parseUserId, toolDir, userDbPath, userRoot, userRootProblem, type UserId } from '../userdb/paths.js';
 
 export interface UserDeps {
@@ -556,7 +556,7 @@ function queuedForce(deps: UserDeps, job: SeedJob): Extract<JobOutcome, { status
     try {
       meta = hasTable(db, 'user_meta') ? readMeta(db, job.userId) : undefined;
       if (hasTable(db, 'acm2_seed_state')) {
-        const s = db.prepare(`SELECT status, finished_at FROM acm2_seed_state WHERE seed_version = ?`).get(job.seedVersion) as { status: string; finished_at: string | null } | undefined;
+        const s = readSeedState(db, job.seedVersion);
         finishedAt = s?.status === 'ready' ? s.finished_at : undefined;
       }
     } finally {
@@ -1065,10 +1065,6 @@ export function deriveStatus(meta: string | null, job: string | null, db: DbRead
   if (meta === 'failed' || job === 'failed') return 'failed';
   if (meta === 'in_progress') return 'pending';
   return 'missing';
-}
-
-function hasTable(db: import('better-sqlite3').Database, name: string): boolean {
-  return Boolean(db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name));
 }
 
 /** Stream users (keyset pages) with their status; never holds every user in memory. */

@@ -18,7 +18,7 @@ import { fromWire, isAcm2Error, isDiskFull, toWire, type WireError } from '../er
 import { knownVersions, loadPackage } from '../seed/package.js';
 import { isTemplate, preparePackage } from '../seed/prepared.js';
 import { idMayStartAt, isDocId, isUuid, safeDocId } from '../seed/remap.js';
-import { ACM2_TABLES, ledgerVerdict, openForReading, tempFolderProblem, turnedReadOnly, userMigrations, type AppliedMigration } from '../userdb/user-db.js';
+import { ACM2_TABLES, ledgerVerdict, openForReading, tempFolderProblem, turnedReadOnly, userMigrations, versionSeededHere, type AppliedMigration } from '../userdb/user-db.js';
 import { checkLedger, newerToolReason } from '../migrations.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
 
@@ -841,10 +841,9 @@ class UserCheck {
       // someone else: ACM2's own seeding stores its SEED_VERSION ('1'), or a hand edit. No
       // package of it ever existed, so "put the package back" cannot be the remedy; a seed of
       // the current package can (it adds its rows beside the user's and makes it ready).
-      const recorded = (t: string) => tables.has(t) && db.prepare(`SELECT 1 FROM ${t} WHERE seed_version = ? LIMIT 1`).get(version) !== undefined;
       let ours = true;
       this.guard('the seed record', () => {
-        ours = recorded('acm2_seed_state') || recorded('acm2_id_map');
+        ours = versionSeededHere(db, tables, version);
       });
       this.add(
         'seed_version_unknown',

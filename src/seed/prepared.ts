@@ -67,7 +67,9 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   const fileTexts = pkg.manifest.files.map((f) => {
     const abs = path.join(pkg.filesDir, ...f.path.split('/'));
     const buf = readFileSync(abs);
-    return { f, abs, buf, text: asText(buf) };
+    const text = asText(buf);
+    // Not UTF-8: still read (as latin1, byte for byte), for the identifiers in it.
+    return { f, abs, buf, text, scanned: text ?? buf.toString('latin1') };
   });
 
   // Doc ids: every quoted doc-id-shaped string in the rows (wrapping a value in quotes also
@@ -94,7 +96,7 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   // last 8 characters, so any such head whose S8 ends one of the package's ids is a doc id too.
   const suffixes = new Set([...uuids].map((u) => u.slice(-8)));
   const freeText = [...raw.flatMap((t) => t.rows.flatMap((r) => r.filter((v): v is string => typeof v === 'string'))), ...fileTexts.map((x) => x.f.path)];
-  for (const x of fileTexts) freeText.push(x.text ?? x.buf.toString('latin1'));
+  for (const x of fileTexts) freeText.push(x.scanned);
   for (const text of freeText) for (const head of docHeadsIn(text, suffixes)) docIds.add(head);
   const index = new DocIndex(docIds);
   const tables: PreparedTable[] = raw.map((t) => {
@@ -107,11 +109,11 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
       rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index, uuids) : (v as Cell)))),
     };
   });
-  const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text }) => {
+  const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text, scanned }) => {
     const base = { path: tokenize(f.path, index, uuids), sourcePath: f.path, abs, bytes: buf.length };
     if (text !== undefined) return { ...base, text: tokenize(text, index, uuids) };
     // Not UTF-8: an identifier in it must not be copied through unmapped.
-    const bytes = tokenize(buf.toString('latin1'), index, uuids);
+    const bytes = tokenize(scanned, index, uuids);
     return bytes.toks.length > 0 ? { ...base, text: bytes, latin1: true } : base;
   });
 

@@ -356,6 +356,16 @@ export function hasTable(db: SqliteDb, name: string): boolean {
   return Boolean(db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name));
 }
 
+/**
+ * Whether the tool's seed record (acm2_seed_state) or ID map names `version`: a seed of it by this
+ * tool began in this DB. A version neither names was written by someone else (ACM2's own seeding,
+ * its SEED_VERSION '1', or a hand edit). `tables`: the DB's tables, as the caller has them.
+ */
+export function versionSeededHere(db: SqliteDb, tables: ReadonlySet<string>, version: string): boolean {
+  const named = (t: string) => tables.has(t) && db.prepare(`SELECT 1 FROM ${t} WHERE seed_version = ? LIMIT 1`).get(version) !== undefined;
+  return named('acm2_seed_state') || named('acm2_id_map');
+}
+
 /** Every table of the DB (SQLite's own excluded), sorted. */
 export function listTables(db: SqliteDb): string[] {
   return (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name`).raw(true).all() as [string][]).map((r) => r[0]);
