@@ -49,9 +49,15 @@ afterAll(() => {
 
 const CASES: Array<{ name: string; args: () => string[]; env?: Record<string, string>; code: number; message: RegExp }> = [
   { name: 'bad email', args: () => ['user', 'create', '--email', 'not-an-email', '--username', 'x1'], code: 2, message: /'not-an-email' is not a valid email address/ },
+  { name: 'email with two dots in a row', args: () => ['user', 'create', '--email', 'a..b@example.com', '--username', 'x2'], code: 2, message: /^acm2: 'a\.\.b@example\.com' is not a valid email address \(the part before '@' may not begin or end with '\.', nor hold '\.\.'\)$/m },
+  { name: 'email ending its local part with a dot', args: () => ['user', 'create', '--email', 'ab.@example.com', '--username', 'x2'], code: 2, message: /'ab\.@example\.com' is not a valid email address \(the part before '@'/ },
+  { name: 'email whose local part is over 64 characters', args: () => ['user', 'create', '--email', `${'a'.repeat(65)}@example.com`, '--username', 'x2'], code: 2, message: /is not a valid email address \(the part before '@' is 65 characters: at most 64\)/ },
+  { name: 'email over 254 characters', args: () => ['user', 'create', '--email', `a@${['b', 'c', 'd', 'e'].map((c) => c.repeat(63)).join('.')}.com`, '--username', 'x2'], code: 2, message: /is not a valid email address \(261 characters: at most 254\)$/m },
   { name: 'duplicate email', args: () => ['user', 'create', '--email', 'ada@example.com', '--username', 'other'], code: 2, message: /email 'ada@example.com' already exists/ },
   { name: 'duplicate username', args: () => ['user', 'create', '--email', 'new@example.com', '--username', 'ada'], code: 2, message: /username 'ada' already exists/ },
   { name: 'duplicate wordpress id', args: () => ['user', 'create', '--email', 'n2@example.com', '--username', 'n2', '--wordpress-user-id', '7'], code: 2, message: /WordPress user id 7 already exists/ },
+  // Blanks around it are trimmed, as around a user id: ' 7' is WordPress id 7, which ada holds.
+  { name: 'duplicate wordpress id typed with blanks', args: () => ['user', 'create', '--email', 'n9@example.com', '--username', 'n9', '--wordpress-user-id', ' 7 '], code: 2, message: /WordPress user id 7 already exists/ },
   { name: 'bad username', args: () => ['user', 'create', '--email', 'n3@example.com', '--username', 'a b'], code: 2, message: /'a b' is not a valid username/ },
   { name: 'bad wordpress id', args: () => ['user', 'create', '--email', 'n4@example.com', '--username', 'n4', '--wordpress-user-id', 'x'], code: 2, message: /--wordpress-user-id 'x'/ },
   {

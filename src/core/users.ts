@@ -71,7 +71,13 @@ const USERNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
 export function validateEmail(email: string): string {
   const e = email.trim();
-  if (e.length > 255 || !EMAIL_RE.test(e)) throw new UsageError(`'${email}' is not a valid email address`, 'bad_email');
+  const bad = (why: string) => new UsageError(`'${email}' is not a valid email address${why}`, 'bad_email');
+  if (!EMAIL_RE.test(e)) throw bad('');
+  // RFC 5321/5322 limits a bare regex does not see: mail to such an address cannot be delivered.
+  const local = e.slice(0, e.lastIndexOf('@'));
+  if (e.length > 254) throw bad(` (${e.length} characters: at most 254)`);
+  if (local.length > 64) throw bad(` (the part before '@' is ${local.length} characters: at most 64)`);
+  if (local.startsWith('.') || local.endsWith('.') || local.includes('..')) throw bad(` (the part before '@' may not begin or end with '.', nor hold '..')`);
   return e;
 }
 
@@ -82,8 +88,9 @@ export function validateUsername(u: string): string {
 
 export function parseWordpressId(raw: unknown): number | null {
   if (raw === undefined || raw === null) return null;
-  const s = String(raw);
-  if (!/^[1-9][0-9]*$/.test(s)) throw new UsageError(`--wordpress-user-id '${s}' must be a positive whole number`, 'bad_wordpress_id');
+  // Surrounding blanks are trimmed, as for a user id (`user show ' 7'`).
+  const s = String(raw).trim();
+  if (!/^[1-9][0-9]*$/.test(s)) throw new UsageError(`--wordpress-user-id '${String(raw)}' must be a positive whole number`, 'bad_wordpress_id');
   // ACM2's column is a signed 32-bit INT.
   if (s.length > 10 || Number(s) > 2147483647) throw new UsageError(`--wordpress-user-id '${s}' is more than 2147483647, the largest id ACM2's users table holds`, 'bad_wordpress_id');
   return Number(s);
