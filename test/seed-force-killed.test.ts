@@ -15,6 +15,7 @@ import { readyButIncomplete } from './helpers/complete.js';
 import { freezeSeed } from '../src/core/freeze.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
+import { renderSeed } from '../src/ui/users.js';
 import { userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -161,7 +162,14 @@ describe('acm2 user seed <id> --force killed outright', () => {
     const held = await world.master.latestJob(id);
     const plain = await acm2(['user', 'seed', String(id)]);
     expect(plain.code, plain.stdout).toBe(0);
-    expect(JSON.parse(plain.stdout).seed).toMatchObject({ status: 'ready', outcome: 'already_ready' });
+    const seed = JSON.parse(plain.stdout).seed;
+    expect(seed).toMatchObject({ status: 'ready', outcome: 'already_ready' });
+    // Said, not only done: "nothing to do" alone would hide that the --force never happened.
+    expect(seed.closedForceJobs).toEqual([{ id: held!.id, status: 'failed', error: expect.stringMatching(/before it changed anything: user \d+ stays ready with v1.*run: acm2 user seed \d+ --force\)$/) }]);
+    expect(renderSeed(seed, id).split('\n')).toEqual([
+      expect.stringMatching(new RegExp(`^Job #${held!.id} is closed as failed: the acm2 user seed ${id} --force that ran this job stopped`)),
+      `User ${id} is already ready with v1; nothing to do.`,
+    ]);
     expect(await world.master.latestJob(id)).toMatchObject({ id: held!.id, status: 'failed', force: true, lastError: expect.stringMatching(/before it changed anything: user \d+ stays ready with v1/) });
     expect(edits()).toEqual(edited);
     expect(JSON.parse((await acm2(['user', 'seed', '--pending', '--concurrency', '1'])).stdout)).toMatchObject({ claimed: 0 });

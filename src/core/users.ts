@@ -43,6 +43,12 @@ export interface SeedReport {
   backup?: string;
   /** already_ready, with user_meta written back to this version (see SeedUserResult.readyAgain). */
   readyAgain?: { from: string | null };
+  /**
+   * Jobs of an earlier `--force` whose process is gone that this plain seed found and closed
+   * instead of running (see queuedForce): said, so "nothing to do" does not hide that the
+   * --force the operator asked for never happened.
+   */
+  closedForceJobs?: Array<{ id: number; status: 'done' | 'failed'; error?: string }>;
 }
 
 export interface CreateUserResult {
@@ -489,6 +495,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     const enqueue = !ready || (await deps.master.latestJob(user.id))?.status === 'failed' ? { force } : undefined;
     deps.onCommitting?.();
     let claimed = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
+    const closedForceJobs: NonNullable<SeedReport['closedForceJobs']> = [];
     while (claimed?.force && !force) {
       // A --force's job this plain seed took over (its worker died): a plain seed never does a
       // --force's work on a ready user. The job is closed as the queue would close it, and the
@@ -504,7 +511,10 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
         throw e;
       }
       if (!unrun) break;
-      if ((await deps.master.finishJob(claimed.id, worker, unrun)) && unrun.status === 'done') await deps.master.supersedeOlderJobs(user.id, claimed.id);
+      if (await deps.master.finishJob(claimed.id, worker, unrun)) {
+        closedForceJobs.push({ id: claimed.id, status: unrun.status, ...(unrun.status === 'failed' ? { error: unrun.error } : {}) });
+        if (unrun.status === 'done') await deps.master.supersedeOlderJobs(user.id, claimed.id);
+      }
       claimed = await deps.master.claimJobForUser(user.id, worker, LEASE_MS, undefined, pkg.version, enqueue, true);
     }
     const job = claimed;
@@ -513,7 +523,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       seeded = true;
       if (job && (await deps.master.finishJob(job.id, worker, { status: 'done' }))) await deps.master.supersedeOlderJobs(user.id, job.id);
-      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id, ...(r.backup ? { backup: r.backup.path } : {}), ...(r.readyAgain ? { readyAgain: r.readyAgain } : {}) };
+      return { status: 'ready', outcome: r.outcome, seedVersion: pkg.version, rows: r.rows, files: r.files, bytes: r.bytes, durationMs: r.durationMs, jobId: job?.id, ...(r.backup ? { backup: r.backup.path } : {}), ...(r.readyAgain ? { readyAgain: r.readyAgain } : {}), ...(closedForceJobs.length > 0 ? { closedForceJobs } : {}) };
     } catch (e) {
       // The seed worked and the master failed to take it (locked past the wait, gone, corrupt):
       // not an attempt of the user's. The job stays claimed until its lease ends; the next run
@@ -534,7 +544,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
         e.message += note;
         throw e;
       }
-      return { status: 'failed', seedVersion: pkg.version, error: error + note, jobId: job?.id, ...(retry ? { retry: again } : {}) };
+      return { status: 'failed', seedVersion: pkg.version, error: error + note, jobId: job?.id, ...(retry ? { retry: again } : {}), ...(closedForceJobs.length > 0 ? { closedForceJobs } : {}) };
     }
   } finally {
     await lock.release();

@@ -10,6 +10,16 @@ import { fitStart, visible } from './text.js';
 import { deadHere } from '../core/worker-name.js';
 
 export function renderSeed(seed: SeedReport, userId: number): string {
+  const closed = (seed.closedForceJobs ?? []).map((j) =>
+    j.status === 'done'
+      ? `Job #${j.id}, of an earlier acm2 user seed ${userId} --force whose process is gone, had finished its work: it is closed as done.`
+      : color.yellow(`Job #${j.id} is closed as failed: ${j.error ?? 'its --force did not run'}`),
+  );
+  const line = renderSeedLine(seed, userId);
+  return closed.length > 0 ? [...closed, line].join('\n') : line;
+}
+
+function renderSeedLine(seed: SeedReport, userId: number): string {
   if (seed.status === 'pending') return `Seed job ${seed.jobId ?? ''} queued for ${seed.seedVersion}: run 'acm2 user seed --pending' to process it.`;
   if (seed.status === 'failed') return color.red(`Seeding user ${userId} with ${seed.seedVersion} failed: ${seed.error}${seed.retry ? `\nRetry with: ${seed.retry}` : ''}`);
   if (seed.outcome === 'already_ready') {
