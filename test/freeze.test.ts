@@ -2,7 +2,7 @@
 // leaving neither a version folder nor a staging folder behind.
 
 import Database from 'better-sqlite3';
-import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statfsSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statfsSync, symlinkSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import os from 'node:os';
 import path from 'node:path';
@@ -650,6 +650,16 @@ describe('freezeSeed: refusals exit 2 and leave nothing', () => {
     writeFileSync(Buffer.concat([Buffer.from(`${runDir(src)}/logs/`), Buffer.from([0x72, 0xe9, 0x73, 0x75, 0x6d, 0xe9, 0x2e, 0x6c, 0x6f, 0x67])]), 'latin-1 name\n');
     const err = expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', /logs\/r\uFFFDsum\uFFFD\.log has a name that is not valid UTF-8/);
     expect(err.message).not.toMatch(/not a regular file/);
+  });
+
+  it('a file too big to be read as one string (over 512 MiB): refused, not frozen into a package no user can be seeded from', () => {
+    const MAX_PACKAGE_FILE_BYTES = 2 ** 29 - 24; // V8's longest string on 64-bit Node 20
+    const src = source();
+    const big = path.join(runDir(src), 'logs', 'huge.log');
+    writeFileSync(big, '');
+    truncateSync(big, MAX_PACKAGE_FILE_BYTES + 1); // sparse: nothing is written
+    const seedsDir = path.join(tmp(), 'seeds');
+    expectRefused(() => freezeSeed(input(src, seedsDir)), seedsDir, 'v1', `runs/${src.runId}/logs/huge.log is ${MAX_PACKAGE_FILE_BYTES + 1} bytes: a package file can be at most ${MAX_PACKAGE_FILE_BYTES} (just under 512 MiB)`);
   });
 
   it('a symlink in the source tree', () => {

@@ -4,6 +4,7 @@
 import Database from 'better-sqlite3';
 import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { constants as bufferConstants } from 'node:buffer';
 import { fsyncPath, writeFileDurable } from '../durable.js';
 import { loadMigrations } from '../migrations.js';
 import type { ProgressSink } from '../ui/reporter.js';
@@ -11,6 +12,13 @@ import { USER_MIGRATIONS } from '../userdb/user-db.js';
 import { compareStrings, primaryKeyOrder, quoteIdent, tableColumns, tableExists, walkTree, type ColumnInfo } from './canonical.js';
 import { PACKAGE_TABLES, unsafePathReason, type ManifestFile, type PackageTable } from './manifest.js';
 import { safeDocId } from './remap.js';
+
+/**
+ * Every package file is read whole as one JavaScript string to remap the identifiers in it (as
+ * latin1 when it is not UTF-8: one character a byte), and V8 makes no string longer than
+ * buffer.constants.MAX_STRING_LENGTH characters (2^29 - 24 on 64-bit Node 20): a bigger file would be frozen into a package no user can be seeded from.
+ */
+export const MAX_PACKAGE_FILE_BYTES = bufferConstants.MAX_STRING_LENGTH;
 
 type Row = Record<string, unknown>;
 
@@ -285,6 +293,7 @@ export function selectForFreeze(db: Database.Database, opts: SelectOptions): Fre
       else if (e.kind === 'other') gap(`${runRel}${e.rel} ${e.rel.includes('\uFFFD') ? 'has a name that is not valid UTF-8: rename it' : 'is not a regular file or folder'}`);
       else if (unsafePathReason(`${runRel}${e.rel}`) !== undefined) gap(`${runRel}${e.rel} cannot be a package path: it ${unsafePathReason(`${runRel}${e.rel}`)}`);
       else if (e.kind === 'dir') dirs.push(e.rel);
+      else if (e.bytes > MAX_PACKAGE_FILE_BYTES) gap(`${runRel}${e.rel} is ${e.bytes} bytes: a package file can be at most ${MAX_PACKAGE_FILE_BYTES} (just under 512 MiB), the most a seed can read as text to remap the identifiers in it`);
       else files.push({ rel: e.rel, bytes: e.bytes, mtimeMs: e.mtimeMs, ino: e.ino });
     }
     reportExists = files.some((f) => f.rel === 'reports/report.html');
