@@ -1028,6 +1028,36 @@ describe('stopping and resuming', () => {
     }
   });
 
+  it('never changes the mode of a file hard-linked from outside the user\'s tree (a chmod would change that file too)', async () => {
+    const f = await buildLegacyFleet({ ready: 1 }, pkg.pkg);
+    try {
+      // A file of someone else's (0644), with a second name inside user_1/: one inode, two paths
+      // (a hard link cannot cross file systems, so it sits beside the user's folder).
+      const shared = path.join(f.dataDir, 'shared.txt');
+      writeFileSync(shared, 'not the user\'s\n', { mode: 0o644 });
+      chmodSync(shared, 0o644);
+      linkSync(shared, path.join(userRoot(f.dataDir, 1), 'shared.txt'));
+      // A loose file of the user's own beside it, which backfill does tighten.
+      const own = path.join(userRoot(f.dataDir, 1), 'own.txt');
+      writeFileSync(own, 'mine\n', { mode: 0o644 });
+      chmodSync(own, 0o644);
+      const r = await backfill(f);
+      expect(r.failures).toEqual([]);
+      expect(statSync(own).mode & 0o777).toBe(0o600);
+      expect(statSync(shared).mode & 0o777).toBe(0o644);
+      // Nothing left that backfill would do: a second run finds the user ok.
+      const again = await backfill(f);
+      expect(again.users[0]).toMatchObject({ id: 1, outcome: 'ok' });
+      expect(statSync(shared).mode & 0o777).toBe(0o644);
+      // verify still names it, and says why backfill leaves it.
+      const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir }, { users: [1] });
+      const perm = v.users[0]!.problems.filter((p) => p.code === 'bad_permissions');
+      expect(perm).toEqual([expect.objectContaining({ path: 'user_1/shared.txt', message: expect.stringMatching(/2 hard links.*backfill leaves it/) })]);
+    } finally {
+      await f.cleanup();
+    }
+  });
+
   it('a full disk stops the backfill at the first user it hits; --resume goes on once there is space', async () => {
     const f = await buildLegacyFleet({ missing: 4 }, pkg.pkg);
     try {

@@ -291,12 +291,22 @@ function corruptDb(dataDir: string, userId: UserId, what: string, done: string):
 
 const modeOk = (mode: number, want: number) => (mode & 0o077) === 0 && (mode & want) === want;
 
-/** The user's DB and every file and folder under user_{id}/ whose mode is not 0600/0700. */
+/**
+ * A file with a second hard link shares its inode, and so its mode, with another path (outside
+ * the user's tree, or another user's file): a chmod here would change that file too, which is not
+ * the user's. Such a file is left as it is (verify names it, and why).
+ */
+const sharedInode = (st: { isFile(): boolean; nlink: number }) => st.isFile() && st.nlink > 1;
+
+/**
+ * The user's DB and every file and folder under user_{id}/ whose mode is not 0600/0700 (a file
+ * with a second hard link excepted: see sharedInode).
+ */
 export function loosePermissions(dataDir: string, userId: UserId): string[] {
   const out: string[] = [];
   const db = userDbPath(dataDir, userId);
   const dbSt = lstatOrUndefined(db);
-  if (dbSt?.isFile() && !modeOk(dbSt.mode, 0o600)) out.push(db);
+  if (dbSt?.isFile() && !sharedInode(dbSt) && !modeOk(dbSt.mode, 0o600)) out.push(db);
   const root = userRoot(dataDir, userId);
   const rootSt = lstatOrUndefined(root);
   if (!rootSt?.isDirectory()) return out;
@@ -313,7 +323,7 @@ export function loosePermissions(dataDir: string, userId: UserId): string[] {
       if (e.isDirectory()) stack.push(abs);
       else if (e.isFile()) {
         const fst = lstatOrUndefined(abs);
-        if (fst && !modeOk(fst.mode, 0o600)) out.push(abs);
+        if (fst && !sharedInode(fst) && !modeOk(fst.mode, 0o600)) out.push(abs);
       }
     }
   }
@@ -323,7 +333,8 @@ export function loosePermissions(dataDir: string, userId: UserId): string[] {
 function tightenPermissions(paths: string[]): void {
   for (const p of paths) {
     const st = lstatOrUndefined(p);
-    if (!st || st.isSymbolicLink()) continue;
+    // Linked since the plan was made: see sharedInode.
+    if (!st || st.isSymbolicLink() || sharedInode(st)) continue;
     chmodSync(p, st.isDirectory() ? 0o700 : 0o600);
   }
 }

@@ -1375,7 +1375,9 @@ class UserCheck {
     // Group/other bits leak a user's data; missing owner bits lock ACM2 out.
     if ((mode & 0o077) === 0 && (mode & want) === want) return;
     const what = st.isDirectory() ? 'folder' : 'file';
-    this.add('bad_permissions', `${what} ${this.rel(abs)} has mode ${octal(mode)}, expected ${octal(want)}`, { path: this.rel(abs) });
+    // A second hard link shares the mode with another path, not the user's: backfill leaves it.
+    const linked = st.isFile() && st.nlink > 1 ? `; it has ${st.nlink} hard links, so acm2 backfill leaves it (a chmod would change the other paths' file too): give it a copy of its own (cp it to a new name, mv that over it), or set its mode yourself` : '';
+    this.add('bad_permissions', `${what} ${this.rel(abs)} has mode ${octal(mode)}, expected ${octal(want)}${linked}`, { path: this.rel(abs) });
   }
 
   // --- master vs user DB ----------------------------------------------------------------------
