@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { CAN_MOUNT_TMPFS, frozenSource, runCli, snapshotTree, sqliteWorld, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
@@ -94,6 +95,32 @@ describe('user seed --force over a user who edited seeded rows and files', () =>
     expect(r.seed).toMatchObject({ status: 'ready', outcome: 'restored' });
     expect(r.seed.backup).toBeUndefined();
     expect(backupsOf(world.dataDir, u.user.id)).toEqual([]);
+  });
+
+  it('rewrites no seeded file already at the package state: a second --force leaves each as it was (SPEC 6.5)', async () => {
+    const u = await createUser(deps(), { email: 'twice@example.com', username: 'twice' });
+    const id = u.user.id;
+    const before = editUser(world.dataDir, id);
+    await seedOneUser(deps(), String(id), { force: true });
+    const root = userRoot(world.dataDir, id);
+    const db = new Database(userDbPath(world.dataDir, id), { readonly: true });
+    const seeded = db.prepare(`SELECT path FROM acm2_seed_files`).pluck().all() as string[];
+    db.close();
+    expect(seeded.length).toBeGreaterThan(1);
+    const look = () => Object.fromEntries(seeded.map((p) => {
+      const st = statSync(path.join(root, p), { bigint: true });
+      return [p, { ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, sha256: createHash('sha256').update(readFileSync(path.join(root, p))).digest('hex') }];
+    }));
+    const first = look();
+    // The edited doc was restored by the first --force (the package's bytes again).
+    expect(readFileSync(path.join(root, before.doc))).toEqual(before.docBytes);
+    // A rewrite of the same bytes would still change each file's mtime (and, for a moment,
+    // truncate a file ACM2 may be serving).
+    await new Promise((r) => setTimeout(r, 20));
+    const again = await seedOneUser(deps(), String(id), { force: true });
+    expect(again.seed).toMatchObject({ status: 'ready', outcome: 'restored' });
+    expect(again.seed.backup).toBeUndefined();
+    expect(look()).toEqual(first);
   });
 
   it('a deleted seeded row or file is only added back: nothing of the user is lost, so no backup', async () => {

@@ -790,6 +790,17 @@ function writeFileAt(abs: string, data: Uint8Array, dataDir: string, userId: Use
   }
 }
 
+/**
+ * Whether `abs` is a regular, singly-linked file holding exactly `data` (what writeFileAt would
+ * leave there). A symlink, FIFO or file with a second hard link is never one: writeFileAt
+ * replaces those.
+ */
+function sameOwnFile(abs: string, data: Uint8Array): boolean {
+  const st = lstatOrUndefined(abs);
+  if (!st?.isFile() || st.nlink !== 1 || st.size !== data.length) return false;
+  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).equals(readFileSync(abs));
+}
+
 /** An open, emptied fd of the regular, singly-linked file at `abs`, or undefined if it is not one. */
 function openOwnFile(abs: string): number | undefined {
   let fd: number;
@@ -879,7 +890,9 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string, userId
       for (let d = dir; d.length > root.length && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
       mkdirInside(root, realRoot, dir, userId);
     }
-    writeFileAt(abs, f.data, dataDir, userId);
+    // Already these bytes (a second --force, a rerun after a crash): rewriting it would change
+    // nothing but its mtime, and truncate for a moment a file ACM2 may be serving.
+    if (!sameOwnFile(abs, f.data)) writeFileAt(abs, f.data, dataDir, userId);
     out.push(abs);
   }
   dirs.add(root);
