@@ -223,6 +223,24 @@ describe('a folder where the seed writes a file', () => {
     expect(r.seed.retry).toBeUndefined();
     expect(readFileSync(path.join(u.log, 'mine.txt'), 'utf8')).toBe('the user’s\n');
   });
+
+  it('is found by --force before it writes anything: the user stays ready, its edited seeded files as they were', async () => {
+    const u = await readyUser();
+    // The user rewrote every seeded generated doc (written before the logs)...
+    const gen = path.join(u.runDir, 'generated');
+    const edited = readdirSync(gen).map((name) => path.join(gen, name));
+    expect(edited.length).toBeGreaterThan(0);
+    for (const f of edited) writeFileSync(f, 'my own rewrite\n');
+    // ...and a folder of theirs sits where the seed writes its log.
+    rmSync(u.log);
+    mkdirSync(u.log);
+    writeFileSync(path.join(u.log, 'mine.txt'), 'the user’s\n');
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/is a folder where the seed writes a file: it was left alone; move it aside.*; user \d+ stays ready with v1, its rows and files as they were/) });
+    for (const f of edited) expect(readFileSync(f, 'utf8')).toBe('my own rewrite\n');
+    const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
+    expect(s.status).toBe('ready');
+  });
 });
 
 describe('user show of a user_{id}.db that is a dangling symlink', () => {

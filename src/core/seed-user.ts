@@ -424,6 +424,9 @@ function* seedSteps(input: SeedUserInput): Generator<ToSync, SeedUserResult, voi
     dropStaged();
     step('map_persisted');
     const files = renderFiles(prepared, map);
+    // What writeFiles would refuse is found before it writes anything: a ready user then stays
+    // ready, its rows and files as they were, rather than failed half restored.
+    refuseInTheWay(files, userRoot(dataDir, userId), userId);
 
     done.writing = true;
     const durable = writeFiles(files, userRoot(dataDir, userId), dataDir, userId);
@@ -811,7 +814,7 @@ function openOwnFile(abs: string): number | undefined {
     // ELOOP: a symlink (O_NOFOLLOW); ENXIO: a FIFO nobody reads; others: a socket, a device.
     if (code === 'ELOOP' || code === 'ENXIO' || code === 'EOPNOTSUPP' || code === 'ENODEV' || code === 'ETXTBSY') return undefined;
     // A folder holds things that may be the user's: never replaced, and no retry would help.
-    if (code === 'EISDIR') throw new NeedsOperatorError(`${abs} is a folder where the seed writes a file: it was left alone; move it aside, then seed the user again`, { cause: e });
+    if (code === 'EISDIR') throw folderInTheWay(abs, e);
     throw e;
   }
   const st = fstatSync(fd);
@@ -903,10 +906,36 @@ function writeFiles(files: RenderedFile[], root: string, dataDir: string, userId
 }
 
 /**
+ * What writeFiles would refuse, looked for without writing anything: a folder where a seeded file
+ * goes, or anything but a folder (in the user's folder) on the way to one.
+ */
+function refuseInTheWay(files: RenderedFile[], root: string, userId: UserId): void {
+  // A root that is not there holds nothing in the way (refuseOddUserRoot has judged what it is).
+  if (!lstatOrUndefined(root)?.isDirectory()) return;
+  const realRoot = realpathSync(root);
+  const dirs = new Set<string>();
+  for (const f of files) {
+    const abs = resolveInside(root, f.path);
+    const dir = path.dirname(abs);
+    if (!dirs.has(dir)) {
+      dirs.add(dir);
+      mkdirInside(root, realRoot, dir, userId, false);
+    }
+    if (lstatOrUndefined(abs)?.isDirectory()) throw folderInTheWay(abs);
+  }
+}
+
+/** A folder where the seed writes a file: it holds things that may be the user's. */
+function folderInTheWay(abs: string, cause?: unknown): NeedsOperatorError {
+  return new NeedsOperatorError(`${abs} is a folder where the seed writes a file: it was left alone; move it aside, then seed the user again`, cause === undefined ? undefined : { cause });
+}
+
+/**
  * Make `dir` (under root) a folder, one level at a time, never through a symlink that leads
  * out of the root (one inside it is followed) and never over something that is not a folder.
+ * `make` false: only look (nothing is made; what is missing ends the look).
  */
-function mkdirInside(root: string, realRoot: string, dir: string, userId: UserId): void {
+function mkdirInside(root: string, realRoot: string, dir: string, userId: UserId, make = true): void {
   // What is there is not the seed's to move, and no retry would get past it.
   const inTheWay = (what: string) => new NeedsOperatorError(`${what}: no file is written through it and it was left alone; move it aside, then run: acm2 user seed ${userId}`);
   let at = root;
@@ -918,6 +947,7 @@ function mkdirInside(root: string, realRoot: string, dir: string, userId: UserId
       st = lstatSync(at);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      if (!make) return;
       mkdirSync(at, { mode: 0o700 });
       continue;
     }
