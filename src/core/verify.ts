@@ -866,16 +866,21 @@ class UserCheck {
     const expected = typeof loaded === 'string' ? undefined : loaded;
     const mappedOfVersion = new Set<string>();
     this.guard('acm2_id_map', () => {
-      const sources = new Set<string>(expected?.ids);
+      const sources = new Set<string>();
+      let own = new Set<string>();
       if (tables.has('acm2_id_map')) {
         const inMap = new Set<string>();
-        for (const [v, src, kind] of db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).iterate() as Iterable<[string, string, string]>) {
+        const entries = db.prepare(`SELECT seed_version, source_id, kind FROM acm2_id_map`).raw(true).all() as Array<[string, string, string]>;
+        for (const [v, src, kind] of entries) {
           inMap.add(v);
-          // 'uuid' entries are no package ids: a capitals form of one (found through its row's
-          // id anyway), or UUID-shaped text an older tool remapped, which a reseed now keeps as is.
-          if (kind !== 'uuid') sources.add(src);
           kindsByVersion.get(v)?.add(kind) ?? kindsByVersion.set(v, new Set([kind]));
           if (v === meta?.version) mappedOfVersion.add(`${kind}\0${src}`);
+        }
+        own = versionsCutFromHere(db, tables, entries);
+        for (const [v, src, kind] of entries) {
+          // 'uuid' entries are no package ids: a capitals form of one (found through its row's
+          // id anyway), or UUID-shaped text an older tool remapped, which a reseed now keeps as is.
+          if (kind !== 'uuid' && !own.has(v)) sources.add(src);
         }
         if (meta?.version === 'legacy') versions = [];
         else if (meta && (inMap.has(meta.version) || expected)) {
@@ -889,6 +894,7 @@ class UserCheck {
           if (states && meta.status === 'ready' && !this.problems.some((p) => p.code === 'seed_version_unknown')) this.checkSeedRecord(meta.version, states);
         } else versions = [...inMap];
       } else if (expected) versions = [meta!.version];
+      if (!own.has(meta?.version ?? '')) for (const id of expected?.ids ?? []) sources.add(id);
       if (sources.size > 0) this.leaks = new LeakIndex(sources);
     });
     const complete = !meta || meta.status === 'ready';
@@ -1539,6 +1545,22 @@ const expectations = new Map<string, PackageExpectation | string>();
  * What a user seeded from this version must hold, read once per thread; undefined without a
  * seeds dir, and why not (a sentence) when the package does not load (tampered, unreadable).
  */
+/**
+ * The versions this user's DB was the source of (`seed freeze --source user_{id}.db`): the
+ * package's run is a row of this user's that no seed of that version made. Their package ids
+ * are this user's own, so its rows holding them are no leak; every other user seeded from such
+ * a version is still checked against them.
+ */
+function versionsCutFromHere(db: Database.Database, tables: Set<string>, entries: Array<[string, string, string]>): Set<string> {
+  const own = new Set<string>();
+  if (!tables.has('runs')) return own;
+  const runs = entries.filter(([, , kind]) => kind === 'runs');
+  if (runs.length === 0) return own;
+  const isOwnRow = db.prepare(`SELECT 1 FROM runs WHERE id = ? AND id NOT IN (SELECT target_id FROM acm2_id_map WHERE seed_version = ? AND kind = 'runs')`).pluck();
+  for (const [v, src] of runs) if (isOwnRow.get(src, v) !== undefined) own.add(v);
+  return own;
+}
+
 function packageExpectation(seedsDir: string | undefined, version: string): PackageExpectation | string | undefined {
   if (!seedsDir) return undefined;
   const key = `${seedsDir}\0${version}`;
