@@ -596,3 +596,53 @@ describe('identifiers only free text names', () => {
     }
   });
 });
+
+describe('a package id in a BLOB cell (bytes SQLite keeps in a TEXT column)', () => {
+  it('is remapped, the cell stays a BLOB, and verify --deep finds one put back', async () => {
+    const root = tmpDir('acm2-id-blob-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      const S = source.sourceDocIds[0]!;
+      const R = source.runId;
+      const db = new Database(source.dbPath);
+      db.prepare(`UPDATE contents SET description = ? WHERE id = ?`).run(Buffer.from(`from run ${R}`), S);
+      db.prepare(`UPDATE runs SET error_message = ? WHERE id = ?`).run(Buffer.concat([Buffer.from([0xff, 0]), Buffer.from(` source ${S}`)]), R);
+      db.close();
+      const seedsDir = path.join(root, 'seeds');
+      freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: R, version: 'v9', seedsDir, setCurrent: true });
+      const users: number[] = [];
+      const blobs: Buffer[][] = [];
+      for (const who of ['b1', 'b2']) {
+        const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: `${who}@example.com`, username: who });
+        expect(u.seed.status).toBe('ready');
+        users.push(u.user.id);
+        const udb = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+        const desc = udb.prepare(`SELECT description FROM contents WHERE typeof(description) = 'blob'`).pluck().all() as Buffer[];
+        const err = udb.prepare(`SELECT error_message FROM runs WHERE typeof(error_message) = 'blob'`).pluck().all() as Buffer[];
+        const newRun = udb.prepare(`SELECT id FROM runs`).pluck().get() as string;
+        udb.close();
+        expect(desc).toEqual([Buffer.from(`from run ${newRun}`)]);
+        expect(err).toHaveLength(1);
+        expect(err[0]!.subarray(0, 2)).toEqual(Buffer.from([0xff, 0]));
+        expect(err[0]!.toString('latin1')).toMatch(/^.. source [0-9a-f-]{36}$/s);
+        expect(err[0]!.toString('latin1')).not.toContain(S);
+        blobs.push([...desc, ...err]);
+      }
+      expect(blobs[0]![1]!.equals(blobs[1]![1]!)).toBe(false);
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(v.users.flatMap((u) => u.problems.map((p) => `${u.id} ${p.code}: ${p.message}`))).toEqual([]);
+      for (const id of users) expect(diffUserWithPackage({ dataDir: w.dataDir, seedsDir }, id).equal).toBe(true);
+      expect(diffUsers({ dataDir: w.dataDir }, users[0]!, users[1]!).equal).toBe(true);
+      // The package's id put back in a BLOB: verify --deep says so.
+      const udb = new Database(userDbPath(w.dataDir, users[0]!));
+      udb.prepare(`UPDATE runs SET error_message = ?`).run(Buffer.from(`run ${R}`));
+      udb.close();
+      const leaked = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(leaked.users.find((x) => x.id === users[0])!.problems.map((p) => `${p.code} ${p.table}`)).toEqual(['seed_id_leaked runs']);
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -12,7 +12,7 @@ import { UnavailableError, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
 import { canonicalJson, walkTree } from '../seed/canonical.js';
 import { loadPackage, manifestTables, readPackageRows, type SeedPackage } from '../seed/package.js';
-import { isTemplate, preparePackage, SEED_TABLES, type Cell } from '../seed/prepared.js';
+import { preparePackage, renderCell, SEED_TABLES, type Cell } from '../seed/prepared.js';
 import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
 import { isBusy, isCorrupt } from './migrate-safe.js';
 import { resolveUser } from './users.js';
@@ -230,7 +230,7 @@ function renderedPackageSnapshot(pkg: SeedPackage, map: ReadonlyMap<string, stri
   for (const t of prepared.tables) {
     const m = new Map<string, Map<string, string>>();
     for (const r of t.rows) {
-      const values = r.map((v: Cell) => (isTemplate(v) ? renderLoose(v, map) : v));
+      const values = r.map((v: Cell) => renderCell(v, renderLoose, map));
       m.set(String(values[t.idIndex]), rowOf(t.columns, values));
     }
     tables.set(t.name, m);
@@ -363,7 +363,7 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
       return out;
     },
     snapshot(translate, skip) {
-      const tr = (v: unknown) => (translate && typeof v === 'string' ? translate.text(v) : v);
+      const tr = (v: unknown) => (!translate ? v : typeof v === 'string' ? translate.text(v) : Buffer.isBuffer(v) ? translateBlob(v, translate) : v);
       const tables = new Map<string, Map<string, Map<string, string>>>();
       const defaults = new Map<string, Map<string, string>>();
       for (const t of SEED_TABLES) {
@@ -478,6 +478,12 @@ function entryFingerprint(abs: string, kind: 'file' | 'symlink' | 'other', trans
   // byte as latin1, so the ids in a log that is not UTF-8 are mapped back too.
   const text = asText(buf);
   return sha256(text !== undefined ? Buffer.from(translate.text(text), 'utf8') : Buffer.from(translate.text(buf.toString('latin1')), 'latin1'));
+}
+
+/** A BLOB's ids back, in the encoding seeding rendered it in (see renderCell). */
+function translateBlob(buf: Buffer, translate: Translator): Buffer {
+  const text = asText(buf);
+  return text !== undefined ? Buffer.from(translate.text(text), 'utf8') : Buffer.from(translate.text(buf.toString('latin1')), 'latin1');
 }
 
 /**

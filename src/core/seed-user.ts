@@ -30,7 +30,7 @@ import { fsyncPath, lstatOrUndefined, statOrUndefined, syncFiles, syncFilesAsync
 import path from 'node:path';
 import type { SeedPackage } from '../seed/package.js';
 import type { UserLock } from '../master/types.js';
-import { preparePackage, isTemplate, type PreparedPackage, type PreparedTable, type Cell } from '../seed/prepared.js';
+import { preparePackage, renderCell, type PreparedPackage, type PreparedTable, type Cell } from '../seed/prepared.js';
 import { extendMap, render, renderBytes, type MapEntry } from '../seed/remap.js';
 import { quoteIdent } from '../seed/canonical.js';
 import { detectSchemaDrift, listTables, migrateUserDb, openSqlite, openUserDb, unfillableColumns, userMigrations, type SchemaDrift, type SqliteDb } from '../userdb/user-db.js';
@@ -1203,7 +1203,7 @@ function countRows(prepared: PreparedPackage): number {
 
 /** A package row with this user's identifiers and user_id, as the seed writes it. */
 function renderRow(t: PreparedTable, r: Cell[], userId: UserId, map: Map<string, string>): unknown[] {
-  return r.map((v: Cell, i) => (i === t.userIdIndex ? userId : isTemplate(v) ? render(v, map) : v));
+  return r.map((v: Cell, i) => (i === t.userIdIndex ? userId : renderCell(v, render, map)));
 }
 
 /**

@@ -1053,8 +1053,10 @@ class UserCheck {
           if (!leaks) continue;
           for (let i = 0; i < row.length; i++) {
             const v = row[i];
-            if (typeof v !== 'string') continue;
-            const hit = leaks.find(v);
+            // A BLOB (bytes SQLite kept in a TEXT column) as the remapper reads it: UTF-8, else latin1.
+            const text = typeof v === 'string' ? v : Buffer.isBuffer(v) ? blobText(v) : undefined;
+            if (text === undefined) continue;
+            const hit = leaks.find(text);
             if (hit) pass.leaked.push(problem('seed_id_leaked', this.userId, `${t}.${list[i]} holds package id ${hit}`, { table: t, rowId: String(row[idIx] ?? '') }));
           }
         }
@@ -1492,6 +1494,12 @@ export class LeakIndex {
     }
     return undefined;
   }
+}
+
+/** A BLOB's bytes as text, as the remapper reads them (prepared.ts): UTF-8, else latin1 byte for byte. */
+function blobText(buf: Buffer): string {
+  const s = buf.includes(0) ? undefined : buf.toString('utf8');
+  return s !== undefined && Buffer.byteLength(s) === buf.length && !s.includes('\uFFFD') ? s : buf.toString('latin1');
 }
 
 /** n hex digits at text[from..from+n) (lowercase only unless upper); false past the end. */

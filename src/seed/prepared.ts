@@ -10,7 +10,23 @@ import { DocIndex, findDocIds, idMayStartAt, isDocId, isUserDir, isUuid, isUuidP
 /** Tables a package may carry rows for, in an order that satisfies their references. */
 export const SEED_TABLES = ['contents', 'documents', 'presets', 'runs', 'tasks', 'artifacts'] as const;
 
-export type Cell = null | number | bigint | Buffer | Template;
+export type Cell = null | number | bigint | Buffer | Template | BlobTemplate;
+
+/**
+ * A BLOB cell that names an identifier (SQLite keeps bytes written to a TEXT column as a BLOB):
+ * its bytes as text (UTF-8, or latin1 byte for byte when not UTF-8), tokenised, and written back
+ * as a BLOB in the same encoding.
+ */
+export interface BlobTemplate extends Template {
+  blob: 'utf8' | 'latin1';
+}
+
+/** A cell as this user's copy holds it: templates rendered (`render`), a BLOB's back to bytes. */
+export function renderCell<M>(v: Cell, render: (t: Template, map: M) => string, map: M): null | number | bigint | Buffer | string {
+  if (!isTemplate(v)) return v;
+  const s = render(v, map);
+  return 'blob' in v ? Buffer.from(s, v.blob) : s;
+}
 
 export interface PreparedTable {
   name: string;
@@ -95,7 +111,7 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   // written to generated/ nor to results_summary. Its `S8.tag.` head still carries the source id's
   // last 8 characters, so any such head whose S8 ends one of the package's ids is a doc id too.
   const suffixes = new Set([...uuids].map((u) => u.slice(-8)));
-  const freeText = [...raw.flatMap((t) => t.rows.flatMap((r) => r.filter((v): v is string => typeof v === 'string'))), ...fileTexts.map((x) => x.f.path)];
+  const freeText = [...raw.flatMap((t) => t.rows.flatMap((r) => r.flatMap((v) => (typeof v === 'string' ? [v] : Buffer.isBuffer(v) ? [blobText(v)] : [])))), ...fileTexts.map((x) => x.f.path)];
   for (const x of fileTexts) freeText.push(x.scanned);
   for (const text of freeText) for (const head of docHeadsIn(text, suffixes)) docIds.add(head);
   const index = new DocIndex(docIds);
@@ -106,7 +122,7 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
       columns: t.columns,
       idIndex,
       userIdIndex: t.columns.indexOf('user_id'),
-      rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index, uuids) : (v as Cell)))),
+      rows: t.rows.map((r) => r.map((v) => (typeof v === 'string' ? tokenize(v, index, uuids) : Buffer.isBuffer(v) ? blobCell(v, index, uuids) : (v as Cell)))),
     };
   });
   const files: PreparedFile[] = fileTexts.map(({ f, abs, buf, text, scanned }) => {
@@ -150,6 +166,18 @@ function docHeadsIn(text: string, suffixes: ReadonlySet<string>): string[] {
 }
 
 const HEX8 = /^[0-9a-f]{8}$/;
+
+/** A BLOB's bytes as text: UTF-8, or latin1 byte for byte (see PreparedFile.latin1). */
+function blobText(buf: Buffer): string {
+  return asText(buf) ?? buf.toString('latin1');
+}
+
+/** A BLOB cell tokenised (BlobTemplate), or its bytes as they are when they name no identifier. */
+function blobCell(buf: Buffer, index: DocIndex, uuids: ReadonlySet<string>): Cell {
+  const text = asText(buf);
+  const t = tokenize(text ?? buf.toString('latin1'), index, uuids);
+  return t.toks.length > 0 ? { ...t, blob: text !== undefined ? 'utf8' : 'latin1' } : buf;
+}
 
 export function isTemplate(v: unknown): v is Template {
   return typeof v === 'object' && v !== null && !Buffer.isBuffer(v) && 'lits' in v;
