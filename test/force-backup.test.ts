@@ -1,32 +1,23 @@
 // `user seed <id> --force` restores the seeded rows and files to the package state (SPEC): what it
 // overwrites (a preset the user tuned, a doc they changed) is kept first, in a backup under
 // .acm2/backups/, named in the output, so a --force on the wrong user can be undone.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import Database from 'better-sqlite3';
-import { CAN_MOUNT_TMPFS, frozenSource, runCli, snapshotTree, sqliteWorld, withTmpfs, type FrozenSource, type World } from './helpers/env.js';
+import { CAN_MOUNT_TMPFS, fileWorld, runCli, snapshotTree, withTmpfs } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { seedUser, seedUserAsync } from '../src/core/seed-user.js';
 import { toolDir, userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
-let pkg: FrozenSource;
-let world: World;
-beforeAll(async () => {
-  pkg = frozenSource({ sourceDocs: 2 });
-  world = await sqliteWorld();
-});
-afterAll(async () => {
-  await world.cleanup();
-  pkg.cleanup();
-});
+const env = fileWorld({ sourceDocs: 2 });
 
-const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
+const deps = () => ({ master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 });
 
-const acm2 = (args: string[]) => runCli(world.dataDir, pkg.seedsDir, args);
+const acm2 = (args: string[]) => runCli(env.world.dataDir, env.pkg.seedsDir, args);
 
 /** The user renames the seeded preset and rewrites one seeded generated doc; returns what the package had. */
 function editUser(dataDir: string, id: number): { presetName: string; doc: string; docBytes: Buffer } {
@@ -63,16 +54,16 @@ describe('user seed --force over a user who edited seeded rows and files', () =>
   it('keeps the edited row and the edited file in a backup, then puts the live data back at the package state', async () => {
     const u = await createUser(deps(), { email: 'tuned@example.com', username: 'tuned' });
     const id = u.user.id;
-    const before = editUser(world.dataDir, id);
+    const before = editUser(env.world.dataDir, id);
     // Not a seeded file: --force leaves it alone, and the backup has no need of it.
-    const own = path.join(userRoot(world.dataDir, id), 'notes.md');
+    const own = path.join(userRoot(env.world.dataDir, id), 'notes.md');
     writeFileSync(own, 'mine');
 
     const r = await seedOneUser(deps(), String(id), { force: true });
     expect(r.seed).toMatchObject({ status: 'ready', outcome: 'restored' });
     const backup = r.seed.backup!;
     expect(backup).toMatch(new RegExp(`/\\.acm2/backups/user_${id}/user_${id}-force-\\d{8}T\\d{6}Z-[0-9a-f]{6}$`));
-    expect(backupsOf(world.dataDir, id)).toEqual([path.basename(backup)]);
+    expect(backupsOf(env.world.dataDir, id)).toEqual([path.basename(backup)]);
 
     // The backup: the whole DB as it was (the tuned preset), and the edited doc as it was, only it.
     expect(presetName(path.join(backup, `user_${id}.db`), id)).toBe('my tuned preset');
@@ -84,8 +75,8 @@ describe('user seed --force over a user who edited seeded rows and files', () =>
     expect(statSync(backup).mode & 0o777).toBe(0o700);
 
     // The live data: at the package state again; the user's own file untouched.
-    expect(presetName(userDbPath(world.dataDir, id), id)).toBe(before.presetName);
-    expect(readFileSync(path.join(userRoot(world.dataDir, id), before.doc))).toEqual(before.docBytes);
+    expect(presetName(userDbPath(env.world.dataDir, id), id)).toBe(before.presetName);
+    expect(readFileSync(path.join(userRoot(env.world.dataDir, id), before.doc))).toEqual(before.docBytes);
     expect(readFileSync(own, 'utf8')).toBe('mine');
   });
 
@@ -94,16 +85,16 @@ describe('user seed --force over a user who edited seeded rows and files', () =>
     const r = await seedOneUser(deps(), String(u.user.id), { force: true });
     expect(r.seed).toMatchObject({ status: 'ready', outcome: 'restored' });
     expect(r.seed.backup).toBeUndefined();
-    expect(backupsOf(world.dataDir, u.user.id)).toEqual([]);
+    expect(backupsOf(env.world.dataDir, u.user.id)).toEqual([]);
   });
 
   it('rewrites no seeded file already at the package state: a second --force leaves each as it was (SPEC 6.5)', async () => {
     const u = await createUser(deps(), { email: 'twice@example.com', username: 'twice' });
     const id = u.user.id;
-    const before = editUser(world.dataDir, id);
+    const before = editUser(env.world.dataDir, id);
     await seedOneUser(deps(), String(id), { force: true });
-    const root = userRoot(world.dataDir, id);
-    const db = new Database(userDbPath(world.dataDir, id), { readonly: true });
+    const root = userRoot(env.world.dataDir, id);
+    const db = new Database(userDbPath(env.world.dataDir, id), { readonly: true });
     const seeded = db.prepare(`SELECT path FROM acm2_seed_files`).pluck().all() as string[];
     db.close();
     expect(seeded.length).toBeGreaterThan(1);
@@ -126,7 +117,7 @@ describe('user seed --force over a user who edited seeded rows and files', () =>
   it('a deleted seeded row or file is only added back: nothing of the user is lost, so no backup', async () => {
     const u = await createUser(deps(), { email: 'deleted@example.com', username: 'deleted' });
     const id = u.user.id;
-    const db = new Database(userDbPath(world.dataDir, id));
+    const db = new Database(userDbPath(env.world.dataDir, id));
     const doc = db.prepare(`SELECT path FROM acm2_seed_files WHERE path LIKE '%/generated/%' ORDER BY path LIMIT 1`).pluck().get() as string;
     // A content row nothing references (ACM2 enforces its foreign keys).
     const deletable = (db.prepare(`SELECT id FROM contents WHERE user_id = ? ORDER BY id DESC`).pluck().all(id) as string[]).find((c) => {
@@ -138,38 +129,38 @@ describe('user seed --force over a user who edited seeded rows and files', () =>
     });
     expect(deletable).toBeTruthy();
     db.close();
-    rmSync(path.join(userRoot(world.dataDir, id), doc));
+    rmSync(path.join(userRoot(env.world.dataDir, id), doc));
     const r = await seedOneUser(deps(), String(id), { force: true });
     expect(r.seed.status).toBe('ready');
     expect(r.seed.backup).toBeUndefined();
-    expect(existsSync(path.join(userRoot(world.dataDir, id), doc))).toBe(true);
+    expect(existsSync(path.join(userRoot(env.world.dataDir, id), doc))).toBe(true);
   });
 
   it('removes a half-written backup a crash left, never a whole one', async () => {
     const u = await createUser(deps(), { email: 'leftover@example.com', username: 'leftover' });
     const id = u.user.id;
-    const dir = toolDir(world.dataDir, 'backups', `user_${id}`);
+    const dir = toolDir(env.world.dataDir, 'backups', `user_${id}`);
     const torn = path.join(dir, `user_${id}-force-20200101T000000Z-abcdef.partial`);
     mkdirSync(path.join(torn, `user_${id}`), { recursive: true });
     writeFileSync(path.join(torn, `user_${id}.db`), 'half');
-    editUser(world.dataDir, id);
+    editUser(env.world.dataDir, id);
     const r = await seedOneUser(deps(), String(id), { force: true });
     expect(existsSync(torn)).toBe(false);
-    expect(backupsOf(world.dataDir, id)).toEqual([path.basename(r.seed.backup!)]);
-    editUser(world.dataDir, id);
+    expect(backupsOf(env.world.dataDir, id)).toEqual([path.basename(r.seed.backup!)]);
+    editUser(env.world.dataDir, id);
     const again = await seedOneUser(deps(), String(id), { force: true });
-    expect(backupsOf(world.dataDir, id).sort()).toEqual([path.basename(r.seed.backup!), path.basename(again.seed.backup!)].sort());
+    expect(backupsOf(env.world.dataDir, id).sort()).toEqual([path.basename(r.seed.backup!), path.basename(again.seed.backup!)].sort());
   });
 
   it('says where the backup is, in the text output and in --json (seed.backup)', async () => {
     const u = await createUser(deps(), { email: 'cli-force@example.com', username: 'cli-force' });
     const id = u.user.id;
-    editUser(world.dataDir, id);
+    editUser(env.world.dataDir, id);
     const text = await acm2(['user', 'seed', String(id), '--force']);
     expect(text.code).toBe(0);
-    const [dir] = backupsOf(world.dataDir, id);
-    expect(text.stdout).toContain(`What --force overwrote (the DB, and the seeded files that differed) is kept in ${path.join(toolDir(world.dataDir, 'backups', `user_${id}`), dir!)}`);
-    editUser(world.dataDir, id);
+    const [dir] = backupsOf(env.world.dataDir, id);
+    expect(text.stdout).toContain(`What --force overwrote (the DB, and the seeded files that differed) is kept in ${path.join(toolDir(env.world.dataDir, 'backups', `user_${id}`), dir!)}`);
+    editUser(env.world.dataDir, id);
     const json = await acm2(['user', 'seed', String(id), '--force', '--json']);
     expect(json.code).toBe(0);
     const doc = JSON.parse(json.stdout);
@@ -186,7 +177,7 @@ describe('a full disk while --force keeps its backup (a real 4 MiB tmpfs)', () =
     withTmpfs('4m', async (mnt) => {
       const dir = path.join(mnt, 'data');
       mkdirSync(dir);
-      seedUser({ dataDir: dir, userId: 1, pkg: pkg.pkg });
+      seedUser({ dataDir: dir, userId: 1, pkg: env.pkg.pkg });
       const edited = editUser(dir, 1);
       const before = snapshotTree(dir);
       const filler = path.join(mnt, 'filler');
@@ -195,7 +186,7 @@ describe('a full disk while --force keeps its backup (a real 4 MiB tmpfs)', () =
       } catch (e) {
         expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
       }
-      await expect(seedUserAsync({ dataDir: dir, userId: 1, pkg: pkg.pkg, force: true })).rejects.toMatchObject({
+      await expect(seedUserAsync({ dataDir: dir, userId: 1, pkg: env.pkg.pkg, force: true })).rejects.toMatchObject({
         exitCode: 3,
         code: 'disk_full',
         message: expect.stringMatching(/^disk full while keeping a backup of user 1's .* before --force: nothing was changed/),
@@ -208,7 +199,7 @@ describe('a full disk while --force keeps its backup (a real 4 MiB tmpfs)', () =
       expect(db.prepare(`SELECT seed_status FROM user_meta`).pluck().get()).toBe('ready');
       db.close();
       // With room again, --force goes through, backup first.
-      const r = await seedUserAsync({ dataDir: dir, userId: 1, pkg: pkg.pkg, force: true });
+      const r = await seedUserAsync({ dataDir: dir, userId: 1, pkg: env.pkg.pkg, force: true });
       expect(r.backup).toMatchObject({ rows: 1, files: 1 });
       expect(readFileSync(path.join(r.backup!.path, 'user_1', edited.doc), 'utf8')).toBe('my own rewrite of this doc\n');
       expect(readFileSync(path.join(userRoot(dir, 1), edited.doc))).toEqual(edited.docBytes);

@@ -3,12 +3,12 @@
 // The embedded master's user lock file is made under a temporary name and linked into place: a
 // kill between the two leaves that temp in .acm2/locks/. A backup (a migration's, --force's) is
 // written as `.partial` and renamed when whole: a kill mid-copy leaves the `.partial`.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import path from 'node:path';
-import { frozenSource, killMidBackup, runCli, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { fileWorld, killMidBackup, runCli } from './helpers/env.js';
 import { createUser } from '../src/core/users.js';
 import { backupStem } from '../src/core/migrate-safe.js';
 import { toolDir, userDbPath } from '../src/userdb/paths.js';
@@ -16,20 +16,11 @@ import { toolDir, userDbPath } from '../src/userdb/paths.js';
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const USER_LOCK = new URL('../dist/core/user-lock.js', import.meta.url).href;
 
-let pkg: FrozenSource;
-let world: World;
-beforeAll(async () => {
-  pkg = frozenSource({ sourceDocs: 1 });
-  world = await sqliteWorld();
-});
-afterAll(async () => {
-  await world.cleanup();
-  pkg.cleanup();
-});
+const env = fileWorld({ sourceDocs: 1 });
 
-const deps = () => ({ master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 });
+const deps = () => ({ master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 });
 
-const acm2 = (args: string[]) => runCli(world.dataDir, pkg.seedsDir, args);
+const acm2 = (args: string[]) => runCli(env.world.dataDir, env.pkg.seedsDir, args);
 
 /**
  * A process that makes a lock temp for `lockFile` exactly as the lock's maker does (its naming
@@ -77,7 +68,7 @@ describe('lock temps left in .acm2/locks by a kill -9', () => {
   it('removes a dead maker’s temp (and hour-old ones of makers it cannot check); keeps a live one, and recent ones made elsewhere', async () => {
     const u = await createUser(deps(), { email: 'locks@example.com', username: 'locks' });
     const id = u.user.id;
-    const locks = toolDir(world.dataDir, 'locks');
+    const locks = toolDir(env.world.dataDir, 'locks');
     const lockFile = path.join(locks, `user_${id}.lock`);
     expect(existsSync(lockFile)).toBe(true);
 
@@ -119,12 +110,12 @@ describe('backups a kill -9 cut short in .acm2/backups', () => {
     const u = await createUser(deps(), { email: 'torn@example.com', username: 'torn' });
     const id = u.user.id;
     const label = `user_${id}`;
-    const dir = toolDir(world.dataDir, 'backups', label);
+    const dir = toolDir(env.world.dataDir, 'backups', label);
     const finished = `${backupStem(dir, label, new Date(Date.now() - 86400_000))}.db`;
-    copyFileSync(userDbPath(world.dataDir, id), finished);
+    copyFileSync(userDbPath(env.world.dataDir, id), finished);
     // A migration's backup of a WAL DB through SQLite's backup API, the process killed mid-copy:
     // the copy and the journal SQLite keeps beside it.
-    const big = path.join(world.dataDir, 'big.db');
+    const big = path.join(env.world.dataDir, 'big.db');
     const partial = `${backupStem(dir, label, new Date())}.db.partial`;
     killMidBackup(big, partial);
     // --force's backup folder, killed before its rename.
@@ -147,10 +138,10 @@ describe('user show: what the kept backups take', () => {
     const id = u.user.id;
     const label = `user_${id}`;
     const none = JSON.parse((await acm2(['user', 'show', String(id), '--json'])).stdout);
-    expect(none.backups).toEqual({ dir: toolDir(world.dataDir, 'backups', label), count: 0, bytes: 0 });
+    expect(none.backups).toEqual({ dir: toolDir(env.world.dataDir, 'backups', label), count: 0, bytes: 0 });
     expect((await acm2(['user', 'show', String(id)])).stdout).not.toContain('backups');
 
-    const dir = toolDir(world.dataDir, 'backups', label);
+    const dir = toolDir(env.world.dataDir, 'backups', label);
     writeFileSync(`${backupStem(dir, label, new Date())}.db`, Buffer.alloc(3000));
     const force = backupStem(dir, `${label}-force`, new Date());
     mkdirSync(path.join(force, label, 'docs'), { recursive: true });

@@ -4,8 +4,8 @@
 
 import { readFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corruptIndex, frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { corruptIndex, fileWorld } from './helpers/env.js';
 import { createUser, drainQueue, seedOneUser, type UserDeps } from '../src/core/users.js';
 import { seedUser, type SeedStep } from '../src/core/seed-user.js';
 import { userDbPath } from '../src/userdb/paths.js';
@@ -13,23 +13,13 @@ import { userDbPath } from '../src/userdb/paths.js';
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 process.env.ACM2_RETRY_BASE_MS = '0';
 
-let pkg: FrozenSource;
-let world: World;
-
-beforeAll(async () => {
-  pkg = frozenSource({ sourceDocs: 1 });
-  world = await sqliteWorld();
-});
-afterAll(async () => {
-  await world.cleanup();
-  pkg.cleanup();
-});
+const env = fileWorld({ sourceDocs: 1 });
 
 /** A user with a queued seed job and a DB the tool seeded whose seed then stopped part way. */
 async function stoppedSeed(deps: UserDeps, name: string): Promise<{ id: number; file: string }> {
   const id = (await createUser(deps, { email: `${name}@example.com`, username: name, async: true })).user.id;
-  const file = userDbPath(world.dataDir, id);
-  seedUser({ dataDir: world.dataDir, userId: id, pkg: pkg.pkg });
+  const file = userDbPath(env.world.dataDir, id);
+  seedUser({ dataDir: env.world.dataDir, userId: id, pkg: env.pkg.pkg });
   const db = new Database(file);
   db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
   db.close();
@@ -56,7 +46,7 @@ const sentence = (file: string, id: number, done: string, then = `acm2 user seed
 
 describe('a user DB that goes corrupt during its seed', () => {
   it('after the seed wrote its files: the job fails at once, and no failure record is written into the DB', async () => {
-    const base = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const base = { master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
     const { id, file } = await stoppedSeed(base, 'torn-late');
     // The runs' index, which only the seed's last transaction (its rows) writes.
     const { onStep, torn } = tearAt(file, 'files_moved', 'ix_runs_user_id');
@@ -66,12 +56,12 @@ describe('a user DB that goes corrupt during its seed', () => {
     expect(r.seed.status).toBe('failed');
     expect(r.seed.retry).toBeUndefined();
     expect(r.seed.error).toMatch(sentence(file, id, "the seed stopped after writing the user's files, before its rows, and wrote nothing more into it (user_meta says in_progress)"));
-    expect(await world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1, lastError: r.seed.error });
+    expect(await env.world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1, lastError: r.seed.error });
     expect(readFileSync(file)).toEqual(torn.bytes);
   });
 
   it('before the seed wrote anything: drained from the queue, the job fails for good at its first attempt and the DB is left as it was', async () => {
-    const base = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const base = { master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
     const { id, file } = await stoppedSeed(base, 'torn-early');
     // The ID map's key, which the seed reads first of all when it takes up its map.
     const { onStep, torn } = tearAt(file, 'migrated', 'sqlite_autoindex_acm2_id_map_1');
@@ -80,9 +70,9 @@ describe('a user DB that goes corrupt during its seed', () => {
     expect(torn.bytes).toBeDefined();
     expect(drained.failures.filter((f) => f.userId === id)).toEqual([
       // A drain names the job's version: a bare `user seed <id>` seeds CURRENT, whichever that is then.
-      expect.objectContaining({ final: true, error: expect.stringMatching(sentence(file, id, 'nothing was seeded and it was left alone', `acm2 user seed ${id} --seed-version ${pkg.pkg.version}`)) }),
+      expect.objectContaining({ final: true, error: expect.stringMatching(sentence(file, id, 'nothing was seeded and it was left alone', `acm2 user seed ${id} --seed-version ${env.pkg.pkg.version}`)) }),
     ]);
-    expect(await world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1 });
+    expect(await env.world.master.latestJob(id)).toMatchObject({ status: 'failed', attempts: 1 });
     // Not queued again: a drain after it (retries are due at once here) takes nothing.
     expect(await drainQueue(base, {})).toMatchObject({ claimed: 0 });
     expect(readFileSync(file)).toEqual(torn.bytes);

@@ -3,8 +3,8 @@
 // or symlink at user_{id}/, which fails the job at once (seed-failures.test.ts).
 
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { describe, expect, it, vi } from 'vitest';
+import { fileWorld } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { userRoot } from '../src/userdb/paths.js';
 
@@ -31,23 +31,13 @@ vi.mock('node:fs', async (importOriginal) => {
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 process.env.ACM2_RETRY_BASE_MS = '0';
 
-let pkg: FrozenSource;
-let world: World;
-
-beforeAll(async () => {
-  pkg = frozenSource({ sourceDocs: 1 });
-  world = await sqliteWorld();
-});
-afterAll(async () => {
-  await world.cleanup();
-  pkg.cleanup();
-});
+const env = fileWorld({ sourceDocs: 1 });
 
 describe("the user's folder failing for a reason that may pass", () => {
   it('is exit 3 with the cause, and the job is retried with backoff (not failed at once); the next try seeds the user', async () => {
-    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const deps = { master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
     const id = (await createUser(deps, { email: 'eio@example.com', username: 'eio', async: true })).user.id;
-    fault.path = userRoot(world.dataDir, id);
+    fault.path = userRoot(env.world.dataDir, id);
     try {
       const tries = [
         { call: 'lstatSync', code: 'EIO', acm2: 'io_error' },
@@ -57,13 +47,13 @@ describe("the user's folder failing for a reason that may pass", () => {
       for (const [n, t] of tries.entries()) {
         Object.assign(fault, { call: t.call, code: t.code });
         await expect(seedOneUser(deps, String(id), {})).rejects.toMatchObject({ exitCode: 3, code: t.acm2, message: expect.stringContaining(`user_${id}`) });
-        expect(await world.master.latestJob(id)).toMatchObject({ status: 'pending', attempts: n + 1, lastError: expect.stringContaining(t.code) });
+        expect(await env.world.master.latestJob(id)).toMatchObject({ status: 'pending', attempts: n + 1, lastError: expect.stringContaining(t.code) });
       }
     } finally {
       fault.call = undefined;
     }
     const r = await seedOneUser(deps, String(id), {});
     expect(r.seed).toMatchObject({ status: 'ready' });
-    expect(await world.master.latestJob(id)).toMatchObject({ status: 'done' });
+    expect(await env.world.master.latestJob(id)).toMatchObject({ status: 'done' });
   });
 });

@@ -4,8 +4,8 @@
 // its own, not another user's. Every other user seeded from it is still checked against them.
 
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { frozenSource, sqliteWorld, type FrozenSource, type World } from './helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { fileWorld } from './helpers/env.js';
 import { freezeSeed } from '../src/core/freeze.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { verifyUsers } from '../src/core/verify.js';
@@ -13,26 +13,17 @@ import { userDbPath, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
-let pkg: FrozenSource;
-let world: World;
-beforeAll(async () => {
-  pkg = frozenSource({ sourceDocs: 1 });
-  world = await sqliteWorld();
-});
-afterAll(async () => {
-  await world.cleanup();
-  pkg.cleanup();
-});
+const env = fileWorld({ sourceDocs: 1 });
 
 describe('a package frozen from a user, then seeded into that same user', () => {
   it('verify finds that user clean; another user seeded from it is still checked for its ids', async () => {
-    const deps = { master: world.master, dataDir: world.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+    const deps = { master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
     const admin = (await createUser(deps, { email: 'admin@example.com', username: 'admin' })).user.id;
-    const db = new Database(userDbPath(world.dataDir, admin), { readonly: true });
+    const db = new Database(userDbPath(env.world.dataDir, admin), { readonly: true });
     const presetId = db.prepare(`SELECT id FROM presets`).pluck().get() as string;
     const runId = db.prepare(`SELECT id FROM runs`).pluck().get() as string;
     db.close();
-    freezeSeed({ sourceDb: userDbPath(world.dataDir, admin), sourceFiles: userRoot(world.dataDir, admin), presetId, runId, version: 'v2', seedsDir: pkg.seedsDir, setCurrent: false });
+    freezeSeed({ sourceDb: userDbPath(env.world.dataDir, admin), sourceFiles: userRoot(env.world.dataDir, admin), presetId, runId, version: 'v2', seedsDir: env.pkg.seedsDir, setCurrent: false });
 
     expect((await seedOneUser(deps, String(admin), { seedVersion: 'v2' })).seed).toMatchObject({ status: 'ready', seedVersion: 'v2' });
     const other = (await createUser(deps, { email: 'bea@example.com', username: 'bea', seedVersion: 'v2' })).user.id;
@@ -41,7 +32,7 @@ describe('a package frozen from a user, then seeded into that same user', () => 
     expect(r.ok).toBe(true);
 
     // The admin's run id is a v2 package id: in another user's row it is a leak, and said so.
-    const o = new Database(userDbPath(world.dataDir, other));
+    const o = new Database(userDbPath(env.world.dataDir, other));
     expect(o.prepare(`UPDATE presets SET name = ?`).run(`copy of ${runId}`).changes).toBe(1);
     o.close();
     const again = await verifyUsers(deps, { users: [other] });

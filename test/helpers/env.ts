@@ -13,7 +13,7 @@ import { freezeSeed } from '../../src/core/freeze.js';
 import { writeCurrent } from '../../src/core/freeze.js';
 import { checkPackage, loadPackage, type SeedPackage } from '../../src/seed/package.js';
 import { PackageError } from '../../src/errors.js';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { openMaster } from '../../src/master/factory.js';
 import { parseMasterUrl } from '../../src/config.js';
 import type { MasterDb } from '../../src/master/types.js';
@@ -114,6 +114,27 @@ export async function sqliteWorld(): Promise<World> {
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A package frozen from a generated source and an embedded-master world, made before this test
+ * file's tests and removed after them: `env.pkg`, `env.world`, and `env.deps()` for the core API.
+ */
+export function fileWorld(opts: SourceOptions = { sourceDocs: 1 }): { pkg: FrozenSource; world: World; deps(): { master: MasterDb; dataDir: string; seedsDir: string; lockTimeoutMs: number } } {
+  const env = {
+    pkg: undefined as unknown as FrozenSource,
+    world: undefined as unknown as World,
+    deps: () => ({ master: env.world.master, dataDir: env.world.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 }),
+  };
+  beforeAll(async () => {
+    env.pkg = frozenSource(opts);
+    env.world = await sqliteWorld();
+  });
+  afterAll(async () => {
+    await env.world?.cleanup();
+    env.pkg?.cleanup();
+  });
+  return env;
 }
 
 /** Every file under dir (relative paths, sorted), skipping nothing. */
