@@ -125,6 +125,22 @@ describe('remapper: ids cut short or in escaped paths', () => {
     expect(out).toContain(`| ${RUN.slice(0, 8)}x`);
   });
 
+  it('maps a bare first group, tail or dashless form of an id (run_id[:8], …S8, S8.tag, uuid.hex) to the same part of its new id', () => {
+    const hex = RUN.replace(/-/g, '');
+    const text = `[run ${RUN.slice(0, 8)}] source \u2026${S.slice(-8)} doc ${S.slice(-8)}.4a48 group ${S.slice(-12)} hex=${hex} HEX=${hex.toUpperCase()} logs/${RUN.slice(0, 8)}.log`;
+    const { t, map } = prepare(text);
+    const out = render(t, map);
+    const newRun = map.get(RUN)!;
+    const newS = map.get(S)!;
+    for (const part of [RUN.slice(0, 8), S.slice(-8), hex]) expect(out.toLowerCase()).not.toContain(part);
+    expect(out).toBe(
+      `[run ${newRun.slice(0, 8)}] source \u2026${newS.slice(-8)} doc ${newS.slice(-8)}.4a48 group ${newS.slice(-12)} hex=${newRun.replace(/-/g, '')} HEX=${newRun.replace(/-/g, '').toUpperCase()} logs/${newRun.slice(0, 8)}.log`,
+    );
+    // Not a part of a package id, inside a longer word or hex run, or the last group of another dashed run: kept.
+    const other = `12345678 ${RUN.slice(0, 8)}x x${S.slice(-8)} ${'a'.repeat(24)}${S.slice(-8)} ffffffff-aaaa-bbbb-cccc-${S.slice(-12)} ${RUN.slice(0, 8)}-aaaa`;
+    expect(prepare(other).t.toks).toEqual([]);
+  });
+
   it('maps the source user\'s folder in a Windows path kept in JSON and in a URL-encoded path', () => {
     const text = JSON.stringify({ errors: [`open C:\\acm2\\data\\user_7\\runs\\${RUN}\\generated\\${D1}.md`] }) + ` GET /f?p=data%2Fuser_7%2Fruns%2F${RUN}%2Flogs`;
     expect(text).toContain('\\\\user_7\\\\runs');

@@ -646,3 +646,56 @@ describe('a package id in a BLOB cell (bytes SQLite keeps in a TEXT column)', ()
     }
   });
 });
+
+describe('a package id written as a bare part of itself', () => {
+  it('is remapped in rows, files and file names (run_id[:8], …S8, uuid.hex), and verify --deep finds one put back', async () => {
+    const root = tmpDir('acm2-id-part-');
+    const w = await sqliteWorld();
+    try {
+      const source = generateSource(path.join(root, 'source'), {});
+      const S = source.sourceDocIds[0]!;
+      const R = source.runId;
+      const hex = R.replace(/-/g, '');
+      const line = `[run ${R.slice(0, 8)}] source \u2026${S.slice(-8)} done, trace ${hex}`;
+      const db = new Database(source.dbPath);
+      db.prepare(`UPDATE runs SET error_message = ? WHERE id = ?`).run(line, R);
+      db.close();
+      const runDir = path.join(source.filesDir, 'runs', R);
+      writeFileSync(path.join(runDir, 'logs', 'run.log'), `${readFileSync(path.join(runDir, 'logs', 'run.log'), 'utf8')}${line}\n`);
+      writeFileSync(path.join(runDir, 'logs', `${R.slice(0, 8)}.log`), `${line}\n`);
+      const seedsDir = path.join(root, 'seeds');
+      freezeSeed({ sourceDb: source.dbPath, sourceFiles: source.filesDir, presetId: source.presetId, runId: R, version: 'v9', seedsDir, setCurrent: true });
+      const texts: string[] = [];
+      const users: number[] = [];
+      for (const who of ['p1', 'p2']) {
+        const u = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir, lockTimeoutMs: 5000 }, { email: `${who}@example.com`, username: who });
+        expect(u.seed.status).toBe('ready');
+        users.push(u.user.id);
+        const udb = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
+        const rows = JSON.stringify(['contents', 'presets', 'runs', 'tasks', 'artifacts'].map((t) => udb.prepare(`SELECT * FROM ${t}`).all()));
+        udb.close();
+        const uroot = userRoot(w.dataDir, u.user.id);
+        const files = walkFiles(uroot);
+        texts.push([rows, ...files, ...files.map((f) => readFileSync(path.join(uroot, f), 'utf8'))].join('\n'));
+      }
+      for (const text of texts) {
+        for (const part of [R.slice(0, 8), S.slice(-8), hex]) expect(text, part).not.toContain(part);
+        expect(text).toMatch(/\[run [0-9a-f]{8}\] source \u2026[0-9a-f]{8} done, trace [0-9a-f]{32}/);
+      }
+      expect(texts[0]!.match(/\[run ([0-9a-f]{8})\]/)![1]).not.toBe(texts[1]!.match(/\[run ([0-9a-f]{8})\]/)![1]);
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(v.users.flatMap((u) => u.problems.map((p) => `${u.id} ${p.code}: ${p.message}`))).toEqual([]);
+      for (const id of users) expect(diffUserWithPackage({ dataDir: w.dataDir, seedsDir }, id).equal).toBe(true);
+      expect(diffUsers({ dataDir: w.dataDir }, users[0]!, users[1]!).equal).toBe(true);
+      // One put back in a row: verify --deep says so.
+      const udb = new Database(userDbPath(w.dataDir, users[0]!));
+      udb.prepare(`UPDATE runs SET error_message = ?`).run(`[run ${R.slice(0, 8)}] failed`);
+      udb.close();
+      const leaked = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir }, { deep: true });
+      expect(leaked.users.find((x) => x.id === users[0])!.problems.map((p) => `${p.code} ${p.table}`)).toEqual(['seed_id_leaked runs']);
+    } finally {
+      await w.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -730,7 +730,18 @@ describe('LeakIndex', () => {
     expect(idx.find('Evaluated 673307e8.4a48.fp...')).toBe('673307e8.4a48.');
     expect(idx.find('generated/combined.673307e8.2b47.openai_gpt-5.md')).toBe('combined.673307e8.2b47.');
     expect(idx.find('a9490e0ef-b200-46fb-8c2c-21f2673307e8')).toBeUndefined();
-    expect(idx.find('673307e8.ffff.fpf.1.openai_o4-mini and 11111111-2222-3333-4444-555555555555')).toBeUndefined();
+    expect(idx.find('673307e9.ffff.fpf.1.openai_o4-mini and 11111111-2222-3333-4444-555555555555')).toBeUndefined();
+    // A doc head with a tag the package has not still carries S's last 8 characters: a bare part of S.
+    expect(idx.find('673307e8.ffff.fpf.1.openai_o4-mini')).toBe('673307e8');
+  });
+
+  it('finds a bare first group, tail or dashless form of a package UUID, not one inside a longer run', () => {
+    const idx = new LeakIndex(['9490e0ef-b200-46fb-8c2c-21f2673307e8']);
+    expect(idx.find('[run 9490e0ef] started')).toBe('9490e0ef');
+    expect(idx.find('source \\u2026673307e8 done')).toBe('673307e8');
+    expect(idx.find('group 21F2673307E8')).toBe('21F2673307E8');
+    expect(idx.find('hex=9490e0efb20046fb8c2c21f2673307e8')).toBe('9490e0efb20046fb8c2c21f2673307e8');
+    expect(idx.find('9490e0ef-aaaa x9490e0ef 9490e0efx ffffffff-aaaa-bbbb-cccc-21f2673307e8 12345678')).toBeUndefined();
   });
 
   it('finds an id right after a JSON or URL escape (\\n, \\t, \\u201c, %2F), doubled ones too (JSON inside JSON)', () => {
@@ -761,13 +772,21 @@ describe('LeakIndex', () => {
         const bare = m[0].startsWith('combined.') ? m[0].slice('combined.'.length) : undefined;
         if (bare && heads.has(bare)) return bare;
       }
+      // A bare first group, tail (8 to 12) or dashless form of a UUID, not the last group of a dashed run.
+      const P = new RegExp(`${B}(?<![0-9A-Fa-f]-)(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8,12})(?![0-9A-Za-z-])`, 'g');
+      for (let m = P.exec(text); m; m = P.exec(text)) {
+        if (parts.has(m[0].toLowerCase())) return m[0];
+        P.lastIndex = m.index + 1; // `%2FABCDEF01`: not `2FABCDEF01`, but maybe the run after the escape
+      }
       return undefined;
     };
+    const parts = new Set(uuids.flatMap((u) => [u.slice(0, 8), ...[8, 9, 10, 11, 12].map((n) => u.slice(-n)), u.replace(/-/g, '')]));
     const rng = new Prng(7);
     const pieces = [
       ...uuids, ...uuids.map((u) => u.toUpperCase()), '9490e0ef-b200-46fb-8c2c-21f2673307e', '11111111-2222-3333-4444-555555555555',
       '673307e8.4a48.', '673307e8.4a48', 'combined.', 'combined.673307e8.2b47.', '673307e8.2b47.', 'deadbeef.0001.', 'DEADBEEF.0001.', 'eadbeef.0001.',
       '-', '.', 'a', 'Z', '0', ' ', '_', '/', '"', 'x-', 'é', '\\', '\\n', '\\u201c', '\\u00E9', '%2F', '%2', '%',
+      '9490e0ef', '2673307e8', 'ABCDEF01', '9490e0efb20046fb8c2c21f2673307e8', '0123456789', 'ef0123456789',
     ];
     let found = 0;
     for (let i = 0; i < 20_000; i++) {

@@ -500,7 +500,9 @@ function reverseMap(map: Map<string, string>, others: Array<[string, Map<string,
   const all = [map, ...others.map(([, m]) => m)];
   for (const m of all) for (const s of m.keys()) if (!back.has(s)) back.set(s, `<package id ${s} left unmapped>`);
   const docs = new DocIndex(all.flatMap((m) => [...m.values(), ...m.keys()]).filter((t) => !isUuid(t)));
-  return { text: (s) => renderLoose(tokenize(s, docs), back) };
+  // Every UUID on either side: a bare part of one (`[run 746301ce]`, seeding's 'uuid_part') is a token only of a known id.
+  const uuids = new Set(all.flatMap((m) => [...m.values(), ...m.keys()]).filter(isUuid).map((u) => u.toLowerCase()));
+  return { text: (s) => renderLoose(tokenize(s, docs, uuids), back) };
 }
 
 /**

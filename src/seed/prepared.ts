@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { SeedPackage } from './package.js';
-import { DocIndex, findDocIds, idMayStartAt, isDocId, isUserDir, isUuid, isUuidPrefix, tokenize, tokensOf, type Template } from './remap.js';
+import { DocIndex, findDocIds, idMayStartAt, isDocId, isUserDir, isUuid, isUuidPart, isUuidPrefix, tokenize, tokensOf, type Template } from './remap.js';
 
 /** Tables a package may carry rows for, in an order that satisfies their references. */
 export const SEED_TABLES = ['contents', 'documents', 'presets', 'runs', 'tasks', 'artifacts'] as const;
@@ -57,7 +57,7 @@ export interface PreparedPackage {
   pkg: SeedPackage;
   tables: PreparedTable[];
   files: PreparedFile[];
-  /** Every identifier the package holds, with its kind (table name, 'uuid', 'uuid_prefix', 'doc' or 'user_dir'). */
+  /** Every identifier the package holds, with its kind (table name, 'uuid', 'uuid_prefix', 'uuid_part', 'doc' or 'user_dir'). */
   kinds: Map<string, string>;
 }
 
@@ -137,7 +137,7 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   for (const t of tables) for (const r of t.rows) tokensOf(r.filter(isTemplate), all);
   tokensOf(files.map((f) => f.path), all);
   tokensOf(files.flatMap((f) => (f.text ? [f.text] : [])), all);
-  for (const tok of all) if (!kinds.has(tok)) kinds.set(tok, isUuid(tok) ? 'uuid' : isUserDir(tok) ? 'user_dir' : isUuidPrefix(tok) ? 'uuid_prefix' : 'doc');
+  for (const tok of all) if (!kinds.has(tok)) kinds.set(tok, isUuid(tok) ? 'uuid' : isUserDir(tok) ? 'user_dir' : isUuidPrefix(tok) ? 'uuid_prefix' : isUuidPart(tok) ? 'uuid_part' : 'doc');
 
   const prepared = { pkg, tables, files, kinds };
   cache.set(key, prepared);

@@ -22,8 +22,16 @@ const USER_DIR_SRC = `(user_[0-9]+)(?=${PATH_SEP_SRC}runs${PATH_SEP_SRC}(${UUID_
  * end inside one. From its first group and dash on, it is still that id (and 32+ bits of it).
  */
 const UUID_PREFIX_SRC = '([0-9a-fA-F]{8}-[0-9a-fA-F-]{0,26})(?![0-9A-Za-z-])';
+/**
+ * A bare part of a UUID: its first group (`[run 746301ce]`, as a log or a file name shortens a run
+ * id to `run_id[:8]`) or its tail (`source …673307e8`, a doc head cut before its tag's dot
+ * `673307e8.4a48`, the last group `21f2673307e8`), or the whole id without its dashes (Python's
+ * `uuid.hex`). 32 bits or more of one id: still that id. Never the last group of a longer
+ * dashed run (a UUID glued to a word, left whole rather than half rewritten).
+ */
+const UUID_PART_SRC = '(?<![0-9A-Fa-f]-)([0-9a-fA-F]{32}|[0-9a-fA-F]{8,12})(?![0-9A-Za-z-])';
 
-const TOKEN_SRC = `(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC}|${UUID_PREFIX_SRC})`;
+const TOKEN_SRC = `(?:(${UUID_RE_SRC})(?![0-9A-Za-z])|(${DOC_HEAD_SRC}${DOC_TAIL_SRC})|${USER_DIR_SRC}|${UUID_PREFIX_SRC}|${UUID_PART_SRC})`;
 /** One regex for candidate tokens; the look-behind keeps them from starting inside a longer word or hex run. */
 const TOKEN_RE = new RegExp(`(?<![0-9A-Za-z])${TOKEN_SRC}`, 'g');
 /**
@@ -145,7 +153,7 @@ export interface Template {
  * `uuids`: the UUIDs that are identifiers of this package (its rows' primary keys), lower-cased:
  * a mention in capitals is the same id. Any other
  * UUID-shaped text (a citation URL, an id of something outside ACM2) is left as it is, not
- * rewritten per user. Without it every UUID is a token (diff's reverse map).
+ * rewritten per user. Without it every UUID is a token, and no bare part of one (UUID_PART_SRC) is.
  */
 export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<string>): Template {
   const lits: string[] = [];
@@ -169,6 +177,7 @@ export function tokenize(text: string, docs: DocIndex, uuids?: ReadonlySet<strin
     } else if (m[2]) tok = docs.match(m[2]);
     else if (m[3] && (!uuids || uuids.has(m[4]!.toLowerCase()))) tok = m[3];
     else if (m[5] && (!uuids || uuidPrefixOf(m[5], uuids) !== undefined)) tok = m[5];
+    else if (m[6] && uuids && uuidPartOf(m[6], uuids) !== undefined) tok = m[6];
     if (!tok) {
       // An unknown doc-id-shaped run: skip past its head only, it may contain a UUID later.
       from = m.index + 1;
@@ -196,6 +205,36 @@ export function uuidPrefixOf(prefix: string, uuids: Iterable<string>): string | 
     found = u;
   }
   return found;
+}
+
+/**
+ * The one UUID of `uuids` (lower-case) whose first group or tail `part` is, or that it is without dashes (see
+ * UUID_PART_SRC), or undefined: none, or more than one.
+ */
+export function uuidPartOf(part: string, uuids: Iterable<string>): { uuid: string; head: boolean } | undefined {
+  let index = partIndexes.get(uuids);
+  if (!index) {
+    index = new Map();
+    const add = (p: string, at: { uuid: string; head: boolean }) => {
+      const had = index!.get(p);
+      index!.set(p, had === undefined || had?.uuid === at.uuid ? at : null);
+    };
+    for (const u of uuids) {
+      add(u.slice(0, 8), { uuid: u, head: true });
+      for (let n = 8; n <= 12; n++) add(u.slice(-n), { uuid: u, head: false });
+      add(u.replace(/-/g, ''), { uuid: u, head: false });
+    }
+    partIndexes.set(uuids, index);
+  }
+  return index.get(part.toLowerCase()) ?? undefined;
+}
+
+/** Per set of UUIDs: each first group and tail (8 to 12 characters) -> its UUID, null when two share it. */
+const partIndexes = new WeakMap<Iterable<string>, Map<string, { uuid: string; head: boolean } | null>>();
+
+/** A bare first group or tail of a UUID (see UUID_PART_SRC). */
+export function isUuidPart(s: string): boolean {
+  return /^(?:[0-9a-fA-F]{8,12}|[0-9a-fA-F]{32})$/.test(s);
 }
 
 /** A UUID cut short after its first group (see UUID_PREFIX_SRC). */
@@ -284,6 +323,7 @@ export function extendMap(
   const used = new Set(map.values());
   const uuids: string[] = [];
   const prefixes: string[] = [];
+  const parts: string[] = [];
   const docs: string[] = [];
   for (const t of tokens) {
     if (map.has(t)) continue;
@@ -296,6 +336,7 @@ export function extendMap(
     }
     if (isUuid(t)) uuids.push(t);
     else if (isUuidPrefix(t)) prefixes.push(t);
+    else if (isUuidPart(t)) parts.push(t);
     else docs.push(t);
   }
   // A UUID written in capitals (or mixed case) is the same id as its lower-case form: it gets the
@@ -327,6 +368,17 @@ export function extendMap(
     map.set(source, target);
     added.push({ kind: kindOf(source), source, target });
   }
+  // A bare first group or tail becomes the same part of the new id, in the case it was written in.
+  const wholeIds = new Set(whole.keys());
+  for (const source of parts.sort()) {
+    const of = uuidPartOf(source, wholeIds);
+    if (of === undefined) throw new Error(`no identifier of the package begins or ends with ${source}`);
+    const to = whole.get(of.uuid)!;
+    const cut = of.head ? to.slice(0, 8) : source.length === 32 ? to.replace(/-/g, '') : to.slice(-source.length);
+    const target = /[A-F]/.test(source) && !/[a-f]/.test(source) ? cut.toUpperCase() : cut;
+    map.set(source, target);
+    added.push({ kind: kindOf(source), source, target });
+  }
   // Suffix index of every mapped UUID: old last-8 -> new last-8.
   const suffix = new Map<string, string>();
   for (const [s, t] of map) if (isUuid(s)) suffix.set(s.slice(-8).toLowerCase(), t.slice(-8).toLowerCase());
@@ -336,7 +388,7 @@ export function extendMap(
   const headKey = (m: RegExpExecArray) => `${m[1]}${m[2]}.${m[3]}`;
   const newHead = new Map<string, { s8: string; tag: string }>();
   for (const [s, t] of map) {
-    if (isUuid(s) || isUserDir(s) || isUuidPrefix(s)) continue;
+    if (isUuid(s) || isUserDir(s) || isUuidPrefix(s) || isUuidPart(s)) continue;
     const ms = parse(s);
     const mt = parse(t);
     newHead.set(headKey(ms), { s8: mt[2]!, tag: mt[3]! });
