@@ -1183,6 +1183,10 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: B
   if (plan.action === 'ok' && earlier) await closeSeededJob(a, plan.userId);
   if (plan.action === 'fail' || plan.action === 'ok') return r;
   const id = plan.userId;
+  // Permissions first: the steps below can make the user ready (user_meta, a seed's commit), and a
+  // kill right after that must not leave a ready user whose DB or files others may still read.
+  const perms = plan.steps.find((s): s is Extract<PlanStep, { kind: 'permissions' }> => s.kind === 'permissions');
+  if (perms) tightenPermissions(perms.paths);
   const adopt = plan.steps.find((s): s is Extract<PlanStep, { kind: 'adopt' | 'repair' }> => s.kind === 'adopt' || s.kind === 'repair');
   const migrate = plan.steps.find((s): s is Extract<PlanStep, { kind: 'migrate' }> => s.kind === 'migrate');
   const legacyMeta = plan.steps.some((s) => s.kind === 'meta_legacy');
@@ -1223,8 +1227,6 @@ async function execute(a: ApplyDeps, plan: UserPlan, lock: UserLock, earlier?: B
     const err = await seedWithJob(a, id, lock);
     if (err) return { ...r, outcome: 'fail', ...err };
   }
-  const perms = plan.steps.find((s): s is Extract<PlanStep, { kind: 'permissions' }> => s.kind === 'permissions');
-  if (perms) tightenPermissions(perms.paths);
   return r;
 }
 
