@@ -1,7 +1,8 @@
 // Moves ACM2's old global `logs/{run_id}/` folders into the owning user's run folder,
 // `user_{id}/runs/{run_id}/logs/`, file by file, never overwriting and safe to rerun after a crash.
 
-import { fsyncPath } from '../durable.js';
+import { fsyncPath, processAlive } from '../durable.js';
+import { pidIsOfHere, whereAmI } from './worker-name.js';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -18,7 +19,6 @@ import {
   rmSync,
   unlinkSync,
 } from 'node:fs';
-import { hostname } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { resolveInside, toolDir, userDbEntryProblem, userDbPath, userRoot, type UserId } from '../userdb/paths.js';
@@ -149,7 +149,7 @@ export async function moveLegacyLogs(input: MoveLegacyLogsInput): Promise<Legacy
   // Each run copies through a staging folder of its own; leftovers of crashed runs are copies
   // whose source still exists, removed once old enough not to belong to a live run elsewhere.
   const stagingRoot = toolDir(input.dataDir, 'staging', 'legacy-logs');
-  const staging = path.join(stagingRoot, `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`);
+  const staging = path.join(stagingRoot, `${process.pid}.${randomBytes(3).toString('hex')}@${whereAmI()}`);
   if (!input.dryRun) removeStaleStaging(stagingRoot);
   for (const runId of runs) {
     if (input.elsewhere?.has(runId)) continue;
@@ -250,13 +250,23 @@ function notPlainFolder(root: string, rel: string): string | undefined {
 }
 
 const STALE_STAGING_MS = 10 * 60 * 1000;
+/** A pass's staging folder: `<pid>.<random>@<host>+<pid space>` (see whereAmI). */
+const STAGING_NAME = /^(\d+)\.[0-9a-f]+@(.+)$/;
 
+/**
+ * Staging folders of passes that are gone: at once when their maker, a process of this pid
+ * space, no longer runs (a kill -9 mid-copy: its copies would otherwise outlive the rerun that
+ * finished the move); any other (another host's, a name made by an older acm2) once it is old
+ * enough not to belong to a live pass.
+ */
 function removeStaleStaging(root: string): void {
   if (!existsSync(root)) return;
   for (const name of readdirSync(root)) {
     const p = path.join(root, name);
     try {
-      if (Date.now() - lstatSync(p).mtimeMs > STALE_STAGING_MS) rmSync(p, { recursive: true, force: true });
+      const m = STAGING_NAME.exec(name);
+      const gone = m !== null && pidIsOfHere(m[2]!) && Number(m[1]) !== process.pid && !processAlive(Number(m[1]));
+      if (gone || Date.now() - lstatSync(p).mtimeMs > STALE_STAGING_MS) rmSync(p, { recursive: true, force: true });
     } catch {
       /* gone already */
     }

@@ -1,0 +1,68 @@
+// --legacy-logs after a kill -9: the rerun that finishes the move leaves the killed pass's
+// staging gone (SPEC §6.2: a rerun converges; staging is cleaned up).
+import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { frozenSource, type FrozenSource } from './helpers/env.js';
+import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
+import { runBackfill } from '../src/core/backfill.js';
+import { toolDir, userRoot } from '../src/userdb/paths.js';
+
+process.env.ACM2_BCRYPT_ROUNDS = '4';
+const LEGACY_LOGS = fileURLToPath(new URL('../dist/core/legacy-logs.js', import.meta.url));
+
+let pkg: FrozenSource;
+beforeAll(() => {
+  pkg = frozenSource();
+});
+afterAll(() => {
+  pkg.cleanup();
+  cleanupTemplates();
+});
+
+let fleet: Fleet;
+let logs: string;
+beforeEach(async () => {
+  fleet = await buildLegacyFleet({ legacy: 2 }, pkg.pkg);
+  logs = fleetTmpDir('acm2-legacy-logs-');
+  for (const id of [1, 2]) {
+    mkdirSync(path.join(logs, fleetRunId(id)), { recursive: true });
+    // As ACM2 wrote them: world-readable (umask 022).
+    writeFileSync(path.join(logs, fleetRunId(id), 'run.log'), `run log of user ${id}\n`, { mode: 0o644 });
+  }
+});
+afterEach(async () => {
+  await fleet.cleanup();
+  rmSync(logs, { recursive: true, force: true });
+});
+
+const staged = () => {
+  const d = toolDir(fleet.dataDir, 'staging', 'legacy-logs');
+  return existsSync(d) ? readdirSync(d) : [];
+};
+
+it('a pass killed mid-copy (across file systems) leaves a staging copy; the rerun moves the log and removes it', async () => {
+  // The copy path, killed right after the log was copied to staging, before it was placed.
+  const child = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { moveLegacyLogs } = await import(${JSON.stringify(LEGACY_LOGS)});
+       await moveLegacyLogs({ dir: ${JSON.stringify(logs)}, dataDir: ${JSON.stringify(fleet.dataDir)}, owners: new Map([[${JSON.stringify(fleetRunId(1))}, [1]]]),
+         forceCopy: true, afterCopy: () => process.kill(process.pid, 'SIGKILL') });`,
+    ],
+    { encoding: 'utf8' },
+  );
+  expect(child.signal, child.stderr).toBe('SIGKILL');
+  expect(staged()).toHaveLength(1);
+  expect(existsSync(path.join(logs, fleetRunId(1), 'run.log'))).toBe(true);
+
+  const r = await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: logs });
+  expect(r.legacyLogs!.moved.map((m) => m.userId).sort()).toEqual([1, 2]);
+  expect(readFileSync(path.join(userRoot(fleet.dataDir, 1), 'runs', fleetRunId(1), 'logs', 'run.log'), 'utf8')).toBe('run log of user 1\n');
+  // The killed pass's copy went with the rerun, not ten minutes later.
+  expect(staged()).toEqual([]);
+});
