@@ -1,13 +1,15 @@
-// --legacy-logs after a kill -9: the rerun that finishes the move leaves the killed pass's
+// --legacy-logs after a kill -9: the rerun that finishes the move leaves the user's tree as a
+// move that was never stopped would (every moved log 0600, verify clean) and the killed pass's
 // staging gone (SPEC §6.2: a rerun converges; staging is cleaned up).
 import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { frozenSource, type FrozenSource } from './helpers/env.js';
 import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
 import { runBackfill } from '../src/core/backfill.js';
+import { verifyUsers } from '../src/core/verify.js';
 import { toolDir, userRoot } from '../src/userdb/paths.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
@@ -65,4 +67,20 @@ it('a pass killed mid-copy (across file systems) leaves a staging copy; the reru
   expect(readFileSync(path.join(userRoot(fleet.dataDir, 1), 'runs', fleetRunId(1), 'logs', 'run.log'), 'utf8')).toBe('run log of user 1\n');
   // The killed pass's copy went with the rerun, not ten minutes later.
   expect(staged()).toEqual([]);
+});
+
+it('a pass killed between placing a log and tightening its mode: the rerun tightens it, and verify finds nothing', async () => {
+  // As a kill -9 right after linkSync(old, new) leaves it: both names, one file, still 0644.
+  const placed = path.join(userRoot(fleet.dataDir, 1), 'runs', fleetRunId(1), 'logs', 'run.log');
+  mkdirSync(path.dirname(placed), { recursive: true, mode: 0o700 });
+  linkSync(path.join(logs, fleetRunId(1), 'run.log'), placed);
+  expect(statSync(placed).mode & 0o777).toBe(0o644);
+
+  const r = await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: logs });
+  expect(r.legacyLogs!.moved.map((m) => m.userId).sort()).toEqual([1, 2]);
+  expect(existsSync(path.join(logs, fleetRunId(1)))).toBe(false);
+  expect(statSync(placed).nlink).toBe(1);
+  expect(statSync(placed).mode & 0o777).toBe(0o600);
+  const v = await verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: pkg.seedsDir }, { users: [1, 2] });
+  expect(v.users.flatMap((u) => u.problems.map((p) => p.code))).toEqual([]);
 });

@@ -307,12 +307,29 @@ function placeFile(from: string, wanted: string, dryRun: boolean, forceCopy: boo
     }
     if (sameBytes(from, target)) {
       if (!dryRun) {
+        finishMode(from, target);
         unlinkSync(from);
         fsyncDir(path.dirname(from));
       }
       return target;
     }
   }
+}
+
+/**
+ * The mode moveNoClobber gives a placed log (0600), given to one an earlier pass placed and was
+ * killed before its chmod: otherwise the log stays as the global folder had it (0644 as ACM2
+ * writes), which verify reports and only a second backfill would fix. Not a file that shares its
+ * inode with a path other than the old name (a chmod would change that path's file too).
+ */
+function finishMode(from: string, target: string): void {
+  const st = lstatSync(target);
+  if ((st.mode & 0o777) === 0o600) return;
+  const f = lstatSync(from);
+  const ours = st.ino === f.ino && st.dev === f.dev ? st.nlink === 2 : st.nlink === 1;
+  if (!ours) return;
+  chmodSync(target, 0o600);
+  fsyncPath(target);
 }
 
 /** run.log -> run.legacy.log, run.legacy-2.log, …; fpf_x.log likewise; no extension -> name.legacy. */
