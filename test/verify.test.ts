@@ -25,6 +25,7 @@ import { userDbPath, userRoot } from '../src/userdb/paths.js';
 import { userMigrations } from '../src/userdb/user-db.js';
 import { SHIPPED_SEEDS_DIR, TOOL_VERSION } from '../src/config.js';
 import { Prng } from '../src/fixtures/prng.js';
+import { DocIndex, tokenize } from '../src/seed/remap.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 
@@ -742,6 +743,18 @@ describe('LeakIndex', () => {
     expect(idx.find('group 21F2673307E8')).toBe('21F2673307E8');
     expect(idx.find('hex=9490e0efb20046fb8c2c21f2673307e8')).toBe('9490e0efb20046fb8c2c21f2673307e8');
     expect(idx.find('9490e0ef-aaaa x9490e0ef 9490e0efx ffffffff-aaaa-bbbb-cccc-21f2673307e8 12345678')).toBeUndefined();
+  });
+
+  it('finds a bare part right after a JSON escape whose one letter is a hex digit (\\b, \\f), as the seed remaps it', () => {
+    const id = '9490e0ef-b200-46fb-8c2c-21f2673307e8';
+    const idx = new LeakIndex([id]);
+    for (const text of ['"page\\f9490e0ef"', '"\\b673307e8 done"', '"\\F21f2673307e8"']) {
+      // What the seed takes for an identifier (and so remaps in every user) is what verify --deep looks for.
+      const seeded = tokenize(text, new DocIndex([]), new Set([id])).toks;
+      expect(idx.find(text), text).toBe(seeded[0]);
+    }
+    expect(idx.find('"page\\f9490e0ef"')).toBe('9490e0ef');
+    expect(idx.find('"\\b673307e8 done"')).toBe('673307e8');
   });
 
   it('finds an id right after a JSON or URL escape (\\n, \\t, \\u201c, %2F), doubled ones too (JSON inside JSON)', () => {

@@ -1527,8 +1527,9 @@ export class LeakIndex {
       while (e < n && CHAR_CLASS[text.charCodeAt(e)]! & HEX) e++;
       k = e + ((((7 - e) % 8) + 8) % 8) - 8; // the loop's next probe is the first one past the run
       if (e - s < 8 || CHAR_CLASS[text.charCodeAt(e)]! & ALNUM) continue; // short, or the word goes on
-      // A token starts the run, or right after an escape's own hex (`%2F`, `\u201c`) at its start.
-      for (const at of [s, s + 2, s + 4]) {
+      // A token starts the run, or right after an escape's own hex at its start (`\b`, `\f`: one
+      // character; `%2F`: two; `\u201c`: four), as the remapper's second scan (afterEscapes) finds it.
+      for (const at of [s, s + 1, s + 2, s + 4]) {
         if (at === s ? CHAR_CLASS[text.charCodeAt(s - 1)]! & ALNUM && !idMayStartAt(text, s) : !idMayStartAt(text, at)) continue;
         const hit = this.partAt(text, at, e);
         if (hit) return hit;
