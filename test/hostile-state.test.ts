@@ -241,6 +241,26 @@ describe('a folder where the seed writes a file', () => {
     const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
     expect(s.status).toBe('ready');
   });
+
+  it('a symlink out of the user folder on the way to a seeded file is found by --force before it writes anything', async () => {
+    const u = await readyUser();
+    const gen = path.join(u.runDir, 'generated');
+    const edited = readdirSync(gen).map((name) => path.join(gen, name));
+    expect(edited.length).toBeGreaterThan(0);
+    for (const f of edited) writeFileSync(f, 'my own rewrite\n');
+    // The logs folder (written after the generated docs) is now a symlink to a folder outside.
+    const elsewhere = path.join(outside, `logs-of-${u.id}`);
+    mkdirSync(elsewhere);
+    const logs = path.dirname(u.log);
+    rmSync(logs, { recursive: true });
+    symlinkSync(elsewhere, logs);
+    const r = await seedOneUser(deps(), String(u.id), { force: true });
+    expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/is a symlink out of .*; user \d+ stays ready with v1, its rows and files as they were/) });
+    for (const f of edited) expect(readFileSync(f, 'utf8')).toBe('my own rewrite\n');
+    expect(readdirSync(elsewhere)).toEqual([]);
+    const s = await userStatus(deps(), (await world.master.getUser(u.id))!);
+    expect(s.status).toBe('ready');
+  });
 });
 
 describe('user show of a user_{id}.db that is a dangling symlink', () => {
