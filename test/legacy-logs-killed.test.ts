@@ -2,7 +2,8 @@
 // move that was never stopped would (every moved log 0600, verify clean) and the killed pass's
 // staging gone (SPEC §6.2: a rerun converges; staging is cleaned up).
 import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { hostname } from 'node:os';
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +12,7 @@ import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet
 import { runBackfill } from '../src/core/backfill.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { toolDir, userRoot } from '../src/userdb/paths.js';
+import { whereAmI } from '../src/core/worker-name.js';
 
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const LEGACY_LOGS = fileURLToPath(new URL('../dist/core/legacy-logs.js', import.meta.url));
@@ -84,3 +86,31 @@ it('a pass killed between placing a log and tightening its mode: the rerun tight
   const v = await verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: pkg.seedsDir }, { users: [1, 2] });
   expect(v.users.flatMap((u) => u.problems.map((p) => p.code))).toEqual([]);
 });
+
+it("keeps fresh staging it cannot call dead: a live pass's here, another host's or pid space's, an older acm2's name", async () => {
+  const live = spawn('sleep', ['30'], { stdio: 'ignore' });
+  try {
+    const d = toolDir(fleet.dataDir, 'staging', 'legacy-logs');
+    const kept = [
+      `${live.pid}.a1b2c3@${whereAmI()}`,
+      `${deadPid()}.a1b2c3@another-host+0badf00d.4026531836`,
+      `${deadPid()}.a1b2c3@${hostname()}+0badf00d.1`,
+      `${hostname()}-${deadPid()}-a1b2c3`,
+    ];
+    const gone = `${deadPid()}.d4e5f6@${whereAmI()}`;
+    for (const name of [...kept, gone]) {
+      mkdirSync(path.join(d, name), { recursive: true, mode: 0o700 });
+      writeFileSync(path.join(d, name, 'run.log'), 'a copy in flight\n');
+    }
+    await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: logs });
+    expect(staged().sort()).toEqual([...kept].sort());
+  } finally {
+    live.kill('SIGKILL');
+  }
+});
+
+/** A pid of this pid space that runs no process now. */
+function deadPid(): number {
+  const c = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  return Number(c.stdout);
+}
