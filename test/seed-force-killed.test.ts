@@ -175,4 +175,32 @@ describe('acm2 user seed <id> --force killed outright', () => {
     expect(JSON.parse((await acm2(['user', 'seed', '--pending', '--concurrency', '1'])).stdout)).toMatchObject({ claimed: 0 });
     expect(await jobFindings(deps, id)).toEqual([]);
   }, 60_000);
+
+  it('before it changed anything, then a plain user seed <id> that fails on a locked DB (exit 3): its error still names the closed --force', async () => {
+    const { world, deps, id, killForceAt } = await editedUser();
+    killForceAt('backed_up');
+    const held = await world.master.latestJob(id);
+    // ACM2 holds the user's DB in a write from the moment the plain seed has checked the --force's
+    // job (and closed it) until past the seed's 5 s wait.
+    let holder: Database.Database | undefined;
+    const onStep = (step: string) => {
+      if (step !== 'migrated' || holder) return;
+      holder = new Database(userDbPath(world.dataDir, id));
+      holder.exec('BEGIN EXCLUSIVE');
+    };
+    try {
+      const err = await seedOneUser({ ...deps, onStep }, String(id), {}).then(
+        () => undefined,
+        (e: unknown) => e as { message: string; exitCode?: number },
+      );
+      expect(err?.exitCode).toBe(3);
+      expect(err?.message).toMatch(/is locked by another process/);
+      // The --force the operator asked for did not happen: said here too, not only in the master.
+      expect(err?.message).toContain(`job #${held!.id}, of an earlier acm2 user seed ${id} --force whose process is gone, is closed as failed`);
+    } finally {
+      holder?.exec('ROLLBACK');
+      holder?.close();
+    }
+    expect(await world.master.latestJob(id)).toMatchObject({ id: held!.id, status: 'failed', force: true });
+  }, 60_000);
 });

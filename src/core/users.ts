@@ -519,6 +519,13 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
     }
     const job = claimed;
     let seeded = false;
+    // An error this seed throws (exit 3, the master gone) is all the operator sees: it names the
+    // --force jobs closed above too, as the report does (renderSeed), or that --force's not
+    // happening would be said nowhere but in the master.
+    const sayClosed = (e: unknown) => {
+      if (!(e instanceof Error)) return;
+      for (const j of closedForceJobs) e.message += `; job #${j.id}, of an earlier acm2 user seed ${user.id} --force whose process is gone, is closed as ${j.status}${j.status === 'failed' ? ', not run' : ''}`;
+    };
     try {
       const r = await seedUserAsync({ dataDir: deps.dataDir, userId: user.id, pkg, force, onStep: deps.onStep, lock });
       seeded = true;
@@ -528,7 +535,10 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       // The seed worked and the master failed to take it (locked past the wait, gone, corrupt):
       // not an attempt of the user's. The job stays claimed until its lease ends; the next run
       // finds the user ready and closes it.
-      if (seeded || masterStopped(e)) throw e;
+      if (seeded || masterStopped(e)) {
+        sayClosed(e);
+        throw e;
+      }
       nameRerun(e, user.id, again);
       const error = e instanceof Error ? e.message : String(e);
       // A --force overwrites the user's edits: it runs when an operator asks and sees it through,
@@ -542,6 +552,7 @@ async function seedWithJob(deps: UserDeps, user: MasterUser, pkg: SeedPackage, f
       const note = closed ? `; job #${job.id} is closed, not queued: a --force runs only when asked${retry || error.includes(`run: ${again}`) ? '' : ` (${again})`}` : '';
       if (isAcm2Error(e) && e.exitCode === 3) {
         e.message += note;
+        sayClosed(e);
         throw e;
       }
       return { status: 'failed', seedVersion: pkg.version, error: error + note, jobId: job?.id, ...(retry ? { retry: again } : {}), ...(closedForceJobs.length > 0 ? { closedForceJobs } : {}) };
