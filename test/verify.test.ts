@@ -745,6 +745,29 @@ describe('LeakIndex', () => {
     expect(idx.find('9490e0ef-aaaa x9490e0ef 9490e0efx ffffffff-aaaa-bbbb-cccc-21f2673307e8 12345678')).toBeUndefined();
   });
 
+  it('with --deep, finds a package UUID cut short (str(e)[:100]) exactly where the seed remaps one', () => {
+    const ids = ['9490e0ef-b200-46fb-8c2c-21f2673307e8', '11112222-aaaa-4bbb-8ccc-ddddeeeeffff', '11112222-bbbb-4bbb-8ccc-ddddeeeeffff'];
+    const idx = new LeakIndex(ids, { parts: true });
+    const texts = [
+      "error: Task 9490e0ef-b200-46fb-8",
+      'x 9490E0EF-B200 y',
+      '"\\n9490e0ef-b2"',
+      'run%2F9490e0ef-b200-46fb-8c2c-21f2',
+      // Not one: two ids begin so, a whole id of no package, one glued to a word, one going on.
+      'x 11112222-',
+      'x 9490e0ef-b200-46fb-8c2c-21f2673307e9',
+      'x 9490e0ef-b200-46fbx',
+      'x 9490e0ef-b200-46fb-8c2c-21f2673307e8a',
+    ];
+    const found = texts.map((t) => idx.find(t));
+    expect(found).toEqual(['9490e0ef-b200-46fb-8', '9490E0EF-B200', '9490e0ef-b2', '9490e0ef-b200-46fb-8c2c-21f2', undefined, undefined, undefined, undefined]);
+    // What the seed takes for an identifier is what verify --deep looks for, and nothing else.
+    const uuids = new Set(ids);
+    for (const t of texts) expect(idx.find(t) !== undefined, t).toBe(tokenize(t, new DocIndex([]), uuids).toks.length > 0);
+    // A quick verify does not probe for these (nor for the bare parts): see LeakIndex's parts.
+    expect(new LeakIndex(ids, { parts: false }).find(texts[0]!)).toBeUndefined();
+  });
+
   it('finds a bare part right after a JSON escape whose one letter is a hex digit (\\b, \\f), as the seed remaps it', () => {
     const id = '9490e0ef-b200-46fb-8c2c-21f2673307e8';
     const idx = new LeakIndex([id]);
@@ -785,10 +808,12 @@ describe('LeakIndex', () => {
         const bare = m[0].startsWith('combined.') ? m[0].slice('combined.'.length) : undefined;
         if (bare && heads.has(bare)) return bare;
       }
-      // A bare first group, tail (8 to 12) or dashless form of a UUID, not the last group of a dashed run.
-      const P = new RegExp(`${B}(?<![0-9A-Fa-f]-)(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8,12})(?![0-9A-Za-z-])`, 'g');
+      // A bare first group, tail (8 to 12) or dashless form of a UUID, not the last group of a dashed
+      // run; or a UUID cut short from its first group and dash on, the start of exactly one.
+      const P = new RegExp(`${B}(?:((?<![0-9A-Fa-f]-)(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8,12})(?![0-9A-Za-z-]))|([0-9a-fA-F]{8}-[0-9a-fA-F-]{0,26}(?![0-9A-Za-z-])))`, 'g');
       for (let m = P.exec(text); m; m = P.exec(text)) {
-        if (parts.has(m[0].toLowerCase())) return m[0];
+        if (m[1] && parts.has(m[1].toLowerCase())) return m[0];
+        if (m[2] && uuids.filter((u) => u.startsWith(m![2]!.toLowerCase()) && u.length !== m![2]!.length).length === 1) return m[0];
         P.lastIndex = m.index + 1; // `%2FABCDEF01`: not `2FABCDEF01`, but maybe the run after the escape
       }
       return undefined;
@@ -800,6 +825,7 @@ describe('LeakIndex', () => {
       '673307e8.4a48.', '673307e8.4a48', 'combined.', 'combined.673307e8.2b47.', '673307e8.2b47.', 'deadbeef.0001.', 'DEADBEEF.0001.', 'eadbeef.0001.',
       '-', '.', 'a', 'Z', '0', ' ', '_', '/', '"', 'x-', 'é', '\\', '\\n', '\\u201c', '\\u00E9', '%2F', '%2', '%',
       '9490e0ef', '2673307e8', 'ABCDEF01', '9490e0efb20046fb8c2c21f2673307e8', '0123456789', 'ef0123456789',
+      '9490e0ef-b200', '9490E0EF-B200-46FB-8', 'abcdef01-2345-6789-abcd-ef01', '-4', '\\b', '\\f',
     ];
     let found = 0;
     for (let i = 0; i < 20_000; i++) {

@@ -1441,6 +1441,8 @@ export class LeakIndex {
   private readonly heads = new Set<string>();
   /** Bare parts of the UUIDs, lower-case: first group, tails of 8 to 12, the whole without dashes (the remapper's 'uuid_part'). */
   private readonly parts = new Set<string>();
+  /** With the parts: each UUID by its first group, to find one cut short (the remapper's 'uuid_prefix'). */
+  private readonly firsts = new Map<string, string[]>();
 
   /**
    * `parts`: also find bare parts of the UUIDs (verify --deep). Probing every text for them costs
@@ -1455,6 +1457,7 @@ export class LeakIndex {
         this.uuids.add(u);
         if (!parts) continue;
         this.parts.add(u.slice(0, 8));
+        this.firsts.get(u.slice(0, 8))?.push(u) ?? this.firsts.set(u.slice(0, 8), [u]);
         for (let n = 8; n <= 12; n++) this.parts.add(u.slice(-n));
         this.parts.add(u.replace(/-/g, ''));
       } else {
@@ -1531,11 +1534,28 @@ export class LeakIndex {
       // character; `%2F`: two; `\u201c`: four), as the remapper's second scan (afterEscapes) finds it.
       for (const at of [s, s + 1, s + 2, s + 4]) {
         if (at === s ? CHAR_CLASS[text.charCodeAt(s - 1)]! & ALNUM && !idMayStartAt(text, s) : !idMayStartAt(text, at)) continue;
-        const hit = this.partAt(text, at, e);
+        const hit = this.partAt(text, at, e) ?? this.prefixAt(text, at, e);
         if (hit) return hit;
       }
     }
     return undefined;
+  }
+
+  /**
+   * A package UUID cut short from its first group and dash on (`str(e)[:100]` ending in
+   * `8c98f774-784d-4201-9`) that starts at text[s], its first group text[s..j), or undefined: as
+   * the remapper's UUID_PREFIX_SRC, at most 26 characters of hex and '-' after the dash, followed by
+   * neither a letter, a digit nor '-', and the start of exactly one package UUID.
+   */
+  private prefixAt(text: string, s: number, j: number): string | undefined {
+    if (j - s !== 8 || text.charCodeAt(j) !== 45) return undefined;
+    let k = j + 1;
+    while (k < text.length && k - j <= 27 && (CHAR_CLASS[text.charCodeAt(k)]! & HEX || text.charCodeAt(k) === 45)) k++;
+    if (k - j > 27 || CHAR_CLASS[text.charCodeAt(k)]! & ALNUM) return undefined;
+    const cut = text.slice(s, k);
+    const lower = cut.toLowerCase();
+    const of = (this.firsts.get(lower.slice(0, 8)) ?? []).filter((u) => u.startsWith(lower) && u.length !== lower.length);
+    return of.length === 1 ? cut : undefined;
   }
 
   /** The part of a package UUID that text[s..j) is, j ending a hex run (see findPart), or undefined. */
