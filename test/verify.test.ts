@@ -768,6 +768,19 @@ describe('LeakIndex', () => {
     expect(new LeakIndex(ids, { parts: false }).find(texts[0]!)).toBeUndefined();
   });
 
+  it('with --deep, counts no part two package ids share: the seed leaves it, it names neither', () => {
+    const ids = ['746301ce-1a2b-4c3d-8e9f-21f2673307e8', '746301ce-ffff-4c3d-8e9f-000000000000'];
+    // An id listed twice (two versions of one source) is still one id.
+    const idx = new LeakIndex([...ids, ...ids], { parts: true });
+    const uuids = new Set(ids);
+    for (const text of ['[run 746301ce] started', 'x 746301ce-', 'x 746301ce-1a2b', 'tail 21f2673307e8', 'y 746301CE-FFFF-4']) {
+      const seeded = tokenize(text, new DocIndex([]), uuids).toks;
+      expect(idx.find(text), text).toBe(seeded[0]);
+    }
+    expect(idx.find('[run 746301ce] started')).toBeUndefined();
+    expect(idx.find('x 746301ce-1a2b')).toBe('746301ce-1a2b');
+  });
+
   it('finds a bare part right after a JSON escape whose one letter is a hex digit (\\b, \\f), as the seed remaps it', () => {
     const id = '9490e0ef-b200-46fb-8c2c-21f2673307e8';
     const idx = new LeakIndex([id]);

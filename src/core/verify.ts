@@ -1439,8 +1439,12 @@ class UserCheck {
 export class LeakIndex {
   private readonly uuids = new Set<string>();
   private readonly heads = new Set<string>();
-  /** Bare parts of the UUIDs, lower-case: first group, tails of 8 to 12, the whole without dashes (the remapper's 'uuid_part'). */
-  private readonly parts = new Set<string>();
+  /**
+   * Bare parts of the UUIDs, lower-case: first group, tails of 8 to 12, the whole without dashes (the
+   * remapper's 'uuid_part'), each to its UUID; null for one two UUIDs share, which the remapper
+   * (uuidPartOf) leaves as it is: it names neither.
+   */
+  private readonly parts = new Map<string, string | null>();
   /** With the parts: each UUID by its first group, to find one cut short (the remapper's 'uuid_prefix'). */
   private readonly firsts = new Map<string, string[]>();
 
@@ -1455,15 +1459,18 @@ export class LeakIndex {
       if (isUuid(id)) {
         const u = id.toLowerCase();
         this.uuids.add(u);
-        if (!parts) continue;
-        this.parts.add(u.slice(0, 8));
-        this.firsts.get(u.slice(0, 8))?.push(u) ?? this.firsts.set(u.slice(0, 8), [u]);
-        for (let n = 8; n <= 12; n++) this.parts.add(u.slice(-n));
-        this.parts.add(u.replace(/-/g, ''));
       } else {
         const head = /^((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.)/.exec(id)?.[1];
         if (head) this.heads.add(head);
       }
+    }
+    if (!parts) return;
+    for (const u of this.uuids) {
+      for (const p of [u.slice(0, 8), ...[8, 9, 10, 11, 12].map((n) => u.slice(-n)), u.replace(/-/g, '')]) {
+        const had = this.parts.get(p);
+        this.parts.set(p, had === undefined || had === u ? u : null);
+      }
+      this.firsts.get(u.slice(0, 8))?.push(u) ?? this.firsts.set(u.slice(0, 8), [u]);
     }
   }
 
@@ -1565,7 +1572,7 @@ export class LeakIndex {
     for (let e = s; e < j; e++) if (!(CHAR_CLASS[text.charCodeAt(e)]! & HEX)) return undefined;
     if (s >= 2 && text.charCodeAt(s - 1) === 45 && CHAR_CLASS[text.charCodeAt(s - 2)]! & HEX) return undefined;
     const part = text.slice(s, j);
-    return this.parts.has(part.toLowerCase()) ? part : undefined;
+    return this.parts.get(part.toLowerCase()) ? part : undefined;
   }
 }
 
