@@ -1,31 +1,23 @@
 // A backfill killed (SIGKILL) right after it made a user ready must not leave that user ready with
 // the loose permissions ACM2 gave its DB: verify would fail a user ACM2 already serves.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { frozenSource, type FrozenSource } from './helpers/env.js';
-import { buildLegacyFleet, cleanupTemplates } from './helpers/legacy-fleet.js';
+import { buildLegacyFleet, fleetPackage } from './helpers/legacy-fleet.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { userDbPath } from '../src/userdb/paths.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 
-let pkg: FrozenSource;
-beforeAll(() => {
-  pkg = frozenSource();
-});
-afterAll(() => {
-  pkg.cleanup();
-  cleanupTemplates();
-});
+const env = fleetPackage();
 
 describe('backfill killed right after a seed committed', () => {
   it('the user it made ready already has its DB at 0600: verify finds nothing to fix', async () => {
     // ACM2 made this DB (0644, a preset and no run): the backfill seeds the package beside it.
-    const fleet = await buildLegacyFleet({ presets_only: 1 }, pkg.pkg);
+    const fleet = await buildLegacyFleet({ presets_only: 1 }, env.pkg.pkg);
     try {
       const db = userDbPath(fleet.dataDir, 1);
       expect(statSync(db).mode & 0o777).toBe(0o644);
@@ -38,7 +30,7 @@ describe('backfill killed right after a seed committed', () => {
         const [url, dataDir, seedsDir] = process.argv.slice(1);
         const master = await openMaster(parseMasterUrl(url));
         await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
-      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, fleet.masterUrl, fleet.dataDir, pkg.seedsDir], { encoding: 'utf8' });
+      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, fleet.masterUrl, fleet.dataDir, env.pkg.seedsDir], { encoding: 'utf8' });
       expect(killed.signal, killed.stderr).toBe('SIGKILL');
 
       const meta = new Database(db, { readonly: true });
@@ -48,7 +40,7 @@ describe('backfill killed right after a seed committed', () => {
         meta.close();
       }
       expect(statSync(db).mode & 0o777).toBe(0o600);
-      const v = await verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: pkg.seedsDir }, { users: [1] });
+      const v = await verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: env.pkg.seedsDir }, { users: [1] });
       expect(v.users.flatMap((u) => u.problems).filter((p) => p.code === 'bad_permissions')).toEqual([]);
     } finally {
       await fleet.cleanup();

@@ -8,12 +8,12 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { corruptIndex, corruptTable, frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type FrozenSource, type World } from './helpers/env.js';
+import { corruptIndex, corruptTable, frozenSource, killMidBackup, snapshotTree, sqliteWorld, tmpDir, walkFiles, type World } from './helpers/env.js';
 import { createUser, seedOneUser } from '../src/core/users.js';
 import { seedUser } from '../src/core/seed-user.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
 import { verifyUsers } from '../src/core/verify.js';
-import { buildLegacyFleet, cleanupTemplates, EXPECTED, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
+import { buildLegacyFleet, EXPECTED, fleetPackage, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
 import { backfillJson, renderBackfill } from '../src/ui/backfill.js';
 import { lockUserFile, tryLockNamed } from '../src/core/user-lock.js';
@@ -29,16 +29,9 @@ process.env.ACM2_BCRYPT_ROUNDS = '4';
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 
-let pkg: FrozenSource;
-beforeAll(() => {
-  pkg = frozenSource();
-});
-afterAll(() => {
-  pkg.cleanup();
-  cleanupTemplates();
-});
+const env = fleetPackage();
 
-const deps = (f: Fleet, extra: Partial<BackfillDeps> = {}): BackfillDeps => ({ master: f.master, dataDir: f.dataDir, pkg: pkg.pkg, saveEveryMs: 50, ...extra });
+const deps = (f: Fleet, extra: Partial<BackfillDeps> = {}): BackfillDeps => ({ master: f.master, dataDir: f.dataDir, pkg: env.pkg.pkg, saveEveryMs: 50, ...extra });
 const backfill = (f: Fleet, opts: BackfillOptions = {}, extra: Partial<BackfillDeps> = {}) => runBackfill(deps(f, extra), opts);
 
 /** sha256 of every file in the data dir except the master and the tool's private .acm2/. */
@@ -102,7 +95,7 @@ describe('a legacy fleet of 1,000+ users', () => {
   };
 
   beforeAll(async () => {
-    fleet = await buildLegacyFleet(mix, pkg.pkg);
+    fleet = await buildLegacyFleet(mix, env.pkg.pkg);
     release = await fleet.holdLocks();
     before = new Map();
     for (const u of fleet.users) if (HEALTHY(u.kind) && u.kind !== 'missing') before.set(u.id, counts(fleet.dataDir, u.id));
@@ -141,7 +134,7 @@ describe('a legacy fleet of 1,000+ users', () => {
       const c = directCheck(fleet.dataDir, u.id);
       expect(c, `user ${u.id} (${u.kind})`).toMatchObject({ status: 'ready', pending: [], fk: 0 });
       const legacy = ['legacy', 'drift_runs', 'drift_presets', 'drift_later', 'acm2_ready'].includes(u.kind);
-      expect(c.version, `user ${u.id} (${u.kind})`).toBe(legacy ? 'legacy' : pkg.pkg.version);
+      expect(c.version, `user ${u.id} (${u.kind})`).toBe(legacy ? 'legacy' : env.pkg.pkg.version);
     }
     const items = await fleet.master.backfillItems('default');
     expect(items).toHaveLength(fleet.users.length);
@@ -181,7 +174,7 @@ describe('a legacy fleet of 1,000+ users', () => {
     const mod = (await import(/* @vite-ignore */ pathToUrl(verifyModule))) as { verifyUsers?: Function };
     if (typeof mod.verifyUsers !== 'function') return;
     const healthy = fleet.users.filter((u) => HEALTHY(u.kind)).map((u) => u.id);
-    const res = (await mod.verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: pkg.seedsDir }, { users: healthy })) as {
+    const res = (await mod.verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: env.pkg.seedsDir }, { users: healthy })) as {
       users: Array<{ id: number; ok: boolean; problems: Array<{ code: string; message: string }> }>;
     };
     const bad = res.users.filter((u) => !u.ok).map((u) => ({ id: u.id, kind: fleet.kindOf(u.id), problems: u.problems.slice(0, 3).map((p) => `${p.code}: ${p.message}`) }));
@@ -199,18 +192,18 @@ describe('a legacy fleet of 1,000+ users', () => {
 describe('no row is ever lost', () => {
   let fleet: Fleet;
   beforeAll(async () => {
-    fleet = await buildLegacyFleet({ legacy: 2, drift_runs: 1, drift_later: 1 }, pkg.pkg);
+    fleet = await buildLegacyFleet({ legacy: 2, drift_runs: 1, drift_later: 1 }, env.pkg.pkg);
   });
   afterAll(async () => fleet?.cleanup());
 
   const bad = (name: string, sql: string): Migration[] => [...userMigrations(), { id: userMigrations().length + 1, name, sql, checksum: createHash('sha256').update(sql).digest('hex') }];
 
   it('user seed of a drifted ACM2 DB repairs it as backfill would (backup, proven counts), never half way', async () => {
-    const own = await buildLegacyFleet({ drift_runs: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ drift_runs: 1 }, env.pkg.pkg);
     try {
       const id = own.users[0]!.id;
       const was = counts(own.dataDir, id);
-      const r = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, String(id), {});
+      const r = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 }, String(id), {});
       expect(r.seed, JSON.stringify(r.seed)).toMatchObject({ status: 'ready' });
       const db = new Database(userDbPath(own.dataDir, id), { readonly: true });
       try {
@@ -229,7 +222,7 @@ describe('no row is ever lost', () => {
   });
 
   it('a migration that fills the disk (SQLite: database or disk is full) stops the run as disk_full, the DB rolled back', async () => {
-    const own = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    const own = await buildLegacyFleet({ legacy: 3 }, env.pkg.pkg);
     try {
       const was = hashTree(own.dataDir);
       const r = await backfill(own, {}, { migrations: bad('0099_fills_disk', `PRAGMA max_page_count = 1; CREATE TABLE big (x BLOB); INSERT INTO big VALUES (randomblob(100000));`) });
@@ -243,7 +236,7 @@ describe('no row is ever lost', () => {
   });
 
   it("a DB holding another user's data under this id is left alone, never adopted or marked ready", async () => {
-    const own = await buildLegacyFleet({ legacy: 2 }, pkg.pkg);
+    const own = await buildLegacyFleet({ legacy: 2 }, env.pkg.pkg);
     try {
       // User 2's DB is a copy of user 1's (a restore to the wrong id), with one more run of its own.
       copyFileSync(userDbPath(own.dataDir, 1), userDbPath(own.dataDir, 2));
@@ -294,7 +287,7 @@ describe('no row is ever lost', () => {
   });
 
   it('a backup a kill -9 cut short (its copy and the journal SQLite keeps beside it) is removed by the next migration; finished ones stay', async () => {
-    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ legacy: 1 }, env.pkg.pkg);
     try {
       const dir = toolDir(own.dataDir, 'backups', 'user_1');
       mkdirSync(dir, { recursive: true });
@@ -317,16 +310,16 @@ describe('no row is ever lost', () => {
   });
 
   it('the human output says where the backups of migrated DBs are, and a backup put back is the DB as it was', () => {
-    const own = buildLegacyFleet({ legacy: 2, ready: 1 }, pkg.pkg);
+    const own = buildLegacyFleet({ legacy: 2, ready: 1 }, env.pkg.pkg);
     return own.then(async (f) => {
       try {
         const id = byKind(f, ['legacy'])[1]!;
         const was = counts(f.dataDir, id);
-        const r = spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+        const r = spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', env.pkg.seedsDir], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
         expect(r.status, r.stderr).toBe(0);
         const dir = toolDir(f.dataDir, 'backups');
         expect(r.stdout).toContain(`Each of the 2 DBs migrated was backed up first, in ${path.join(dir, 'user_<id>')}/`);
-        const json = spawnSync(process.execPath, [BIN, 'backfill', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { encoding: 'utf8' });
+        const json = spawnSync(process.execPath, [BIN, 'backfill', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', env.pkg.seedsDir], { encoding: 'utf8' });
         expect(JSON.parse(json.stdout)).toMatchObject({ backups: null, counts: { ok: 3 } });
         // The backup under that folder, put back as the output says, is the user's DB before the backfill.
         const [name] = readdirSync(path.join(dir, `user_${id}`));
@@ -340,9 +333,9 @@ describe('no row is ever lost', () => {
   });
 
   it("a seed beside the user's own rows never deletes one that a UNIQUE index of the DB says clashes with a package row", async () => {
-    const own = await buildLegacyFleet({ presets_only: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ presets_only: 1 }, env.pkg.pkg);
     try {
-      const seedDb = new Database(path.join(pkg.pkg.dir, 'seed.db'), { readonly: true, fileMustExist: true });
+      const seedDb = new Database(path.join(env.pkg.pkg.dir, 'seed.db'), { readonly: true, fileMustExist: true });
       const name = seedDb.prepare(`SELECT name FROM contents ORDER BY name LIMIT 1`).pluck().get() as string;
       seedDb.close();
       // The user's own document is named as one of the package's (ACM2's own seeding copied the
@@ -368,13 +361,13 @@ describe('no row is ever lost', () => {
   });
 
   it('user seed <id> of such a DB is refused the same way: before anything is adopted, migrated or backed up, and at once (no retries)', async () => {
-    const own = await buildLegacyFleet({ drift_later: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ drift_later: 1 }, env.pkg.pkg);
     try {
       const db = new Database(userDbPath(own.dataDir, 1));
       db.exec(`DELETE FROM tasks; DELETE FROM runs;`);
       db.close();
       const was = readFileSync(userDbPath(own.dataDir, 1));
-      const r = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, '1', {});
+      const r = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 }, '1', {});
       expect(r.seed).toMatchObject({ status: 'failed', error: expect.stringMatching(/has presets\.output_destination NOT NULL without a default \(added by a later ACM2\), so the seed's rows cannot be written; nothing was changed/) });
       expect(r.seed.retry).toBeUndefined();
       expect(readFileSync(userDbPath(own.dataDir, 1)).equals(was)).toBe(true);
@@ -385,7 +378,7 @@ describe('no row is ever lost', () => {
   });
 
   it('a later ACM2 DB that needs a seed but has a NOT NULL column without default the seed cannot fill is refused in one sentence, untouched', async () => {
-    const own = await buildLegacyFleet({ drift_later: 2 }, pkg.pkg);
+    const own = await buildLegacyFleet({ drift_later: 2 }, env.pkg.pkg);
     try {
       // User 1: presets but no run (so a seed beside them); user 2 has both (ready as legacy, no seed).
       const db = new Database(userDbPath(own.dataDir, 1));
@@ -410,7 +403,7 @@ describe('no row is ever lost', () => {
   });
 
   it("a seed that rewrites seeded rows (backfill finishing a failed seed, --force) leaves the user's rows that reference them: no ON DELETE action runs", async () => {
-    const own = await buildLegacyFleet({ ready: 2 }, pkg.pkg);
+    const own = await buildLegacyFleet({ ready: 2 }, env.pkg.pkg);
     try {
       // A table of the user's (or of a later ACM2) whose foreign keys act on delete.
       const notes = (id: number) => {
@@ -438,7 +431,7 @@ describe('no row is ever lost', () => {
       expect(r.counts).toEqual({ seed: 1 });
       expect(directCheck(own.dataDir, 2).status).toBe('ready');
       expect(notes(2)).toEqual(before.get(2));
-      const forced = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, '1', { force: true });
+      const forced = await seedOneUser({ master: own.master, dataDir: own.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 }, '1', { force: true });
       expect(forced.seed).toMatchObject({ status: 'ready' });
       expect(notes(1)).toEqual(before.get(1));
     } finally {
@@ -500,7 +493,7 @@ describe('no row is ever lost', () => {
   }
 
   it('a failed migration of a DB ACM2 writes to meanwhile keeps what ACM2 wrote once the lock was free: undone under the lock, nothing restored', async () => {
-    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ legacy: 1 }, env.pkg.pkg);
     try {
       const { file, exited } = await acm2WaitingOnMigration(own);
       // A migration that fails after a while (the lock held all along).
@@ -514,7 +507,7 @@ describe('no row is ever lost', () => {
   }, 60_000);
 
   it('a migration whose transaction SQLite ends itself (a full disk) restores nothing over what ACM2 wrote once the lock was free', async () => {
-    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ legacy: 1 }, env.pkg.pkg);
     try {
       const { file, exited } = await acm2WaitingOnMigration(own);
       // A migration that fills the disk after a while: SQLite rolls the whole transaction back
@@ -542,21 +535,21 @@ describe('a seeded user whose DB lost part of its schema (an index dropped by ha
   it('has it put back by backfill, with a backup, and verify agrees', async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const u = await createUser(deps, { email: 'noindex@example.com', username: 'noindex' });
       const db = new Database(userDbPath(w.dataDir, u.user.id));
       db.exec('DROP INDEX ix_documents_user_id');
       db.close();
-      const before = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
+      const before = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir });
       expect(before.users[0]!.problems.map((p) => p.code)).toEqual(['schema_outdated']);
-      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true });
+      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { dryRun: true });
       expect(plan.users).toEqual([expect.objectContaining({ id: u.user.id, action: 'migrate', steps: ['repair: create index ix_documents_user_id'] })]);
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {});
       expect(r.counts).toEqual({ migrate: 1 });
       expect(r.users[0]!.backup).toBeDefined();
-      const after = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
+      const after = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir });
       expect(after.users[0]!.problems).toEqual([]);
-      expect((await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {})).counts).toEqual({ ok: 1 });
+      expect((await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {})).counts).toEqual({ ok: 1 });
     } finally {
       await w.cleanup();
     }
@@ -567,26 +560,26 @@ describe('a ready user whose seed was killed between linking its DB into place a
   it("has that second name dropped by the next backfill (not by a dry run, nor by another shard's), the DB kept", async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const u = await createUser(deps, { email: 'alias@example.com', username: 'alias' });
       const id = u.user.id;
       const staging = toolDir(w.dataDir, 'staging');
       mkdirSync(staging, { recursive: true });
       // What the kill leaves: the live DB under its staged name too. A whole build that is another
       // file (a crashed attempt's) is the next seed's to adopt, not the backfill's to drop.
-      const alias = path.join(staging, `user_${id}-${pkg.pkg.version}-0a1b2c.db`);
-      const build = path.join(staging, `user_${id}-${pkg.pkg.version}-3d4e5f.db`);
+      const alias = path.join(staging, `user_${id}-${env.pkg.pkg.version}-0a1b2c.db`);
+      const build = path.join(staging, `user_${id}-${env.pkg.pkg.version}-3d4e5f.db`);
       linkSync(userDbPath(w.dataDir, id), alias);
       copyFileSync(userDbPath(w.dataDir, id), build);
       const dbBytes = readFileSync(userDbPath(w.dataDir, id));
 
-      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true });
+      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { dryRun: true });
       expect(plan.counts).toEqual({ ok: 1 });
       expect(existsSync(alias)).toBe(true);
-      await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { shard: { index: (id + 1) % 2, count: 2 } });
+      await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { shard: { index: (id + 1) % 2, count: 2 } });
       expect(existsSync(alias)).toBe(true);
 
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {});
       expect(r.counts).toEqual({ ok: 1 });
       expect(existsSync(alias)).toBe(false);
       expect(existsSync(build)).toBe(true);
@@ -600,14 +593,14 @@ describe('a ready user whose seed was killed between linking its DB into place a
   it('keeps a staged DB that a symlink user_{id}.db leads to: that is the one copy, not a second name', async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const u = await createUser(deps, { email: 'onecopy@example.com', username: 'onecopy' });
       const id = u.user.id;
-      const staged = path.join(toolDir(w.dataDir, 'staging'), `user_${id}-${pkg.pkg.version}-0a1b2c.db`);
+      const staged = path.join(toolDir(w.dataDir, 'staging'), `user_${id}-${env.pkg.pkg.version}-0a1b2c.db`);
       mkdirSync(path.dirname(staged), { recursive: true });
       renameSync(userDbPath(w.dataDir, id), staged);
       symlinkSync(staged, userDbPath(w.dataDir, id));
-      await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {});
       expect(existsSync(staged)).toBe(true);
     } finally {
       await w.cleanup();
@@ -619,16 +612,16 @@ describe('a seeded user whose DB lost a column by hand, planned after a user who
   it('gets the column back: the planner does not take its schema for the whole one it saw first', async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       await createUser(deps, { email: 'whole@example.com', username: 'whole' });
       const u = await createUser(deps, { email: 'nocolumn@example.com', username: 'nocolumn' });
       const db = new Database(userDbPath(w.dataDir, u.user.id));
       db.exec('ALTER TABLE contents DROP COLUMN description');
       db.close();
       // One planner, so the whole DB's schema is seen (and remembered) first.
-      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true, concurrency: 1 });
+      const plan = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { dryRun: true, concurrency: 1 });
       expect(plan.users.find((p) => p.id === u.user.id)).toMatchObject({ action: 'migrate', steps: ['repair: add column contents.description'] });
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { concurrency: 1 });
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { concurrency: 1 });
       expect(r.counts).toEqual({ ok: 1, migrate: 1 });
       const after = new Database(userDbPath(w.dataDir, u.user.id), { readonly: true });
       expect((after.prepare(`SELECT name FROM pragma_table_info('contents')`).pluck().all() as string[])).toContain('description');
@@ -644,7 +637,7 @@ describe('users complete with another version than the package backfill seeds wi
     const w = await sqliteWorld();
     const v2 = frozenSource({ sourceDocs: 1 }, 'v2');
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       await createUser(deps, { email: 'old1@example.com', username: 'old1' });
       await createUser(deps, { email: 'old2@example.com', username: 'old2' });
       // One whose schema backfill also repairs: still left with its version, and counted so.
@@ -656,7 +649,7 @@ describe('users complete with another version than the package backfill seeds wi
       expect(r.counts).toEqual({ ok: 2, migrate: 1 });
       expect(r).toMatchObject({ seedVersion: 'v2', readyWithOtherVersion: 3 });
       expect(renderBackfill(r)).toContain("3 of them are complete with another seed version than v2 and were left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version v2 adds v2's rows and files beside theirs).");
-      const same = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      const same = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {});
       expect(same.readyWithOtherVersion).toBe(0);
       expect(renderBackfill(same)).not.toContain('another seed version');
     } finally {
@@ -671,7 +664,7 @@ describe('users complete with another version, some of them seeded with the back
     const w = await sqliteWorld();
     const v2 = frozenSource({ sourceDocs: 1 }, 'v2');
     try {
-      const v1Deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const v1Deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const v2Deps = { ...v1Deps, seedsDir: v2.seedsDir };
       await createUser(v1Deps, { email: 'stayed@example.com', username: 'stayed' });
       // Seeded v1, then moved on to v2: v1's record says it was seeded to the end.
@@ -680,7 +673,7 @@ describe('users complete with another version, some of them seeded with the back
       // Only ever v2.
       const fresh = (await createUser(v2Deps, { email: 'fresh@example.com', username: 'fresh' })).user.id;
 
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true });
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { dryRun: true });
       expect(r.counts).toEqual({ ok: 3 });
       expect(r).toMatchObject({ seedVersion: 'v1', readyWithOtherVersion: 2, readyWithOtherVersionSeededBefore: 1 });
       expect(backfillJson(r)).toMatchObject({ readyWithOtherVersion: 2, readyWithOtherVersionSeededBefore: 1 });
@@ -688,7 +681,7 @@ describe('users complete with another version, some of them seeded with the back
         "2 of them are complete with another seed version than v1 and were left so: backfill completes users, it does not move them between versions (acm2 user seed <id> --seed-version v1 adds v1's rows and files beside theirs); 1 of them was seeded with v1 before, and for it the same command only makes it ready with v1 again, adding nothing.",
       );
       // Only the user that had v1 before: the note makes no claim of adding rows.
-      const one = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, { dryRun: true, userIds: [moved] });
+      const one = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, { dryRun: true, userIds: [moved] });
       expect(one).toMatchObject({ readyWithOtherVersion: 1, readyWithOtherVersionSeededBefore: 1 });
       expect(renderBackfill(one)).toContain(
         '1 of them is complete with another seed version than v1 and was left so: backfill completes users, it does not move them between versions; it was seeded with v1 before, so acm2 user seed <id> --seed-version v1 makes it ready with v1 again, adding nothing.',
@@ -710,15 +703,15 @@ describe('a user whose seed job failed for good', () => {
   it('is seeded by backfill and its job says done again (verify agrees)', async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const u = await createUser(deps, { email: 'gaveup@example.com', username: 'gaveup', async: true });
       const T = Date.now();
       const job = await w.master.claimJob('w', 1000, T);
       expect(await w.master.finishJob(job!.id, 'w', { status: 'failed', error: 'ENOSPC' }, T + 1)).toBe(true);
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {});
       expect(r.counts).toEqual({ seed: 1 });
-      expect(await w.master.latestJob(u.user.id)).toMatchObject({ status: 'done', seedVersion: pkg.pkg.version });
-      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir });
+      expect(await w.master.latestJob(u.user.id)).toMatchObject({ status: 'done', seedVersion: env.pkg.pkg.version });
+      const v = await verifyUsers({ master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir });
       expect(v.users).toEqual([{ id: u.user.id, ok: true, problems: [] }]);
     } finally {
       await w.cleanup();
@@ -730,22 +723,22 @@ describe('users whose DB fails quick_check', () => {
   it('are failed at once, named with the remedy, their seed job not left to retry, and their DBs left byte for byte', async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       // An ACM2-created DB whose seed never finished (backfill adopts and migrates it first), and
       // a DB the tool seeded whose seed stopped part way (backfill seeds it again): each with a
       // seed job queued, and an index page torn that nothing backfill plans with reads.
       const [adopt, stopped] = [(await createUser(deps, { email: 'qc-adopt@example.com', username: 'qc-adopt', async: true })).user.id, (await createUser(deps, { email: 'qc-stopped@example.com', username: 'qc-stopped', async: true })).user.id];
       const legacy = createAcm2Db(userDbPath(w.dataDir, adopt));
-      legacy.prepare(`INSERT INTO user_meta (id, user_id, seed_status, seed_version, created_at) VALUES ('m', ?, 'in_progress', ?, '2026-01-12 09:30:00')`).run(adopt, pkg.pkg.version);
+      legacy.prepare(`INSERT INTO user_meta (id, user_id, seed_status, seed_version, created_at) VALUES ('m', ?, 'in_progress', ?, '2026-01-12 09:30:00')`).run(adopt, env.pkg.pkg.version);
       legacy.close();
-      seedUser({ dataDir: w.dataDir, userId: stopped, pkg: pkg.pkg });
+      seedUser({ dataDir: w.dataDir, userId: stopped, pkg: env.pkg.pkg });
       const db = new Database(userDbPath(w.dataDir, stopped));
       db.prepare(`UPDATE user_meta SET seed_status = 'in_progress'`).run();
       db.close();
       for (const id of [adopt, stopped]) corruptIndex(userDbPath(w.dataDir, id), 'ix_documents_user_id');
       const before = [adopt, stopped].map((id) => readFileSync(userDbPath(w.dataDir, id)));
 
-      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg }, {});
+      const r = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg }, {});
       expect(r.counts).toEqual({ fail: 2 });
       const escaped = (id: number) => userDbPath(w.dataDir, id).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
       expect(r.failures).toEqual([
@@ -778,7 +771,7 @@ describe('users whose DB fails quick_check', () => {
 
 describe('a user whose DB SQLite calls corrupt while backfill writes to it', () => {
   it('fails with code corrupt, named with the remedy, and the DB left as it was', async () => {
-    const own = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    const own = await buildLegacyFleet({ legacy: 1 }, env.pkg.pkg);
     try {
       expect((await backfill(own, { userIds: [1] })).counts).toEqual({ meta_legacy: 1 });
       // Current, with presets and runs and no user_meta row: backfill writes the legacy row on
@@ -814,14 +807,14 @@ describe('a user deleted from the master while backfill runs', () => {
   it('gets no DB or files again: it is left alone', async () => {
     const w = await sqliteWorld();
     try {
-      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const a = await createUser(deps, { email: 'first@example.com', username: 'first', async: true });
       const b = await createUser(deps, { email: 'second@example.com', username: 'second', async: true });
       const r = await runBackfill(
         {
           master: w.master,
           dataDir: w.dataDir,
-          pkg: pkg.pkg,
+          pkg: env.pkg.pkg,
           // ACM2 deletes the second user after the page holding both was read.
           onUser: (rep) => {
             if (rep.id !== a.user.id) return;
@@ -957,14 +950,14 @@ describe('stopping and resuming', () => {
   let reference: Fleet;
   let referenceState: Awaited<ReturnType<typeof finalState>>;
   beforeAll(async () => {
-    reference = await buildLegacyFleet(mix, pkg.pkg);
+    reference = await buildLegacyFleet(mix, env.pkg.pkg);
     const r = await backfill(reference, { batchSize: 50 });
     expect(r.failures).toEqual([]);
     referenceState = await finalState(reference);
   }, 60_000);
   afterAll(async () => reference?.cleanup());
 
-  const cli = (f: Fleet, ...args: string[]) => [BIN, 'backfill', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir, ...args];
+  const cli = (f: Fleet, ...args: string[]) => [BIN, 'backfill', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', env.pkg.seedsDir, ...args];
 
   function itemCount(f: Fleet): number {
     const db = new Database(path.join(f.dataDir, 'master.db'), { readonly: true, fileMustExist: true });
@@ -977,7 +970,7 @@ describe('stopping and resuming', () => {
   }
 
   it('SIGKILL halfway through the built CLI, then --resume: the same final state as an uninterrupted run', async () => {
-    const f = await buildLegacyFleet(mix, pkg.pkg);
+    const f = await buildLegacyFleet(mix, env.pkg.pkg);
     try {
       const child = spawn(process.execPath, cli(f, '--quiet', '--batch-size', '50', '--concurrency', '2'), { stdio: 'ignore' });
       const exited = new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_c, sig) => r(sig)));
@@ -1005,7 +998,7 @@ describe('stopping and resuming', () => {
   }, 60_000);
 
   it('a user an earlier attempt left half done keeps that attempt\'s outcome when --resume finishes it', async () => {
-    const f = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 1 }, env.pkg.pkg);
     try {
       const db = userDbPath(f.dataDir, 1);
       chmodSync(db, 0o644);
@@ -1029,7 +1022,7 @@ describe('stopping and resuming', () => {
   });
 
   it('never changes the mode of a file hard-linked from outside the user\'s tree (a chmod would change that file too)', async () => {
-    const f = await buildLegacyFleet({ ready: 1 }, pkg.pkg);
+    const f = await buildLegacyFleet({ ready: 1 }, env.pkg.pkg);
     try {
       // A file of someone else's (0644), with a second name inside user_1/: one inode, two paths
       // (a hard link cannot cross file systems, so it sits beside the user's folder).
@@ -1050,7 +1043,7 @@ describe('stopping and resuming', () => {
       expect(again.users[0]).toMatchObject({ id: 1, outcome: 'ok' });
       expect(statSync(shared).mode & 0o777).toBe(0o644);
       // verify still names it, and says why backfill leaves it.
-      const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir }, { users: [1] });
+      const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: env.pkg.seedsDir }, { users: [1] });
       const perm = v.users[0]!.problems.filter((p) => p.code === 'bad_permissions');
       expect(perm).toEqual([expect.objectContaining({ path: 'user_1/shared.txt', message: expect.stringMatching(/2 hard links.*backfill leaves it/) })]);
     } finally {
@@ -1059,7 +1052,7 @@ describe('stopping and resuming', () => {
   });
 
   it('a full disk stops the backfill at the first user it hits; --resume goes on once there is space', async () => {
-    const f = await buildLegacyFleet({ missing: 4 }, pkg.pkg);
+    const f = await buildLegacyFleet({ missing: 4 }, env.pkg.pkg);
     try {
       const full = () => {
         throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
@@ -1091,7 +1084,7 @@ describe('stopping and resuming', () => {
   });
 
   it('a DB the tool seeded that lost its user_meta row gets its seed version back, not legacy', async () => {
-    const f = await buildLegacyFleet({ missing: 1 }, pkg.pkg);
+    const f = await buildLegacyFleet({ missing: 1 }, env.pkg.pkg);
     try {
       expect((await backfill(f)).counts).toEqual({ seed: 1 });
       const file = userDbPath(f.dataDir, 1);
@@ -1107,11 +1100,11 @@ describe('stopping and resuming', () => {
       const r = await backfill(f);
       expect(r.users[0]).toMatchObject({ id: 1, action: 'seed', outcome: 'seed' });
       const check = new Database(file, { readonly: true });
-      expect(check.prepare(`SELECT seed_status, seed_version FROM user_meta`).all()).toEqual([{ seed_status: 'ready', seed_version: pkg.pkg.version }]);
+      expect(check.prepare(`SELECT seed_status, seed_version FROM user_meta`).all()).toEqual([{ seed_status: 'ready', seed_version: env.pkg.pkg.version }]);
       expect(check.prepare(`SELECT name FROM presets`).pluck().all()).toEqual(['renamed by the user']);
       check.close();
       expect(readFileSync(docPath, 'utf8')).toBe('edited by the user\n');
-      const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir }, { users: [1] });
+      const v = await verifyUsers({ master: f.master, dataDir: f.dataDir, seedsDir: env.pkg.seedsDir }, { users: [1] });
       // Only the user's own edit of a seeded file is left to see.
       expect(v.users[0]!.problems.map((p) => p.code)).toEqual(['file_size_mismatch']);
     } finally {
@@ -1120,7 +1113,7 @@ describe('stopping and resuming', () => {
   });
 
   it('--resume retries a user an earlier version recorded as failed on a full disk, rather than replay it', async () => {
-    const f = await buildLegacyFleet({ missing: 2 }, pkg.pkg);
+    const f = await buildLegacyFleet({ missing: 2 }, env.pkg.pkg);
     try {
       // What tools before this fix saved: the full-disk failure as user 2's final item, above the cursor.
       await f.master.recordBackfillItems('default', [{ userId: 2, outcome: 'fail', reason: '[disk_full] disk full while writing user 2' }]);
@@ -1135,7 +1128,7 @@ describe('stopping and resuming', () => {
   });
 
   it('--resume retries a user 212fe2d and earlier stopped on a full disk, whose cursor they moved past it', async () => {
-    const f = await buildLegacyFleet({ missing: 4 }, pkg.pkg);
+    const f = await buildLegacyFleet({ missing: 4 }, env.pkg.pkg);
     try {
       // What 212fe2d saved when the disk filled at user 2: user 1 done, user 2 a final failure, and
       // the cursor at 2 (users 3 and 4 not reached).
@@ -1158,7 +1151,7 @@ describe('stopping and resuming', () => {
   });
 
   it('--resume of a backfill that had finished says so, goes over only users added since, and counts only them', async () => {
-    const f = await buildLegacyFleet({ legacy: 2, corrupt: 1 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 2, corrupt: 1 }, env.pkg.pkg);
     try {
       const first = await backfill(f);
       expect(first.counts).toEqual({ meta_legacy: 2, fail: 1 });
@@ -1175,7 +1168,7 @@ describe('stopping and resuming', () => {
   });
 
   it('--resume with no saved progress of that name (another shard\'s, a first run) goes over every user and says there was nothing to resume', async () => {
-    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 3 }, env.pkg.pkg);
     try {
       expect((await backfill(f, { shard: { index: 0, count: 3 } })).counts).toEqual({ meta_legacy: 1 });
       // A mistyped shard: nothing of shard-1-of-3 was saved, so it starts there from the beginning.
@@ -1194,7 +1187,7 @@ describe('stopping and resuming', () => {
   });
 
   it('SIGINT: users in flight finish, progress is saved, exit 1 with a hint; --resume completes', async () => {
-    const f = await buildLegacyFleet(mix, pkg.pkg);
+    const f = await buildLegacyFleet(mix, env.pkg.pkg);
     try {
       const child = spawn(process.execPath, cli(f, '--batch-size', '50'), { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
@@ -1217,7 +1210,7 @@ describe('stopping and resuming', () => {
 
   /** A queued user whose backfill seed committed, the backfill killed (SIGKILL) before the master heard of it. */
   async function killedAfterCommit(w: World, name: string) {
-    const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: `${name}@example.com`, username: name, async: true });
+    const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: `${name}@example.com`, username: name, async: true });
     const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
     const script = `
       const { openMaster } = await import(${dist('master/factory.js')});
@@ -1227,7 +1220,7 @@ describe('stopping and resuming', () => {
       const [url, dataDir, seedsDir] = process.argv.slice(1);
       const master = await openMaster(parseMasterUrl(url));
       await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
-    const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, pkg.seedsDir], { encoding: 'utf8' });
+    const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, env.pkg.seedsDir], { encoding: 'utf8' });
     expect(killed.signal, killed.stderr).toBe('SIGKILL');
     expect(directCheck(w.dataDir, user.id).status).toBe('ready');
     return user;
@@ -1240,7 +1233,7 @@ describe('stopping and resuming', () => {
       const user = await killedAfterCommit(w, 'cut');
       expect((await w.master.latestJob(user.id))?.status).toBe('running');
 
-      const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg, saveEveryMs: 50 }, { resume: true });
+      const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg, saveEveryMs: 50 }, { resume: true });
       expect(resumed.users).toMatchObject([{ id: user.id, outcome: 'seed', steps: ['done by an earlier attempt of this backfill'] }]);
       // Not left running (user show and list: pending) until a drain comes by after its lease, and
       // verify then failing the fleet with job_state_mismatch.
@@ -1258,7 +1251,7 @@ describe('stopping and resuming', () => {
       const held = lockUserFile(w.dataDir, user.id, 0)!;
       expect(held).toBeDefined();
       try {
-        const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: pkg.pkg, saveEveryMs: 50 }, { resume: true });
+        const resumed = await runBackfill({ master: w.master, dataDir: w.dataDir, pkg: env.pkg.pkg, saveEveryMs: 50 }, { resume: true });
         // The user is ready: the resume has nothing to do for it, and the lock's holder closes the job.
         expect(resumed.failures).toEqual([]);
         expect(resumed.users).toMatchObject([{ id: user.id, outcome: 'seed', steps: ['done by an earlier attempt of this backfill'] }]);
@@ -1271,7 +1264,7 @@ describe('stopping and resuming', () => {
   }, 60_000);
 
   it('a statement the master refuses (a grant missing) is reported as that, not as the master lost', async () => {
-    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 3 }, env.pkg.pkg);
     try {
       const denied = new UnavailableError("MySQL master mysql://ci@db:3306/m refused user 'ci' a statement acm2 needs: INSERT command denied (ER_TABLEACCESS_DENIED_ERROR); grant it, or use an account that has it", 'master_access_denied');
       const narrow = new Proxy(f.master, {
@@ -1291,7 +1284,7 @@ describe('stopping and resuming', () => {
   });
 
   it('a master that refuses a statement and then goes away is reported as gone, and not asked again', async () => {
-    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 3 }, env.pkg.pkg);
     try {
       const denied = new UnavailableError("MySQL master refused user 'ci' a statement acm2 needs (ER_TABLEACCESS_DENIED_ERROR)", 'master_access_denied');
       const gone = new UnavailableError('cannot reach MySQL master at db:3306 (ECONNRESET)', 'master_unreachable');
@@ -1325,7 +1318,7 @@ describe('stopping and resuming', () => {
   });
 
   it('an embedded master whose disk fills at the last save is disk_full naming the master, not a lost master', async () => {
-    const f = await buildLegacyFleet({ missing: 2 }, pkg.pkg);
+    const f = await buildLegacyFleet({ missing: 2 }, env.pkg.pkg);
     try {
       const full = new UnavailableError(`disk full while writing the master ${f.master.display} (SQLITE_FULL)`, 'disk_full');
       const filling = new Proxy(f.master, {
@@ -1348,7 +1341,7 @@ describe('stopping and resuming', () => {
   });
 
   it('the master going away mid-run: exit 3 with a clear message, and --resume completes later', async () => {
-    const f = await buildLegacyFleet(mix, pkg.pkg);
+    const f = await buildLegacyFleet(mix, env.pkg.pkg);
     try {
       let calls = 0;
       const flaky = new Proxy(f.master, {
@@ -1387,7 +1380,7 @@ describe('stopping and resuming', () => {
 describe('selection and limits', () => {
   let fleet: Fleet;
   beforeAll(async () => {
-    fleet = await buildLegacyFleet({ legacy: 6, corrupt: 3, acm2_ready: 3 }, pkg.pkg);
+    fleet = await buildLegacyFleet({ legacy: 6, corrupt: 3, acm2_ready: 3 }, env.pkg.pkg);
   });
   afterAll(async () => fleet?.cleanup());
 
@@ -1425,7 +1418,7 @@ describe('selection and limits', () => {
 
   it('the CLI: --dry-run --json is one document with the plan; the human form has the summary table', () => {
     const cli = (...args: string[]) =>
-      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', fleet.dataDir, '--master', fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', fleet.dataDir, '--master', fleet.masterUrl, '--seeds', env.pkg.seedsDir, ...args], { encoding: 'utf8' });
     const r = cli('--dry-run', '--json', '--user', '1', '--user', '2');
     expect(r.status, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout) as Record<string, unknown>;
@@ -1446,7 +1439,7 @@ describe('selection and limits', () => {
 
   it('a dry run against a master that was never set up says so (exit 2) and creates nothing', () => {
     const empty = path.join(fleet.dataDir, 'never-used');
-    const r = spawnSync(process.execPath, [BIN, 'backfill', '--dry-run', '--data-dir', empty, '--master', `sqlite:${path.join(fleet.dataDir, 'blank.db')}`, '--seeds', pkg.seedsDir], {
+    const r = spawnSync(process.execPath, [BIN, 'backfill', '--dry-run', '--data-dir', empty, '--master', `sqlite:${path.join(fleet.dataDir, 'blank.db')}`, '--seeds', env.pkg.seedsDir], {
       encoding: 'utf8',
     });
     expect(r.status).toBe(2);
@@ -1489,11 +1482,11 @@ const mysqlDialect = DIALECTS.find((d) => d.name === 'mysql')!;
 describe.skipIf(mysqlDialect.skip)('on a MySQL master', () => {
   it('the same backfill: keyset pages, GET_LOCK per user, items and progress in MySQL; a rerun changes nothing', async () => {
     mysqlDialect.ready();
-    const fleet = await buildLegacyFleet({ legacy: 4, drift_runs: 2, missing: 1, presets_only: 1, corrupt: 1 }, pkg.pkg);
+    const fleet = await buildLegacyFleet({ legacy: 4, drift_runs: 2, missing: 1, presets_only: 1, corrupt: 1 }, env.pkg.pkg);
     const t = await mysqlDialect.open();
     try {
       for (const u of fleet.users) await t.query(`INSERT INTO users (id, username, email) VALUES (?, ?, ?)`, [u.id, `user${u.id}`, `user${u.id}@example.com`]);
-      const r = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { concurrency: 2, batchSize: 3 });
+      const r = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: env.pkg.pkg }, { concurrency: 2, batchSize: 3 });
       const want: Record<string, number> = {};
       for (const u of fleet.users) want[EXPECTED[u.kind]] = (want[EXPECTED[u.kind]] ?? 0) + 1;
       expect(r.counts).toEqual(want);
@@ -1501,14 +1494,14 @@ describe.skipIf(mysqlDialect.skip)('on a MySQL master', () => {
       expect(await t.master.getBackfill('default')).toMatchObject({ status: 'done', cursor: fleet.users.length });
       for (const u of fleet.users) if (HEALTHY(u.kind)) expect(directCheck(fleet.dataDir, u.id)).toMatchObject({ status: 'ready', pending: [], fk: 0 });
       const was = hashTree(fleet.dataDir);
-      const again = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { concurrency: 2 });
+      const again = await runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: env.pkg.pkg }, { concurrency: 2 });
       expect(again.counts).toEqual({ ok: fleet.users.length - 1, fail: 1 });
       expect(hashTree(fleet.dataDir)).toEqual(was);
       // One run per shard at a time, across hosts: the lock is GET_LOCK in MySQL, not a file.
       const other = await t.another();
       const held = await other.acquireNamedLock('backfill:default', 0);
       expect(held).toBeDefined();
-      await expect(runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, {})).rejects.toThrow(/another `acm2 backfill` is running/);
+      await expect(runBackfill({ master: t.master, dataDir: fleet.dataDir, pkg: env.pkg.pkg }, {})).rejects.toThrow(/another `acm2 backfill` is running/);
       await held!.release();
     } finally {
       await t.cleanup();
@@ -1519,10 +1512,10 @@ describe.skipIf(mysqlDialect.skip)('on a MySQL master', () => {
 
 describe('the master unreachable from the start', () => {
   it('exit 3, one clear sentence, nothing on disk changed', async () => {
-    const fleet = await buildLegacyFleet({ legacy: 3, missing: 1, drift_runs: 1 }, pkg.pkg);
+    const fleet = await buildLegacyFleet({ legacy: 3, missing: 1, drift_runs: 1 }, env.pkg.pkg);
     try {
       const was = snapshotTree(fleet.dataDir);
-      const r = spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', fleet.dataDir, '--master', 'mysql://root@127.0.0.1:1/x', '--seeds', pkg.seedsDir], { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', fleet.dataDir, '--master', 'mysql://root@127.0.0.1:1/x', '--seeds', env.pkg.seedsDir], { encoding: 'utf8' });
       expect(r.status).toBe(3);
       expect(r.stderr).toMatch(/cannot reach MySQL master at 127\.0\.0\.1:1/);
       expect(snapshotTree(fleet.dataDir)).toEqual(was);

@@ -1,14 +1,13 @@
 // --legacy-logs after a kill -9: the rerun that finishes the move leaves the user's tree as a
 // move that was never stopped would (every moved log 0600, verify clean) and the killed pass's
 // staging gone (SPEC §6.2: a rerun converges; staging is cleaned up).
-import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
+import { afterEach, beforeEach, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, type FrozenSource } from './helpers/env.js';
-import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
+import { buildLegacyFleet, fleetPackage, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
 import { runBackfill } from '../src/core/backfill.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { toolDir, userRoot } from '../src/userdb/paths.js';
@@ -17,19 +16,12 @@ import { whereAmI } from '../src/core/worker-name.js';
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const LEGACY_LOGS = fileURLToPath(new URL('../dist/core/legacy-logs.js', import.meta.url));
 
-let pkg: FrozenSource;
-beforeAll(() => {
-  pkg = frozenSource();
-});
-afterAll(() => {
-  pkg.cleanup();
-  cleanupTemplates();
-});
+const env = fleetPackage();
 
 let fleet: Fleet;
 let logs: string;
 beforeEach(async () => {
-  fleet = await buildLegacyFleet({ legacy: 2 }, pkg.pkg);
+  fleet = await buildLegacyFleet({ legacy: 2 }, env.pkg.pkg);
   logs = fleetTmpDir('acm2-legacy-logs-');
   for (const id of [1, 2]) {
     mkdirSync(path.join(logs, fleetRunId(id)), { recursive: true });
@@ -64,7 +56,7 @@ it('a pass killed mid-copy (across file systems) leaves a staging copy; the reru
   expect(staged()).toHaveLength(1);
   expect(existsSync(path.join(logs, fleetRunId(1), 'run.log'))).toBe(true);
 
-  const r = await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: logs });
+  const r = await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: logs });
   expect(r.legacyLogs!.moved.map((m) => m.userId).sort()).toEqual([1, 2]);
   expect(readFileSync(path.join(userRoot(fleet.dataDir, 1), 'runs', fleetRunId(1), 'logs', 'run.log'), 'utf8')).toBe('run log of user 1\n');
   // The killed pass's copy went with the rerun, not ten minutes later.
@@ -78,12 +70,12 @@ it('a pass killed between placing a log and tightening its mode: the rerun tight
   linkSync(path.join(logs, fleetRunId(1), 'run.log'), placed);
   expect(statSync(placed).mode & 0o777).toBe(0o644);
 
-  const r = await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: logs });
+  const r = await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: logs });
   expect(r.legacyLogs!.moved.map((m) => m.userId).sort()).toEqual([1, 2]);
   expect(existsSync(path.join(logs, fleetRunId(1)))).toBe(false);
   expect(statSync(placed).nlink).toBe(1);
   expect(statSync(placed).mode & 0o777).toBe(0o600);
-  const v = await verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: pkg.seedsDir }, { users: [1, 2] });
+  const v = await verifyUsers({ master: fleet.master, dataDir: fleet.dataDir, seedsDir: env.pkg.seedsDir }, { users: [1, 2] });
   expect(v.users.flatMap((u) => u.problems.map((p) => p.code))).toEqual([]);
 });
 
@@ -102,7 +94,7 @@ it("keeps fresh staging it cannot call dead: a live pass's here, another host's 
       mkdirSync(path.join(d, name), { recursive: true, mode: 0o700 });
       writeFileSync(path.join(d, name, 'run.log'), 'a copy in flight\n');
     }
-    await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: logs });
+    await runBackfill({ master: fleet.master, dataDir: fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: logs });
     expect(staged().sort()).toEqual([...kept].sort());
   } finally {
     live.kill('SIGKILL');

@@ -1,15 +1,15 @@
 // --legacy-logs: ACM2's global logs/{run_id}/ folders move into their owner's run folder with
 // identical bytes; unowned runs stay and are reported; a clash keeps both; a crash mid-move
 // loses nothing and a rerun finishes it; a dry run touches nothing.
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, snapshotTree, walkFiles, type FrozenSource } from './helpers/env.js';
-import { buildLegacyFleet, cleanupTemplates, fleetRunId, fleetTmpDir, type Fleet } from './helpers/legacy-fleet.js';
+import { snapshotTree, walkFiles } from './helpers/env.js';
+import { buildLegacyFleet, fleetPackage, fleetRunId, fleetTmpDir } from './helpers/legacy-fleet.js';
 import { runBackfill } from '../src/core/backfill.js';
 import { moveLegacyLogs, runsOwnedBy, suffixed } from '../src/core/legacy-logs.js';
 import { renderLegacyLogs } from '../src/ui/backfill.js';
@@ -19,21 +19,14 @@ import { lockUserFile } from '../src/core/user-lock.js';
 process.env.ACM2_BCRYPT_ROUNDS = '4';
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 
-let pkg: FrozenSource;
-beforeAll(() => {
-  pkg = frozenSource();
-});
-afterAll(() => {
-  pkg.cleanup();
-  cleanupTemplates();
-});
+const env = fleetPackage();
 
 const UNOWNED = '0badc0de-0000-4000-8000-000000000000';
 const EXTRA_RUN = 'e77a0000-1111-4222-8333-444455556666';
 
 /** Users 1-3 with legacy DBs (user 1 holds two runs); a global logs dir with their runs + one nobody owns. */
 async function world() {
-  const fleet = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+  const fleet = await buildLegacyFleet({ legacy: 3 }, env.pkg.pkg);
   const db = new Database(userDbPath(fleet.dataDir, 1));
   db.pragma('foreign_keys = OFF');
   db.prepare(`INSERT INTO runs (id, user_id, created_at, title, status, config, total_tasks, completed_tasks, failed_tasks, total_cost_usd, total_tokens)
@@ -82,7 +75,7 @@ describe('moving global logs through backfill', () => {
 
   it('every owned file lands in its owner’s run folder with identical bytes; the unowned run stays and is reported; a clash keeps both', async () => {
     const before = hashes(w.logs);
-    const r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    const r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs });
     const l = r.legacyLogs!;
     expect(l.runs).toBe(5);
     expect(l.unowned).toEqual([UNOWNED]);
@@ -114,7 +107,7 @@ describe('moving global logs through backfill', () => {
 
     // A second run moves nothing and changes nothing.
     const tree = userData(w.fleet.dataDir);
-    const again = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    const again = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs });
     expect(again.legacyLogs!.moved).toEqual([]);
     expect(again.legacyLogs!.unowned).toEqual([UNOWNED]);
     expect(userData(w.fleet.dataDir)).toEqual(tree);
@@ -127,13 +120,13 @@ describe('moving global logs through backfill', () => {
     db.prepare(`INSERT INTO runs (id, user_id, created_at, title, status, config, total_tasks, completed_tasks, failed_tasks, total_cost_usd, total_tokens)
                 VALUES (?, 2, '2026-01-13 10:00:00.000000', 'copied run', 'completed', '{}', 0, 0, 0, 0.0, 0)`).run(w.r3);
     db.close();
-    const odd = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, shard: { index: 1, count: 2 } });
+    const odd = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs, shard: { index: 1, count: 2 } });
     expect(odd.legacyLogs!.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
     // User 2's own run belongs to shard 0: neither moved nor called unowned here.
     expect(odd.legacyLogs!.moved.map((m) => m.runId).sort()).toEqual([w.r1, EXTRA_RUN].sort());
     expect(odd.legacyLogs!.unowned).toEqual([UNOWNED]);
     expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
-    const even = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, shard: { index: 0, count: 2 } });
+    const even = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs, shard: { index: 0, count: 2 } });
     expect(even.legacyLogs!.moved.map((m) => m.runId)).toEqual([w.r2]);
     expect(even.legacyLogs!.ambiguous).toEqual([{ runId: w.r3, userIds: [2, 3] }]);
     expect(existsSync(path.join(w.logs, w.r3, 'run.log'))).toBe(true);
@@ -144,7 +137,7 @@ describe('moving global logs through backfill', () => {
     expect(held).toBeDefined();
     let r;
     try {
-      r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+      r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs });
     } finally {
       await held.release();
     }
@@ -152,7 +145,7 @@ describe('moving global logs through backfill', () => {
     expect(r.legacyLogs!.moved.map((m) => m.runId)).not.toContain(w.r2);
     expect(readFileSync(path.join(w.logs, w.r2, 'run.log'), 'utf8')).toBe('user 2 run log (from the global folder)\n');
     expect(existsSync(suffixed(w.clash, 1))).toBe(false);
-    const again = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs });
+    const again = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs });
     expect(again.legacyLogs!.busy).toEqual([]);
     expect(again.legacyLogs!.moved.map((m) => m.runId)).toEqual([w.r2]);
     expect(readFileSync(suffixed(w.clash, 1), 'utf8')).toBe('user 2 run log (from the global folder)\n');
@@ -180,7 +173,7 @@ describe('moving global logs through backfill', () => {
     const logsBefore = snapshotTree(w.logs);
     const dataBefore = userData(w.fleet.dataDir);
     const privateBefore = walkFiles(toolDir(w.fleet.dataDir));
-    const r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, dryRun: true });
+    const r = await runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs, dryRun: true });
     expect(r.legacyLogs!.dryRun).toBe(true);
     expect(r.legacyLogs!.moved).toHaveLength(4);
     expect(r.legacyLogs!.clashes).toHaveLength(1);
@@ -281,7 +274,7 @@ describe('moving global logs through backfill', () => {
     writeFileSync(outside, 'not a log of this run\n');
     symlinkSync(outside, path.join(w.logs, w.r3, 'link.log'));
     const skipped = [path.join(w.r3, 'link.log')];
-    const pass = (dryRun = false) => runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: pkg.pkg }, { legacyLogsDir: w.logs, dryRun, userIds: [3] });
+    const pass = (dryRun = false) => runBackfill({ master: w.fleet.master, dataDir: w.fleet.dataDir, pkg: env.pkg.pkg }, { legacyLogsDir: w.logs, dryRun, userIds: [3] });
     const first = (await pass()).legacyLogs!;
     expect(first.moved).toEqual([{ runId: w.r3, userId: 3, files: 1, bytes: expect.any(Number) }]);
     expect(first.skipped).toEqual(skipped);
@@ -322,10 +315,10 @@ describe('moving global logs through backfill', () => {
 
   it("the CLI refuses a --legacy-logs inside the data dir (a user's own runs/) or holding it, moving nothing", () => {
     const cli = (...args: string[]) =>
-      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', env.pkg.seedsDir, ...args], { encoding: 'utf8' });
     const runs = path.join(userRoot(w.fleet.dataDir, 2), 'runs');
     const before = snapshotTree(w.fleet.dataDir);
-    for (const dir of [runs, path.dirname(w.fleet.dataDir), pkg.seedsDir]) {
+    for (const dir of [runs, path.dirname(w.fleet.dataDir), env.pkg.seedsDir]) {
       const r = cli('--legacy-logs', dir, '--json');
       expect(r.status, r.stdout).toBe(2);
       expect(JSON.parse(r.stdout).error.message, r.stdout).toMatch(/(is inside|holds) the (data|seeds) dir/);
@@ -335,7 +328,7 @@ describe('moving global logs through backfill', () => {
 
   it('the CLI exits 1 for a run refused for a symlink in its owner’s folder, says what to do, and 0 once it is cleared', () => {
     const cli = (...args: string[]) =>
-      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, '--legacy-logs', w.logs, ...args], { encoding: 'utf8' });
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', env.pkg.seedsDir, '--legacy-logs', w.logs, ...args], { encoding: 'utf8' });
     const runDir = path.join(userRoot(w.fleet.dataDir, 3), 'runs', w.r3);
     mkdirSync(runDir, { recursive: true });
     const elsewhere = fleetTmpDir('acm2-elsewhere-');
@@ -365,7 +358,7 @@ describe('moving global logs through backfill', () => {
 
   it('the CLI reports the moves in its JSON and refuses a --legacy-logs that is not a folder', () => {
     const cli = (...args: string[]) =>
-      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', pkg.seedsDir, ...args], { encoding: 'utf8' });
+      spawnSync(process.execPath, [BIN, 'backfill', '--data-dir', w.fleet.dataDir, '--master', w.fleet.masterUrl, '--seeds', env.pkg.seedsDir, ...args], { encoding: 'utf8' });
     const bad = cli('--legacy-logs', path.join(w.logs, 'nope'), '--json');
     expect(bad.status).toBe(2);
     expect(JSON.parse(bad.stdout).error.message).toMatch(/is not a folder/);

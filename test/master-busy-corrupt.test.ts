@@ -3,14 +3,14 @@
 // internal error; a backfill stopped by a busy master saves its progress once the master can be
 // written, and one stopped by a corrupt master writes nothing more into it.
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { frozenSource, snapshotTree, type FrozenSource } from './helpers/env.js';
-import { buildLegacyFleet, cleanupTemplates, type Fleet } from './helpers/legacy-fleet.js';
+import { snapshotTree } from './helpers/env.js';
+import { buildLegacyFleet, fleetPackage, type Fleet } from './helpers/legacy-fleet.js';
 import { runBackfill } from '../src/core/backfill.js';
 import { createUser, drainQueue, userStatus } from '../src/core/users.js';
 import { isAcm2Error } from '../src/errors.js';
@@ -20,14 +20,7 @@ process.env.ACM2_BCRYPT_ROUNDS = '4';
 const BIN = fileURLToPath(new URL('../bin/acm2.js', import.meta.url));
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 
-let pkg: FrozenSource;
-beforeAll(() => {
-  pkg = frozenSource();
-});
-afterAll(() => {
-  pkg.cleanup();
-  cleanupTemplates();
-});
+const env = fleetPackage();
 
 /** Another process in a long write on the master: BEGIN IMMEDIATE held until killed. */
 async function holdMaster(file: string): Promise<{ release(): void; child: ChildProcess }> {
@@ -61,7 +54,7 @@ function backfillRecord(f: Fleet): { status: string; cursor_id: number } | undef
 
 describe('embedded master locked past the wait', () => {
   it('backfill: another process takes the master mid-run: exit 3 master_busy naming it, progress saved, --resume finishes', async () => {
-    const f = await buildLegacyFleet({ legacy: 8, missing: 4 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 8, missing: 4 }, env.pkg.pkg);
     let holder: Awaited<ReturnType<typeof holdMaster>> | undefined;
     try {
       shortWait(f.master);
@@ -87,7 +80,7 @@ describe('embedded master locked past the wait', () => {
         {
           master: watched,
           dataDir: f.dataDir,
-          pkg: pkg.pkg,
+          pkg: env.pkg.pkg,
           saveEveryMs: 0,
           onUser: async () => {
             if (++seen === 4) holder = await holdMaster(masterFile(f));
@@ -107,7 +100,7 @@ describe('embedded master locked past the wait', () => {
       expect(rec!.cursor_id).toBeLessThan(12);
       expect(message).toContain(`progress is saved up to user ${rec!.cursor_id}`);
 
-      const r = await runBackfill({ master: f.master, dataDir: f.dataDir, pkg: pkg.pkg }, { resume: true });
+      const r = await runBackfill({ master: f.master, dataDir: f.dataDir, pkg: env.pkg.pkg }, { resume: true });
       expect(r.resumed).toBe(true);
       expect(r.failures).toEqual([]);
       expect(backfillRecord(f)).toMatchObject({ status: 'done', cursor_id: 12 });
@@ -118,12 +111,12 @@ describe('embedded master locked past the wait', () => {
   }, 60_000);
 
   it('backfill started while another process holds the master: exit 3 master_busy, nothing changed', async () => {
-    const f = await buildLegacyFleet({ legacy: 2, missing: 1 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 2, missing: 1 }, env.pkg.pkg);
     const holder = await holdMaster(masterFile(f));
     try {
       shortWait(f.master);
       const before = snapshotTree(f.dataDir);
-      const err = await runBackfill({ master: f.master, dataDir: f.dataDir, pkg: pkg.pkg }, {}).catch((e: unknown) => e);
+      const err = await runBackfill({ master: f.master, dataDir: f.dataDir, pkg: env.pkg.pkg }, {}).catch((e: unknown) => e);
       expect(isAcm2Error(err) && [err.exitCode, err.code]).toEqual([3, 'master_busy']);
       expect((err as Error).message).toContain(masterFile(f));
       // The users' DBs and files are as they were (the lock file of the run aside).
@@ -137,13 +130,13 @@ describe('embedded master locked past the wait', () => {
   }, 60_000);
 
   it('user seed --pending while another process holds the master: exit 3 master_busy naming it', async () => {
-    const f = await buildLegacyFleet({}, pkg.pkg);
+    const f = await buildLegacyFleet({}, env.pkg.pkg);
     try {
-      await createUser({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 }, { email: 'ann@example.com', username: 'ann', async: true });
+      await createUser({ master: f.master, dataDir: f.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 }, { email: 'ann@example.com', username: 'ann', async: true });
       const holder = await holdMaster(masterFile(f));
       try {
         shortWait(f.master);
-        const err = await drainQueue({ master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 1000 }, {}).catch((e: unknown) => e);
+        const err = await drainQueue({ master: f.master, dataDir: f.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 1000 }, {}).catch((e: unknown) => e);
         expect(isAcm2Error(err) && [err.exitCode, err.code]).toEqual([3, 'master_busy']);
         expect((err as Error).message).toContain(masterFile(f));
       } finally {
@@ -155,9 +148,9 @@ describe('embedded master locked past the wait', () => {
   }, 60_000);
 
   it('user seed --pending, the master held from its first claim: waits out the busy wait once, not once per lane', async () => {
-    const f = await buildLegacyFleet({}, pkg.pkg);
+    const f = await buildLegacyFleet({}, env.pkg.pkg);
     try {
-      const deps = { master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: f.master, dataDir: f.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       for (const u of ['ann', 'bob']) await createUser(deps, { email: `${u}@example.com`, username: u, async: true });
       const holder = await holdMaster(masterFile(f));
       try {
@@ -198,7 +191,7 @@ describe('embedded master in rollback-journal mode (restored from a VACUUM INTO 
   const userList = (f: Fleet) =>
     new Promise<{ code: number | null; stdout: string; ms: number }>((resolve) => {
       const t0 = Date.now();
-      const c = spawn(process.execPath, [BIN, 'user', 'list', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const c = spawn(process.execPath, [BIN, 'user', 'list', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', env.pkg.seedsDir], { stdio: ['ignore', 'pipe', 'inherit'] });
       let stdout = '';
       c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       c.once('close', (code) => resolve({ code, stdout, ms: Date.now() - t0 }));
@@ -213,7 +206,7 @@ describe('embedded master in rollback-journal mode (restored from a VACUUM INTO 
   };
 
   it('a write of a moment is waited for, then the master is switched to WAL; one past the wait is exit 3 master_busy', async () => {
-    const f = await buildLegacyFleet({ legacy: 1 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 1 }, env.pkg.pkg);
     let holder: ChildProcess | undefined;
     try {
       await f.master.close();
@@ -256,11 +249,11 @@ describe('embedded master corrupt', () => {
   }
 
   it('backfill: exit 3 master_corrupt naming the master, and nothing more is written into it', async () => {
-    const f = await buildLegacyFleet({ legacy: 3 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 3 }, env.pkg.pkg);
     try {
       await f.master.close();
       corruptUsers(masterFile(f));
-      const r = spawnSync(process.execPath, [BIN, 'backfill', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, [BIN, 'backfill', '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', env.pkg.seedsDir], { encoding: 'utf8' });
       expect(r.status).toBe(3);
       const doc = JSON.parse(r.stdout) as { error: { code: string; message: string } };
       expect(doc.error.code).toBe('master_corrupt');
@@ -274,12 +267,12 @@ describe('embedded master corrupt', () => {
   }, 60_000);
 
   it('verify and user list: exit 3 master_corrupt naming the master, not an internal error', async () => {
-    const f = await buildLegacyFleet({ legacy: 2 }, pkg.pkg);
+    const f = await buildLegacyFleet({ legacy: 2 }, env.pkg.pkg);
     try {
       await f.master.close();
       corruptUsers(masterFile(f));
       for (const cmd of [['verify'], ['user', 'list']]) {
-        const r = spawnSync(process.execPath, [BIN, ...cmd, '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', pkg.seedsDir], { encoding: 'utf8' });
+        const r = spawnSync(process.execPath, [BIN, ...cmd, '--json', '--data-dir', f.dataDir, '--master', f.masterUrl, '--seeds', env.pkg.seedsDir], { encoding: 'utf8' });
         expect(r.status, `${cmd.join(' ')}: ${r.stdout}${r.stderr}`).toBe(3);
         const last = r.stdout.trim().split('\n').pop()!;
         expect(last, cmd.join(' ')).toContain('master_corrupt');
@@ -302,10 +295,10 @@ describe('user seed --pending: the master locked past the wait once the user is 
   }
 
   it('stops with exit 3 master_busy, never records the seeded user as a failed attempt, and the next run marks the job done', async () => {
-    const f = await buildLegacyFleet({}, pkg.pkg);
+    const f = await buildLegacyFleet({}, env.pkg.pkg);
     let holder: Awaited<ReturnType<typeof holdMaster>> | undefined;
     try {
-      const deps = { master: f.master, dataDir: f.dataDir, seedsDir: pkg.seedsDir, lockTimeoutMs: 5000 };
+      const deps = { master: f.master, dataDir: f.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 5000 };
       const { user } = await createUser(deps, { email: 'ann@example.com', username: 'ann', async: true });
       shortWait(f.master);
       // Another process takes the master's write lock as the drain is about to mark the job done,

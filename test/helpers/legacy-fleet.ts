@@ -16,7 +16,8 @@ import type { SeedPackage } from '../../src/seed/package.js';
 import { seedUser } from '../../src/core/seed-user.js';
 import { userDbPath } from '../../src/userdb/paths.js';
 import type { BackfillAction } from '../../src/core/backfill.js';
-import { tmpDir } from './env.js';
+import { afterAll, beforeAll } from 'vitest';
+import { frozenSource, tmpDir, type FrozenSource } from './env.js';
 
 export type FleetKind =
   | 'missing'
@@ -188,6 +189,22 @@ function fillTemplate(db: Database.Database, opts: { runs: boolean; meta?: strin
 }
 
 /** Remove the template DBs (call once in the test file's afterAll). */
+/**
+ * The generated v1 package a fleet test file seeds from (`env.pkg`), made before its tests; the
+ * package and the fleet templates are removed after them.
+ */
+export function fleetPackage(): { pkg: FrozenSource } {
+  const env = { pkg: undefined as unknown as FrozenSource };
+  beforeAll(() => {
+    env.pkg = frozenSource();
+  });
+  afterAll(() => {
+    env.pkg?.cleanup();
+    cleanupTemplates();
+  });
+  return env;
+}
+
 export function cleanupTemplates(): void {
   if (templateDir) rmSync(templateDir, { recursive: true, force: true });
   templateDir = undefined;
