@@ -1,16 +1,11 @@
 // A backfill killed (SIGKILL) right after it made a user ready must not leave that user ready with
 // the loose permissions ACM2 gave its DB: verify would fail a user ACM2 already serves.
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { buildLegacyFleet, fleetPackage } from './helpers/legacy-fleet.js';
+import { backfillKilledAtCommit, buildLegacyFleet, fleetPackage } from './helpers/legacy-fleet.js';
 import { verifyUsers } from '../src/core/verify.js';
 import { userDbPath } from '../src/userdb/paths.js';
-
-const REPO = fileURLToPath(new URL('..', import.meta.url));
 
 const env = fleetPackage();
 
@@ -21,16 +16,7 @@ describe('backfill killed right after a seed committed', () => {
     try {
       const db = userDbPath(fleet.dataDir, 1);
       expect(statSync(db).mode & 0o777).toBe(0o644);
-      const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
-      const script = `
-        const { openMaster } = await import(${dist('master/factory.js')});
-        const { parseMasterUrl } = await import(${dist('config.js')});
-        const { loadPackage } = await import(${dist('seed/package.js')});
-        const { runBackfill } = await import(${dist('core/backfill.js')});
-        const [url, dataDir, seedsDir] = process.argv.slice(1);
-        const master = await openMaster(parseMasterUrl(url));
-        await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
-      const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, fleet.masterUrl, fleet.dataDir, env.pkg.seedsDir], { encoding: 'utf8' });
+      const killed = backfillKilledAtCommit(fleet.masterUrl, fleet.dataDir, env.pkg.seedsDir);
       expect(killed.signal, killed.stderr).toBe('SIGKILL');
 
       const meta = new Database(db, { readonly: true });

@@ -13,7 +13,7 @@ import { createUser, seedOneUser } from '../src/core/users.js';
 import { seedUser } from '../src/core/seed-user.js';
 import { createAcm2Db } from '../src/fixtures/source.js';
 import { verifyUsers } from '../src/core/verify.js';
-import { buildLegacyFleet, EXPECTED, fleetPackage, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
+import { backfillKilledAtCommit, buildLegacyFleet, EXPECTED, fleetPackage, HEALTHY, type Fleet, type FleetKind } from './helpers/legacy-fleet.js';
 import { runBackfill, type BackfillDeps, type BackfillOptions, type BackfillResult } from '../src/core/backfill.js';
 import { backfillJson, renderBackfill } from '../src/ui/backfill.js';
 import { lockUserFile, tryLockNamed } from '../src/core/user-lock.js';
@@ -1211,16 +1211,7 @@ describe('stopping and resuming', () => {
   /** A queued user whose backfill seed committed, the backfill killed (SIGKILL) before the master heard of it. */
   async function killedAfterCommit(w: World, name: string) {
     const { user } = await createUser({ master: w.master, dataDir: w.dataDir, seedsDir: env.pkg.seedsDir, lockTimeoutMs: 10_000 }, { email: `${name}@example.com`, username: name, async: true });
-    const dist = (m: string) => JSON.stringify(path.join(REPO, 'dist', m));
-    const script = `
-      const { openMaster } = await import(${dist('master/factory.js')});
-      const { parseMasterUrl } = await import(${dist('config.js')});
-      const { loadPackage } = await import(${dist('seed/package.js')});
-      const { runBackfill } = await import(${dist('core/backfill.js')});
-      const [url, dataDir, seedsDir] = process.argv.slice(1);
-      const master = await openMaster(parseMasterUrl(url));
-      await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
-    const killed = spawnSync(process.execPath, ['--input-type=module', '-e', script, w.masterUrl, w.dataDir, env.pkg.seedsDir], { encoding: 'utf8' });
+    const killed = backfillKilledAtCommit(w.masterUrl, w.dataDir, env.pkg.seedsDir);
     expect(killed.signal, killed.stderr).toBe('SIGKILL');
     expect(directCheck(w.dataDir, user.id).status).toBe('ready');
     return user;

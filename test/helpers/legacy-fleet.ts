@@ -4,7 +4,7 @@
 // Cheap at 1,000+ users: one template DB per kind, built once per process, copied per user.
 
 import Database from 'better-sqlite3';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
 import { accessSync, constants, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -203,6 +203,23 @@ export function fleetPackage(): { pkg: FrozenSource } {
     cleanupTemplates();
   });
   return env;
+}
+
+/**
+ * `runBackfill` over the data dir in a child process that kills itself (SIGKILL) the moment a
+ * seed of it has committed, before the master hears of it. Needs the built dist/.
+ */
+export function backfillKilledAtCommit(masterUrl: string, dataDir: string, seedsDir: string): SpawnSyncReturns<string> {
+  const dist = (m: string) => JSON.stringify(fileURLToPath(new URL(`../../dist/${m}`, import.meta.url)));
+  const script = `
+    const { openMaster } = await import(${dist('master/factory.js')});
+    const { parseMasterUrl } = await import(${dist('config.js')});
+    const { loadPackage } = await import(${dist('seed/package.js')});
+    const { runBackfill } = await import(${dist('core/backfill.js')});
+    const [url, dataDir, seedsDir] = process.argv.slice(1);
+    const master = await openMaster(parseMasterUrl(url));
+    await runBackfill({ master, dataDir, pkg: loadPackage(seedsDir, 'v1'), onSeedStep: (s) => s === 'committed' && process.kill(process.pid, 'SIGKILL') }, {});`;
+  return spawnSync(process.execPath, ['--input-type=module', '-e', script, masterUrl, dataDir, seedsDir], { encoding: 'utf8' });
 }
 
 export function cleanupTemplates(): void {
