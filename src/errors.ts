@@ -125,13 +125,20 @@ export function needsOperator(e: unknown): boolean {
 export interface WireError {
   message: string;
   exitCode?: ExitCode;
+  /** An Acm2Error's code, or the system's (EMFILE) of any other error. */
   code?: string;
+  /** The path a system call failed on (a system error's). */
+  path?: string;
   stack?: string;
 }
 
 export function toWire(e: unknown): WireError {
   if (isAcm2Error(e)) return { message: e.message, exitCode: e.exitCode, code: e.code };
-  return e instanceof Error ? { message: e.message, stack: e.stack } : { message: String(e) };
+  if (!(e instanceof Error)) return { message: String(e) };
+  // The system's code (EMFILE, EIO, ENOSPC…) and path go along: main.ts reads them to tell the
+  // machine's state (exit 3) from a bug (exit 70), as for the same error in the main thread.
+  const { code, path } = e as NodeJS.ErrnoException;
+  return { message: e.message, stack: e.stack, ...(typeof code === 'string' ? { code } : {}), ...(typeof path === 'string' ? { path } : {}) };
 }
 
 /** The error a worker reported, with its class (and so its exit code) back. */
@@ -139,7 +146,9 @@ export function fromWire(w: WireError): Error {
   if (w.exitCode === EXIT.usage) return new UsageError(w.message, w.code);
   if (w.exitCode === EXIT.unavailable) return new UnavailableError(w.message, w.code);
   if (w.exitCode === EXIT.findings) return new FindingsError(w.message, w.code);
-  const e = new Error(w.message);
+  const e: NodeJS.ErrnoException = new Error(w.message);
   if (w.stack) e.stack = w.stack;
+  if (w.code !== undefined) e.code = w.code;
+  if (w.path !== undefined) e.path = w.path;
   return e;
 }

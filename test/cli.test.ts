@@ -4,7 +4,7 @@ import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { resolveConfig, parseMasterUrl, redactUrl } from '../src/config.js';
-import { EXIT, UnavailableError, UsageError, fromWire, isAcm2Error, toWire } from '../src/errors.js';
+import { EXIT, UnavailableError, UsageError, classifyFsError, fromWire, isAcm2Error, toWire } from '../src/errors.js';
 import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,6 +76,17 @@ describe('errors crossing from a worker thread', () => {
     const bug = wire(new TypeError('x is undefined'));
     expect(isAcm2Error(bug)).toBe(false);
     expect(bug.message).toBe('x is undefined');
+  });
+
+  it("keep a system error's code and path, so a worker's EMFILE is exit 3 as in the main thread, not an internal error", () => {
+    const wire = (e: unknown) => fromWire(structuredClone(toWire(e)));
+    const emfile = Object.assign(new Error("EMFILE: too many open files, open '/data/.acm2/locks/user_7.lock'"), { code: 'EMFILE', path: '/data/.acm2/locks/user_7.lock' });
+    const back = wire(emfile) as NodeJS.ErrnoException;
+    expect([back.code, back.path, back.message]).toEqual(['EMFILE', '/data/.acm2/locks/user_7.lock', emfile.message]);
+    // What main.ts does with an error of a system code that is no Acm2Error.
+    const said = classifyFsError(back, 'acm2');
+    expect(said && isAcm2Error(said) && [said.exitCode, said.code]).toEqual([EXIT.unavailable, 'too_many_open_files']);
+    expect(said?.message).toContain('/data/.acm2/locks/user_7.lock');
   });
 });
 
