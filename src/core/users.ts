@@ -689,7 +689,17 @@ async function releaseOrphanedJobs(deps: UserDeps, now = Date.now()): Promise<nu
     if (j.lockedBy === null || j.lockedUntil === null) continue;
     // A claim younger than that may be a live drainer between its claim and its lock, unless
     // its worker ran on this host and that process is gone (a drain right after a kill -9).
-    if (j.lockedUntil - LEASE_MS > now - CLAIM_TO_LOCK_MS && !deadHere(j.lockedBy)) continue;
+    const gone = deadHere(j.lockedBy);
+    if (j.lockedUntil - LEASE_MS > now - CLAIM_TO_LOCK_MS && !gone) continue;
+    // A worker of this host whose process is gone holds nothing: its lease ends without the
+    // user's lock (expireLease is for its claim only). Taking the lock to look would make a
+    // drainer that took the job over a moment ago (another thread of this drain, which read
+    // the list before) find its user locked and put the job off as "user busy", so that a
+    // drain right after a kill -9 exited 0 with a job still queued.
+    if (gone) {
+      if (await deps.master.expireLease(j.id, j.lockedBy, now)) released++;
+      continue;
+    }
     const lock = await tryLockUser(deps.master, deps.dataDir, j.userId);
     if (!lock) continue;
     try {
