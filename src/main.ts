@@ -5,6 +5,9 @@ import { classifyFsError, EXIT, isAcm2Error, UnavailableError } from './errors.j
 import { TOOL_VERSION } from './config.js';
 import { jsonErrorDocument } from './ui/reporter.js';
 import { visible } from './ui/text.js';
+import { readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 async function main(argv: string[]): Promise<number> {
   if (argv.length === 3 && argv[2] === '--version') {
@@ -78,11 +81,47 @@ function reportError(e: unknown, json: boolean, verbose: boolean, argv: string[]
     return reportError(new UnavailableError(`the system would not start a worker thread (${why}): raise the process or thread limit (ulimit -u, the container's pids limit), or run with --concurrency 1`, 'threads_unavailable', { cause: e }), json, verbose, argv);
   }
   const err = e instanceof Error ? e : new Error(String(e));
+  // acm2 loads modules as it goes (a drain's seeding modules, each worker thread its own): files
+  // of its own rewritten meanwhile (an upgrade, a rebuild) fail that load ("does not provide an
+  // export named…", "not in cache"). Not a bug of the code: said as what it is, exit 3.
+  const changed = ownFilesChangedSinceStart();
+  if (changed) {
+    return reportError(
+      new UnavailableError(`acm2's own files changed while it ran (${changed}: an upgrade or a rebuild of acm2 under a running command), and it stopped on that (${err.message}): run it again once that is done`, 'tool_changed', { cause: e }),
+      json,
+      verbose,
+      argv,
+    );
+  }
   const message = `internal error: ${err.message} (this is a bug, please report it)`;
   if (json) process.stdout.write(jsonErrorDocument({ code: 'internal', message }));
   else process.stderr.write(`acm2: ${visible(message)}\n`);
   if (verbose && err.stack) process.stderr.write(`${err.stack}\n`);
   return EXIT.internal;
+}
+
+/**
+ * A file or folder of acm2's own code (the folder of this module) changed (its ctime, which no
+ * copy or install sets back) after this process started; undefined if none did, or it cannot say.
+ */
+function ownFilesChangedSinceStart(): string | undefined {
+  const started = performance.timeOrigin;
+  const walk = (dir: string): string | undefined => {
+    if (statSync(dir).ctimeMs > started) return dir;
+    for (const ent of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, ent.name);
+      if (ent.isDirectory()) {
+        const found = walk(p);
+        if (found) return found;
+      } else if (ent.isFile() && statSync(p).ctimeMs > started) return p;
+    }
+    return undefined;
+  };
+  try {
+    return walk(path.dirname(fileURLToPath(import.meta.url)));
+  } catch {
+    return undefined;
+  }
 }
 
 // A reader that goes away (`acm2 verify --json | head`) must not crash the tool with a stack
