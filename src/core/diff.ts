@@ -12,7 +12,7 @@ import { UnavailableError, UsageError } from '../errors.js';
 import type { MasterDb } from '../master/types.js';
 import { canonicalJson, walkTree } from '../seed/canonical.js';
 import { loadPackage, manifestTables, readPackageRows, type SeedPackage } from '../seed/package.js';
-import { preparePackage, renderCell, SEED_TABLES, type Cell } from '../seed/prepared.js';
+import { bytesAsText, preparePackage, renderCell, SEED_TABLES, type Cell } from '../seed/prepared.js';
 import { DocIndex, isUuid, tokenize, type Template } from '../seed/remap.js';
 import { isBusy, isCorrupt } from './migrate-safe.js';
 import { resolveUser } from './users.js';
@@ -363,7 +363,7 @@ function openUser(dataDir: string, id: UserId, busyTimeoutMs = 5000): UserHandle
       return out;
     },
     snapshot(translate, skip) {
-      const tr = (v: unknown) => (!translate ? v : typeof v === 'string' ? translate.text(v) : Buffer.isBuffer(v) ? translateBlob(v, translate) : v);
+      const tr = (v: unknown) => (!translate ? v : typeof v === 'string' ? translate.text(v) : Buffer.isBuffer(v) ? translateBytes(v, translate) : v);
       const tables = new Map<string, Map<string, Map<string, string>>>();
       const defaults = new Map<string, Map<string, string>>();
       for (const t of SEED_TABLES) {
@@ -474,16 +474,17 @@ function entryFingerprint(abs: string, kind: 'file' | 'symlink' | 'other', trans
   if (target !== undefined) return `symlink -> ${translate ? translate.text(target) : target}`;
   buf = buf!;
   if (!translate) return sha256(buf);
-  // Back as seeding rendered it (preparePackage): UTF-8 text as UTF-8, anything else byte for
-  // byte as latin1, so the ids in a log that is not UTF-8 are mapped back too.
-  const text = asText(buf);
-  return sha256(text !== undefined ? Buffer.from(translate.text(text), 'utf8') : Buffer.from(translate.text(buf.toString('latin1')), 'latin1'));
+  return sha256(translateBytes(buf, translate));
 }
 
-/** A BLOB's ids back, in the encoding seeding rendered it in (see renderCell). */
-function translateBlob(buf: Buffer, translate: Translator): Buffer {
-  const text = asText(buf);
-  return text !== undefined ? Buffer.from(translate.text(text), 'utf8') : Buffer.from(translate.text(buf.toString('latin1')), 'latin1');
+/**
+ * Bytes (a file, a BLOB cell) with the ids back, as seeding rendered them (preparePackage,
+ * renderCell): UTF-8 text as UTF-8, anything else byte for byte as latin1, so the ids in a log
+ * that is not UTF-8 are mapped back too.
+ */
+function translateBytes(buf: Buffer, translate: Translator): Buffer {
+  const { text, encoding } = bytesAsText(buf);
+  return Buffer.from(translate.text(text), encoding);
 }
 
 /**
@@ -522,12 +523,6 @@ function literalDefault(sql: string | null): unknown {
 }
 
 /** UTF-8 text without NUL bytes, or undefined: the test preparePackage uses. */
-function asText(buf: Buffer): string | undefined {
-  if (buf.includes(0)) return undefined;
-  const s = buf.toString('utf8');
-  return Buffer.byteLength(s) === buf.length && !s.includes('\uFFFD') ? s : undefined;
-}
-
 function sha256(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
 }

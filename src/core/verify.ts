@@ -16,8 +16,8 @@ import { isBusy } from './migrate-safe.js';
 import { deadHere } from './worker-name.js';
 import { fromWire, isAcm2Error, isDiskFull, toWire, type WireError } from '../errors.js';
 import { knownVersions, loadPackage } from '../seed/package.js';
-import { isTemplate, preparePackage } from '../seed/prepared.js';
-import { idMayStartAt, isDocId, isUuid, safeDocId } from '../seed/remap.js';
+import { bytesAsText, isTemplate, preparePackage } from '../seed/prepared.js';
+import { idMayStartAt, isDocId, isUuid, safeDocId, uuidPartOf, uuidPrefixOf } from '../seed/remap.js';
 import { ACM2_TABLES, ledgerVerdict, openForReading, tempFolderProblem, turnedReadOnly, userMigrations, versionSeededHere, type AppliedMigration } from '../userdb/user-db.js';
 import { checkLedger, newerToolReason } from '../migrations.js';
 import { entryKind, resolveInside, userDbPath, userIdFromEntry, userRoot, type UserId } from '../userdb/paths.js';
@@ -1054,7 +1054,7 @@ class UserCheck {
           for (let i = 0; i < row.length; i++) {
             const v = row[i];
             // A BLOB (bytes SQLite kept in a TEXT column) as the remapper reads it: UTF-8, else latin1.
-            const text = typeof v === 'string' ? v : Buffer.isBuffer(v) ? blobText(v) : undefined;
+            const text = typeof v === 'string' ? v : Buffer.isBuffer(v) ? bytesAsText(v).text : undefined;
             if (text === undefined) continue;
             const hit = leaks.find(text);
             if (hit) pass.leaked.push(problem('seed_id_leaked', this.userId, `${t}.${list[i]} holds package id ${hit}`, { table: t, rowId: String(row[idIx] ?? '') }));
@@ -1439,14 +1439,8 @@ class UserCheck {
 export class LeakIndex {
   private readonly uuids = new Set<string>();
   private readonly heads = new Set<string>();
-  /**
-   * Bare parts of the UUIDs, lower-case: first group, tails of 8 to 12, the whole without dashes (the
-   * remapper's 'uuid_part'), each to its UUID; null for one two UUIDs share, which the remapper
-   * (uuidPartOf) leaves as it is: it names neither.
-   */
-  private readonly parts = new Map<string, string | null>();
-  /** With the parts: each UUID by its first group, to find one cut short (the remapper's 'uuid_prefix'). */
-  private readonly firsts = new Map<string, string[]>();
+  /** Also find bare parts of the UUIDs and UUIDs cut short (see the constructor). */
+  private readonly parts: boolean;
 
   /**
    * `parts`: also find bare parts of the UUIDs (verify --deep). Probing every text for them costs
@@ -1454,7 +1448,7 @@ export class LeakIndex {
    * remaps and ACM2 is not known to write; a quick verify finds the ids whole and their doc heads.
    */
   constructor(sourceIds: Iterable<string>, opts: { parts?: boolean } = {}) {
-    const parts = opts.parts ?? true;
+    this.parts = opts.parts ?? true;
     for (const id of sourceIds) {
       if (isUuid(id)) {
         const u = id.toLowerCase();
@@ -1463,14 +1457,6 @@ export class LeakIndex {
         const head = /^((?:combined\.)?[0-9a-f]{8}\.[0-9a-f]{4}\.)/.exec(id)?.[1];
         if (head) this.heads.add(head);
       }
-    }
-    if (!parts) return;
-    for (const u of this.uuids) {
-      for (const p of [u.slice(0, 8), ...[8, 9, 10, 11, 12].map((n) => u.slice(-n)), u.replace(/-/g, '')]) {
-        const had = this.parts.get(p);
-        this.parts.set(p, had === undefined || had === u ? u : null);
-      }
-      this.firsts.get(u.slice(0, 8))?.push(u) ?? this.firsts.set(u.slice(0, 8), [u]);
     }
   }
 
@@ -1516,7 +1502,7 @@ export class LeakIndex {
         if (this.heads.has(bare)) return bare;
       }
     }
-    if (this.parts.size > 0) return this.findPart(text);
+    if (this.parts && this.uuids.size > 0) return this.findPart(text);
     return undefined;
   }
 
@@ -1560,9 +1546,8 @@ export class LeakIndex {
     while (k < text.length && k - j <= 27 && (CHAR_CLASS[text.charCodeAt(k)]! & HEX || text.charCodeAt(k) === 45)) k++;
     if (k - j > 27 || CHAR_CLASS[text.charCodeAt(k)]! & ALNUM) return undefined;
     const cut = text.slice(s, k);
-    const lower = cut.toLowerCase();
-    const of = (this.firsts.get(lower.slice(0, 8)) ?? []).filter((u) => u.startsWith(lower) && u.length !== lower.length);
-    return of.length === 1 ? cut : undefined;
+    // The start of exactly one package UUID, as the remapper judges it.
+    return uuidPrefixOf(cut, this.uuids) !== undefined ? cut : undefined;
   }
 
   /** The part of a package UUID that text[s..j) is, j ending a hex run (see findPart), or undefined. */
@@ -1572,7 +1557,8 @@ export class LeakIndex {
     for (let e = s; e < j; e++) if (!(CHAR_CLASS[text.charCodeAt(e)]! & HEX)) return undefined;
     if (s >= 2 && text.charCodeAt(s - 1) === 45 && CHAR_CLASS[text.charCodeAt(s - 2)]! & HEX) return undefined;
     const part = text.slice(s, j);
-    return this.parts.get(part.toLowerCase()) ? part : undefined;
+    // A part of exactly one package UUID (one two share names neither), as the remapper judges it.
+    return uuidPartOf(part, this.uuids) !== undefined ? part : undefined;
   }
 }
 
@@ -1583,12 +1569,6 @@ const CHAR_CLASS = new Uint8Array(65536);
 for (let c = 48; c <= 122; c++) {
   const hex = c <= 57 || (c >= 65 && c <= 70) || (c >= 97 && c <= 102);
   if (c <= 57 || (c >= 65 && c <= 90) || c >= 97) CHAR_CLASS[c] = ALNUM | (hex ? HEX : 0);
-}
-
-/** A BLOB's bytes as text, as the remapper reads them (prepared.ts): UTF-8, else latin1 byte for byte. */
-function blobText(buf: Buffer): string {
-  const s = buf.includes(0) ? undefined : buf.toString('utf8');
-  return s !== undefined && Buffer.byteLength(s) === buf.length && !s.includes('\uFFFD') ? s : buf.toString('latin1');
 }
 
 /** n hex digits at text[from..from+n) (lowercase only unless upper); false past the end. */

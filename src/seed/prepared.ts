@@ -111,7 +111,7 @@ export function preparePackage(pkg: SeedPackage): PreparedPackage {
   // written to generated/ nor to results_summary. Its `S8.tag.` head still carries the source id's
   // last 8 characters, so any such head whose S8 ends one of the package's ids is a doc id too.
   const suffixes = new Set([...uuids].map((u) => u.slice(-8)));
-  const freeText = [...raw.flatMap((t) => t.rows.flatMap((r) => r.flatMap((v) => (typeof v === 'string' ? [v] : Buffer.isBuffer(v) ? [blobText(v)] : [])))), ...fileTexts.map((x) => x.f.path)];
+  const freeText = [...raw.flatMap((t) => t.rows.flatMap((r) => r.flatMap((v) => (typeof v === 'string' ? [v] : Buffer.isBuffer(v) ? [bytesAsText(v).text] : [])))), ...fileTexts.map((x) => x.f.path)];
   for (const x of fileTexts) freeText.push(x.scanned);
   for (const text of freeText) for (const head of docHeadsIn(text, suffixes)) docIds.add(head);
   const index = new DocIndex(docIds);
@@ -167,16 +167,11 @@ function docHeadsIn(text: string, suffixes: ReadonlySet<string>): string[] {
 
 const HEX8 = /^[0-9a-f]{8}$/;
 
-/** A BLOB's bytes as text: UTF-8, or latin1 byte for byte (see PreparedFile.latin1). */
-function blobText(buf: Buffer): string {
-  return asText(buf) ?? buf.toString('latin1');
-}
-
 /** A BLOB cell tokenised (BlobTemplate), or its bytes as they are when they name no identifier. */
 function blobCell(buf: Buffer, index: DocIndex, uuids: ReadonlySet<string>): Cell {
-  const text = asText(buf);
-  const t = tokenize(text ?? buf.toString('latin1'), index, uuids);
-  return t.toks.length > 0 ? { ...t, blob: text !== undefined ? 'utf8' : 'latin1' } : buf;
+  const { text, encoding } = bytesAsText(buf);
+  const t = tokenize(text, index, uuids);
+  return t.toks.length > 0 ? { ...t, blob: encoding } : buf;
 }
 
 export function isTemplate(v: unknown): v is Template {
@@ -184,8 +179,17 @@ export function isTemplate(v: unknown): v is Template {
 }
 
 /** UTF-8 text without NUL bytes, or undefined for binary content. */
-function asText(buf: Buffer): string | undefined {
+export function asText(buf: Buffer): string | undefined {
   if (buf.includes(0)) return undefined;
   const s = buf.toString('utf8');
   return Buffer.byteLength(s) === buf.length && !s.includes('\uFFFD') ? s : undefined;
+}
+
+/**
+ * Bytes as seeding reads them for the identifiers in them (a file, a BLOB cell): UTF-8 text
+ * (asText), else latin1, one character a byte; `encoding` writes the text back to such bytes.
+ */
+export function bytesAsText(buf: Buffer): { text: string; encoding: 'utf8' | 'latin1' } {
+  const text = asText(buf);
+  return text !== undefined ? { text, encoding: 'utf8' } : { text: buf.toString('latin1'), encoding: 'latin1' };
 }
